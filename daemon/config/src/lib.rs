@@ -1,0 +1,25 @@
+//! `tetherd` configuration.
+//!
+//! Sources, lowest priority first: built-in defaults < the TOML file (`tetherd run --config FILE`,
+//! default `/etc/tether/tetherd.toml` when it exists) < `TETHER_*` environment variables
+//! (`TETHER_CONTROL__SOCKET` sets `control.socket`) < command-line flags. Unknown keys are errors.
+//! [`check_file`] reports *every* problem in a file with its key path and line, not just the first.
+#![forbid(unsafe_code)]
+
+mod error;
+mod load;
+mod locate;
+mod paths;
+mod principal;
+mod redact;
+mod schema;
+
+pub use error::{ConfigError, Problem};
+pub use load::{Overrides, check_file, check_str, load};
+pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};
+pub use principal::{ParsePrincipalError, Principal};
+pub use redact::redacted_json;
+pub use schema::{Config, ControlConfig, LogConfig, RolesConfig};
+
+/// Where `tetherd` looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/tetherd.toml";

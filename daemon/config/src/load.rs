@@ -1,0 +1,331 @@
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Serialized};
+use figment::{Figment, error::Kind};
+use serde::Serialize;
+use tether_model::DaemonRole;
+
+use crate::locate::{find_line, line_of_offset};
+use crate::{Config, ConfigError, DEFAULT_CONFIG_PATH, Problem};
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--role`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<DaemonRole>,
+    /// `--state-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// `--socket`, nested as `control.socket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlOverrides>,
+}
+
+/// Command-line overrides inside `[control]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ControlOverrides {
+    /// `--socket`.
+    pub socket: PathBuf,
+}
+
+impl Overrides {
+    /// Sets `control.socket`.
+    pub fn with_socket(mut self, socket: Option<PathBuf>) -> Self {
+        self.control = socket.map(|socket| ControlOverrides { socket });
+        self
+    }
+}
+
+/// Loads the effective config for `tetherd run`: defaults < `file` (or `/etc/tether/tetherd.toml`
+/// if it exists and no file was given) < `TETHER_*` env < `overrides`, then validates it.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let path = match file {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+    let text = match &path {
+        Some(p) => Some(read(p)?),
+        None => None,
+    };
+    let origin = match &path {
+        Some(p) => format!("{} (with TETHER_* environment and flags)", p.display()),
+        None => "defaults, TETHER_* environment and flags".to_owned(),
+    };
+    resolve(text.as_deref(), true, overrides)
+        .map_err(|problems| ConfigError::Invalid { origin, problems })
+}
+
+/// Validates one config file on its own (no environment, no flags), reporting every problem.
+pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    check_str(&text, &path.display().to_string())
+}
+
+/// Like [`check_file`] for text already in memory; `origin` names it in the error.
+pub fn check_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    resolve(Some(text), false, &Overrides::default()).map_err(|problems| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        problems,
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Top-level keys an environment variable may set. `TETHER_SOCKET` and other `TETHER_*`
+/// variables meant for the CLI are therefore not mistaken for config keys.
+fn top_level_keys() -> BTreeSet<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => {
+            let mut keys: BTreeSet<String> = map.keys().cloned().collect();
+            keys.insert("role".to_owned());
+            keys
+        }
+        _ => BTreeSet::new(),
+    }
+}
+
+fn resolve(
+    text: Option<&str>,
+    use_env: bool,
+    overrides: &Overrides,
+) -> Result<Config, Vec<Problem>> {
+    let mut table = match text {
+        None => toml::Table::new(),
+        Some(text) => match text.parse::<toml::Table>() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(vec![Problem {
+                    key: String::new(),
+                    line: e.span().map(|s| line_of_offset(text, s.start)),
+                    message: format!("TOML syntax error: {}", e.message().trim()),
+                }]);
+            }
+        },
+    };
+    let top = top_level_keys();
+    let mut bad_env: BTreeSet<String> = BTreeSet::new();
+    let mut problems = Vec::new();
+    // Each round reports the errors serde stops at, removes the offending keys (so defaults
+    // stand in) and tries again: the user sees every problem at once, not one per run.
+    for _round in 0..64 {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::globals(&table));
+        if use_env {
+            let top = top.clone();
+            let skip = bad_env.clone();
+            figment = figment.merge(Env::prefixed("TETHER_").split("__").filter(move |k| {
+                let k = k.as_str().to_ascii_lowercase();
+                let first = k.split('.').next().unwrap_or_default();
+                top.contains(first) && !skip.contains(&k)
+            }));
+        }
+        figment = figment.merge(Serialized::globals(overrides));
+        match figment.extract::<Config>() {
+            Ok(config) => {
+                let reported: BTreeSet<String> =
+                    problems.iter().map(|p: &Problem| p.key.clone()).collect();
+                problems.extend(
+                    config
+                        .validate()
+                        .into_iter()
+                        .filter(|p| !reported.contains(&p.key))
+                        .map(|mut p| {
+                            if let Some(text) = text {
+                                let key: Vec<String> =
+                                    p.key.split('.').map(str::to_owned).collect();
+                                p.line = find_line(text, &key);
+                            }
+                            p
+                        }),
+                );
+                return if problems.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(sorted(problems))
+                };
+            }
+            Err(errors) => {
+                let mut progressed = false;
+                for e in errors {
+                    let mut key = e.path.clone();
+                    let message = match &e.kind {
+                        Kind::UnknownField(field, expected) => {
+                            if key.last() != Some(field) {
+                                key.push(field.clone());
+                            }
+                            if expected.is_empty() {
+                                "unknown key".to_owned()
+                            } else {
+                                format!("unknown key; expected one of: {}", expected.join(", "))
+                            }
+                        }
+                        other => other.to_string(),
+                    };
+                    let dotted = display_key(&key);
+                    let named: Vec<String> = key
+                        .iter()
+                        .filter(|k| k.parse::<usize>().is_err())
+                        .cloned()
+                        .collect();
+                    let from_env = e
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name.contains("environment"));
+                    if !from_env && remove_path(&mut table, &key) {
+                        progressed = true;
+                    } else if use_env && !named.is_empty() && bad_env.insert(named.join(".")) {
+                        progressed = true;
+                    }
+                    let shown_key = if from_env {
+                        format!(
+                            "{dotted} (from TETHER_{})",
+                            dotted.to_ascii_uppercase().replace('.', "__")
+                        )
+                    } else {
+                        dotted
+                    };
+                    problems.push(Problem {
+                        line: if from_env {
+                            None
+                        } else {
+                            text.and_then(|t| find_line(t, &named))
+                        },
+                        key: shown_key,
+                        message,
+                    });
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+    }
+    Err(sorted(problems))
+}
+
+/// `["control","roles","admin","0"]` → `control.roles.admin[0]`.
+fn display_key(key: &[String]) -> String {
+    let mut out = String::new();
+    for part in key {
+        if part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.key.clone()));
+    problems.dedup();
+    problems
+}
+
+/// Removes `path` from a TOML table; true if something was removed.
+fn remove_path(table: &mut toml::Table, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last).is_some(),
+        [first, rest @ ..] => match table.get_mut(first) {
+            Some(toml::Value::Table(inner)) => remove_path(inner, rest),
+            Some(_) => table.remove(first).is_some(),
+            None => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Principal;
+
+    #[test]
+    fn a_good_file_loads() {
+        let c = check_str(
+            "role = \"hub\"\nstate_dir = \"/var/lib/t\"\n[control]\nsocket = \"/run/t.sock\"\n[control.roles]\noperator = [\"user:alice\", \"group:ops\"]\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(c.role, Some(DaemonRole::Hub));
+        assert_eq!(c.control.roles.operator[1], Principal::Group("ops".into()));
+        assert_eq!(
+            c.control.roles.admin,
+            vec![Principal::Uid(0)],
+            "default admin kept"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let text = "role = \"middle\"\nstate_dir = 5\nbogus = 1\n[control]\nsocket = \"relative.sock\"\nidle_timeout_secs = 0\n[control.roles]\nadmin = [\"root\"]\n[log]\nlevel = \"loud\"\n";
+        let err = check_str(text, "f.toml").expect_err("invalid");
+        let problems = err.problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "role",
+            "state_dir",
+            "bogus",
+            "control.socket",
+            "control.idle_timeout_secs",
+            "control.roles.admin[0]",
+            "log.level",
+        ] {
+            assert!(keys.contains(&k), "missing problem for {k}: {problems:#?}");
+        }
+        let line = |k: &str| problems.iter().find(|p| p.key == k).and_then(|p| p.line);
+        assert_eq!(line("bogus"), Some(3));
+        assert_eq!(line("control.roles.admin[0]"), Some(8));
+        assert_eq!(line("log.level"), Some(10));
+        assert!(err.to_string().contains("f.toml"));
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let err = check_str("role = \"hub\"\n[control\n", "x").expect_err("invalid");
+        assert_eq!(err.problems().len(), 1);
+        assert_eq!(err.problems()[0].line, Some(2));
+    }
+
+    #[test]
+    fn missing_role_is_reported() {
+        let err = check_str("", "x").expect_err("role required");
+        assert_eq!(err.problems()[0].key, "role");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut o = Overrides {
+            role: Some(DaemonRole::Target),
+            ..Overrides::default()
+        };
+        o = o.with_socket(Some("/tmp/o.sock".into()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "role = \"hub\"\n[control]\nsocket = \"/tmp/file.sock\"\n",
+        )
+        .expect("write");
+        let c = load(Some(&f), &o).expect("valid");
+        assert_eq!(c.role, Some(DaemonRole::Target));
+        assert_eq!(c.control.socket, PathBuf::from("/tmp/o.sock"));
+    }
+
+    #[test]
+    fn unreadable_file_is_a_read_error() {
+        let err = check_file(Path::new("/nonexistent/tetherd.toml")).expect_err("missing");
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/tetherd.toml"));
+    }
+}

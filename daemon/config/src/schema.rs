@@ -1,0 +1,170 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tether_model::{DaemonRole, Role};
+
+use crate::Problem;
+use crate::principal::Principal;
+
+/// The whole `tetherd.toml`. Every table rejects unknown keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `hub` or `target`. Required (in the file, as `TETHER_ROLE`, or as `tetherd run --role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<DaemonRole>,
+    /// Where the daemon keeps its state (inventory, audit log, vault file). Absolute path.
+    pub state_dir: PathBuf,
+    /// The local control API.
+    pub control: ControlConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[control]`: the HTTP/JSON API on a Unix socket that the `tether` CLI talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Socket path. Created 0660; its group is `group` when set.
+    pub socket: PathBuf,
+    /// Group that owns the socket (so its members can connect). Unset: the daemon's own group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Seconds a connection may stay idle (or take to send a request) before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Who gets which role.
+    pub roles: RolesConfig,
+}
+
+/// `[control.roles]`: principals (`uid:N`, `user:NAME`, `gid:N`, `group:NAME`) per role.
+/// A caller gets the strongest role any of its credentials match. The uid the daemon runs as is
+/// always `admin` (it owns the daemon's state anyway).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesConfig {
+    /// Everything, including enrollment, secrets, policy and the audit log.
+    #[serde(default)]
+    pub admin: Vec<Principal>,
+    /// Run commands and transfer files within policy.
+    #[serde(default)]
+    pub operator: Vec<Principal>,
+    /// Read the audit log.
+    #[serde(default)]
+    pub auditor: Vec<Principal>,
+    /// Read status and inventory.
+    #[serde(default)]
+    pub read_only: Vec<Principal>,
+}
+
+impl RolesConfig {
+    /// The principals configured for `role`.
+    pub fn principals(&self, role: Role) -> &[Principal] {
+        match role {
+            Role::Admin => &self.admin,
+            Role::Operator => &self.operator,
+            Role::Auditor => &self.auditor,
+            Role::ReadOnly => &self.read_only,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`. `RUST_LOG` overrides it when set.
+    pub level: String,
+}
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: None,
+            state_dir: crate::default_state_dir(),
+            control: ControlConfig {
+                socket: crate::default_socket_path(),
+                group: None,
+                idle_timeout_secs: 30,
+                roles: RolesConfig {
+                    admin: vec![Principal::Uid(0)],
+                    ..RolesConfig::default()
+                },
+            },
+            log: LogConfig {
+                level: "info".to_owned(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// The daemon role. Only call after [`Config::validate`] returned no problems.
+    pub fn daemon_role(&self) -> DaemonRole {
+        self.role.unwrap_or(DaemonRole::Hub)
+    }
+
+    /// Checks what types alone can't: required keys, absolute paths, ranges.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                line: None,
+                message,
+            })
+        };
+        if self.role.is_none() {
+            bad(
+                "role",
+                "missing; set role = \"hub\" or role = \"target\" (or pass --role)".to_owned(),
+            );
+        }
+        if !self.state_dir.is_absolute() {
+            bad(
+                "state_dir",
+                format!("{:?} is not an absolute path", self.state_dir),
+            );
+        }
+        if !self.control.socket.is_absolute() {
+            bad(
+                "control.socket",
+                format!("{:?} is not an absolute path", self.control.socket),
+            );
+        } else if self.control.socket.as_os_str().len() > 107 {
+            bad(
+                "control.socket",
+                "path is longer than the 107 bytes a Unix socket address can hold".to_owned(),
+            );
+        }
+        if let Some(group) = &self.control.group {
+            if group.is_empty() {
+                bad(
+                    "control.group",
+                    "is empty; remove it or name a group".to_owned(),
+                );
+            }
+        }
+        if !(1..=3600).contains(&self.control.idle_timeout_secs) {
+            bad(
+                "control.idle_timeout_secs",
+                format!(
+                    "{} is out of range 1..=3600",
+                    self.control.idle_timeout_secs
+                ),
+            );
+        }
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            bad(
+                "log.level",
+                format!(
+                    "{:?} is not a log level; use one of {}",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            );
+        }
+        problems
+    }
+}

@@ -1,0 +1,14 @@
+//! Plain data shared by every Tether crate. No IO lives here.
+//!
+//! The types in this crate are part of the control API's wire contract (`/v1/...` JSON) and of the
+//! CLI's `--json` output, so renaming a field is a breaking change.
+#![forbid(unsafe_code)]
+
+mod api;
+mod role;
+
+pub use api::{ApiError, ErrorBody, StatusReport};
+pub use role::{DaemonRole, ParseRoleError, Role};
+
+/// The version of this build, reported by `tether status` and `GET /v1/status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,9 +4,11 @@
 //! CLI's `--json` output, so renaming a field is a breaking change.
 #![forbid(unsafe_code)]
 
+mod alert;
 mod api;
 mod role;
 
+pub use alert::{Alert, AlertSink, NoAlerts, Severity};
 pub use api::{ApiError, ErrorBody, StatusReport};
 pub use role::{DaemonRole, ParseRoleError, Role};
 

@@ -1,0 +1,1 @@
+//! Secret vault: locked, sealed memory (memsec) and keyring / systemd-credentials / AES-256-GCM file backends.

@@ -7,6 +7,7 @@
 mod alert;
 mod api;
 mod role;
+pub mod selector;
 
 pub use alert::{Alert, AlertSink, NoAlerts, Severity};
 pub use api::{ApiError, ErrorBody, StatusReport};

@@ -1,1 +1,8 @@
-fn main() {}
+//! End-to-end tests: real tetherd processes, the real tether CLI, real sockets and files.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod config;
+mod demo;
+mod lifecycle;
+mod limits;
+mod rbac;

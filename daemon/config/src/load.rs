@@ -116,7 +116,7 @@ fn resolve(
     // stand in) and tries again: the user sees every problem at once, not one per run.
     for _round in 0..64 {
         let mut figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Serialized::globals(&table));
+            .merge(Serialized::defaults(&table));
         if use_env {
             let top = top.clone();
             let skip = bad_env.clone();
@@ -126,7 +126,9 @@ fn resolve(
                 top.contains(first) && !skip.contains(&k)
             }));
         }
-        figment = figment.merge(Serialized::globals(overrides));
+        // All providers share figment's default profile so merge order is precedence
+        // (the global profile would silently win over everything).
+        figment = figment.merge(Serialized::defaults(overrides));
         match figment.extract::<Config>() {
             Ok(config) => {
                 let reported: BTreeSet<String> =
@@ -166,7 +168,7 @@ fn resolve(
                                 format!("unknown key; expected one of: {}", expected.join(", "))
                             }
                         }
-                        other => other.to_string(),
+                        other => other.to_string().replace("``", "`"),
                     };
                     let dotted = display_key(&key);
                     let named: Vec<String> = key

@@ -1,0 +1,189 @@
+//! The typed control API client used by the `tether` CLI.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tether_model::{ApiError, ErrorBody};
+use tokio::net::UnixStream;
+
+/// Why a control API call failed. [`ClientError::exit_code`] maps it to the CLI's exit codes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No socket at the path: the daemon is not running (or another path is meant).
+    #[error("tetherd is not running: no control socket at {}\nhint: start it (systemctl start tetherd, or `tether demo`), or point --socket / TETHER_SOCKET at its socket", socket.display())]
+    NotRunning {
+        /// The socket we looked for.
+        socket: PathBuf,
+    },
+    /// The socket exists but nothing listens: a daemon died without cleaning up.
+    #[error("tetherd is not running: {} is a stale socket (connection refused)\nhint: start tetherd again; it replaces the stale socket", socket.display())]
+    Stale {
+        /// The stale socket.
+        socket: PathBuf,
+    },
+    /// The OS refused the connection (file permissions on the socket or its directory).
+    #[error("not permitted to connect to {}\nhint: ask an admin to add you to the socket's group (usermod -aG tether $USER, then log in again), or run as a user with access", socket.display())]
+    NotPermitted {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// The daemon answered with an error.
+    #[error("{error}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The daemon's error body.
+        error: ApiError,
+    },
+    /// Talking to the socket failed midway.
+    #[error("control socket {}: {source}", socket.display())]
+    Io {
+        /// The socket.
+        socket: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon's answer made no sense (version mismatch or a bug).
+    #[error(
+        "unexpected answer from tetherd: {0}\nhint: check that tether and tetherd are the same version"
+    )]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The CLI exit code for this error: 2 for usage or denied (4xx, permission), 3 for
+    /// internal problems (daemon down, 5xx, protocol).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NotPermitted { .. } => 2,
+            ClientError::Api { status, .. } if (400..500).contains(status) => 2,
+            _ => 3,
+        }
+    }
+}
+
+/// A client for one daemon's control socket. Each call opens a fresh connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for the socket at `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET path`, JSON answer.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.request(Method::GET, path, None).await?;
+        parse(&body)
+    }
+
+    /// `GET path`, text answer.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let body = self.request(Method::GET, path, None).await?;
+        String::from_utf8(body.to_vec()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST path` with a JSON body, JSON answer.
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = self.request(Method::POST, path, Some(bytes)).await?;
+        parse(&body)
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let driver = tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, "tetherd");
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("request failed: {e}")))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading the answer failed: {e}")))?
+            .to_bytes();
+        driver.abort();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    fn connect_error(&self, e: std::io::Error) -> ClientError {
+        let socket = self.socket.clone();
+        match e.kind() {
+            ErrorKind::NotFound => ClientError::NotRunning { socket },
+            ErrorKind::ConnectionRefused => ClientError::Stale { socket },
+            ErrorKind::PermissionDenied => ClientError::NotPermitted { socket },
+            _ => ClientError::Io { socket, source: e },
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let error = serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| {
+            ApiError::new(
+                "http_error",
+                format!(
+                    "tetherd answered {status}: {}",
+                    String::from_utf8_lossy(bytes).trim()
+                ),
+                "",
+            )
+        });
+    ClientError::Api {
+        status: status.as_u16(),
+        error,
+    }
+}

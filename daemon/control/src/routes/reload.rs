@@ -1,0 +1,39 @@
+//! `POST /v1/reload`: re-read the configuration, exactly like SIGHUP.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+
+use super::{Ctx, HandlerFuture};
+use crate::http;
+
+/// The request body: `{}` (reserved for options).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {}
+
+pub(crate) fn handle(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
+    Box::pin(async move {
+        let timeout = ctx.state.idle_timeout();
+        if let Err(resp) = http::read_json::<ReloadRequest>(req, timeout).await {
+            return resp;
+        }
+        match ctx.state.reload() {
+            Ok(report) => {
+                tracing::info!(changed = report.changed, needs_restart = ?report.needs_restart, "config reloaded via the control API");
+                http::json(StatusCode::OK, &report)
+            }
+            Err(e) => {
+                tracing::error!("config reload failed; keeping the previous config: {e}");
+                http::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_config",
+                    &format!(
+                        "the new configuration is invalid, the previous one stays in force: {e}"
+                    ),
+                    "fix the problems listed (tether config check FILE) and reload again",
+                )
+            }
+        }
+    })
+}

@@ -1,0 +1,135 @@
+//! Daemon state shared by every route: config, roles, metrics, readiness.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use tether_config::{Config, ConfigError, Overrides};
+use tether_model::DaemonRole;
+
+use crate::{ControlMetrics, RoleMap};
+
+/// Everything route handlers may read or change. Built once by `tetherd`, shared by all
+/// connections. Subsystems (audit, policy, vault, tunnel, …) are added here as they land.
+#[derive(Debug)]
+pub struct AppState {
+    /// Hub or target (fixed for the process's life).
+    pub daemon_role: DaemonRole,
+    /// When the daemon started.
+    pub started: Instant,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Metrics registry served at `/metrics`.
+    pub registry: Registry,
+    /// The control API's own metrics.
+    pub metrics: ControlMetrics,
+    /// Set once every subsystem is up; `/readyz` answers 503 until then and while draining.
+    pub ready: AtomicBool,
+    /// Hosts in the inventory.
+    pub hosts: AtomicU64,
+    source: ConfigSource,
+    config: RwLock<Arc<Config>>,
+    roles: RwLock<Arc<RoleMap>>,
+}
+
+/// Where the config came from, so a reload (SIGHUP or `POST /v1/reload`) reads the same sources.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// `--config FILE`, if given.
+    pub file: Option<PathBuf>,
+    /// Command-line overrides.
+    pub overrides: Overrides,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Whether anything differs from the previous config.
+    pub changed: bool,
+    /// Settings that changed but only take effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl AppState {
+    /// Builds the state for a daemon started with `config` from `source`.
+    pub fn new(
+        config: Config,
+        source: ConfigSource,
+        registry: Registry,
+    ) -> prometheus::Result<Self> {
+        let metrics = ControlMetrics::register(&registry)?;
+        let roles = RoleMap::new(&config.control.roles, nix::unistd::geteuid().as_raw());
+        Ok(AppState {
+            daemon_role: config.daemon_role(),
+            started: Instant::now(),
+            pid: std::process::id(),
+            registry,
+            metrics,
+            ready: AtomicBool::new(false),
+            hosts: AtomicU64::new(0),
+            source,
+            config: RwLock::new(Arc::new(config)),
+            roles: RwLock::new(Arc::new(roles)),
+        })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The role map in force.
+    pub fn roles(&self) -> Arc<RoleMap> {
+        match self.roles.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// How long a connection may idle or dawdle over a request.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.config().control.idle_timeout_secs)
+    }
+
+    /// Whether `/readyz` should say ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Re-reads the config from its original sources. An invalid config changes nothing and is
+    /// returned as the error; a valid one replaces roles and limits at once.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let new = tether_config::load(self.source.file.as_deref(), &self.source.overrides)?;
+        let old = self.config();
+        let mut report = ReloadReport {
+            changed: *old != new,
+            needs_restart: Vec::new(),
+        };
+        if old.role != new.role {
+            report.needs_restart.push("role".to_owned());
+        }
+        if old.state_dir != new.state_dir {
+            report.needs_restart.push("state_dir".to_owned());
+        }
+        if old.control.socket != new.control.socket || old.control.group != new.control.group {
+            report
+                .needs_restart
+                .push("control.socket / control.group".to_owned());
+        }
+        if old.log != new.log {
+            report.needs_restart.push("log".to_owned());
+        }
+        let roles = RoleMap::new(&new.control.roles, nix::unistd::geteuid().as_raw());
+        if let Ok(mut r) = self.roles.write() {
+            *r = Arc::new(roles);
+        }
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(new);
+        }
+        Ok(report)
+    }
+}

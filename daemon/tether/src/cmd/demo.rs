@@ -1,0 +1,277 @@
+//! `tether demo`: a hub and N targets as child processes on loopback, no root.
+//!
+//! Each daemon gets its own directory (config, state, socket, log) under one temp dir, which is
+//! removed on Ctrl-C. As the tunnel, enrollment and SSH land, the demo enrolls its targets.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::Global;
+use crate::error::CliError;
+use crate::output;
+
+/// Arguments of `tether demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many targets to start beside the hub.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub targets: u8,
+    /// Keep state in DIR (created if missing, kept afterwards) instead of a temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// One daemon of the demo.
+#[derive(Debug, Serialize)]
+struct Member {
+    name: String,
+    role: &'static str,
+    pid: u32,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+struct Running {
+    member: Member,
+    child: Child,
+}
+
+pub async fn run(global: &Global, args: DemoArgs) -> Result<u8, CliError> {
+    let tetherd = find_tetherd()?;
+    let (root, _temp) = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+            (dir.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("tether-demo-")
+                .tempdir()
+                .map_err(|e| CliError::Internal(format!("cannot create a temp dir: {e}")))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let mut names = vec![("hub".to_owned(), "hub")];
+    names.extend((1..=args.targets).map(|i| (format!("t{i}"), "target")));
+
+    let mut running: Vec<Running> = Vec::new();
+    for (name, role) in names {
+        match start(&tetherd, &root, &name, role) {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                stop_all(&mut running).await;
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = wait_ready(&mut running).await {
+        stop_all(&mut running).await;
+        return Err(e);
+    }
+
+    let hub_socket = running[0].member.socket.clone();
+    if global.json {
+        let members: Vec<&Member> = running.iter().map(|r| &r.member).collect();
+        output::json(&serde_json::json!({"event": "ready", "dir": root, "daemons": members}));
+    } else {
+        println!(
+            "tether demo: {} daemons running on loopback (state in {})",
+            running.len(),
+            root.display()
+        );
+        for r in &running {
+            let m = &r.member;
+            println!(
+                "  {:<4} {:<6} pid {:<7} socket {}",
+                m.name,
+                m.role,
+                m.pid,
+                m.socket.display()
+            );
+        }
+        println!();
+        println!("Talk to the hub from another terminal:");
+        println!("  export TETHER_SOCKET={}", hub_socket.display());
+        println!("  tether status");
+        println!("Logs: {}/<name>/tetherd.log", root.display());
+        println!("demo ready — press Ctrl-C to stop and clean up");
+    }
+
+    let outcome = supervise(&mut running).await;
+    stop_all(&mut running).await;
+    match outcome {
+        Ok(()) => {
+            if !global.json {
+                println!(
+                    "demo stopped{}",
+                    if args.dir.is_none() {
+                        "; temp state removed"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                output::json(&serde_json::json!({"event": "stopped"}));
+            }
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `$TETHER_TETHERD`, else `tetherd` beside this binary, else `tetherd` on PATH.
+fn find_tetherd() -> Result<PathBuf, CliError> {
+    if let Some(p) = std::env::var_os("TETHER_TETHERD").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("tetherd")))
+    {
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("tetherd"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CliError::Usage(
+                "cannot find the tetherd binary: build it (cargo build --bins) or set TETHER_TETHERD=/path/to/tetherd"
+                    .to_owned(),
+            )
+        })
+}
+
+fn start(tetherd: &Path, root: &Path, name: &str, role: &'static str) -> Result<Running, CliError> {
+    let dir = root.join(name);
+    let io = |what: &str, e: std::io::Error| {
+        CliError::Internal(format!("demo: cannot {what} in {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io("create the directory", e))?;
+    let socket = dir.join("tetherd.sock");
+    let config = dir.join("tetherd.toml");
+    let log = dir.join("tetherd.log");
+    let text = format!(
+        "# written by `tether demo`\nrole = \"{role}\"\nstate_dir = {state:?}\n\n[control]\nsocket = {socket:?}\n",
+        state = dir.join("state").display().to_string(),
+        socket = socket.display().to_string(),
+    );
+    std::fs::write(&config, text).map_err(|e| io("write the config", e))?;
+    let log_file = std::fs::File::create(&log).map_err(|e| io("create the log", e))?;
+    let log_err = log_file.try_clone().map_err(|e| io("open the log", e))?;
+    let child = Command::new(tetherd)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        // Own process group: Ctrl-C reaches only us, and we stop the daemons in order.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            CliError::Internal(format!("demo: cannot start {}: {e}", tetherd.display()))
+        })?;
+    Ok(Running {
+        member: Member {
+            name: name.to_owned(),
+            role,
+            pid: child.id().unwrap_or(0),
+            socket,
+            log,
+        },
+        child,
+    })
+}
+
+async fn wait_ready(running: &mut [Running]) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for r in running.iter_mut() {
+        let client = tether_control::client::Client::new(&r.member.socket);
+        loop {
+            if client
+                .get_json::<serde_json::Value>("/readyz")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if let Ok(Some(status)) = r.child.try_wait() {
+                return Err(died(&r.member, &status.to_string()));
+            }
+            if Instant::now() > deadline {
+                return Err(died(&r.member, "not ready after 15 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+fn died(m: &Member, why: &str) -> CliError {
+    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    let tail: Vec<&str> = log
+        .lines()
+        .rev()
+        .take(10)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    CliError::Internal(format!(
+        "demo: {} ({}) failed: {why}\n{}",
+        m.name,
+        m.role,
+        tail.join("\n")
+    ))
+}
+
+/// Waits for Ctrl-C / SIGTERM (a normal stop) or for a daemon to die (an error).
+async fn supervise(running: &mut [Running]) -> Result<(), CliError> {
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| CliError::Internal(e.to_string()))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| CliError::Internal(e.to_string()))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = tick.tick() => {
+                for r in running.iter_mut() {
+                    if let Ok(Some(status)) = r.child.try_wait() {
+                        return Err(died(&r.member, &format!("exited unexpectedly ({status})")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to every daemon, then up to 5 s to exit, then SIGKILL.
+async fn stop_all(running: &mut [Running]) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for r in running.iter() {
+        if let Some(pid) = r.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for r in running.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), r.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = r.child.kill().await;
+        }
+    }
+}

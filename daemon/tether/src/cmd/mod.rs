@@ -1,0 +1,17 @@
+//! One file per command.
+
+pub mod config;
+pub mod demo;
+pub mod status;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+
+/// Runs the parsed command; returns the exit code on success paths (0, or 1 for partial failure).
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Status(args) => status::run(&cli.global, args).await,
+        Command::Config(c) => config::run(&cli.global, c).await,
+        Command::Demo(args) => demo::run(&cli.global, args).await,
+    }
+}

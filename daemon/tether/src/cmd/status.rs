@@ -1,0 +1,32 @@
+//! `tether status`.
+
+use clap::Args;
+use tether_model::StatusReport;
+
+use crate::cli::Global;
+use crate::error::CliError;
+use crate::output;
+
+/// Arguments of `tether status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+pub async fn run(global: &Global, _args: StatusArgs) -> Result<u8, CliError> {
+    let client = global.client();
+    let s: StatusReport = client.get_json("/v1/status").await?;
+    if global.json {
+        output::json(&s);
+    } else {
+        println!(
+            "tetherd {} {} (pid {}), up {}",
+            s.role,
+            s.version,
+            s.pid,
+            output::duration(s.uptime_secs)
+        );
+        println!("  socket:    {}", client.socket().display());
+        println!("  hosts:     {}", s.hosts);
+        println!("  your role: {}", s.caller_role);
+    }
+    Ok(0)
+}

@@ -1,0 +1,38 @@
+use std::path::PathBuf;
+
+/// Why `tetherd` stopped with an error. Exit codes: 2 for configuration problems, 3 otherwise.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The configuration is unreadable or invalid.
+    #[error("{0}\nhint: `tether config check FILE` lists every problem")]
+    Config(#[from] tether_config::ConfigError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] tether_control::ControlError),
+    /// The state directory could not be created or secured.
+    #[error("cannot prepare state_dir {}: {source}; create it or point state_dir somewhere writable", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime or signal handlers could not start.
+    #[error("cannot start: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Metrics registration failed (a bug: duplicate metric names).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl DaemonError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) => 2,
+            _ => 3,
+        }
+    }
+}

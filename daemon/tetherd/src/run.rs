@@ -1,0 +1,131 @@
+//! `tetherd run`: start every subsystem for the configured role, serve until a stop signal,
+//! then drain and exit 0. Every task is owned here and stopped through one cancellation token.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tether_config::{Config, Overrides};
+use tether_control::AppState;
+use tether_control::server;
+use tether_control::state::ConfigSource;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RunArgs;
+use crate::error::DaemonError;
+use crate::{logging, notify};
+
+/// Upper bound for a clean shutdown after SIGTERM/SIGINT.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+
+pub fn main(args: RunArgs) -> Result<(), DaemonError> {
+    let overrides = Overrides {
+        role: args.role.map(Into::into),
+        state_dir: args.state_dir.clone(),
+        control: None,
+    }
+    .with_socket(args.socket.clone());
+    let config = tether_config::load(args.config.as_deref(), &overrides)?;
+    logging::init(&config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let source = ConfigSource {
+        file: args.config,
+        overrides,
+    };
+    runtime.block_on(daemon(config, source))
+}
+
+async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
+    prepare_state_dir(&config.state_dir)?;
+    let registry = Registry::new();
+    let socket = config.control.socket.clone();
+    let create_dir = socket == tether_config::default_socket_path();
+    let listener = server::bind(&socket, config.control.group.as_deref(), create_dir)?;
+    let role = config.daemon_role();
+    let state = Arc::new(AppState::new(config, source, registry)?);
+
+    // Install every signal handler before announcing readiness, so no signal is missed.
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%role, socket = %socket.display(), pid = std::process::id(), version = tether_model::VERSION, "tetherd ready");
+    notify::notify("READY=1\nSTATUS=serving");
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload(&state),
+        }
+    }
+
+    state.ready.store(false, Ordering::Release);
+    notify::notify("STOPPING=1");
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_BUDGET, server_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("control server did not stop within {SHUTDOWN_BUDGET:?}");
+    }
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!("could not remove control socket {}: {e}", socket.display());
+    }
+    tracing::info!("tetherd stopped");
+    Ok(())
+}
+
+fn reload(state: &AppState) {
+    match state.reload() {
+        Ok(report) if report.needs_restart.is_empty() => {
+            tracing::info!(changed = report.changed, "SIGHUP: config reloaded");
+        }
+        Ok(report) => {
+            tracing::warn!(
+                needs_restart = ?report.needs_restart,
+                "SIGHUP: config reloaded; these settings only take effect after a restart"
+            );
+        }
+        Err(e) => tracing::error!("SIGHUP: config reload failed; keeping the previous config: {e}"),
+    }
+}
+
+/// Creates `state_dir` (0700) if needed. An existing directory keeps its owner's permissions.
+fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::other("not a directory")));
+    }
+    if meta.permissions().mode() & 0o002 != 0 {
+        tracing::warn!(state_dir = %dir.display(), "state_dir is world-writable; restrict it (chmod 0700)");
+    }
+    Ok(())
+}

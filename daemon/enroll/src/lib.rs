@@ -1,0 +1,2 @@
+//! Enrollment: signed single-use invite tokens, the mutually authenticated enrollment exchange, host inventory.
+#![forbid(unsafe_code)]

@@ -1,0 +1,103 @@
+//! Prometheus metrics, registered into a caller-provided registry.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::TunnelError;
+use crate::node::{DropReason, Totals};
+
+/// The tunnel's metrics: `tether_vpn_peers`, `tether_vpn_handshakes_total`,
+/// `tether_vpn_bytes_total{dir}`, `tether_vpn_dropped_total{reason}`.
+#[derive(Debug, Clone)]
+pub struct TunnelMetrics {
+    peers: IntGauge,
+    handshakes: IntCounter,
+    bytes: IntCounterVec,
+    dropped: IntCounterVec,
+    last: Totals,
+}
+
+fn reg_err(e: prometheus::Error) -> TunnelError {
+    TunnelError::Metrics(e.to_string())
+}
+
+impl TunnelMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, TunnelError> {
+        let peers = IntGauge::new(
+            "tether_vpn_peers",
+            "WireGuard peers configured on this node",
+        )
+        .map_err(reg_err)?;
+        let handshakes = IntCounter::new(
+            "tether_vpn_handshakes_total",
+            "Completed WireGuard handshakes",
+        )
+        .map_err(reg_err)?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "tether_vpn_bytes_total",
+                "WireGuard datagram bytes by direction (rx, tx)",
+            ),
+            &["dir"],
+        )
+        .map_err(reg_err)?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "tether_vpn_dropped_total",
+                "Packets dropped by the tunnel, by reason",
+            ),
+            &["reason"],
+        )
+        .map_err(reg_err)?;
+        registry
+            .register(Box::new(peers.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(handshakes.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(bytes.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(dropped.clone()))
+            .map_err(reg_err)?;
+        // Make every label visible from the start (a zero is information too).
+        bytes.with_label_values(&["rx"]);
+        bytes.with_label_values(&["tx"]);
+        for r in DropReason::ALL {
+            dropped.with_label_values(&[r.as_str()]);
+        }
+        Ok(TunnelMetrics {
+            peers,
+            handshakes,
+            bytes,
+            dropped,
+            last: Totals::default(),
+        })
+    }
+
+    /// Brings the metrics up to date with the node's monotonic counters.
+    pub(crate) fn update(&mut self, totals: &Totals, peers: usize) {
+        self.peers.set(peers as i64);
+        let d = totals.handshakes.saturating_sub(self.last.handshakes);
+        if d > 0 {
+            self.handshakes.inc_by(d);
+        }
+        let d = totals.rx_bytes.saturating_sub(self.last.rx_bytes);
+        if d > 0 {
+            self.bytes.with_label_values(&["rx"]).inc_by(d);
+        }
+        let d = totals.tx_bytes.saturating_sub(self.last.tx_bytes);
+        if d > 0 {
+            self.bytes.with_label_values(&["tx"]).inc_by(d);
+        }
+        for r in DropReason::ALL {
+            let i = r as usize;
+            let d = totals.drops[i].saturating_sub(self.last.drops[i]);
+            if d > 0 {
+                self.dropped.with_label_values(&[r.as_str()]).inc_by(d);
+            }
+        }
+        self.last = totals.clone();
+    }
+}

@@ -1,0 +1,4 @@
+//! One integration-test binary for the tunnel crate (link time dominates; keep it to one).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod sim;

@@ -1,2 +1,36 @@
-//! Tamper-evident audit chain: append-only JSONL, SHA-256 chain + HMAC, group commit, signed checkpoints, verifier.
+//! Tamper-evident audit chain: append-only JSONL, SHA-256 chain + HMAC, group commit, signed
+//! checkpoints, verifier.
+//!
+//! * [`AuditLog`] — the single writer (group commit: one `write` + `fdatasync` per batch);
+//!   [`AuditLog::append`] returns only once the record is durable. A failed write is rolled
+//!   back to the last good record and every caller in the batch gets
+//!   [`AuditError::WriteFailed`]: the action must then be refused.
+//! * [`verify`] — names the first broken seq and the kind of break ([`BreakKind`]).
+//! * [`read_records`], [`tail_records`], [`Follower`], [`export_jsonl`] — reading.
+//! * [`KeySource`] / [`KeyFile`] — where the HMAC and Ed25519 keys come from (never the audit dir).
+//!
+//! Layout: `AUDIT_DIR/YYYY-MM-DD.jsonl` (one per UTC day, the chain continues across files) and
+//! `AUDIT_DIR/head` (signed checkpoint). See [`record`] for the byte format.
 #![forbid(unsafe_code)]
+
+mod chain;
+mod checkpoint;
+mod error;
+mod files;
+mod keys;
+mod metrics;
+mod reader;
+pub mod record;
+mod verify;
+mod writer;
+
+pub use checkpoint::{Checkpoint, read_head};
+pub use error::{AuditError, Result};
+pub use files::{HEAD_FILE, day_path, list_day_files};
+pub use keys::{KeyFile, KeySource, StaticKeys};
+pub use reader::{
+    ExportStats, Filter, Follower, Records, export_jsonl, read_records, tail_records,
+};
+pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
+pub use verify::{Break, BreakKind, VerifyReport, verify};
+pub use writer::{AuditLog, Clock, ManualClock, Options, Receipt, Recovery, SystemClock, TornTail};

@@ -1,0 +1,123 @@
+//! Signed head checkpoints.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::unhex32;
+use crate::error::{AuditError, Result};
+use crate::files::{HEAD_FILE, sync_dir};
+use crate::keys::ChainKeys;
+
+const DOMAIN: &[u8] = b"tether-audit-checkpoint-v1\n";
+
+/// A signed statement "the log contained record `seq` with hash `hash` at `ts`".
+///
+/// Its text form (one JSON line, see [`Checkpoint::to_text`]) is what the `head` file holds and
+/// what `tether audit checkpoint --export` prints for off-box storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Seq of the last record covered (0 for an empty log).
+    pub seq: u64,
+    /// Hex hash of that record (64 zeros for an empty log).
+    pub hash: String,
+    /// When the checkpoint was made (RFC 3339 UTC).
+    pub ts: String,
+    /// Hex Ed25519 signature over the domain tag and `{"hash":..,"seq":..,"ts":..}`.
+    pub sig: String,
+}
+
+impl Checkpoint {
+    fn message(seq: u64, hash: &str, ts: &str) -> Vec<u8> {
+        let mut m = DOMAIN.to_vec();
+        m.extend_from_slice(format!(r#"{{"hash":"{hash}","seq":{seq},"ts":"{ts}"}}"#).as_bytes());
+        m
+    }
+
+    pub(crate) fn sign(keys: &ChainKeys, seq: u64, hash: &[u8; 32], ts: String) -> Checkpoint {
+        let hash = hex::encode(hash);
+        let sig: Signature = keys.signing.sign(&Self::message(seq, &hash, &ts));
+        Checkpoint {
+            seq,
+            hash,
+            ts,
+            sig: hex::encode(sig.to_bytes()),
+        }
+    }
+
+    /// Checks the signature with `key` (and the field formats).
+    pub fn verify_signature(&self, key: &[u8; 32]) -> std::result::Result<(), String> {
+        let vk = VerifyingKey::from_bytes(key).map_err(|_| "invalid public key".to_string())?;
+        if unhex32(self.hash.as_bytes()).is_none() {
+            return Err("hash is not 64 lowercase hex digits".into());
+        }
+        let mut sig = [0u8; 64];
+        hex::decode_to_slice(&self.sig, &mut sig)
+            .map_err(|_| "sig is not 128 hex digits".to_string())?;
+        vk.verify_strict(
+            &Self::message(self.seq, &self.hash, &self.ts),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| "signature does not verify with this installation's audit key".to_string())
+    }
+
+    /// The raw hash.
+    pub fn hash_bytes(&self) -> Option<[u8; 32]> {
+        unhex32(self.hash.as_bytes())
+    }
+
+    /// One JSON line with a trailing newline: `{"hash":..,"seq":..,"sig":..,"ts":..}`.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{{\"hash\":\"{}\",\"seq\":{},\"sig\":\"{}\",\"ts\":{}}}\n",
+            self.hash,
+            self.seq,
+            self.sig,
+            serde_json::Value::String(self.ts.clone())
+        )
+    }
+
+    /// Parses [`Checkpoint::to_text`] output (surrounding whitespace allowed). `origin` names
+    /// the source in errors. Does not check the signature.
+    pub fn parse(text: &str, origin: &str) -> Result<Checkpoint> {
+        serde_json::from_str(text.trim()).map_err(|e| AuditError::BadCheckpoint {
+            origin: origin.into(),
+            reason: format!("not a checkpoint: {e}"),
+        })
+    }
+}
+
+/// Reads `dir/head`; `Ok(None)` when there is none. Does not check the signature.
+pub fn read_head(dir: &Path) -> Result<Option<Checkpoint>> {
+    let path = dir.join(HEAD_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let origin = path.display().to_string();
+            let t = String::from_utf8(b).map_err(|_| AuditError::BadCheckpoint {
+                origin: origin.clone(),
+                reason: "not UTF-8 text".into(),
+            })?;
+            Checkpoint::parse(&t, &origin).map(Some)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AuditError::Read { path, source }),
+    }
+}
+
+/// Atomically replaces `dir/head`: write `head.tmp`, fsync, rename, fsync the directory.
+pub(crate) fn write_head(dir: &Path, cp: &Checkpoint) -> std::io::Result<()> {
+    let tmp = dir.join("head.tmp");
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(cp.to_text().as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, dir.join(HEAD_FILE))?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}

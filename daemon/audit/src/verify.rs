@@ -1,0 +1,461 @@
+//! The verifier: walks the whole chain and names the first break.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use time::Date;
+
+use crate::chain::{LineFault, check_line};
+use crate::checkpoint::{Checkpoint, read_head};
+use crate::error::{AuditError, Result};
+use crate::files::list_day_files;
+use crate::keys::{ChainKeys, KeySource};
+
+/// The kind of break `verify` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BreakKind {
+    /// A record's content no longer matches its hash (or the line is not a record any more).
+    Edited,
+    /// One or more records are missing from the middle or the start of the chain.
+    Deleted,
+    /// A record that does not belong at this place (a copy of an earlier one, or from another chain).
+    Inserted,
+    /// The expected record exists, but later in the log.
+    Reordered,
+    /// The log ends before the record its signed head vouches for (or a day file was cut mid-record).
+    Truncated,
+    /// Log and head were replaced by an older or different version: the external checkpoint
+    /// (or the head) names a record the log no longer has with that hash.
+    RolledBack,
+    /// The record's hash matches its content, but its HMAC does not: forged without the key.
+    BadHmac,
+    /// The head (or the given checkpoint) is missing, unparsable, or its signature does not verify.
+    BadSignature,
+}
+
+impl BreakKind {
+    /// The snake_case name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakKind::Edited => "edited",
+            BreakKind::Deleted => "deleted",
+            BreakKind::Inserted => "inserted",
+            BreakKind::Reordered => "reordered",
+            BreakKind::Truncated => "truncated",
+            BreakKind::RolledBack => "rolled_back",
+            BreakKind::BadHmac => "bad_hmac",
+            BreakKind::BadSignature => "bad_signature",
+        }
+    }
+}
+
+impl std::fmt::Display for BreakKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first break in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Break {
+    /// What kind of break.
+    pub kind: BreakKind,
+    /// The first seq that is not where and what it should be.
+    pub seq: u64,
+    /// The day file (or head/checkpoint) where it was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// 1-based line in that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// One line for a human.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at seq {}", self.kind, self.seq)?;
+        if let Some(p) = &self.file {
+            write!(f, " ({}", p.display())?;
+            if let Some(l) = self.line {
+                write!(f, ":{l}")?;
+            }
+            f.write_str(")")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Records that verified (up to the break, if any).
+    pub records: u64,
+    /// Day files read.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Seq of the first record read (None when there is none).
+    pub first_seq: Option<u64>,
+    /// Seq of the last record that verified (0 when none).
+    pub last_seq: u64,
+    /// Seq the signed head vouches for, if a head was found.
+    pub head_seq: Option<u64>,
+    /// Seq of the `against` checkpoint, if one was given.
+    pub checkpoint_seq: Option<u64>,
+    /// Bytes of an incomplete last line (a write in progress or a crash before recovery); not
+    /// counted as a break unless the head vouches for them.
+    pub torn_tail_bytes: u64,
+    /// Wall time spent.
+    pub elapsed_secs: f64,
+    /// The first break, or None when the chain is intact.
+    pub broken: Option<Break>,
+}
+
+impl VerifyReport {
+    /// True when no break was found.
+    pub fn is_ok(&self) -> bool {
+        self.broken.is_none()
+    }
+
+    /// Read throughput in MB/s (10^6 bytes).
+    pub fn mb_per_s(&self) -> f64 {
+        if self.elapsed_secs > 0.0 {
+            self.bytes as f64 / 1e6 / self.elapsed_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// Verifies the chain in `dir`: every record's hash and HMAC, the links and seqs between
+/// records across day files, the signed head, and optionally an exported checkpoint.
+///
+/// `from` starts at the first day file on or after that date (the first record read is then
+/// trusted as the start of the chain). Returns `Err` only when the log cannot be read at all;
+/// breaks are reported in [`VerifyReport::broken`].
+pub fn verify(
+    dir: &Path,
+    keys: &dyn KeySource,
+    from: Option<Date>,
+    against: Option<&Checkpoint>,
+) -> Result<VerifyReport> {
+    let start = Instant::now();
+    let keys = ChainKeys::load(keys)?;
+    let vk = keys.verifying.to_bytes();
+    let mut rep = VerifyReport {
+        records: 0,
+        files: 0,
+        bytes: 0,
+        first_seq: None,
+        last_seq: 0,
+        head_seq: None,
+        checkpoint_seq: against.map(|c| c.seq),
+        torn_tail_bytes: 0,
+        elapsed_secs: 0.0,
+        broken: None,
+    };
+    // The head is read before the files, so a concurrent writer can only make the log longer
+    // than the head, never shorter.
+    let head_path = dir.join(crate::files::HEAD_FILE);
+    let head = match read_head(dir) {
+        Ok(h) => Ok(h),
+        Err(AuditError::BadCheckpoint { reason, .. }) => Err(reason),
+        Err(e) => return Err(e),
+    };
+    let files: Vec<(Date, PathBuf)> = list_day_files(dir)?
+        .into_iter()
+        .filter(|(d, _)| from.is_none_or(|f| *d >= f))
+        .collect();
+    let head_seq = head.as_ref().ok().and_then(|h| h.as_ref().map(|h| h.seq));
+    rep.head_seq = head_seq;
+    let cp_seq = against.map(|c| c.seq);
+    let mut head_hash_seen: Option<[u8; 32]> = None;
+    let mut cp_hash_seen: Option<[u8; 32]> = None;
+
+    let mut expected: Option<u64> = if from.is_none() { Some(1) } else { None };
+    let mut prev = [0u8; 32];
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let nfiles = files.len();
+    'files: for (fi, (_, path)) in files.iter().enumerate() {
+        let f = std::fs::File::open(path).map_err(|source| AuditError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        rep.files += 1;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut line_no = 0u64;
+        let mut offset = 0u64;
+        loop {
+            buf.clear();
+            let n = r
+                .read_until(b'\n', &mut buf)
+                .map_err(|source| AuditError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            offset += n as u64;
+            rep.bytes += n as u64;
+            let at = |kind, seq, detail: String| Break {
+                kind,
+                seq,
+                file: Some(path.clone()),
+                line: Some(line_no),
+                detail,
+            };
+            if buf.last() != Some(&b'\n') {
+                if fi + 1 == nfiles {
+                    rep.torn_tail_bytes = n as u64;
+                    break 'files;
+                }
+                let e = expected.unwrap_or(0);
+                rep.broken = Some(at(
+                    BreakKind::Truncated,
+                    e,
+                    "the day file ends in the middle of a record and a later day file follows"
+                        .into(),
+                ));
+                break 'files;
+            }
+            let line = &buf[..n - 1];
+            let info = match check_line(&keys, line) {
+                Ok(i) => i,
+                Err((seq, fault)) => {
+                    let e = expected.or(seq).unwrap_or(0);
+                    rep.broken = Some(match fault {
+                        LineFault::Malformed(m) => at(BreakKind::Edited, e, m),
+                        LineFault::HashMismatch => at(
+                            BreakKind::Edited,
+                            e,
+                            "the record's content does not match its hash".into(),
+                        ),
+                        LineFault::BadHmac => at(
+                            BreakKind::BadHmac,
+                            seq.unwrap_or(e),
+                            "the hash matches the content but the HMAC does not (forged or wrong key)"
+                                .into(),
+                        ),
+                    });
+                    break 'files;
+                }
+            };
+            match expected {
+                None => {}
+                Some(e) if info.seq == e => {
+                    // The very first record of a whole-log verify must start the chain.
+                    let want_prev = if rep.records == 0 { [0u8; 32] } else { prev };
+                    if info.prev != want_prev {
+                        rep.broken = Some(at(
+                            BreakKind::Inserted,
+                            e,
+                            format!(
+                                "record {e} verifies on its own but does not chain onto record {}",
+                                e.saturating_sub(1)
+                            ),
+                        ));
+                        break 'files;
+                    }
+                }
+                Some(e) if info.seq > e => {
+                    let later = seq_exists_after(&files[fi..], offset, e)?;
+                    rep.broken = Some(if later {
+                        at(
+                            BreakKind::Reordered,
+                            e,
+                            format!(
+                                "found record {} where record {e} belongs; {e} comes later",
+                                info.seq
+                            ),
+                        )
+                    } else {
+                        at(
+                            BreakKind::Deleted,
+                            e,
+                            format!(
+                                "record {e}{} missing: the next record found is {}",
+                                if info.seq > e + 1 {
+                                    format!("..{} are", info.seq - 1)
+                                } else {
+                                    " is".to_string()
+                                },
+                                info.seq
+                            ),
+                        )
+                    });
+                    break 'files;
+                }
+                Some(e) => {
+                    rep.broken = Some(at(
+                        BreakKind::Inserted,
+                        e,
+                        format!("found record {} again where record {e} belongs", info.seq),
+                    ));
+                    break 'files;
+                }
+            }
+            if rep.first_seq.is_none() {
+                rep.first_seq = Some(info.seq);
+            }
+            if Some(info.seq) == head_seq {
+                head_hash_seen = Some(info.hash);
+            }
+            if Some(info.seq) == cp_seq {
+                cp_hash_seen = Some(info.hash);
+            }
+            rep.records += 1;
+            rep.last_seq = info.seq;
+            prev = info.hash;
+            expected = Some(info.seq + 1);
+        }
+    }
+    if rep.broken.is_none() {
+        rep.broken = check_heads(
+            &rep,
+            head,
+            &head_path,
+            &vk,
+            head_hash_seen,
+            against,
+            cp_hash_seen,
+        );
+    }
+    rep.elapsed_secs = start.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+fn check_heads(
+    rep: &VerifyReport,
+    head: std::result::Result<Option<Checkpoint>, String>,
+    head_path: &Path,
+    vk: &[u8; 32],
+    head_hash_seen: Option<[u8; 32]>,
+    against: Option<&Checkpoint>,
+    cp_hash_seen: Option<[u8; 32]>,
+) -> Option<Break> {
+    let last = rep.last_seq;
+    let brk = |kind, seq, file: Option<PathBuf>, detail: String| {
+        Some(Break {
+            kind,
+            seq,
+            file,
+            line: None,
+            detail,
+        })
+    };
+    let hp = Some(head_path.to_path_buf());
+    let first = rep.first_seq.unwrap_or(1);
+    match head {
+        Err(reason) => return brk(BreakKind::BadSignature, last, hp, reason),
+        Ok(None) if rep.records > 0 => {
+            return brk(
+                BreakKind::BadSignature,
+                last,
+                hp,
+                "the signed head is missing, so truncation cannot be ruled out".into(),
+            );
+        }
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            if let Err(reason) = h.verify_signature(vk) {
+                return brk(
+                    BreakKind::BadSignature,
+                    h.seq,
+                    hp,
+                    format!("head: {reason}"),
+                );
+            }
+            if h.seq > last {
+                return brk(
+                    BreakKind::Truncated,
+                    last + 1,
+                    hp,
+                    format!(
+                        "the log ends at seq {last} but its signed head vouches for seq {}",
+                        h.seq
+                    ),
+                );
+            }
+            if h.seq >= first && h.seq > 0 && head_hash_seen != h.hash_bytes() {
+                return brk(
+                    BreakKind::RolledBack,
+                    h.seq,
+                    hp,
+                    format!(
+                        "record {} differs from the one the signed head vouches for",
+                        h.seq
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(cp) = against {
+        let src = Some(PathBuf::from("<checkpoint>"));
+        if let Err(reason) = cp.verify_signature(vk) {
+            return brk(
+                BreakKind::BadSignature,
+                cp.seq,
+                src,
+                format!("checkpoint: {reason}"),
+            );
+        }
+        if cp.seq > last {
+            return brk(
+                BreakKind::RolledBack,
+                last + 1,
+                src,
+                format!(
+                    "the log (and its head) end at seq {last}, before the checkpoint's seq {}: the log was rolled back",
+                    cp.seq
+                ),
+            );
+        }
+        if cp.seq >= first && cp.seq > 0 && cp_hash_seen != cp.hash_bytes() {
+            return brk(
+                BreakKind::RolledBack,
+                cp.seq,
+                src,
+                format!(
+                    "record {} differs from the one in the checkpoint: the log was rewritten",
+                    cp.seq
+                ),
+            );
+        }
+    }
+    None
+}
+
+/// Whether a record with `seq` appears later: in `files[0]` after `offset`, or in later files.
+fn seq_exists_after(files: &[(Date, PathBuf)], offset: u64, seq: u64) -> Result<bool> {
+    for (i, (_, path)) in files.iter().enumerate() {
+        let data = std::fs::read(path).map_err(|source| AuditError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let start = if i == 0 {
+            (offset as usize).min(data.len())
+        } else {
+            0
+        };
+        for line in data[start..].split(|&b| b == b'\n') {
+            if let Ok(s) = serde_json::from_slice::<SeqOnly>(line)
+                && s.seq == seq
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}

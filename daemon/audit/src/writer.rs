@@ -1,0 +1,705 @@
+//! The writer: one thread, group commit, rollback on failure, crash recovery.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use tether_model::{Alert, AlertSink, Severity};
+use time::{Date, OffsetDateTime};
+use tokio::sync::oneshot;
+
+use crate::chain::{LineInfo, check_line, hash_body, mac};
+use crate::checkpoint::{Checkpoint, read_head, write_head};
+use crate::error::{AuditError, Result};
+use crate::files::{day_path, list_day_files, sync_dir};
+use crate::keys::{ChainKeys, KeySource};
+use crate::metrics::Metrics;
+use crate::record::{Event, Prepared, finish_line, format_ts};
+
+/// Where the writer gets the time from. Injectable so tests can cross UTC midnight.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time (any offset; it is converted to UTC).
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that only moves when told to; for tests (e.g. crossing UTC midnight).
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    /// A clock stopped at `t`.
+    pub fn new(t: OffsetDateTime) -> Self {
+        ManualClock(std::sync::Mutex::new(t))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, t: OffsetDateTime) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    /// Moves the time forward.
+    pub fn advance(&self, d: Duration) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *g += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Tuning of the writer.
+#[derive(Clone)]
+pub struct Options {
+    /// Time source for `ts` and the day file.
+    pub clock: Arc<dyn Clock>,
+    /// Most records per group-commit batch (one write + fdatasync). 1 turns group commit off.
+    pub max_batch: usize,
+    /// Least time between two rewrites of the signed `head` (3 fsyncs each). Zero rewrites it
+    /// after every batch. The head may lag the log by this much; a pending head is written when
+    /// the writer goes idle, on [`AuditLog::checkpoint`] and on close.
+    pub head_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            max_batch: 4096,
+            head_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("max_batch", &self.max_batch)
+            .field("head_interval", &self.head_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Proof that a record is durable: its seq and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The record's hash.
+    pub hash: [u8; 32],
+}
+
+impl Receipt {
+    /// The hash as lowercase hex (as it appears in the log).
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+}
+
+/// A partial tail that [`AuditLog::open`] cut off (left by a crash mid-write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The day file.
+    pub file: PathBuf,
+    /// Where the file now ends (the end of the last good record).
+    pub offset: u64,
+    /// How many bytes were dropped.
+    pub bytes: u64,
+}
+
+/// What [`AuditLog::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Seq of the last record in the log (0 when empty); the next append gets `last_seq + 1`.
+    pub last_seq: u64,
+    /// Number of day files.
+    pub files: usize,
+    /// A torn tail that was dropped, if any. These bytes were never acknowledged.
+    pub torn: Option<TornTail>,
+    /// The signed head found on disk (its signature verified), if any.
+    pub head: Option<Checkpoint>,
+}
+
+enum Cmd {
+    Append(Prepared, oneshot::Sender<Result<Receipt>>),
+    Checkpoint(oneshot::Sender<Result<Checkpoint>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the audit log. Cheap to clone; the writer thread stops when the last handle is
+/// dropped (after writing a pending head) or on [`AuditLog::close`].
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Cmd>,
+    dir: Arc<PathBuf>,
+    last_seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("last_seq", &self.last_seq())
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating if needed, mode 0700) the audit directory, recovers the tail after a
+    /// crash, checks the signed head, and starts the writer thread. Default [`Options`].
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        keys: &dyn KeySource,
+        registry: &Registry,
+        alerts: Arc<dyn AlertSink>,
+    ) -> Result<(AuditLog, Recovery)> {
+        Self::open_with(dir, keys, registry, alerts, Options::default())
+    }
+
+    /// Like [`AuditLog::open`] with explicit options.
+    pub fn open_with(
+        dir: impl Into<PathBuf>,
+        keys: &dyn KeySource,
+        registry: &Registry,
+        alerts: Arc<dyn AlertSink>,
+        opts: Options,
+    ) -> Result<(AuditLog, Recovery)> {
+        let dir: PathBuf = dir.into();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| AuditError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        let keys = ChainKeys::load(keys)?;
+        let metrics = Metrics::register(registry)?;
+        let (tail, recovery) = recover(&dir, &keys)?;
+        let last_seq = Arc::new(AtomicU64::new(tail.next_seq - 1));
+        let head_dirty = recovery
+            .head
+            .as_ref()
+            .is_none_or(|h| h.seq != tail.next_seq - 1);
+        let (tx, rx) = mpsc::channel();
+        let mut w = Writer {
+            dir: dir.clone(),
+            keys,
+            clock: opts.clock,
+            metrics,
+            alerts,
+            cur: tail.file,
+            next_seq: tail.next_seq,
+            prev: tail.prev,
+            head_dirty,
+            last_head: Instant::now(),
+            head_interval: opts.head_interval,
+            max_batch: opts.max_batch.max(1),
+            pending_rollback: None,
+            buf: Vec::with_capacity(1 << 20),
+            last_seq: last_seq.clone(),
+        };
+        if head_dirty {
+            // A fresh log gets its head at once; a stale one is brought up to date. A failure is
+            // alerted and retried by the writer.
+            let _ = w.write_head();
+        }
+        std::thread::Builder::new()
+            .name("tether-audit-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|source| AuditError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok((
+            AuditLog {
+                tx,
+                dir: Arc::new(dir),
+                last_seq,
+            },
+            recovery,
+        ))
+    }
+
+    /// Appends one event and returns once it is durable (written and fdatasync'd with its
+    /// batch). On error the record is not in the log and the action must be refused.
+    pub async fn append(&self, event: &Event) -> Result<Receipt> {
+        let rx = self.submit(event)?;
+        rx.await.map_err(|_| AuditError::WriterStopped)?
+    }
+
+    /// Blocking variant of [`AuditLog::append`] for synchronous callers (not inside a runtime).
+    pub fn append_blocking(&self, event: &Event) -> Result<Receipt> {
+        let rx = self.submit(event)?;
+        rx.blocking_recv().map_err(|_| AuditError::WriterStopped)?
+    }
+
+    fn submit(&self, event: &Event) -> Result<oneshot::Receiver<Result<Receipt>>> {
+        let p = Prepared::new(event)?;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append(p, tx))
+            .map_err(|_| AuditError::WriterStopped)?;
+        Ok(rx)
+    }
+
+    /// Writes a fresh signed head now and returns it (for `tether audit checkpoint --export`:
+    /// print [`Checkpoint::to_text`]).
+    pub async fn checkpoint(&self) -> Result<Checkpoint> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Checkpoint(tx))
+            .map_err(|_| AuditError::WriterStopped)?;
+        rx.await.map_err(|_| AuditError::WriterStopped)?
+    }
+
+    /// Alias of [`AuditLog::checkpoint`] returning the portable text form.
+    pub async fn export_checkpoint(&self) -> Result<String> {
+        Ok(self.checkpoint().await?.to_text())
+    }
+
+    /// Writes a pending head and stops the writer. Appends queued after this fail with
+    /// [`AuditError::WriterStopped`].
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Blocking variant of [`AuditLog::close`].
+    pub fn close_blocking(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Seq of the last durable record (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+}
+
+struct DayFile {
+    date: Date,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+struct Tail {
+    file: Option<DayFile>,
+    next_seq: u64,
+    prev: [u8; 32],
+}
+
+struct Writer {
+    dir: PathBuf,
+    keys: ChainKeys,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    alerts: Arc<dyn AlertSink>,
+    cur: Option<DayFile>,
+    next_seq: u64,
+    prev: [u8; 32],
+    head_dirty: bool,
+    last_head: Instant,
+    head_interval: Duration,
+    max_batch: usize,
+    /// A rollback that failed; retried before the next write.
+    pending_rollback: Option<u64>,
+    buf: Vec<u8>,
+    last_seq: Arc<AtomicU64>,
+}
+
+type Waiter = oneshot::Sender<Result<Receipt>>;
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let first = if self.head_dirty {
+                let wait = self.head_interval.saturating_sub(self.last_head.elapsed());
+                match rx.recv_timeout(wait) {
+                    Ok(c) => c,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = self.write_head();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                }
+            };
+            let mut appends: Vec<(Prepared, Waiter)> = Vec::new();
+            let mut others = Vec::new();
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Append(p, w) => appends.push((p, w)),
+                    other => others.push(other),
+                }
+                if appends.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                self.commit(appends);
+            }
+            for o in others {
+                match o {
+                    Cmd::Checkpoint(tx) => {
+                        let _ = tx.send(self.write_head());
+                    }
+                    Cmd::Close(tx) => {
+                        if self.head_dirty {
+                            let _ = self.write_head();
+                        }
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Cmd::Append(..) => {}
+                }
+            }
+            if self.head_dirty && self.last_head.elapsed() >= self.head_interval {
+                let _ = self.write_head();
+            }
+        }
+        if self.head_dirty {
+            let _ = self.write_head();
+        }
+    }
+
+    fn write_failed(&self, source: &std::io::Error) -> AuditError {
+        AuditError::WriteFailed {
+            dir: self.dir.clone(),
+            source: clone_io(source),
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<(Prepared, Waiter)>) {
+        let n = batch.len();
+        let now = self.clock.now().to_offset(time::UtcOffset::UTC);
+        if let Err(e) = self.prepare_file(now.date()) {
+            self.fail(batch, &e);
+            return;
+        }
+        let ts = format_ts(now);
+        self.buf.clear();
+        let mut seq = self.next_seq;
+        let mut prev = self.prev;
+        let mut receipts = Vec::with_capacity(n);
+        for (p, _) in &batch {
+            let start = self.buf.len();
+            p.write_body(&mut self.buf, &prev, seq, &ts);
+            let hash = hash_body(&prev, &self.buf[start..], false);
+            let m = mac(&self.keys, &hash);
+            finish_line(&mut self.buf, &hash, &m);
+            receipts.push(Receipt { seq, hash });
+            prev = hash;
+            seq += 1;
+        }
+        let Some(cur) = self.cur.as_mut() else {
+            let e = std::io::Error::other("no day file open");
+            self.fail(batch, &e);
+            return;
+        };
+        let res = cur.file.write_all(&self.buf).and_then(|()| {
+            let t = Instant::now();
+            let r = cur.file.sync_data();
+            self.metrics
+                .fsync_seconds
+                .observe(t.elapsed().as_secs_f64());
+            r
+        });
+        match res {
+            Ok(()) => {
+                cur.len += self.buf.len() as u64;
+                self.next_seq = seq;
+                self.prev = prev;
+                self.last_seq.store(seq - 1, Ordering::Release);
+                self.metrics.records.inc_by(n as u64);
+                self.metrics.batch_size.observe(n as f64);
+                self.head_dirty = true;
+                for ((_, w), r) in batch.into_iter().zip(receipts) {
+                    let _ = w.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                let good = cur.len;
+                self.pending_rollback = Some(good);
+                let _ = self.retry_rollback();
+                self.fail(batch, &e);
+            }
+        }
+    }
+
+    /// Makes sure the right day file is open and any earlier failed rollback is done.
+    fn prepare_file(&mut self, today: Date) -> std::io::Result<()> {
+        self.retry_rollback()?;
+        let date = match &self.cur {
+            Some(c) if c.date >= today => return Ok(()),
+            _ => today,
+        };
+        let path = day_path(&self.dir, date);
+        let existed = path.exists();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if !existed {
+            sync_dir(&self.dir)?;
+        }
+        self.cur = Some(DayFile {
+            date,
+            path,
+            file,
+            len,
+        });
+        Ok(())
+    }
+
+    fn retry_rollback(&mut self) -> std::io::Result<()> {
+        let (Some(good), Some(cur)) = (self.pending_rollback, self.cur.as_mut()) else {
+            return Ok(());
+        };
+        let r = cur.file.set_len(good).and_then(|()| cur.file.sync_all());
+        match r {
+            Ok(()) => {
+                cur.len = good;
+                self.pending_rollback = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(file = %cur.path.display(), error = %e, "audit rollback failed");
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "rolling {} back to {good} bytes after an earlier failed write failed: {e}",
+                        cur.path.display()
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn fail(&mut self, batch: Vec<(Prepared, Waiter)>, e: &std::io::Error) {
+        self.metrics.write_failures.inc();
+        let msg = format!(
+            "audit write failed in {}: {e}; {} action(s) refused",
+            self.dir.display(),
+            batch.len()
+        );
+        tracing::error!("{msg}");
+        self.alerts
+            .raise(Alert::new("audit_write_failed", Severity::Critical, msg));
+        for (_, w) in batch {
+            let _ = w.send(Err(self.write_failed(e)));
+        }
+    }
+
+    fn write_head(&mut self) -> Result<Checkpoint> {
+        let cp = Checkpoint::sign(
+            &self.keys,
+            self.next_seq - 1,
+            &self.prev,
+            format_ts(self.clock.now()),
+        );
+        self.last_head = Instant::now();
+        match write_head(&self.dir, &cp) {
+            Ok(()) => {
+                self.head_dirty = false;
+                Ok(cp)
+            }
+            Err(e) => {
+                self.metrics.checkpoint_failures.inc();
+                let msg = format!(
+                    "cannot rewrite the signed audit head in {}: {e}; records are durable but truncation after seq {} may go unnoticed until it succeeds",
+                    self.dir.display(),
+                    self.next_seq - 1
+                );
+                tracing::warn!("{msg}");
+                self.alerts.raise(Alert::new(
+                    "audit_checkpoint_failed",
+                    Severity::Warning,
+                    msg,
+                ));
+                Err(self.write_failed(&e))
+            }
+        }
+    }
+}
+
+fn clone_io(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Finds the tail of the log, drops a torn last part of the newest non-empty day file, checks
+/// the head against it.
+fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
+    let head = read_head(dir)?;
+    if let Some(h) = &head {
+        h.verify_signature(&keys.verifying.to_bytes())
+            .map_err(|reason| AuditError::BadCheckpoint {
+                origin: dir.join(crate::files::HEAD_FILE).display().to_string(),
+                reason,
+            })?;
+    }
+    let files = list_day_files(dir)?;
+    let mut torn = None;
+    let mut found: Option<(Date, PathBuf, u64, LineInfo)> = None;
+    let mut head_hash_seen = None;
+    for (date, path) in files.iter().rev() {
+        let data = std::fs::read(path).map_err(|source| AuditError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if data.is_empty() {
+            continue;
+        }
+        let mut pos = 0usize;
+        let mut good_end = 0usize;
+        let mut last: Option<LineInfo> = None;
+        while let Some(off) = data[pos..].iter().position(|&b| b == b'\n') {
+            let end = pos + off;
+            let ok = match check_line(keys, &data[pos..end]) {
+                Ok(info) => match &last {
+                    None => Some(info),
+                    Some(l) if info.seq == l.seq + 1 && info.prev == l.hash => Some(info),
+                    Some(_) => None,
+                },
+                Err(_) => None,
+            };
+            let Some(info) = ok else { break };
+            if head.as_ref().is_some_and(|h| h.seq == info.seq) {
+                head_hash_seen = Some(info.hash);
+            }
+            last = Some(info);
+            pos = end + 1;
+            good_end = pos;
+        }
+        if good_end < data.len() {
+            // Refuse to cut off anything that still verifies (a record that does not chain on,
+            // or a good record after a bad one): that is damage, not a torn write.
+            let mut p = good_end;
+            while let Some(off) = data[p..].iter().position(|&b| b == b'\n') {
+                let end = p + off;
+                if let Ok(info) = check_line(keys, &data[p..end]) {
+                    return Err(AuditError::CorruptTail {
+                        file: path.clone(),
+                        seq: info.seq,
+                        reason: format!(
+                            "this record verifies but follows a break at byte {good_end}; it is not a torn write"
+                        ),
+                    });
+                }
+                p = end + 1;
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| AuditError::WriteFailed {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+            f.set_len(good_end as u64)
+                .and_then(|()| f.sync_all())
+                .map_err(|source| AuditError::WriteFailed {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+            tracing::warn!(file = %path.display(), bytes = data.len() - good_end, "dropped a torn audit tail");
+            torn = Some(TornTail {
+                file: path.clone(),
+                offset: good_end as u64,
+                bytes: (data.len() - good_end) as u64,
+            });
+        }
+        if let Some(l) = last {
+            found = Some((*date, path.clone(), good_end as u64, l));
+            break;
+        }
+    }
+    let (last_seq, prev, file) = match found {
+        Some((date, path, len, info)) => {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|source| AuditError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            (
+                info.seq,
+                info.hash,
+                Some(DayFile {
+                    date,
+                    path,
+                    file,
+                    len,
+                }),
+            )
+        }
+        None => (0, [0u8; 32], None),
+    };
+    if let Some(h) = &head {
+        let mismatch = |hash_mismatch| AuditError::HeadMismatch {
+            dir: dir.to_path_buf(),
+            log_seq: last_seq,
+            head_seq: h.seq,
+            hash_mismatch,
+        };
+        if h.seq > last_seq {
+            return Err(mismatch(false));
+        }
+        let want = h.hash_bytes();
+        if h.seq == last_seq && want != Some(prev) && !(h.seq == 0 && want == Some([0; 32])) {
+            return Err(mismatch(true));
+        }
+        if let Some(seen) = head_hash_seen
+            && want != Some(seen)
+        {
+            return Err(mismatch(true));
+        }
+    }
+    Ok((
+        Tail {
+            file,
+            next_seq: last_seq + 1,
+            prev,
+        },
+        Recovery {
+            last_seq,
+            files: files.len(),
+            torn,
+            head,
+        },
+    ))
+}

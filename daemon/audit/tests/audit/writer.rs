@@ -1,0 +1,374 @@
+//! Writer behaviour: round trip, group commit, rollover, recovery, keys, readers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tether_audit::*;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_group_committed_and_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let reg = prometheus::Registry::new();
+    let (log, rec) = AuditLog::open(&dir, &k, &reg, Arc::new(tether_model::NoAlerts)).unwrap();
+    assert_eq!(rec.last_seq, 0);
+    let mut tasks = Vec::new();
+    for i in 0..400u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            log.append(&event(i)).await.unwrap().seq
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+    assert_eq!(log.last_seq(), 400);
+    let cp = log.checkpoint().await.unwrap();
+    assert_eq!(cp.seq, 400);
+    log.close().await;
+
+    let fams = reg.gather();
+    let get = |n: &str| {
+        fams.iter()
+            .find(|f| f.name() == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    assert_eq!(
+        get("tether_audit_records_total").get_metric()[0]
+            .get_counter()
+            .get_value(),
+        400.0
+    );
+    let batches = get("tether_audit_batch_size").get_metric()[0]
+        .get_histogram()
+        .get_sample_count();
+    assert!(
+        batches < 400,
+        "no batching happened: {batches} batches for 400 records"
+    );
+    assert!(
+        get("tether_audit_fsync_seconds").get_metric()[0]
+            .get_histogram()
+            .get_sample_count()
+            >= batches
+    );
+    get("tether_audit_write_failures_total");
+
+    let rep = verify(&dir, &k, None, Some(&cp)).unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.broken);
+    assert_eq!(
+        (rep.records, rep.last_seq, rep.head_seq),
+        (400, 400, Some(400))
+    );
+    assert!(rep.bytes > 0 && rep.files == 1);
+
+    // Read back: every record is there with its content.
+    let recs: Vec<Record> = read_records(&dir, &Filter::default())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(recs.len(), 400);
+    assert!(
+        recs.iter()
+            .all(|r| r.kind == "exec.requested" && r.data["cmd"] == "uptime")
+    );
+
+    // Checkpoint text round-trips and a tampered one is refused.
+    let text = cp.to_text();
+    let parsed = Checkpoint::parse(&text, "test").unwrap();
+    assert_eq!(parsed, cp);
+    assert!(verify(&dir, &k, None, Some(&parsed)).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn day_rollover_at_utc_midnight_continues_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-03-01 23:59:59.5 UTC),
+    ));
+    let (log, _) = open(&dir, &k, Some(clock.clone()));
+    for i in 0..3 {
+        log.append(&event(i)).await.unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    for i in 3..6 {
+        log.append(&event(i)).await.unwrap();
+    }
+    // A clock that jumps back does not reopen an older day file.
+    clock.set(time::macros::datetime!(2026-03-01 12:00 UTC));
+    log.append(&event(6)).await.unwrap();
+    log.close().await;
+    let names: Vec<String> = day_files(&dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["2026-03-01.jsonl", "2026-03-02.jsonl"]);
+    let second = std::fs::read_to_string(dir.join("2026-03-02.jsonl")).unwrap();
+    assert!(
+        second.starts_with("{\"actor\":")
+            && second.contains("\"seq\":4,\"ts\":\"2026-03-02T00:00:00.500000Z\""),
+        "{second}"
+    );
+    let rep = verify(&dir, &k, None, None).unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.broken);
+    assert_eq!((rep.records, rep.files), (7, 2));
+    // --from skips the first day and still verifies.
+    let rep = verify(&dir, &k, parse_date("2026-03-02"), None).unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.broken);
+    assert_eq!((rep.records, rep.first_seq), (4, Some(4)));
+
+    // Reopen continues on the newest file.
+    let (log, rec) = open(&dir, &k, Some(clock));
+    assert_eq!(rec.last_seq, 7);
+    assert_eq!(log.append(&event(7)).await.unwrap().seq, 8);
+    log.close().await;
+    assert!(verify(&dir, &k, None, None).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn torn_tail_is_dropped_and_reported_and_the_chain_resumes() {
+    for junk in [&b"{\"actor\":{\"role\":\"adm"[..], &[0u8; 300][..]] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let k = keys();
+        let (log, _) = open(&dir, &k, None);
+        for i in 0..5 {
+            log.append(&event(i)).await.unwrap();
+        }
+        log.close().await;
+        let f = day_files(&dir).pop().unwrap();
+        let good = std::fs::metadata(&f).unwrap().len();
+        let mut data = std::fs::read(&f).unwrap();
+        data.extend_from_slice(junk);
+        std::fs::write(&f, &data).unwrap();
+        let (log, rec) = open(&dir, &k, None);
+        let torn = rec.torn.expect("torn tail reported");
+        assert_eq!((torn.offset, torn.bytes), (good, junk.len() as u64));
+        assert_eq!(rec.last_seq, 5);
+        assert_eq!(log.append(&event(9)).await.unwrap().seq, 6);
+        log.close().await;
+        assert!(verify(&dir, &k, None, None).unwrap().is_ok());
+    }
+}
+
+#[tokio::test]
+async fn open_refuses_damage_that_is_not_a_torn_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let (log, _) = open(&dir, &k, None);
+    for i in 0..5 {
+        log.append(&event(i)).await.unwrap();
+    }
+    log.close().await;
+    let f = day_files(&dir).pop().unwrap();
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, text.replacen("\"n\":2", "\"n\":7", 1)).unwrap();
+    let err = AuditLog::open(
+        &dir,
+        &k,
+        &prometheus::Registry::new(),
+        Arc::new(tether_model::NoAlerts),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, AuditError::CorruptTail { seq: 4, .. }),
+        "{err}"
+    );
+    // The file was not touched.
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        text.replacen("\"n\":2", "\"n\":7", 1)
+    );
+
+    // A head ahead of the log (truncation) is refused too.
+    std::fs::write(&f, &text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&f, lines[..3].join("\n") + "\n").unwrap();
+    let err = AuditLog::open(
+        &dir,
+        &k,
+        &prometheus::Registry::new(),
+        Arc::new(tether_model::NoAlerts),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::HeadMismatch {
+                log_seq: 3,
+                head_seq: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("truncated or rolled back"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_events_are_refused_before_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let (log, _) = open(&dir, &k, None);
+    let e = log
+        .append(&event(1).data(json!({"x": {"ms": 1.5}})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, AuditError::InvalidEvent { .. }) && e.to_string().contains("data.x.ms"),
+        "{e}"
+    );
+    let e = log.append(&event(1).data(json!([1]))).await.unwrap_err();
+    assert!(e.to_string().contains("JSON object"), "{e}");
+    let e = log
+        .append(&Event::new("Exec Requested", actor(1)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("type"), "{e}");
+    let big = "x".repeat(MAX_RECORD_BYTES);
+    let e = log
+        .append(&event(1).data(json!({ "big": big })))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("larger than"), "{e}");
+    assert_eq!(log.append(&event(1)).await.unwrap().seq, 1);
+    log.close().await;
+}
+
+#[test]
+fn key_file_is_0600_outside_the_audit_dir_and_never_printed() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    let e = KeyFile::open_or_create(audit.join("keys"), &audit).unwrap_err();
+    assert!(matches!(e, AuditError::KeyFileInsideAuditDir { .. }), "{e}");
+    let e = KeyFile::open_or_create(audit.join("sub/../keys"), &audit).unwrap_err();
+    assert!(matches!(e, AuditError::KeyFileInsideAuditDir { .. }), "{e}");
+    assert!(!audit.join("keys").exists());
+
+    let path = tmp.path().join("etc/audit.key");
+    let kf = KeyFile::open_or_create(&path, &audit).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let hmac = hex::encode(&*kf.hmac_key().unwrap());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&hmac));
+    assert!(!format!("{kf:?}").contains(&hmac));
+    // Same keys on reopen.
+    let kf2 = KeyFile::open_or_create(&path, &audit).unwrap();
+    assert_eq!(*kf2.signing_key().unwrap(), *kf.signing_key().unwrap());
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let e = KeyFile::open_or_create(&path, &audit).unwrap_err();
+    assert!(
+        matches!(e, AuditError::KeyFilePermissions { mode: 0o640, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    assert!(
+        kf.hmac_key().is_err(),
+        "a loosened file is refused on every read"
+    );
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, "hmac=zz\n").unwrap();
+    let e = KeyFile::open_or_create(&path, &audit).unwrap_err();
+    assert!(matches!(e, AuditError::KeyFileMalformed { .. }), "{e}");
+    assert!(!format!("{:?}", keys()).contains("hmac:"));
+}
+
+#[tokio::test]
+async fn readers_filter_follow_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let (log, _) = open(&dir, &k, Some(clock.clone()));
+    log.append(&Event::new("config.change", actor(0)).data(json!({"key": "a"})))
+        .await
+        .unwrap();
+    log.append(&event(1)).await.unwrap(); // web-1
+    let mut fol = Follower::new(
+        &dir,
+        Filter {
+            types: vec!["exec.*".into()],
+            ..Filter::default()
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        fol.poll()
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    let mut from_end = Follower::from_end(&dir, Filter::default()).unwrap();
+    assert!(from_end.poll().unwrap().is_empty());
+    clock.advance(Duration::from_secs(3600 * 2)); // next UTC day
+    log.append(&event(2)).await.unwrap();
+    log.append(&Event::new("auth.denied", actor(2)).host("web-2"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        fol.next_batch(Duration::from_millis(10)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+    assert_eq!(
+        from_end
+            .poll()
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    log.close().await;
+
+    let host2 = Filter {
+        host: Some("web-2".into()),
+        ..Filter::default()
+    };
+    let seqs: Vec<u64> = read_records(&dir, &host2)
+        .unwrap()
+        .map(|r| r.unwrap().seq)
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let tail = tail_records(&dir, &Filter::default(), 2).unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    let from = Filter {
+        from: parse_date("2026-03-02"),
+        ..Filter::default()
+    };
+    assert_eq!(read_records(&dir, &from).unwrap().count(), 2);
+
+    let mut out = Vec::new();
+    let st = export_jsonl(&dir, &Filter::default(), &mut out).unwrap();
+    let all: Vec<u8> = day_files(&dir)
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(out, all, "export is byte-identical to the log");
+    assert_eq!(st.records, 4);
+}

@@ -1,0 +1,2 @@
+// placeholder so the workspace manifest parses; the policy work replaces this file.
+fn main() {}

@@ -1100,6 +1100,7 @@ impl Node {
         let tx = tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]);
         let mut s = tcp::Socket::new(rx, tx);
         s.set_nagle_enabled(false);
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
         s
     }
 
@@ -1468,6 +1469,12 @@ impl Node {
             connected: m.phase != Phase::Connecting,
             closed: dead,
         }
+    }
+
+    /// Whether the node has work for its driver (datagrams or events queued, or the stack needs a
+    /// run). Drivers that share the node with stream tasks check this after stream calls.
+    pub fn has_output(&self) -> bool {
+        self.dirty || !self.transmits.is_empty() || !self.events.is_empty()
     }
 
     /// Open streams (for tests and metrics).

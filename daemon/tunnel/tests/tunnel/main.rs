@@ -1,4 +1,5 @@
 //! One integration-test binary for the tunnel crate (link time dominates; keep it to one).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod driver;
 mod sim;

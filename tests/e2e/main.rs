@@ -6,3 +6,4 @@ mod demo;
 mod lifecycle;
 mod limits;
 mod rbac;
+mod vault;

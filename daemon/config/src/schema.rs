@@ -19,6 +19,9 @@ pub struct Config {
     pub control: ControlConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The secret vault: backend and the locked-memory requirement.
+    #[serde(default)]
+    pub vault: tether_vault::VaultConfig,
 }
 
 /// `[control]`: the HTTP/JSON API on a Unix socket that the `tether` CLI talks to.
@@ -95,6 +98,7 @@ impl Default for Config {
             log: LogConfig {
                 level: "info".to_owned(),
             },
+            vault: tether_vault::VaultConfig::default(),
         }
     }
 }
@@ -164,6 +168,15 @@ impl Config {
                     LOG_LEVELS.join(", ")
                 ),
             );
+        }
+        if let Err(e) = self.vault.validate() {
+            let (key, message) = match &e {
+                tether_vault::VaultError::Config { field, reason } => {
+                    ((*field).to_owned(), reason.clone())
+                }
+                other => ("vault".to_owned(), other.to_string()),
+            };
+            bad(&key, message);
         }
         problems
     }

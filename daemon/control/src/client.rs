@@ -113,11 +113,40 @@ impl Client {
         parse(&body)
     }
 
+    /// `PUT path` with a raw byte body (e.g. a secret's value), JSON answer. The caller should
+    /// zero its copy of `body` afterwards.
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let body = self
+            .send(Method::PUT, path, Some(("application/octet-stream", body)))
+            .await?;
+        parse(&body)
+    }
+
+    /// `DELETE path`, JSON answer.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.request(Method::DELETE, path, None).await?;
+        parse(&body)
+    }
+
     async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        self.send(method, path, body.map(|b| ("application/json", b)))
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Bytes, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
@@ -130,11 +159,15 @@ impl Client {
             .method(method)
             .uri(path)
             .header(HOST, "tetherd");
-        if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
-        }
+        let body = match body {
+            Some((content_type, bytes)) => {
+                req = req.header(CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Vec::new(),
+        };
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = sender
             .send_request(req)
@@ -163,6 +196,20 @@ impl Client {
             _ => ClientError::Io { socket, source: e },
         }
     }
+}
+
+/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters), so a
+/// user-supplied name can never change the request's route.
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {

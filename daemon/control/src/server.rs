@@ -224,7 +224,7 @@ async fn route(
                 ),
             )
         }
-        Lookup::Found(r) if !r.roles.contains(&role) => {
+        Lookup::Found(r, _) if !r.roles.contains(&role) => {
             state.metrics.auth_denials.inc();
             let allowed: Vec<&str> = r.roles.iter().map(|r| r.as_str()).collect();
             (
@@ -242,7 +242,7 @@ async fn route(
                 ),
             )
         }
-        Lookup::Found(r) => {
+        Lookup::Found(r, params) => {
             if http::declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
                 return (r.path, http::too_large());
             }
@@ -250,6 +250,7 @@ async fn route(
                 state: Arc::clone(state),
                 caller,
                 role,
+                params,
             };
             (r.path, (r.handler)(req, ctx).await)
         }

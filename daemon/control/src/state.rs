@@ -28,6 +28,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Hosts in the inventory.
     pub hosts: AtomicU64,
+    /// The secret vault (`None` only in tools and tests that run without one).
+    pub vault: Option<tether_vault::Vault>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -68,6 +70,7 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(false),
             hosts: AtomicU64::new(0),
+            vault: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

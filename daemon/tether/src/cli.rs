@@ -55,6 +55,9 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Manage the vault's secrets (admin): set, list, rm, rotate. Values are never printed.
+    #[command(subcommand)]
+    Secret(cmd::secret::SecretCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
 }

@@ -22,6 +22,9 @@ pub enum DaemonError {
     /// The async runtime or signal handlers could not start.
     #[error("cannot start: {0}")]
     Runtime(#[source] std::io::Error),
+    /// Secure memory, process hardening or the vault backend failed.
+    #[error(transparent)]
+    Vault(#[from] tether_vault::VaultError),
     /// Metrics registration failed (a bug: duplicate metric names).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -32,6 +35,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Config(_) => 2,
+            DaemonError::Vault(tether_vault::VaultError::Config { .. }) => 2,
             _ => 3,
         }
     }

@@ -31,6 +31,17 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
     .with_socket(args.socket.clone());
     let config = tether_config::load(args.config.as_deref(), &overrides)?;
     logging::init(&config.log.level);
+    // Before any secret exists: no core dumps, not ptrace-able by same-uid processes, and
+    // refuse to run when secrets can't be kept out of swap (unless knowingly allowed).
+    tether_vault::harden_process()?;
+    match tether_vault::check_secure_memory(config.vault.secure_memory_required)? {
+        tether_vault::SecureMemoryStatus::Locked => {
+            tracing::debug!("secret memory is locked into RAM")
+        }
+        _ => tracing::warn!(
+            "secret memory is NOT locked into RAM (vault.secure_memory_required = false)"
+        ),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,10 +58,20 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     prepare_state_dir(&config.state_dir)?;
     let registry = Registry::new();
     let socket = config.control.socket.clone();
+    let role = config.daemon_role();
+    let vault_config = config.vault.clone();
+    let state_dir = config.state_dir.clone();
+    let vault =
+        tokio::task::spawn_blocking(move || tether_vault::Vault::open(&vault_config, &state_dir))
+            .await
+            .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??;
+    tracing::info!(backend = %vault.backend(), "vault ready");
+    // The socket comes last, so a daemon that fails to start leaves no socket behind.
     let create_dir = socket == tether_config::default_socket_path();
     let listener = server::bind(&socket, config.control.group.as_deref(), create_dir)?;
-    let role = config.daemon_role();
-    let state = Arc::new(AppState::new(config, source, registry)?);
+    let mut state = AppState::new(config, source, registry)?;
+    state.vault = Some(vault);
+    let state = Arc::new(state);
 
     // Install every signal handler before announcing readiness, so no signal is missed.
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;

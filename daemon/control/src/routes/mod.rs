@@ -16,6 +16,7 @@ mod config;
 mod health;
 mod metrics;
 mod reload;
+mod secrets;
 mod status;
 
 /// What a handler gets besides the request.
@@ -26,6 +27,8 @@ pub(crate) struct Ctx {
     #[allow(dead_code)]
     pub caller: Arc<Caller>,
     pub role: Role,
+    /// Values of the route's `{param}` segments, in order.
+    pub params: Vec<String>,
 }
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
@@ -91,21 +94,99 @@ pub static ROUTES: &[RouteInfo] = &[
         summary: "re-read the configuration (same as SIGHUP); an invalid one keeps the old",
         handler: reload::handle,
     },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/secrets",
+        roles: ADMIN,
+        summary: "list secret names, backends and times (never values)",
+        handler: secrets::list,
+    },
+    RouteInfo {
+        method: Method::PUT,
+        path: "/v1/secrets/{name}",
+        roles: ADMIN,
+        summary: "store a secret; the body is the raw value (application/octet-stream)",
+        handler: secrets::set,
+    },
+    RouteInfo {
+        method: Method::DELETE,
+        path: "/v1/secrets/{name}",
+        roles: ADMIN,
+        summary: "remove a secret",
+        handler: secrets::remove,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/secrets/{name}/rotate",
+        roles: ADMIN,
+        summary: "replace a generated key with a fresh random one",
+        handler: secrets::rotate,
+    },
 ];
 
 /// The result of looking a request up in [`ROUTES`].
 pub(crate) enum Lookup {
-    Found(&'static RouteInfo),
+    Found(&'static RouteInfo, Vec<String>),
     MethodNotAllowed(Vec<Method>),
     NotFound,
 }
 
 pub(crate) fn lookup(method: &Method, path: &str) -> Lookup {
-    let same_path: Vec<&'static RouteInfo> = ROUTES.iter().filter(|r| r.path == path).collect();
-    match same_path.iter().find(|r| r.method == method) {
-        Some(r) => Lookup::Found(r),
-        None if same_path.is_empty() => Lookup::NotFound,
-        None => Lookup::MethodNotAllowed(same_path.iter().map(|r| r.method.clone()).collect()),
+    let same_path: Vec<(&'static RouteInfo, Vec<String>)> = ROUTES
+        .iter()
+        .filter_map(|r| match_path(r.path, path).map(|p| (r, p)))
+        .collect();
+    if same_path.is_empty() {
+        return Lookup::NotFound;
+    }
+    let allowed = same_path.iter().map(|(r, _)| r.method.clone()).collect();
+    match same_path.into_iter().find(|(r, _)| r.method == method) {
+        Some((r, params)) => Lookup::Found(r, params),
+        None => Lookup::MethodNotAllowed(allowed),
+    }
+}
+
+/// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as written (the
+/// handler's own validation then rejects them with a precise message).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
+/// Matches `/v1/secrets/{name}` against `/v1/secrets/db`, returning `["db"]`. A parameter is one
+/// non-empty path segment; percent-escapes are not decoded (names never need them).
+fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {
+                params.push(percent_decode(g));
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return None,
+        }
     }
 }
 
@@ -144,7 +225,26 @@ mod tests {
     fn lookup_distinguishes_404_and_405() {
         assert!(matches!(
             lookup(&Method::GET, "/v1/status"),
-            Lookup::Found(_)
+            Lookup::Found(_, _)
+        ));
+        match lookup(&Method::DELETE, "/v1/secrets/db-password") {
+            Lookup::Found(r, params) => {
+                assert_eq!(r.path, "/v1/secrets/{name}");
+                assert_eq!(params, vec!["db-password".to_owned()]);
+            }
+            _ => panic!("param route not found"),
+        }
+        assert!(matches!(
+            lookup(&Method::GET, "/v1/secrets/"),
+            Lookup::NotFound
+        ));
+        match lookup(&Method::PUT, "/v1/secrets/bad%20name%21") {
+            Lookup::Found(_, params) => assert_eq!(params, vec!["bad name!".to_owned()]),
+            _ => panic!("encoded param not matched"),
+        }
+        assert!(matches!(
+            lookup(&Method::GET, "/v1/secrets/a/b"),
+            Lookup::NotFound
         ));
         assert!(matches!(
             lookup(&Method::POST, "/v1/status"),

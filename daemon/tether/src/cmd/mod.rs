@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod secret;
 pub mod status;
 
 use crate::cli::{Cli, Command};
@@ -13,5 +14,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Config(c) => config::run(&cli.global, c).await,
         Command::Demo(args) => demo::run(&cli.global, args).await,
+        Command::Secret(c) => secret::run(&cli.global, c).await,
     }
 }

@@ -1,0 +1,186 @@
+//! `tether secret set|list|rm|rotate` (admin). Values are read from stdin or a no-echo prompt,
+//! never from the command line (argv is visible to every user in `ps`), and never printed.
+
+use std::io::{IsTerminal, Read, Write};
+
+use clap::Subcommand;
+use serde_json::Value;
+use zeroize::Zeroize;
+
+use tether_control::client::segment;
+
+use crate::cli::Global;
+use crate::error::CliError;
+use crate::output;
+
+/// Largest value `secret set` reads (the vault's limit is 64 KiB).
+const MAX_VALUE: usize = 64 * 1024;
+
+/// `tether secret ...`
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret. The value comes from stdin (one trailing newline is dropped) or, on a
+    /// terminal, from a prompt that does not echo.
+    Set {
+        /// Secret name: 1-128 of A-Z a-z 0-9 . _ -
+        name: String,
+    },
+    /// List secrets: names, backend, version, created/rotated times. Never values.
+    List,
+    /// Remove a secret.
+    Rm {
+        /// Secret name.
+        name: String,
+    },
+    /// Replace a key tetherd generated with a fresh random one.
+    Rotate {
+        /// Secret name.
+        name: String,
+    },
+}
+
+pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
+    let client = global.client();
+    match cmd {
+        SecretCommand::Set { name } => {
+            let mut value = read_value(&name)?;
+            let result: Result<Value, _> = client
+                .put_bytes(&format!("/v1/secrets/{}", segment(&name)), value.clone())
+                .await;
+            value.zeroize();
+            let info = result?;
+            if global.json {
+                output::json(&info);
+            } else {
+                println!("secret {name} stored (version {})", info["version"]);
+            }
+        }
+        SecretCommand::List => {
+            let list: Value = client.get_json("/v1/secrets").await?;
+            if global.json {
+                output::json(&list);
+            } else {
+                let secrets = list["secrets"].as_array().cloned().unwrap_or_default();
+                if secrets.is_empty() {
+                    println!(
+                        "no secrets (backend: {})",
+                        list["backend"].as_str().unwrap_or("?")
+                    );
+                }
+                for s in secrets {
+                    println!(
+                        "{:<32} {:<11} v{:<4} {:<9} created {}{}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["backend"].as_str().unwrap_or(""),
+                        s["version"],
+                        if s["generated"].as_bool() == Some(true) {
+                            "generated"
+                        } else {
+                            "set"
+                        },
+                        s["created"].as_str().unwrap_or(""),
+                        s["rotated"]
+                            .as_str()
+                            .map(|r| format!(", rotated {r}"))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        SecretCommand::Rm { name } => {
+            let out: Value = client
+                .delete_json(&format!("/v1/secrets/{}", segment(&name)))
+                .await?;
+            if global.json {
+                output::json(&out);
+            } else {
+                println!("secret {name} removed");
+            }
+        }
+        SecretCommand::Rotate { name } => {
+            let info: Value = client
+                .post_json(
+                    &format!("/v1/secrets/{}/rotate", segment(&name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if global.json {
+                output::json(&info);
+            } else {
+                println!("secret {name} rotated (version {})", info["version"]);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn read_value(name: &str) -> Result<Vec<u8>, CliError> {
+    let stdin = std::io::stdin();
+    let mut value = Vec::new();
+    if stdin.is_terminal() {
+        eprint!("value for {name} (not echoed): ");
+        let _ = std::io::stderr().flush();
+        let echo_off = EchoOff::new(&stdin);
+        let mut line = String::new();
+        let read = stdin.read_line(&mut line);
+        drop(echo_off);
+        eprintln!();
+        read.map_err(|e| CliError::Usage(format!("cannot read the value: {e}")))?;
+        value.extend_from_slice(line.trim_end_matches(['\r', '\n']).as_bytes());
+        line.zeroize();
+    } else {
+        stdin
+            .lock()
+            .take(MAX_VALUE as u64 + 1)
+            .read_to_end(&mut value)
+            .map_err(|e| CliError::Usage(format!("cannot read the value from stdin: {e}")))?;
+        if value.len() > MAX_VALUE {
+            value.zeroize();
+            return Err(CliError::Usage(format!(
+                "the value is larger than {MAX_VALUE} bytes"
+            )));
+        }
+        if value.last() == Some(&b'\n') {
+            value.pop();
+            if value.last() == Some(&b'\r') {
+                value.pop();
+            }
+        }
+    }
+    if value.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no value given for {name}: pipe it on stdin (printf %s VALUE | tether secret set {name}) or type it at the prompt"
+        )));
+    }
+    Ok(value)
+}
+
+/// Turns terminal echo off until dropped.
+struct EchoOff {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl EchoOff {
+    fn new(stdin: &std::io::Stdin) -> EchoOff {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        let saved = tcgetattr(stdin).ok();
+        if let Some(t) = &saved {
+            let mut quiet = t.clone();
+            quiet.local_flags.remove(LocalFlags::ECHO);
+            let _ = tcsetattr(stdin, SetArg::TCSANOW, &quiet);
+        }
+        EchoOff { saved }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
+}

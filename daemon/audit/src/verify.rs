@@ -1,13 +1,14 @@
 //! The verifier: walks the whole chain and names the first break.
 
-use std::io::{BufRead as _, BufReader};
+use std::collections::VecDeque;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use crate::chain::{LineFault, check_line};
+use crate::chain::{LineFault, LineInfo, check_line};
 use crate::checkpoint::{Checkpoint, read_head};
 use crate::error::{AuditError, Result};
 use crate::files::list_day_files;
@@ -132,6 +133,121 @@ impl VerifyReport {
     }
 }
 
+/// One line, checked on its own (hash, HMAC), in file order.
+struct Checked {
+    /// Bytes including the newline.
+    n: usize,
+    /// False for a last line without a newline.
+    complete: bool,
+    res: std::result::Result<LineInfo, (Option<u64>, LineFault)>,
+}
+
+/// Reads a day file in large chunks and checks the lines of each chunk on two threads; the
+/// caller then walks the results in order for the links between records (cheap, sequential).
+struct ChunkReader<'k> {
+    f: std::fs::File,
+    keys: &'k ChainKeys,
+    carry: Vec<u8>,
+    queue: VecDeque<Checked>,
+    eof: bool,
+}
+
+const CHUNK: usize = 8 << 20;
+/// Below this a chunk is checked on the calling thread only.
+const PARALLEL_MIN: usize = 256 << 10;
+
+impl<'k> ChunkReader<'k> {
+    fn new(f: std::fs::File, keys: &'k ChainKeys) -> Self {
+        ChunkReader {
+            f,
+            keys,
+            carry: Vec::new(),
+            queue: VecDeque::new(),
+            eof: false,
+        }
+    }
+
+    fn next(&mut self) -> std::io::Result<Option<Checked>> {
+        loop {
+            if let Some(c) = self.queue.pop_front() {
+                return Ok(Some(c));
+            }
+            if self.eof {
+                if self.carry.is_empty() {
+                    return Ok(None);
+                }
+                let n = self.carry.len();
+                self.carry.clear();
+                return Ok(Some(Checked {
+                    n,
+                    complete: false,
+                    res: Err((None, LineFault::Malformed("incomplete line".into()))),
+                }));
+            }
+            let old = self.carry.len();
+            self.carry.resize(old + CHUNK, 0);
+            let got = loop {
+                match self.f.read(&mut self.carry[old..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            let got = match got {
+                Ok(g) => g,
+                Err(e) => {
+                    self.carry.truncate(old);
+                    return Err(e);
+                }
+            };
+            self.carry.truncate(old + got);
+            if got == 0 {
+                self.eof = true;
+                continue;
+            }
+            let Some(last) = self.carry.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            let rest = self.carry.split_off(last + 1);
+            let complete = std::mem::replace(&mut self.carry, rest);
+            check_chunk(self.keys, &complete, &mut self.queue);
+        }
+    }
+}
+
+/// Checks every line of `data` (which ends with a newline), in order, into `out`.
+fn check_chunk(keys: &ChainKeys, data: &[u8], out: &mut VecDeque<Checked>) {
+    fn run(keys: &ChainKeys, data: &[u8]) -> Vec<Checked> {
+        data.split_inclusive(|&b| b == b'\n')
+            .map(|l| Checked {
+                n: l.len(),
+                complete: true,
+                res: check_line(keys, &l[..l.len() - 1]),
+            })
+            .collect()
+    }
+    if data.len() < PARALLEL_MIN {
+        out.extend(run(keys, data));
+        return;
+    }
+    let mid = data.len() / 2;
+    let cut = data[mid..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(data.len(), |p| mid + p + 1);
+    let (a, b) = data.split_at(cut);
+    let (ra, rb) = std::thread::scope(|s| {
+        let h = s.spawn(|| run(keys, b));
+        let ra = run(keys, a);
+        (ra, h.join())
+    });
+    out.extend(ra);
+    match rb {
+        Ok(v) => out.extend(v),
+        // A panic in the helper thread: check that half here instead.
+        Err(_) => out.extend(run(keys, b)),
+    }
+}
+
 #[derive(Deserialize)]
 struct SeqOnly {
     seq: u64,
@@ -184,7 +300,6 @@ pub fn verify(
 
     let mut expected: Option<u64> = if from.is_none() { Some(1) } else { None };
     let mut prev = [0u8; 32];
-    let mut buf = Vec::with_capacity(64 * 1024);
     let nfiles = files.len();
     'files: for (fi, (_, path)) in files.iter().enumerate() {
         let f = std::fs::File::open(path).map_err(|source| AuditError::Read {
@@ -192,20 +307,18 @@ pub fn verify(
             source,
         })?;
         rep.files += 1;
-        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut r = ChunkReader::new(f, &keys);
         let mut line_no = 0u64;
         let mut offset = 0u64;
         loop {
-            buf.clear();
-            let n = r
-                .read_until(b'\n', &mut buf)
-                .map_err(|source| AuditError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-            if n == 0 {
+            let Some(checked) = r.next().map_err(|source| AuditError::Read {
+                path: path.clone(),
+                source,
+            })?
+            else {
                 break;
-            }
+            };
+            let n = checked.n;
             line_no += 1;
             offset += n as u64;
             rep.bytes += n as u64;
@@ -216,7 +329,7 @@ pub fn verify(
                 line: Some(line_no),
                 detail,
             };
-            if buf.last() != Some(&b'\n') {
+            if !checked.complete {
                 if fi + 1 == nfiles {
                     rep.torn_tail_bytes = n as u64;
                     break 'files;
@@ -230,8 +343,7 @@ pub fn verify(
                 ));
                 break 'files;
             }
-            let line = &buf[..n - 1];
-            let info = match check_line(&keys, line) {
+            let info = match checked.res {
                 Ok(i) => i,
                 Err((seq, fault)) => {
                     let e = expected.or(seq).unwrap_or(0);

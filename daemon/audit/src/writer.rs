@@ -77,6 +77,9 @@ pub struct Options {
     /// after every batch. The head may lag the log by this much; a pending head is written when
     /// the writer goes idle, on [`AuditLog::checkpoint`] and on close.
     pub head_interval: Duration,
+    /// Longest extra wait for more appends before a batch is written, when fewer arrived than
+    /// the previous batch had (also capped at half the last fdatasync time). Zero disables it.
+    pub gather: Duration,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             max_batch: 4096,
             head_interval: Duration::from_millis(100),
+            gather: Duration::from_millis(1),
         }
     }
 }
@@ -94,6 +98,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("max_batch", &self.max_batch)
             .field("head_interval", &self.head_interval)
+            .field("gather", &self.gather)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +218,9 @@ impl AuditLog {
             last_head: Instant::now(),
             head_interval: opts.head_interval,
             max_batch: opts.max_batch.max(1),
+            gather: opts.gather,
+            last_batch: 1,
+            last_fsync: Duration::ZERO,
             pending_rollback: None,
             buf: Vec::with_capacity(1 << 20),
             last_seq: last_seq.clone(),
@@ -330,6 +338,9 @@ struct Writer {
     last_head: Instant,
     head_interval: Duration,
     max_batch: usize,
+    gather: Duration,
+    last_batch: usize,
+    last_fsync: Duration,
     /// A rollback that failed; retried before the next write.
     pending_rollback: Option<u64>,
     buf: Vec<u8>,
@@ -367,6 +378,24 @@ impl Writer {
                 }
                 if appends.len() < self.max_batch {
                     next = rx.try_recv().ok();
+                }
+            }
+            // Gather: the callers acknowledged by the last batch are likely to come back at
+            // once; wait a little (bounded by a fraction of the last fsync) for them, so one
+            // fdatasync serves them all instead of a short batch followed by a long one.
+            let target = self.last_batch.min(self.max_batch);
+            if !appends.is_empty() && appends.len() < target && !self.gather.is_zero() {
+                let until = Instant::now() + self.gather.min(self.last_fsync / 2);
+                while appends.len() < target {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(Cmd::Append(p, w)) => appends.push((p, w)),
+                        Ok(other) => others.push(other),
+                        Err(_) => break,
+                    }
                 }
             }
             if !appends.is_empty() {
@@ -433,9 +462,10 @@ impl Writer {
         let res = cur.file.write_all(&self.buf).and_then(|()| {
             let t = Instant::now();
             let r = cur.file.sync_data();
+            self.last_fsync = t.elapsed();
             self.metrics
                 .fsync_seconds
-                .observe(t.elapsed().as_secs_f64());
+                .observe(self.last_fsync.as_secs_f64());
             r
         });
         match res {
@@ -444,6 +474,7 @@ impl Writer {
                 self.next_seq = seq;
                 self.prev = prev;
                 self.last_seq.store(seq - 1, Ordering::Release);
+                self.last_batch = n;
                 self.metrics.records.inc_by(n as u64);
                 self.metrics.batch_size.observe(n as f64);
                 self.head_dirty = true;

@@ -266,3 +266,47 @@ async fn every_kind_of_break_is_named_with_its_seq() {
         expect(&fork, &k, Some(&cp25), BreakKind::RolledBack, 25);
     }
 }
+
+/// Logs above 256 KiB are checked on two threads; breaks in either half are still found in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_in_a_large_log_are_found_by_the_parallel_checker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let k = keys();
+    let (log, _) = open(&base, &k, None);
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60 {
+                log.append(&event(t * 1000 + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    log.close().await;
+    let rep = verify(&base, &k, None, None).unwrap();
+    assert!(
+        rep.is_ok() && rep.records == 3840 && rep.bytes > 1 << 20,
+        "{rep:?}"
+    );
+
+    for (name, seq, kind) in [
+        ("early", 100usize, BreakKind::Edited),
+        ("late", 3500, BreakKind::Edited),
+        ("late-swap", 3000, BreakKind::Reordered),
+    ] {
+        let d = tmp.path().join(name);
+        copy_dir(&base, &d);
+        let mut f = lines(&d);
+        if kind == BreakKind::Reordered {
+            f[0].1.swap(seq - 1, seq);
+        } else {
+            f[0].1[seq - 1] = f[0].1[seq - 1].replacen("\"uptime\"", "\"uptimf\"", 1);
+        }
+        write_lines(&f);
+        expect(&d, &k, None, kind, seq as u64);
+    }
+}

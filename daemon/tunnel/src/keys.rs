@@ -91,6 +91,7 @@ fn decode32(text: &str) -> Result<[u8; 32], TunnelError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -417,10 +417,8 @@ impl Peer {
                     })
                 }
             },
-            4 => {
-                if pkt.len() > 32 {
-                    self.wg.last_data_sent = Some(now);
-                }
+            4 if pkt.len() > 32 => {
+                self.wg.last_data_sent = Some(now);
             }
             _ => {}
         }
@@ -549,10 +547,8 @@ impl Peer {
         totals: &mut Totals,
         events: &mut VecDeque<Event>,
     ) {
-        if initiator {
-            if let Some(a) = self.wg.attempt {
-                self.rtt = Some(now.saturating_duration_since(a.last_sent));
-            }
+        if initiator && let Some(a) = self.wg.attempt {
+            self.rtt = Some(now.saturating_duration_since(a.last_sent));
         }
         self.wg.attempt = None;
         self.wg.session_at = Some(now);
@@ -729,11 +725,12 @@ impl Node {
         self.now = now;
         // Persistent keepalive peers (targets behind NAT) connect right away.
         let mut buf = std::mem::take(&mut self.scratch);
-        if let Some(p) = self.peers.get_mut(&id) {
-            if p.cfg.persistent_keepalive.is_some_and(|k| k > 0) && p.endpoint.is_some() {
-                p.wg.last_persistent = Some(now);
-                p.keepalive(now, &mut buf, &mut self.transmits, &mut self.totals);
-            }
+        if let Some(p) = self.peers.get_mut(&id)
+            && p.cfg.persistent_keepalive.is_some_and(|k| k > 0)
+            && p.endpoint.is_some()
+        {
+            p.wg.last_persistent = Some(now);
+            p.keepalive(now, &mut buf, &mut self.transmits, &mut self.totals);
         }
         self.scratch = buf;
         Ok(id)
@@ -912,14 +909,9 @@ impl Node {
         }
         if flush {
             // Packets boringtun queued while the handshake was in flight.
-            loop {
-                match peer.tunn.decapsulate(None, &[], &mut buf) {
-                    TunnResult::WriteToNetwork(p) => {
-                        let pkt = p.to_vec();
-                        peer.emit(pkt, now, &mut self.transmits, &mut self.totals);
-                    }
-                    _ => break,
-                }
+            while let TunnResult::WriteToNetwork(p) = peer.tunn.decapsulate(None, &[], &mut buf) {
+                let pkt = p.to_vec();
+                peer.emit(pkt, now, &mut self.transmits, &mut self.totals);
             }
         }
         self.scratch = buf;
@@ -1083,12 +1075,11 @@ impl Node {
                     out.truncate(n);
                     peer.emit(out, now, &mut self.transmits, &mut self.totals);
                 }
-                TunnResult::Done => {
+                TunnResult::Done
                     // Queued inside boringtun behind a handshake we no longer drive: restart one.
-                    if peer.wg.attempt.is_none() {
+                    if peer.wg.attempt.is_none() => {
                         peer.force_handshake(now, &mut out, &mut self.transmits, &mut self.totals);
                     }
-                }
                 TunnResult::Err(_) => peer.drop(&mut self.totals, DropReason::Rejected),
                 _ => {}
             }

@@ -144,17 +144,15 @@ impl Sim {
             };
             while let Some(t) = node.poll_transmit() {
                 self.sent[i] += 1;
-                let depart = if self.faults.rate == 0 {
-                    self.now
-                } else {
-                    let start = self.link_free[i].max(self.now);
-                    let d = start
-                        + Duration::from_nanos(
-                            t.payload.len() as u64 * 1_000_000_000 / self.faults.rate,
-                        );
-                    self.link_free[i] = d;
-                    d
-                };
+                let depart =
+                    match (t.payload.len() as u64 * 1_000_000_000).checked_div(self.faults.rate) {
+                        None => self.now,
+                        Some(ns) => {
+                            let d = self.link_free[i].max(self.now) + Duration::from_nanos(ns);
+                            self.link_free[i] = d;
+                            d
+                        }
+                    };
                 if self.rng.chance(self.faults.loss) {
                     continue;
                 }
@@ -200,10 +198,10 @@ impl Sim {
             next = next.min(f.at);
         }
         for (_, n) in self.nodes.iter_mut() {
-            if let Some(n) = n {
-                if let Some(t) = n.poll_timeout() {
-                    next = next.min(t);
-                }
+            if let Some(n) = n
+                && let Some(t) = n.poll_timeout()
+            {
+                next = next.min(t);
             }
         }
         // Timers may be "due now"; never go backwards.
@@ -226,11 +224,11 @@ impl Sim {
             }
         }
         for (i, (_, n)) in self.nodes.iter_mut().enumerate() {
-            if let Some(n) = n {
-                if n.poll_timeout().is_some_and(|t| t <= now) {
-                    self.timeouts[i] += 1;
-                    n.handle_timeout(now);
-                }
+            if let Some(n) = n
+                && n.poll_timeout().is_some_and(|t| t <= now)
+            {
+                self.timeouts[i] += 1;
+                n.handle_timeout(now);
             }
         }
         self.collect();

@@ -115,17 +115,18 @@ pub(crate) fn check_line(
     if let Some((seq, prev)) = locate(line) {
         let n = line.len();
         let s = &line[n - SUFFIX_LEN..];
-        if &s[..9] == b",\"hash\":\"" && &s[73..83] == b"\",\"hmac\":\"" && &s[147..] == b"\"}" {
-            if let (Some(stored_hash), Some(stored_mac)) =
+        if &s[..9] == b",\"hash\":\""
+            && &s[73..83] == b"\",\"hmac\":\""
+            && &s[147..] == b"\"}"
+            && let (Some(stored_hash), Some(stored_mac)) =
                 (unhex32(&s[9..73]), unhex32(&s[83..147]))
-            {
-                let hash = hash_body(&prev, &line[..n - SUFFIX_LEN], true);
-                if hash == stored_hash {
-                    let mut m = keys.hmac.clone();
-                    m.update(&hash);
-                    if m.verify_slice(&stored_mac).is_ok() {
-                        return Ok(LineInfo { seq, prev, hash });
-                    }
+        {
+            let hash = hash_body(&prev, &line[..n - SUFFIX_LEN], true);
+            if hash == stored_hash {
+                let mut m = keys.hmac.clone();
+                m.update(&hash);
+                if m.verify_slice(&stored_mac).is_ok() {
+                    return Ok(LineInfo { seq, prev, hash });
                 }
             }
         }

@@ -310,14 +310,10 @@ pub fn verify(
         let mut r = ChunkReader::new(f, &keys);
         let mut line_no = 0u64;
         let mut offset = 0u64;
-        loop {
-            let Some(checked) = r.next().map_err(|source| AuditError::Read {
-                path: path.clone(),
-                source,
-            })?
-            else {
-                break;
-            };
+        while let Some(checked) = r.next().map_err(|source| AuditError::Read {
+            path: path.clone(),
+            source,
+        })? {
             let n = checked.n;
             line_no += 1;
             offset += n as u64;

@@ -120,7 +120,7 @@ pub fn run_fixtures(policy: &Policy, text: &str) -> Result<FixtureReport, Policy
                 got: d.verdict,
                 missing_rules: missing,
                 got_rules: d.rule_ids,
-                reason: d.reason,
+                reason: d.reason.into_owned(),
             });
         }
     }

@@ -5,11 +5,7 @@
 /// Unicode look-alikes of shell punctuation (fullwidth forms, dashes, quotes, slashes...).
 /// Returns the reason for the first offending character.
 pub(crate) fn screen_chars(text: &str) -> Result<(), String> {
-    // Fast path: printable ASCII, tab and newline.
-    if text
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t' || b == b'\n')
-    {
+    if plain_ascii(text.as_bytes()) {
         return Ok(());
     }
     for (i, ch) in text.char_indices() {
@@ -33,6 +29,20 @@ pub(crate) fn screen_chars(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Fast path: only printable ASCII, tab and newline. Branch-free per chunk so it vectorizes.
+fn plain_ascii(bytes: &[u8]) -> bool {
+    for chunk in bytes.chunks(64) {
+        let mut bad = false;
+        for &c in chunk {
+            bad |= (c < 0x20) & (c != b'\t') & (c != b'\n') | (c >= 0x7f);
+        }
+        if bad {
+            return false;
+        }
+    }
+    true
 }
 
 fn suspicious(ch: char) -> bool {

@@ -1,4 +1,5 @@
 //! Compiling a [`PolicySpec`] and evaluating requests against it.
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
@@ -386,12 +387,17 @@ struct Eval<'p> {
     trace: Vec<TraceEntry>,
 }
 
-fn entry(subject: &str, rule: Option<&str>, outcome: Outcome, note: String) -> TraceEntry {
+fn entry(
+    subject: &str,
+    rule: Option<&str>,
+    outcome: Outcome,
+    note: impl Into<Cow<'static, str>>,
+) -> TraceEntry {
     TraceEntry {
         subject: subject.to_owned(),
         rule: rule.map(str::to_owned),
         outcome,
-        note,
+        note: note.into(),
     }
 }
 
@@ -474,7 +480,7 @@ impl<'p> Eval<'p> {
             verdict: Verdict::Deny,
             mode: self.p.mode,
             rule_ids: vec![id.to_owned()],
-            reason,
+            reason: reason.into(),
             trace: self.trace,
         }
     }
@@ -503,12 +509,8 @@ impl<'p> Eval<'p> {
             }
         }
         if !hit {
-            self.trace.push(entry(
-                text,
-                None,
-                Outcome::Passed,
-                "no deny rule matched".into(),
-            ));
+            self.trace
+                .push(entry(text, None, Outcome::Passed, "no deny rule matched"));
         }
     }
 
@@ -571,10 +573,14 @@ impl<'p> Eval<'p> {
             Err(why) => return self.unsafe_input(cmd, why),
         };
         self.deny_command(cmd);
-        let mut seen: Vec<&str> = vec![cmd];
-        for text in analysis.commands.iter().chain(analysis.deny_views.iter()) {
-            if !seen.contains(&text.as_str()) {
-                seen.push(text);
+        let texts = analysis.commands.len() + analysis.deny_views.len();
+        let text_at = |k: usize| match k.checked_sub(analysis.commands.len()) {
+            None => analysis.commands[k].as_str(),
+            Some(v) => analysis.deny_views[v].as_str(),
+        };
+        for k in 0..texts {
+            let text = text_at(k);
+            if text != cmd && !(0..k).any(|e| text_at(e) == text) {
                 self.deny_command(text);
             }
         }
@@ -717,11 +723,11 @@ impl<'p> Eval<'p> {
                 rule_ids.push(f.id.clone());
             }
         }
-        let mut reason = match first_reason {
-            Some(r) if count > 1 => format!("{r} (and {} more finding(s))", count - 1),
-            Some(r) => r.to_owned(),
-            None if self.allowed_by.is_empty() => "no deny rule matched".to_owned(),
-            None => format!("allowed by {}", self.allowed_by.join(", ")),
+        let mut reason: Cow<'static, str> = match first_reason {
+            Some(r) if count > 1 => format!("{r} (and {} more finding(s))", count - 1).into(),
+            Some(r) => r.to_owned().into(),
+            None if self.allowed_by.is_empty() => "no deny rule matched".into(),
+            None => format!("allowed by {}", self.allowed_by.join(", ")).into(),
         };
         if enforced == Verdict::Allow {
             rule_ids = self.allowed_by;
@@ -730,11 +736,11 @@ impl<'p> Eval<'p> {
             (_, Verdict::Allow) => Verdict::Allow,
             (Mode::Enforce, v) => v,
             (Mode::Warn, v) => {
-                reason = format!("warn mode; enforce mode would say {v}: {reason}");
+                reason = format!("warn mode; enforce mode would say {v}: {reason}").into();
                 Verdict::Warn
             }
             (Mode::Off, v) => {
-                reason = format!("policy mode is off; enforce mode would say {v}: {reason}");
+                reason = format!("policy mode is off; enforce mode would say {v}: {reason}").into();
                 rule_ids.clear();
                 Verdict::Allow
             }

@@ -1,4 +1,5 @@
 //! What is asked (`Request`) and what the policy answers (`Decision`).
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -181,8 +182,8 @@ pub struct TraceEntry {
     /// What happened.
     pub outcome: Outcome,
     /// Human detail (the rule's message, the reason input is unsafe...).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub note: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub note: Cow<'static, str>,
 }
 
 /// The result of [`Policy::evaluate`](crate::Policy::evaluate).
@@ -196,7 +197,7 @@ pub struct Decision {
     /// that matched, or for an allow under an allow list, the allow rules used.
     pub rule_ids: Vec<String>,
     /// One line for a human.
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     /// Step-by-step explanation.
     pub trace: Vec<TraceEntry>,
 }

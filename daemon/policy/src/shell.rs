@@ -234,35 +234,26 @@ impl Seg {
         }
         let text = String::from_utf8(std::mem::take(&mut self.text))
             .map_err(|_| "invalid UTF-8".to_owned())?;
-        let words = std::mem::take(&mut self.words);
-        simple_command(&text, &words, depth, cx)
+        let result = simple_command(text, &self.words, depth, cx);
+        self.words.clear();
+        result
     }
 }
 
+/// Bytes that end a run of ordinary word characters.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let specials = b" \t\n;&|()<>#\\'\"$`*?[{}";
+    let mut i = 0;
+    while i < specials.len() {
+        t[specials[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn is_special(c: u8) -> bool {
-    matches!(
-        c,
-        b' ' | b'\t'
-            | b'\n'
-            | b';'
-            | b'&'
-            | b'|'
-            | b'('
-            | b')'
-            | b'<'
-            | b'>'
-            | b'#'
-            | b'\\'
-            | b'\''
-            | b'"'
-            | b'$'
-            | b'`'
-            | b'*'
-            | b'?'
-            | b'['
-            | b'{'
-            | b'}'
-    )
+    SPECIAL[c as usize]
 }
 
 fn utf8_len(lead: u8) -> usize {
@@ -287,7 +278,11 @@ fn parse_seq(
             "substitutions or `sh -c` strings nested deeper than {MAX_DEPTH} levels"
         ));
     }
-    let mut seg = Seg::default();
+    let mut seg = Seg {
+        text: Vec::with_capacity(b.len() - *pos),
+        words: Vec::with_capacity(16),
+        ..Seg::default()
+    };
     let mut parens = 0usize;
     while *pos < b.len() {
         let c = b[*pos];
@@ -615,7 +610,12 @@ fn is_assignment(t: &str) -> bool {
     }
 }
 
-fn simple_command(text: &str, words: &[Word], depth: usize, cx: &mut Cx<'_>) -> Result<(), String> {
+fn simple_command(
+    text: String,
+    words: &[Word],
+    depth: usize,
+    cx: &mut Cx<'_>,
+) -> Result<(), String> {
     let w = |i: usize| &text[words[i].start..words[i].end];
     let mut i = 0;
     while i < words.len() {
@@ -681,16 +681,26 @@ fn simple_command(text: &str, words: &[Word], depth: usize, cx: &mut Cx<'_>) -> 
             "the command name `{argv0}` contains non-ASCII characters (look-alike letters?)"
         ));
     }
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    let special = base.len() != argv0.len()
+        || WRAPPERS.contains(&base)
+        || SHELLS.contains(&base)
+        || matches!(base, "eval" | "trap" | "find" | "alias");
+    if j == i && !special {
+        // The common case: no views to derive, so the buffer becomes the command.
+        let start = words[i].start;
+        let mut text = text;
+        if start > 0 {
+            text.drain(..start);
+        }
+        cx.out.commands.push(text);
+        return Ok(());
+    }
     cx.out.commands.push(command.to_owned());
     if j > i {
         cx.push_view(text[words[j].start..].to_owned())?;
     }
-    let base = argv0.rsplit('/').next().unwrap_or(argv0);
-    if base.len() != argv0.len()
-        || WRAPPERS.contains(&base)
-        || SHELLS.contains(&base)
-        || matches!(base, "eval" | "trap" | "find" | "alias")
-    {
+    if special {
         let ws: Vec<&str> = (j..words.len()).map(w).collect();
         expand(&ws, 0, depth, cx)?;
     }

@@ -5,5 +5,6 @@ mod config;
 mod demo;
 mod lifecycle;
 mod limits;
+mod policy;
 mod rbac;
 mod vault;

@@ -53,10 +53,16 @@ pub struct Daemon {
     child: Child,
 }
 
-/// Writes a config for `role` plus `extra` TOML (appended verbatim) and returns its text.
+/// Writes a config for `role` plus `extra` TOML (appended verbatim, so keys there land in
+/// `[control]` unless a new table starts) and returns its text.
 pub fn config_text(role: &str, dir: &Path, extra: &str) -> String {
+    config_text_top(role, dir, "", extra)
+}
+
+/// Like [`config_text`] with `top` TOML placed before the first table (top-level keys).
+pub fn config_text_top(role: &str, dir: &Path, top: &str, extra: &str) -> String {
     format!(
-        "role = \"{role}\"\nstate_dir = \"{}\"\n\n[control]\nsocket = \"{}\"\n{extra}\n",
+        "role = \"{role}\"\nstate_dir = \"{}\"\n{top}\n[control]\nsocket = \"{}\"\n{extra}\n",
         dir.join("state").display(),
         dir.join("tetherd.sock").display(),
     )
@@ -69,14 +75,24 @@ impl Daemon {
         Self::start_env(role, extra, &[])
     }
 
+    /// Like [`Daemon::start`] with top-level keys `top` as well.
+    pub fn start_top(role: &str, top: &str, extra: &str) -> Daemon {
+        Self::start_full(role, top, extra, &[])
+    }
+
     /// Like [`Daemon::start`] with extra environment variables for the daemon.
     pub fn start_env(role: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(role, "", extra, env)
+    }
+
+    fn start_full(role: &str, top: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("tether-e2e-")
             .tempdir()
             .expect("tempdir");
         let config = dir.path().join("tetherd.toml");
-        std::fs::write(&config, config_text(role, dir.path(), extra)).expect("write config");
+        std::fs::write(&config, config_text_top(role, dir.path(), top, extra))
+            .expect("write config");
         let mut d = Self::spawn_in(dir, config, env);
         d.wait_ready();
         d

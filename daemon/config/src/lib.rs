@@ -15,11 +15,11 @@ mod redact;
 mod schema;
 
 pub use error::{ConfigError, Problem};
-pub use load::{Overrides, check_file, check_str, load};
+pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};
 pub use principal::{ParsePrincipalError, Principal};
 pub use redact::redacted_json;
-pub use schema::{Config, ControlConfig, LogConfig, RolesConfig};
+pub use schema::{Config, ControlConfig, LogConfig, PolicyFileError, PolicySource, RolesConfig};
 
 /// Where `tetherd` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/tetherd.toml";

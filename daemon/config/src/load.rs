@@ -53,8 +53,27 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         Some(p) => format!("{} (with TETHER_* environment and flags)", p.display()),
         None => "defaults, TETHER_* environment and flags".to_owned(),
     };
-    resolve(text.as_deref(), true, overrides)
+    resolve(text.as_deref(), true, overrides, true)
         .map_err(|problems| ConfigError::Invalid { origin, problems })
+}
+
+/// Like [`load`] but leaves the policy uncompiled: a reload compiles it through the live
+/// policy engine, which keeps the old policy and raises `policy_rebuild_failed` on failure.
+pub fn load_for_reload(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let text = match file {
+        Some(p) => Some(read(p)?),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH))
+            .filter(|p| p.exists())
+            .map(|p| read(&p))
+            .transpose()?,
+    };
+    resolve(text.as_deref(), true, overrides, false).map_err(|problems| ConfigError::Invalid {
+        origin: file.map_or_else(
+            || "defaults, TETHER_* environment and flags".to_owned(),
+            |p| p.display().to_string(),
+        ),
+        problems,
+    })
 }
 
 /// Validates one config file on its own (no environment, no flags), reporting every problem.
@@ -65,9 +84,11 @@ pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
 
 /// Like [`check_file`] for text already in memory; `origin` names it in the error.
 pub fn check_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    resolve(Some(text), false, &Overrides::default()).map_err(|problems| ConfigError::Invalid {
-        origin: origin.to_owned(),
-        problems,
+    resolve(Some(text), false, &Overrides::default(), true).map_err(|problems| {
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        }
     })
 }
 
@@ -85,6 +106,7 @@ fn top_level_keys() -> BTreeSet<String> {
         Ok(serde_json::Value::Object(map)) => {
             let mut keys: BTreeSet<String> = map.keys().cloned().collect();
             keys.insert("role".to_owned());
+            keys.insert("policy_file".to_owned());
             keys
         }
         _ => BTreeSet::new(),
@@ -95,6 +117,7 @@ fn resolve(
     text: Option<&str>,
     use_env: bool,
     overrides: &Overrides,
+    compile_policy: bool,
 ) -> Result<Config, Vec<Problem>> {
     let mut table = match text {
         None => toml::Table::new(),
@@ -133,9 +156,17 @@ fn resolve(
             Ok(config) => {
                 let reported: BTreeSet<String> =
                     problems.iter().map(|p: &Problem| p.key.clone()).collect();
+                let mut checks = config.validate();
+                if compile_policy
+                    && !reported
+                        .iter()
+                        .chain(checks.iter().map(|p| &p.key))
+                        .any(|k| k.starts_with("policy"))
+                {
+                    checks.extend(config.check_policy());
+                }
                 problems.extend(
-                    config
-                        .validate()
+                    checks
                         .into_iter()
                         .filter(|p| !reported.contains(&p.key))
                         .map(|mut p| {
@@ -297,6 +328,28 @@ mod tests {
         let err = check_str("role = \"hub\"\n[control\n", "x").expect_err("invalid");
         assert_eq!(err.problems().len(), 1);
         assert_eq!(err.problems()[0].line, Some(2));
+    }
+
+    #[test]
+    fn policy_problems_are_config_problems() {
+        let text = "role = \"hub\"\n[policy]\nmode = \"enforce\"\n[[policy.deny_commands]]\nid = \"bad\"\npattern = \"(unclosed\"\n";
+        let err = check_str(text, "x").expect_err("bad regex");
+        let p = &err.problems()[0];
+        assert_eq!(p.key, "policy");
+        assert!(p.message.contains("`bad`"), "{}", p.message);
+        assert_eq!(p.line, Some(2));
+        // A reload defers compiling to the policy engine.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).expect("write");
+        assert!(load_for_reload(Some(&f), &Overrides::default()).is_ok());
+        assert!(load(Some(&f), &Overrides::default()).is_err());
+        // Inline and file together are refused.
+        let both = "role = \"hub\"\npolicy_file = \"/etc/tether/policy.toml\"\n[policy]\nmode = \"warn\"\n";
+        assert_eq!(
+            check_str(both, "x").expect_err("both").problems()[0].key,
+            "policy_file"
+        );
     }
 
     #[test]

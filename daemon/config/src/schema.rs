@@ -22,6 +22,21 @@ pub struct Config {
     /// The secret vault: backend and the locked-memory requirement.
     #[serde(default)]
     pub vault: tether_vault::VaultConfig,
+    /// The policy, inline (`[policy]`). Mutually exclusive with `policy_file`.
+    #[serde(default)]
+    pub policy: tether_policy::PolicySpec,
+    /// A standalone policy file (a document with a `[policy]` table) instead of an inline one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+}
+
+/// Where a config's policy comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicySource {
+    /// The `[policy]` table of tetherd.toml.
+    Inline(tether_policy::PolicySpec),
+    /// The text of `policy_file`.
+    File(String),
 }
 
 /// `[control]`: the HTTP/JSON API on a Unix socket that the `tether` CLI talks to.
@@ -99,11 +114,65 @@ impl Default for Config {
                 level: "info".to_owned(),
             },
             vault: tether_vault::VaultConfig::default(),
+            policy: tether_policy::PolicySpec::default(),
+            policy_file: None,
         }
     }
 }
 
+/// Why the policy a config points at could not be read (compile errors are the policy crate's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read policy_file {path}: {reason}")]
+pub struct PolicyFileError {
+    /// The file.
+    pub path: String,
+    /// The OS error.
+    pub reason: String,
+}
+
 impl Config {
+    /// The policy this config means: the inline `[policy]` table, or the text of `policy_file`.
+    /// Returns the spec source so callers can compile it (through the engine on reloads).
+    pub fn policy_source(&self) -> Result<PolicySource, PolicyFileError> {
+        match &self.policy_file {
+            None => Ok(PolicySource::Inline(self.policy.clone())),
+            Some(path) => std::fs::read_to_string(path)
+                .map(PolicySource::File)
+                .map_err(|e| PolicyFileError {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Reads and compiles the policy, as a list of problems for `config check` and startup.
+    pub fn check_policy(&self) -> Vec<Problem> {
+        let problem = |key: &str, message: String| Problem {
+            key: key.to_owned(),
+            line: None,
+            message,
+        };
+        let spec = match self.policy_source() {
+            Err(e) => return vec![problem("policy_file", e.reason)],
+            Ok(PolicySource::Inline(spec)) => spec,
+            Ok(PolicySource::File(text)) => match tether_policy::PolicySpec::from_toml_str(&text) {
+                Ok(spec) => spec,
+                Err(e) => return vec![problem("policy_file", e.to_string())],
+            },
+        };
+        match tether_policy::Policy::compile(&spec) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![problem(
+                if self.policy_file.is_some() {
+                    "policy_file"
+                } else {
+                    "policy"
+                },
+                e.to_string(),
+            )],
+        }
+    }
+
     /// The daemon role. Only call after [`Config::validate`] returned no problems.
     pub fn daemon_role(&self) -> DaemonRole {
         self.role.unwrap_or(DaemonRole::Hub)
@@ -168,6 +237,17 @@ impl Config {
                     LOG_LEVELS.join(", ")
                 ),
             );
+        }
+        if let Some(file) = &self.policy_file {
+            if !file.is_absolute() {
+                bad("policy_file", format!("{file:?} is not an absolute path"));
+            }
+            if self.policy != tether_policy::PolicySpec::default() {
+                bad(
+                    "policy_file",
+                    "is set, and so is an inline [policy] table; keep one of the two".to_owned(),
+                );
+            }
         }
         if let Err(e) = self.vault.validate() {
             let (key, message) = match &e {

@@ -5,14 +5,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
-use tether_config::{Config, ConfigError, Overrides};
-use tether_model::DaemonRole;
+use tether_config::{Config, ConfigError, Overrides, PolicySource};
+use tether_model::{AlertSink, DaemonRole, NoAlerts};
+use tether_policy::{PolicyEngine, PolicyError};
 
 use crate::{ControlMetrics, RoleMap};
 
 /// Everything route handlers may read or change. Built once by `tetherd`, shared by all
 /// connections. Subsystems (audit, policy, vault, tunnel, …) are added here as they land.
-#[derive(Debug)]
 pub struct AppState {
     /// Hub or target (fixed for the process's life).
     pub daemon_role: DaemonRole,
@@ -30,6 +30,10 @@ pub struct AppState {
     pub hosts: AtomicU64,
     /// The secret vault (`None` only in tools and tests that run without one).
     pub vault: Option<tether_vault::Vault>,
+    /// The live policy (`None` only in tools and tests that run without one).
+    pub policy: Option<PolicyEngine>,
+    /// Where subsystems raise alerts.
+    pub alerts: Arc<dyn AlertSink>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -42,6 +46,33 @@ pub struct ConfigSource {
     pub file: Option<PathBuf>,
     /// Command-line overrides.
     pub overrides: Overrides,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("daemon_role", &self.daemon_role)
+            .field("pid", &self.pid)
+            .field("vault", &self.vault)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reload was refused. Either way nothing changed: the previous config and policy stay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The config has problems (each named with its key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The policy file could not be read.
+    #[error(transparent)]
+    PolicyFile(#[from] tether_config::PolicyFileError),
+    /// The new policy does not compile; the engine kept the old one and raised
+    /// `policy_rebuild_failed`.
+    #[error("the new policy is invalid, the previous one stays in force: {0}")]
+    Policy(#[from] PolicyError),
 }
 
 /// What a successful reload changed.
@@ -71,6 +102,8 @@ impl AppState {
             ready: AtomicBool::new(false),
             hosts: AtomicU64::new(0),
             vault: None,
+            policy: None,
+            alerts: Arc::new(NoAlerts),
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),
@@ -105,8 +138,25 @@ impl AppState {
 
     /// Re-reads the config from its original sources. An invalid config changes nothing and is
     /// returned as the error; a valid one replaces roles and limits at once.
-    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
-        let new = tether_config::load(self.source.file.as_deref(), &self.source.overrides)?;
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let new =
+            tether_config::load_for_reload(self.source.file.as_deref(), &self.source.overrides)?;
+        // The policy is compiled by the live engine: on failure it keeps the old policy and
+        // raises `policy_rebuild_failed`, and the rest of the new config is not applied either.
+        if let Some(engine) = &self.policy {
+            match new.policy_source() {
+                Ok(PolicySource::Inline(spec)) => engine.reload(&spec)?,
+                Ok(PolicySource::File(text)) => engine.reload_toml(&text)?,
+                Err(e) => {
+                    self.alerts.raise(tether_model::Alert::new(
+                        tether_policy::ALERT_REBUILD_FAILED,
+                        tether_model::Severity::Warning,
+                        e.to_string(),
+                    ));
+                    return Err(e.into());
+                }
+            }
+        }
         let old = self.config();
         let mut report = ReloadReport {
             changed: *old != new,

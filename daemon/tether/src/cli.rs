@@ -55,6 +55,9 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Check requests against the policy, run policy fixtures, reload the policy.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
     /// Manage the vault's secrets (admin): set, list, rm, rotate. Values are never printed.
     #[command(subcommand)]
     Secret(cmd::secret::SecretCommand),

@@ -25,6 +25,12 @@ pub enum DaemonError {
     /// Secure memory, process hardening or the vault backend failed.
     #[error(transparent)]
     Vault(#[from] tether_vault::VaultError),
+    /// The policy could not be compiled (already reported by config validation; kept for safety).
+    #[error("policy: {0}")]
+    Policy(#[from] tether_policy::PolicyError),
+    /// The policy file could not be read.
+    #[error(transparent)]
+    PolicyFile(#[from] tether_config::PolicyFileError),
     /// Metrics registration failed (a bug: duplicate metric names).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -34,7 +40,7 @@ impl DaemonError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) => 2,
+            DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::PolicyFile(_) => 2,
             DaemonError::Vault(tether_vault::VaultError::Config { .. }) => 2,
             _ => 3,
         }

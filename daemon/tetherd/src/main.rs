@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod alerts;
 mod cli;
 mod error;
 mod logging;

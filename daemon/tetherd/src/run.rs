@@ -69,8 +69,21 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
     let create_dir = socket == tether_config::default_socket_path();
     let listener = server::bind(&socket, config.control.group.as_deref(), create_dir)?;
+    let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(crate::alerts::LogAlerts);
+    let policy = match config.policy_source()? {
+        tether_config::PolicySource::Inline(spec) => tether_policy::Policy::compile(&spec)?,
+        tether_config::PolicySource::File(text) => tether_policy::Policy::from_toml_str(&text)?,
+    };
+    tracing::info!(
+        mode = policy.mode().as_str(),
+        rules = policy.rule_count(),
+        "policy loaded"
+    );
+    let engine = tether_policy::PolicyEngine::new(policy, &registry, Arc::clone(&alerts))?;
     let mut state = AppState::new(config, source, registry)?;
     state.vault = Some(vault);
+    state.policy = Some(engine);
+    state.alerts = alerts;
     let state = Arc::new(state);
 
     // Install every signal handler before announcing readiness, so no signal is missed.

@@ -15,6 +15,7 @@ use crate::{AppState, Caller};
 mod config;
 mod health;
 mod metrics;
+mod policy;
 mod reload;
 mod secrets;
 mod status;
@@ -93,6 +94,27 @@ pub static ROUTES: &[RouteInfo] = &[
         roles: ADMIN,
         summary: "re-read the configuration (same as SIGHUP); an invalid one keeps the old",
         handler: reload::handle,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/policy",
+        roles: ANY,
+        summary: "the policy in force: mode, rule count, rules",
+        handler: policy::show,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/policy/check",
+        roles: ANY,
+        summary: "explain the verdict for one request, rule by rule (as another user: admin only)",
+        handler: policy::check,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/policy/reload",
+        roles: ADMIN,
+        summary: "re-read the config and swap the policy atomically; an invalid one keeps the old",
+        handler: policy::reload,
     },
     RouteInfo {
         method: Method::GET,

@@ -23,17 +23,7 @@ pub(crate) fn handle(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
                 tracing::info!(changed = report.changed, needs_restart = ?report.needs_restart, "config reloaded via the control API");
                 http::json(StatusCode::OK, &report)
             }
-            Err(e) => {
-                tracing::error!("config reload failed; keeping the previous config: {e}");
-                http::error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_config",
-                    &format!(
-                        "the new configuration is invalid, the previous one stays in force: {e}"
-                    ),
-                    "fix the problems listed (tether config check FILE) and reload again",
-                )
-            }
+            Err(e) => super::policy::reload_failed(&e),
         }
     })
 }

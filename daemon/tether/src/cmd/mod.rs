@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod policy;
 pub mod secret;
 pub mod status;
 
@@ -15,5 +16,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Config(c) => config::run(&cli.global, c).await,
         Command::Demo(args) => demo::run(&cli.global, args).await,
         Command::Secret(c) => secret::run(&cli.global, c).await,
+        Command::Policy(c) => policy::run(&cli.global, c).await,
     }
 }

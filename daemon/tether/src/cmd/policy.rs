@@ -1,0 +1,209 @@
+//! `tether policy check|test|reload|show`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tether_policy::{Policy, PolicySpec, run_fixtures};
+
+use crate::cli::Global;
+use crate::error::CliError;
+use crate::output;
+
+/// `tether policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Explain, rule by rule, what the daemon's policy says about one request.
+    /// Exit 0 when it would run (allow, warn), 2 when it would not (deny, require-approval).
+    Check(CheckArgs),
+    /// Run a fixture file of {request, expect} cases; exit 1 on any mismatch (for CI).
+    /// The policy comes from --policy FILE (policy.toml or tetherd.toml), else from the daemon.
+    Test {
+        /// The fixture file.
+        file: PathBuf,
+        /// Test this policy file instead of the running daemon's policy (works offline).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Re-read the config and swap the policy atomically; an invalid one keeps the old.
+    Reload,
+    /// Print the policy in force.
+    Show,
+}
+
+/// Arguments of `tether policy check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The target host's name.
+    #[arg(short = 'H', long = "host", value_name = "NAME")]
+    host: Option<String>,
+    /// A tag of the target host (repeatable), e.g. --tag env=prod.
+    #[arg(long = "tag", value_name = "K=V")]
+    tags: Vec<String>,
+    /// A group of the target host (repeatable).
+    #[arg(long = "group", value_name = "G")]
+    groups: Vec<String>,
+    /// Check as this user instead of yourself (admin only).
+    #[arg(long = "as", value_name = "USER")]
+    as_user: Option<String>,
+    /// Check with this role instead of yours (admin only).
+    #[arg(long = "role", value_name = "ROLE")]
+    as_role: Option<String>,
+    /// Check reading this file instead of running a command.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["write", "command"])]
+    read: Option<String>,
+    /// Check writing this file instead of running a command.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    write: Option<String>,
+    /// The command, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub async fn run(global: &Global, cmd: PolicyCommand) -> Result<u8, CliError> {
+    match cmd {
+        PolicyCommand::Check(args) => check(global, args).await,
+        PolicyCommand::Test { file, policy } => test(global, file, policy).await,
+        PolicyCommand::Reload => {
+            let out: Value = global
+                .client()
+                .post_json("/v1/policy/reload", &json!({}))
+                .await?;
+            if global.json {
+                output::json(&out);
+            } else {
+                println!(
+                    "policy reloaded: mode {}, {} rules",
+                    out["mode"].as_str().unwrap_or("?"),
+                    out["rules"]
+                );
+            }
+            Ok(0)
+        }
+        PolicyCommand::Show => {
+            let out: Value = global.client().get_json("/v1/policy").await?;
+            if global.json {
+                output::json(&out);
+            } else {
+                println!(
+                    "mode {}, {} rules",
+                    out["mode"].as_str().unwrap_or("?"),
+                    out["rules"]
+                );
+                let text = toml::to_string_pretty(&json!({"policy": out["spec"]}))
+                    .map_err(|e| CliError::Internal(format!("cannot print the policy: {e}")))?;
+                print!("{text}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn check(global: &Global, a: CheckArgs) -> Result<u8, CliError> {
+    let (kind, command, path) = match (&a.read, &a.write) {
+        (Some(p), _) => ("file_read", None, Some(p.clone())),
+        (_, Some(p)) => ("file_write", None, Some(p.clone())),
+        _ if a.command.is_empty() => {
+            return Err(CliError::Usage(
+                "nothing to check: give a command after `--`, or --read/--write PATH".to_owned(),
+            ));
+        }
+        _ => ("exec", Some(a.command.join(" ")), None),
+    };
+    let mut tags = BTreeMap::new();
+    for t in &a.tags {
+        let (k, v) = t
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--tag {t:?}: write KEY=VALUE")))?;
+        tags.insert(k.to_owned(), v.to_owned());
+    }
+    let body = json!({
+        "kind": kind,
+        "command": command,
+        "path": path,
+        "host": {"name": a.host.clone().unwrap_or_default(), "groups": a.groups, "tags": tags},
+        "as_user": a.as_user,
+        "as_role": a.as_role,
+    });
+    let out: Value = global.client().post_json("/v1/policy/check", &body).await?;
+    let decision = &out["decision"];
+    let verdict = decision["verdict"].as_str().unwrap_or("?");
+    if global.json {
+        output::json(&out);
+    } else {
+        println!(
+            "verdict: {verdict} (mode {})",
+            decision["mode"].as_str().unwrap_or("?")
+        );
+        println!("reason:  {}", decision["reason"].as_str().unwrap_or(""));
+        for t in decision["trace"].as_array().cloned().unwrap_or_default() {
+            let rule = t["rule"]
+                .as_str()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default();
+            let note = t["note"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(|n| format!(" — {n}"))
+                .unwrap_or_default();
+            println!(
+                "  - {}: {}{rule}{note}",
+                t["outcome"].as_str().unwrap_or("?"),
+                t["subject"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(if matches!(verdict, "allow" | "warn") {
+        0
+    } else {
+        2
+    })
+}
+
+async fn test(
+    global: &Global,
+    file: PathBuf,
+    policy_file: Option<PathBuf>,
+) -> Result<u8, CliError> {
+    let fixtures = std::fs::read_to_string(&file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let policy = match policy_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))?;
+            // A standalone policy.toml and a tetherd.toml both carry a [policy] table.
+            let value: toml::Table = text
+                .parse()
+                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
+            let spec: PolicySpec = match value.get("policy") {
+                Some(v) => v
+                    .clone()
+                    .try_into()
+                    .map_err(|e| CliError::Usage(format!("{}: [policy]: {e}", p.display())))?,
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "{} has no [policy] table",
+                        p.display()
+                    )));
+                }
+            };
+            Policy::compile(&spec).map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?
+        }
+        None => {
+            let out: Value = global.client().get_json("/v1/policy").await?;
+            let spec: PolicySpec = serde_json::from_value(out["spec"].clone()).map_err(|e| {
+                CliError::Internal(format!("the daemon's policy did not parse: {e}"))
+            })?;
+            Policy::compile(&spec).map_err(|e| CliError::Internal(e.to_string()))?
+        }
+    };
+    let report = run_fixtures(&policy, &fixtures)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    if global.json {
+        output::json(&report);
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.passed() { 0 } else { 1 })
+}

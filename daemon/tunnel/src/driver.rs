@@ -239,6 +239,11 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
                 out.push(t);
             }
             while let Some(ev) = g.node.poll_event() {
+                if let Event::StreamIncoming { port, .. } = ev
+                    && let Some(w) = g.accept_wakers.remove(&port)
+                {
+                    w.wake();
+                }
                 on_event(&shared, &g.node, ev);
             }
             g.read_wakers.retain(|id, w| {
@@ -258,12 +263,6 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
                     true
                 }
             });
-            if !g.accept_wakers.is_empty() {
-                // Accepting is cheap to retry; wake listeners whenever something happened.
-                for (_, w) in g.accept_wakers.drain() {
-                    w.wake();
-                }
-            }
             if let Some(m) = &mut g.metrics {
                 m.update(g.node.totals(), g.node.peer_count());
             }

@@ -531,7 +531,15 @@ impl Peer {
                 >= Duration::from_secs(u64::from(k));
             if due {
                 self.wg.last_persistent = Some(now);
-                self.keepalive(now, buf, out, totals);
+                // The keepalive side (a target behind NAT) keeps the session fresh even when it
+                // was the responder: otherwise an idle hub-initiated session would only be
+                // replaced after its keys expire (180 s), past the 3-minute health limit.
+                let stale = since(now, self.wg.session_at) >= REKEY_AFTER_TIME;
+                if stale && self.wg.attempt.is_none() {
+                    self.force_handshake(now, buf, out, totals);
+                } else {
+                    self.keepalive(now, buf, out, totals);
+                }
             }
         }
         if self.up && since(now, self.wg.session_at) >= REJECT_AFTER_TIME {
@@ -640,6 +648,21 @@ impl Node {
     /// This node's public key (give it to peers).
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.public.to_bytes())
+    }
+
+    /// Replaces this node's private key (`tether vpn rotate-keys`): every peer's sessions are
+    /// cleared and the next packet starts a handshake under the new key. Peers must learn the new
+    /// public key out of band first.
+    pub fn set_private_key(&mut self, key: &SecretKey) {
+        self.secret = key.inner().clone();
+        self.public = x25519::PublicKey::from(&self.secret);
+        self.rate_limiter = RateLimiter::new(&self.public, HANDSHAKE_RATE_LIMIT);
+        for p in self.peers.values_mut() {
+            p.tunn
+                .set_static_private(self.secret.clone(), self.public, None);
+            p.wg = WgTimers::default();
+            p.wg.last_persistent = Some(self.now);
+        }
     }
 
     /// This node's overlay IP.

@@ -201,5 +201,40 @@ async fn connect_to_a_closed_port_is_refused_quickly() {
         "took {:?}",
         t0.elapsed()
     );
-    let _unused: Option<Arc<Alerts>> = None;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_raises_vpn_peer_unhealthy() {
+    let alerts = Arc::new(Alerts::default());
+    let mut node = NodeConfig::new(
+        SecretKey::generate().unwrap(),
+        DEFAULT_HUB_IP,
+        NodeRole::Hub,
+    );
+    node.health.unhealthy_after = Duration::from_millis(800);
+    node.health.check_interval = Duration::from_millis(300);
+    let mut cfg = TunnelConfig::new(node, lo());
+    cfg.alerts = alerts.clone();
+    let hub = Tunnel::start(cfg).await.unwrap();
+    // A UDP socket that never answers stands in for a dead target.
+    let silent = std::net::UdpSocket::bind(lo()).unwrap();
+    hub.handle()
+        .add_peer(PeerConfig {
+            name: "dead-host".into(),
+            public_key: SecretKey::generate().unwrap().public_key(),
+            overlay_ip: TARGET_IP,
+            endpoint: Some(silent.local_addr().unwrap()),
+            persistent_keepalive: Some(1),
+        })
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while alerts.0.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = alerts.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].kind, "vpn_peer_unhealthy");
+    assert_eq!(got[0].host.as_deref(), Some("dead-host"));
+    let st = hub.handle().status();
+    assert_ne!(st[0].health, tether_tunnel::HealthState::Healthy, "{st:?}");
 }

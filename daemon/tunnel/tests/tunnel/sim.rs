@@ -475,6 +475,9 @@ fn persistent_keepalive_keeps_sending_and_rekeys() {
     let hp = sim.peer(&hk, 0, Some(25));
     sim.node(0).add_peer(tp, now).unwrap();
     sim.node(1).add_peer(hp, now).unwrap();
+    sim.node(0).listen(22).unwrap();
+    // The target (keepalive side) opens a connection, so it is the initiator first...
+    connect(&mut sim, 1, overlay(0), 22, Duration::from_secs(10)).expect("connect");
     sim.run_until(Duration::from_secs(600), |_| false);
     let st = sim.status(0);
     // Handshake at start plus a rekey every ~2 minutes driven by the keepalives.
@@ -484,6 +487,59 @@ fn persistent_keepalive_keeps_sending_and_rekeys() {
         "{st:?}"
     );
     assert_eq!(st[0].health, tether_tunnel::HealthState::Healthy);
+    let unhealthy = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PeerUnhealthy(_)))
+        .count();
+    assert_eq!(unhealthy, 0);
+}
+
+#[test]
+fn keepalive_side_refreshes_a_session_the_hub_initiated() {
+    let hk = SecretKey::generate().unwrap();
+    let tk = SecretKey::generate().unwrap();
+    let mut sim = Sim::new(4, Faults::clean());
+    sim.add_node(&hk, NodeRole::Hub);
+    sim.add_node(&tk, NodeRole::Target);
+    let now = sim.now;
+    let tp = sim.peer(&tk, 1, None);
+    // The target does not know the hub's endpoint yet (it learns it by roaming), so the hub is
+    // the initiator; then the hub stays idle and the target must keep handshakes coming.
+    let hp = PeerConfig {
+        endpoint: None,
+        ..sim.peer(&hk, 0, Some(25))
+    };
+    sim.node(0).add_peer(tp, now).unwrap();
+    sim.node(1).add_peer(hp, now).unwrap();
+    sim.node(1).listen(22).unwrap();
+    connect(&mut sim, 0, overlay(1), 22, Duration::from_secs(10)).expect("connect");
+    sim.run_until(Duration::from_secs(900), |_| false);
+    let st = sim.status(0);
+    assert!(st[0].handshakes >= 6, "{st:?}");
+    let unhealthy = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PeerUnhealthy(_) | Event::PeerDown(_)))
+        .count();
+    assert_eq!(unhealthy, 0, "{:?}", sim.events);
+}
+
+#[test]
+fn rotating_the_hub_key_keeps_targets_that_learnt_it() {
+    let (mut sim, hk, _tk, _, h_on_t) = hub_and_target(12, Faults::clean());
+    sim.node(1).listen(22).unwrap();
+    connect(&mut sim, 0, overlay(1), 22, Duration::from_secs(10)).expect("connect");
+    let new = SecretKey::generate().unwrap();
+    assert_ne!(new.public_key(), hk.public_key());
+    sim.node(0).set_private_key(&new);
+    // The target learns the new key (enrollment channel) and re-adds the hub.
+    let now = sim.now;
+    sim.node(1).remove_peer(h_on_t).unwrap();
+    let hp = sim.peer(&new, 0, None);
+    sim.node(1).add_peer(hp, now).unwrap();
+    connect(&mut sim, 0, overlay(1), 22, Duration::from_secs(30))
+        .expect("connect under the new key");
 }
 
 fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {

@@ -72,7 +72,6 @@ struct Shared {
     wake_driver: Notify,
     shutdown: Notify,
     local_addr: SocketAddr,
-    public_key: PublicKey,
     overlay_ip: Ipv4Addr,
     alerts: Arc<dyn AlertSink>,
     connect_timeout: Duration,
@@ -120,7 +119,6 @@ impl Tunnel {
         };
         let node = Node::new(cfg.node, Instant::now())?;
         let shared = Arc::new(Shared {
-            public_key: node.public_key(),
             overlay_ip: node.overlay_ip(),
             inner: Mutex::new(Inner {
                 node,
@@ -329,7 +327,7 @@ impl TunnelHandle {
 
     /// This node's WireGuard public key.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.public_key
+        self.shared.lock().node.public_key()
     }
 
     /// This node's overlay IP.
@@ -357,6 +355,12 @@ impl TunnelHandle {
     pub fn remove_peer(&self, id: PeerId) -> Result<(), TunnelError> {
         self.live()?.node.remove_peer(id)?;
         self.shared.wake_driver.notify_one();
+        Ok(())
+    }
+
+    /// Replaces this node's private key (`tether vpn rotate-keys`); see [`Node::set_private_key`].
+    pub fn set_private_key(&self, key: &crate::SecretKey) -> Result<(), TunnelError> {
+        self.live()?.node.set_private_key(key);
         Ok(())
     }
 

@@ -600,6 +600,19 @@ impl Peer {
 impl Node {
     /// Builds a node at time `now`.
     pub fn new(cfg: NodeConfig, now: Instant) -> Result<Self, TunnelError> {
+        let ip = cfg.overlay_ip;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Err(TunnelError::BadOverlayIp {
+                ip,
+                why: "not a unicast address",
+            });
+        }
+        if cfg.prefix_len == 0 || cfg.prefix_len > 30 {
+            return Err(TunnelError::BadOverlayIp {
+                ip,
+                why: "the subnet prefix must be 1..=30",
+            });
+        }
         let secret = cfg.private_key.inner().clone();
         let public = x25519::PublicKey::from(&secret);
         let mut device = QueueDevice::new(cfg.mtu);

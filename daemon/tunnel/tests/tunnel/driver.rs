@@ -238,3 +238,40 @@ async fn an_unreachable_peer_raises_vpn_peer_unhealthy() {
     let st = hub.handle().status();
     assert_ne!(st[0].health, tether_tunnel::HealthState::Healthy, "{st:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_applies_back_pressure_to_the_writer() {
+    let buf = 64 * 1024;
+    let p = pair(buf).await;
+    let listener = p.target.handle().listen(22).unwrap();
+    let mut c = p.hub.handle().connect(TARGET_IP, 22).await.unwrap();
+    let mut s = listener.accept().await.unwrap(); // accepted, never read (yet)
+    let chunk = vec![7u8; 16 * 1024];
+    let mut written = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), c.write(&chunk)).await {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => panic!("write failed: {e}"),
+            Err(_) => break, // blocked: back-pressure
+        }
+        assert!(
+            written < 16 * buf,
+            "writer never blocked ({written} bytes buffered)"
+        );
+    }
+    // Bounded by the two socket buffers (sender tx + receiver rx).
+    assert!(
+        written >= buf && written <= 2 * buf + chunk.len(),
+        "{written}"
+    );
+    // Reading drains it and the writer continues.
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < written {
+        got += s.read(&mut sink).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(2), c.write_all(&chunk))
+        .await
+        .expect("writer resumed")
+        .unwrap();
+}

@@ -128,7 +128,9 @@ impl PolicyEngine {
         }
     }
 
-    fn swap(&self, p: Policy) {
+    /// Puts an already compiled policy in force (for callers that validate, record the change,
+    /// then apply it).
+    pub fn swap(&self, p: Policy) {
         let new = Arc::new(p);
         match self.current.write() {
             Ok(mut g) => *g = new,

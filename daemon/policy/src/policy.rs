@@ -575,7 +575,7 @@ impl<'p> Eval<'p> {
         self.deny_command(cmd);
         let texts = analysis.commands.len() + analysis.deny_views.len();
         let text_at = |k: usize| match k.checked_sub(analysis.commands.len()) {
-            None => analysis.commands[k].as_str(),
+            None => analysis.commands[k].as_ref(),
             Some(v) => analysis.deny_views[v].as_str(),
         };
         for k in 0..texts {

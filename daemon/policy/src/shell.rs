@@ -15,6 +15,8 @@
 //! name that comes from an expansion or contains glob/brace characters or non-ASCII letters,
 //! and nesting deeper than [`MAX_DEPTH`].
 
+use std::borrow::Cow;
+
 /// Deepest nesting of substitutions / `sh -c` strings followed.
 pub(crate) const MAX_DEPTH: usize = 8;
 /// Most simple commands in one request.
@@ -75,9 +77,9 @@ const STRUCTURES: &[&str] = &["for", "case", "esac", "select", "function", "copr
 
 /// What a command line can run, as seen by the splitter.
 #[derive(Debug, Default)]
-pub(crate) struct Analysis {
+pub(crate) struct Analysis<'a> {
     /// Every simple command, normalized. Each must pass deny rules and allow lists.
-    pub commands: Vec<String>,
+    pub commands: Vec<Cow<'a, str>>,
     /// Extra views of commands, checked by deny rules only.
     pub deny_views: Vec<String>,
     /// Redirection targets and absolute-path arguments (only when asked for).
@@ -96,7 +98,7 @@ pub(crate) struct PathRef {
 }
 
 /// Splits `cmd`. `collect_paths` asks for [`Analysis::paths`] (skipped when no path rule applies).
-pub(crate) fn analyze(cmd: &str, collect_paths: bool) -> Result<Analysis, String> {
+pub(crate) fn analyze(cmd: &str, collect_paths: bool) -> Result<Analysis<'_>, String> {
     if let Some(simple) = fast_path(cmd, collect_paths) {
         return Ok(simple);
     }
@@ -112,7 +114,7 @@ pub(crate) fn analyze(cmd: &str, collect_paths: bool) -> Result<Analysis, String
 /// The common case, without the general parser: one simple command of plain words separated by
 /// single spaces (no quotes, no expansions, no operators), not starting with an assignment, a
 /// keyword or a program that needs views. Returns `None` to take the general path.
-fn fast_path(cmd: &str, collect_paths: bool) -> Option<Analysis> {
+fn fast_path(cmd: &str, collect_paths: bool) -> Option<Analysis<'_>> {
     let b = cmd.as_bytes();
     if b.is_empty() || b[0] == b' ' || b[b.len() - 1] == b' ' {
         return None;
@@ -144,7 +146,7 @@ fn fast_path(cmd: &str, collect_paths: bool) -> Option<Analysis> {
         return None;
     }
     let mut out = Analysis {
-        commands: vec![cmd.to_owned()],
+        commands: vec![Cow::Borrowed(cmd)],
         ..Analysis::default()
     };
     if collect_paths {
@@ -167,7 +169,7 @@ fn fast_path(cmd: &str, collect_paths: bool) -> Option<Analysis> {
 }
 
 struct Cx<'o> {
-    out: &'o mut Analysis,
+    out: &'o mut Analysis<'static>,
     collect_paths: bool,
 }
 
@@ -722,7 +724,7 @@ fn simple_command(
     if j == words.len() {
         // Only assignments (`PATH=/tmp/x`): they change what later commands do, so they are
         // commands too and must pass allow lists.
-        cx.out.commands.push(command.to_owned());
+        cx.out.commands.push(Cow::Owned(command.to_owned()));
         return Ok(());
     }
     let argv0 = w(j);
@@ -753,10 +755,10 @@ fn simple_command(
         if start > 0 {
             text.drain(..start);
         }
-        cx.out.commands.push(text);
+        cx.out.commands.push(Cow::Owned(text));
         return Ok(());
     }
-    cx.out.commands.push(command.to_owned());
+    cx.out.commands.push(Cow::Owned(command.to_owned()));
     if j > i {
         cx.push_view(text[words[j].start..].to_owned())?;
     }
@@ -842,7 +844,12 @@ fn expand(ws: &[&str], level: usize, depth: usize, cx: &mut Cx<'_>) -> Result<()
                                 collect_paths: false,
                             },
                         )?;
-                        for v in views.commands.into_iter().chain(views.deny_views) {
+                        for v in views
+                            .commands
+                            .into_iter()
+                            .map(Cow::into_owned)
+                            .chain(views.deny_views)
+                        {
                             cx.push_view(v)?;
                         }
                     }
@@ -865,7 +872,7 @@ fn expand(ws: &[&str], level: usize, depth: usize, cx: &mut Cx<'_>) -> Result<()
 mod tests {
     use super::*;
 
-    fn cmds(s: &str) -> Vec<String> {
+    fn cmds(s: &str) -> Vec<Cow<'_, str>> {
         analyze(s, false).unwrap().commands
     }
 
@@ -941,7 +948,7 @@ mod tests {
         );
         let a = analyze("find / -name x -exec rm -f {} \\;", false).unwrap();
         assert!(
-            a.commands.contains(&"rm -f {}".to_owned()),
+            a.commands.contains(&Cow::Borrowed("rm -f {}")),
             "{:?}",
             a.commands
         );

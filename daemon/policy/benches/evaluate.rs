@@ -37,7 +37,7 @@ fn clean_command() -> String {
          --exclude=/srv/www/tmp --directory /srv/www html assets config templates logs ",
     );
     while c.len() < 200 {
-        c.push_str("x");
+        c.push('x');
     }
     c.truncate(200);
     c

@@ -1,0 +1,405 @@
+//! The host inventory: `STATE_DIR/hosts.json`, rewritten atomically (tmp + fsync + rename + dir
+//! fsync) on every change, so it survives `kill -9` and power loss holding either the previous or
+//! the new list.
+//!
+//! One process owns a state directory; within it, [`Inventory`] is shared (`&self` methods, an
+//! internal mutex).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tether_model::selector::{HostFacts, Selector};
+
+use crate::error::{EnrollError, Result};
+use crate::util::{atomic_write, ensure_dir, read_state, remove_stale_tmp, validate_host_name};
+
+/// File name of the inventory inside the state directory.
+pub const HOSTS_FILE: &str = "hosts.json";
+
+/// `touch` persists `last_seen` only when it moved by at least this many seconds (so frequent
+/// handshakes do not fsync the file each time).
+pub const TOUCH_PERSIST_SECS: u64 = 60;
+
+/// Whether a host may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Enrolled and allowed.
+    Active,
+    /// Thrown out by an admin; kept for the record until `hosts rm`.
+    Revoked,
+}
+
+/// One enrolled host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRecord {
+    /// Unique name (a lowercase DNS label).
+    pub name: String,
+    /// Overlay address.
+    pub overlay_ip: Ipv4Addr,
+    /// WireGuard public key, standard base64.
+    pub wg_public_key: String,
+    /// SSH host public key, OpenSSH format (pinned: the hub's SSH client accepts only this key).
+    pub ssh_host_key: String,
+    /// Hostname the machine reported at enrollment.
+    #[serde(default)]
+    pub hostname: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Enrollment time, unix seconds.
+    pub enrolled_at: u64,
+    /// Last time the host was seen (handshake, command), unix seconds.
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+    /// Active or revoked.
+    pub state: HostState,
+    /// When it was revoked, unix seconds.
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+}
+
+impl HostRecord {
+    /// The facts selectors match against.
+    pub fn facts(&self) -> HostFacts {
+        HostFacts {
+            name: self.name.clone(),
+            groups: self.groups.clone(),
+            tags: self.tags.clone(),
+        }
+    }
+
+    /// Whether the host is active.
+    pub fn is_active(&self) -> bool {
+        self.state == HostState::Active
+    }
+}
+
+/// An IPv4 overlay subnet, e.g. `10.99.0.0/16`. The hub is `.1` (network + 1); hosts get
+/// network + 2 up to broadcast − 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayNet {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Default for OverlayNet {
+    fn default() -> Self {
+        OverlayNet {
+            network: Ipv4Addr::new(10, 99, 0, 0),
+            prefix: 16,
+        }
+    }
+}
+
+impl OverlayNet {
+    /// A subnet; `prefix` must be 8..=30 and `network` must have no host bits set.
+    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<OverlayNet> {
+        let bad = |why: &str| EnrollError::AddressUnavailable {
+            ip: network,
+            why: why.to_string(),
+        };
+        if !(8..=30).contains(&prefix) {
+            return Err(bad("the subnet prefix must be between /8 and /30"));
+        }
+        let net = OverlayNet { network, prefix };
+        if u32::from(network) & !net.mask() != 0 {
+            return Err(bad(
+                "the subnet address has host bits set (use e.g. 10.99.0.0/16)",
+            ));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The hub's address (network + 1).
+    pub fn hub_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    /// Whether `ip` is a usable host address (inside, not network/hub/broadcast).
+    pub fn is_host_ip(&self, ip: Ipv4Addr) -> bool {
+        let n = u32::from(self.network);
+        let x = u32::from(ip);
+        x & self.mask() == n && x >= n + 2 && x < n | !self.mask()
+    }
+
+    /// Usable host addresses, lowest first.
+    pub fn host_ips(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let n = u32::from(self.network);
+        ((n + 2)..(n | !self.mask())).map(Ipv4Addr::from)
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+}
+
+impl fmt::Display for OverlayNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl FromStr for OverlayNet {
+    type Err = EnrollError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || EnrollError::Malformed {
+            what: format!("subnet {s:?} is not like 10.99.0.0/16"),
+        };
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let network = a.parse::<Ipv4Addr>().map_err(|_| bad())?;
+        let prefix = p.parse::<u8>().map_err(|_| bad())?;
+        OverlayNet::new(network, prefix)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u32,
+    hosts: Vec<HostRecord>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    hosts: Vec<HostRecord>,
+    /// last_seen as persisted, per host, to coalesce `touch` writes.
+    persisted_seen: BTreeMap<String, u64>,
+}
+
+/// The host inventory. See the module docs.
+#[derive(Debug)]
+pub struct Inventory {
+    path: PathBuf,
+    net: OverlayNet,
+    inner: Mutex<Inner>,
+}
+
+impl Inventory {
+    /// Opens `state_dir/hosts.json` (empty if missing) with the default subnet 10.99.0.0/16.
+    pub fn open(state_dir: &Path) -> Result<Inventory> {
+        Self::open_with(state_dir, OverlayNet::default())
+    }
+
+    /// Opens with a given overlay subnet.
+    pub fn open_with(state_dir: &Path, net: OverlayNet) -> Result<Inventory> {
+        ensure_dir(state_dir)?;
+        let path = state_dir.join(HOSTS_FILE);
+        remove_stale_tmp(&path);
+        let hosts = match read_state(&path)? {
+            None => Vec::new(),
+            Some(bytes) => {
+                let f: File =
+                    serde_json::from_slice(&bytes).map_err(|e| EnrollError::CorruptState {
+                        path: path.clone(),
+                        what: e.to_string(),
+                    })?;
+                f.hosts
+            }
+        };
+        let persisted_seen = hosts
+            .iter()
+            .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
+            .collect();
+        Ok(Inventory {
+            path,
+            net,
+            inner: Mutex::new(Inner {
+                hosts,
+                persisted_seen,
+            }),
+        })
+    }
+
+    /// The overlay subnet.
+    pub fn net(&self) -> OverlayNet {
+        self.net
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every host (active and revoked), sorted by name.
+    pub fn list(&self) -> Vec<HostRecord> {
+        let mut v = self.lock().hosts.clone();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// One host by name.
+    pub fn get(&self, name: &str) -> Option<HostRecord> {
+        self.lock().hosts.iter().find(|h| h.name == name).cloned()
+    }
+
+    /// The active host with this WireGuard public key (standard base64), if any.
+    pub fn by_wg_key(&self, wg_public_key: &str) -> Option<HostRecord> {
+        self.lock()
+            .hosts
+            .iter()
+            .find(|h| h.is_active() && h.wg_public_key == wg_public_key)
+            .cloned()
+    }
+
+    /// Active hosts matching `selector` (revoked hosts are never selected), sorted by name.
+    pub fn select(&self, selector: &Selector) -> Vec<HostRecord> {
+        let mut v: Vec<HostRecord> = self
+            .lock()
+            .hosts
+            .iter()
+            .filter(|h| h.is_active() && selector.matches(&h.facts()))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Checks that `record` could be inserted: valid name, not taken by an active host, address
+    /// a host address of the subnet and not used by another host.
+    pub fn check_insertable(&self, record: &HostRecord) -> Result<()> {
+        check_insertable(&self.lock().hosts, &self.net, record)
+    }
+
+    /// Adds a host (replacing a *revoked* host of the same name) and persists.
+    pub fn insert(&self, record: HostRecord) -> Result<()> {
+        let mut g = self.lock();
+        check_insertable(&g.hosts, &self.net, &record)?;
+        let mut next = g.hosts.clone();
+        next.retain(|h| h.name != record.name);
+        next.push(record);
+        self.commit(&mut g, next)
+    }
+
+    /// Removes a host (active or revoked) and persists; returns it.
+    pub fn remove(&self, name: &str) -> Result<HostRecord> {
+        let mut g = self.lock();
+        let old = g
+            .hosts
+            .iter()
+            .find(|h| h.name == name)
+            .cloned()
+            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
+        let next = g.hosts.iter().filter(|h| h.name != name).cloned().collect();
+        self.commit(&mut g, next)?;
+        Ok(old)
+    }
+
+    /// Marks a host revoked (idempotent) and persists; returns the updated record.
+    pub fn mark_revoked(&self, name: &str, now: u64) -> Result<HostRecord> {
+        let mut g = self.lock();
+        let mut next = g.hosts.clone();
+        let h = next
+            .iter_mut()
+            .find(|h| h.name == name)
+            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
+        if h.state != HostState::Revoked {
+            h.state = HostState::Revoked;
+            h.revoked_at = Some(now);
+        }
+        let out = h.clone();
+        self.commit(&mut g, next)?;
+        Ok(out)
+    }
+
+    /// Records that the host was seen at `when` (unix seconds). Persists only when `last_seen`
+    /// moved by [`TOUCH_PERSIST_SECS`] or more since the last persisted value.
+    pub fn touch(&self, name: &str, when: u64) -> Result<()> {
+        let mut g = self.lock();
+        let h = g
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
+        if h.last_seen.is_some_and(|s| s >= when) {
+            return Ok(());
+        }
+        h.last_seen = Some(when);
+        let persisted = g.persisted_seen.get(name).copied().unwrap_or(0);
+        if when.saturating_sub(persisted) >= TOUCH_PERSIST_SECS {
+            let next = g.hosts.clone();
+            self.commit(&mut g, next)?;
+        }
+        Ok(())
+    }
+
+    /// The lowest host address of the subnet used by no host (active or revoked) and not in
+    /// `reserved` (e.g. addresses of pending invites).
+    pub fn allocate_ip(&self, reserved: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr> {
+        let g = self.lock();
+        let used: HashSet<Ipv4Addr> = g.hosts.iter().map(|h| h.overlay_ip).collect();
+        self.net
+            .host_ips()
+            .find(|ip| !used.contains(ip) && !reserved.contains(ip))
+            .ok_or_else(|| EnrollError::AddressPoolExhausted {
+                subnet: self.net.to_string(),
+            })
+    }
+
+    /// Writes `next` durably, then makes it the in-memory state (memory never runs ahead of the
+    /// file).
+    fn commit(&self, g: &mut MutexGuard<'_, Inner>, mut next: Vec<HostRecord>) -> Result<()> {
+        next.sort_by(|a, b| a.name.cmp(&b.name));
+        let bytes = serde_json::to_vec_pretty(&File {
+            version: 1,
+            hosts: next.clone(),
+        })
+        .map_err(|e| EnrollError::Internal {
+            what: format!("encode inventory: {e}"),
+        })?;
+        atomic_write(&self.path, &bytes)?;
+        g.persisted_seen = next
+            .iter()
+            .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
+            .collect();
+        g.hosts = next;
+        Ok(())
+    }
+}
+
+fn check_insertable(hosts: &[HostRecord], net: &OverlayNet, r: &HostRecord) -> Result<()> {
+    validate_host_name(&r.name)?;
+    if hosts.iter().any(|h| h.name == r.name && h.is_active()) {
+        return Err(EnrollError::NameTaken {
+            name: r.name.clone(),
+            by: "an enrolled host",
+        });
+    }
+    if !net.is_host_ip(r.overlay_ip) {
+        return Err(EnrollError::AddressUnavailable {
+            ip: r.overlay_ip,
+            why: format!(
+                "it is not a host address of {net} (the hub is {})",
+                net.hub_ip()
+            ),
+        });
+    }
+    if let Some(other) = hosts
+        .iter()
+        .find(|h| h.overlay_ip == r.overlay_ip && h.name != r.name)
+    {
+        return Err(EnrollError::AddressUnavailable {
+            ip: r.overlay_ip,
+            why: format!("host {:?} has it", other.name),
+        });
+    }
+    Ok(())
+}

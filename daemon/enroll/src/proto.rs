@@ -1,0 +1,468 @@
+//! The enrollment exchange, sans-IO: frames, messages, the transcript MACs, and the target's
+//! state machine. The hub's side is [`crate::Hub::handle_hello`] fed by a [`FrameDecoder`].
+//!
+//! Wire: each frame is a `u32` big-endian length followed by that many bytes of JSON
+//! ([`Message`]); at most [`MAX_FRAME`] bytes. One exchange per connection:
+//!
+//! ```text
+//! target -> hub   Hello   { payload, target WG key, target SSH host key, hostname, client nonce,
+//!                           proof = HMAC(k, T_hello) }
+//! hub -> target   Welcome { name, overlay ip, hub WG key, hub WG endpoint, hub SSH client key,
+//!                           tags, groups, proof = HMAC(k, T_hello || proof_t || T_welcome) }
+//!              or Error   { code, message }
+//! ```
+//!
+//! `k = HMAC-SHA256(token_mac, "tether-enroll-v1" || nonce)`, where `token_mac` is the token's
+//! secret MAC (never sent): the target has it in the token; the hub recomputes it from the
+//! payload with its invite key. Every field either side relies on is in a MACed transcript
+//! (length-prefixed, domain-separated), so a man in the middle without the token can neither
+//! read anything secret nor swap keys, and a server without the invite key cannot produce the
+//! Welcome proof (a fake hub is detected). Error frames are not authenticated: an attacker on the
+//! path can make an enrollment fail, never succeed wrongly.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::{EnrollError, RemoteContext, Result};
+use crate::sshkey::SshPublicKey;
+use crate::token::{ParsedToken, Token};
+use crate::util::hmac;
+
+/// Largest frame accepted by default (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Domain-separation label of the key derivation and the transcripts.
+pub const LABEL: &[u8] = b"tether-enroll-v1";
+/// Longest hostname a target may report.
+pub const MAX_HOSTNAME_LEN: usize = 253;
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Target → hub.
+    Hello(Hello),
+    /// Hub → target on success.
+    Welcome(Welcome),
+    /// Hub → target on failure.
+    Error(ErrorFrame),
+}
+
+/// The target's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The token's payload part, exactly as in the token (base64url JSON). Not the MAC.
+    pub payload: String,
+    /// Target WireGuard public key, standard base64 of 32 bytes.
+    pub wg_public_key: String,
+    /// Target SSH host public key, OpenSSH format.
+    pub ssh_host_key: String,
+    /// The target's hostname (informational).
+    pub hostname: String,
+    /// 32 fresh random bytes, base64url.
+    pub client_nonce: String,
+    /// HMAC(k, T_hello), base64url.
+    pub proof: String,
+}
+
+/// The hub's answer on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Welcome {
+    /// Host name the target got.
+    pub name: String,
+    /// The target's overlay address.
+    pub overlay_ip: Ipv4Addr,
+    /// Hub WireGuard public key, standard base64.
+    pub hub_wg_public_key: String,
+    /// Hub WireGuard UDP endpoint, `host:port`.
+    pub hub_wg_endpoint: String,
+    /// Hub SSH client public key, OpenSSH format (authorize it for the hub's connections).
+    pub hub_ssh_client_key: String,
+    /// Tags (invite tags plus any added by enrollment hooks).
+    pub tags: BTreeMap<String, String>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// HMAC(k, T_hello || target proof || T_welcome), base64url.
+    pub proof: String,
+}
+
+impl Welcome {
+    /// The hub's WireGuard public key, decoded.
+    pub fn hub_wg_public(&self) -> Result<[u8; 32]> {
+        decode_key(&self.hub_wg_public_key, "hub WireGuard key")
+    }
+}
+
+/// An error reported by the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// [`EnrollError::code`].
+    pub code: String,
+    /// [`EnrollError::wire_message`].
+    pub message: String,
+}
+
+/// Encodes one message as a frame.
+pub fn encode_frame(msg: &Message) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(msg).map_err(|e| EnrollError::Protocol {
+        what: format!("could not encode a message: {e}"),
+    })?;
+    let len = u32::try_from(json.len()).map_err(|_| EnrollError::FrameTooLarge {
+        len: json.len(),
+        max: MAX_FRAME,
+    })?;
+    let mut out = Vec::with_capacity(4 + json.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// The error frame the hub sends for `err`.
+pub fn error_frame(err: &EnrollError) -> Vec<u8> {
+    encode_frame(&Message::Error(ErrorFrame {
+        code: err.code().to_string(),
+        message: err.wire_message(),
+    }))
+    .unwrap_or_default()
+}
+
+/// Incremental frame decoder: push bytes, pop messages. Rejects a frame as soon as its header
+/// announces more than the limit, before buffering it.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder with a frame limit.
+    pub fn new(max_frame: usize) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            max: max_frame,
+        }
+    }
+
+    /// How many bytes the decoder needs before it can make progress (≥ 1).
+    pub fn wanted(&self) -> usize {
+        match self.announced() {
+            Some(n) => (4 + n).saturating_sub(self.buf.len()).max(1),
+            None => 4 - self.buf.len().min(3),
+        }
+    }
+
+    fn announced(&self) -> Option<usize> {
+        self.buf
+            .get(..4)
+            .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize)
+    }
+
+    /// Adds received bytes; fails when a frame header announces more than the limit.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if let Some(n) = self.announced()
+            && n > self.max
+        {
+            return Err(EnrollError::FrameTooLarge {
+                len: n,
+                max: self.max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The next complete message, if one is buffered.
+    pub fn next_message(&mut self) -> Result<Option<Message>> {
+        let Some(n) = self.announced() else {
+            return Ok(None);
+        };
+        if n > self.max {
+            return Err(EnrollError::FrameTooLarge {
+                len: n,
+                max: self.max,
+            });
+        }
+        if self.buf.len() < 4 + n {
+            return Ok(None);
+        }
+        let msg = serde_json::from_slice::<Message>(&self.buf[4..4 + n]).map_err(|e| {
+            EnrollError::Protocol {
+                what: format!("invalid message: {e}"),
+            }
+        });
+        self.buf.drain(..4 + n);
+        msg.map(Some)
+    }
+}
+
+fn decode_key(s: &str, what: &str) -> Result<[u8; 32]> {
+    let v = STANDARD.decode(s).map_err(|_| EnrollError::Protocol {
+        what: format!("{what} is not base64"),
+    })?;
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| EnrollError::Protocol {
+        what: format!("{what} is not 32 bytes"),
+    })
+}
+
+fn decode_tag(s: &str, what: &str) -> Result<[u8; 32]> {
+    let v = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| EnrollError::Protocol {
+            what: format!("{what} is not base64url"),
+        })?;
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| EnrollError::Protocol {
+        what: format!("{what} is not 32 bytes"),
+    })
+}
+
+/// Session key: `HMAC-SHA256(token_mac, "tether-enroll-v1" || nonce)`.
+pub fn session_key(token_mac: &[u8; 32], nonce: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(hmac(token_mac, &[LABEL, nonce]))
+}
+
+/// Length-prefixed, domain-separated transcript bytes.
+#[derive(Debug, Default, Clone)]
+struct Transcript(Vec<u8>);
+
+impl Transcript {
+    fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+}
+
+fn hello_transcript(h: &Hello) -> Transcript {
+    let mut t = Transcript::default();
+    t.field(LABEL)
+        .field(b"hello")
+        .field(h.payload.as_bytes())
+        .field(h.wg_public_key.as_bytes())
+        .field(h.ssh_host_key.as_bytes())
+        .field(h.hostname.as_bytes())
+        .field(h.client_nonce.as_bytes());
+    t
+}
+
+fn welcome_transcript(hello: &Transcript, target_proof: &str, w: &Welcome) -> Transcript {
+    let mut t = hello.clone();
+    let tags = serde_json::to_vec(&w.tags).unwrap_or_default();
+    let groups = serde_json::to_vec(&w.groups).unwrap_or_default();
+    t.field(target_proof.as_bytes())
+        .field(b"welcome")
+        .field(w.name.as_bytes())
+        .field(w.overlay_ip.to_string().as_bytes())
+        .field(w.hub_wg_public_key.as_bytes())
+        .field(w.hub_wg_endpoint.as_bytes())
+        .field(w.hub_ssh_client_key.as_bytes())
+        .field(&tags)
+        .field(&groups);
+    t
+}
+
+/// The target's proof over a Hello (all fields but `proof`).
+pub fn hello_proof(k: &[u8; 32], hello: &Hello) -> [u8; 32] {
+    hmac(k, &[&hello_transcript(hello).0])
+}
+
+/// The hub's proof over a Welcome (all fields but `proof`) answering `hello`.
+pub fn welcome_proof(k: &[u8; 32], hello: &Hello, welcome: &Welcome) -> [u8; 32] {
+    let t = welcome_transcript(&hello_transcript(hello), &hello.proof, welcome);
+    hmac(k, &[&t.0])
+}
+
+/// Constant-time check of a base64url proof.
+pub(crate) fn proof_matches(expected: &[u8; 32], got_b64: &str) -> bool {
+    match decode_tag(got_b64, "proof") {
+        Ok(got) => bool::from(expected.ct_eq(&got)),
+        Err(_) => false,
+    }
+}
+
+/// Public halves of the target's keys, sent at enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetKeys {
+    /// Target WireGuard public key.
+    pub wg_public: [u8; 32],
+    /// Target SSH host public key, OpenSSH format.
+    pub ssh_host_key: String,
+    /// The target's hostname (informational).
+    pub hostname: String,
+}
+
+/// Checks the fields of a Hello that the target supplies (hub side).
+pub(crate) fn check_hello_fields(h: &Hello) -> Result<[u8; 32]> {
+    let wg = decode_key(&h.wg_public_key, "target WireGuard key")?;
+    SshPublicKey::parse(&h.ssh_host_key).map_err(|e| EnrollError::Protocol {
+        what: format!("target SSH host key: {e}"),
+    })?;
+    if h.hostname.len() > MAX_HOSTNAME_LEN || h.hostname.chars().any(|c| c.is_control()) {
+        return Err(EnrollError::Protocol {
+            what: "hostname is too long or has control characters".into(),
+        });
+    }
+    decode_tag(&h.client_nonce, "client nonce")?;
+    Ok(wg)
+}
+
+/// The target's side of the exchange, sans-IO: build the Hello, then feed received bytes until a
+/// verified [`Welcome`] (or an error) comes out.
+pub struct TargetSession {
+    token: ParsedToken,
+    k: Zeroizing<[u8; 32]>,
+    hello: Hello,
+    decoder: FrameDecoder,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for TargetSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetSession")
+            .field("name", &self.token.checked.payload.name)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TargetSession {
+    /// Parses the token (failing locally if it is malformed or expired at `now`) and builds the
+    /// Hello frame to send. `endpoint` is the address that will be contacted (for messages).
+    pub fn start(
+        token: &Token,
+        keys: &TargetKeys,
+        now: u64,
+        max_frame: usize,
+        endpoint: Option<&str>,
+    ) -> Result<(TargetSession, Vec<u8>)> {
+        let parsed = token.parse(now)?;
+        SshPublicKey::parse(&keys.ssh_host_key)?;
+        let mut client_nonce = [0u8; 32];
+        getrandom::fill(&mut client_nonce).map_err(|e| EnrollError::Internal {
+            what: format!("OS random number generator failed: {e}"),
+        })?;
+        let k = session_key(&parsed.mac, &parsed.checked.nonce);
+        let mut hello = Hello {
+            payload: parsed.payload_b64.clone(),
+            wg_public_key: STANDARD.encode(keys.wg_public),
+            ssh_host_key: keys.ssh_host_key.clone(),
+            hostname: keys.hostname.chars().take(MAX_HOSTNAME_LEN).collect(),
+            client_nonce: URL_SAFE_NO_PAD.encode(client_nonce),
+            proof: String::new(),
+        };
+        hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&k, &hello));
+        let frame = encode_frame(&Message::Hello(hello.clone()))?;
+        let endpoint = endpoint
+            .map(str::to_string)
+            .unwrap_or_else(|| parsed.checked.payload.endpoint.clone());
+        Ok((
+            TargetSession {
+                token: parsed,
+                k,
+                hello,
+                decoder: FrameDecoder::new(max_frame),
+                endpoint,
+            },
+            frame,
+        ))
+    }
+
+    /// The endpoint to contact.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// How many more bytes are needed at least.
+    pub fn wanted(&self) -> usize {
+        self.decoder.wanted()
+    }
+
+    /// Feeds received bytes. `Ok(None)`: need more. `Ok(Some(w))`: the hub proved itself and its
+    /// reply matches every value the token pins.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<Option<Welcome>> {
+        self.decoder.push(bytes)?;
+        let Some(msg) = self.decoder.next_message()? else {
+            return Ok(None);
+        };
+        let p = &self.token.checked.payload;
+        match msg {
+            Message::Welcome(w) => {
+                let expected = welcome_proof(&self.k, &self.hello, &w);
+                if !proof_matches(&expected, &w.proof) {
+                    return Err(EnrollError::HubNotAuthenticated {
+                        endpoint: self.endpoint.clone(),
+                    });
+                }
+                // Authenticated; now it must also agree with what the token pins.
+                if w.hub_wg_public()? != self.token.checked.hub_wg_public {
+                    return Err(EnrollError::HubMismatch {
+                        what: "hub WireGuard key",
+                    });
+                }
+                let fp = crate::sshkey::ssh_fingerprint(&w.hub_ssh_client_key)?;
+                if fp != p.hub_ssh_fingerprint {
+                    return Err(EnrollError::HubMismatch {
+                        what: "hub SSH key fingerprint",
+                    });
+                }
+                if w.overlay_ip != p.overlay_ip {
+                    return Err(EnrollError::HubMismatch {
+                        what: "overlay address",
+                    });
+                }
+                if w.name != p.name {
+                    return Err(EnrollError::HubMismatch { what: "host name" });
+                }
+                Ok(Some(w))
+            }
+            Message::Error(e) => Err(EnrollError::from_remote(
+                &e.code,
+                &e.message,
+                &RemoteContext {
+                    name: &p.name,
+                    expires_at: p.expires_at,
+                    token_hub: &p.hub_id.0,
+                    endpoint: &self.endpoint,
+                },
+            )),
+            Message::Hello(_) => Err(EnrollError::Protocol {
+                what: "the hub sent a Hello".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_handles_split_and_oversize() {
+        let f = encode_frame(&Message::Error(ErrorFrame {
+            code: "x".into(),
+            message: "y".into(),
+        }))
+        .unwrap();
+        let mut d = FrameDecoder::new(MAX_FRAME);
+        for b in &f[..f.len() - 1] {
+            d.push(&[*b]).unwrap();
+            assert!(d.next_message().unwrap().is_none());
+        }
+        d.push(&f[f.len() - 1..]).unwrap();
+        assert!(matches!(d.next_message().unwrap(), Some(Message::Error(_))));
+
+        let mut d = FrameDecoder::new(16);
+        assert!(matches!(
+            d.push(&17u32.to_be_bytes()),
+            Err(EnrollError::FrameTooLarge { len: 17, max: 16 })
+        ));
+    }
+}

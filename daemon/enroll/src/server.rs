@@ -1,0 +1,436 @@
+//! Thin tokio drivers: the hub's enrollment listener and the target's client.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{EnrollError, Result};
+use crate::hub::Hub;
+use crate::proto::{
+    self, FrameDecoder, Hello, MAX_FRAME, Message, TargetKeys, TargetSession, Welcome,
+};
+use crate::ratelimit::{DEFAULT_BURST, DEFAULT_MAX_SOURCES, DEFAULT_RATE_PER_SEC, RateLimiter};
+use crate::token::Token;
+use crate::util::unix_now;
+
+/// Default per-connection deadline (10 s).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Refused connections that are answered with an error frame at the same time; beyond this
+/// they are closed without waiting.
+const MAX_LINGERING_REFUSALS: usize = 64;
+
+/// Listener limits. `Default` is the production setting (`[enroll]` in tetherd.toml).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest frame accepted (default 1 MiB).
+    pub max_frame: usize,
+    /// Whole-connection deadline (default 10 s): a connection that has not delivered its Hello
+    /// by then is answered with a timeout error and closed (slowloris defense).
+    pub deadline: Duration,
+    /// Per-source refill rate (default 5/s).
+    pub rate_per_sec: f64,
+    /// Per-source burst (default 10).
+    pub burst: u32,
+    /// Most sources tracked by the rate limiter.
+    pub max_sources: usize,
+    /// Most connections handled at once (default 256); more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_frame: MAX_FRAME,
+            deadline: DEFAULT_DEADLINE,
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            burst: DEFAULT_BURST,
+            max_sources: DEFAULT_MAX_SOURCES,
+            max_connections: 256,
+        }
+    }
+}
+
+/// The listener's metrics.
+#[derive(Debug, Clone)]
+pub struct EnrollMetrics {
+    attempts: IntCounterVec,
+    rate_limited: IntCounter,
+}
+
+impl EnrollMetrics {
+    /// Creates and registers `tether_enroll_attempts_total{outcome}` and
+    /// `tether_enroll_rate_limited_total` in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self> {
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "tether_enroll_attempts_total",
+                "Enrollment connections by outcome (enrolled, or the error code).",
+            ),
+            &["outcome"],
+        )
+        .map_err(|e| EnrollError::Metrics(e.to_string()))?;
+        let rate_limited = IntCounter::new(
+            "tether_enroll_rate_limited_total",
+            "Enrollment connections refused by the per-address rate limit or the connection cap.",
+        )
+        .map_err(|e| EnrollError::Metrics(e.to_string()))?;
+        registry
+            .register(Box::new(attempts.clone()))
+            .map_err(|e| EnrollError::Metrics(e.to_string()))?;
+        registry
+            .register(Box::new(rate_limited.clone()))
+            .map_err(|e| EnrollError::Metrics(e.to_string()))?;
+        Ok(EnrollMetrics {
+            attempts,
+            rate_limited,
+        })
+    }
+
+    /// Attempts counted with this outcome so far.
+    pub fn attempts(&self, outcome: &str) -> u64 {
+        self.attempts.with_label_values(&[outcome]).get()
+    }
+
+    /// Connections refused by the rate limit so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.get()
+    }
+}
+
+/// The hub's enrollment listener.
+#[derive(Debug)]
+pub struct EnrollServer {
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    config: ServerConfig,
+    metrics: EnrollMetrics,
+}
+
+impl EnrollServer {
+    /// Binds the listener (`[enroll] listen`, default `0.0.0.0:51821`) and registers metrics.
+    pub async fn bind(
+        addr: SocketAddr,
+        hub: Arc<Hub>,
+        config: ServerConfig,
+        registry: &Registry,
+    ) -> Result<EnrollServer> {
+        let metrics = EnrollMetrics::register(registry)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| EnrollError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(EnrollServer {
+            listener,
+            hub,
+            config,
+            metrics,
+        })
+    }
+
+    /// Uses an already bound listener (e.g. bound first to learn the port for the hub's
+    /// advertised endpoint) and registers metrics.
+    pub fn from_listener(
+        listener: TcpListener,
+        hub: Arc<Hub>,
+        config: ServerConfig,
+        registry: &Registry,
+    ) -> Result<EnrollServer> {
+        let metrics = EnrollMetrics::register(registry)?;
+        Ok(EnrollServer {
+            listener,
+            hub,
+            config,
+            metrics,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|source| EnrollError::Bind {
+                addr: "<bound socket>".into(),
+                source,
+            })
+    }
+
+    /// A handle on the metrics (to read them in tests or the health endpoint).
+    pub fn metrics(&self) -> EnrollMetrics {
+        self.metrics.clone()
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then waits for in-flight exchanges
+    /// (each bounded by the deadline).
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        let EnrollServer {
+            listener,
+            hub,
+            config,
+            metrics,
+        } = self;
+        let config = Arc::new(config);
+        let limiter = Mutex::new(RateLimiter::new(
+            config.rate_per_sec,
+            config.burst,
+            config.max_sources,
+        ));
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
+        let tracker = TaskTracker::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "enrollment accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let allowed = limiter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(peer.ip(), std::time::Instant::now());
+            let permit = if allowed {
+                slots.clone().try_acquire_owned().ok()
+            } else {
+                None
+            };
+            let Some(permit) = permit else {
+                metrics.rate_limited.inc();
+                tracing::debug!(%peer, allowed, "enrollment connection refused (rate limit / cap)");
+                // Tell the client why, then close. A few refusals linger briefly (so the client
+                // reads the error rather than a reset); under a flood the rest are just dropped.
+                let frame = proto::error_frame(&EnrollError::RateLimited);
+                match refusals.clone().try_acquire_owned() {
+                    Ok(p) => {
+                        tracker.spawn(async move {
+                            let mut stream = stream;
+                            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                                stream.write_all(&frame).await?;
+                                stream.shutdown().await
+                            })
+                            .await;
+                            linger_drain(&mut stream).await;
+                            drop(p);
+                        });
+                    }
+                    Err(_) => {
+                        let _ = stream.try_write(&frame);
+                        drop(stream);
+                    }
+                }
+                continue;
+            };
+            let hub = hub.clone();
+            let config = config.clone();
+            let metrics = metrics.clone();
+            tracker.spawn(async move {
+                handle_connection(stream, peer, hub, &config, &metrics).await;
+                drop(permit);
+            });
+        }
+        tracker.close();
+        let _ =
+            tokio::time::timeout(config.deadline + Duration::from_secs(2), tracker.wait()).await;
+        Ok(())
+    }
+}
+
+async fn read_hello(stream: &mut TcpStream, max_frame: usize) -> Result<Hello> {
+    let mut decoder = FrameDecoder::new(max_frame);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(msg) = decoder.next_message()? {
+            return match msg {
+                Message::Hello(h) => Ok(h),
+                _ => Err(EnrollError::Protocol {
+                    what: "expected a Hello".into(),
+                }),
+            };
+        }
+        let want = decoder.wanted().min(buf.len());
+        let n = stream
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| EnrollError::Protocol {
+                what: format!("read failed: {e}"),
+            })?;
+        if n == 0 {
+            return Err(EnrollError::Protocol {
+                what: "the connection closed before a complete Hello".into(),
+            });
+        }
+        decoder.push(&buf[..n])?;
+    }
+}
+
+async fn handle_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    config: &ServerConfig,
+    metrics: &EnrollMetrics,
+) {
+    let started = tokio::time::Instant::now();
+    let hello = match tokio::time::timeout(
+        config.deadline,
+        read_hello(&mut stream, config.max_frame),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(EnrollError::Timeout {
+            what: "hello",
+            after_ms: u64::try_from(config.deadline.as_millis()).unwrap_or(u64::MAX),
+        }),
+    };
+    let result = match hello {
+        Ok(hello) => {
+            let hub2 = hub.clone();
+            let ip = peer.ip();
+            tokio::task::spawn_blocking(move || hub2.handle_hello(&hello, Some(ip), unix_now()))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(EnrollError::Internal {
+                        what: format!("enrollment task failed: {e}"),
+                    })
+                })
+        }
+        Err(e) => {
+            hub.notify_rejected(Some(peer.ip()), &e);
+            Err(e)
+        }
+    };
+    let frame = match &result {
+        Ok(w) => {
+            metrics.attempts.with_label_values(&["enrolled"]).inc();
+            tracing::info!(%peer, host = %w.name, ip = %w.overlay_ip, "host enrolled");
+            proto::encode_frame(&Message::Welcome(w.clone())).unwrap_or_default()
+        }
+        Err(e) => {
+            metrics.attempts.with_label_values(&[e.code()]).inc();
+            tracing::info!(%peer, code = e.code(), error = %e, "enrollment refused");
+            proto::error_frame(e)
+        }
+    };
+    let remaining = config
+        .deadline
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    let _ = tokio::time::timeout(remaining, async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if result.is_err() {
+        linger_drain(&mut stream).await;
+    }
+}
+
+/// Reads (and discards) what the client still sends for up to 200 ms / 64 KiB, so closing with
+/// unread bytes does not reset the connection before the client has read the error frame.
+async fn linger_drain(stream: &mut TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// Options of [`enroll_client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline for connect + exchange (default 10 s).
+    pub deadline: Duration,
+    /// Largest frame accepted from the hub.
+    pub max_frame: usize,
+    /// Contact this `host:port` instead of the endpoint in the token (tests, NAT).
+    pub endpoint: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            deadline: DEFAULT_DEADLINE,
+            max_frame: MAX_FRAME,
+            endpoint: None,
+        }
+    }
+}
+
+/// The target's side (`tetherd enroll TOKEN`): parses the token (an expired or malformed token
+/// fails here, without contacting the hub), sends the public keys, and returns the hub's
+/// authenticated [`Welcome`]. Write the config only after this returns `Ok`.
+pub async fn enroll_client(
+    token: &Token,
+    keys: &TargetKeys,
+    opts: &ClientOptions,
+) -> Result<Welcome> {
+    let (mut session, hello) = TargetSession::start(
+        token,
+        keys,
+        unix_now(),
+        opts.max_frame,
+        opts.endpoint.as_deref(),
+    )?;
+    let endpoint = session.endpoint().to_string();
+    let after_ms = u64::try_from(opts.deadline.as_millis()).unwrap_or(u64::MAX);
+    let exchange = async {
+        let mut stream =
+            TcpStream::connect(&endpoint)
+                .await
+                .map_err(|source| EnrollError::Connect {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+        stream
+            .write_all(&hello)
+            .await
+            .map_err(|e| EnrollError::Protocol {
+                what: format!("sending the Hello failed: {e}"),
+            })?;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let want = session.wanted().min(buf.len());
+            let n = stream
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| EnrollError::Protocol {
+                    what: format!("reading the hub's answer failed: {e}"),
+                })?;
+            if n == 0 {
+                return Err(EnrollError::Protocol {
+                    what: "the hub closed the connection without an answer".into(),
+                });
+            }
+            if let Some(w) = session.receive(&buf[..n])? {
+                return Ok(w);
+            }
+        }
+    };
+    tokio::time::timeout(opts.deadline, exchange)
+        .await
+        .unwrap_or(Err(EnrollError::Timeout {
+            what: "exchange with the hub",
+            after_ms,
+        }))
+}

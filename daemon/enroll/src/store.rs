@@ -1,0 +1,140 @@
+//! The hub's invite store: `STATE_DIR/invites.json`, holding only SHA-256 of each nonce.
+//!
+//! Used invites are kept until their expiry (so a replay is reported as *already used* rather
+//! than *unknown*); after expiry every record is pruned, since an expired token fails as expired
+//! before the store is consulted.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EnrollError, Result};
+use crate::token::{InviteRecord, InviteState};
+use crate::util::{atomic_write, ensure_dir, read_state, remove_stale_tmp};
+
+/// File name of the invite store inside the state directory.
+pub const INVITES_FILE: &str = "invites.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u32,
+    invites: Vec<InviteRecord>,
+}
+
+/// Pending, used and revoked invites, persisted atomically on every change.
+#[derive(Debug)]
+pub struct InviteStore {
+    path: PathBuf,
+    invites: Vec<InviteRecord>,
+}
+
+impl InviteStore {
+    /// Opens (or starts empty) `state_dir/invites.json`.
+    pub fn open(state_dir: &Path) -> Result<InviteStore> {
+        ensure_dir(state_dir)?;
+        let path = state_dir.join(INVITES_FILE);
+        remove_stale_tmp(&path);
+        let invites = match read_state(&path)? {
+            None => Vec::new(),
+            Some(bytes) => {
+                let f: File =
+                    serde_json::from_slice(&bytes).map_err(|e| EnrollError::CorruptState {
+                        path: path.clone(),
+                        what: e.to_string(),
+                    })?;
+                f.invites
+            }
+        };
+        Ok(InviteStore { path, invites })
+    }
+
+    /// Every record.
+    pub fn all(&self) -> &[InviteRecord] {
+        &self.invites
+    }
+
+    /// Records still usable at `now`.
+    pub fn pending(&self, now: u64) -> impl Iterator<Item = &InviteRecord> {
+        self.invites
+            .iter()
+            .filter(move |r| r.state == InviteState::Pending && r.expires_at > now)
+    }
+
+    /// The record for a nonce hash.
+    pub fn get(&self, nonce_hash: &str) -> Option<&InviteRecord> {
+        self.invites.iter().find(|r| r.nonce_hash == nonce_hash)
+    }
+
+    /// Adds a record and persists.
+    pub fn add(&mut self, record: InviteRecord, now: u64) -> Result<()> {
+        self.invites.push(record);
+        self.save(now)
+    }
+
+    /// Fails with the matching error unless the invite is pending.
+    pub fn check_pending(&self, nonce_hash: &str) -> Result<&InviteRecord> {
+        let r = self.get(nonce_hash).ok_or(EnrollError::UnknownInvite)?;
+        match r.state {
+            InviteState::Pending => Ok(r),
+            InviteState::Used { .. } => Err(EnrollError::AlreadyUsed {
+                name: r.name.clone(),
+            }),
+            InviteState::Revoked { .. } => Err(EnrollError::Revoked {
+                name: r.name.clone(),
+            }),
+        }
+    }
+
+    /// Marks a pending invite used and persists (the caller holds the store exclusively, so
+    /// check + mark is atomic).
+    pub fn consume(&mut self, nonce_hash: &str, now: u64) -> Result<InviteRecord> {
+        self.check_pending(nonce_hash)?;
+        let mut old = None;
+        for r in &mut self.invites {
+            if r.nonce_hash == nonce_hash {
+                old = Some(r.clone());
+                r.state = InviteState::Used { at: now };
+            }
+        }
+        let old = old.ok_or(EnrollError::UnknownInvite)?;
+        if let Err(e) = self.save(now) {
+            // Not durable: undo, so memory matches the file.
+            for r in &mut self.invites {
+                if r.nonce_hash == nonce_hash {
+                    r.state = InviteState::Pending;
+                }
+            }
+            return Err(e);
+        }
+        Ok(old)
+    }
+
+    /// Revokes every pending invite for `name`; returns how many.
+    pub fn revoke_name(&mut self, name: &str, now: u64) -> Result<usize> {
+        let mut n = 0;
+        for r in &mut self.invites {
+            if r.name == name && r.state == InviteState::Pending {
+                r.state = InviteState::Revoked { at: now };
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.save(now)?;
+        }
+        Ok(n)
+    }
+
+    /// Drops expired records and writes the file atomically.
+    fn save(&mut self, now: u64) -> Result<()> {
+        self.invites.retain(|r| r.expires_at > now);
+        let bytes = serde_json::to_vec_pretty(&File {
+            version: 1,
+            invites: self.invites.clone(),
+        })
+        .map_err(|e| EnrollError::Internal {
+            what: format!("encode invites: {e}"),
+        })?;
+        atomic_write(&self.path, &bytes)
+    }
+}

@@ -900,7 +900,9 @@ mod tokens_prop {
         #[test]
         fn parse_never_panics(s in "\\PC{0,300}|tether1\\.[A-Za-z0-9_.=+/-]{0,400}") {
             let _ = parse_token(&s);
-            let _ = Token::from_text(s).unwrap().parse(0);
+            if let Ok(t) = Token::from_text(s) {
+                let _ = t.parse(0);
+            }
         }
 
         #[test]

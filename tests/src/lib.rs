@@ -200,6 +200,33 @@ impl Daemon {
             .expect("run tether")
     }
 
+    /// Runs a copy of `tether` (placed in this daemon's dir, world-readable) as `uid`:`gid` with
+    /// no supplementary groups, via `setpriv`. Needs root. The daemon's dir is opened to
+    /// traversal so the socket is reachable (its own mode still applies).
+    pub fn tether_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = self.dir.path().join("tether-copy");
+        if !exe.exists() {
+            std::fs::copy(bin("tether"), &exe).expect("copy tether");
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".into(),
+                "--".into(),
+            ])
+            .arg(&exe)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run setpriv")
+    }
+
     /// One raw HTTP/1.1 request (`Connection: close`); returns status and body.
     pub fn request(
         &self,

@@ -31,7 +31,7 @@ fn event(i: usize, k: u64) -> Event {
         Actor {
             uid: 1000 + i as u32,
             user: format!("operator{i}"),
-            role: Role::Operator,
+            role: Some(Role::Operator),
             via: Via::Cli,
         },
     )

@@ -59,8 +59,8 @@ pub struct Actor {
     pub uid: u32,
     /// User name of the caller, as resolved when the event was raised.
     pub user: String,
-    /// The role the caller acted with.
-    pub role: Role,
+    /// The role the caller acted with; `None` for callers refused for having no role.
+    pub role: Option<Role>,
     /// How the caller reached the daemon.
     pub via: Via,
 }
@@ -174,9 +174,16 @@ impl Prepared {
             return Err(bad("host is longer than 255 bytes".into()));
         }
         let mut pre = Vec::with_capacity(256);
-        pre.extend_from_slice(b"{\"actor\":{\"role\":\"");
-        pre.extend_from_slice(ev.actor.role.as_str().as_bytes());
-        pre.extend_from_slice(b"\",\"uid\":");
+        pre.extend_from_slice(b"{\"actor\":{\"role\":");
+        match ev.actor.role {
+            Some(role) => {
+                pre.push(b'"');
+                pre.extend_from_slice(role.as_str().as_bytes());
+                pre.push(b'"');
+            }
+            None => pre.extend_from_slice(b"null"),
+        }
+        pre.extend_from_slice(b",\"uid\":");
         pre.extend_from_slice(ev.actor.uid.to_string().as_bytes());
         pre.extend_from_slice(b",\"user\":");
         write_str(&mut pre, &ev.actor.user);

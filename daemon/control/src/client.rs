@@ -126,6 +126,55 @@ impl Client {
         parse(&body)
     }
 
+    /// `GET path` with a streamed answer: `on_chunk` gets each piece as it arrives and returns
+    /// `false` to stop early. Used for NDJSON streams (`audit tail -f`, exports).
+    pub async fn get_stream(
+        &self,
+        path: &str,
+        mut on_chunk: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let driver = tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, "tetherd")
+            .header(crate::audit::VIA_HEADER, "cli")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("request failed: {e}")))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(format!("reading the answer failed: {e}")))?
+                .to_bytes();
+            driver.abort();
+            return Err(api_error(status, &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ClientError::Protocol(format!("the stream broke: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                if !on_chunk(data) {
+                    break;
+                }
+            }
+        }
+        driver.abort();
+        Ok(())
+    }
+
     /// `DELETE path`, JSON answer.
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let body = self.request(Method::DELETE, path, None).await?;
@@ -158,7 +207,8 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, "tetherd");
+            .header(HOST, "tetherd")
+            .header(crate::audit::VIA_HEADER, "cli");
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header(CONTENT_TYPE, content_type);

@@ -6,6 +6,7 @@
 //! [`client`] is the typed client the `tether` CLI uses.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod client;
 mod error;
 mod http;
@@ -14,6 +15,7 @@ mod peer;
 mod routes;
 pub mod server;
 pub mod state;
+mod stream;
 
 pub use error::ControlError;
 pub use metrics::ControlMetrics;

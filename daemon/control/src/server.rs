@@ -183,8 +183,22 @@ async fn route(
     state: &Arc<AppState>,
     path: &str,
 ) -> (&'static str, Response<Body>) {
+    let via = crate::audit::via_of(&req);
     let Some(role) = state.roles().role_of(&caller) else {
         state.metrics.auth_denials.inc();
+        let data =
+            serde_json::json!({"method": req.method().as_str(), "path": path, "reason": "no role"});
+        if let Err(e) = state
+            .audit(
+                "auth.denied",
+                crate::audit::actor(&caller, None, via),
+                None,
+                data,
+            )
+            .await
+        {
+            tracing::error!("could not audit an auth denial: {e}");
+        }
         tracing::warn!(caller = %caller.describe(), path, "control request refused: caller has no role");
         let who = match &caller.user {
             Some(name) => format!("uid:{} or user:{name}", caller.uid),
@@ -226,6 +240,18 @@ async fn route(
         }
         Lookup::Found(r, _) if !r.roles.contains(&role) => {
             state.metrics.auth_denials.inc();
+            let data = serde_json::json!({"method": r.method.as_str(), "path": path, "reason": "role not allowed"});
+            if let Err(e) = state
+                .audit(
+                    "auth.denied",
+                    crate::audit::actor(&caller, Some(role), via),
+                    None,
+                    data,
+                )
+                .await
+            {
+                tracing::error!("could not audit an auth denial: {e}");
+            }
             let allowed: Vec<&str> = r.roles.iter().map(|r| r.as_str()).collect();
             (
                 r.path,

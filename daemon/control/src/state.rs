@@ -5,9 +5,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
+use serde_json::json;
+use tether_audit::Actor;
 use tether_config::{Config, ConfigError, Overrides, PolicySource};
 use tether_model::{AlertSink, DaemonRole, NoAlerts};
-use tether_policy::{PolicyEngine, PolicyError};
+use tether_policy::{Policy, PolicyEngine, PolicyError};
 
 use crate::{ControlMetrics, RoleMap};
 
@@ -34,6 +36,10 @@ pub struct AppState {
     pub policy: Option<PolicyEngine>,
     /// Where subsystems raise alerts.
     pub alerts: Arc<dyn AlertSink>,
+    /// The audit log (`None` only in tools and tests that run without one).
+    pub audit: Option<tether_audit::AuditLog>,
+    /// The keys that verify the audit log (the same the writer uses).
+    pub audit_keys: Option<Arc<dyn tether_audit::KeySource>>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -73,6 +79,9 @@ pub enum ReloadError {
     /// `policy_rebuild_failed`.
     #[error("the new policy is invalid, the previous one stays in force: {0}")]
     Policy(#[from] PolicyError),
+    /// The change could not be recorded in the audit log, so it was not applied.
+    #[error("the change was not applied because its audit record could not be written: {0}")]
+    Audit(tether_audit::AuditError),
 }
 
 /// What a successful reload changed.
@@ -104,6 +113,8 @@ impl AppState {
             vault: None,
             policy: None,
             alerts: Arc::new(NoAlerts),
+            audit: None,
+            audit_keys: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),
@@ -136,17 +147,51 @@ impl AppState {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Re-reads the config from its original sources. An invalid config changes nothing and is
-    /// returned as the error; a valid one replaces roles and limits at once.
-    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+    /// Re-reads the config (and so the policy) from its original sources, records the change
+    /// in the audit log, then applies it. Nothing changes when the new config or policy is
+    /// invalid (the policy engine then raises `policy_rebuild_failed`) or when the audit record
+    /// cannot be written. `kind` is the audit event type (`config.change`, `policy.reload`);
+    /// `trigger` says what asked (`sighup`, `api`).
+    pub async fn reload(
+        &self,
+        actor: Actor,
+        kind: &str,
+        trigger: &str,
+    ) -> Result<ReloadReport, ReloadError> {
+        let prepared = match self.prepare_reload() {
+            Ok(p) => p,
+            Err(e) => {
+                let data = json!({"ok": false, "trigger": trigger, "error": e.to_string()});
+                if let Err(ae) = self.audit(kind, actor, None, data).await {
+                    tracing::error!("could not audit a refused reload: {ae}");
+                }
+                return Err(e);
+            }
+        };
+        let data = json!({
+            "ok": true,
+            "trigger": trigger,
+            "changed": prepared.report.changed,
+            "needs_restart": prepared.report.needs_restart,
+            "policy_mode": prepared.policy.as_ref().map(|p| p.mode().as_str()),
+            "policy_rules": prepared.policy.as_ref().map(|p| p.rule_count()),
+        });
+        self.audit(kind, actor, None, data)
+            .await
+            .map_err(ReloadError::Audit)?;
+        Ok(self.apply(prepared))
+    }
+
+    fn prepare_reload(&self) -> Result<PreparedReload, ReloadError> {
         let new =
             tether_config::load_for_reload(self.source.file.as_deref(), &self.source.overrides)?;
-        // The policy is compiled by the live engine: on failure it keeps the old policy and
-        // raises `policy_rebuild_failed`, and the rest of the new config is not applied either.
+        let mut policy = None;
         if let Some(engine) = &self.policy {
-            match new.policy_source() {
-                Ok(PolicySource::Inline(spec)) => engine.reload(&spec)?,
-                Ok(PolicySource::File(text)) => engine.reload_toml(&text)?,
+            let compiled = match new.policy_source() {
+                Ok(PolicySource::Inline(spec)) => Policy::compile(&spec).map(|p| (p, None)),
+                Ok(PolicySource::File(text)) => {
+                    Policy::from_toml_str(&text).map(|p| (p, Some(text)))
+                }
                 Err(e) => {
                     self.alerts.raise(tether_model::Alert::new(
                         tether_policy::ALERT_REBUILD_FAILED,
@@ -154,6 +199,23 @@ impl AppState {
                         e.to_string(),
                     ));
                     return Err(e.into());
+                }
+            };
+            match compiled {
+                Ok((p, _)) => policy = Some(p),
+                Err(_) => {
+                    // Let the engine see the failure: it keeps the old policy, counts it and
+                    // raises `policy_rebuild_failed`.
+                    let err = match new.policy_source() {
+                        Ok(PolicySource::File(text)) => engine.reload_toml(&text),
+                        _ => engine.reload(&new.policy),
+                    };
+                    return Err(match err {
+                        Err(e) => e.into(),
+                        Ok(()) => ReloadError::Policy(PolicyError::Metrics(
+                            "policy compiled on the second try".to_owned(),
+                        )),
+                    });
                 }
             }
         }
@@ -176,13 +238,37 @@ impl AppState {
         if old.log != new.log {
             report.needs_restart.push("log".to_owned());
         }
-        let roles = RoleMap::new(&new.control.roles, nix::unistd::geteuid().as_raw());
+        if old.vault != new.vault {
+            report.needs_restart.push("vault".to_owned());
+        }
+        Ok(PreparedReload {
+            config: new,
+            policy,
+            report,
+        })
+    }
+
+    fn apply(&self, prepared: PreparedReload) -> ReloadReport {
+        if let (Some(engine), Some(policy)) = (&self.policy, prepared.policy) {
+            engine.swap(policy);
+        }
+        let roles = RoleMap::new(
+            &prepared.config.control.roles,
+            nix::unistd::geteuid().as_raw(),
+        );
         if let Ok(mut r) = self.roles.write() {
             *r = Arc::new(roles);
         }
         if let Ok(mut c) = self.config.write() {
-            *c = Arc::new(new);
+            *c = Arc::new(prepared.config);
         }
-        Ok(report)
+        prepared.report
     }
+}
+
+/// A validated new config and its compiled policy, not yet in force.
+struct PreparedReload {
+    config: Config,
+    policy: Option<Policy>,
+    report: ReloadReport,
 }

@@ -55,6 +55,9 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Verify, read and export the tamper-evident audit log (admin, auditor).
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
     /// Check requests against the policy, run policy fixtures, reload the policy.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),

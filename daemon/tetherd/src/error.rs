@@ -31,6 +31,9 @@ pub enum DaemonError {
     /// The policy file could not be read.
     #[error(transparent)]
     PolicyFile(#[from] tether_config::PolicyFileError),
+    /// The audit log could not be opened (damaged log, keys, permissions).
+    #[error(transparent)]
+    Audit(#[from] tether_audit::AuditError),
     /// Metrics registration failed (a bug: duplicate metric names).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),

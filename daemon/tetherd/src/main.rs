@@ -8,6 +8,7 @@ use clap::Parser;
 mod alerts;
 mod cli;
 mod error;
+mod keys;
 mod logging;
 mod notify;
 mod run;

@@ -80,10 +80,43 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         "policy loaded"
     );
     let engine = tether_policy::PolicyEngine::new(policy, &registry, Arc::clone(&alerts))?;
+    let keys: Arc<dyn tether_audit::KeySource> =
+        Arc::new(crate::keys::VaultKeys::new(vault.clone()));
+    let audit_dir = config.state_dir.join("audit");
+    let (audit, recovery) = {
+        let (keys, registry, alerts) = (Arc::clone(&keys), registry.clone(), Arc::clone(&alerts));
+        tokio::task::spawn_blocking(move || {
+            tether_audit::AuditLog::open(&audit_dir, keys.as_ref(), &registry, alerts)
+        })
+        .await
+        .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
+    };
+    if let Some(torn) = &recovery.torn {
+        tracing::warn!(
+            file = %torn.file.display(),
+            bytes = torn.bytes,
+            "audit log: dropped a torn last record left by a crash (it was never acknowledged)"
+        );
+    }
+    tracing::info!(
+        last_seq = recovery.last_seq,
+        files = recovery.files,
+        "audit log ready"
+    );
     let mut state = AppState::new(config, source, registry)?;
     state.vault = Some(vault);
     state.policy = Some(engine);
     state.alerts = alerts;
+    state.audit = Some(audit.clone());
+    state.audit_keys = Some(keys);
+    state
+        .audit(
+            "daemon.start",
+            tether_control::audit::daemon_actor(),
+            None,
+            serde_json::json!({"role": role.to_string(), "version": tether_model::VERSION, "pid": std::process::id()}),
+        )
+        .await?;
     let state = Arc::new(state);
 
     // Install every signal handler before announcing readiness, so no signal is missed.
@@ -106,7 +139,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&state),
+            _ = hup.recv() => reload(&state).await,
         }
     }
 
@@ -122,12 +155,31 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!("could not remove control socket {}: {e}", socket.display());
     }
+    if let Err(e) = state
+        .audit(
+            "daemon.stop",
+            tether_control::audit::daemon_actor(),
+            None,
+            serde_json::json!({}),
+        )
+        .await
+    {
+        tracing::error!("could not audit the shutdown: {e}");
+    }
+    audit.close().await;
     tracing::info!("tetherd stopped");
     Ok(())
 }
 
-fn reload(state: &AppState) {
-    match state.reload() {
+async fn reload(state: &AppState) {
+    match state
+        .reload(
+            tether_control::audit::daemon_actor(),
+            "config.change",
+            "sighup",
+        )
+        .await
+    {
         Ok(report) if report.needs_restart.is_empty() => {
             tracing::info!(changed = report.changed, "SIGHUP: config reloaded");
         }

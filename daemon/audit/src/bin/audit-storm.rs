@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let actor = Actor {
                 uid: 1000 + i as u32,
                 user: format!("user{i}"),
-                role: Role::Operator,
+                role: Some(Role::Operator),
                 via: Via::Cli,
             };
             let mut k = 0u64;

@@ -20,7 +20,7 @@ pub fn actor(i: u32) -> Actor {
     Actor {
         uid: 1000 + i,
         user: format!("user{i}"),
-        role: Role::Admin,
+        role: Some(Role::Admin),
         via: Via::Cli,
     }
 }

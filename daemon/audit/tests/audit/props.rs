@@ -50,7 +50,7 @@ fn arb_event() -> impl Strategy<Value = (Event, u64)> {
                 actor: Actor {
                     uid,
                     user,
-                    role: tether_model::Role::Operator,
+                    role: Some(tether_model::Role::Operator),
                     via: Via::Mcp,
                 },
                 host,

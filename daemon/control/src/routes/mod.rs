@@ -12,6 +12,7 @@ use tether_model::Role;
 use crate::http::Body;
 use crate::{AppState, Caller};
 
+mod audit;
 mod config;
 mod health;
 mod metrics;
@@ -50,6 +51,7 @@ pub struct RouteInfo {
 
 const ANY: &[Role] = &Role::ALL;
 const ADMIN: &[Role] = &[Role::Admin];
+const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// Every route the daemon serves.
 pub static ROUTES: &[RouteInfo] = &[
@@ -94,6 +96,41 @@ pub static ROUTES: &[RouteInfo] = &[
         roles: ADMIN,
         summary: "re-read the configuration (same as SIGHUP); an invalid one keeps the old",
         handler: reload::handle,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/audit/verify",
+        roles: AUDIT_READERS,
+        summary: "verify the audit chain (optionally against an exported checkpoint)",
+        handler: audit::verify,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/audit/records",
+        roles: AUDIT_READERS,
+        summary: "the last N audit records (NDJSON), filtered by type, host, date",
+        handler: audit::tail,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/audit/follow",
+        roles: AUDIT_READERS,
+        summary: "new audit records as they are written (NDJSON stream)",
+        handler: audit::follow,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/audit/export",
+        roles: AUDIT_READERS,
+        summary: "export the audit log (format=jsonl), byte for byte",
+        handler: audit::export,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/audit/checkpoint",
+        roles: AUDIT_READERS,
+        summary: "a signed head checkpoint for off-box storage",
+        handler: audit::checkpoint,
     },
     RouteInfo {
         method: Method::GET,
@@ -170,7 +207,7 @@ pub(crate) fn lookup(method: &Method, path: &str) -> Lookup {
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as written (the
 /// handler's own validation then rejects them with a precise message).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -105,10 +105,11 @@ pub(crate) fn check(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
 /// `POST /v1/policy/reload`: re-read the config (and so the policy) and swap atomically.
 pub(crate) fn reload(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
+        let actor = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(&req));
         if let Err(r) = http::read_json::<serde_json::Value>(req, ctx.state.idle_timeout()).await {
             return r;
         }
-        match ctx.state.reload() {
+        match ctx.state.reload(actor, "policy.reload", "api").await {
             Ok(report) => {
                 let (mode, rules) = ctx
                     .state
@@ -132,6 +133,14 @@ pub(crate) fn reload_failed(e: &ReloadError) -> hyper::Response<Body> {
     tracing::error!("reload refused; keeping the previous config and policy: {e}");
     let code = match e {
         ReloadError::Config(_) => "invalid_config",
+        ReloadError::Audit(_) => {
+            return http::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                &e.to_string(),
+                "free space or fix permissions in state_dir/audit, then reload again",
+            );
+        }
         _ => "invalid_policy",
     };
     http::error(

@@ -77,6 +77,7 @@ pub(crate) fn list(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
 
 pub(crate) fn set(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
+        let via = crate::audit::via_of(&req);
         let v = match vault(&ctx) {
             Ok(v) => v,
             Err(r) => return r,
@@ -93,6 +94,14 @@ pub(crate) fn set(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
             Err(e) => return vault_error(&e),
         };
         let n = name(&ctx);
+        let a = crate::audit::actor(&ctx.caller, Some(ctx.role), via);
+        if let Err(r) = ctx
+            .state
+            .audit_or_refuse("secret.set", a, None, json!({"name": n}))
+            .await
+        {
+            return r;
+        }
         match blocking(move || v.set(&n, secret)).await {
             Ok(info) => {
                 tracing::info!(secret = %info.name, version = info.version, "secret set");
@@ -103,13 +112,21 @@ pub(crate) fn set(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     })
 }
 
-pub(crate) fn remove(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
+pub(crate) fn remove(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
         let v = match vault(&ctx) {
             Ok(v) => v,
             Err(r) => return r,
         };
         let n = name(&ctx);
+        let a = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(&req));
+        if let Err(r) = ctx
+            .state
+            .audit_or_refuse("secret.rm", a, None, json!({"name": n}))
+            .await
+        {
+            return r;
+        }
         let n2 = n.clone();
         match blocking(move || v.remove(&n2)).await {
             Ok(()) => {
@@ -121,13 +138,21 @@ pub(crate) fn remove(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     })
 }
 
-pub(crate) fn rotate(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
+pub(crate) fn rotate(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
         let v = match vault(&ctx) {
             Ok(v) => v,
             Err(r) => return r,
         };
         let n = name(&ctx);
+        let a = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(&req));
+        if let Err(r) = ctx
+            .state
+            .audit_or_refuse("secret.rotate", a, None, json!({"name": n}))
+            .await
+        {
+            return r;
+        }
         match blocking(move || v.rotate(&n)).await {
             Ok(info) => {
                 tracing::info!(secret = %info.name, version = info.version, "secret rotated");

@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod policy;
@@ -17,5 +18,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Demo(args) => demo::run(&cli.global, args).await,
         Command::Secret(c) => secret::run(&cli.global, c).await,
         Command::Policy(c) => policy::run(&cli.global, c).await,
+        Command::Audit(c) => audit::run(&cli.global, c).await,
     }
 }

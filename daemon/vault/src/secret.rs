@@ -102,10 +102,10 @@ impl SecretBox {
         let ptr = raw.cast::<u8>();
         // SAFETY: memsec returned `cap` writable bytes at `ptr` (it fills them with 0xd0).
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, cap) };
-        // SAFETY: `ptr..ptr+max(cap,1)` lies inside the allocation's data pages (memsec puts a
-        // 16-byte canary before the data in the same pages, so even `cap == 0` has one data page).
-        // `mlock` only changes residency and is idempotent on pages memsec already locked.
-        let locked = unsafe { memsec::mlock(ptr.as_ptr(), cap.max(1)) };
+        // A zero-length secret holds nothing to lock (and its pointer is the guard page's start).
+        // SAFETY: `ptr..ptr+cap` lies inside the allocation's data pages; `mlock` only changes
+        // residency and is idempotent on pages memsec already locked.
+        let locked = cap == 0 || unsafe { memsec::mlock(ptr.as_ptr(), cap) };
         let error = if locked {
             None
         } else {

@@ -51,6 +51,7 @@ impl fmt::Display for SecretName {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

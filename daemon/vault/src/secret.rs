@@ -157,7 +157,7 @@ impl SecretBox {
     /// `len` bytes from the OS random number generator, written straight into locked memory.
     pub fn random(len: usize) -> Result<SecretBox> {
         let mut b = Self::alloc(len)?;
-        b.expose_mut(|buf| getrandom::fill(buf))
+        b.expose_mut(getrandom::fill)
             .map_err(|e| VaultError::Random {
                 detail: e.to_string(),
             })?;
@@ -317,11 +317,11 @@ struct ReadWindow<'a>(&'a SecretBox);
 impl<'a> ReadWindow<'a> {
     fn open(b: &'a SecretBox) -> Self {
         let mut readers = b.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if *readers == 0 {
-            if let Err(e) = b.protect(memsec::Prot::ReadOnly) {
-                drop(readers);
-                panic!("cannot unseal secret memory: {e}");
-            }
+        if *readers == 0
+            && let Err(e) = b.protect(memsec::Prot::ReadOnly)
+        {
+            drop(readers);
+            panic!("cannot unseal secret memory: {e}");
         }
         *readers += 1;
         ReadWindow(b)
@@ -388,6 +388,7 @@ impl fmt::Display for SecretBox {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -190,7 +190,7 @@ fn aad(name: &SecretName, version: u64) -> Vec<u8> {
 }
 
 fn cipher(key: &SecretBox) -> Result<Aes256Gcm> {
-    key.expose(|k| Aes256Gcm::new_from_slice(k))
+    key.expose(Aes256Gcm::new_from_slice)
         .map_err(|_| VaultError::KeyFile {
             path: PathBuf::new(),
             detail: format!("key is not {KEY_LEN} bytes"),

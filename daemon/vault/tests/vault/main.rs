@@ -1,5 +1,7 @@
 //! Integration tests for tether-vault: real files, real processes, a real Secret Service.
 
+#![allow(clippy::unwrap_used)]
+
 mod config;
 mod credentials;
 mod file_backend;

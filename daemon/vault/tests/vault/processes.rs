@@ -116,6 +116,12 @@ fn child() {
             std::hint::black_box((&sealed, &control));
             std::process::exit(0)
         }
+        "stdin" => {
+            let mut b = SecretBox::from_stdin(64).unwrap();
+            b.trim_trailing_newline();
+            println!("STDIN-MATCH={}", b.ct_eq_bytes(b"piped-secret"));
+            std::process::exit(0)
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -329,8 +335,10 @@ fn auto_falls_back_to_file_without_a_secret_service() {
 /// What this proves: in a core dump of a live, hardened process, (1) the bytes of a secret held in
 /// a sealed SecretBox appear nowhere — no stray copy from generation or use exists in ordinary
 /// memory, and the locked pages themselves are excluded (MADV_DONTDUMP); (2) a control value in
-/// ordinary heap memory *is* found, so the dump and the search work. It does not prove that a
-/// root attacker cannot read the secret: ptrace/`/proc/PID/mem` with CAP_SYS_PTRACE can.
+/// ordinary heap memory *is* found, so the dump and the search work; (3) gdb with
+/// `dump-excluded-mappings on` does find both secrets: they are live, and root with ptrace can
+/// read them even while sealed (PROT_NONE does not stop FOLL_FORCE reads). Sealing protects
+/// against accidental dumps and in-process over-reads, not against root.
 #[test]
 fn core_dump_of_a_live_process_does_not_contain_sealed_secrets() {
     if !is_root() || which("gcore").is_none() {
@@ -365,6 +373,23 @@ fn core_dump_of_a_live_process_does_not_contain_sealed_secrets() {
         .arg(&pid)
         .output()
         .unwrap();
+    // Positive control: a debugger that also dumps MADV_DONTDUMP mappings (root can) does see
+    // both secrets, so they really are live in this process and the search would find them.
+    let full = state.path().join("core.full");
+    let full_dump = which("gdb").map(|gdb| {
+        Command::new(gdb)
+            .args([
+                "-batch",
+                "-p",
+                &pid,
+                "-ex",
+                "set dump-excluded-mappings on",
+                "-ex",
+            ])
+            .arg(format!("gcore {}", full.display()))
+            .output()
+            .unwrap()
+    });
     let _ = child.stdin.take().unwrap().write_all(b"done\n");
     let _ = child.wait();
     let core_path = state.path().join(format!("core.{pid}"));
@@ -396,4 +421,43 @@ fn core_dump_of_a_live_process_does_not_contain_sealed_secrets() {
         !contains(&core, &exposed),
         "exposed secret found in the core dump (MADV_DONTDUMP)"
     );
+    if let Some(out) = full_dump {
+        let data = std::fs::read(&full)
+            .unwrap_or_else(|_| panic!("gdb: {}", String::from_utf8_lossy(&out.stderr)));
+        std::fs::remove_file(&full).unwrap();
+        assert!(
+            contains(&data, &sealed) && contains(&data, &exposed),
+            "secrets not live in the process?"
+        );
+    }
+}
+
+#[test]
+fn secret_from_stdin_unbuffered() {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    child_args_only(&mut cmd, "stdin");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped-secret\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("STDIN-MATCH=true"), "{stdout}");
+}
+
+fn child_args_only(cmd: &mut Command, mode: &str) {
+    cmd.args([
+        "--exact",
+        "processes::child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("TETHER_VAULT_CHILD", mode);
 }

@@ -329,8 +329,9 @@ impl EnrollError {
                 what: format!("the hub refused a message as too large: {}", clip(message)),
             },
             "timeout" => EnrollError::Timeout {
-                what: "exchange (hub side)",
-                after_ms: 0,
+                what: "exchange (the hub's per-connection deadline passed)",
+                after_ms: u64::try_from(crate::server::DEFAULT_DEADLINE.as_millis())
+                    .unwrap_or(u64::MAX),
             },
             "internal" => EnrollError::Internal {
                 what: "reported by the hub".into(),

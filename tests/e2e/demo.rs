@@ -44,6 +44,29 @@ fn demo_starts_a_hub_and_targets_and_cleans_up_on_ctrl_c() {
         assert_eq!(s["pid"], d["pid"]);
     }
 
+    // The targets enrolled through real invites and their tunnels are up.
+    let hub_socket = daemons[0]["socket"].as_str().unwrap();
+    let out = Command::new(bin("tether"))
+        .args(["--json", "--socket", hub_socket, "vpn", "status"])
+        .output()
+        .unwrap();
+    let vpn: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let peers = vpn["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3, "{vpn}");
+    assert!(peers.iter().all(|p| p["up"] == true), "{vpn}");
+    let out = Command::new(bin("tether"))
+        .args(["--json", "--socket", hub_socket, "hosts", "list"])
+        .output()
+        .unwrap();
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["t1", "t2", "t3"]);
+
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let t0 = Instant::now();
     let status = loop {

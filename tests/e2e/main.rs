@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod lifecycle;
 mod limits;
+mod membership;
 mod policy;
 mod rbac;
 mod vault;

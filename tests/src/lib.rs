@@ -61,8 +61,9 @@ pub fn config_text(role: &str, dir: &Path, extra: &str) -> String {
 
 /// Like [`config_text`] with `top` TOML placed before the first table (top-level keys).
 pub fn config_text_top(role: &str, dir: &Path, top: &str, extra: &str) -> String {
+    // Tests only ever bind loopback, port 0: the tunnel (UDP) and enrollment (TCP) listeners too.
     format!(
-        "role = \"{role}\"\nstate_dir = \"{}\"\n{top}\n[control]\nsocket = \"{}\"\n{extra}\n",
+        "role = \"{role}\"\nstate_dir = \"{}\"\n{top}\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\n[enroll]\nlisten = \"127.0.0.1:0\"\n\n[control]\nsocket = \"{}\"\n{extra}\n",
         dir.join("state").display(),
         dir.join("tetherd.sock").display(),
     )

@@ -19,7 +19,10 @@ pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};
 pub use principal::{ParsePrincipalError, Principal};
 pub use redact::redacted_json;
-pub use schema::{Config, ControlConfig, LogConfig, PolicyFileError, PolicySource, RolesConfig};
+pub use schema::{
+    Config, ControlConfig, EnrollSection, LogConfig, PolicyFileError, PolicySource, RolesConfig,
+    TunnelSection, parse_duration_secs, parse_subnet,
+};
 
 /// Where `tetherd` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/tetherd.toml";

@@ -28,6 +28,91 @@ pub struct Config {
     /// A standalone policy file (a document with a `[policy]` table) instead of an inline one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_file: Option<PathBuf>,
+    /// The userspace WireGuard tunnel.
+    #[serde(default)]
+    pub tunnel: TunnelSection,
+    /// Enrollment of new targets (hub only).
+    #[serde(default)]
+    pub enroll: EnrollSection,
+}
+
+/// `[tunnel]`: userspace WireGuard over one UDP socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSection {
+    /// UDP address to listen on. Hub: the port targets send to (default `0.0.0.0:51820`).
+    /// Target: usually `0.0.0.0:0` (any port; the hub learns it from authenticated packets).
+    /// Default: `0.0.0.0:51820` on a hub, `0.0.0.0:0` on a target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Hub: the `host:port` targets are told to send to (put in invites). Default: the listen
+    /// address, when it names a specific IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The overlay network (hub: `.1`; targets get addresses in it at enrollment).
+    pub subnet: String,
+    /// Target: send a keepalive this often (seconds) so NAT mappings stay open; 0 disables.
+    pub persistent_keepalive_secs: u16,
+}
+
+impl Default for TunnelSection {
+    fn default() -> Self {
+        TunnelSection {
+            listen: None,
+            endpoint: None,
+            subnet: "10.99.0.0/16".to_owned(),
+            persistent_keepalive_secs: 25,
+        }
+    }
+}
+
+/// `[enroll]`: the hub's enrollment listener (plain TCP, mutually authenticated by the token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollSection {
+    /// TCP address of the enrollment listener (hub). Rate-limited per source address.
+    pub listen: String,
+    /// The `host:port` put in invite tokens. Default: the listen address, when it names a
+    /// specific IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Default lifetime of an invite, e.g. `24h`, `30m`, `7d`.
+    pub default_ttl: String,
+}
+
+impl Default for EnrollSection {
+    fn default() -> Self {
+        EnrollSection {
+            listen: "0.0.0.0:51821".to_owned(),
+            endpoint: None,
+            default_ttl: "24h".to_owned(),
+        }
+    }
+}
+
+/// Parses `30s`, `15m`, `24h`, `7d` (or plain seconds) into seconds.
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last()? {
+        's' => (&t[..t.len() - 1], 1),
+        'm' => (&t[..t.len() - 1], 60),
+        'h' => (&t[..t.len() - 1], 3600),
+        'd' => (&t[..t.len() - 1], 86_400),
+        c if c.is_ascii_digit() => (t, 1),
+        _ => return None,
+    };
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|s| *s > 0)
+}
+
+/// Parses `a.b.c.d/n` into the network address and prefix length.
+pub fn parse_subnet(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (ip, prefix) = text.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.trim().parse().ok()?;
+    let prefix: u8 = prefix.trim().parse().ok()?;
+    (8..=30).contains(&prefix).then_some((ip, prefix))
 }
 
 /// Where a config's policy comes from.
@@ -116,6 +201,8 @@ impl Default for Config {
             vault: tether_vault::VaultConfig::default(),
             policy: tether_policy::PolicySpec::default(),
             policy_file: None,
+            tunnel: TunnelSection::default(),
+            enroll: EnrollSection::default(),
         }
     }
 }
@@ -248,6 +335,51 @@ impl Config {
                     "is set, and so is an inline [policy] table; keep one of the two".to_owned(),
                 );
             }
+        }
+        if parse_subnet(&self.tunnel.subnet).is_none() {
+            bad(
+                "tunnel.subnet",
+                format!(
+                    "{:?} is not an IPv4 subnet like 10.99.0.0/16 (prefix 8-30)",
+                    self.tunnel.subnet
+                ),
+            );
+        }
+        if let Some(listen) = &self.tunnel.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                bad(
+                    "tunnel.listen",
+                    format!("{listen:?} is not an IP:port address"),
+                );
+            }
+        }
+        if self.enroll.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "enroll.listen",
+                format!("{:?} is not an IP:port address", self.enroll.listen),
+            );
+        }
+        for (key, endpoint) in [
+            ("tunnel.endpoint", &self.tunnel.endpoint),
+            ("enroll.endpoint", &self.enroll.endpoint),
+        ] {
+            if let Some(e) = endpoint {
+                let ok = e
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    bad(key, format!("{e:?} is not host:port"));
+                }
+            }
+        }
+        if parse_duration_secs(&self.enroll.default_ttl).is_none() {
+            bad(
+                "enroll.default_ttl",
+                format!(
+                    "{:?} is not a duration like 30m, 24h or 7d",
+                    self.enroll.default_ttl
+                ),
+            );
         }
         if let Err(e) = self.vault.validate() {
             let (key, message) = match &e {

@@ -40,6 +40,12 @@ pub struct AppState {
     pub audit: Option<tether_audit::AuditLog>,
     /// The keys that verify the audit log (the same the writer uses).
     pub audit_keys: Option<Arc<dyn tether_audit::KeySource>>,
+    /// The userspace WireGuard tunnel (absent on a target that has not enrolled).
+    pub tunnel: Option<tether_tunnel::TunnelHandle>,
+    /// The hub's enrollment core and host inventory (hub only).
+    pub hub: Option<Arc<tether_enroll::Hub>>,
+    /// A target's saved enrollment (name, overlay IP, hub endpoint), for status.
+    pub enrollment: Option<serde_json::Value>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -115,6 +121,9 @@ impl AppState {
             alerts: Arc::new(NoAlerts),
             audit: None,
             audit_keys: None,
+            tunnel: None,
+            hub: None,
+            enrollment: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

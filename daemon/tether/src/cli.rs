@@ -55,6 +55,12 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Enrolled hosts: list (with selectors), show, rm.
+    #[command(subcommand)]
+    Hosts(cmd::hosts::HostsCommand),
+    /// Membership and the tunnel: invite, reinvite, revoke, status.
+    #[command(subcommand)]
+    Vpn(cmd::vpn::VpnCommand),
     /// Verify, read and export the tamper-evident audit log (admin, auditor).
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),

@@ -15,6 +15,32 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads the config).
     Run(RunArgs),
+    /// Join a hub with an invite token from `tether vpn invite` (on a target).
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The invite token, or `-` to read it from stdin (argv is visible to other users in ps).
+    pub token: Option<String>,
+    /// Read the token from this file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Config file (TOML). Default: /etc/tether/tetherd.toml when it exists.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory; overrides `state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Contact the hub at this host:port instead of the endpoint in the token (NAT, tests).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+    /// Enroll again with a new identity even if this machine is already enrolled.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,15 @@ pub enum DaemonError {
     /// The audit log could not be opened (damaged log, keys, permissions).
     #[error(transparent)]
     Audit(#[from] tether_audit::AuditError),
+    /// Tunnel or enrollment setup failed; the message says what and how to fix it.
+    #[error("{0}")]
+    Membership(String),
+    /// Enrollment with the hub failed (bad, expired, used or foreign token; hub unreachable).
+    #[error(transparent)]
+    Enroll(tether_enroll::EnrollError),
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
     /// Metrics registration failed (a bug: duplicate metric names).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -45,6 +54,7 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::PolicyFile(_) => 2,
             DaemonError::Vault(tether_vault::VaultError::Config { .. }) => 2,
+            DaemonError::Enroll(_) | DaemonError::Usage(_) => 2,
             _ => 3,
         }
     }

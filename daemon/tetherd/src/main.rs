@@ -7,9 +7,12 @@ use clap::Parser;
 
 mod alerts;
 mod cli;
+mod enroll_cmd;
 mod error;
+mod identity;
 mod keys;
 mod logging;
+mod membership;
 mod notify;
 mod run;
 
@@ -17,6 +20,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Enroll(args) => enroll_cmd::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

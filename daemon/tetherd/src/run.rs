@@ -103,7 +103,33 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         files = recovery.files,
         "audit log ready"
     );
+    let shutdown = CancellationToken::new();
+    let membership = match role {
+        tether_model::DaemonRole::Hub => {
+            crate::membership::start_hub(
+                &config,
+                &vault,
+                &registry,
+                Arc::clone(&alerts),
+                audit.clone(),
+                shutdown.clone(),
+            )
+            .await?
+        }
+        tether_model::DaemonRole::Target => {
+            crate::membership::start_target(&config, &vault, &registry, Arc::clone(&alerts)).await?
+        }
+    };
     let mut state = AppState::new(config, source, registry)?;
+    state.tunnel = membership
+        .tunnel
+        .as_ref()
+        .map(tether_tunnel::Tunnel::handle);
+    state.hub = membership.hub.clone();
+    state.enrollment = membership
+        .enrollment
+        .as_ref()
+        .and_then(|e| serde_json::to_value(e).ok());
     state.vault = Some(vault);
     state.policy = Some(engine);
     state.alerts = alerts;
@@ -124,7 +150,6 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
 
-    let shutdown = CancellationToken::new();
     let server_task = tokio::spawn(server::serve(
         listener,
         Arc::clone(&state),
@@ -155,6 +180,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!("could not remove control socket {}: {e}", socket.display());
     }
+    membership.shutdown().await;
     if let Err(e) = state
         .audit(
             "daemon.stop",
@@ -194,7 +220,7 @@ async fn reload(state: &AppState) {
 }
 
 /// Creates `state_dir` (0700) if needed. An existing directory keeps its owner's permissions.
-fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
+pub fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
     let err = |source| DaemonError::StateDir {
         path: dir.to_path_buf(),
         source,

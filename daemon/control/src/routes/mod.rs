@@ -15,11 +15,13 @@ use crate::{AppState, Caller};
 mod audit;
 mod config;
 mod health;
+mod hosts;
 mod metrics;
 mod policy;
 mod reload;
 mod secrets;
 mod status;
+mod vpn;
 
 /// What a handler gets besides the request.
 #[derive(Clone)]
@@ -154,6 +156,55 @@ pub static ROUTES: &[RouteInfo] = &[
         handler: policy::reload,
     },
     RouteInfo {
+        method: Method::POST,
+        path: "/v1/vpn/invite",
+        roles: ADMIN,
+        summary: "issue a single-use invite token for a new target (shown once)",
+        handler: vpn::invite,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/vpn/reinvite",
+        roles: ADMIN,
+        summary: "a fresh token for a lost machine: its old identity is revoked, its address kept",
+        handler: vpn::reinvite,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/vpn/revoke",
+        roles: ADMIN,
+        summary: "throw a host (or all hosts) out: tunnel peer removed at once, invites revoked",
+        handler: vpn::revoke,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/vpn/status",
+        roles: ANY,
+        summary: "this node's tunnel and every peer: endpoint, handshake, traffic, health",
+        handler: vpn::status,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/hosts",
+        roles: ANY,
+        summary: "the inventory (optionally ?selector=SEL) with online state",
+        handler: hosts::list,
+    },
+    RouteInfo {
+        method: Method::GET,
+        path: "/v1/hosts/{name}",
+        roles: ANY,
+        summary: "one host's record and live tunnel state",
+        handler: hosts::show,
+    },
+    RouteInfo {
+        method: Method::DELETE,
+        path: "/v1/hosts/{name}",
+        roles: ADMIN,
+        summary: "forget a host; its tunnel peer goes away at once",
+        handler: hosts::remove,
+    },
+    RouteInfo {
         method: Method::GET,
         path: "/v1/secrets",
         roles: ADMIN,
@@ -203,6 +254,20 @@ pub(crate) fn lookup(method: &Method, path: &str) -> Lookup {
         Some((r, params)) => Lookup::Found(r, params),
         None => Lookup::MethodNotAllowed(allowed),
     }
+}
+
+/// The query string's `key=value` pairs, percent-decoded (`+` is not a space here).
+pub(crate) fn query_pairs<B>(req: &Request<B>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as written (the

@@ -17,7 +17,15 @@ pub(crate) fn handle(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
             version: VERSION.to_owned(),
             uptime_secs: s.started.elapsed().as_secs(),
             pid: s.pid,
-            hosts: s.hosts.load(Ordering::Relaxed),
+            hosts: match &s.hub {
+                Some(hub) => hub
+                    .inventory()
+                    .list()
+                    .iter()
+                    .filter(|h| h.is_active())
+                    .count() as u64,
+                None => s.hosts.load(Ordering::Relaxed),
+            },
             caller_role: ctx.role,
         };
         http::json(StatusCode::OK, &report)

@@ -58,20 +58,27 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<u8, CliError> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let mut names = vec![("hub".to_owned(), "hub")];
-    names.extend((1..=args.targets).map(|i| (format!("t{i}"), "target")));
-
     let mut running: Vec<Running> = Vec::new();
-    for (name, role) in names {
-        match start(&tetherd, &root, &name, role) {
-            Ok(r) => running.push(r),
-            Err(e) => {
-                stop_all(&mut running).await;
-                return Err(e);
-            }
+    let outcome = async {
+        running.push(start(&tetherd, &root, "hub", "hub")?);
+        wait_ready(&mut running).await?;
+        let hub = tether_control::client::Client::new(&running[0].member.socket);
+        for i in 1..=args.targets {
+            let name = format!("t{i}");
+            let config = write_config(&root, &name, "target")?;
+            // A real invite, enrolled with the real `tetherd enroll`.
+            let invite: serde_json::Value = hub
+                .post_json("/v1/vpn/invite", &serde_json::json!({"name": name, "tags": {"demo": "yes"}, "groups": ["demo"], "ttl": "10m"}))
+                .await?;
+            let token = invite["token"].as_str().unwrap_or_default().to_owned();
+            enroll(&tetherd, &config, &token).await?;
+            running.push(start(&tetherd, &root, &name, "target")?);
         }
+        wait_ready(&mut running).await?;
+        wait_tunnels(&hub, args.targets as usize).await
     }
-    if let Err(e) = wait_ready(&mut running).await {
+    .await;
+    if let Err(e) = outcome {
         stop_all(&mut running).await;
         return Err(e);
     }
@@ -97,9 +104,14 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<u8, CliError> {
             );
         }
         println!();
+        println!(
+            "Every target enrolled with a real invite; their WireGuard tunnels to the hub are up."
+        );
         println!("Talk to the hub from another terminal:");
         println!("  export TETHER_SOCKET={}", hub_socket.display());
-        println!("  tether status");
+        println!("  tether vpn status        # peers, handshakes, traffic");
+        println!("  tether hosts list        # the inventory");
+        println!("  tether audit tail        # what happened, hash-chained");
         println!("Logs: {}/<name>/tetherd.log", root.display());
         println!("demo ready — press Ctrl-C to stop and clean up");
     }
@@ -151,21 +163,86 @@ fn find_tetherd() -> Result<PathBuf, CliError> {
         })
 }
 
+/// Writes `root/NAME/tetherd.toml`: loopback only, port 0 for the tunnel and enrollment.
+fn write_config(root: &Path, name: &str, role: &str) -> Result<PathBuf, CliError> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Internal(format!("demo: cannot create {}: {e}", dir.display())))?;
+    let config = dir.join("tetherd.toml");
+    let text = format!(
+        "# written by `tether demo`: loopback only, ports chosen by the OS\nrole = \"{role}\"\nstate_dir = {state:?}\n\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\n[enroll]\nlisten = \"127.0.0.1:0\"\n\n[control]\nsocket = {socket:?}\n",
+        state = dir.join("state").display().to_string(),
+        socket = dir.join("tetherd.sock").display().to_string(),
+    );
+    std::fs::write(&config, text)
+        .map_err(|e| CliError::Internal(format!("demo: cannot write {}: {e}", config.display())))?;
+    Ok(config)
+}
+
+/// `tetherd enroll -` with the token on stdin (never on a command line).
+async fn enroll(tetherd: &Path, config: &Path, token: &str) -> Result<(), CliError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(tetherd)
+        .args(["enroll", "-", "--config"])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            CliError::Internal(format!(
+                "demo: cannot run {} enroll: {e}",
+                tetherd.display()
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(token.as_bytes()).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| CliError::Internal(format!("demo: enroll failed: {e}")))?;
+    if !out.status.success() {
+        return Err(CliError::Internal(format!(
+            "demo: enrolling {} failed: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until the hub sees every target's tunnel up (handshake done).
+async fn wait_tunnels(
+    hub: &tether_control::client::Client,
+    targets: usize,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status: serde_json::Value = hub.get_json("/v1/vpn/status").await?;
+        let up = status["peers"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["up"] == true).count());
+        if up >= targets {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Internal(format!(
+                "demo: only {up} of {targets} tunnels came up within 15 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn start(tetherd: &Path, root: &Path, name: &str, role: &'static str) -> Result<Running, CliError> {
     let dir = root.join(name);
     let io = |what: &str, e: std::io::Error| {
         CliError::Internal(format!("demo: cannot {what} in {}: {e}", dir.display()))
     };
-    std::fs::create_dir_all(&dir).map_err(|e| io("create the directory", e))?;
+    let config = write_config(root, name, role)?;
     let socket = dir.join("tetherd.sock");
-    let config = dir.join("tetherd.toml");
     let log = dir.join("tetherd.log");
-    let text = format!(
-        "# written by `tether demo`\nrole = \"{role}\"\nstate_dir = {state:?}\n\n[control]\nsocket = {socket:?}\n",
-        state = dir.join("state").display().to_string(),
-        socket = socket.display().to_string(),
-    );
-    std::fs::write(&config, text).map_err(|e| io("write the config", e))?;
     let log_file = std::fs::File::create(&log).map_err(|e| io("create the log", e))?;
     let log_err = log_file.try_clone().map_err(|e| io("open the log", e))?;
     let child = Command::new(tetherd)

@@ -3,9 +3,11 @@
 pub mod audit;
 pub mod config;
 pub mod demo;
+pub mod hosts;
 pub mod policy;
 pub mod secret;
 pub mod status;
+pub mod vpn;
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
@@ -19,5 +21,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Secret(c) => secret::run(&cli.global, c).await,
         Command::Policy(c) => policy::run(&cli.global, c).await,
         Command::Audit(c) => audit::run(&cli.global, c).await,
+        Command::Vpn(c) => vpn::run(&cli.global, c).await,
+        Command::Hosts(c) => hosts::run(&cli.global, c).await,
     }
 }

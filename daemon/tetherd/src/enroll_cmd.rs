@@ -1,0 +1,134 @@
+//! `tetherd enroll TOKEN`: join a hub. Generates this machine's WireGuard key and SSH host key
+//! into the vault, runs the mutually authenticated exchange with the hub named in the token,
+//! and saves what it learned in `STATE_DIR/enrollment.json`. Then `tetherd run` connects.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::json;
+use tether_config::Overrides;
+use tether_enroll::{ClientOptions, TargetKeys, Token, enroll_client};
+use tether_model::DaemonRole;
+
+use crate::cli::EnrollArgs;
+use crate::error::DaemonError;
+use crate::identity;
+use crate::membership::Enrollment;
+
+pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
+    let overrides = Overrides {
+        role: Some(DaemonRole::Target),
+        state_dir: args.state_dir.clone(),
+        control: None,
+    };
+    let config = tether_config::load(args.config.as_deref(), &overrides)?;
+    // A one-shot command: only warnings and errors, unless RUST_LOG asks for more.
+    crate::logging::init("warn");
+    tether_vault::harden_process()?;
+    tether_vault::check_secure_memory(config.vault.secure_memory_required)?;
+    let text = read_token(&args)?;
+    let token = Token::from_text(text).map_err(DaemonError::Enroll)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(async move {
+        crate::run::prepare_state_dir(&config.state_dir)?;
+        if let Some(old) = Enrollment::load(&config.state_dir)? {
+            if !args.force {
+                return Err(DaemonError::Usage(format!(
+                    "this machine is already enrolled as {} with the hub at {}; to join again with a new identity, use tetherd enroll --force TOKEN",
+                    old.name, old.hub_wg_endpoint
+                )));
+            }
+        }
+        let vault = tether_vault::Vault::open(&config.vault, &config.state_dir)?;
+        // A re-enrollment is a new identity: fresh keys, staged until the hub accepts them so a
+        // refused attempt (used or expired token, hub down) leaves the working identity intact.
+        let staged = args.force && vault.info(identity::WIREGUARD)?.is_some();
+        let name = |base: &str| if staged { format!("{base}{}", identity::STAGED) } else { base.to_owned() };
+        if staged {
+            for base in [identity::WIREGUARD, identity::SSH_KEY] {
+                if vault.info(&name(base))?.is_some() {
+                    vault.remove(&name(base))?;
+                }
+            }
+        }
+        let wg = identity::wireguard_key_named(&vault, &name(identity::WIREGUARD))?;
+        let keys = TargetKeys {
+            wg_public: wg.public_key().0,
+            ssh_host_key: identity::ssh_public_key_named(&vault, &name(identity::SSH_KEY))?,
+            hostname: identity::hostname(),
+        };
+        let opts = ClientOptions {
+            endpoint: args.endpoint.clone(),
+            ..ClientOptions::default()
+        };
+        let welcome = enroll_client(&token, &keys, &opts).await.map_err(DaemonError::Enroll)?;
+        let (network, prefix) = tether_config::parse_subnet(&config.tunnel.subnet)
+            .ok_or_else(|| DaemonError::Membership(format!("tunnel.subnet {:?} is invalid", config.tunnel.subnet)))?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        if u32::from(welcome.overlay_ip) & mask != u32::from(network) & mask {
+            return Err(DaemonError::Membership(format!(
+                "the hub assigned {} which is outside tunnel.subnet {}; set tunnel.subnet to the hub's subnet and enroll again with a fresh token",
+                welcome.overlay_ip, config.tunnel.subnet
+            )));
+        }
+        let enrollment = Enrollment {
+            name: welcome.name.clone(),
+            overlay_ip: welcome.overlay_ip,
+            prefix_len: prefix,
+            hub_overlay_ip: std::net::Ipv4Addr::from((u32::from(network) & mask) + 1),
+            hub_wg_public_key: welcome.hub_wg_public_key.clone(),
+            hub_wg_endpoint: welcome.hub_wg_endpoint.clone(),
+            hub_ssh_client_key: welcome.hub_ssh_client_key.clone(),
+            tags: welcome.tags.clone(),
+            groups: welcome.groups.clone(),
+            enrolled_at: tether_enroll::unix_now(),
+        };
+        if staged {
+            identity::promote_staged(&vault, identity::WIREGUARD)?;
+            identity::promote_staged(&vault, identity::SSH_KEY)?;
+        }
+        enrollment.save(&config.state_dir)?;
+        if args.json {
+            println!("{}", json!({"enrolled": true, "name": enrollment.name, "overlay_ip": enrollment.overlay_ip, "hub": enrollment.hub_wg_endpoint}));
+        } else {
+            println!(
+                "enrolled as {} ({}) with the hub at {}\nnext: start the daemon (systemctl start tetherd, or tetherd run)",
+                enrollment.name, enrollment.overlay_ip, enrollment.hub_wg_endpoint
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The token from the argument, `-` (stdin) or `--token-file`. Prefer stdin or a file: command
+/// lines are visible to other users in `ps` (the token is single-use and expires, but still).
+fn read_token(args: &EnrollArgs) -> Result<String, DaemonError> {
+    let usage = |m: String| DaemonError::Usage(m);
+    match (&args.token, &args.token_file) {
+        (Some(_), Some(_)) => Err(usage(
+            "give the token either as an argument or with --token-file, not both".to_owned(),
+        )),
+        (None, None) => Err(usage(
+            "no token: tetherd enroll TOKEN (or - to read it from stdin, or --token-file FILE)"
+                .to_owned(),
+        )),
+        (Some(t), None) if t == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_string(&mut s)
+                .map_err(|e| usage(format!("cannot read the token from stdin: {e}")))?;
+            Ok(s)
+        }
+        (Some(t), None) => Ok(t.clone()),
+        (None, Some(f)) => read_file(f),
+    }
+}
+
+fn read_file(f: &Path) -> Result<String, DaemonError> {
+    std::fs::read_to_string(f)
+        .map_err(|e| DaemonError::Usage(format!("cannot read {}: {e}", f.display())))
+}

@@ -1,0 +1,427 @@
+//! Who is in the star, by role. The hub runs the tunnel, the enrollment listener and the
+//! inventory (one tunnel peer per active host); a target runs the tunnel with one peer, its hub,
+//! from what `tetherd enroll` saved.
+
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tether_audit::{AuditLog, Event};
+use tether_config::Config;
+use tether_enroll::{
+    EnrollEvent, EnrollHook, EnrollRequest, EnrollServer, HookDecision, HostRecord, Hub,
+    HubIdentity, OverlayNet, ServerConfig,
+};
+use tether_model::AlertSink;
+use tether_tunnel::{
+    NodeConfig, NodeRole, PeerConfig, PublicKey, Tunnel, TunnelConfig, TunnelHandle,
+};
+use tether_vault::Vault;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::DaemonError;
+use crate::identity;
+
+/// What `tetherd enroll` saved on a target: everything it needs to reach its hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrollment {
+    /// The name the hub knows this machine by.
+    pub name: String,
+    /// This machine's overlay address.
+    pub overlay_ip: Ipv4Addr,
+    /// The overlay subnet prefix length.
+    pub prefix_len: u8,
+    /// The hub's overlay address.
+    pub hub_overlay_ip: Ipv4Addr,
+    /// The hub's WireGuard public key (base64).
+    pub hub_wg_public_key: String,
+    /// The hub's WireGuard endpoint, `host:port`.
+    pub hub_wg_endpoint: String,
+    /// The hub's SSH client key (OpenSSH); the only key this target's SSH accepts for the hub.
+    pub hub_ssh_client_key: String,
+    /// Tags the hub assigned.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Groups the hub assigned.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// When, unix seconds.
+    pub enrolled_at: u64,
+}
+
+/// `STATE_DIR/enrollment.json`.
+pub fn enrollment_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("enrollment.json")
+}
+
+impl Enrollment {
+    /// Reads the saved enrollment, `None` if this target has not enrolled yet.
+    pub fn load(state_dir: &Path) -> Result<Option<Enrollment>, DaemonError> {
+        let path = enrollment_path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| DaemonError::Membership(format!(
+                "{} is damaged ({e}); enroll again with a fresh token: tetherd enroll --force TOKEN",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DaemonError::Membership(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes it atomically (temp file, fsync, rename, fsync of the directory), mode 0600.
+    pub fn save(&self, state_dir: &Path) -> Result<(), DaemonError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = enrollment_path(state_dir);
+        let tmp = state_dir.join(".enrollment.json.tmp");
+        let io = |what: &str, e: std::io::Error| {
+            DaemonError::Membership(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| DaemonError::Membership(e.to_string()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("write", e))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
+        if let Ok(dir) = std::fs::File::open(state_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// The running membership parts of a daemon.
+pub struct Membership {
+    /// The tunnel (absent on a target that has not enrolled).
+    pub tunnel: Option<Tunnel>,
+    /// The hub's enrollment core and inventory.
+    pub hub: Option<Arc<Hub>>,
+    /// A target's saved enrollment.
+    pub enrollment: Option<Enrollment>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Membership {
+    /// Stops the listener tasks and the tunnel.
+    pub async fn shutdown(self) {
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        if let Some(t) = self.tunnel {
+            t.shutdown().await;
+        }
+    }
+}
+
+/// `host:port` for an address a daemon bound: the IP itself, or this host's name when it
+/// listens on every address (set `*.endpoint` in the config when that name does not resolve).
+fn endpoint_of(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("{}:{}", identity::hostname(), addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+fn membership_err(what: &str) -> impl Fn(String) -> DaemonError + '_ {
+    move |e| DaemonError::Membership(format!("{what}: {e}"))
+}
+
+/// A tunnel peer for an enrolled host.
+pub fn peer_for(host: &HostRecord) -> Result<PeerConfig, String> {
+    Ok(PeerConfig {
+        name: host.name.clone(),
+        public_key: PublicKey::from_base64(&host.wg_public_key).map_err(|e| e.to_string())?,
+        overlay_ip: host.overlay_ip,
+        endpoint: None,
+        persistent_keepalive: None,
+    })
+}
+
+/// Audits every accepted enrollment durably before the host is recorded; refuses it otherwise.
+struct AuditHook {
+    audit: AuditLog,
+}
+
+impl EnrollHook for AuditHook {
+    fn review(&self, r: &EnrollRequest) -> HookDecision {
+        let event = Event::new("enroll.accepted", tether_control::audit::daemon_actor())
+            .host(r.name.clone())
+            .data(json!({
+                "name": r.name,
+                "overlay_ip": r.overlay_ip.to_string(),
+                "hostname": r.hostname,
+                "wg_public_key": r.wg_public_key,
+                "ssh_host_key_fingerprint": tether_enroll::ssh_fingerprint(&r.ssh_host_key).unwrap_or_default(),
+                "peer": r.peer.map(|p| p.to_string()),
+                "tags": r.tags,
+                "groups": r.groups,
+            }));
+        // Called on a blocking thread by the enrollment server.
+        match self.audit.append_blocking(&event) {
+            Ok(_) => HookDecision::Approve {
+                extra_tags: Default::default(),
+            },
+            Err(e) => HookDecision::Deny {
+                reason: format!("the hub cannot write its audit log ({e}); try again later"),
+            },
+        }
+    }
+}
+
+/// Starts the hub's tunnel and enrollment listener and re-adds every active host as a peer.
+pub async fn start_hub(
+    config: &Config,
+    vault: &Vault,
+    registry: &Registry,
+    alerts: Arc<dyn AlertSink>,
+    audit: AuditLog,
+    shutdown: CancellationToken,
+) -> Result<Membership, DaemonError> {
+    let (network, prefix) =
+        tether_config::parse_subnet(&config.tunnel.subnet).ok_or_else(|| {
+            DaemonError::Membership(format!(
+                "tunnel.subnet {:?} is invalid",
+                config.tunnel.subnet
+            ))
+        })?;
+    let net = OverlayNet::new(network, prefix)
+        .map_err(|e| DaemonError::Membership(format!("tunnel.subnet: {e}")))?;
+    let key = identity::wireguard_key(vault)?;
+    let mut node = NodeConfig::new(key, net.hub_ip(), NodeRole::Hub);
+    node.prefix_len = prefix;
+    let bind: SocketAddr = config
+        .tunnel
+        .listen
+        .as_deref()
+        .unwrap_or("0.0.0.0:51820")
+        .parse()
+        .map_err(|e| DaemonError::Membership(format!("tunnel.listen: {e}")))?;
+    let tunnel = Tunnel::start(TunnelConfig {
+        node,
+        bind,
+        alerts: Arc::clone(&alerts),
+        registry: Some(registry.clone()),
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+    .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))?;
+    let handle = tunnel.handle();
+    let wg_endpoint = config
+        .tunnel
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| endpoint_of(handle.local_addr()));
+
+    let enroll_addr: SocketAddr = config
+        .enroll
+        .listen
+        .parse()
+        .map_err(|e| DaemonError::Membership(format!("enroll.listen: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(enroll_addr)
+        .await
+        .map_err(|e| {
+            DaemonError::Membership(format!(
+                "cannot listen for enrollments on TCP {enroll_addr}: {e}"
+            ))
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    let enroll_endpoint = config
+        .enroll
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| endpoint_of(local));
+    if config.enroll.endpoint.is_none() && local.ip().is_unspecified() {
+        tracing::warn!(endpoint = %enroll_endpoint, "enroll.endpoint is not set; invites name this host's hostname — set enroll.endpoint (and tunnel.endpoint) to an address targets can reach");
+    }
+
+    let identity = HubIdentity {
+        enroll_endpoint,
+        wg_public: handle.public_key().0,
+        wg_endpoint,
+        ssh_client_public: identity::ssh_public_key(vault)?,
+    };
+    let invite_key = vault.get_or_generate(identity::INVITE_KEY, 32)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EnrollEvent>();
+    let hub = Hub::open(&config.state_dir, identity, invite_key, net)
+        .map_err(|e| DaemonError::Membership(format!("cannot open the inventory: {e}")))?
+        .with_hook(Arc::new(AuditHook {
+            audit: audit.clone(),
+        }))
+        .with_observer(Arc::new(tx));
+    let hub = Arc::new(hub);
+    let mut peers = 0;
+    for host in hub
+        .inventory()
+        .list()
+        .into_iter()
+        .filter(HostRecord::is_active)
+    {
+        match peer_for(&host)
+            .map_err(membership_err("inventory"))
+            .and_then(|p| {
+                handle
+                    .add_peer(p)
+                    .map_err(|e| DaemonError::Membership(format!("peer {}: {e}", host.name)))
+            }) {
+            Ok(_) => peers += 1,
+            Err(e) => tracing::error!(host = %host.name, "could not add the tunnel peer: {e}"),
+        }
+    }
+    tracing::info!(
+        tunnel = %handle.local_addr(),
+        enroll = %local,
+        peers,
+        overlay = %handle.overlay_ip(),
+        "hub membership ready"
+    );
+
+    let server = EnrollServer::from_listener(
+        listener,
+        Arc::clone(&hub),
+        ServerConfig::default(),
+        registry,
+    )
+    .map_err(|e| DaemonError::Membership(format!("enrollment listener: {e}")))?;
+    let serve = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            if let Err(e) = server.serve(shutdown).await {
+                tracing::error!("enrollment listener stopped: {e}");
+            }
+        }
+    });
+    let events = tokio::spawn(enroll_events(rx, handle, audit, shutdown));
+    Ok(Membership {
+        tunnel: Some(tunnel),
+        hub: Some(hub),
+        enrollment: None,
+        tasks: vec![serve, events],
+    })
+}
+
+/// Adds a tunnel peer for each new host and records refused attempts.
+async fn enroll_events(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<EnrollEvent>,
+    tunnel: TunnelHandle,
+    audit: AuditLog,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = rx.recv() => match e { Some(e) => e, None => return },
+        };
+        match event {
+            EnrollEvent::Enrolled { host, peer } => {
+                match peer_for(&host)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| tunnel.add_peer(p).map_err(|e| e.to_string()))
+                {
+                    Ok(_) => {
+                        tracing::info!(host = %host.name, ip = %host.overlay_ip, from = ?peer, "host enrolled")
+                    }
+                    Err(e) => {
+                        tracing::error!(host = %host.name, "enrolled, but the tunnel peer could not be added: {e}")
+                    }
+                }
+            }
+            EnrollEvent::Rejected {
+                peer,
+                code,
+                message,
+            } => {
+                tracing::warn!(from = ?peer, code, "enrollment refused: {message}");
+                let event = Event::new("enroll.rejected", tether_control::audit::daemon_actor())
+                    .data(json!({"code": code, "peer": peer.map(|p| p.to_string()), "message": message}));
+                if let Err(e) = audit.append(&event).await {
+                    tracing::error!("could not audit a refused enrollment: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Starts a target's tunnel towards its hub, if it has enrolled.
+pub async fn start_target(
+    config: &Config,
+    vault: &Vault,
+    registry: &Registry,
+    alerts: Arc<dyn AlertSink>,
+) -> Result<Membership, DaemonError> {
+    let Some(enrollment) = Enrollment::load(&config.state_dir)? else {
+        tracing::info!(
+            "not enrolled yet: run `tetherd enroll TOKEN` with a token from `tether vpn invite` on the hub"
+        );
+        return Ok(Membership {
+            tunnel: None,
+            hub: None,
+            enrollment: None,
+            tasks: Vec::new(),
+        });
+    };
+    let key = identity::wireguard_key(vault)?;
+    let mut node = NodeConfig::new(key, enrollment.overlay_ip, NodeRole::Target);
+    node.prefix_len = enrollment.prefix_len;
+    let bind: SocketAddr = config
+        .tunnel
+        .listen
+        .as_deref()
+        .unwrap_or("0.0.0.0:0")
+        .parse()
+        .map_err(|e| DaemonError::Membership(format!("tunnel.listen: {e}")))?;
+    let tunnel = Tunnel::start(TunnelConfig {
+        node,
+        bind,
+        alerts,
+        registry: Some(registry.clone()),
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+    .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))?;
+    let endpoint = enrollment
+        .hub_wg_endpoint
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            DaemonError::Membership(format!(
+                "cannot resolve the hub's endpoint {}",
+                enrollment.hub_wg_endpoint
+            ))
+        })?;
+    let keepalive = config.tunnel.persistent_keepalive_secs;
+    tunnel
+        .handle()
+        .add_peer(PeerConfig {
+            name: "hub".to_owned(),
+            public_key: PublicKey::from_base64(&enrollment.hub_wg_public_key)
+                .map_err(|e| DaemonError::Membership(format!("saved hub key: {e}")))?,
+            overlay_ip: enrollment.hub_overlay_ip,
+            endpoint: Some(endpoint),
+            persistent_keepalive: (keepalive > 0).then_some(keepalive),
+        })
+        .map_err(|e| DaemonError::Membership(format!("hub peer: {e}")))?;
+    tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %endpoint, "target tunnel up");
+    Ok(Membership {
+        tunnel: Some(tunnel),
+        hub: None,
+        enrollment: Some(enrollment),
+        tasks: Vec::new(),
+    })
+}

@@ -1,0 +1,278 @@
+//! Enrollment and the tunnel end to end: real invites, `tetherd enroll`, the userspace
+//! WireGuard tunnel between real daemons on loopback, revocation.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tether_e2e::{Daemon, bin, code, config_text, stderr, stdout};
+
+fn hub() -> Daemon {
+    Daemon::start("hub", "")
+}
+
+fn invite(hub: &Daemon, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["vpn", "invite", name];
+    args.extend_from_slice(extra);
+    let out = hub.tether(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+fn enroll(config: &Path, token: &str, extra: &[&str]) -> Output {
+    let mut child = Command::new(bin("tetherd"))
+        .args(["enroll", "-", "--config"])
+        .arg(config)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A target directory and config (not started).
+fn target_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, config_text("target", dir.path(), "")).unwrap();
+    (dir, config)
+}
+
+fn json(out: &Output) -> Value {
+    assert_eq!(code(out), 0, "{}{}", stdout(out), stderr(out));
+    serde_json::from_str(&stdout(out)).unwrap()
+}
+
+/// Polls `vpn status` until `pred` holds (10 s).
+fn wait_status(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = json(&d.tether(&["--json", "vpn", "status"]));
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn peer_up(v: &Value, name: &str) -> bool {
+    v["peers"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["name"] == name && p["up"] == true))
+}
+
+fn enrolled_target(hub: &Daemon, name: &str) -> Daemon {
+    let token = invite(hub, name, &["--tag", "env=test", "--group", "web"]);
+    let (dir, config) = target_dir();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("enrolled as {name}")),
+        "{}",
+        stdout(&out)
+    );
+    let mut t = Daemon::spawn_in(dir, config, &[]);
+    t.wait_ready();
+    t
+}
+
+#[test]
+fn invite_enroll_online_then_revoke_drops_the_tunnel_within_a_second() {
+    let hub = hub();
+    let t1 = enrolled_target(&hub, "t1");
+
+    wait_status(&hub, "t1 up on the hub", |v| peer_up(v, "t1"));
+    let ts = wait_status(&t1, "hub up on t1", |v| peer_up(v, "hub"));
+    assert_eq!(ts["role"], "target");
+    assert_eq!(ts["enrollment"]["name"], "t1");
+    assert_eq!(ts["overlay_ip"], "10.99.0.2");
+
+    let hosts = json(&hub.tether(&["--json", "hosts", "list"]));
+    let h = &hosts["hosts"][0];
+    assert_eq!(
+        (h["name"].as_str(), h["online"].as_bool()),
+        (Some("t1"), Some(true))
+    );
+    assert_eq!(h["tags"]["env"], "test");
+    assert!(
+        h["ssh_host_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 "),
+        "host key pinned at enrollment"
+    );
+    let sel = json(&hub.tether(&["--json", "hosts", "list", "-H", "tag:env=test,!host:nope"]));
+    assert_eq!(sel["hosts"].as_array().unwrap().len(), 1);
+    let none = json(&hub.tether(&["--json", "hosts", "list", "-H", "group:db"]));
+    assert_eq!(none["hosts"].as_array().unwrap().len(), 0);
+    let status = json(&hub.tether(&["--json", "status"]));
+    assert_eq!(status["hosts"], 1);
+
+    let t0 = Instant::now();
+    let out = hub.tether(&["vpn", "revoke", "t1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    wait_status(&hub, "t1 gone", |v| {
+        v["peers"].as_array().is_some_and(|p| p.is_empty())
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "revocation took {:?}",
+        t0.elapsed()
+    );
+    let hosts = json(&hub.tether(&["--json", "hosts", "list"]));
+    assert_eq!(hosts["hosts"][0]["state"], "revoked");
+    assert!(hub.wait_log("host_revoked"), "alert raised");
+
+    // All of it is on record, and the token itself is nowhere.
+    let audit = hub.tether(&["--json", "audit", "tail", "-n", "100"]);
+    let text = stdout(&audit);
+    for kind in [
+        "\"enroll.invite\"",
+        "\"enroll.accepted\"",
+        "\"host.revoke\"",
+    ] {
+        assert!(text.contains(kind), "{kind} not audited: {text}");
+    }
+    assert!(
+        !text.contains("tether1."),
+        "the invite token leaked into the audit log"
+    );
+    assert!(
+        !hub.log().contains("tether1."),
+        "the invite token leaked into the hub's log"
+    );
+}
+
+#[test]
+fn bad_tokens_fail_with_distinct_errors_and_change_nothing() {
+    let hub = hub();
+    let (_dir, config) = target_dir();
+
+    let garbage = enroll(&config, "not-a-token", &[]);
+    assert_eq!(code(&garbage), 2);
+    assert!(
+        stderr(&garbage).contains("malformed"),
+        "{}",
+        stderr(&garbage)
+    );
+
+    let token = invite(&hub, "t1", &[]);
+    // Flip one character of the MAC (the last part).
+    let mut tampered: Vec<char> = token.chars().collect();
+    let i = tampered.len() - 3;
+    tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let out = enroll(&config, &tampered, &[]);
+    assert_eq!(code(&out), 2);
+    let msg = stderr(&out).to_lowercase();
+    assert!(
+        msg.contains("failed authentication") && msg.contains("altered"),
+        "{msg}"
+    );
+
+    // A token from another hub, presented to this one.
+    let other = self::hub();
+    let foreign = invite(&other, "t1", &[]);
+    let endpoint = json(&hub.tether(&["--json", "vpn", "status"]))["enroll_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = enroll(&config, &foreign, &["--endpoint", &endpoint]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("was issued by hub")
+            && stderr(&out).contains("enroll against the hub that issued it"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Expired: checked locally, before contacting anyone.
+    let short = invite(&hub, "t2", &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = enroll(&config, &short, &[]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    // None of that enrolled anything or wrote the target's enrollment.
+    assert!(
+        !config
+            .parent()
+            .unwrap()
+            .join("state/enrollment.json")
+            .exists()
+    );
+    let hosts = json(&hub.tether(&["--json", "hosts", "list"]));
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 0);
+
+    // The real token still works once, and only once.
+    assert_eq!(code(&enroll(&config, &token, &[])), 0);
+    let (_dir2, config2) = target_dir();
+    let replay = enroll(&config2, &token, &[]);
+    assert_eq!(code(&replay), 2);
+    assert!(
+        stderr(&replay).contains("already used"),
+        "{}",
+        stderr(&replay)
+    );
+    let again = enroll(&config, &token, &[]);
+    assert_eq!(code(&again), 2);
+    assert!(
+        stderr(&again).contains("already enrolled"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn a_failed_re_enrollment_keeps_the_working_identity_and_the_inventory_survives_kill_9() {
+    let mut hub = hub();
+    let t1 = enrolled_target(&hub, "t1");
+    wait_status(&hub, "t1 up", |v| peer_up(v, "t1"));
+    let used = invite(&hub, "t9", &[]);
+    let (_d, other) = target_dir();
+    assert_eq!(code(&enroll(&other, &used, &[])), 0);
+
+    // --force with a used token fails and must not touch t1's keys.
+    let out = enroll(&t1.config, &used, &["--force"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    drop(t1);
+
+    // Kill the hub hard; the inventory must be intact and the peers come back.
+    hub.signal(Signal::SIGKILL);
+    hub.wait_exit(Duration::from_secs(5)).unwrap();
+    let dir = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    let mut hub2 = Daemon::spawn_in(dir, hub.config.clone(), &[]);
+    hub2.wait_ready();
+    let hosts = json(&hub2.tether(&["--json", "hosts", "list"]));
+    let names: Vec<&str> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["t1", "t9"]);
+    let status = json(&hub2.tether(&["--json", "vpn", "status"]));
+    assert_eq!(
+        status["peers"].as_array().unwrap().len(),
+        2,
+        "peers re-added from the inventory"
+    );
+}

@@ -276,3 +276,72 @@ fn a_failed_re_enrollment_keeps_the_working_identity_and_the_inventory_survives_
         "peers re-added from the inventory"
     );
 }
+
+#[test]
+fn keys_rotate_over_the_tunnel_from_either_side_and_survive_a_restart() {
+    let hub = hub();
+    let mut t1 = enrolled_target(&hub, "t1");
+    wait_status(&hub, "t1 up", |v| peer_up(v, "t1"));
+    let key_of = |hub: &Daemon| {
+        json(&hub.tether(&["--json", "hosts", "show", "t1"]))["wg_public_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let k0 = key_of(&hub);
+
+    // Hub-initiated (`tether vpn rotate-keys NAME`).
+    let out = hub.tether(&["--json", "vpn", "rotate-keys", "t1"]);
+    let v = json(&out);
+    assert_eq!(v["rotated"][0]["ok"], true, "{v}");
+    let k1 = key_of(&hub);
+    assert_ne!(k0, k1);
+    assert_eq!(v["rotated"][0]["new_public_key"], k1.as_str());
+    wait_status(&hub, "t1 up under the new key", |v| {
+        v["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["public_key"] == k1.as_str() && p["up"] == true)
+        })
+    });
+
+    // Target-initiated (what the 90-day schedule runs).
+    let v = json(&t1.tether(&["--json", "vpn", "rotate-keys"]));
+    assert_eq!(v["rotated"][0]["ok"], true, "{v}");
+    let k2 = key_of(&hub);
+    assert_ne!(k1, k2);
+
+    // Both ends recorded it.
+    let hub_audit =
+        stdout(&hub.tether(&["audit", "tail", "-n", "100", "--type", "vpn.*", "--json"]));
+    assert_eq!(
+        hub_audit.matches("\"vpn.key_rotation\"").count(),
+        2,
+        "{hub_audit}"
+    );
+    assert!(hub_audit.contains(&k2));
+    assert!(hub.wait_log("key_rotation"));
+    let t1_audit = stdout(&t1.tether(&[
+        "audit",
+        "tail",
+        "-n",
+        "100",
+        "--type",
+        "vpn.key_rotation",
+        "--json",
+    ]));
+    assert_eq!(t1_audit.lines().count(), 2, "{t1_audit}");
+
+    // The new key is the one the target keeps: after a restart the tunnel comes back.
+    t1.signal(Signal::SIGTERM);
+    t1.wait_exit(Duration::from_secs(5)).unwrap();
+    let dir = std::mem::replace(&mut t1.dir, tempfile::tempdir().unwrap());
+    let mut again = Daemon::spawn_in(dir, t1.config.clone(), &[]);
+    again.wait_ready();
+    let v = wait_status(&again, "hub up after restart", |v| peer_up(v, "hub"));
+    assert_eq!(v["public_key"], k2.as_str());
+
+    // A revoked host cannot rotate.
+    assert_eq!(code(&hub.tether(&["vpn", "revoke", "t1"])), 0);
+    let out = hub.tether(&["--json", "vpn", "rotate-keys", "t1"]);
+    assert_eq!(code(&out), 1);
+}

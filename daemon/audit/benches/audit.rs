@@ -151,6 +151,18 @@ async fn main() {
     )
     .await;
     let s = show("baseline: one fdatasync per record", &single);
+    let no_gather = run(
+        &base.path().join("group-no-gather"),
+        &keys,
+        Options {
+            gather: Duration::ZERO,
+            ..Options::default()
+        },
+        secs,
+    )
+    .await;
+    let ng = show("group commit without the gather wait", &no_gather);
+    println!("gather wait vs none: {:.2}x", g / ng);
     println!("group commit / one-fsync-per-record: {:.1}x", g / s);
     println!(
         "head after every batch costs: {:.0}% of throughput",

@@ -53,6 +53,9 @@ pub struct TunnelSection {
     pub subnet: String,
     /// Target: send a keepalive this often (seconds) so NAT mappings stay open; 0 disables.
     pub persistent_keepalive_secs: u16,
+    /// Target: rotate this machine's WireGuard key when it is older than this many days
+    /// (authenticated over the tunnel, audited on both ends); 0 disables.
+    pub key_rotation_days: u32,
 }
 
 impl Default for TunnelSection {
@@ -62,6 +65,7 @@ impl Default for TunnelSection {
             endpoint: None,
             subnet: "10.99.0.0/16".to_owned(),
             persistent_keepalive_secs: 25,
+            key_rotation_days: 90,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub hub: Option<Arc<tether_enroll::Hub>>,
     /// A target's saved enrollment (name, overlay IP, hub endpoint), for status.
     pub enrollment: Option<serde_json::Value>,
+    /// WireGuard key rotation over the tunnel (hub: for hosts; target: for itself).
+    pub rotator: Option<Arc<dyn KeyRotator>>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -69,6 +71,32 @@ impl std::fmt::Debug for AppState {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// The result of rotating one host's WireGuard key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RotationOutcome {
+    /// The host (or this machine's name on a target).
+    pub host: String,
+    /// Whether the new key is in force on both ends.
+    pub ok: bool,
+    /// The new public key (base64), when it worked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_public_key: Option<String>,
+    /// What went wrong, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Future returned by [`KeyRotator::rotate`].
+pub type RotationFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<RotationOutcome>> + Send + 'a>>;
+
+/// Rotates WireGuard keys over the tunnel. Implemented by `tetherd`, which owns the agent
+/// protocol between hub and targets.
+pub trait KeyRotator: Send + Sync {
+    /// Hub: rotate `name` (or every active host when `None`); target: rotate this machine.
+    fn rotate(&self, name: Option<String>) -> RotationFuture<'_>;
 }
 
 /// Why a reload was refused. Either way nothing changed: the previous config and policy stay.
@@ -124,6 +152,7 @@ impl AppState {
             tunnel: None,
             hub: None,
             enrollment: None,
+            rotator: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

@@ -303,6 +303,29 @@ impl Inventory {
         Ok(old)
     }
 
+    /// Replaces an active host's WireGuard public key (key rotation) and persists; returns the
+    /// updated record. Refuses a key that another host already uses.
+    pub fn set_wg_key(&self, name: &str, wg_public_key: &str) -> Result<HostRecord> {
+        let mut g = self.lock();
+        if g.hosts
+            .iter()
+            .any(|h| h.name != name && h.wg_public_key == wg_public_key)
+        {
+            return Err(EnrollError::Protocol {
+                what: format!("the new WireGuard key of {name} is already used by another host"),
+            });
+        }
+        let mut next = g.hosts.clone();
+        let h = next
+            .iter_mut()
+            .find(|h| h.name == name && h.is_active())
+            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
+        h.wg_public_key = wg_public_key.to_owned();
+        let out = h.clone();
+        self.commit(&mut g, next)?;
+        Ok(out)
+    }
+
     /// Marks a host revoked (idempotent) and persists; returns the updated record.
     pub fn mark_revoked(&self, name: &str, now: u64) -> Result<HostRecord> {
         let mut g = self.lock();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod agent;
 mod alerts;
 mod cli;
 mod enroll_cmd;

@@ -111,6 +111,8 @@ pub struct Membership {
     pub hub: Option<Arc<Hub>>,
     /// A target's saved enrollment.
     pub enrollment: Option<Enrollment>,
+    /// Key rotation over the agent channel.
+    pub rotator: Option<Arc<dyn tether_control::state::KeyRotator>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -306,12 +308,22 @@ pub async fn start_hub(
             }
         }
     });
+    let agent = Arc::new(crate::agent::HubAgent {
+        tunnel: handle.clone(),
+        hub: Arc::clone(&hub),
+        audit: audit.clone(),
+        alerts,
+    });
+    let agent_task = Arc::clone(&agent)
+        .spawn(shutdown.clone())
+        .map_err(DaemonError::Membership)?;
     let events = tokio::spawn(enroll_events(rx, handle, audit, shutdown));
     Ok(Membership {
         tunnel: Some(tunnel),
         hub: Some(hub),
         enrollment: None,
-        tasks: vec![serve, events],
+        rotator: Some(agent),
+        tasks: vec![serve, events, agent_task],
     })
 }
 
@@ -363,6 +375,8 @@ pub async fn start_target(
     vault: &Vault,
     registry: &Registry,
     alerts: Arc<dyn AlertSink>,
+    audit: AuditLog,
+    shutdown: CancellationToken,
 ) -> Result<Membership, DaemonError> {
     let Some(enrollment) = Enrollment::load(&config.state_dir)? else {
         tracing::info!(
@@ -372,6 +386,7 @@ pub async fn start_target(
             tunnel: None,
             hub: None,
             enrollment: None,
+            rotator: None,
             tasks: Vec::new(),
         });
     };
@@ -388,7 +403,7 @@ pub async fn start_target(
     let tunnel = Tunnel::start(TunnelConfig {
         node,
         bind,
-        alerts,
+        alerts: Arc::clone(&alerts),
         registry: Some(registry.clone()),
         connect_timeout: Duration::from_secs(10),
     })
@@ -418,10 +433,25 @@ pub async fn start_target(
         })
         .map_err(|e| DaemonError::Membership(format!("hub peer: {e}")))?;
     tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %endpoint, "target tunnel up");
+    let days = config.tunnel.key_rotation_days;
+    let agent = Arc::new(crate::agent::TargetAgent {
+        tunnel: tunnel.handle(),
+        vault: vault.clone(),
+        hub_ip: enrollment.hub_overlay_ip,
+        name: enrollment.name.clone(),
+        audit,
+        alerts,
+        max_age: (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400)),
+        busy: tokio::sync::Mutex::new(()),
+    });
+    let tasks = Arc::clone(&agent)
+        .spawn(shutdown)
+        .map_err(DaemonError::Membership)?;
     Ok(Membership {
         tunnel: Some(tunnel),
         hub: None,
         enrollment: Some(enrollment),
-        tasks: Vec::new(),
+        rotator: Some(agent),
+        tasks,
     })
 }

@@ -117,7 +117,15 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
             .await?
         }
         tether_model::DaemonRole::Target => {
-            crate::membership::start_target(&config, &vault, &registry, Arc::clone(&alerts)).await?
+            crate::membership::start_target(
+                &config,
+                &vault,
+                &registry,
+                Arc::clone(&alerts),
+                audit.clone(),
+                shutdown.clone(),
+            )
+            .await?
         }
     };
     let mut state = AppState::new(config, source, registry)?;
@@ -126,6 +134,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         .as_ref()
         .map(tether_tunnel::Tunnel::handle);
     state.hub = membership.hub.clone();
+    state.rotator = membership.rotator.clone();
     state.enrollment = membership
         .enrollment
         .as_ref()

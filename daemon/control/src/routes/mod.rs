@@ -177,6 +177,13 @@ pub static ROUTES: &[RouteInfo] = &[
         handler: vpn::revoke,
     },
     RouteInfo {
+        method: Method::POST,
+        path: "/v1/vpn/rotate-keys",
+        roles: ADMIN,
+        summary: "rotate WireGuard keys now over the tunnel (hub: one or all hosts; target: itself)",
+        handler: vpn::rotate_keys,
+    },
+    RouteInfo {
         method: Method::GET,
         path: "/v1/vpn/status",
         roles: ANY,

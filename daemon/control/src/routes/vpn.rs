@@ -293,3 +293,41 @@ pub(crate) fn status(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
         http::json(StatusCode::OK, &out)
     })
 }
+
+/// Body of `POST /v1/vpn/rotate-keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /v1/vpn/rotate-keys`: rotate WireGuard keys now (one host, all hosts, or this target).
+pub(crate) fn rotate_keys(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
+    Box::pin(async move {
+        let Some(rotator) = ctx.state.rotator.clone() else {
+            return http::error(
+                StatusCode::CONFLICT,
+                "no_tunnel",
+                "this tetherd has no tunnel to rotate keys on",
+                "enroll this target first (tetherd enroll TOKEN)",
+            );
+        };
+        let via = via_of(&req);
+        let body: RotateBody = match http::read_json(req, ctx.state.idle_timeout()).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let a = actor(&ctx.caller, Some(ctx.role), via);
+        let data = json!({"name": body.name});
+        if let Err(r) = ctx
+            .state
+            .audit_or_refuse("vpn.rotate_requested", a, body.name.as_deref(), data)
+            .await
+        {
+            return r;
+        }
+        let outcomes = rotator.rotate(body.name).await;
+        http::json(StatusCode::OK, &json!({"rotated": outcomes}))
+    })
+}

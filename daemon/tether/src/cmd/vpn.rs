@@ -32,6 +32,13 @@ pub enum VpnCommand {
     },
     /// The tunnel and every peer: endpoint, last handshake, traffic, RTT, health.
     Status,
+    /// Rotate WireGuard keys now, over the tunnel. On the hub: NAME, or every host; on a
+    /// target: its own key. Exit 1 if any host failed. (Targets also rotate on their own every
+    /// `tunnel.key_rotation_days`, default 90.)
+    RotateKeys {
+        /// One host (hub only).
+        name: Option<String>,
+    },
 }
 
 /// Arguments of `tether vpn invite` and `reinvite`.
@@ -107,6 +114,35 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
                 }
             }
             Ok(0)
+        }
+        VpnCommand::RotateKeys { name } => {
+            let out: Value = client
+                .post_json("/v1/vpn/rotate-keys", &json!({"name": name}))
+                .await?;
+            let results = out["rotated"].as_array().cloned().unwrap_or_default();
+            let failed = results.iter().filter(|r| r["ok"] != true).count();
+            if global.json {
+                output::json(&out);
+            } else {
+                if results.is_empty() {
+                    println!("no hosts to rotate");
+                }
+                for r in &results {
+                    match r["ok"].as_bool() {
+                        Some(true) => println!(
+                            "{}: rotated (new key {})",
+                            r["host"].as_str().unwrap_or("?"),
+                            r["new_public_key"].as_str().unwrap_or("?")
+                        ),
+                        _ => println!(
+                            "{}: FAILED: {}",
+                            r["host"].as_str().unwrap_or("?"),
+                            r["error"].as_str().unwrap_or("?")
+                        ),
+                    }
+                }
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
         }
         VpnCommand::Status => {
             let out: Value = client.get_json("/v1/vpn/status").await?;

@@ -211,11 +211,10 @@ fn resolve(
                         .metadata
                         .as_ref()
                         .is_some_and(|m| m.name.contains("environment"));
-                    if !from_env && remove_path(&mut table, &key) {
-                        progressed = true;
-                    } else if use_env && !named.is_empty() && bad_env.insert(named.join(".")) {
-                        progressed = true;
-                    }
+                    // Drop the offending key from its source so the next round can go on.
+                    let removed = (!from_env && remove_path(&mut table, &key))
+                        || (use_env && !named.is_empty() && bad_env.insert(named.join(".")));
+                    progressed |= removed;
                     let shown_key = if from_env {
                         format!(
                             "{dotted} (from TETHER_{})",

@@ -302,13 +302,13 @@ impl Config {
                 "path is longer than the 107 bytes a Unix socket address can hold".to_owned(),
             );
         }
-        if let Some(group) = &self.control.group {
-            if group.is_empty() {
-                bad(
-                    "control.group",
-                    "is empty; remove it or name a group".to_owned(),
-                );
-            }
+        if let Some(group) = &self.control.group
+            && group.is_empty()
+        {
+            bad(
+                "control.group",
+                "is empty; remove it or name a group".to_owned(),
+            );
         }
         if !(1..=3600).contains(&self.control.idle_timeout_secs) {
             bad(
@@ -349,13 +349,13 @@ impl Config {
                 ),
             );
         }
-        if let Some(listen) = &self.tunnel.listen {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                bad(
-                    "tunnel.listen",
-                    format!("{listen:?} is not an IP:port address"),
-                );
-            }
+        if let Some(listen) = &self.tunnel.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "tunnel.listen",
+                format!("{listen:?} is not an IP:port address"),
+            );
         }
         if self.enroll.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(

@@ -165,10 +165,10 @@ impl Client {
         while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|e| ClientError::Protocol(format!("the stream broke: {e}")))?;
-            if let Some(data) = frame.data_ref() {
-                if !on_chunk(data) {
-                    break;
-                }
+            if let Some(data) = frame.data_ref()
+                && !on_chunk(data)
+            {
+                break;
             }
         }
         driver.abort();

@@ -25,12 +25,11 @@ impl Caller {
     pub fn resolve(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
         let mut groups = vec![gid];
-        if let Some(u) = &user {
-            if let Ok(name) = CString::new(u.name.as_bytes()) {
-                if let Ok(list) = getgrouplist(&name, Gid::from_raw(gid)) {
-                    groups.extend(list.into_iter().map(Gid::as_raw));
-                }
-            }
+        if let Some(u) = &user
+            && let Ok(name) = CString::new(u.name.as_bytes())
+            && let Ok(list) = getgrouplist(&name, Gid::from_raw(gid))
+        {
+            groups.extend(list.into_iter().map(Gid::as_raw));
         }
         groups.sort_unstable();
         groups.dedup();

@@ -51,16 +51,16 @@ pub fn bind(
             }
         },
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            if !create_dir {
-                return Err(ControlError::SocketDirMissing {
-                    dir: dir.to_path_buf(),
-                });
-            }
-            std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        if !create_dir {
+            return Err(ControlError::SocketDirMissing {
+                dir: dir.to_path_buf(),
+            });
         }
+        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {

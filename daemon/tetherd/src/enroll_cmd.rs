@@ -34,14 +34,13 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(async move {
         crate::run::prepare_state_dir(&config.state_dir)?;
-        if let Some(old) = Enrollment::load(&config.state_dir)? {
-            if !args.force {
+        if let Some(old) = Enrollment::load(&config.state_dir)?
+            && !args.force {
                 return Err(DaemonError::Usage(format!(
                     "this machine is already enrolled as {} with the hub at {}; to join again with a new identity, use tetherd enroll --force TOKEN",
                     old.name, old.hub_wg_endpoint
                 )));
             }
-        }
         let vault = tether_vault::Vault::open(&config.vault, &config.state_dir)?;
         // A re-enrollment is a new identity: fresh keys, staged until the hub accepts them so a
         // refused attempt (used or expired token, hub down) leaves the working identity intact.

@@ -44,10 +44,10 @@ pub(crate) fn drop_peers(ctx: &Ctx, hosts: &[HostRecord]) {
         return;
     };
     for h in hosts {
-        if let Some(id) = tunnel.peer_by_ip(h.overlay_ip) {
-            if let Err(e) = tunnel.remove_peer(id) {
-                tracing::error!(host = %h.name, "could not remove the tunnel peer: {e}");
-            }
+        if let Some(id) = tunnel.peer_by_ip(h.overlay_ip)
+            && let Err(e) = tunnel.remove_peer(id)
+        {
+            tracing::error!(host = %h.name, "could not remove the tunnel peer: {e}");
         }
     }
 }

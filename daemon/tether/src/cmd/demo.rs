@@ -146,10 +146,9 @@ fn find_tetherd() -> Result<PathBuf, CliError> {
     if let Some(sibling) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("tetherd")))
+        && sibling.is_file()
     {
-        if sibling.is_file() {
-            return Ok(sibling);
-        }
+        return Ok(sibling);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

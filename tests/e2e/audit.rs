@@ -367,3 +367,61 @@ fn a_full_disk_refuses_actions_keeps_the_chain_and_recovers() {
     d.signal(Signal::SIGTERM);
     d.wait_exit(Duration::from_secs(5));
 }
+
+#[test]
+fn tail_follow_streams_new_records_until_interrupted() {
+    use std::io::BufRead;
+    let d = Daemon::start("hub", "");
+    let mut child = Command::new(tether_e2e::bin("tether"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "--json",
+            "audit",
+            "tail",
+            "-n",
+            "0",
+            "-f",
+            "--type",
+            "config.change",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Give the follower a moment to attach, then make records: only config.change must show.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a followed record within 10 s");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v["type"], "config.change",
+            "filter applies to the stream: {line}"
+        );
+        seen.push(v["seq"].as_u64().unwrap());
+    }
+    assert!(seen[0] < seen[1]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted follow exits 130");
+}

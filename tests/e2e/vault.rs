@@ -244,3 +244,126 @@ fn a_core_dump_of_the_running_daemon_holds_no_secret_value() {
         "the secret value is readable in a core dump of tetherd"
     );
 }
+
+#[test]
+fn the_daemon_keeps_secrets_in_a_real_secret_service() {
+    if Command::new("gnome-keyring-daemon")
+        .arg("--version")
+        .output()
+        .is_err()
+        || Command::new("dbus-run-session")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!(
+            "SKIP: needs gnome-keyring-daemon and dbus-run-session (apt: gnome-keyring dbus-bin)"
+        );
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        config_text("hub", dir.path(), "\n[vault]\nbackend = \"keyring\"\n"),
+    )
+    .unwrap();
+    // A session bus with an unlocked keyring in a fresh HOME, and tetherd inside it.
+    let script = format!(
+        "printf %s e2e-pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null; exec {} run --config {}",
+        bin("tetherd").display(),
+        config.display()
+    );
+    let log = std::fs::File::create(dir.path().join("tetherd.log")).unwrap();
+    let mut child = Command::new("dbus-run-session")
+        .args(["--", "sh", "-c", &script])
+        .env("HOME", &home)
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("tetherd.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
+            let _ = child.kill();
+            panic!("tetherd did not start with the keyring backend:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let tether = |args: &[&str]| {
+        Command::new(bin("tether"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut set = Command::new(bin("tether"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["secret", "set", "siem-token"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(b"keyring-value-55aa")
+        .unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let list = tether(&["--json", "secret", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(v["backend"], "keyring", "{v}");
+    let ours = v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "siem-token")
+        .cloned()
+        .unwrap();
+    assert_eq!(ours["backend"], "keyring");
+    // Nothing about the value on disk: the keyring holds it.
+    let on_disk = walk(dir.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(&home))
+        .any(|p| {
+            std::fs::read(&p)
+                .unwrap_or_default()
+                .windows(18)
+                .any(|w| w == b"keyring-value-55aa")
+        });
+    assert!(!on_disk, "the value was written outside the keyring");
+    // The daemon's own keys (audit) came from the keyring too, and the audit chain verifies.
+    assert_eq!(code(&tether(&["audit", "verify"])), 0);
+    // Stop tetherd itself (its pid from the socket's peer credentials); dbus-run-session then
+    // ends the session bus and the keyring with it.
+    let conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let pid = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+        .unwrap()
+        .pid();
+    drop(conn);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dbus-run-session did not end after tetherd stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

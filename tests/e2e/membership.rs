@@ -345,3 +345,77 @@ fn keys_rotate_over_the_tunnel_from_either_side_and_survive_a_restart() {
     let out = hub.tether(&["--json", "vpn", "rotate-keys", "t1"]);
     assert_eq!(code(&out), 1);
 }
+
+#[test]
+fn every_acknowledged_enrollment_survives_kill_9_of_the_hub_mid_enrollment() {
+    let mut hub = hub();
+    let n = 8;
+    let tokens: Vec<String> = (0..n)
+        .map(|i| invite(&hub, &format!("m{i}"), &[]))
+        .collect();
+    // Enroll all at once; kill the hub the moment the first target reports success, while the
+    // others are still in flight.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handles: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let (dir, config) = target_dir();
+                let ok = code(&enroll(&config, &token, &[])) == 0;
+                let _ = tx.send((i, ok));
+                drop(dir);
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut acknowledged = Vec::new();
+    let mut finished = 0;
+    while let Ok((i, ok)) = rx.recv_timeout(Duration::from_secs(15)) {
+        finished += 1;
+        if ok {
+            acknowledged.push(format!("m{i}"));
+            break;
+        }
+    }
+    hub.signal(Signal::SIGKILL);
+    hub.wait_exit(Duration::from_secs(5)).unwrap();
+    for (i, ok) in rx.iter() {
+        finished += 1;
+        if ok {
+            acknowledged.push(format!("m{i}"));
+        }
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(finished, n);
+    assert!(
+        !acknowledged.is_empty(),
+        "no enrollment completed before the kill"
+    );
+    eprintln!(
+        "{} of {n} enrollments were acknowledged around the kill",
+        acknowledged.len()
+    );
+
+    let dir = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    let mut again = Daemon::spawn_in(dir, hub.config.clone(), &[]);
+    again.wait_ready();
+    let hosts = json(&again.tether(&["--json", "hosts", "list"]));
+    let names: Vec<&str> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    for name in &acknowledged {
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} was told it enrolled but is missing after kill -9: {names:?}"
+        );
+    }
+    // And the audit chain is intact.
+    assert_eq!(code(&again.tether(&["audit", "verify"])), 0);
+}

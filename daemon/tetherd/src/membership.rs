@@ -142,6 +142,36 @@ fn membership_err(what: &str) -> impl Fn(String) -> DaemonError + '_ {
     move |e| DaemonError::Membership(format!("{what}: {e}"))
 }
 
+/// Starts this daemon's tunnel with its vault key on `tunnel.listen` (or `default_listen`).
+async fn start_tunnel(
+    config: &Config,
+    vault: &Vault,
+    (overlay_ip, prefix): (Ipv4Addr, u8),
+    role: NodeRole,
+    default_listen: &str,
+    registry: &Registry,
+    alerts: &Arc<dyn AlertSink>,
+) -> Result<Tunnel, DaemonError> {
+    let mut node = NodeConfig::new(identity::wireguard_key(vault)?, overlay_ip, role);
+    node.prefix_len = prefix;
+    let bind: SocketAddr = config
+        .tunnel
+        .listen
+        .as_deref()
+        .unwrap_or(default_listen)
+        .parse()
+        .map_err(|e| DaemonError::Membership(format!("tunnel.listen: {e}")))?;
+    Tunnel::start(TunnelConfig {
+        node,
+        bind,
+        alerts: Arc::clone(alerts),
+        registry: Some(registry.clone()),
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+    .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))
+}
+
 /// A tunnel peer for an enrolled host.
 pub fn peer_for(host: &HostRecord) -> Result<PeerConfig, String> {
     Ok(PeerConfig {
@@ -202,25 +232,16 @@ pub async fn start_hub(
         })?;
     let net = OverlayNet::new(network, prefix)
         .map_err(|e| DaemonError::Membership(format!("tunnel.subnet: {e}")))?;
-    let key = identity::wireguard_key(vault)?;
-    let mut node = NodeConfig::new(key, net.hub_ip(), NodeRole::Hub);
-    node.prefix_len = prefix;
-    let bind: SocketAddr = config
-        .tunnel
-        .listen
-        .as_deref()
-        .unwrap_or("0.0.0.0:51820")
-        .parse()
-        .map_err(|e| DaemonError::Membership(format!("tunnel.listen: {e}")))?;
-    let tunnel = Tunnel::start(TunnelConfig {
-        node,
-        bind,
-        alerts: Arc::clone(&alerts),
-        registry: Some(registry.clone()),
-        connect_timeout: Duration::from_secs(10),
-    })
-    .await
-    .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))?;
+    let tunnel = start_tunnel(
+        config,
+        vault,
+        (net.hub_ip(), prefix),
+        NodeRole::Hub,
+        "0.0.0.0:51820",
+        registry,
+        &alerts,
+    )
+    .await?;
     let handle = tunnel.handle();
     let wg_endpoint = config
         .tunnel
@@ -390,25 +411,16 @@ pub async fn start_target(
             tasks: Vec::new(),
         });
     };
-    let key = identity::wireguard_key(vault)?;
-    let mut node = NodeConfig::new(key, enrollment.overlay_ip, NodeRole::Target);
-    node.prefix_len = enrollment.prefix_len;
-    let bind: SocketAddr = config
-        .tunnel
-        .listen
-        .as_deref()
-        .unwrap_or("0.0.0.0:0")
-        .parse()
-        .map_err(|e| DaemonError::Membership(format!("tunnel.listen: {e}")))?;
-    let tunnel = Tunnel::start(TunnelConfig {
-        node,
-        bind,
-        alerts: Arc::clone(&alerts),
-        registry: Some(registry.clone()),
-        connect_timeout: Duration::from_secs(10),
-    })
-    .await
-    .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))?;
+    let tunnel = start_tunnel(
+        config,
+        vault,
+        (enrollment.overlay_ip, enrollment.prefix_len),
+        NodeRole::Target,
+        "0.0.0.0:0",
+        registry,
+        &alerts,
+    )
+    .await?;
     let endpoint = enrollment
         .hub_wg_endpoint
         .to_socket_addrs()

@@ -92,6 +92,35 @@ fn filter(q: &Query) -> Result<Filter, hyper::Response<Body>> {
     })
 }
 
+/// The common start of the read routes: the log's directory, the query, and its filter.
+fn reader(
+    ctx: &Ctx,
+    req: &Request<Incoming>,
+) -> Result<(PathBuf, Query, Filter), hyper::Response<Body>> {
+    let (dir, _) = audit_dir(ctx)?;
+    let q = query(req)?;
+    let f = filter(&q)?;
+    Ok((dir, q, f))
+}
+
+/// A 500 for an audit read that failed (`e`) or whose blocking task panicked (`None`).
+fn read_failed(e: Option<tether_audit::AuditError>) -> hyper::Response<Body> {
+    match e {
+        Some(e) => http::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_error",
+            &e.to_string(),
+            "",
+        ),
+        None => http::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "reading the audit log panicked",
+            "this is a bug in tetherd; please report it",
+        ),
+    }
+}
+
 /// Records the read; refuses it if the record can't be written.
 async fn audited(
     ctx: &Ctx,
@@ -173,18 +202,8 @@ pub(crate) fn verify(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
                 StatusCode::OK,
                 &json!({"ok": report.is_ok(), "mb_per_s": report.mb_per_s(), "report": report}),
             ),
-            Ok(Err(e)) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit_error",
-                &e.to_string(),
-                "",
-            ),
-            Err(_) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "verify panicked",
-                "this is a bug; please report it",
-            ),
+            Ok(Err(e)) => read_failed(Some(e)),
+            Err(_) => read_failed(None),
         }
     })
 }
@@ -192,16 +211,8 @@ pub(crate) fn verify(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
 /// `GET /v1/audit/records?type=&host=&from=&limit=N`: the last N matching records as NDJSON.
 pub(crate) fn tail(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
-        let (dir, _) = match audit_dir(&ctx) {
+        let (dir, q, f) = match reader(&ctx, &req) {
             Ok(x) => x,
-            Err(r) => return r,
-        };
-        let q = match query(&req) {
-            Ok(q) => q,
-            Err(r) => return r,
-        };
-        let f = match filter(&q) {
-            Ok(f) => f,
             Err(r) => return r,
         };
         let n = q.limit.unwrap_or(20).min(100_000);
@@ -219,18 +230,8 @@ pub(crate) fn tail(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
                 }
                 http::with_type(StatusCode::OK, http::full(out), "application/x-ndjson")
             }
-            Ok(Err(e)) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit_error",
-                &e.to_string(),
-                "",
-            ),
-            Err(_) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "tail panicked",
-                "",
-            ),
+            Ok(Err(e)) => read_failed(Some(e)),
+            Err(_) => read_failed(None),
         }
     })
 }
@@ -238,28 +239,13 @@ pub(crate) fn tail(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
 /// `GET /v1/audit/follow?type=&host=`: new matching records as NDJSON, until the client leaves.
 pub(crate) fn follow(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
-        let (dir, _) = match audit_dir(&ctx) {
+        let (dir, q, f) = match reader(&ctx, &req) {
             Ok(x) => x,
-            Err(r) => return r,
-        };
-        let q = match query(&req) {
-            Ok(q) => q,
-            Err(r) => return r,
-        };
-        let f = match filter(&q) {
-            Ok(f) => f,
             Err(r) => return r,
         };
         let mut follower = match Follower::from_end(&dir, f) {
             Ok(fl) => fl,
-            Err(e) => {
-                return http::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "audit_error",
-                    &e.to_string(),
-                    "",
-                );
-            }
+            Err(e) => return read_failed(Some(e)),
         };
         if let Err(r) = audited(
             &ctx,
@@ -395,12 +381,7 @@ pub(crate) fn checkpoint(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
                 http::full(text),
                 "text/plain; charset=utf-8",
             ),
-            Err(e) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit_error",
-                &e.to_string(),
-                "",
-            ),
+            Err(e) => read_failed(Some(e)),
         }
     })
 }

@@ -58,6 +58,22 @@ fn name(ctx: &Ctx) -> String {
     ctx.params.first().cloned().unwrap_or_default()
 }
 
+/// The start of every change to a secret: the vault, the name, and the durable audit record
+/// (`kind`, names only) — refused if that record can't be written.
+async fn change(
+    ctx: &Ctx,
+    req: &Request<Incoming>,
+    kind: &str,
+) -> Result<(Vault, String), hyper::Response<Body>> {
+    let v = vault(ctx)?;
+    let n = name(ctx);
+    let a = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(req));
+    ctx.state
+        .audit_or_refuse(kind, a, None, json!({"name": n}))
+        .await?;
+    Ok((v, n))
+}
+
 pub(crate) fn list(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
         let v = match vault(&ctx) {
@@ -114,19 +130,10 @@ pub(crate) fn set(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
 
 pub(crate) fn remove(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
-        let v = match vault(&ctx) {
-            Ok(v) => v,
+        let (v, n) = match change(&ctx, &req, "secret.rm").await {
+            Ok(x) => x,
             Err(r) => return r,
         };
-        let n = name(&ctx);
-        let a = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(&req));
-        if let Err(r) = ctx
-            .state
-            .audit_or_refuse("secret.rm", a, None, json!({"name": n}))
-            .await
-        {
-            return r;
-        }
         let n2 = n.clone();
         match blocking(move || v.remove(&n2)).await {
             Ok(()) => {
@@ -140,19 +147,10 @@ pub(crate) fn remove(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
 
 pub(crate) fn rotate(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
     Box::pin(async move {
-        let v = match vault(&ctx) {
-            Ok(v) => v,
+        let (v, n) = match change(&ctx, &req, "secret.rotate").await {
+            Ok(x) => x,
             Err(r) => return r,
         };
-        let n = name(&ctx);
-        let a = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(&req));
-        if let Err(r) = ctx
-            .state
-            .audit_or_refuse("secret.rotate", a, None, json!({"name": n}))
-            .await
-        {
-            return r;
-        }
         match blocking(move || v.rotate(&n)).await {
             Ok(info) => {
                 tracing::info!(secret = %info.name, version = info.version, "secret rotated");

@@ -1,0 +1,398 @@
+//! The capability granter: the ONE place that decides what a plugin's host imports may do.
+//!
+//! Every WIT version's host module (`v0_1`, later `v0_2`...) translates its bindgen types and
+//! calls into [`Grants`]; no other code hands anything to a plugin.
+//!
+//! - `log` → `tracing`, tagged with the plugin name, messages truncated to 4 KiB.
+//! - `clock` → the wall clock (ms since the Unix epoch).
+//! - `config` → the manifest's `[plugin.config]` table.
+//! - `secrets` → only names in the manifest's `secrets` grant, through a [`SecretSource`];
+//!   anything else is `None`, counted and logged.
+//! - `http` → performed by the host: host name checked against `allowed_hosts`, then resolved,
+//!   then EVERY resolved address checked (loopback/private/link-local/metadata/... refused unless the
+//!   manifest allows that host=ip pair), then the connection goes to a checked address (no second
+//!   lookup, so DNS rebinding cannot swap it). Plain `http://` only with `allow_http`; `https://` is
+//!   refused with `failed("https is not supported yet")` because the workspace has no TLS stack.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use zeroize::Zeroizing;
+
+use crate::manifest::PluginSpec;
+
+/// Where granted secrets come from (the daemon passes its vault).
+pub trait SecretSource: Send + Sync {
+    /// The secret's bytes, or `None` if there is no such secret.
+    fn get(&self, name: &str) -> Option<Zeroizing<Vec<u8>>>;
+}
+
+/// A [`SecretSource`] with no secrets.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn get(&self, _name: &str) -> Option<Zeroizing<Vec<u8>>> {
+        None
+    }
+}
+
+/// Log level of a plugin message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// An outgoing request (version-independent).
+pub(crate) struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A response handed back to the plugin.
+pub(crate) struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why `http.send` failed.
+#[derive(Debug)]
+pub(crate) enum HttpError {
+    NotAllowed(String),
+    Timeout,
+    TooLarge,
+    Failed(String),
+}
+
+/// Everything one plugin has been granted.
+pub(crate) struct Grants {
+    pub plugin: String,
+    spec: PluginSpec,
+    secrets: Arc<dyn SecretSource>,
+    rt: tokio::runtime::Handle,
+    /// `secrets.get` calls refused because the name is not granted.
+    pub secret_denials: AtomicU64,
+    /// `http.send` calls refused by the destination check.
+    pub http_denials: AtomicU64,
+}
+
+const MAX_LOG: usize = 4096;
+
+impl Grants {
+    pub fn new(spec: PluginSpec, secrets: Arc<dyn SecretSource>, rt: tokio::runtime::Handle) -> Self {
+        Grants {
+            plugin: spec.name.clone(),
+            spec,
+            secrets,
+            rt,
+            secret_denials: AtomicU64::new(0),
+            http_denials: AtomicU64::new(0),
+        }
+    }
+
+    pub fn log(&self, level: Level, message: &str) {
+        let mut end = message.len().min(MAX_LOG);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let m = &message[..end];
+        let plugin = self.plugin.as_str();
+        match level {
+            Level::Debug => tracing::debug!(plugin, "{m}"),
+            Level::Info => tracing::info!(plugin, "{m}"),
+            Level::Warn => tracing::warn!(plugin, "{m}"),
+            Level::Error => tracing::error!(plugin, "{m}"),
+        }
+    }
+
+    pub fn now_unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn config(&self, key: &str) -> Option<String> {
+        self.spec.config.get(key).cloned()
+    }
+
+    pub fn secret(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+        if !self.spec.capabilities.secrets.contains(name) {
+            self.secret_denials.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, secret = name, "plugin asked for a secret it is not granted; returned none");
+            return None;
+        }
+        self.secrets.get(name)
+    }
+
+    /// Performs `req` if the manifest allows its destination; `deadline` is the call's deadline.
+    pub fn http(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, HttpError> {
+        let r = self.http_inner(req, deadline);
+        if let Err(HttpError::NotAllowed(why)) = &r {
+            self.http_denials.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, "http destination refused: {why}");
+        }
+        r
+    }
+
+    fn http_inner(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, HttpError> {
+        let caps = &self.spec.capabilities;
+        let limits = self.spec.limits;
+        let size = req.url.len()
+            + req.method.len()
+            + req.body.len()
+            + req.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        if size > limits.max_request_bytes {
+            return Err(HttpError::TooLarge);
+        }
+        let uri: hyper::Uri = req
+            .url
+            .parse()
+            .map_err(|e| HttpError::Failed(format!("bad url: {e}")))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| HttpError::Failed("url has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if !host_allowed(&caps.allowed_hosts, &host) {
+            return Err(HttpError::NotAllowed(format!("{host} is not in allowed_hosts")));
+        }
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            other => {
+                return Err(HttpError::NotAllowed(format!(
+                    "scheme {other:?} (only https, or http with allow_http)"
+                )));
+            }
+        };
+        if !https && !caps.allow_http {
+            return Err(HttpError::NotAllowed(format!(
+                "http://{host} is plain HTTP; HTTPS only unless allow_http = true"
+            )));
+        }
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let method = hyper::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| HttpError::Failed(format!("bad method {:?}", req.method)))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(HttpError::Timeout);
+        }
+        let allow_private: Vec<IpAddr> = caps
+            .allow_private
+            .iter()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, ip)| *ip)
+            .collect();
+        let max_resp = limits.max_response_bytes;
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_else(|| host.clone());
+        let host2 = host.clone();
+        let fut = async move {
+            // 1. resolve (IP literals resolve to themselves)
+            let addrs: Vec<SocketAddr> = match host2.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => tokio::net::lookup_host((host2.as_str(), port))
+                    .await
+                    .map_err(|e| HttpError::Failed(format!("cannot resolve {host2}: {e}")))?
+                    .collect(),
+            };
+            if addrs.is_empty() {
+                return Err(HttpError::Failed(format!("{host2} resolves to no address")));
+            }
+            // 2. every resolved address must be acceptable
+            for a in &addrs {
+                if let Some(why) = forbidden(a.ip())
+                    && !allow_private.contains(&a.ip())
+                {
+                    return Err(HttpError::NotAllowed(format!(
+                        "{host2} resolves to {} ({why})",
+                        a.ip()
+                    )));
+                }
+            }
+            if https {
+                return Err(HttpError::Failed(
+                    "https is not supported yet by this host (no TLS stack); use allow_http for an internal http:// endpoint".into(),
+                ));
+            }
+            // 3. connect to a checked address, never re-resolving
+            let stream = tokio::net::TcpStream::connect(addrs[0])
+                .await
+                .map_err(|e| HttpError::Failed(format!("connect {}: {e}", addrs[0])))?;
+            send_http1(stream, method, &path, &authority, req.headers, req.body, max_resp).await
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let r = match tokio::time::timeout(remaining, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(HttpError::Timeout),
+            };
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(remaining + Duration::from_millis(50)) {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout),
+        }
+    }
+}
+
+async fn send_http1(
+    stream: tokio::net::TcpStream,
+    method: hyper::Method,
+    path: &str,
+    authority: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    max_resp: usize,
+) -> Result<HttpResponse, HttpError> {
+    use http_body_util::{BodyExt, Full};
+    let failed = |e: &dyn std::fmt::Display| HttpError::Failed(e.to_string());
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut builder = hyper::Request::builder().method(method).uri(path);
+    let mut has_host = false;
+    for (k, v) in &headers {
+        has_host |= k.eq_ignore_ascii_case("host");
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    if !has_host {
+        builder = builder.header("host", authority);
+    }
+    let request = builder
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| failed(&e))?;
+    let resp = sender.send_request(request).await.map_err(|e| failed(&e))?;
+    let status = resp.status().as_u16();
+    let mut size = 0usize;
+    let mut out_headers = Vec::new();
+    for (k, v) in resp.headers() {
+        size += k.as_str().len() + v.len() + 4;
+        out_headers.push((k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()));
+    }
+    if size > max_resp {
+        return Err(HttpError::TooLarge);
+    }
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| failed(&e))?;
+        if let Some(data) = frame.data_ref() {
+            size += data.len();
+            if size > max_resp {
+                return Err(HttpError::TooLarge);
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(HttpResponse {
+        status,
+        headers: out_headers,
+        body: out,
+    })
+}
+
+fn host_allowed(allowed: &[String], host: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_prefix("*.") {
+        Some(domain) => host.len() > domain.len() + 1 && host.ends_with(domain) && host[..host.len() - domain.len()].ends_with('.'),
+        None => a == host,
+    })
+}
+
+/// Why an address may not be contacted without an explicit `allow_private` entry.
+pub(crate) fn forbidden(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_private() {
+                Some("private")
+            } else if v4.is_link_local() {
+                Some("link-local / cloud metadata")
+            } else if v4.is_unspecified() || o[0] == 0 {
+                Some("unspecified")
+            } else if v4.is_broadcast() || v4.is_multicast() {
+                Some("broadcast/multicast")
+            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+                Some("carrier-grade NAT")
+            } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+                Some("IETF protocol assignments")
+            } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+                Some("benchmarking")
+            } else if o[0] >= 240 {
+                Some("reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if (s[0] & 0xfe00) == 0xfc00 {
+                Some("unique local (incl. fd00:ec2::254 metadata)")
+            } else if (s[0] & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if s[0] == 0x64 && s[1] == 0xff9b {
+                Some("NAT64 (may reach private IPv4)")
+            } else if s[0] == 0x2002 {
+                Some("6to4 (may reach private IPv4)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_addresses() {
+        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "64:ff9b::a00:1"] {
+            assert!(forbidden(a.parse().unwrap()).is_some(), "{a}");
+        }
+        for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+            assert!(forbidden(a.parse().unwrap()).is_none(), "{a}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let allowed = vec!["api.example.com".to_string(), "*.hooks.io".to_string()];
+        assert!(host_allowed(&allowed, "api.example.com"));
+        assert!(!host_allowed(&allowed, "evil.api.example.com"));
+        assert!(host_allowed(&allowed, "a.hooks.io"));
+        assert!(!host_allowed(&allowed, "hooks.io"));
+        assert!(!host_allowed(&allowed, "xhooks.io"));
+    }
+}

@@ -1,0 +1,732 @@
+//! [`PluginHost`]: engine, loading, per-plugin instances, calls, stats, quarantine, metrics.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tether_model::{Alert, AlertSink, NoAlerts, Severity};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use crate::caps::{Grants, NoSecrets, SecretSource};
+use crate::error::{Error, Result};
+use crate::manifest::{MAX_MEMORY_MB, Manifest, PluginKind, PluginSpec};
+use crate::store::StoreState;
+use crate::types::*;
+use crate::v0_1::{Bindings, Called, Pre};
+
+/// Epoch tick period: deadlines are accurate to one tick.
+const TICK: Duration = Duration::from_millis(2);
+/// Most plugin instances alive at once (old + new set during a reload, plus recycling).
+const MAX_INSTANCES: u32 = 128;
+/// Latency samples kept per plugin for the p99 in [`PluginInfo`].
+const LATENCY_SAMPLES: usize = 1024;
+
+/// How the host is set up.
+pub struct HostOptions {
+    /// Where precompiled components are cached by content hash (created 0700). `None`: compile in memory.
+    pub cache_dir: Option<PathBuf>,
+    /// The vault, for granted `secrets.get` names.
+    pub secrets: Arc<dyn SecretSource>,
+    /// Where `plugin_quarantined` alerts go.
+    pub alerts: Arc<dyn AlertSink>,
+    /// Consecutive failures (trap, timeout, memory, output too large) before quarantine. Default 5.
+    pub quarantine_after: u32,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            cache_dir: None,
+            secrets: Arc::new(NoSecrets),
+            alerts: Arc::new(NoAlerts),
+            quarantine_after: 5,
+        }
+    }
+}
+
+/// One loaded plugin, as `tether plugin list` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginInfo {
+    /// Name from the manifest.
+    pub name: String,
+    /// Its world.
+    pub kind: PluginKind,
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    /// Key id of the signer (`None`: unsigned, loaded under `allow_unsigned`).
+    pub signer: Option<String>,
+    /// Calls made (including failed ones).
+    pub calls: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// 99th percentile call latency over the last 1024 calls, microseconds.
+    pub p99_us: Option<u64>,
+    /// 50th percentile likewise.
+    pub p50_us: Option<u64>,
+    /// Quarantined after repeated failures (reload to clear).
+    pub quarantined: bool,
+    /// `secrets.get` calls refused (name not granted).
+    pub secret_denials: u64,
+    /// `http.send` calls refused by the destination check.
+    pub http_denials: u64,
+}
+
+struct Live {
+    store: Store<StoreState>,
+    bindings: Bindings,
+}
+
+#[derive(Default)]
+struct Stats {
+    calls: u64,
+    errors: u64,
+    consecutive: u32,
+    quarantined: bool,
+    latencies_us: VecDeque<u64>,
+}
+
+struct Plugin {
+    spec: PluginSpec,
+    sha256: [u8; 32],
+    signer: Option<String>,
+    pre: Pre,
+    grants: Arc<Grants>,
+    live: Mutex<Option<Live>>,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Default)]
+struct PluginSet {
+    plugins: Vec<Arc<Plugin>>,
+}
+
+struct Metrics {
+    calls: IntCounterVec,
+    errors: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Result<Metrics> {
+        let calls = IntCounterVec::new(
+            Opts::new("tether_plugin_calls_total", "Plugin calls, by plugin."),
+            &["plugin"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "tether_plugin_errors_total",
+                "Failed plugin calls, by plugin and kind (timeout, memory, trap, output_too_large, instantiate, rejected, quarantined).",
+            ),
+            &["plugin", "kind"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tether_plugin_call_duration_seconds",
+                "Wall time of one plugin call, including host imports.",
+            )
+            .buckets(vec![
+                5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
+                5.0,
+            ]),
+            &["plugin"],
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Metrics {
+            calls,
+            errors,
+            latency,
+        })
+    }
+}
+
+/// Shuts the HTTP runtime down without blocking (safe to drop inside async code).
+struct RtGuard(Option<tokio::runtime::Runtime>);
+impl Drop for RtGuard {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Stops the epoch ticker thread.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The plugin host. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    set: RwLock<Arc<PluginSet>>,
+    manifest_path: Option<PathBuf>,
+    opts: HostOptions,
+    metrics: Metrics,
+    rt: RtGuard,
+    reload_lock: Mutex<()>,
+    _ticker: Ticker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a plugin lock cannot leave it inconsistent in a way that matters:
+    // the instance is recycled on the next error anyway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ticks(timeout_ms: u64) -> u64 {
+    // The deadline fires between timeout and timeout + one tick.
+    (timeout_ms as u128).div_ceil(TICK.as_millis()) as u64 + 1
+}
+
+impl PluginHost {
+    /// A host with no plugins; load some with [`PluginHost::reload_from`].
+    pub fn new(opts: HostOptions, registry: &Registry) -> Result<PluginHost> {
+        Self::build(None, opts, registry)
+    }
+
+    /// Loads every plugin in the manifest file; [`PluginHost::reload`] re-reads the same file.
+    pub fn load(manifest: &Path, opts: HostOptions, registry: &Registry) -> Result<PluginHost> {
+        let host = Self::build(Some(manifest.to_path_buf()), opts, registry)?;
+        host.reload()?;
+        Ok(host)
+    }
+
+    fn build(
+        manifest_path: Option<PathBuf>,
+        opts: HostOptions,
+        registry: &Registry,
+    ) -> Result<PluginHost> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 8)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 8)
+            .max_memory_size(MAX_MEMORY_MB as usize * 1024 * 1024);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 * 1024)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| crate::v0_1::add_to_linker(&mut linker))
+            .map_err(|e| Error::Engine(format!("linking host imports: {e:#}")))?;
+        let metrics = Metrics::new(registry)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tether-plugin-http")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Runtime(format!("http runtime: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("tether-plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        match weak.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .map_err(|e| Error::Runtime(format!("epoch ticker thread: {e}")))?
+        };
+        Ok(PluginHost {
+            engine,
+            linker,
+            set: RwLock::new(Arc::new(PluginSet::default())),
+            manifest_path,
+            opts,
+            metrics,
+            rt: RtGuard(Some(rt)),
+            reload_lock: Mutex::new(()),
+            _ticker: Ticker {
+                stop,
+                thread: Some(thread),
+            },
+        })
+    }
+
+    /// Re-reads the manifest file given to [`PluginHost::load`] and swaps the plugin set
+    /// atomically: if any plugin fails to load, the old set stays and the error names it.
+    /// Returns the number of plugins now loaded.
+    pub fn reload(&self) -> Result<usize> {
+        let Some(path) = &self.manifest_path else {
+            return Err(Error::Manifest {
+                path: PathBuf::from("<none>"),
+                message: "this host was created without a manifest file; use reload_from".into(),
+            });
+        };
+        let manifest = Manifest::load(path)?;
+        self.reload_from(&manifest)
+    }
+
+    /// Loads every plugin of `manifest` and swaps them in atomically (all or nothing).
+    pub fn reload_from(&self, manifest: &Manifest) -> Result<usize> {
+        let _one_at_a_time = lock(&self.reload_lock);
+        let mut plugins = Vec::with_capacity(manifest.plugins.len());
+        for spec in &manifest.plugins {
+            plugins.push(Arc::new(self.load_plugin(manifest, spec)?));
+        }
+        let n = plugins.len();
+        for p in &plugins {
+            tracing::info!(
+                plugin = %p.spec.name,
+                kind = p.spec.kind.as_str(),
+                sha256 = %hex::encode(p.sha256),
+                signer = p.signer.as_deref().unwrap_or("unsigned"),
+                "plugin loaded"
+            );
+        }
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(PluginSet { plugins });
+        Ok(n)
+    }
+
+    fn load_plugin(&self, manifest: &Manifest, spec: &PluginSpec) -> Result<Plugin> {
+        let bytes = std::fs::read(&spec.path).map_err(|source| Error::Io {
+            what: "plugin component",
+            path: spec.path.clone(),
+            source,
+        })?;
+        let verified = crate::signing::verify_bytes(
+            &spec.path,
+            &bytes,
+            &manifest.trusted_keys,
+            manifest.allow_unsigned,
+        )?;
+        let load_err = |e: wasmtime::Error| Error::Load {
+            plugin: spec.name.clone(),
+            message: format!("{e:#}"),
+        };
+        let component = self.compile(&spec.name, &bytes, &verified.sha256)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(load_err)?;
+        let pre = Pre::new(spec.kind, pre).map_err(|e| Error::Load {
+            plugin: spec.name.clone(),
+            message: format!(
+                "does not implement the {} world (kind = \"{}\"): {e:#}",
+                spec.kind.as_str().replace('_', "-"),
+                spec.kind.as_str()
+            ),
+        })?;
+        let rt = self
+            .rt
+            .0
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .ok_or_else(|| Error::Runtime("http runtime is shut down".into()))?;
+        let grants = Arc::new(Grants::new(spec.clone(), self.opts.secrets.clone(), rt));
+        let plugin = Plugin {
+            spec: spec.clone(),
+            sha256: verified.sha256,
+            signer: verified.signer,
+            pre,
+            grants,
+            live: Mutex::new(None),
+            stats: Mutex::new(Stats::default()),
+        };
+        // Instantiate now so a component that cannot start is refused at load time.
+        let live = self.instantiate(&plugin).map_err(load_err)?;
+        *lock(&plugin.live) = Some(live);
+        Ok(plugin)
+    }
+
+    /// Compiles `bytes`, or loads the precompiled artifact cached under its content hash.
+    fn compile(&self, plugin: &str, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component> {
+        let load_err = |e: wasmtime::Error| Error::Load {
+            plugin: plugin.to_string(),
+            message: format!("{e:#}"),
+        };
+        let Some(dir) = &self.opts.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(load_err);
+        };
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let file = dir.join(format!("{}-{:016x}.cwasm", hex::encode(sha256), h.finish()));
+        if file.is_file() {
+            match deserialize_cached(&self.engine, &file) {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(
+                    plugin,
+                    file = %file.display(),
+                    "cached artifact unusable, recompiling: {e:#}"
+                ),
+            }
+        }
+        let artifact = self.engine.precompile_component(bytes).map_err(load_err)?;
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { what, path, source }
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io("plugin cache dir", dir))?;
+        }
+        let tmp = dir.join(format!(".{}.{}.tmp", hex::encode(sha256), std::process::id()));
+        std::fs::write(&tmp, &artifact).map_err(io("plugin cache file", &tmp))?;
+        std::fs::rename(&tmp, &file).map_err(io("plugin cache file", &file))?;
+        deserialize_cached(&self.engine, &file).map_err(load_err)
+    }
+
+    fn instantiate(&self, p: &Plugin) -> wasmtime::Result<Live> {
+        let mem = p.spec.limits.memory_mb as usize * 1024 * 1024;
+        let mut store = Store::new(&self.engine, StoreState::new(p.grants.clone(), mem));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(p.spec.limits.timeout_ms));
+        store.data_mut().deadline =
+            Instant::now() + Duration::from_millis(p.spec.limits.timeout_ms);
+        let bindings = p.pre.instantiate(&mut store)?;
+        Ok(Live { store, bindings })
+    }
+
+    fn snapshot(&self) -> Arc<PluginSet> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// One call into one plugin, contained: never panics, never blocks past the deadline
+    /// (plus one epoch tick), recycles the instance after a failure.
+    fn invoke<T>(
+        &self,
+        p: &Plugin,
+        call: impl FnOnce(&Bindings, &mut Store<StoreState>) -> Called<T>,
+    ) -> Result<T, PluginError> {
+        let name = p.spec.name.as_str();
+        if lock(&p.stats).quarantined {
+            self.metrics
+                .errors
+                .with_label_values(&[name, ErrorKind::Quarantined.as_str()])
+                .inc();
+            return Err(PluginError {
+                kind: ErrorKind::Quarantined,
+                message: format!("plugin {name} is quarantined; fix it and run `tether plugin reload`"),
+            });
+        }
+        let start = Instant::now();
+        let limits = p.spec.limits;
+        let result = {
+            let mut slot = lock(&p.live);
+            if slot.is_none() {
+                match self.instantiate(p) {
+                    Ok(l) => *slot = Some(l),
+                    Err(e) => {
+                        return self.finish(
+                            p,
+                            start,
+                            Err(PluginError {
+                                kind: ErrorKind::Instantiate,
+                                message: short(&format!("{e:#}")),
+                            }),
+                        );
+                    }
+                }
+            }
+            let r = match slot.as_mut() {
+                None => Err(PluginError {
+                    kind: ErrorKind::Instantiate,
+                    message: "no instance".into(),
+                }),
+                Some(live) => {
+                    let data = live.store.data_mut();
+                    data.deadline = start + Duration::from_millis(limits.timeout_ms);
+                    data.limiter.hit = false;
+                    live.store.set_epoch_deadline(ticks(limits.timeout_ms));
+                    match call(&live.bindings, &mut live.store) {
+                        Ok(Some((v, n))) if n <= limits.max_output_bytes => Ok(v),
+                        Ok(Some((_, n))) => Err(PluginError {
+                            kind: ErrorKind::OutputTooLarge,
+                            message: format!(
+                                "result of {n} bytes exceeds max_output_bytes = {}",
+                                limits.max_output_bytes
+                            ),
+                        }),
+                        Ok(None) => Err(PluginError {
+                            kind: ErrorKind::Trap,
+                            message: "host error: plugin world does not match its kind".into(),
+                        }),
+                        Err(e) => Err(classify(&e, live.store.data().limiter.hit, limits)),
+                    }
+                }
+            };
+            if r.is_err() {
+                // Recycle: a trapped instance may be in any state; a huge result left a big heap.
+                *slot = None;
+            }
+            r
+        };
+        self.finish(p, start, result)
+    }
+
+    fn finish<T>(
+        &self,
+        p: &Plugin,
+        start: Instant,
+        result: Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        let elapsed = start.elapsed();
+        let name = p.spec.name.as_str();
+        self.metrics.calls.with_label_values(&[name]).inc();
+        self.metrics
+            .latency
+            .with_label_values(&[name])
+            .observe(elapsed.as_secs_f64());
+        let mut quarantine = None;
+        {
+            let mut st = lock(&p.stats);
+            st.calls += 1;
+            if st.latencies_us.len() == LATENCY_SAMPLES {
+                st.latencies_us.pop_front();
+            }
+            st.latencies_us.push_back(elapsed.as_micros() as u64);
+            match &result {
+                Ok(_) => st.consecutive = 0,
+                Err(e) => {
+                    st.errors += 1;
+                    self.metrics
+                        .errors
+                        .with_label_values(&[name, e.kind.as_str()])
+                        .inc();
+                    tracing::warn!(plugin = name, kind = e.kind.as_str(), "plugin call failed: {}", e.message);
+                    if e.kind != ErrorKind::Rejected {
+                        st.consecutive += 1;
+                        if st.consecutive >= self.opts.quarantine_after && !st.quarantined {
+                            st.quarantined = true;
+                            quarantine = Some((st.consecutive, e.kind));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((n, kind)) = quarantine {
+            *lock(&p.live) = None;
+            tracing::error!(plugin = name, "plugin quarantined after {n} consecutive failures");
+            self.opts.alerts.raise(Alert::new(
+                "plugin_quarantined",
+                Severity::Warning,
+                format!(
+                    "plugin {name} quarantined after {n} consecutive failures (last: {kind}); fix it and run `tether plugin reload`"
+                ),
+            ));
+        }
+        result
+    }
+
+    /// Asks every policy plugin, in manifest order, about one request.
+    /// Apply the votes after the regex rules: any `Deny`/`RequireApproval` tightens; an `Allow`
+    /// loosens a regex deny only when `may_override` is set.
+    pub fn evaluate(&self, req: &PolicyRequest) -> Vec<PolicyVote> {
+        let set = self.snapshot();
+        set.plugins
+            .iter()
+            .filter(|p| p.spec.kind == PluginKind::Policy)
+            .map(|p| {
+                let outcome = self.invoke(p, |b, s| b.evaluate(s, req));
+                let effective = match &outcome {
+                    Ok(v) => v.clone(),
+                    Err(e) => match p.spec.on_error {
+                        OnError::FailClosed => Vote::Deny(format!(
+                            "policy plugin {} failed ({}); failing closed",
+                            p.spec.name, e.kind
+                        )),
+                        OnError::FailOpen | OnError::DropCounted => Vote::Abstain,
+                    },
+                };
+                PolicyVote {
+                    plugin: p.spec.name.clone(),
+                    outcome,
+                    effective,
+                    may_override: p.spec.may_override,
+                }
+            })
+            .collect()
+    }
+
+    /// Delivers one alert to every alert-sink plugin.
+    pub fn deliver_alert(&self, alert: &Alert) -> Vec<Delivery> {
+        self.deliver(PluginKind::AlertSink, |b, s| b.deliver_alert(s, alert))
+    }
+
+    /// Delivers a batch of audit records to every audit-sink plugin.
+    pub fn deliver_audit_batch(&self, events: &[AuditRecord]) -> Vec<Delivery> {
+        self.deliver(PluginKind::AuditSink, |b, s| b.deliver_audit(s, events))
+    }
+
+    fn deliver(
+        &self,
+        kind: PluginKind,
+        call: impl Fn(&Bindings, &mut Store<StoreState>) -> Called<Result<(), String>>,
+    ) -> Vec<Delivery> {
+        let set = self.snapshot();
+        set.plugins
+            .iter()
+            .filter(|p| p.spec.kind == kind)
+            .map(|p| {
+                let outcome = self.invoke_sink(p, &call);
+                Delivery {
+                    plugin: p.spec.name.clone(),
+                    outcome,
+                }
+            })
+            .collect()
+    }
+
+    fn invoke_sink(
+        &self,
+        p: &Plugin,
+        call: &impl Fn(&Bindings, &mut Store<StoreState>) -> Called<Result<(), String>>,
+    ) -> Result<(), PluginError> {
+        // A sink that runs fine but reports a failed delivery is `rejected`, counted, and
+        // does not count toward quarantine.
+        let start = Instant::now();
+        match self.invoke(p, call) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => {
+                let name = p.spec.name.as_str();
+                self.metrics
+                    .errors
+                    .with_label_values(&[name, ErrorKind::Rejected.as_str()])
+                    .inc();
+                lock(&p.stats).errors += 1;
+                tracing::warn!(plugin = name, elapsed_us = start.elapsed().as_micros() as u64, "sink rejected delivery: {}", short(&msg));
+                Err(PluginError {
+                    kind: ErrorKind::Rejected,
+                    message: short(&msg),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks every enrollment hook about one enrollment.
+    pub fn on_enroll(&self, req: &EnrollRequest) -> Vec<EnrollVote> {
+        let set = self.snapshot();
+        set.plugins
+            .iter()
+            .filter(|p| p.spec.kind == PluginKind::EnrollmentHook)
+            .map(|p| {
+                let outcome = self.invoke(p, |b, s| b.on_enroll(s, req));
+                let effective = match &outcome {
+                    Ok(d) => d.clone(),
+                    Err(e) => match p.spec.on_error {
+                        OnError::FailClosed => EnrollDecision::Deny(format!(
+                            "enrollment plugin {} failed ({}); failing closed",
+                            p.spec.name, e.kind
+                        )),
+                        OnError::FailOpen | OnError::DropCounted => {
+                            EnrollDecision::Approve(Vec::new())
+                        }
+                    },
+                };
+                EnrollVote {
+                    plugin: p.spec.name.clone(),
+                    outcome,
+                    effective,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether any plugin of `kind` is loaded (skip building requests when none is).
+    pub fn has(&self, kind: PluginKind) -> bool {
+        self.snapshot().plugins.iter().any(|p| p.spec.kind == kind)
+    }
+
+    /// The loaded plugins with their counters (`tether plugin list`).
+    pub fn list(&self) -> Vec<PluginInfo> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.snapshot()
+            .plugins
+            .iter()
+            .map(|p| {
+                let st = lock(&p.stats);
+                let mut l: Vec<u64> = st.latencies_us.iter().copied().collect();
+                l.sort_unstable();
+                let pct = |q: f64| {
+                    (!l.is_empty()).then(|| l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1])
+                };
+                PluginInfo {
+                    name: p.spec.name.clone(),
+                    kind: p.spec.kind,
+                    sha256: hex::encode(p.sha256),
+                    signer: p.signer.clone(),
+                    calls: st.calls,
+                    errors: st.errors,
+                    p99_us: pct(0.99),
+                    p50_us: pct(0.50),
+                    quarantined: st.quarantined,
+                    secret_denials: p.grants.secret_denials.load(Relaxed),
+                    http_denials: p.grants.http_denials.load(Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+fn short(s: &str) -> String {
+    let mut end = s.len().min(512);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn classify(e: &wasmtime::Error, memory_hit: bool, limits: crate::manifest::Limits) -> PluginError {
+    let trap = e.downcast_ref::<wasmtime::Trap>();
+    if trap == Some(&wasmtime::Trap::Interrupt) {
+        return PluginError {
+            kind: ErrorKind::Timeout,
+            message: format!("call exceeded timeout_ms = {}", limits.timeout_ms),
+        };
+    }
+    if memory_hit {
+        return PluginError {
+            kind: ErrorKind::Memory,
+            message: format!("memory growth beyond memory_mb = {} refused", limits.memory_mb),
+        };
+    }
+    PluginError {
+        kind: ErrorKind::Trap,
+        message: match trap {
+            Some(t) => t.to_string(),
+            None => short(&format!("{e:#}")),
+        },
+    }
+}
+
+/// Loads a precompiled component from the cache directory.
+#[allow(unsafe_code)]
+fn deserialize_cached(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires that the file was produced by `Engine::precompile_component`
+    // of a compatible engine and is not modified while mapped. The cache directory is created
+    // 0700 by this daemon, files are written by `compile` above (tmp + rename) and named by the
+    // SHA-256 of the *verified* component plus the engine compatibility hash; anyone able to
+    // write there can already replace the daemon's binary. Incompatible artifacts are rejected
+    // by wasmtime's own header check and recompiled.
+    unsafe { Component::deserialize_file(engine, file) }
+}

@@ -1,0 +1,28 @@
+//! Tether's WASM plugin host — the only crate that links wasmtime.
+//!
+//! Loads signed components listed in `plugins.toml` ([`Manifest`]), verifies their Ed25519
+//! signatures ([`signing`]), instantiates each once in its own `Store` with a time limit (epoch
+//! interruption), a memory cap (resource limiter) and only the capabilities its manifest entry
+//! grants ([`caps`]), and calls them: [`PluginHost::evaluate`] (policy hooks),
+//! [`PluginHost::deliver_alert`], [`PluginHost::deliver_audit_batch`], [`PluginHost::on_enroll`].
+//! A plugin that traps, times out or exceeds its memory is contained: its call returns a
+//! [`PluginError`], its instance is recycled, and after repeated failures it is quarantined.
+//!
+//! The host API is synchronous (a call blocks for at most the plugin's `timeout_ms`); from async
+//! code call it inside `tokio::task::spawn_blocking`.
+#![deny(unsafe_code)]
+
+pub mod caps;
+mod error;
+mod host;
+pub mod manifest;
+pub mod signing;
+mod store;
+mod types;
+mod v0_1;
+
+pub use caps::{NoSecrets, SecretSource};
+pub use error::{Error, Result};
+pub use host::{HostOptions, PluginHost, PluginInfo};
+pub use manifest::{Capabilities, Limits, Manifest, PluginKind, PluginSpec};
+pub use types::*;

@@ -1,0 +1,132 @@
+//! Per-instance store data: the grants, an empty WASI context, and the memory limiter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::caps::Grants;
+
+/// Data of one plugin instance's `Store`.
+pub(crate) struct StoreState {
+    pub grants: Arc<Grants>,
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: MemLimiter,
+    /// The current call's deadline (bounds host-side work such as `http.send`).
+    pub deadline: Instant,
+}
+
+impl StoreState {
+    pub fn new(grants: Arc<Grants>, memory_bytes: usize) -> Self {
+        StoreState {
+            grants,
+            wasi: empty_wasi(),
+            table: ResourceTable::new(),
+            limiter: MemLimiter {
+                max_bytes: memory_bytes,
+                total: 0,
+                hit: false,
+            },
+            deadline: Instant::now(),
+        }
+    }
+}
+
+/// A WASI context that grants nothing.
+///
+/// wasm32-wasip2 std components import WASI p2 interfaces even when they don't use them, so they
+/// are linked, but empty or denying:
+/// - `wasi:cli/environment`: no variables, no arguments, no cwd;
+/// - `wasi:cli/stdin`: empty (EOF); `stdout`/`stderr`: discarded (use the `log` import);
+/// - `wasi:cli/exit`: traps the call (counted as a trap, instance recycled);
+/// - `wasi:filesystem/*`: no preopened directories, so no path can be opened;
+/// - `wasi:sockets/*`: TCP, UDP and name lookup disabled, every address refused;
+/// - `wasi:clocks/wall-clock` and `monotonic-clock`: frozen at 0 (the `clock` import is the
+///   only clock; this also denies a timing side channel);
+/// - `wasi:random/*`: real randomness (std's HashMap needs it; it grants no access);
+/// - `wasi:io/*`: streams/pollables over the above only.
+pub(crate) fn empty_wasi() -> WasiCtx {
+    WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .wall_clock(FrozenWall)
+        .monotonic_clock(FrozenMono)
+        .build()
+}
+
+struct FrozenWall;
+impl wasmtime_wasi::HostWallClock for FrozenWall {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+struct FrozenMono;
+impl wasmtime_wasi::HostMonotonicClock for FrozenMono {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps the sum of the instance's linear memories at `memory_mb`.
+pub(crate) struct MemLimiter {
+    pub max_bytes: usize,
+    pub total: usize,
+    /// Set when a growth was refused (classifies the following trap as `memory`).
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let new_total = self.total.saturating_sub(current).saturating_add(desired);
+        if new_total > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.total = new_total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+    fn tables(&self) -> usize {
+        32
+    }
+    fn memories(&self) -> usize {
+        4
+    }
+}

@@ -87,7 +87,11 @@ pub(crate) struct Grants {
 const MAX_LOG: usize = 4096;
 
 impl Grants {
-    pub fn new(spec: PluginSpec, secrets: Arc<dyn SecretSource>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        spec: PluginSpec,
+        secrets: Arc<dyn SecretSource>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
         Grants {
             plugin: spec.name.clone(),
             spec,
@@ -149,7 +153,11 @@ impl Grants {
         let size = req.url.len()
             + req.method.len()
             + req.body.len()
-            + req.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+            + req
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>();
         if size > limits.max_request_bytes {
             return Err(HttpError::TooLarge);
         }
@@ -164,7 +172,9 @@ impl Grants {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         if !host_allowed(&caps.allowed_hosts, &host) {
-            return Err(HttpError::NotAllowed(format!("{host} is not in allowed_hosts")));
+            return Err(HttpError::NotAllowed(format!(
+                "{host} is not in allowed_hosts"
+            )));
         }
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -235,7 +245,16 @@ impl Grants {
             let stream = tokio::net::TcpStream::connect(addrs[0])
                 .await
                 .map_err(|e| HttpError::Failed(format!("connect {}: {e}", addrs[0])))?;
-            send_http1(stream, method, &path, &authority, req.headers, req.body, max_resp).await
+            send_http1(
+                stream,
+                method,
+                &path,
+                &authority,
+                req.headers,
+                req.body,
+                max_resp,
+            )
+            .await
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.rt.spawn(async move {
@@ -288,7 +307,10 @@ async fn send_http1(
     let mut out_headers = Vec::new();
     for (k, v) in resp.headers() {
         size += k.as_str().len() + v.len() + 4;
-        out_headers.push((k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        out_headers.push((
+            k.as_str().to_string(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        ));
     }
     if size > max_resp {
         return Err(HttpError::TooLarge);
@@ -314,7 +336,11 @@ async fn send_http1(
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {
     allowed.iter().any(|a| match a.strip_prefix("*.") {
-        Some(domain) => host.len() > domain.len() + 1 && host.ends_with(domain) && host[..host.len() - domain.len()].ends_with('.'),
+        Some(domain) => {
+            host.len() > domain.len() + 1
+                && host.ends_with(domain)
+                && host[..host.len() - domain.len()].ends_with('.')
+        }
         None => a == host,
     })
 }
@@ -373,12 +399,26 @@ pub(crate) fn forbidden(ip: IpAddr) -> Option<&'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn forbidden_addresses() {
-        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "64:ff9b::a00:1"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
             assert!(forbidden(a.parse().unwrap()).is_some(), "{a}");
         }
         for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {

@@ -129,8 +129,8 @@ impl Metrics {
                 "Wall time of one plugin call, including host imports.",
             )
             .buckets(vec![
-                5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
-                5.0,
+                5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.1, 0.5,
+                1.0, 5.0,
             ]),
             &["plugin"],
         )?;
@@ -388,7 +388,11 @@ impl PluginHost {
                 .create(dir)
                 .map_err(io("plugin cache dir", dir))?;
         }
-        let tmp = dir.join(format!(".{}.{}.tmp", hex::encode(sha256), std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            hex::encode(sha256),
+            std::process::id()
+        ));
         std::fs::write(&tmp, &artifact).map_err(io("plugin cache file", &tmp))?;
         std::fs::rename(&tmp, &file).map_err(io("plugin cache file", &file))?;
         deserialize_cached(&self.engine, &file).map_err(load_err)
@@ -425,7 +429,9 @@ impl PluginHost {
                 .inc();
             return Err(PluginError {
                 kind: ErrorKind::Quarantined,
-                message: format!("plugin {name} is quarantined; fix it and run `tether plugin reload`"),
+                message: format!(
+                    "plugin {name} is quarantined; fix it and run `tether plugin reload`"
+                ),
             });
         }
         let start = Instant::now();
@@ -512,7 +518,12 @@ impl PluginHost {
                         .errors
                         .with_label_values(&[name, e.kind.as_str()])
                         .inc();
-                    tracing::warn!(plugin = name, kind = e.kind.as_str(), "plugin call failed: {}", e.message);
+                    tracing::warn!(
+                        plugin = name,
+                        kind = e.kind.as_str(),
+                        "plugin call failed: {}",
+                        e.message
+                    );
                     if e.kind != ErrorKind::Rejected {
                         st.consecutive += 1;
                         if st.consecutive >= self.opts.quarantine_after && !st.quarantined {
@@ -525,7 +536,10 @@ impl PluginHost {
         }
         if let Some((n, kind)) = quarantine {
             *lock(&p.live) = None;
-            tracing::error!(plugin = name, "plugin quarantined after {n} consecutive failures");
+            tracing::error!(
+                plugin = name,
+                "plugin quarantined after {n} consecutive failures"
+            );
             self.opts.alerts.raise(Alert::new(
                 "plugin_quarantined",
                 Severity::Warning,
@@ -613,7 +627,12 @@ impl PluginHost {
                     .with_label_values(&[name, ErrorKind::Rejected.as_str()])
                     .inc();
                 lock(&p.stats).errors += 1;
-                tracing::warn!(plugin = name, elapsed_us = start.elapsed().as_micros() as u64, "sink rejected delivery: {}", short(&msg));
+                tracing::warn!(
+                    plugin = name,
+                    elapsed_us = start.elapsed().as_micros() as u64,
+                    "sink rejected delivery: {}",
+                    short(&msg)
+                );
                 Err(PluginError {
                     kind: ErrorKind::Rejected,
                     message: short(&msg),
@@ -668,7 +687,8 @@ impl PluginHost {
                 let mut l: Vec<u64> = st.latencies_us.iter().copied().collect();
                 l.sort_unstable();
                 let pct = |q: f64| {
-                    (!l.is_empty()).then(|| l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1])
+                    (!l.is_empty())
+                        .then(|| l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1])
                 };
                 PluginInfo {
                     name: p.spec.name.clone(),
@@ -707,7 +727,10 @@ fn classify(e: &wasmtime::Error, memory_hit: bool, limits: crate::manifest::Limi
     if memory_hit {
         return PluginError {
             kind: ErrorKind::Memory,
-            message: format!("memory growth beyond memory_mb = {} refused", limits.memory_mb),
+            message: format!(
+                "memory growth beyond memory_mb = {} refused",
+                limits.memory_mb
+            ),
         };
     }
     PluginError {

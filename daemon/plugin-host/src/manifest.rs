@@ -201,9 +201,8 @@ impl Manifest {
         let top: RawTop = toml::from_str(text).map_err(|e| merr(e.to_string()))?;
         let mut trusted_keys = Vec::new();
         for (i, k) in top.trusted_keys.iter().enumerate() {
-            let key = crate::signing::parse_public_key(k).map_err(|e| {
-                merr(format!("trusted_keys[{i}]: {e}"))
-            })?;
+            let key = crate::signing::parse_public_key(k)
+                .map_err(|e| merr(format!("trusted_keys[{i}]: {e}")))?;
             trusted_keys.push(key);
         }
         let mut plugins = Vec::new();
@@ -300,7 +299,9 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
         if !ok {
             return Err(bad(
                 "capabilities.allowed_hosts",
-                format!("{h:?} is not a host name, *.domain or IP address (no scheme, port or path)"),
+                format!(
+                    "{h:?} is not a host name, *.domain or IP address (no scheme, port or path)"
+                ),
             ));
         }
         allowed_hosts.push(h);
@@ -308,7 +309,10 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
     let mut allow_private = Vec::new();
     for p in &raw.capabilities.allow_private {
         let parsed = p.split_once('=').and_then(|(h, ip)| {
-            Some((h.trim().to_ascii_lowercase(), ip.trim().parse::<IpAddr>().ok()?))
+            Some((
+                h.trim().to_ascii_lowercase(),
+                ip.trim().parse::<IpAddr>().ok()?,
+            ))
         });
         let Some((host, ip)) = parsed else {
             return Err(bad(
@@ -357,13 +361,13 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
         base.join(raw.path)
     };
     Ok(PluginSpec {
-        on_error: raw.on_error.unwrap_or(if raw.kind == PluginKind::Policy
-            || raw.kind == PluginKind::EnrollmentHook
-        {
-            OnError::FailClosed
-        } else {
-            OnError::DropCounted
-        }),
+        on_error: raw.on_error.unwrap_or(
+            if raw.kind == PluginKind::Policy || raw.kind == PluginKind::EnrollmentHook {
+                OnError::FailClosed
+            } else {
+                OnError::DropCounted
+            },
+        ),
         name: raw.name,
         kind: raw.kind,
         path,
@@ -380,6 +384,7 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -408,19 +413,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("plugin \"k\"") && e.contains("nope"), "{e}");
-        let e = Manifest::parse("allow_unsignd = true\n").unwrap_err().to_string();
+        let e = Manifest::parse("allow_unsignd = true\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("allow_unsignd"), "{e}");
         let e = Manifest::parse("[[plugin]]\nname = \"p\"\nkind = \"policy\"\npath = \"a\"\n[plugin.capabilities]\nallow_private = [\"x=127.0.0.1\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("allow_private") && e.contains("allowed_hosts"), "{e}");
+        assert!(
+            e.contains("allow_private") && e.contains("allowed_hosts"),
+            "{e}"
+        );
         let e = Manifest::parse("[[plugin]]\nname = \"d\"\nkind = \"policy\"\npath = \"a\"\n[[plugin]]\nname = \"d\"\nkind = \"policy\"\npath = \"b\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("duplicate"), "{e}");
-        let e = Manifest::parse("[[plugin]]\nname = \"s\"\nkind = \"audit_sink\"\npath = \"a\"\nmay_override = true\n")
-            .unwrap_err()
-            .to_string();
+        let e = Manifest::parse(
+            "[[plugin]]\nname = \"s\"\nkind = \"audit_sink\"\npath = \"a\"\nmay_override = true\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("may_override"), "{e}");
     }
 }

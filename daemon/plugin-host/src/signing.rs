@@ -261,6 +261,7 @@ pub fn verify_bytes(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -270,19 +271,31 @@ mod tests {
         let key = d.path().join("k");
         let info = keygen(&key).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(keygen(&key).is_err(), "never overwrites a key");
         let trusted = [parse_public_key(&info.public_key).unwrap()];
         let f = d.path().join("p.wasm");
         std::fs::write(&f, b"component bytes").unwrap();
-        assert!(matches!(verify(&f, &trusted, false), Err(Error::Unsigned { .. })));
+        assert!(matches!(
+            verify(&f, &trusted, false),
+            Err(Error::Unsigned { .. })
+        ));
         assert_eq!(verify(&f, &trusted, true).unwrap().signer, None);
         sign(&f, &key).unwrap();
-        assert_eq!(verify(&f, &trusted, false).unwrap().signer, Some(info.key_id.clone()));
+        assert_eq!(
+            verify(&f, &trusted, false).unwrap().signer,
+            Some(info.key_id.clone())
+        );
         // another key is not trusted
         let other = keygen(&d.path().join("o")).unwrap();
         let other_key = [parse_public_key(&other.public_key).unwrap()];
-        assert!(matches!(verify(&f, &other_key, false), Err(Error::UntrustedKey { .. })));
+        assert!(matches!(
+            verify(&f, &other_key, false),
+            Err(Error::UntrustedKey { .. })
+        ));
         // tampered after signing
         std::fs::write(&f, b"component bytez").unwrap();
         let e = verify(&f, &trusted, true).unwrap_err();
@@ -292,11 +305,23 @@ mod tests {
         let new = hex::encode(Sha256::digest(b"component bytez"));
         let forged: String = sig
             .lines()
-            .map(|l| if l.starts_with("sha256:") { format!("sha256: {new}\n") } else { format!("{l}\n") })
+            .map(|l| {
+                if l.starts_with("sha256:") {
+                    format!("sha256: {new}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
             .collect();
         std::fs::write(sig_path(&f), forged).unwrap();
-        assert!(matches!(verify(&f, &trusted, false), Err(Error::BadSignature { .. })));
+        assert!(matches!(
+            verify(&f, &trusted, false),
+            Err(Error::BadSignature { .. })
+        ));
         std::fs::write(sig_path(&f), "garbage").unwrap();
-        assert!(matches!(verify(&f, &trusted, false), Err(Error::SignatureMalformed { .. })));
+        assert!(matches!(
+            verify(&f, &trusted, false),
+            Err(Error::SignatureMalformed { .. })
+        ));
     }
 }

@@ -107,10 +107,7 @@ impl wit::secrets::Host for StoreState {
 }
 
 impl wit::http::Host for StoreState {
-    fn send(
-        &mut self,
-        req: wit::http::Request,
-    ) -> Result<wit::http::Response, wit::http::Error> {
+    fn send(&mut self, req: wit::http::Request) -> Result<wit::http::Response, wit::http::Error> {
         let r = self.grants.http(
             HttpRequest {
                 method: req.method,

@@ -1,0 +1,713 @@
+//! Integration tests with real components built by `plugins/build.sh` (wasm32-wasip2).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tether_plugin_host::*;
+use zeroize::Zeroizing;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+const ALL: &[&str] = &[
+    "allow_all",
+    "deny_all",
+    "spin",
+    "alloc_bomb",
+    "trap",
+    "stack_overflow",
+    "huge_output",
+    "http_probe",
+    "secret_probe",
+    "alert_recorder",
+    "audit_recorder",
+    "enroll_tagger",
+];
+
+/// The built components' directory; runs plugins/build.sh once if any is missing.
+fn artifacts() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo().join("plugins/target/wasm32-wasip2/release");
+        if ALL.iter().any(|n| !dir.join(format!("{n}.wasm")).is_file()) {
+            let st = std::process::Command::new("sh")
+                .arg(repo().join("plugins/build.sh"))
+                .status()
+                .expect("run plugins/build.sh");
+            assert!(st.success(), "plugins/build.sh failed");
+        }
+        dir
+    })
+}
+
+/// One compile cache for the whole test binary (compiling is the slow part in debug builds).
+fn cache_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .join("cache")
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    pubkey: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("signing.key");
+        let info = signing::keygen(&key).unwrap();
+        Fixture {
+            dir,
+            key,
+            pubkey: info.public_key,
+        }
+    }
+
+    /// Copies a built plugin into the fixture dir, signed unless `sign` is false.
+    fn plugin(&self, name: &str, sign: bool) -> PathBuf {
+        let dst = self.dir.path().join(format!("{name}.wasm"));
+        std::fs::copy(artifacts().join(format!("{name}.wasm")), &dst).unwrap();
+        if sign {
+            signing::sign(&dst, &self.key).unwrap();
+        }
+        dst
+    }
+
+    fn manifest(&self, body: &str) -> PathBuf {
+        let p = self.dir.path().join("plugins.toml");
+        std::fs::write(&p, format!("trusted_keys = [\"{}\"]\n{body}", self.pubkey)).unwrap();
+        p
+    }
+
+    fn host(&self, body: &str) -> Result<PluginHost> {
+        self.host_with(body, HostOptions::default())
+    }
+
+    fn host_with(&self, body: &str, mut opts: HostOptions) -> Result<PluginHost> {
+        let m = self.manifest(body);
+        opts.cache_dir = Some(cache_dir());
+        PluginHost::load(&m, opts, &prometheus::Registry::new())
+    }
+}
+
+fn entry(name: &str, kind: &str, extra: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}.wasm\"\n{extra}\n",
+        name.replace('-', "_")
+    )
+}
+
+fn req() -> PolicyRequest {
+    PolicyRequest {
+        kind: RequestKind::Exec,
+        command: Some("systemctl restart nginx".into()),
+        path: None,
+        user: "alice".into(),
+        role: "operator".into(),
+        host: HostFacts {
+            name: "web1".into(),
+            groups: vec!["web".into()],
+            tags: vec![("env".into(), "prod".into())],
+        },
+        ticket: None,
+    }
+}
+
+fn one(host: &PluginHost) -> PolicyVote {
+    let mut v = host.evaluate(&req());
+    assert_eq!(v.len(), 1, "{v:?}");
+    v.remove(0)
+}
+
+mod basic {
+    use super::*;
+
+    #[test]
+    fn allow_and_deny_votes_in_manifest_order() {
+        let f = Fixture::new();
+        f.plugin("allow_all", true);
+        f.plugin("deny_all", true);
+        let host = f
+            .host(&(entry("allow_all", "policy", "") + &entry("deny_all", "policy", "")))
+            .unwrap();
+        let votes = host.evaluate(&req());
+        assert_eq!(votes.len(), 2);
+        assert_eq!(votes[0].plugin, "allow_all");
+        assert_eq!(votes[0].outcome, Ok(Vote::Allow));
+        assert_eq!(votes[1].effective, Vote::Deny("deny-all says no".into()));
+        let list = host.list();
+        assert_eq!(list[0].calls, 1);
+        assert_eq!(list[0].errors, 0);
+        assert!(list[0].signer.is_some());
+        assert_eq!(list[0].sha256.len(), 64);
+        assert!(list[0].p99_us.is_some());
+        // no sinks/hooks of other kinds: they are not called
+        assert!(
+            host.deliver_alert(&tether_model::Alert::new(
+                "x",
+                tether_model::Severity::Info,
+                "m"
+            ))
+            .is_empty()
+        );
+        assert!(host.has(PluginKind::Policy) && !host.has(PluginKind::AuditSink));
+    }
+
+    #[test]
+    fn sinks_and_enrollment_hook() {
+        let f = Fixture::new();
+        for n in ["alert_recorder", "audit_recorder", "enroll_tagger"] {
+            f.plugin(n, true);
+        }
+        let host = f
+            .host(
+                &(entry("alert_recorder", "alert_sink", "")
+                    + &entry("audit_recorder", "audit_sink", "")
+                    + &entry("enroll_tagger", "enrollment_hook", "")),
+            )
+            .unwrap();
+        let ok = host.deliver_alert(&tether_model::Alert::new(
+            "host_revoked",
+            tether_model::Severity::Warning,
+            "web1 revoked",
+        ));
+        assert_eq!(ok[0].outcome, Ok(()));
+        let bad = host.deliver_alert(&tether_model::Alert::new(
+            "fail-me",
+            tether_model::Severity::Info,
+            "x",
+        ));
+        assert_eq!(
+            bad[0].outcome.as_ref().unwrap_err().kind,
+            ErrorKind::Rejected
+        );
+        let rec = |seq: u64, kind: &str| AuditRecord {
+            seq,
+            ts: "2026-11-23T10:00:00Z".into(),
+            kind: kind.into(),
+            actor_uid: 1000,
+            actor_user: "alice".into(),
+            actor_role: Some("operator".into()),
+            via: "cli".into(),
+            host: Some("web1".into()),
+            data_json: "{}".into(),
+        };
+        assert_eq!(
+            host.deliver_audit_batch(&[rec(1, "exec.requested"), rec(2, "exec.result")])[0].outcome,
+            Ok(())
+        );
+        assert_eq!(
+            host.deliver_audit_batch(&[rec(3, "fail-me")])[0]
+                .outcome
+                .as_ref()
+                .unwrap_err()
+                .kind,
+            ErrorKind::Rejected
+        );
+        let mut er = EnrollRequest {
+            name: "web2".into(),
+            hostname: "web2.local".into(),
+            overlay_ip: "10.77.0.5".into(),
+            tags: vec![],
+            groups: vec![],
+            peer: Some("127.0.0.1:5555".into()),
+        };
+        assert_eq!(
+            host.on_enroll(&er)[0].effective,
+            EnrollDecision::Approve(vec![("approved-by".into(), "plugin".into())])
+        );
+        er.name = "evil1".into();
+        assert!(matches!(
+            host.on_enroll(&er)[0].effective,
+            EnrollDecision::Deny(_)
+        ));
+        // a rejected delivery is an error, but never a reason to quarantine
+        let alert_info = host
+            .list()
+            .into_iter()
+            .find(|p| p.name == "alert_recorder")
+            .unwrap();
+        assert_eq!(
+            (alert_info.calls, alert_info.errors, alert_info.quarantined),
+            (2, 1, false)
+        );
+    }
+
+    #[test]
+    fn wrong_kind_is_refused_with_the_world_named() {
+        let f = Fixture::new();
+        f.plugin("allow_all", true);
+        let e = f
+            .host(&entry("allow_all", "alert_sink", ""))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("allow_all") && e.contains("alert-sink"), "{e}");
+    }
+
+    #[test]
+    fn precompiled_artifact_is_cached_by_content_hash() {
+        let f = Fixture::new();
+        f.plugin("deny_all", true);
+        let host = f.host(&entry("deny_all", "policy", "")).unwrap();
+        let sha = host.list()[0].sha256.clone();
+        let cached: Vec<_> = std::fs::read_dir(cache_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&sha))
+            .collect();
+        assert_eq!(
+            cached.len(),
+            1,
+            "one .cwasm named by the component's sha256"
+        );
+        drop(host);
+        let t = Instant::now();
+        let host = f.host(&entry("deny_all", "policy", "")).unwrap();
+        eprintln!("load from cache: {:?}", t.elapsed());
+        assert_eq!(one(&host).effective, Vote::Deny("deny-all says no".into()));
+    }
+
+    #[test]
+    fn metrics_are_exported() {
+        let f = Fixture::new();
+        f.plugin("trap", true);
+        f.plugin("allow_all", true);
+        let registry = prometheus::Registry::new();
+        let m = f.manifest(&(entry("trap", "policy", "") + &entry("allow_all", "policy", "")));
+        let opts = HostOptions {
+            cache_dir: Some(cache_dir()),
+            ..HostOptions::default()
+        };
+        let host = PluginHost::load(&m, opts, &registry).unwrap();
+        host.evaluate(&req());
+        let text = {
+            use prometheus::Encoder;
+            let mut buf = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&registry.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(
+            text.contains("tether_plugin_errors_total{kind=\"trap\",plugin=\"trap\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_plugin_calls_total{plugin=\"allow_all\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_plugin_call_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
+
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn spin_is_stopped_at_the_deadline_and_the_next_call_works() {
+        let f = Fixture::new();
+        f.plugin("spin", true);
+        f.plugin("allow_all", true);
+        let host = f
+            .host(
+                &(entry("spin", "policy", "[plugin.limits]\ntimeout_ms = 50")
+                    + &entry("allow_all", "policy", "")),
+            )
+            .unwrap();
+        for _ in 0..2 {
+            let t = Instant::now();
+            let votes = host.evaluate(&req());
+            let took = t.elapsed();
+            let err = votes[0].outcome.clone().unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+            assert!(took >= Duration::from_millis(50), "{took:?}");
+            assert!(
+                took < Duration::from_millis(1000),
+                "stopped near the deadline, took {took:?}"
+            );
+            // fail_closed (policy default)
+            assert!(matches!(&votes[0].effective, Vote::Deny(r) if r.contains("timeout")));
+            assert_eq!(votes[1].outcome, Ok(Vote::Allow));
+        }
+    }
+
+    #[test]
+    fn fail_open_abstains() {
+        let f = Fixture::new();
+        f.plugin("trap", true);
+        let host = f
+            .host(&entry("trap", "policy", "on_error = \"fail_open\""))
+            .unwrap();
+        let v = one(&host);
+        assert_eq!(v.effective, Vote::Abstain);
+        assert_eq!(v.outcome.unwrap_err().kind, ErrorKind::Trap);
+    }
+
+    #[test]
+    fn alloc_bomb_is_stopped_at_the_memory_cap() {
+        let f = Fixture::new();
+        f.plugin("alloc_bomb", true);
+        let host = f
+            .host(&entry(
+                "alloc_bomb",
+                "policy",
+                "[plugin.limits]\nmemory_mb = 16\ntimeout_ms = 2000",
+            ))
+            .unwrap();
+        for _ in 0..2 {
+            let e = one(&host).outcome.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Memory, "{e}");
+        }
+    }
+
+    #[test]
+    fn trap_and_stack_overflow_are_contained() {
+        let f = Fixture::new();
+        f.plugin("trap", true);
+        f.plugin("stack_overflow", true);
+        let host = f
+            .host(
+                &(entry("trap", "policy", "")
+                    + &entry(
+                        "stack_overflow",
+                        "policy",
+                        "[plugin.limits]\ntimeout_ms = 2000",
+                    )),
+            )
+            .unwrap();
+        for _ in 0..2 {
+            let v = host.evaluate(&req());
+            assert_eq!(v[0].outcome.clone().unwrap_err().kind, ErrorKind::Trap);
+            let so = v[1].outcome.clone().unwrap_err();
+            // Rust's wasm stack lives in linear memory (below the data): overflowing it is an
+            // out-of-bounds access trap; a native-stack overflow would be wasmtime's StackOverflow.
+            assert_eq!(so.kind, ErrorKind::Trap, "{so}");
+            assert!(
+                so.message.contains("out of bounds") || so.message.contains("stack overflow"),
+                "{so}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_output_is_refused() {
+        let f = Fixture::new();
+        f.plugin("huge_output", true);
+        // Enough memory to build the 64 MiB reason, so the output limit is what refuses it.
+        let host = f
+            .host(&entry(
+                "huge_output",
+                "policy",
+                "[plugin.limits]\nmemory_mb = 200\ntimeout_ms = 5000",
+            ))
+            .unwrap();
+        let e = one(&host).outcome.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::OutputTooLarge, "{e}");
+        // with the default 16 MiB it cannot even build it
+        let host = f
+            .host(&entry(
+                "huge_output",
+                "policy",
+                "[plugin.limits]\ntimeout_ms = 5000",
+            ))
+            .unwrap();
+        assert_eq!(one(&host).outcome.unwrap_err().kind, ErrorKind::Memory);
+    }
+
+    #[test]
+    fn quarantine_after_repeated_failures_raises_an_alert() {
+        struct Rec(Mutex<Vec<tether_model::Alert>>);
+        impl tether_model::AlertSink for Rec {
+            fn raise(&self, a: tether_model::Alert) {
+                self.0.lock().unwrap().push(a);
+            }
+        }
+        let alerts = Arc::new(Rec(Mutex::new(Vec::new())));
+        let f = Fixture::new();
+        f.plugin("trap", true);
+        let opts = HostOptions {
+            alerts: alerts.clone(),
+            quarantine_after: 3,
+            ..HostOptions::default()
+        };
+        let host = f.host_with(&entry("trap", "policy", ""), opts).unwrap();
+        for _ in 0..3 {
+            assert_eq!(one(&host).outcome.unwrap_err().kind, ErrorKind::Trap);
+        }
+        assert_eq!(alerts.0.lock().unwrap().len(), 1);
+        assert_eq!(alerts.0.lock().unwrap()[0].kind, "plugin_quarantined");
+        let v = one(&host);
+        assert_eq!(v.outcome.unwrap_err().kind, ErrorKind::Quarantined);
+        assert!(
+            matches!(v.effective, Vote::Deny(_)),
+            "a quarantined fail_closed hook keeps denying"
+        );
+        assert!(host.list()[0].quarantined);
+        assert_eq!(alerts.0.lock().unwrap().len(), 1, "alerted once");
+        host.reload().unwrap();
+        assert!(!host.list()[0].quarantined, "reload clears quarantine");
+    }
+}
+
+mod signatures {
+    use super::*;
+
+    #[test]
+    fn unsigned_is_refused_unless_allowed() {
+        let f = Fixture::new();
+        f.plugin("allow_all", false);
+        let e = f.host(&entry("allow_all", "policy", "")).err().unwrap();
+        assert!(matches!(e, Error::Unsigned { .. }), "{e}");
+        let host = f
+            .host(&format!(
+                "allow_unsigned = true\n{}",
+                entry("allow_all", "policy", "")
+            ))
+            .unwrap();
+        assert_eq!(host.list()[0].signer, None);
+        assert_eq!(one(&host).outcome, Ok(Vote::Allow));
+    }
+
+    #[test]
+    fn tampered_after_signing_is_refused_even_with_allow_unsigned() {
+        let f = Fixture::new();
+        let p = f.plugin("allow_all", true);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.extend_from_slice(b"\0\0\0\0");
+        std::fs::write(&p, bytes).unwrap();
+        let e = f
+            .host(&format!(
+                "allow_unsigned = true\n{}",
+                entry("allow_all", "policy", "")
+            ))
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::Tampered { .. }), "{e}");
+        assert!(e.to_string().contains("modified after signing"), "{e}");
+    }
+
+    #[test]
+    fn signed_by_an_untrusted_key_is_refused() {
+        let f = Fixture::new();
+        let p = f.plugin("allow_all", false);
+        let other = f.dir.path().join("other.key");
+        signing::keygen(&other).unwrap();
+        signing::sign(&p, &other).unwrap();
+        let e = f.host(&entry("allow_all", "policy", "")).err().unwrap();
+        assert!(matches!(e, Error::UntrustedKey { .. }), "{e}");
+    }
+
+    #[test]
+    fn reload_with_a_broken_plugin_keeps_the_old_set() {
+        let f = Fixture::new();
+        f.plugin("allow_all", true);
+        f.plugin("deny_all", true);
+        let host = f.host(&entry("allow_all", "policy", "")).unwrap();
+        // a new manifest with a garbage component: reload fails, nothing changes
+        std::fs::write(f.dir.path().join("broken.wasm"), b"\0asm not really").unwrap();
+        f.manifest(&format!(
+            "allow_unsigned = true\n{}{}",
+            entry("deny_all", "policy", ""),
+            entry("broken", "policy", "")
+        ));
+        let e = host.reload().unwrap_err();
+        assert!(e.to_string().contains("broken"), "{e}");
+        assert_eq!(host.list().len(), 1);
+        assert_eq!(one(&host).outcome, Ok(Vote::Allow));
+        // a bad manifest too
+        f.manifest("[[plugin]]\nname = \"x\"\n");
+        assert!(host.reload().is_err());
+        assert_eq!(one(&host).outcome, Ok(Vote::Allow));
+        // a good one swaps in
+        f.manifest(&entry("deny_all", "policy", ""));
+        assert_eq!(host.reload().unwrap(), 1);
+        assert_eq!(one(&host).effective, Vote::Deny("deny-all says no".into()));
+    }
+}
+
+mod capabilities {
+    use super::*;
+
+    fn probe(f: &Fixture, url: &str, caps: &str) -> String {
+        let host = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!("[plugin.limits]\ntimeout_ms = 3000\n[plugin.capabilities]\n{caps}\n[plugin.config]\nurl = \"{url}\""),
+            ))
+            .unwrap();
+        match one(&host).outcome.unwrap() {
+            Vote::Deny(r) => r,
+            v => panic!("{v:?}"),
+        }
+    }
+
+    /// A one-shot HTTP server on 127.0.0.1:0; returns its port.
+    fn serve_once(body: &'static str) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn http_destinations_are_checked_after_resolution() {
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        // not in allowed_hosts (nothing is resolved or contacted)
+        let r = probe(
+            &f,
+            "http://not-listed.invalid/x",
+            "allowed_hosts = [\"other.invalid\"]\nallow_http = true",
+        );
+        assert!(
+            r.starts_with("error=not allowed") && r.contains("not-listed.invalid"),
+            "{r}"
+        );
+        // an allowed NAME that resolves to a forbidden address
+        let r = probe(
+            &f,
+            "http://localhost:9/",
+            "allowed_hosts = [\"localhost\"]\nallow_http = true",
+        );
+        assert!(
+            r.starts_with("error=not allowed") && r.contains("loopback"),
+            "{r}"
+        );
+        // an allowed IP literal that is forbidden (metadata) — refused before any connection
+        let r = probe(
+            &f,
+            "http://169.254.169.254/latest",
+            "allowed_hosts = [\"169.254.169.254\"]\nallow_http = true",
+        );
+        assert!(
+            r.starts_with("error=not allowed") && r.contains("link-local"),
+            "{r}"
+        );
+        // plain http without allow_http
+        let r = probe(
+            &f,
+            "http://127.0.0.1:9/",
+            "allowed_hosts = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1=127.0.0.1\"]",
+        );
+        assert!(
+            r.starts_with("error=not allowed") && r.contains("allow_http"),
+            "{r}"
+        );
+        // https: honest refusal (no TLS stack yet)
+        let r = probe(
+            &f,
+            "https://127.0.0.1:9/",
+            "allowed_hosts = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1=127.0.0.1\"]",
+        );
+        assert!(r.contains("https is not supported yet"), "{r}");
+        // positive: explicit loopback allowance, a real server on 127.0.0.1
+        let port = serve_once("hello from 127.0.0.1");
+        let r = probe(
+            &f,
+            &format!("http://127.0.0.1:{port}/ok"),
+            "allowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]",
+        );
+        assert_eq!(r, "status=200 body=hello from 127.0.0.1");
+    }
+
+    #[test]
+    fn http_response_size_limit() {
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        let port = serve_once("this body is longer than sixteen bytes");
+        let host = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!("[plugin.limits]\ntimeout_ms = 3000\nmax_response_bytes = 16\n[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]\n[plugin.config]\nurl = \"http://127.0.0.1:{port}/\""),
+            ))
+            .unwrap();
+        assert_eq!(one(&host).effective, Vote::Deny("error=too large".into()));
+    }
+
+    #[test]
+    fn http_is_bounded_by_the_call_deadline() {
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        // accepts but never answers
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let host = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!("[plugin.limits]\ntimeout_ms = 200\n[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]\n[plugin.config]\nurl = \"http://127.0.0.1:{port}/\""),
+            ))
+            .unwrap();
+        let t = Instant::now();
+        let v = one(&host);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        // the host answers `timeout` to the guest, which then runs past its own deadline or reports it
+        match v.outcome {
+            Ok(Vote::Deny(r)) => assert_eq!(r, "error=timeout"),
+            Err(e) => assert_eq!(e.kind, ErrorKind::Timeout),
+            other => panic!("{other:?}"),
+        }
+        drop(l);
+    }
+
+    struct Vault;
+    impl SecretSource for Vault {
+        fn get(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+            (name == "tok" || name == "other").then(|| Zeroizing::new(b"s3cret".to_vec()))
+        }
+    }
+
+    #[test]
+    fn secrets_only_when_granted() {
+        let f = Fixture::new();
+        f.plugin("secret_probe", true);
+        let opts = || HostOptions {
+            secrets: Arc::new(Vault),
+            ..HostOptions::default()
+        };
+        let granted = f
+            .host_with(
+                &entry(
+                    "secret_probe",
+                    "policy",
+                    "[plugin.capabilities]\nsecrets = [\"tok\"]\n[plugin.config]\nsecret = \"tok\"",
+                ),
+                opts(),
+            )
+            .unwrap();
+        assert_eq!(one(&granted).outcome, Ok(Vote::Allow));
+        assert_eq!(granted.list()[0].secret_denials, 0);
+        let denied = f
+            .host_with(&entry("secret_probe", "policy", "[plugin.capabilities]\nsecrets = [\"tok\"]\n[plugin.config]\nsecret = \"other\""), opts())
+            .unwrap();
+        assert_eq!(one(&denied).outcome, Ok(Vote::Deny("missing".into())));
+        assert_eq!(denied.list()[0].secret_denials, 1);
+    }
+}

@@ -226,6 +226,7 @@ impl PluginHost {
         let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| crate::store::deny_blocking(&mut linker))
             .and_then(|()| crate::v0_1::add_to_linker(&mut linker))
             .map_err(|e| Error::Engine(format!("linking host imports: {e:#}")))?;
         let metrics = Metrics::new(registry)?;

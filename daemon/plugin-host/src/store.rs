@@ -46,7 +46,8 @@ impl StoreState {
 /// - `wasi:clocks/wall-clock` and `monotonic-clock`: frozen at 0 (the `clock` import is the
 ///   only clock; this also denies a timing side channel);
 /// - `wasi:random/*`: real randomness (std's HashMap needs it; it grants no access);
-/// - `wasi:io/*`: streams/pollables over the above only.
+/// - `wasi:io/*`: streams over the above only; `wasi:io/poll` `poll` and `pollable.block` trap
+///   (see [`deny_blocking`]): a plugin may not sleep or wait.
 pub(crate) fn empty_wasi() -> WasiCtx {
     WasiCtxBuilder::new()
         .allow_tcp(false)
@@ -129,4 +130,29 @@ impl wasmtime::ResourceLimiter for MemLimiter {
     fn memories(&self) -> usize {
         4
     }
+}
+
+/// The wasmtime-wasi version of `wasi:io` whose `poll` functions are replaced.
+const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces `wasi:io/poll`'s `poll` and `[method]pollable.block` with functions that trap.
+///
+/// In the synchronous WASI bindings these block the calling thread inside host code, where the
+/// epoch deadline cannot interrupt them: `std::thread::sleep(1h)` in a plugin would hold a
+/// daemon thread for an hour. Nothing a plugin legitimately does needs them (stdio is a sink,
+/// sockets are disabled, HTTP goes through the host's `http` import with its own deadline).
+pub(crate) fn deny_blocking(
+    linker: &mut wasmtime::component::Linker<StoreState>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_IO_POLL)?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, move |_, _, _, _| {
+            Err(wasmtime::Error::msg(format!(
+                "plugins may not block or sleep (wasi:io/poll {name} is denied); the call was stopped"
+            )))
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -394,7 +394,7 @@ mod hostile {
             // out-of-bounds access trap; a native-stack overflow would be wasmtime's StackOverflow.
             assert_eq!(so.kind, ErrorKind::Trap, "{so}");
             assert!(
-                so.message.contains("out of bounds") || so.message.contains("stack overflow"),
+                so.message.contains("out of bounds") || so.message.contains("call stack exhausted"),
                 "{so}"
             );
         }

@@ -7,6 +7,7 @@ mod demo;
 mod lifecycle;
 mod limits;
 mod membership;
+mod plugins;
 mod policy;
 mod rbac;
 mod vault;

@@ -107,6 +107,7 @@ fn top_level_keys() -> BTreeSet<String> {
             let mut keys: BTreeSet<String> = map.keys().cloned().collect();
             keys.insert("role".to_owned());
             keys.insert("policy_file".to_owned());
+            keys.insert("plugins_manifest".to_owned());
             keys
         }
         _ => BTreeSet::new(),

@@ -28,6 +28,9 @@ pub struct Config {
     /// A standalone policy file (a document with a `[policy]` table) instead of an inline one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_file: Option<PathBuf>,
+    /// A `plugins.toml` naming the WASM plugins to load (signed, sandboxed). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugins_manifest: Option<PathBuf>,
     /// The userspace WireGuard tunnel.
     #[serde(default)]
     pub tunnel: TunnelSection,
@@ -205,6 +208,7 @@ impl Default for Config {
             vault: tether_vault::VaultConfig::default(),
             policy: tether_policy::PolicySpec::default(),
             policy_file: None,
+            plugins_manifest: None,
             tunnel: TunnelSection::default(),
             enroll: EnrollSection::default(),
         }
@@ -339,6 +343,9 @@ impl Config {
                     "is set, and so is an inline [policy] table; keep one of the two".to_owned(),
                 );
             }
+        }
+        if let Some(m) = self.plugins_manifest.as_ref().filter(|m| !m.is_absolute()) {
+            bad("plugins_manifest", format!("{m:?} is not an absolute path"));
         }
         if parse_subnet(&self.tunnel.subnet).is_none() {
             bad(

@@ -48,6 +48,8 @@ pub struct AppState {
     pub enrollment: Option<serde_json::Value>,
     /// WireGuard key rotation over the tunnel (hub: for hosts; target: for itself).
     pub rotator: Option<Arc<dyn KeyRotator>>,
+    /// Policy plugins (WASM), voting after the regex rules.
+    pub plugins: Option<Arc<dyn PolicyHooks>>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -97,6 +99,46 @@ pub type RotationFuture<'a> =
 pub trait KeyRotator: Send + Sync {
     /// Hub: rotate `name` (or every active host when `None`); target: rotate this machine.
     fn rotate(&self, name: Option<String>) -> RotationFuture<'_>;
+}
+
+/// One policy plugin's vote on one request, as the control API applies it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "vote", content = "reason", rename_all = "kebab-case")]
+pub enum HookVote {
+    /// Allow; loosens a regex deny only when the plugin may override.
+    Allow,
+    /// Deny with a reason (also what a failed `fail_closed` plugin votes).
+    Deny(String),
+    /// Needs an approval, with a reason.
+    RequireApproval(String),
+    /// No opinion (also what a failed `fail_open`/`drop_counted` plugin votes).
+    Abstain,
+}
+
+/// A plugin's vote with who cast it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginVote {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The vote to apply.
+    pub vote: HookVote,
+    /// Whether its `Allow` may loosen a regex deny (`may_override` in the manifest).
+    pub may_override: bool,
+    /// Why the plugin failed, when it did (the vote is then its `on_error` fallback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The daemon's loaded plugins, behind a seam so this crate (linked by the CLI) never links
+/// wasmtime. Implemented by `tetherd` with `tether-plugin-host`; calls block (run them on a
+/// blocking thread).
+pub trait PolicyHooks: Send + Sync {
+    /// Every policy plugin's vote on `req`, in manifest order.
+    fn vote(&self, req: &tether_policy::Request) -> Vec<PluginVote>;
+    /// `tether plugin list`: name, kind, hash, signer, calls, errors, latency, quarantine.
+    fn list(&self) -> serde_json::Value;
+    /// Re-reads the manifest atomically (a bad plugin keeps the old set); returns the count.
+    fn reload(&self) -> Result<usize, String>;
 }
 
 /// Why a reload was refused. Either way nothing changed: the previous config and policy stay.
@@ -153,6 +195,7 @@ impl AppState {
             hub: None,
             enrollment: None,
             rotator: None,
+            plugins: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

@@ -58,6 +58,9 @@ pub enum Command {
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
+    /// WASM plugins loaded by the daemon: list, reload.
+    #[command(subcommand)]
+    Plugin(cmd::plugin::PluginCommand),
     /// Membership and the tunnel: invite, reinvite, revoke, status.
     #[command(subcommand)]
     Vpn(cmd::vpn::VpnCommand),

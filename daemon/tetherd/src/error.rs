@@ -40,6 +40,11 @@ pub enum DaemonError {
     /// Enrollment with the hub failed (bad, expired, used or foreign token; hub unreachable).
     #[error(transparent)]
     Enroll(tether_enroll::EnrollError),
+    /// The plugin manifest or a plugin could not be loaded (signature, limits, bad component).
+    #[error(
+        "plugins: {0}\nhint: fix the manifest or the plugin, or unset plugins_manifest to start without plugins"
+    )]
+    Plugins(String),
     /// The command line is wrong.
     #[error("{0}")]
     Usage(String),
@@ -54,7 +59,7 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::PolicyFile(_) => 2,
             DaemonError::Vault(tether_vault::VaultError::Config { .. }) => 2,
-            DaemonError::Enroll(_) | DaemonError::Usage(_) => 2,
+            DaemonError::Enroll(_) | DaemonError::Usage(_) | DaemonError::Plugins(_) => 2,
             _ => 3,
         }
     }

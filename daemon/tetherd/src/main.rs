@@ -15,6 +15,7 @@ mod keys;
 mod logging;
 mod membership;
 mod notify;
+mod plugins;
 mod run;
 
 fn main() -> ExitCode {

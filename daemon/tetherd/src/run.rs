@@ -128,7 +128,32 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
             .await?
         }
     };
+    let plugins = match config.plugins_manifest.clone() {
+        None => None,
+        Some(manifest) => {
+            let (state_dir, vault, alerts, registry) = (
+                config.state_dir.clone(),
+                vault.clone(),
+                Arc::clone(&alerts),
+                registry.clone(),
+            );
+            let loaded = tokio::task::spawn_blocking(move || {
+                crate::plugins::Plugins::load(&manifest, &state_dir, vault, alerts, &registry)
+            })
+            .await
+            .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??;
+            let loaded = Arc::new(loaded);
+            audit
+                .append(
+                    &tether_audit::Event::new("plugin.load", tether_control::audit::daemon_actor())
+                        .data(serde_json::json!({"plugins": loaded.summary()})),
+                )
+                .await?;
+            Some(loaded)
+        }
+    };
     let mut state = AppState::new(config, source, registry)?;
+    state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PolicyHooks>);
     state.tunnel = membership
         .tunnel
         .as_ref()

@@ -217,6 +217,20 @@ pub static ROUTES: &[RouteInfo] = &[
     },
     RouteInfo {
         method: Method::GET,
+        path: "/v1/plugins",
+        roles: ANY,
+        summary: "loaded WASM plugins: kind, hash, signer, calls, errors, latency, quarantine",
+        handler: policy::plugins,
+    },
+    RouteInfo {
+        method: Method::POST,
+        path: "/v1/plugins/reload",
+        roles: ADMIN,
+        summary: "re-read the plugin manifest atomically (a bad plugin keeps the old set)",
+        handler: policy::plugins_reload,
+    },
+    RouteInfo {
+        method: Method::GET,
         path: "/v1/secrets",
         roles: ADMIN,
         summary: "list secret names, backends and times (never values)",

@@ -10,7 +10,7 @@ use tether_policy::{PolicyEngine, RequestKind};
 
 use super::{Ctx, HandlerFuture};
 use crate::http::{self, Body};
-use crate::state::ReloadError;
+use crate::state::{HookVote, PluginVote, ReloadError};
 
 fn engine(ctx: &Ctx) -> Result<&PolicyEngine, hyper::Response<Body>> {
     ctx.state.policy.as_ref().ok_or_else(|| {
@@ -94,11 +94,140 @@ pub(crate) fn check(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
             role: body.as_role.unwrap_or(ctx.role),
             host: body.host.unwrap_or_default(),
         };
-        let decision = engine.evaluate(&request);
+        let mut decision = engine.evaluate(&request);
+        let mut votes = Vec::new();
+        // Plugins vote after the regex rules (not in `off` mode, where nothing is enforced).
+        if let Some(hooks) = ctx
+            .state
+            .plugins
+            .clone()
+            .filter(|_| decision.mode != tether_policy::Mode::Off)
+        {
+            let req = request.clone();
+            votes = tokio::task::spawn_blocking(move || hooks.vote(&req))
+                .await
+                .unwrap_or_default();
+            apply_votes(&mut decision, &votes);
+        }
         http::json(
             StatusCode::OK,
-            &json!({"request": request, "decision": decision}),
+            &json!({"request": request, "decision": decision, "plugin_votes": votes}),
         )
+    })
+}
+
+/// Applies policy plugins' votes after the regex rules: a deny or approval vote can only tighten
+/// the verdict; an allow loosens a regex deny only from a plugin with `may_override`. In `warn`
+/// mode a plugin's deny becomes `warn`, like a rule's.
+fn apply_votes(d: &mut tether_policy::Decision, votes: &[PluginVote]) {
+    use tether_policy::{Mode, Outcome, TraceEntry, Verdict};
+    for v in votes {
+        let rule = format!("plugin:{}", v.plugin);
+        let (verdict, reason, outcome) = match &v.vote {
+            HookVote::Abstain => continue,
+            HookVote::Deny(r) => (Verdict::Deny, r.clone(), Outcome::Denied),
+            HookVote::RequireApproval(r) => {
+                (Verdict::RequireApproval, r.clone(), Outcome::NeedsApproval)
+            }
+            HookVote::Allow => {
+                if v.may_override && d.verdict == Verdict::Deny {
+                    d.verdict = Verdict::Allow;
+                    d.reason = format!("allowed by plugin {} (may_override)", v.plugin).into();
+                    d.rule_ids.push(rule.clone());
+                    d.trace.push(TraceEntry {
+                        subject: v.plugin.clone(),
+                        rule: Some(rule),
+                        outcome: Outcome::Allowed,
+                        note: "overrides the regex deny".into(),
+                    });
+                }
+                continue;
+            }
+        };
+        let verdict = if d.mode == Mode::Warn {
+            Verdict::Warn
+        } else {
+            verdict
+        };
+        let stronger = match (d.verdict, verdict) {
+            (Verdict::Deny, _) => false,
+            (_, Verdict::Deny) => true,
+            (Verdict::RequireApproval, _) => false,
+            (_, Verdict::RequireApproval) => true,
+            (Verdict::Allow, Verdict::Warn) => true,
+            _ => false,
+        };
+        let note = match &v.error {
+            Some(e) => format!("{reason} (plugin failed: {e})"),
+            None => reason.clone(),
+        };
+        d.trace.push(TraceEntry {
+            subject: v.plugin.clone(),
+            rule: Some(rule.clone()),
+            outcome,
+            note: note.into(),
+        });
+        if stronger {
+            d.verdict = verdict;
+            d.reason = format!("plugin {}: {reason}", v.plugin).into();
+        }
+        if !d.rule_ids.contains(&rule) {
+            d.rule_ids.push(rule);
+        }
+    }
+}
+
+/// `GET /v1/plugins`: the loaded plugins with their counters.
+pub(crate) fn plugins(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
+    Box::pin(async move {
+        match ctx.state.plugins.clone() {
+            Some(p) => http::json(StatusCode::OK, &json!({"plugins": p.list()})),
+            None => http::json(
+                StatusCode::OK,
+                &json!({"plugins": [], "hint": "no plugins_manifest in tetherd.toml"}),
+            ),
+        }
+    })
+}
+
+/// `POST /v1/plugins/reload`: re-read the plugin manifest (atomic; a bad plugin keeps the old set).
+pub(crate) fn plugins_reload(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
+    Box::pin(async move {
+        let actor = crate::audit::actor(&ctx.caller, Some(ctx.role), crate::audit::via_of(&req));
+        if let Err(r) = http::read_json::<serde_json::Value>(req, ctx.state.idle_timeout()).await {
+            return r;
+        }
+        let Some(p) = ctx.state.plugins.clone() else {
+            return http::error(
+                StatusCode::CONFLICT,
+                "no_plugins",
+                "this tetherd loads no plugins",
+                "set plugins_manifest in tetherd.toml and restart",
+            );
+        };
+        let result = tokio::task::spawn_blocking(move || p.reload())
+            .await
+            .unwrap_or_else(|_| Err("reload panicked".to_owned()));
+        let data = match &result {
+            Ok(n) => json!({"ok": true, "plugins": n}),
+            Err(e) => json!({"ok": false, "error": e}),
+        };
+        if let Err(r) = ctx
+            .state
+            .audit_or_refuse("plugin.reload", actor, None, data)
+            .await
+        {
+            return r;
+        }
+        match result {
+            Ok(n) => http::json(StatusCode::OK, &json!({"plugins": n})),
+            Err(e) => http::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plugins",
+                &format!("plugin reload refused, the previous plugins stay loaded: {e}"),
+                "fix the manifest or the plugin (tether plugin list shows what is loaded) and reload again",
+            ),
+        }
     })
 }
 

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod hosts;
+pub mod plugin;
 pub mod policy;
 pub mod secret;
 pub mod status;
@@ -23,5 +24,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Audit(c) => audit::run(&cli.global, c).await,
         Command::Vpn(c) => vpn::run(&cli.global, c).await,
         Command::Hosts(c) => hosts::run(&cli.global, c).await,
+        Command::Plugin(c) => plugin::run(&cli.global, c).await,
     }
 }

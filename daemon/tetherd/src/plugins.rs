@@ -1,0 +1,126 @@
+//! WASM plugins inside the daemon: the plugin host (the only wasmtime user) behind the control
+//! API's `PolicyHooks` seam, with secrets granted from the vault.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus::Registry;
+use serde_json::{Value, json};
+use tether_control::state::{HookVote, PluginVote, PolicyHooks};
+use tether_model::AlertSink;
+use tether_plugin_host::{
+    HostFacts, HostOptions, PluginHost, PolicyRequest, RequestKind, SecretSource, Vote,
+};
+use tether_vault::Vault;
+use zeroize::Zeroizing;
+
+use crate::error::DaemonError;
+
+/// Secrets for plugins, from the vault (the host only asks for names the manifest grants).
+struct VaultSecrets(Vault);
+
+impl SecretSource for VaultSecrets {
+    fn get(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let secret = self.0.get(name).ok().flatten()?;
+        Some(secret.expose(|b| Zeroizing::new(b.to_vec())))
+    }
+}
+
+/// The loaded plugins.
+pub struct Plugins {
+    host: PluginHost,
+}
+
+impl Plugins {
+    /// Loads `manifest` (signatures checked, components compiled or taken from the cache in
+    /// `state_dir/plugin-cache`). Blocking.
+    pub fn load(
+        manifest: &Path,
+        state_dir: &Path,
+        vault: Vault,
+        alerts: Arc<dyn AlertSink>,
+        registry: &Registry,
+    ) -> Result<Plugins, DaemonError> {
+        let opts = HostOptions {
+            cache_dir: Some(state_dir.join("plugin-cache")),
+            secrets: Arc::new(VaultSecrets(vault)),
+            alerts,
+            ..HostOptions::default()
+        };
+        let host = PluginHost::load(manifest, opts, registry)
+            .map_err(|e| DaemonError::Plugins(format!("{}: {e}", manifest.display())))?;
+        Ok(Plugins { host })
+    }
+
+    /// Name, kind, hash and signer of each plugin, for the start-up audit record.
+    pub fn summary(&self) -> Value {
+        self.list()
+    }
+}
+
+fn kind(k: tether_policy::RequestKind) -> RequestKind {
+    match k {
+        tether_policy::RequestKind::Exec => RequestKind::Exec,
+        tether_policy::RequestKind::FileRead => RequestKind::FileRead,
+        tether_policy::RequestKind::FileWrite => RequestKind::FileWrite,
+        tether_policy::RequestKind::Session => RequestKind::Session,
+    }
+}
+
+impl PolicyHooks for Plugins {
+    fn vote(&self, req: &tether_policy::Request) -> Vec<PluginVote> {
+        let request = PolicyRequest {
+            kind: kind(req.kind),
+            command: req.command.clone(),
+            path: req.path.clone(),
+            user: req.user.clone(),
+            role: req.role.as_str().to_owned(),
+            host: HostFacts {
+                name: req.host.name.clone(),
+                groups: req.host.groups.clone(),
+                tags: req
+                    .host
+                    .tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+            ticket: None,
+        };
+        self.host
+            .evaluate(&request)
+            .into_iter()
+            .map(|v| PluginVote {
+                vote: match v.effective {
+                    Vote::Allow => HookVote::Allow,
+                    Vote::Deny(r) => HookVote::Deny(r),
+                    Vote::RequireApproval(r) => HookVote::RequireApproval(r),
+                    Vote::Abstain => HookVote::Abstain,
+                },
+                error: v.outcome.err().map(|e| e.to_string()),
+                may_override: v.may_override,
+                plugin: v.plugin,
+            })
+            .collect()
+    }
+
+    fn list(&self) -> Value {
+        Value::Array(
+            self.host
+                .list()
+                .into_iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name, "kind": p.kind.as_str(), "sha256": p.sha256, "signer": p.signer,
+                        "calls": p.calls, "errors": p.errors, "p50_us": p.p50_us, "p99_us": p.p99_us,
+                        "quarantined": p.quarantined, "secret_denials": p.secret_denials, "http_denials": p.http_denials,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn reload(&self) -> Result<usize, String> {
+        self.host.reload().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,140 @@
+//! WASM policy plugins inside the real daemon: real components from plugins/build.sh.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tether_e2e::{Daemon, code, stderr, stdout};
+
+fn component(name: &str) -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = repo
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    if !path.exists() {
+        let st = Command::new("sh")
+            .arg(repo.join("plugins/build.sh"))
+            .status()
+            .expect("run plugins/build.sh");
+        assert!(st.success(), "plugins/build.sh failed");
+    }
+    path
+}
+
+#[test]
+fn policy_plugins_vote_after_the_regex_rules_and_reload_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    let write = |body: &str| std::fs::write(&manifest, body).unwrap();
+    write(&format!(
+        "allow_unsigned = true\n\n[[plugin]]\nname = \"change-window\"\nkind = \"policy\"\npath = {:?}\n[plugin.config]\nwindows = \"\"\nticket_pattern = \"CHG-*\"\n",
+        component("change_window").display().to_string()
+    ));
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "",
+    );
+
+    // A write (service restart) with no maintenance window: the plugin denies; a read abstains.
+    let out = d.tether(&[
+        "--json",
+        "policy",
+        "check",
+        "--",
+        "systemctl",
+        "restart",
+        "nginx",
+    ]);
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["decision"]["verdict"], "deny");
+    assert!(
+        v["decision"]["rule_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "plugin:change-window"),
+        "{v}"
+    );
+    let ok = d.tether(&["policy", "check", "--", "uptime"]);
+    assert_eq!(code(&ok), 0, "{}", stdout(&ok));
+
+    let list = d.tether(&["--json", "plugin", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(v["plugins"][0]["name"], "change-window");
+    assert!(v["plugins"][0]["calls"].as_u64().unwrap() >= 2);
+
+    // A broken manifest keeps the loaded set; a fixed one swaps to it.
+    write(
+        "allow_unsigned = true\n[[plugin]]\nname = \"x\"\nkind = \"policy\"\npath = \"/nonexistent.wasm\"\n",
+    );
+    let bad = d.tether(&["plugin", "reload"]);
+    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("previous plugins stay loaded"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(
+        code(&d.tether(&["policy", "check", "--", "systemctl", "restart", "nginx"])),
+        2
+    );
+    write(&format!(
+        "allow_unsigned = true\n[[plugin]]\nname = \"deny-all\"\nkind = \"policy\"\npath = {:?}\n",
+        component("deny_all").display().to_string()
+    ));
+    assert_eq!(code(&d.tether(&["plugin", "reload"])), 0);
+    let out = d.tether(&["policy", "check", "--", "uptime"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stdout(&out).contains("deny-all says no"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Loads and reloads are on record.
+    let audit = stdout(&d.tether(&["--json", "audit", "tail", "--type", "plugin.*"]));
+    assert!(
+        audit.contains("\"plugin.load\"") && audit.matches("\"plugin.reload\"").count() == 2,
+        "{audit}"
+    );
+}
+
+#[test]
+fn an_unsigned_plugin_without_allow_unsigned_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[plugin]]\nname = \"deny-all\"\nkind = \"policy\"\npath = {:?}\n",
+            component("deny_all").display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        tether_e2e::config_text_top(
+            "hub",
+            dir.path(),
+            &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+            "",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(tether_e2e::bin("tetherd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("plugins:") && stderr(&out).to_lowercase().contains("sign"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tether_model::selector::{HostFacts, Selector};
 
 use crate::error::{EnrollError, Result};
-use crate::util::{atomic_write, ensure_dir, read_state, remove_stale_tmp, validate_host_name};
+use crate::util::{atomic_write, open_state, validate_host_name};
 
 /// File name of the inventory inside the state directory.
 pub const HOSTS_FILE: &str = "hosts.json";
@@ -197,20 +197,8 @@ impl Inventory {
 
     /// Opens with a given overlay subnet.
     pub fn open_with(state_dir: &Path, net: OverlayNet) -> Result<Inventory> {
-        ensure_dir(state_dir)?;
-        let path = state_dir.join(HOSTS_FILE);
-        remove_stale_tmp(&path);
-        let hosts = match read_state(&path)? {
-            None => Vec::new(),
-            Some(bytes) => {
-                let f: File =
-                    serde_json::from_slice(&bytes).map_err(|e| EnrollError::CorruptState {
-                        path: path.clone(),
-                        what: e.to_string(),
-                    })?;
-                f.hosts
-            }
-        };
+        let (path, file) = open_state::<File>(state_dir, HOSTS_FILE)?;
+        let hosts = file.map(|f| f.hosts).unwrap_or_default();
         let persisted_seen = hosts
             .iter()
             .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))

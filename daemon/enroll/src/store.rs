@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EnrollError, Result};
 use crate::token::{InviteRecord, InviteState};
-use crate::util::{atomic_write, ensure_dir, read_state, remove_stale_tmp};
+use crate::util::{atomic_write, open_state};
 
 /// File name of the invite store inside the state directory.
 pub const INVITES_FILE: &str = "invites.json";
@@ -32,20 +32,8 @@ pub struct InviteStore {
 impl InviteStore {
     /// Opens (or starts empty) `state_dir/invites.json`.
     pub fn open(state_dir: &Path) -> Result<InviteStore> {
-        ensure_dir(state_dir)?;
-        let path = state_dir.join(INVITES_FILE);
-        remove_stale_tmp(&path);
-        let invites = match read_state(&path)? {
-            None => Vec::new(),
-            Some(bytes) => {
-                let f: File =
-                    serde_json::from_slice(&bytes).map_err(|e| EnrollError::CorruptState {
-                        path: path.clone(),
-                        what: e.to_string(),
-                    })?;
-                f.invites
-            }
-        };
+        let (path, file) = open_state::<File>(state_dir, INVITES_FILE)?;
+        let invites = file.map(|f| f.invites).unwrap_or_default();
         Ok(InviteStore { path, invites })
     }
 

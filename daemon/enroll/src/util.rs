@@ -195,17 +195,32 @@ pub(crate) fn remove_stale_tmp(path: &Path) {
     }
 }
 
-/// Reads a state file; `Ok(None)` when it does not exist.
-pub(crate) fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(EnrollError::Io {
-            what: "read",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+/// Opens the JSON state file `state_dir/file`: creates the directory (0700) if missing, removes
+/// temp files an interrupted write left behind, and parses the file. `Ok(None)` when it does
+/// not exist yet; a file that does not parse is `CorruptState` naming it.
+pub(crate) fn open_state<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    file: &str,
+) -> Result<(std::path::PathBuf, Option<T>)> {
+    ensure_dir(state_dir)?;
+    let path = state_dir.join(file);
+    remove_stale_tmp(&path);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((path, None)),
+        Err(source) => {
+            return Err(EnrollError::Io {
+                what: "read",
+                path,
+                source,
+            });
+        }
+    };
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| EnrollError::CorruptState {
+        path: path.clone(),
+        what: e.to_string(),
+    })?;
+    Ok((path, Some(parsed)))
 }
 
 /// Creates the state directory (mode 0700) if missing.

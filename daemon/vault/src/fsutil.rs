@@ -31,23 +31,28 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp.{}.{nonce:016x}", std::process::id()))
 }
 
+/// Creates the new temp file `tmp` with exactly `mode`, writes `bytes` and fsyncs it.
+fn write_synced_temp(tmp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)
+        .map_err(|e| VaultError::io("create", tmp, e))?;
+    // The umask may have removed bits, never added them; make the mode exact anyway.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| VaultError::io("chmod", tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| VaultError::io("write", tmp, e))?;
+    f.sync_all().map_err(|e| VaultError::io("fsync", tmp, e))
+}
+
 /// Atomically replaces `path` with `bytes`: write a temp file (`mode`) in the same directory,
 /// fsync it, rename it over `path`, fsync the directory. On failure `path` is unchanged.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| VaultError::io("create", &tmp, e))?;
-        // The umask may have removed bits, never added them; make the mode exact anyway.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| VaultError::io("chmod", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| VaultError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| VaultError::io("fsync", &tmp, e))?;
+        write_synced_temp(&tmp, bytes, mode)?;
         std::fs::rename(&tmp, path).map_err(|e| VaultError::io("rename into place", path, e))
     })();
     if result.is_err() {
@@ -63,17 +68,7 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 pub(crate) fn create_exclusive(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| VaultError::io("create", &tmp, e))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| VaultError::io("chmod", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| VaultError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| VaultError::io("fsync", &tmp, e))?;
+        write_synced_temp(&tmp, bytes, mode)?;
         match std::fs::hard_link(&tmp, path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),

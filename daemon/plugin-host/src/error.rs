@@ -106,6 +106,34 @@ pub enum Error {
     /// The operating system refused a resource (thread, runtime) the host needs.
     #[error("plugin host runtime: {0}")]
     Runtime(String),
+    /// Any other signing failure (see [`crate::signing::SignError`]); the verification failures
+    /// the host meets while loading map to the variants above.
+    #[error(transparent)]
+    Signing(tether_plugin_sign::SignError),
+}
+
+impl From<tether_plugin_sign::SignError> for Error {
+    fn from(e: tether_plugin_sign::SignError) -> Self {
+        use tether_plugin_sign::SignError as S;
+        match e {
+            S::Io { what, path, source } => Error::Io { what, path, source },
+            S::Unsigned { path, .. } => Error::Unsigned { path },
+            S::SignatureMalformed { path, message } => Error::SignatureMalformed { path, message },
+            S::Tampered {
+                path,
+                signed,
+                actual,
+            } => Error::Tampered {
+                path,
+                signed,
+                actual,
+            },
+            S::UntrustedKey { path, key_id } => Error::UntrustedKey { path, key_id },
+            S::BadSignature { path, key_id } => Error::BadSignature { path, key_id },
+            S::Key { what, message } => Error::Key { what, message },
+            other => Error::Signing(other),
+        }
+    }
 }
 
 /// Shorthand for this crate's results.

@@ -16,7 +16,6 @@ pub mod caps;
 mod error;
 mod host;
 pub mod manifest;
-pub mod signing;
 mod store;
 mod types;
 mod v0_1;
@@ -25,4 +24,7 @@ pub use caps::{NoSecrets, SecretSource};
 pub use error::{Error, Result};
 pub use host::{HostOptions, PluginHost, PluginInfo};
 pub use manifest::{Capabilities, Limits, Manifest, PluginKind, PluginSpec};
+/// Ed25519 signatures of components (keygen, sign, verify): the wasmtime-free
+/// `tether-plugin-sign` crate, shared with the `tether` CLI.
+pub use tether_plugin_sign as signing;
 pub use types::*;

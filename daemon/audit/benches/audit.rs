@@ -22,6 +22,7 @@ struct Run {
     p99_us: f64,
     max_us: f64,
     mean_batch: f64,
+    fsync_mean_us: f64,
     bytes: u64,
 }
 
@@ -79,6 +80,14 @@ async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64) -> Run {
         .get_metric()[0]
         .get_histogram()
         .clone();
+    let f = fams
+        .iter()
+        .find(|f| f.name() == "tether_audit_fsync_seconds")
+        .unwrap()
+        .get_metric()[0]
+        .get_histogram()
+        .clone();
+    let fsync_mean_us = f.get_sample_sum() / f.get_sample_count().max(1) as f64 * 1e6;
     let bytes = tether_audit::list_day_files(dir)
         .unwrap()
         .iter()
@@ -91,6 +100,7 @@ async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64) -> Run {
         p99_us: q(0.99),
         max_us: *lat.last().unwrap(),
         mean_batch: h.get_sample_sum() / h.get_sample_count().max(1) as f64,
+        fsync_mean_us,
         bytes,
     }
 }
@@ -98,12 +108,13 @@ async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64) -> Run {
 fn show(name: &str, r: &Run) -> f64 {
     let rate = r.records as f64 / r.secs;
     println!(
-        "{name:<44} {:>9.0} rec/s  p50 {:>7.0} us  p99 {:>7.0} us  max {:>7.0} us  mean batch {:>6.1}  ({} records, {:.1} MB, {:.1} s)",
+        "{name:<44} {:>9.0} rec/s  p50 {:>7.0} us  p99 {:>7.0} us  max {:>7.0} us  mean batch {:>6.1}  fdatasync mean {:>5.0} us  ({} records, {:.1} MB, {:.1} s)",
         rate,
         r.p50_us,
         r.p99_us,
         r.max_us,
         r.mean_batch,
+        r.fsync_mean_us,
         r.records,
         r.bytes as f64 / 1e6,
         r.secs
@@ -129,6 +140,20 @@ async fn main() {
 
     let group = run(&base.path().join("group"), &keys, Options::default(), secs).await;
     let g = show("group commit (head every >=100 ms)", &group);
+    if std::env::var_os("AUDIT_BENCH_QUICK").is_some() {
+        let lazy = run(
+            &base.path().join("no-head"),
+            &keys,
+            Options {
+                head_interval: Duration::from_secs(3600),
+                ..Options::default()
+            },
+            secs,
+        )
+        .await;
+        show("group commit (no head rewrites)", &lazy);
+        return;
+    }
     let every = run(
         &base.path().join("group-head-every-batch"),
         &keys,
@@ -162,6 +187,18 @@ async fn main() {
     )
     .await;
     let ng = show("group commit without the gather wait", &no_gather);
+    let no_tail = run(
+        &base.path().join("group-no-zero-tail"),
+        &keys,
+        Options {
+            prealloc: 0,
+            ..Options::default()
+        },
+        secs,
+    )
+    .await;
+    let nt = show("group commit, plain appends (no zero tail)", &no_tail);
+    println!("zero tail vs plain appends: {:.2}x", g / nt);
     println!("gather wait vs none: {:.2}x", g / ng);
     println!("group commit / one-fsync-per-record: {:.1}x", g / s);
     println!(

@@ -10,13 +10,16 @@
 //! * [`KeySource`] / [`KeyFile`] — where the HMAC and Ed25519 keys come from (never the audit dir).
 //!
 //! Layout: `AUDIT_DIR/YYYY-MM-DD.jsonl` (one per UTC day, the chain continues across files) and
-//! `AUDIT_DIR/head` (signed checkpoint). See [`record`] for the byte format.
+//! `AUDIT_DIR/head` (signed checkpoint). See [`record`] for the byte format. The day file being
+//! appended to ends in a preallocated run of zero bytes (see [`Options::prealloc`]), trimmed when
+//! the file is finished; records never contain NUL, so readers stop at the first one.
 #![forbid(unsafe_code)]
 
 mod chain;
 mod checkpoint;
 mod error;
 mod files;
+mod head;
 mod keys;
 mod metrics;
 mod reader;

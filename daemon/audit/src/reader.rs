@@ -4,14 +4,14 @@
 //! control API must themselves be audited (`audit.read`) by the caller.
 
 use std::collections::VecDeque;
-use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write};
+use std::io::{BufRead as _, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::Date;
 
 use crate::error::{AuditError, Result};
-use crate::files::list_day_files;
+use crate::files::{list_day_files, read_logical};
 use crate::record::{Record, ts_date};
 
 /// Which records to return.
@@ -116,7 +116,9 @@ impl Records {
                     self.cur = None;
                     continue;
                 }
-                Ok(_) if self.buf.last() != Some(&b'\n') => {
+                // A last line without its newline (being written, or torn), or the
+                // preallocated zero tail of the file being appended to: the end of this file.
+                Ok(_) if self.buf.last() != Some(&b'\n') || self.buf.contains(&0) => {
                     self.cur = None;
                     continue;
                 }
@@ -223,15 +225,7 @@ impl Follower {
     pub fn from_end(dir: &Path, filter: Filter) -> Result<Follower> {
         let files = filter.files(dir)?;
         let cur = match files.last() {
-            Some((d, p)) => {
-                let len = std::fs::metadata(p)
-                    .map_err(|source| AuditError::Read {
-                        path: p.clone(),
-                        source,
-                    })?
-                    .len();
-                Some((*d, p.clone(), len))
-            }
+            Some((d, p)) => Some((*d, p.clone(), file_len(p)?)),
             None => None,
         };
         Ok(Follower {
@@ -257,16 +251,14 @@ impl Follower {
             let Some((date, path, off)) = self.cur.as_mut() else {
                 return Ok(out);
             };
-            let mut f = std::fs::File::open(&*path).map_err(|source| AuditError::Read {
+            let f = std::fs::File::open(&*path).map_err(|source| AuditError::Read {
                 path: path.clone(),
                 source,
             })?;
-            f.seek(SeekFrom::Start(*off))
-                .and_then(|_| f.read_to_end(&mut self.partial))
-                .map_err(|source| AuditError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            read_logical(&f, *off, &mut self.partial).map_err(|source| AuditError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let mut consumed = 0;
             while let Some(i) = self.partial[consumed..].iter().position(|&b| b == b'\n') {
                 let line = &self.partial[consumed..consumed + i + 1];
@@ -307,11 +299,38 @@ impl Follower {
     }
 }
 
+/// Where the records of a day file end (its preallocated zero tail is not counted).
 fn file_len(p: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(p)
-        .map_err(|source| AuditError::Read {
-            path: p.to_path_buf(),
-            source,
-        })?
-        .len())
+    let err = |source| AuditError::Read {
+        path: p.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(p).map_err(err)?;
+    let size = f.metadata().map_err(err)?.len();
+    logical_end(&f, size).map_err(err)
+}
+
+/// The first NUL byte of a file of `size` bytes, by bisection: records hold no NUL and the
+/// zero tail runs to the end, so "byte is NUL" flips once.
+fn logical_end(f: &std::fs::File, size: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let is_nul = |at: u64| -> std::io::Result<bool> {
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at)?;
+        Ok(b[0] == 0)
+    };
+    if size == 0 || !is_nul(size - 1)? {
+        return Ok(size);
+    }
+    // Invariant: byte `hi` is NUL; every byte before `lo` is not.
+    let (mut lo, mut hi) = (0u64, size - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if is_nul(mid)? {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
 }

@@ -150,6 +150,11 @@ struct ChunkReader<'k> {
     carry: Vec<u8>,
     queue: VecDeque<Checked>,
     eof: bool,
+    /// Bytes read so far.
+    pos: u64,
+    /// Offset of a non-zero byte found after the start of the zero tail (damage: the writer's
+    /// preallocated tail is all zeros), reported after the last line.
+    after_tail: Option<u64>,
 }
 
 const CHUNK: usize = 8 << 20;
@@ -164,6 +169,8 @@ impl<'k> ChunkReader<'k> {
             carry: Vec::new(),
             queue: VecDeque::new(),
             eof: false,
+            pos: 0,
+            after_tail: None,
         }
     }
 
@@ -174,7 +181,16 @@ impl<'k> ChunkReader<'k> {
             }
             if self.eof {
                 if self.carry.is_empty() {
-                    return Ok(None);
+                    return Ok(self.after_tail.take().map(|at| Checked {
+                        n: 0,
+                        complete: true,
+                        res: Err((
+                            None,
+                            LineFault::Malformed(format!(
+                                "non-zero bytes at byte {at}, after the zero-filled end of the records"
+                            )),
+                        )),
+                    }));
                 }
                 let n = self.carry.len();
                 self.carry.clear();
@@ -204,12 +220,45 @@ impl<'k> ChunkReader<'k> {
                 self.eof = true;
                 continue;
             }
+            let base = self.pos - old as u64;
+            self.pos += got as u64;
+            if let Some(nul) = self.carry[old..].iter().position(|&b| b == 0) {
+                // The preallocated zero tail (see `files::logical_len`): the records end here,
+                // and everything after must be zero.
+                let nul = old + nul;
+                self.after_tail = match self.carry[nul..].iter().position(|&b| b != 0) {
+                    Some(i) => Some(base + (nul + i) as u64),
+                    None => self.nonzero_after()?,
+                };
+                self.carry.truncate(nul);
+                self.eof = true;
+            }
             let Some(last) = self.carry.iter().rposition(|&b| b == b'\n') else {
                 continue;
             };
             let rest = self.carry.split_off(last + 1);
             let complete = std::mem::replace(&mut self.carry, rest);
             check_chunk(self.keys, &complete, &mut self.queue);
+        }
+    }
+}
+
+impl ChunkReader<'_> {
+    /// Reads the rest of the file; the offset of its first non-zero byte, if any.
+    fn nonzero_after(&mut self) -> std::io::Result<Option<u64>> {
+        let mut block = vec![0u8; 1 << 20];
+        loop {
+            let got = match self.f.read(&mut block) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
+            if got == 0 {
+                return Ok(None);
+            }
+            if let Some(i) = block[..got].iter().position(|&b| b != 0) {
+                return Ok(Some(self.pos + i as u64));
+            }
+            self.pos += got as u64;
         }
     }
 }

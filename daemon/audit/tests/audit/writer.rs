@@ -136,7 +136,11 @@ async fn day_rollover_at_utc_midnight_continues_the_chain() {
 
 #[tokio::test]
 async fn torn_tail_is_dropped_and_reported_and_the_chain_resumes() {
-    for junk in [&b"{\"actor\":{\"role\":\"adm"[..], &[0u8; 300][..]] {
+    let partial = &b"{\"actor\":{\"role\":\"adm"[..];
+    let mut partial_then_zeros = partial.to_vec();
+    partial_then_zeros.extend_from_slice(&[0u8; 300]);
+    // A crash mid-write leaves part of a record, possibly followed by the writer's zero tail.
+    for junk in [partial, &partial_then_zeros[..]] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let k = keys();
@@ -152,12 +156,83 @@ async fn torn_tail_is_dropped_and_reported_and_the_chain_resumes() {
         std::fs::write(&f, &data).unwrap();
         let (log, rec) = open(&dir, &k, None);
         let torn = rec.torn.expect("torn tail reported");
-        assert_eq!((torn.offset, torn.bytes), (good, junk.len() as u64));
+        assert_eq!((torn.offset, torn.bytes), (good, partial.len() as u64));
         assert_eq!(rec.last_seq, 5);
         assert_eq!(log.append(&event(9)).await.unwrap().seq, 6);
         log.close().await;
         assert!(verify(&dir, &k, None, None).unwrap().is_ok());
     }
+}
+
+#[tokio::test]
+async fn a_zero_tail_left_by_a_crash_is_not_a_torn_write_and_is_trimmed_on_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let (log, _) = open(&dir, &k, None);
+    for i in 0..5 {
+        log.append(&event(i)).await.unwrap();
+    }
+    log.close().await;
+    let f = day_files(&dir).pop().unwrap();
+    let mut data = std::fs::read(&f).unwrap();
+    assert_eq!(data.last(), Some(&b'\n'), "close trims the zero tail");
+    // What kill -9 leaves: the records, then the preallocated zeros.
+    data.extend_from_slice(&[0u8; 8192]);
+    std::fs::write(&f, &data).unwrap();
+    assert!(verify(&dir, &k, None, None).unwrap().is_ok());
+    assert_eq!(read_records(&dir, &Filter::default()).unwrap().count(), 5);
+    let (log, rec) = open(&dir, &k, None);
+    assert_eq!(rec.torn, None, "zeros are not a torn record");
+    assert_eq!(rec.last_seq, 5);
+    assert_eq!(log.append(&event(9)).await.unwrap().seq, 6);
+    log.close().await;
+    let data = std::fs::read(&f).unwrap();
+    assert!(
+        !data.contains(&0) && data.ends_with(b"\n"),
+        "trimmed on close"
+    );
+    assert!(verify(&dir, &k, None, None).unwrap().is_ok());
+
+    // Non-zero bytes after the zero tail are damage, named by verify.
+    let mut data = data;
+    data.extend_from_slice(&[0u8; 100]);
+    data.extend_from_slice(b"junk");
+    std::fs::write(&f, &data).unwrap();
+    let rep = verify(&dir, &k, None, None).unwrap();
+    let b = rep.broken.expect("garbage after the zero tail is reported");
+    assert_eq!((b.kind, b.seq), (BreakKind::Edited, 7), "{b:?}");
+    assert!(b.detail.contains("after the zero-filled end"), "{b:?}");
+}
+
+#[tokio::test]
+async fn the_day_file_being_written_keeps_a_zero_tail_that_readers_skip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let (log, _) = open(&dir, &k, None);
+    for i in 0..3 {
+        log.append(&event(i)).await.unwrap();
+    }
+    let f = day_files(&dir).pop().unwrap();
+    let data = std::fs::read(&f).unwrap();
+    let end = data
+        .iter()
+        .position(|&b| b == 0)
+        .expect("a zero tail while open");
+    assert!(data[end..].iter().all(|&b| b == 0));
+    assert_eq!(data[..end].iter().filter(|&&b| b == b'\n').count(), 3);
+    assert_eq!(read_records(&dir, &Filter::default()).unwrap().count(), 3);
+    assert_eq!(tail_records(&dir, &Filter::default(), 10).unwrap().len(), 3);
+    let mut follow = Follower::from_end(&dir, Filter::default()).unwrap();
+    assert!(follow.poll().unwrap().is_empty());
+    log.append(&event(3)).await.unwrap();
+    let got = follow.poll().unwrap();
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
+    let rep = verify(&dir, &k, None, None).unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.broken);
+    assert_eq!(rep.records, 4);
+    log.close().await;
 }
 
 #[tokio::test]

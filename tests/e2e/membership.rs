@@ -14,7 +14,7 @@ fn hub() -> Daemon {
     Daemon::start("hub", "")
 }
 
-fn invite(hub: &Daemon, name: &str, extra: &[&str]) -> String {
+pub(crate) fn invite(hub: &Daemon, name: &str, extra: &[&str]) -> String {
     let mut args = vec!["vpn", "invite", name];
     args.extend_from_slice(extra);
     let out = hub.tether(&args);
@@ -22,7 +22,7 @@ fn invite(hub: &Daemon, name: &str, extra: &[&str]) -> String {
     stdout(&out).trim().to_owned()
 }
 
-fn enroll(config: &Path, token: &str, extra: &[&str]) -> Output {
+pub(crate) fn enroll(config: &Path, token: &str, extra: &[&str]) -> Output {
     let mut child = Command::new(bin("tetherd"))
         .args(["enroll", "-", "--config"])
         .arg(config)
@@ -42,7 +42,7 @@ fn enroll(config: &Path, token: &str, extra: &[&str]) -> Output {
 }
 
 /// A target directory and config (not started).
-fn target_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn target_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("tether-e2e-")
         .tempdir()
@@ -52,7 +52,7 @@ fn target_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, config)
 }
 
-fn json(out: &Output) -> Value {
+pub(crate) fn json(out: &Output) -> Value {
     assert_eq!(code(out), 0, "{}{}", stdout(out), stderr(out));
     serde_json::from_str(&stdout(out)).unwrap()
 }

@@ -138,3 +138,71 @@ fn an_unsigned_plugin_without_allow_unsigned_stops_the_start_with_a_clear_error(
         stderr(&out)
     );
 }
+
+fn manifest_entry(name: &str, kind: &str, component_name: &str, extra: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = {:?}\n{extra}\n",
+        component(component_name).display().to_string()
+    )
+}
+
+#[test]
+fn enrollment_hooks_tag_or_refuse_enrollments_and_reload_takes_effect() {
+    use crate::membership::{enroll, invite, json, target_dir};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    let write = |body: &str| std::fs::write(&manifest, body).unwrap();
+    write(&format!(
+        "allow_unsigned = true\n\n{}",
+        manifest_entry("enroll-tagger", "enrollment_hook", "enroll_tagger", "")
+    ));
+    let hub = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "",
+    );
+
+    // Approved: the plugin's tag joins the invite's tags in the host record.
+    let token = invite(&hub, "web1", &["--tag", "env=test"]);
+    let (_t1, config) = target_dir();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let host = json(&hub.tether(&["--json", "hosts", "show", "web1"]));
+    assert_eq!(host["tags"]["approved-by"], "plugin", "{host}");
+    assert_eq!(host["tags"]["env"], "test", "{host}");
+
+    // Denied: the target is told why and which plugin, nothing is recorded, the deny is audited.
+    let token = invite(&hub, "evil1", &[]);
+    let (_t2, config) = target_dir();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("enroll-tagger refuses evil1")
+            && err.contains("enrollment plugin enroll-tagger"),
+        "{err}"
+    );
+    let hosts = json(&hub.tether(&["--json", "hosts", "list"]));
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 1, "{hosts}");
+    let audit = stdout(&hub.tether(&["--json", "audit", "tail", "--type", "enroll.*"]));
+    let denied: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["type"] == "enroll.denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{audit}");
+    assert_eq!(denied[0]["data"]["plugin"], "enroll-tagger", "{audit}");
+    assert_eq!(denied[0]["host"], "evil1", "{audit}");
+    // The accepted host's record carries the plugin's tag.
+    assert!(audit.contains("\"approved-by\""), "{audit}");
+
+    // A reload without the hook takes effect for enrollment: the same (still pending) invite
+    // now enrolls, untagged.
+    write("allow_unsigned = true\n");
+    let r = hub.tether(&["plugin", "reload"]);
+    assert_eq!(code(&r), 0, "{}", stderr(&r));
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let host = json(&hub.tether(&["--json", "hosts", "show", "evil1"]));
+    assert!(host["tags"].get("approved-by").is_none(), "{host}");
+}

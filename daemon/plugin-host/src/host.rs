@@ -643,33 +643,48 @@ impl PluginHost {
         }
     }
 
-    /// Asks every enrollment hook about one enrollment.
+    /// Asks the enrollment hooks about one enrollment, in manifest order. Each hook sees the
+    /// invite's tags plus the tags approved by the hooks before it (a later tag of the same key
+    /// replaces an earlier one); the first effective `Deny` stops the round, so the hooks after
+    /// it are not called. A failed call counts as its `on_error` decision (`fail_closed`, the
+    /// default for enrollment hooks, denies).
     pub fn on_enroll(&self, req: &EnrollRequest) -> Vec<EnrollVote> {
         let set = self.snapshot();
-        set.plugins
+        let mut req = req.clone();
+        let mut votes = Vec::new();
+        for p in set
+            .plugins
             .iter()
             .filter(|p| p.spec.kind == PluginKind::EnrollmentHook)
-            .map(|p| {
-                let outcome = self.invoke(p, |b, s| b.on_enroll(s, req));
-                let effective = match &outcome {
-                    Ok(d) => d.clone(),
-                    Err(e) => match p.spec.on_error {
-                        OnError::FailClosed => EnrollDecision::Deny(format!(
-                            "enrollment plugin {} failed ({}); failing closed",
-                            p.spec.name, e.kind
-                        )),
-                        OnError::FailOpen | OnError::DropCounted => {
-                            EnrollDecision::Approve(Vec::new())
-                        }
-                    },
-                };
-                EnrollVote {
-                    plugin: p.spec.name.clone(),
-                    outcome,
-                    effective,
+        {
+            let outcome = self.invoke(p, |b, s| b.on_enroll(s, &req));
+            let effective = match &outcome {
+                Ok(d) => d.clone(),
+                Err(e) => match p.spec.on_error {
+                    OnError::FailClosed => EnrollDecision::Deny(format!(
+                        "enrollment plugin {} failed ({}); failing closed",
+                        p.spec.name, e.kind
+                    )),
+                    OnError::FailOpen | OnError::DropCounted => EnrollDecision::Approve(Vec::new()),
+                },
+            };
+            let denied = matches!(effective, EnrollDecision::Deny(_));
+            if let EnrollDecision::Approve(tags) = &effective {
+                for (k, v) in tags {
+                    req.tags.retain(|(old, _)| old != k);
+                    req.tags.push((k.clone(), v.clone()));
                 }
-            })
-            .collect()
+            }
+            votes.push(EnrollVote {
+                plugin: p.spec.name.clone(),
+                outcome,
+                effective,
+            });
+            if denied {
+                break;
+            }
+        }
+        votes
     }
 
     /// Whether any plugin of `kind` is loaded (skip building requests when none is).

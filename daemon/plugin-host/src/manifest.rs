@@ -8,7 +8,8 @@
 //! name = "change-window"
 //! kind = "policy"                # policy | alert_sink | audit_sink | enrollment_hook
 //! path = "change_window.wasm"    # relative to this file; signature at <path>.sig
-//! on_error = "fail_closed"       # fail_closed | fail_open | drop_counted
+//! on_error = "fail_closed"       # fail_closed | fail_open | drop_counted; default fail_closed for
+//!                                # policy and enrollment_hook (a failed call denies), drop_counted for sinks
 //! may_override = false           # policy only: may an Allow loosen a regex deny?
 //! [plugin.capabilities]
 //! allowed_hosts = ["hooks.example.com"]

@@ -9,6 +9,7 @@ mod agent;
 mod alerts;
 mod cli;
 mod enroll_cmd;
+mod enroll_hooks;
 mod error;
 mod identity;
 mod keys;

@@ -13,8 +13,7 @@ use serde_json::json;
 use tether_audit::{AuditLog, Event};
 use tether_config::Config;
 use tether_enroll::{
-    EnrollEvent, EnrollHook, EnrollRequest, EnrollServer, HookDecision, HostRecord, Hub,
-    HubIdentity, OverlayNet, ServerConfig,
+    EnrollEvent, EnrollHook, EnrollServer, HostRecord, Hub, HubIdentity, OverlayNet, ServerConfig,
 };
 use tether_model::AlertSink;
 use tether_tunnel::{
@@ -24,8 +23,10 @@ use tether_vault::Vault;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::enroll_hooks::{AuditHook, ChainHook, PluginEnrollHook};
 use crate::error::DaemonError;
 use crate::identity;
+use crate::plugins::Plugins;
 
 /// What `tetherd enroll` saved on a target: everything it needs to reach its hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,44 +184,15 @@ pub fn peer_for(host: &HostRecord) -> Result<PeerConfig, String> {
     })
 }
 
-/// Audits every accepted enrollment durably before the host is recorded; refuses it otherwise.
-struct AuditHook {
-    audit: AuditLog,
-}
-
-impl EnrollHook for AuditHook {
-    fn review(&self, r: &EnrollRequest) -> HookDecision {
-        let event = Event::new("enroll.accepted", tether_control::audit::daemon_actor())
-            .host(r.name.clone())
-            .data(json!({
-                "name": r.name,
-                "overlay_ip": r.overlay_ip.to_string(),
-                "hostname": r.hostname,
-                "wg_public_key": r.wg_public_key,
-                "ssh_host_key_fingerprint": tether_enroll::ssh_fingerprint(&r.ssh_host_key).unwrap_or_default(),
-                "peer": r.peer.map(|p| p.to_string()),
-                "tags": r.tags,
-                "groups": r.groups,
-            }));
-        // Called on a blocking thread by the enrollment server.
-        match self.audit.append_blocking(&event) {
-            Ok(_) => HookDecision::Approve {
-                extra_tags: Default::default(),
-            },
-            Err(e) => HookDecision::Deny {
-                reason: format!("the hub cannot write its audit log ({e}); try again later"),
-            },
-        }
-    }
-}
-
 /// Starts the hub's tunnel and enrollment listener and re-adds every active host as a peer.
+/// Enrollments are reviewed by the enrollment-hook `plugins` (if any), then audited.
 pub async fn start_hub(
     config: &Config,
     vault: &Vault,
     registry: &Registry,
     alerts: Arc<dyn AlertSink>,
     audit: AuditLog,
+    plugins: Option<Arc<Plugins>>,
     shutdown: CancellationToken,
 ) -> Result<Membership, DaemonError> {
     let (network, prefix) =
@@ -281,11 +253,17 @@ pub async fn start_hub(
     };
     let invite_key = vault.get_or_generate(identity::INVITE_KEY, 32)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EnrollEvent>();
+    // Plugins first (they may deny or add tags), then the audit record of the accepted host.
+    let mut hooks: Vec<Arc<dyn EnrollHook>> = Vec::new();
+    if let Some(plugins) = plugins {
+        hooks.push(Arc::new(PluginEnrollHook::new(plugins, audit.clone())));
+    }
+    hooks.push(Arc::new(AuditHook {
+        audit: audit.clone(),
+    }));
     let hub = Hub::open(&config.state_dir, identity, invite_key, net)
         .map_err(|e| DaemonError::Membership(format!("cannot open the inventory: {e}")))?
-        .with_hook(Arc::new(AuditHook {
-            audit: audit.clone(),
-        }))
+        .with_hook(Arc::new(ChainHook::new(hooks)))
         .with_observer(Arc::new(tx));
     let hub = Arc::new(hub);
     let mut peers = 0;

@@ -1,5 +1,6 @@
 //! WASM plugins inside the daemon: the plugin host (the only wasmtime user) behind the control
-//! API's `PolicyHooks` seam, with secrets granted from the vault.
+//! API's `PolicyHooks` seam and the hub's enrollment review ([`crate::enroll_hooks`]), with
+//! secrets granted from the vault.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use serde_json::{Value, json};
 use tether_control::state::{HookVote, PluginVote, PolicyHooks};
 use tether_model::AlertSink;
 use tether_plugin_host::{
-    HostFacts, HostOptions, PluginHost, PolicyRequest, RequestKind, SecretSource, Vote,
+    EnrollVote, HostFacts, HostOptions, PluginHost, PluginKind, PolicyRequest, RequestKind,
+    SecretSource, Vote,
 };
 use tether_vault::Vault;
 use zeroize::Zeroizing;
@@ -55,6 +57,22 @@ impl Plugins {
     /// Name, kind, hash and signer of each plugin, for the start-up audit record.
     pub fn summary(&self) -> Value {
         self.list()
+    }
+
+    /// Asks the enrollment-hook plugins about an enrollment, in manifest order (stops at the
+    /// first deny). No votes when none is loaded. Blocking.
+    pub fn on_enroll(&self, r: &tether_enroll::EnrollRequest) -> Vec<EnrollVote> {
+        if !self.host.has(PluginKind::EnrollmentHook) {
+            return Vec::new();
+        }
+        self.host.on_enroll(&tether_plugin_host::EnrollRequest {
+            name: r.name.clone(),
+            hostname: r.hostname.clone(),
+            overlay_ip: r.overlay_ip.to_string(),
+            tags: r.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            groups: r.groups.clone(),
+            peer: r.peer.map(|p| p.to_string()),
+        })
     }
 }
 

@@ -103,31 +103,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         files = recovery.files,
         "audit log ready"
     );
-    let shutdown = CancellationToken::new();
-    let membership = match role {
-        tether_model::DaemonRole::Hub => {
-            crate::membership::start_hub(
-                &config,
-                &vault,
-                &registry,
-                Arc::clone(&alerts),
-                audit.clone(),
-                shutdown.clone(),
-            )
-            .await?
-        }
-        tether_model::DaemonRole::Target => {
-            crate::membership::start_target(
-                &config,
-                &vault,
-                &registry,
-                Arc::clone(&alerts),
-                audit.clone(),
-                shutdown.clone(),
-            )
-            .await?
-        }
-    };
+    // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
     let plugins = match config.plugins_manifest.clone() {
         None => None,
         Some(manifest) => {
@@ -150,6 +126,32 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
                 )
                 .await?;
             Some(loaded)
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let membership = match role {
+        tether_model::DaemonRole::Hub => {
+            crate::membership::start_hub(
+                &config,
+                &vault,
+                &registry,
+                Arc::clone(&alerts),
+                audit.clone(),
+                plugins.clone(),
+                shutdown.clone(),
+            )
+            .await?
+        }
+        tether_model::DaemonRole::Target => {
+            crate::membership::start_target(
+                &config,
+                &vault,
+                &registry,
+                Arc::clone(&alerts),
+                audit.clone(),
+                shutdown.clone(),
+            )
+            .await?
         }
     };
     let mut state = AppState::new(config, source, registry)?;

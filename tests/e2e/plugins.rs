@@ -206,3 +206,62 @@ fn enrollment_hooks_tag_or_refuse_enrollments_and_reload_takes_effect() {
     let host = json(&hub.tether(&["--json", "hosts", "show", "evil1"]));
     assert!(host["tags"].get("approved-by").is_none(), "{host}");
 }
+
+#[test]
+fn a_quarantined_plugin_is_audited_listed_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n{}",
+            manifest_entry("trap", "policy", "trap", "")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "",
+    );
+    // quarantine_after is 5: five trapping calls (each fails closed), then it is not called.
+    for _ in 0..5 {
+        let out = d.tether(&["policy", "check", "--", "uptime"]);
+        assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    }
+    let list = d.tether(&["--json", "plugin", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(v["plugins"][0]["quarantined"], true, "{v}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let record = loop {
+        let out = d.tether(&["--json", "audit", "tail", "--type", "plugin.quarantine"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        if let Some(line) = stdout(&out).lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no plugin.quarantine record:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let data = &record["data"];
+    assert_eq!(data["plugin"], "trap", "{record}");
+    assert_eq!(data["kind"], "policy", "{record}");
+    assert_eq!(data["failures"], 5, "{record}");
+    assert_eq!(data["error_kind"], "trap", "{record}");
+    assert!(
+        data["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{record}"
+    );
+
+    // Still serving: the quarantined fail-closed hook keeps denying without being called.
+    let out = d.tether(&["--json", "policy", "check", "--", "uptime"]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    assert!(stdout(&out).contains("quarantined"), "{}", stdout(&out));
+    assert_eq!(code(&d.tether(&["status"])), 0);
+    let audit = stdout(&d.tether(&["--json", "audit", "tail", "--type", "plugin.quarantine"]));
+    assert_eq!(audit.lines().count(), 1, "recorded once: {audit}");
+}

@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::caps::{Grants, NoSecrets, SecretSource};
 use crate::error::{Error, Result};
+use crate::events::{NoEvents, PluginEvents, Quarantined};
 use crate::manifest::{MAX_MEMORY_MB, Manifest, PluginKind, PluginSpec};
 use crate::store::StoreState;
 use crate::types::*;
@@ -33,6 +34,8 @@ pub struct HostOptions {
     pub secrets: Arc<dyn SecretSource>,
     /// Where `plugin_quarantined` alerts go.
     pub alerts: Arc<dyn AlertSink>,
+    /// Told when a plugin is quarantined (the daemon audits it as `plugin.quarantine`).
+    pub events: Arc<dyn PluginEvents>,
     /// Consecutive failures (trap, timeout, memory, output too large) before quarantine. Default 5.
     pub quarantine_after: u32,
 }
@@ -43,6 +46,7 @@ impl Default for HostOptions {
             cache_dir: None,
             secrets: Arc::new(NoSecrets),
             alerts: Arc::new(NoAlerts),
+            events: Arc::new(NoEvents),
             quarantine_after: 5,
         }
     }
@@ -529,13 +533,13 @@ impl PluginHost {
                         st.consecutive += 1;
                         if st.consecutive >= self.opts.quarantine_after && !st.quarantined {
                             st.quarantined = true;
-                            quarantine = Some((st.consecutive, e.kind));
+                            quarantine = Some((st.consecutive, e.clone()));
                         }
                     }
                 }
             }
         }
-        if let Some((n, kind)) = quarantine {
+        if let Some((n, last_error)) = quarantine {
             *lock(&p.live) = None;
             tracing::error!(
                 plugin = name,
@@ -545,9 +549,16 @@ impl PluginHost {
                 "plugin_quarantined",
                 Severity::Warning,
                 format!(
-                    "plugin {name} quarantined after {n} consecutive failures (last: {kind}); fix it and run `tether plugin reload`"
+                    "plugin {name} quarantined after {n} consecutive failures (last: {}); fix it and run `tether plugin reload`",
+                    last_error.kind
                 ),
             ));
+            self.opts.events.quarantined(&Quarantined {
+                plugin: name.to_owned(),
+                kind: p.spec.kind,
+                failures: n,
+                last_error,
+            });
         }
         result
     }

@@ -6,7 +6,8 @@
 //! grants ([`caps`]), and calls them: [`PluginHost::evaluate`] (policy hooks),
 //! [`PluginHost::deliver_alert`], [`PluginHost::deliver_audit_batch`], [`PluginHost::on_enroll`].
 //! A plugin that traps, times out or exceeds its memory is contained: its call returns a
-//! [`PluginError`], its instance is recycled, and after repeated failures it is quarantined.
+//! [`PluginError`], its instance is recycled, and after repeated failures it is quarantined
+//! (an alert, and a [`PluginEvents::quarantined`] call for the daemon's audit log).
 //!
 //! The host API is synchronous (a call blocks for at most the plugin's `timeout_ms`); from async
 //! code call it inside `tokio::task::spawn_blocking`.
@@ -14,6 +15,7 @@
 
 pub mod caps;
 mod error;
+mod events;
 mod host;
 pub mod manifest;
 mod store;
@@ -22,6 +24,7 @@ mod v0_1;
 
 pub use caps::{NoSecrets, SecretSource};
 pub use error::{Error, Result};
+pub use events::{NoEvents, PluginEvents, Quarantined};
 pub use host::{HostOptions, PluginHost, PluginInfo};
 pub use manifest::{Capabilities, Limits, Manifest, PluginKind, PluginSpec};
 /// Ed25519 signatures of components (keygen, sign, verify): the wasmtime-free

@@ -433,11 +433,19 @@ mod hostile {
                 self.0.lock().unwrap().push(a);
             }
         }
+        struct Events(Mutex<Vec<Quarantined>>);
+        impl PluginEvents for Events {
+            fn quarantined(&self, e: &Quarantined) {
+                self.0.lock().unwrap().push(e.clone());
+            }
+        }
         let alerts = Arc::new(Rec(Mutex::new(Vec::new())));
+        let events = Arc::new(Events(Mutex::new(Vec::new())));
         let f = Fixture::new();
         f.plugin("trap", true);
         let opts = HostOptions {
             alerts: alerts.clone(),
+            events: events.clone(),
             quarantine_after: 3,
             ..HostOptions::default()
         };
@@ -447,6 +455,16 @@ mod hostile {
         }
         assert_eq!(alerts.0.lock().unwrap().len(), 1);
         assert_eq!(alerts.0.lock().unwrap()[0].kind, "plugin_quarantined");
+        {
+            let ev = events.0.lock().unwrap();
+            assert_eq!(ev.len(), 1, "the daemon is told once");
+            assert_eq!(
+                (ev[0].plugin.as_str(), ev[0].kind, ev[0].failures),
+                ("trap", PluginKind::Policy, 3)
+            );
+            assert_eq!(ev[0].last_error.kind, ErrorKind::Trap);
+            assert!(!ev[0].last_error.message.is_empty());
+        }
         let v = one(&host);
         assert_eq!(v.outcome.unwrap_err().kind, ErrorKind::Quarantined);
         assert!(
@@ -455,6 +473,7 @@ mod hostile {
         );
         assert!(host.list()[0].quarantined);
         assert_eq!(alerts.0.lock().unwrap().len(), 1, "alerted once");
+        assert_eq!(events.0.lock().unwrap().len(), 1, "recorded once");
         host.reload().unwrap();
         assert!(!host.list()[0].quarantined, "reload clears quarantine");
     }

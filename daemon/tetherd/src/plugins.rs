@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use prometheus::Registry;
 use serde_json::{Value, json};
+use tether_audit::{AuditLog, Event};
 use tether_control::state::{HookVote, PluginVote, PolicyHooks};
 use tether_model::AlertSink;
 use tether_plugin_host::{
-    EnrollVote, HostFacts, HostOptions, PluginHost, PluginKind, PolicyRequest, RequestKind,
-    SecretSource, Vote,
+    EnrollVote, HostFacts, HostOptions, PluginEvents, PluginHost, PluginKind, PolicyRequest,
+    Quarantined, RequestKind, SecretSource, Vote,
 };
 use tether_vault::Vault;
 use zeroize::Zeroizing;
@@ -28,6 +29,35 @@ impl SecretSource for VaultSecrets {
     }
 }
 
+/// Records plugin lifecycle events in the audit log: a quarantine becomes `plugin.quarantine`.
+struct AuditEvents {
+    audit: AuditLog,
+    rt: tokio::runtime::Handle,
+}
+
+impl PluginEvents for AuditEvents {
+    fn quarantined(&self, q: &Quarantined) {
+        let event =
+            Event::new("plugin.quarantine", tether_control::audit::daemon_actor()).data(json!({
+                "plugin": q.plugin,
+                "kind": q.kind.as_str(),
+                "failures": q.failures,
+                "error_kind": q.last_error.kind.as_str(),
+                "reason": q.last_error.message,
+                "hint": "fix the plugin, then `tether plugin reload`",
+            }));
+        // Called on whichever thread made the failing plugin call; hand the write to the runtime
+        // instead of blocking there (the quarantine itself already happened).
+        let audit = self.audit.clone();
+        let plugin = q.plugin.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = audit.append(&event).await {
+                tracing::error!(plugin, "could not audit a plugin quarantine: {e}");
+            }
+        });
+    }
+}
+
 /// The loaded plugins.
 pub struct Plugins {
     host: PluginHost,
@@ -35,18 +65,20 @@ pub struct Plugins {
 
 impl Plugins {
     /// Loads `manifest` (signatures checked, components compiled or taken from the cache in
-    /// `state_dir/plugin-cache`). Blocking.
+    /// `state_dir/plugin-cache`). Quarantines are audited through `audit` on `rt`. Blocking.
     pub fn load(
         manifest: &Path,
         state_dir: &Path,
         vault: Vault,
         alerts: Arc<dyn AlertSink>,
+        (audit, rt): (AuditLog, tokio::runtime::Handle),
         registry: &Registry,
     ) -> Result<Plugins, DaemonError> {
         let opts = HostOptions {
             cache_dir: Some(state_dir.join("plugin-cache")),
             secrets: Arc::new(VaultSecrets(vault)),
             alerts,
+            events: Arc::new(AuditEvents { audit, rt }),
             ..HostOptions::default()
         };
         let host = PluginHost::load(manifest, opts, registry)

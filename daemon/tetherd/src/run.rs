@@ -113,8 +113,11 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
                 Arc::clone(&alerts),
                 registry.clone(),
             );
+            let events = (audit.clone(), tokio::runtime::Handle::current());
             let loaded = tokio::task::spawn_blocking(move || {
-                crate::plugins::Plugins::load(&manifest, &state_dir, vault, alerts, &registry)
+                crate::plugins::Plugins::load(
+                    &manifest, &state_dir, vault, alerts, events, &registry,
+                )
             })
             .await
             .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??;

@@ -89,9 +89,9 @@ pub enum SignError {
         key_id: String,
     },
     /// A key file or a trusted key is not a valid Ed25519 key, or no key could be generated.
-    #[error("key {what}: {message}")]
+    #[error("{what}: {message}")]
     Key {
-        /// Which key (file path or trusted-key entry).
+        /// Which key, e.g. `private key /path`, `public key`, `trusted key <id>`.
         what: String,
         /// What is wrong.
         message: String,

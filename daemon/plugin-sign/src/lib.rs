@@ -88,6 +88,11 @@ pub enum Overwrite {
     Replace,
 }
 
+/// SHA-256 of component bytes (what a signature covers).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 /// The key id of a public key: first 8 bytes of its SHA-256, hex.
 pub fn key_id(public_key: &[u8; 32]) -> String {
     hex::encode(&Sha256::digest(public_key)[..8])
@@ -181,7 +186,7 @@ pub fn keygen_with(path: &Path, overwrite: Overwrite) -> Result<KeyInfo> {
     }
     let mut seed = Zeroizing::new([0u8; 32]);
     getrandom::fill(seed.as_mut()).map_err(|e| SignError::Key {
-        what: path.display().to_string(),
+        what: format!("private key {}", path.display()),
         message: format!("no randomness from the OS: {e}"),
     })?;
     let sk = SigningKey::from_bytes(&seed);
@@ -243,7 +248,7 @@ pub fn keygen_with(path: &Path, overwrite: Overwrite) -> Result<KeyInfo> {
 fn load_signing_key(key: &Path) -> Result<SigningKey> {
     let text = Zeroizing::new(std::fs::read_to_string(key).map_err(io("private key", key))?);
     let bad = |message: &str| SignError::Key {
-        what: key.display().to_string(),
+        what: format!("private key {}", key.display()),
         message: message.into(),
     };
     let mut lines = text.lines();

@@ -58,7 +58,7 @@ pub enum Command {
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
-    /// WASM plugins loaded by the daemon: list, reload.
+    /// WASM plugins: list, reload (in the daemon); keygen, sign, verify, new (local, no daemon).
     #[command(subcommand)]
     Plugin(cmd::plugin::PluginCommand),
     /// Membership and the tunnel: invite, reinvite, revoke, status.

@@ -1,12 +1,19 @@
-//! `tether plugin list|reload`. (Signing and scaffolding — keygen, sign, verify, new — come next;
-//! they must not link wasmtime into the CLI.)
+//! `tether plugin ...`. `list` and `reload` ask the daemon; `keygen`, `sign`, `verify` and `new`
+//! run locally (no daemon needed). Signing comes from `tether-plugin-sign`, so the CLI never
+//! links wasmtime (a test checks `cargo tree`).
+
+pub mod keygen;
+pub mod list;
+pub mod new;
+pub mod reload;
+pub mod sign;
+pub mod verify;
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use tether_plugin_sign::SignError;
 
 use crate::cli::Global;
 use crate::error::CliError;
-use crate::output;
 
 /// `tether plugin ...`
 #[derive(Debug, Subcommand)]
@@ -15,54 +22,30 @@ pub enum PluginCommand {
     List,
     /// Re-read the plugin manifest; a bad plugin keeps the old set.
     Reload,
+    /// Create an Ed25519 plugin signing key pair (private 0600 + .pub); prints the trusted_keys line.
+    Keygen(keygen::KeygenArgs),
+    /// Sign a plugin component (.wasm) with a key from `keygen`: writes FILE.sig.
+    Sign(sign::SignArgs),
+    /// Check a component's signature (and that its signer is trusted). Exit 0 when valid, 1 when
+    /// not (the reason is printed: no signature, modified after signing, bad signature, untrusted).
+    Verify(verify::VerifyArgs),
+    /// Create a new plugin crate from a template (policy, alert-sink, audit-sink, enrollment-hook).
+    New(new::NewArgs),
 }
 
 pub async fn run(global: &Global, cmd: PluginCommand) -> Result<u8, CliError> {
-    let client = global.client();
     match cmd {
-        PluginCommand::List => {
-            let out: Value = client.get_json("/v1/plugins").await?;
-            if global.json {
-                output::json(&out);
-                return Ok(0);
-            }
-            let list = out["plugins"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no plugins loaded (set plugins_manifest in tetherd.toml)");
-            } else {
-                println!(
-                    "{:<20} {:<16} {:<14} {:>7} {:>7} {:>8}  STATE",
-                    "NAME", "KIND", "SHA256", "CALLS", "ERRORS", "P99"
-                );
-            }
-            for p in list {
-                println!(
-                    "{:<20} {:<16} {:<14} {:>7} {:>7} {:>8}  {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["kind"].as_str().unwrap_or("?"),
-                    p["sha256"].as_str().map_or("?", |h| &h[..12.min(h.len())]),
-                    p["calls"],
-                    p["errors"],
-                    p["p99_us"]
-                        .as_u64()
-                        .map_or("-".to_owned(), |u| format!("{u}us")),
-                    if p["quarantined"] == true {
-                        "QUARANTINED"
-                    } else {
-                        "ok"
-                    },
-                );
-            }
-            Ok(0)
-        }
-        PluginCommand::Reload => {
-            let out: Value = client.post_json("/v1/plugins/reload", &json!({})).await?;
-            if global.json {
-                output::json(&out);
-            } else {
-                println!("plugins reloaded: {}", out["plugins"]);
-            }
-            Ok(0)
-        }
+        PluginCommand::List => list::run(global).await,
+        PluginCommand::Reload => reload::run(global).await,
+        PluginCommand::Keygen(args) => keygen::run(global, args),
+        PluginCommand::Sign(args) => sign::run(global, args),
+        PluginCommand::Verify(args) => verify::run(global, args),
+        PluginCommand::New(args) => new::run(global, args),
     }
+}
+
+/// A signing error of a local command: the caller's paths and keys are inputs, so these are usage
+/// errors (exit 2). Verification failures are reported by `verify` itself (exit 1).
+fn usage(e: SignError) -> CliError {
+    CliError::Usage(e.to_string())
 }

@@ -1,7 +1,7 @@
 //! The capability granter: the ONE place that decides what a plugin's host imports may do.
 //!
 //! Every WIT version's host module (`v0_1`, later `v0_2`...) translates its bindgen types and
-//! calls into [`Grants`]; no other code hands anything to a plugin.
+//! calls into `Grants`; no other code hands anything to a plugin.
 //!
 //! - `log` → `tracing`, tagged with the plugin name, messages truncated to 4 KiB.
 //! - `clock` → the wall clock (ms since the Unix epoch).
@@ -11,8 +11,12 @@
 //! - `http` → performed by the host: host name checked against `allowed_hosts`, then resolved,
 //!   then EVERY resolved address checked (loopback/private/link-local/metadata/... refused unless the
 //!   manifest allows that host=ip pair), then the connection goes to a checked address (no second
-//!   lookup, so DNS rebinding cannot swap it). Plain `http://` only with `allow_http`; `https://` is
-//!   refused with `failed("https is not supported yet")` because the workspace has no TLS stack.
+//!   lookup, so DNS rebinding cannot swap it; the checked addresses are tried in order).
+//!   `https://` is the default: TLS over that connection, the certificate verified against the
+//!   URL's host name (also the SNI) with the built-in Mozilla roots plus the plugin's optional
+//!   `ca_file` (see the `tls` module). Plain `http://` only with `allow_http`. The request size,
+//!   response size (`max_response_bytes`) and the call's deadline (handshake included) apply
+//!   to both.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -78,6 +82,8 @@ pub(crate) struct Grants {
     spec: PluginSpec,
     secrets: Arc<dyn SecretSource>,
     rt: tokio::runtime::Handle,
+    /// TLS client config (`None` when the plugin may not reach any host).
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// `secrets.get` calls refused because the name is not granted.
     pub secret_denials: AtomicU64,
     /// `http.send` calls refused by the destination check.
@@ -87,19 +93,26 @@ pub(crate) struct Grants {
 const MAX_LOG: usize = 4096;
 
 impl Grants {
+    /// Fails when the plugin's `ca_file` cannot be used.
     pub fn new(
         spec: PluginSpec,
         secrets: Arc<dyn SecretSource>,
         rt: tokio::runtime::Handle,
-    ) -> Self {
-        Grants {
+    ) -> crate::error::Result<Self> {
+        let tls = if spec.capabilities.allowed_hosts.is_empty() {
+            None
+        } else {
+            Some(crate::tls::client_config(&spec)?)
+        };
+        Ok(Grants {
             plugin: spec.name.clone(),
             spec,
             secrets,
             rt,
+            tls,
             secret_denials: AtomicU64::new(0),
             http_denials: AtomicU64::new(0),
-        }
+        })
     }
 
     pub fn log(&self, level: Level, message: &str) {
@@ -213,6 +226,7 @@ impl Grants {
             .map(|a| a.as_str().to_string())
             .unwrap_or_else(|| host.clone());
         let host2 = host.clone();
+        let tls = self.tls.clone();
         let fut = async move {
             // 1. resolve (IP literals resolve to themselves)
             let addrs: Vec<SocketAddr> = match host2.parse::<IpAddr>() {
@@ -236,15 +250,41 @@ impl Grants {
                     )));
                 }
             }
-            if https {
-                return Err(HttpError::Failed(
-                    "https is not supported yet by this host (no TLS stack); use allow_http for an internal http:// endpoint".into(),
-                ));
-            }
             // 3. connect to a checked address, never re-resolving
-            let stream = tokio::net::TcpStream::connect(addrs[0])
+            let mut stream = None;
+            let mut last_err = String::new();
+            for a in &addrs {
+                match tokio::net::TcpStream::connect(a).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
+                    Err(e) => last_err = format!("connect {a}: {e}"),
+                }
+            }
+            let stream = stream.ok_or(HttpError::Failed(last_err))?;
+            if !https {
+                return send_http1(
+                    stream,
+                    method,
+                    &path,
+                    &authority,
+                    req.headers,
+                    req.body,
+                    max_resp,
+                )
+                .await;
+            }
+            // 4. TLS on that connection, verified against the host name (not the address)
+            let (Some(config), Some(name)) = (tls, crate::tls::server_name(&host2)) else {
+                return Err(HttpError::Failed(format!(
+                    "{host2} is not usable as a TLS server name"
+                )));
+            };
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
                 .await
-                .map_err(|e| HttpError::Failed(format!("connect {}: {e}", addrs[0])))?;
+                .map_err(|e| HttpError::Failed(crate::tls::describe(&host2, &e)))?;
             send_http1(
                 stream,
                 method,
@@ -271,15 +311,18 @@ impl Grants {
     }
 }
 
-async fn send_http1(
-    stream: tokio::net::TcpStream,
+async fn send_http1<S>(
+    stream: S,
     method: hyper::Method,
     path: &str,
     authority: &str,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     max_resp: usize,
-) -> Result<HttpResponse, HttpError> {
+) -> Result<HttpResponse, HttpError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use http_body_util::{BodyExt, Full};
     let failed = |e: &dyn std::fmt::Display| HttpError::Failed(e.to_string());
     let (mut sender, conn) =

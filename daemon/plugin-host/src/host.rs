@@ -341,7 +341,7 @@ impl PluginHost {
             .as_ref()
             .map(|r| r.handle().clone())
             .ok_or_else(|| Error::Runtime("http runtime is shut down".into()))?;
-        let grants = Arc::new(Grants::new(spec.clone(), self.opts.secrets.clone(), rt));
+        let grants = Arc::new(Grants::new(spec.clone(), self.opts.secrets.clone(), rt)?);
         let plugin = Plugin {
             spec: spec.clone(),
             sha256: verified.sha256,

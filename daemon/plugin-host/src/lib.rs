@@ -19,6 +19,7 @@ mod events;
 mod host;
 pub mod manifest;
 mod store;
+mod tls;
 mod types;
 mod v0_1;
 

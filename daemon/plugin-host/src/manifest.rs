@@ -15,6 +15,7 @@
 //! allowed_hosts = ["hooks.example.com"]
 //! allow_http = false             # plain http:// destinations
 //! allow_private = ["hooks.example.com=10.1.2.3"]  # host=ip pairs allowed despite a private address
+//! ca_file = "internal-ca.pem"    # extra trusted CAs for https (PEM, relative to this file)
 //! secrets = ["slack_token"]
 //! [plugin.limits]
 //! timeout_ms = 50
@@ -109,6 +110,9 @@ pub struct Capabilities {
     pub allow_private: Vec<(String, IpAddr)>,
     /// Secret names `secrets.get` may return.
     pub secrets: BTreeSet<String>,
+    /// PEM file of CA certificates trusted for `https://` in addition to the built-in Mozilla
+    /// roots (for a private CA). Absolute, or relative to the manifest's directory.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Per-call limits.
@@ -165,6 +169,7 @@ struct RawCaps {
     allow_private: Vec<String>,
     #[serde(default)]
     secrets: Vec<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -356,11 +361,9 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
         };
         config.insert(k, s);
     }
-    let path = if raw.path.is_absolute() {
-        raw.path
-    } else {
-        base.join(raw.path)
-    };
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let path = resolve(raw.path);
+    let ca_file = raw.capabilities.ca_file.map(resolve);
     Ok(PluginSpec {
         on_error: raw.on_error.unwrap_or(
             if raw.kind == PluginKind::Policy || raw.kind == PluginKind::EnrollmentHook {
@@ -377,6 +380,7 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
             allow_http: raw.capabilities.allow_http,
             allow_private,
             secrets,
+            ca_file,
         },
         limits,
         may_override: raw.may_override,

@@ -634,13 +634,6 @@ mod capabilities {
             r.starts_with("error=not allowed") && r.contains("allow_http"),
             "{r}"
         );
-        // https: honest refusal (no TLS stack yet)
-        let r = probe(
-            &f,
-            "https://127.0.0.1:9/",
-            "allowed_hosts = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1=127.0.0.1\"]",
-        );
-        assert!(r.contains("https is not supported yet"), "{r}");
         // positive: explicit loopback allowance, a real server on 127.0.0.1
         let port = serve_once("hello from 127.0.0.1");
         let r = probe(
@@ -728,5 +721,302 @@ mod capabilities {
             .unwrap();
         assert_eq!(one(&denied).outcome, Ok(Vote::Deny("missing".into())));
         assert_eq!(denied.list()[0].secret_denials, 1);
+    }
+}
+
+/// `https://` through the host: a local rustls server with a CA made by the `openssl` CLI.
+mod https {
+    use super::*;
+    use std::process::Command;
+
+    /// A test CA and a leaf certificate for `localhost` signed by it (PEM files in a temp dir).
+    struct Pki {
+        dir: tempfile::TempDir,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let run = |args: &[&str]| {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(d)
+                    .output()
+                    .expect("the openssl CLI is needed to make test certificates");
+                assert!(
+                    out.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ];
+            run(&[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=Tether Test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat());
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "leaf.key",
+                    "-out",
+                    "leaf.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat());
+            std::fs::write(
+                d.join("leaf.ext"),
+                "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "leaf.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+            ]);
+            Pki { dir }
+        }
+
+        fn ca(&self) -> PathBuf {
+            self.dir.path().join("ca.pem")
+        }
+
+        /// A rustls HTTPS server on 127.0.0.1:0 answering every request with `body`.
+        fn serve(&self, body: &'static str) -> u16 {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(self.dir.path().join("leaf.pem"))
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(self.dir.path().join("leaf.key")).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            let port = l.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let l = tokio::net::TcpListener::from_std(l).unwrap();
+                    loop {
+                        let Ok((s, _)) = l.accept().await else { return };
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A client that refuses the certificate ends the handshake here.
+                            let Ok(mut tls) = acceptor.accept(s).await else { return };
+                            let mut req = Vec::new();
+                            let mut buf = [0u8; 1024];
+                            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match tls.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = tls.write_all(resp.as_bytes()).await;
+                            let _ = tls.shutdown().await;
+                        });
+                    }
+                });
+            });
+            port
+        }
+    }
+
+    fn probe(f: &Fixture, url: &str, caps: &str, limits: &str) -> String {
+        let host = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!("[plugin.limits]\ntimeout_ms = 3000\n{limits}\n[plugin.capabilities]\n{caps}\n[plugin.config]\nurl = \"{url}\""),
+            ))
+            .unwrap();
+        let v = one(&host);
+        assert_eq!(
+            host.list()[0].errors,
+            0,
+            "contained: the plugin call itself succeeded"
+        );
+        match v.outcome.unwrap() {
+            Vote::Deny(r) => r,
+            v => panic!("{v:?}"),
+        }
+    }
+
+    const LOCALHOST: &str = "allowed_hosts = [\"localhost\"]\nallow_private = [\"localhost=127.0.0.1\", \"localhost=::1\"]";
+
+    #[test]
+    fn https_with_the_plugins_ca_file_reaches_the_server_and_limits_apply() {
+        let pki = Pki::new();
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        let port = pki.serve("hello over tls");
+        let url = format!("https://localhost:{port}/ok");
+        let ca = format!("ca_file = {:?}", pki.ca().display().to_string());
+        let r = probe(&f, &url, &format!("{LOCALHOST}\n{ca}"), "");
+        assert_eq!(r, "status=200 body=hello over tls");
+        // the response size limit holds over TLS too
+        let r = probe(
+            &f,
+            &url,
+            &format!("{LOCALHOST}\n{ca}"),
+            "max_response_bytes = 16",
+        );
+        assert_eq!(r, "error=too large");
+    }
+
+    #[test]
+    fn https_without_the_ca_is_refused_with_a_precise_certificate_error() {
+        let pki = Pki::new();
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        let port = pki.serve("must not be read");
+        let r = probe(&f, &format!("https://localhost:{port}/"), LOCALHOST, "");
+        assert!(
+            r.starts_with("error=failed: tls handshake with localhost")
+                && r.contains("UnknownIssuer")
+                && r.contains("capabilities.ca_file"),
+            "{r}"
+        );
+        assert!(!r.contains("must not be read"), "{r}");
+    }
+
+    #[test]
+    fn https_to_a_name_the_certificate_does_not_cover_is_refused() {
+        let pki = Pki::new();
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        let port = pki.serve("must not be read");
+        // Trusted CA, but the certificate names `localhost`, not the IP the URL uses.
+        let r = probe(
+            &f,
+            &format!("https://127.0.0.1:{port}/"),
+            &format!(
+                "allowed_hosts = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1=127.0.0.1\"]\nca_file = {:?}",
+                pki.ca().display().to_string()
+            ),
+            "",
+        );
+        assert!(
+            r.starts_with("error=failed: tls handshake with 127.0.0.1")
+                && r.contains("does not name this host"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_tls_handshake_that_never_finishes_is_bounded_by_the_call_deadline() {
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        // accepts TCP but never speaks TLS
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let host = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!("[plugin.limits]\ntimeout_ms = 200\n[plugin.capabilities]\n{LOCALHOST}\n[plugin.config]\nurl = \"https://localhost:{port}/\""),
+            ))
+            .unwrap();
+        let t = Instant::now();
+        let v = one(&host);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        match v.outcome {
+            Ok(Vote::Deny(r)) => assert_eq!(r, "error=timeout"),
+            Err(e) => assert_eq!(e.kind, ErrorKind::Timeout),
+            other => panic!("{other:?}"),
+        }
+        drop(l);
+    }
+
+    #[test]
+    fn an_unusable_ca_file_stops_the_load_naming_the_key() {
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        let not_pem = f.dir.path().join("not-a-ca.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let e = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!(
+                    "[plugin.capabilities]\n{LOCALHOST}\nca_file = {:?}",
+                    not_pem.display().to_string()
+                ),
+            ))
+            .err()
+            .expect("load must fail")
+            .to_string();
+        assert!(
+            e.contains("capabilities.ca_file") && e.contains("BEGIN CERTIFICATE"),
+            "{e}"
+        );
+        let e = f
+            .host(&entry(
+                "http_probe",
+                "policy",
+                &format!("[plugin.capabilities]\n{LOCALHOST}\nca_file = \"missing.pem\""),
+            ))
+            .err()
+            .expect("load must fail")
+            .to_string();
+        assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ mod demo;
 mod lifecycle;
 mod limits;
 mod membership;
+mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;

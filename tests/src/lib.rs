@@ -324,3 +324,27 @@ pub fn dechunk(body: &str) -> String {
     }
     out
 }
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A WASM component built by `plugins/build.sh` (`allow_all`, `deny_all`, ...), running the
+/// script once if the component is missing.
+pub fn plugin_component(crate_name: &str) -> PathBuf {
+    let path = repo()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{crate_name}.wasm"));
+    if !path.exists() {
+        let st = Command::new("sh")
+            .arg(repo().join("plugins/build.sh"))
+            .status()
+            .expect("run plugins/build.sh");
+        assert!(st.success(), "plugins/build.sh failed");
+    }
+    path
+}

@@ -88,6 +88,18 @@ async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64) -> Run {
         .get_histogram()
         .clone();
     let fsync_mean_us = f.get_sample_sum() / f.get_sample_count().max(1) as f64 * 1e6;
+    if std::env::var_os("AUDIT_BENCH_QUICK").is_some() {
+        let b: Vec<String> = f
+            .get_bucket()
+            .iter()
+            .map(|b| format!("<={:.4}:{}", b.upper_bound(), b.cumulative_count()))
+            .collect();
+        println!(
+            "fsync buckets (cumulative) of {}: {}",
+            f.get_sample_count(),
+            b.join(" ")
+        );
+    }
     let bytes = tether_audit::list_day_files(dir)
         .unwrap()
         .iter()

@@ -1,6 +1,5 @@
 //! Signed head checkpoints.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
@@ -8,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::unhex32;
 use crate::error::{AuditError, Result};
-use crate::files::{HEAD_FILE, sync_dir};
+use crate::files::HEAD_FILE;
 use crate::keys::ChainKeys;
 
 const DOMAIN: &[u8] = b"tether-audit-checkpoint-v1\n";
@@ -108,16 +107,6 @@ pub fn read_head(dir: &Path) -> Result<Option<Checkpoint>> {
 
 /// Atomically replaces `dir/head`: write `head.tmp`, fsync, rename, fsync the directory.
 pub(crate) fn write_head(dir: &Path, cp: &Checkpoint) -> std::io::Result<()> {
-    let tmp = dir.join("head.tmp");
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(cp.to_text().as_bytes())?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, dir.join(HEAD_FILE))?;
-        sync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    tether_durable::write_atomic(&dir.join(HEAD_FILE), cp.to_text().as_bytes(), 0o600)
+        .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
 }

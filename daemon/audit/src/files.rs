@@ -45,7 +45,7 @@ pub fn list_day_files(dir: &Path) -> Result<Vec<(Date, PathBuf)>> {
 
 /// fsyncs a directory so that a create/rename/unlink in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    tether_durable::sync_dir(dir).map_err(|e| e.source)
 }
 
 /// Where the records of a day file's bytes end: the first NUL byte, or the end.

@@ -1,10 +1,7 @@
 //! Small shared helpers: time, HMAC, name validation, durable atomic file writes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -134,50 +131,14 @@ pub fn validate_tag(key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` durably and atomically: a temporary file in the same directory
-/// (mode 0600), `fsync`, `rename` over `path`, `fsync` of the directory. A reader (or a restart
-/// after `kill -9` / power loss) sees either the old or the new content, never a mix.
+/// Writes `bytes` to `path` durably and atomically (mode 0600, see [`tether_durable`]): a reader,
+/// or a restart after `kill -9` / power loss, sees either the old or the new content, never a mix.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp: PathBuf = dir.join(format!(
-        ".{file_name}.tmp.{}.{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io = |what, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| EnrollError::Io {
-            what,
-            path: p,
-            source,
-        }
-    };
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", dir))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    tether_durable::write_atomic(path, bytes, 0o600).map_err(|e| EnrollError::Io {
+        what: e.step,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Removes temporary files an interrupted [`atomic_write`] of `path` left behind.

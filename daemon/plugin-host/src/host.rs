@@ -393,13 +393,8 @@ impl PluginHost {
                 .create(dir)
                 .map_err(io("plugin cache dir", dir))?;
         }
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            hex::encode(sha256),
-            std::process::id()
-        ));
-        std::fs::write(&tmp, &artifact).map_err(io("plugin cache file", &tmp))?;
-        std::fs::rename(&tmp, &file).map_err(io("plugin cache file", &file))?;
+        tether_durable::write_atomic(&file, &artifact, 0o600)
+            .map_err(|e| io("plugin cache file", &file)(e.source))?;
         deserialize_cached(&self.engine, &file).map_err(load_err)
     }
 

@@ -140,29 +140,13 @@ pub fn sig_path(path: &Path) -> PathBuf {
     with_suffix(path, ".sig")
 }
 
-/// Writes `bytes` to `path` through a synced temp file in the same directory renamed over it, so
-/// readers see the old or the new content, never a torn one; the file gets `mode`.
+/// Writes `bytes` to `path` atomically and durably with `mode` (see [`tether_durable`]).
 fn write_atomic(what: &'static str, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tether-tmp-")
-        .tempfile_in(dir)
-        .map_err(io(what, path))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|()| tmp.write_all(bytes))
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io(what, path))?;
-    tmp.persist(path).map_err(|e| SignError::Io {
+    tether_durable::write_atomic(path, bytes, mode).map_err(|e| SignError::Io {
         what,
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Generates an Ed25519 key pair: `path` (private, created 0600, refused if it exists) and

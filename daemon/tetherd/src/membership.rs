@@ -77,30 +77,10 @@ impl Enrollment {
 
     /// Writes it atomically (temp file, fsync, rename, fsync of the directory), mode 0600.
     pub fn save(&self, state_dir: &Path) -> Result<(), DaemonError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = enrollment_path(state_dir);
-        let tmp = state_dir.join(".enrollment.json.tmp");
-        let io = |what: &str, e: std::io::Error| {
-            DaemonError::Membership(format!("cannot {what} {}: {e}", path.display()))
-        };
         let bytes =
             serde_json::to_vec_pretty(self).map_err(|e| DaemonError::Membership(e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("write", e))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
-        if let Ok(dir) = std::fs::File::open(state_dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        tether_durable::write_atomic(&enrollment_path(state_dir), &bytes, 0o600)
+            .map_err(|e| DaemonError::Membership(e.to_string()))
     }
 }
 

@@ -264,4 +264,23 @@ fn a_quarantined_plugin_is_audited_listed_and_the_daemon_keeps_serving() {
     assert_eq!(code(&d.tether(&["status"])), 0);
     let audit = stdout(&d.tether(&["--json", "audit", "tail", "--type", "plugin.quarantine"]));
     assert_eq!(audit.lines().count(), 1, "recorded once: {audit}");
+    // Each of the five failed calls is on the record too, numbered; the quarantined calls after
+    // them are not (the plugin is no longer called).
+    // (Written off the plugin-call thread: give the last one a moment.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let errors = stdout(&d.tether(&["--json", "audit", "tail", "--type", "plugin.error"]));
+        let mut consecutive: Vec<u64> = errors
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .inspect(|r| assert_eq!(r["data"]["error_kind"], "trap", "{r}"))
+            .map(|r| r["data"]["consecutive"].as_u64().unwrap())
+            .collect();
+        consecutive.sort_unstable();
+        if consecutive.len() >= 5 || std::time::Instant::now() > deadline {
+            assert_eq!(consecutive, [1, 2, 3, 4, 5], "{errors}");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

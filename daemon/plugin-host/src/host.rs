@@ -13,7 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::caps::{Grants, NoSecrets, SecretSource};
 use crate::error::{Error, Result};
-use crate::events::{NoEvents, PluginEvents, Quarantined};
+use crate::events::{Failed, NoEvents, PluginEvents, Quarantined};
 use crate::manifest::{MAX_MEMORY_MB, Manifest, PluginKind, PluginSpec};
 use crate::store::StoreState;
 use crate::types::*;
@@ -503,6 +503,7 @@ impl PluginHost {
             .with_label_values(&[name])
             .observe(elapsed.as_secs_f64());
         let mut quarantine = None;
+        let mut failed = None;
         {
             let mut st = lock(&p.stats);
             st.calls += 1;
@@ -526,6 +527,12 @@ impl PluginHost {
                     );
                     if e.kind != ErrorKind::Rejected {
                         st.consecutive += 1;
+                        failed = Some(Failed {
+                            plugin: name.to_owned(),
+                            kind: p.spec.kind,
+                            consecutive: st.consecutive,
+                            error: e.clone(),
+                        });
                         if st.consecutive >= self.opts.quarantine_after && !st.quarantined {
                             st.quarantined = true;
                             quarantine = Some((st.consecutive, e.clone()));
@@ -533,6 +540,9 @@ impl PluginHost {
                     }
                 }
             }
+        }
+        if let Some(f) = failed {
+            self.opts.events.failed(&f);
         }
         if let Some((n, last_error)) = quarantine {
             *lock(&p.live) = None;

@@ -25,7 +25,7 @@ mod v0_1;
 
 pub use caps::{NoSecrets, SecretSource};
 pub use error::{Error, Result};
-pub use events::{NoEvents, PluginEvents, Quarantined};
+pub use events::{Failed, NoEvents, PluginEvents, Quarantined};
 pub use host::{HostOptions, PluginHost, PluginInfo};
 pub use manifest::{Capabilities, Limits, Manifest, PluginKind, PluginSpec};
 /// Ed25519 signatures of components (keygen, sign, verify): the wasmtime-free

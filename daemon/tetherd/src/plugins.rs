@@ -11,8 +11,8 @@ use tether_audit::{AuditLog, Event};
 use tether_control::state::{HookVote, PluginVote, PolicyHooks};
 use tether_model::AlertSink;
 use tether_plugin_host::{
-    EnrollVote, HostFacts, HostOptions, PluginEvents, PluginHost, PluginKind, PolicyRequest,
-    Quarantined, RequestKind, SecretSource, Vote,
+    EnrollVote, Failed, HostFacts, HostOptions, PluginEvents, PluginHost, PluginKind,
+    PolicyRequest, Quarantined, RequestKind, SecretSource, Vote,
 };
 use tether_vault::Vault;
 use zeroize::Zeroizing;
@@ -35,6 +35,20 @@ struct AuditEvents {
     rt: tokio::runtime::Handle,
 }
 
+impl AuditEvents {
+    /// Called on whichever thread made the failing plugin call; hands the write to the runtime
+    /// instead of blocking there (the failure or quarantine itself already happened).
+    fn record(&self, plugin: &str, event: Event) {
+        let audit = self.audit.clone();
+        let plugin = plugin.to_owned();
+        self.rt.spawn(async move {
+            if let Err(e) = audit.append(&event).await {
+                tracing::error!(plugin, "could not audit a plugin event: {e}");
+            }
+        });
+    }
+}
+
 impl PluginEvents for AuditEvents {
     fn quarantined(&self, q: &Quarantined) {
         let event =
@@ -46,15 +60,18 @@ impl PluginEvents for AuditEvents {
                 "reason": q.last_error.message,
                 "hint": "fix the plugin, then `tether plugin reload`",
             }));
-        // Called on whichever thread made the failing plugin call; hand the write to the runtime
-        // instead of blocking there (the quarantine itself already happened).
-        let audit = self.audit.clone();
-        let plugin = q.plugin.clone();
-        self.rt.spawn(async move {
-            if let Err(e) = audit.append(&event).await {
-                tracing::error!(plugin, "could not audit a plugin quarantine: {e}");
-            }
-        });
+        self.record(&q.plugin, event);
+    }
+
+    fn failed(&self, f: &Failed) {
+        let event = Event::new("plugin.error", tether_control::audit::daemon_actor()).data(json!({
+            "plugin": f.plugin,
+            "kind": f.kind.as_str(),
+            "consecutive": f.consecutive,
+            "error_kind": f.error.kind.as_str(),
+            "reason": f.error.message,
+        }));
+        self.record(&f.plugin, event);
     }
 }
 

@@ -37,58 +37,6 @@ pub enum Error {
         /// Why it is refused and what to do.
         message: String,
     },
-    /// The component has no `<path>.sig` and the manifest does not set `allow_unsigned = true`.
-    #[error(
-        "plugin {path} is not signed (no {path}.sig): sign it with `tether plugin sign {path} --key KEY` or set allow_unsigned = true"
-    )]
-    Unsigned {
-        /// The component.
-        path: PathBuf,
-    },
-    /// The signature file is not in the expected format.
-    #[error("signature {path}: {message}")]
-    SignatureMalformed {
-        /// The `.sig` file.
-        path: PathBuf,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The component's SHA-256 differs from the one that was signed: it changed after signing.
-    #[error(
-        "plugin {path} was modified after signing: signed sha256 {signed}, file sha256 {actual}; re-sign it if the change is intended"
-    )]
-    Tampered {
-        /// The component.
-        path: PathBuf,
-        /// The digest named in the signature.
-        signed: String,
-        /// The digest of the file as read.
-        actual: String,
-    },
-    /// The signature was made by a key that is not in `trusted_keys`.
-    #[error("plugin {path} is signed by key {key_id}, which is not in trusted_keys")]
-    UntrustedKey {
-        /// The component.
-        path: PathBuf,
-        /// The signer's key id.
-        key_id: String,
-    },
-    /// The signature does not verify under the trusted key it names.
-    #[error("plugin {path}: the signature by key {key_id} is invalid (forged or corrupted .sig)")]
-    BadSignature {
-        /// The component.
-        path: PathBuf,
-        /// The key id named in the signature.
-        key_id: String,
-    },
-    /// A key file or a `trusted_keys` entry is not a valid Ed25519 key.
-    #[error("key {what}: {message}")]
-    Key {
-        /// Which key (file path or manifest entry).
-        what: String,
-        /// What is wrong.
-        message: String,
-    },
     /// The component could not be compiled, or does not implement the world its `kind` requires.
     #[error("plugin {plugin:?}: {message}")]
     Load {
@@ -106,34 +54,10 @@ pub enum Error {
     /// The operating system refused a resource (thread, runtime) the host needs.
     #[error("plugin host runtime: {0}")]
     Runtime(String),
-    /// Any other signing failure (see [`crate::signing::SignError`]); the verification failures
-    /// the host meets while loading map to the variants above.
+    /// A signature check failed while loading: unsigned, tampered after signing, signed by an
+    /// untrusted key, a bad or malformed signature (see [`crate::signing::SignError`]).
     #[error(transparent)]
-    Signing(tether_plugin_sign::SignError),
-}
-
-impl From<tether_plugin_sign::SignError> for Error {
-    fn from(e: tether_plugin_sign::SignError) -> Self {
-        use tether_plugin_sign::SignError as S;
-        match e {
-            S::Io { what, path, source } => Error::Io { what, path, source },
-            S::Unsigned { path, .. } => Error::Unsigned { path },
-            S::SignatureMalformed { path, message } => Error::SignatureMalformed { path, message },
-            S::Tampered {
-                path,
-                signed,
-                actual,
-            } => Error::Tampered {
-                path,
-                signed,
-                actual,
-            },
-            S::UntrustedKey { path, key_id } => Error::UntrustedKey { path, key_id },
-            S::BadSignature { path, key_id } => Error::BadSignature { path, key_id },
-            S::Key { what, message } => Error::Key { what, message },
-            other => Error::Signing(other),
-        }
-    }
+    Signature(#[from] tether_plugin_sign::SignError),
 }
 
 /// Shorthand for this crate's results.

@@ -487,7 +487,13 @@ mod signatures {
         let f = Fixture::new();
         f.plugin("allow_all", false);
         let e = f.host(&entry("allow_all", "policy", "")).err().unwrap();
-        assert!(matches!(e, Error::Unsigned { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Signature(tether_plugin_sign::SignError::Unsigned { .. })
+            ),
+            "{e}"
+        );
         let host = f
             .host(&format!(
                 "allow_unsigned = true\n{}",
@@ -512,7 +518,13 @@ mod signatures {
             ))
             .err()
             .unwrap();
-        assert!(matches!(e, Error::Tampered { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Signature(tether_plugin_sign::SignError::Tampered { .. })
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("modified after signing"), "{e}");
     }
 
@@ -524,7 +536,13 @@ mod signatures {
         signing::keygen(&other).unwrap();
         signing::sign(&p, &other).unwrap();
         let e = f.host(&entry("allow_all", "policy", "")).err().unwrap();
-        assert!(matches!(e, Error::UntrustedKey { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Signature(tether_plugin_sign::SignError::UntrustedKey { .. })
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,27 +1,8 @@
 //! WASM policy plugins inside the real daemon: real components from plugins/build.sh.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use tether_e2e::{Daemon, code, stderr, stdout};
-
-fn component(name: &str) -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = repo
-        .join("plugins/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    if !path.exists() {
-        let st = Command::new("sh")
-            .arg(repo.join("plugins/build.sh"))
-            .status()
-            .expect("run plugins/build.sh");
-        assert!(st.success(), "plugins/build.sh failed");
-    }
-    path
-}
+use tether_e2e::{Daemon, code, plugin_component, stderr, stdout};
 
 #[test]
 fn policy_plugins_vote_after_the_regex_rules_and_reload_atomically() {
@@ -30,7 +11,7 @@ fn policy_plugins_vote_after_the_regex_rules_and_reload_atomically() {
     let write = |body: &str| std::fs::write(&manifest, body).unwrap();
     write(&format!(
         "allow_unsigned = true\n\n[[plugin]]\nname = \"change-window\"\nkind = \"policy\"\npath = {:?}\n[plugin.config]\nwindows = \"\"\nticket_pattern = \"CHG-*\"\n",
-        component("change_window").display().to_string()
+        plugin_component("change_window").display().to_string()
     ));
     let d = Daemon::start_top(
         "hub",
@@ -84,7 +65,7 @@ fn policy_plugins_vote_after_the_regex_rules_and_reload_atomically() {
     );
     write(&format!(
         "allow_unsigned = true\n[[plugin]]\nname = \"deny-all\"\nkind = \"policy\"\npath = {:?}\n",
-        component("deny_all").display().to_string()
+        plugin_component("deny_all").display().to_string()
     ));
     assert_eq!(code(&d.tether(&["plugin", "reload"])), 0);
     let out = d.tether(&["policy", "check", "--", "uptime"]);
@@ -111,7 +92,7 @@ fn an_unsigned_plugin_without_allow_unsigned_stops_the_start_with_a_clear_error(
         &manifest,
         format!(
             "[[plugin]]\nname = \"deny-all\"\nkind = \"policy\"\npath = {:?}\n",
-            component("deny_all").display().to_string()
+            plugin_component("deny_all").display().to_string()
         ),
     )
     .unwrap();
@@ -142,7 +123,7 @@ fn an_unsigned_plugin_without_allow_unsigned_stops_the_start_with_a_clear_error(
 fn manifest_entry(name: &str, kind: &str, component_name: &str, extra: &str) -> String {
     format!(
         "[[plugin]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = {:?}\n{extra}\n",
-        component(component_name).display().to_string()
+        plugin_component(component_name).display().to_string()
     )
 }
 

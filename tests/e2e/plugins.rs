@@ -265,3 +265,86 @@ fn a_quarantined_plugin_is_audited_listed_and_the_daemon_keeps_serving() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn hostile_policy_plugins_are_contained_in_the_daemon_and_it_keeps_serving() {
+    // One of each: an infinite loop, unbounded allocation, stack overflow, a huge answer and a
+    // trap. Every one fails closed with its own documented error kind, within its deadline, and
+    // the daemon answers the next requests as before.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    let cases = [
+        ("spin", "timeout", "[plugin.limits]\ntimeout_ms = 50"),
+        (
+            "alloc_bomb",
+            "memory",
+            "[plugin.limits]\nmemory_mb = 16\ntimeout_ms = 2000",
+        ),
+        (
+            "stack_overflow",
+            "trap",
+            "[plugin.limits]\ntimeout_ms = 2000",
+        ),
+        (
+            "huge_output",
+            "output_too_large",
+            "[plugin.limits]\nmemory_mb = 200\ntimeout_ms = 5000",
+        ),
+        ("trap", "trap", ""),
+    ];
+    let mut body = String::from("allow_unsigned = true\n\n");
+    for (component, _, limits) in cases {
+        body.push_str(&manifest_entry(
+            &component.replace('_', "-"),
+            "policy",
+            component,
+            limits,
+        ));
+    }
+    std::fs::write(&manifest, body).unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "",
+    );
+    let status_pid = || -> serde_json::Value {
+        let st: serde_json::Value =
+            serde_json::from_str(&stdout(&d.tether(&["--json", "status"]))).unwrap();
+        st["pid"].clone()
+    };
+    assert_eq!(status_pid(), d.pid(), "the daemon we started answers");
+    for round in 0..2 {
+        let t = std::time::Instant::now();
+        let out = d.tether(&["--json", "policy", "check", "--", "uptime"]);
+        assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(15),
+            "round {round}: {:?}",
+            t.elapsed()
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(v["decision"]["verdict"], "deny", "{v}");
+        let votes = v["plugin_votes"].as_array().unwrap();
+        assert_eq!(votes.len(), cases.len(), "{v}");
+        for ((component, kind, _), vote) in cases.iter().zip(votes) {
+            assert_eq!(vote["plugin"], component.replace('_', "-"), "{vote}");
+            let error = vote["error"].as_str().unwrap_or_default();
+            assert!(
+                error.starts_with(&format!("{kind}:")),
+                "{component} should fail with {kind}: {vote}"
+            );
+        }
+        assert_eq!(
+            status_pid(),
+            d.pid(),
+            "round {round}: the same process still serves"
+        );
+    }
+    // The failures are counted per plugin.
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&d.tether(&["--json", "plugin", "list"]))).unwrap();
+    for p in list["plugins"].as_array().unwrap() {
+        assert_eq!(p["errors"], 2, "{p}");
+        assert_eq!(p["quarantined"], false, "{p}");
+    }
+}

@@ -1,8 +1,14 @@
 //! Audit chain benchmark (bench binary, one run, same disk):
 //! durable appends/s with 64 concurrent writers via group commit vs one fsync per record,
-//! p50/p99 append latency, head-rewrite policy cost, and verify throughput.
+//! p50/p99 append latency, head-rewrite policy cost, zero tail vs plain appends, and verify
+//! throughput.
 //!
-//! `cargo bench -p tether-audit --bench audit` (env `AUDIT_BENCH_SECS`, default 3).
+//! The shared disk's fdatasync time changes by 2-5x from one second to the next, so the cases
+//! run interleaved: `AUDIT_BENCH_ROUNDS` rounds (default 6), each running every case for
+//! `AUDIT_BENCH_SECS / rounds` (default 3 s per case in all), and the figures aggregate the
+//! rounds. Every case thus sees the same mix of fast and slow disk moments.
+//!
+//! `cargo bench -p tether-audit --bench audit`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
@@ -15,15 +21,23 @@ use tether_model::{NoAlerts, Role};
 
 const WRITERS: usize = 64;
 
+/// One case's figures, summed over rounds.
+#[derive(Default)]
 struct Run {
     records: u64,
     secs: f64,
-    p50_us: f64,
-    p99_us: f64,
-    max_us: f64,
-    mean_batch: f64,
-    fsync_mean_us: f64,
+    lat_us: Vec<f64>,
+    batches: f64,
+    batch_records: f64,
+    fsyncs: f64,
+    fsync_secs: f64,
     bytes: u64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.secs
+    }
 }
 
 fn event(i: usize, k: u64) -> Event {
@@ -43,7 +57,8 @@ fn event(i: usize, k: u64) -> Event {
     )
 }
 
-async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64) -> Run {
+/// Runs one slice of a case into `acc`: a fresh log in `dir`, 64 writers for `secs`.
+async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64, acc: &mut Run) {
     let reg = prometheus::Registry::new();
     let (log, _) = AuditLog::open_with(dir, keys, &reg, Arc::new(NoAlerts), opts).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -64,74 +79,48 @@ async fn run(dir: &Path, keys: &StaticKeys, opts: Options, secs: f64) -> Run {
             lat
         }));
     }
-    let mut lat = Vec::new();
     for t in tasks {
-        lat.extend(t.await.unwrap());
+        let lat = t.await.unwrap();
+        acc.records += lat.len() as u64;
+        acc.lat_us.extend(lat);
     }
-    let secs = start.elapsed().as_secs_f64();
+    acc.secs += start.elapsed().as_secs_f64();
     log.close().await;
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
     let fams = reg.gather();
-    let h = fams
-        .iter()
-        .find(|f| f.name() == "tether_audit_batch_size")
-        .unwrap()
-        .get_metric()[0]
-        .get_histogram()
-        .clone();
-    let f = fams
-        .iter()
-        .find(|f| f.name() == "tether_audit_fsync_seconds")
-        .unwrap()
-        .get_metric()[0]
-        .get_histogram()
-        .clone();
-    let fsync_mean_us = f.get_sample_sum() / f.get_sample_count().max(1) as f64 * 1e6;
-    if std::env::var_os("AUDIT_BENCH_QUICK").is_some() {
-        let b: Vec<String> = f
-            .get_bucket()
-            .iter()
-            .map(|b| format!("<={:.4}:{}", b.upper_bound(), b.cumulative_count()))
-            .collect();
-        println!(
-            "fsync buckets (cumulative) of {}: {}",
-            f.get_sample_count(),
-            b.join(" ")
-        );
-    }
-    let bytes = tether_audit::list_day_files(dir)
+    let hist = |name: &str| {
+        fams.iter().find(|f| f.name() == name).unwrap().get_metric()[0]
+            .get_histogram()
+            .clone()
+    };
+    let h = hist("tether_audit_batch_size");
+    acc.batches += h.get_sample_count() as f64;
+    acc.batch_records += h.get_sample_sum();
+    let f = hist("tether_audit_fsync_seconds");
+    acc.fsyncs += f.get_sample_count() as f64;
+    acc.fsync_secs += f.get_sample_sum();
+    acc.bytes += tether_audit::list_day_files(dir)
         .unwrap()
         .iter()
         .map(|(_, p)| std::fs::metadata(p).unwrap().len())
-        .sum();
-    Run {
-        records: lat.len() as u64,
-        secs,
-        p50_us: q(0.50),
-        p99_us: q(0.99),
-        max_us: *lat.last().unwrap(),
-        mean_batch: h.get_sample_sum() / h.get_sample_count().max(1) as f64,
-        fsync_mean_us,
-        bytes,
-    }
+        .sum::<u64>();
 }
 
-fn show(name: &str, r: &Run) -> f64 {
-    let rate = r.records as f64 / r.secs;
+fn show(name: &str, r: &mut Run) -> f64 {
+    r.lat_us.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| r.lat_us[((r.lat_us.len() as f64 - 1.0) * p) as usize];
     println!(
         "{name:<44} {:>9.0} rec/s  p50 {:>7.0} us  p99 {:>7.0} us  max {:>7.0} us  mean batch {:>6.1}  fdatasync mean {:>5.0} us  ({} records, {:.1} MB, {:.1} s)",
-        rate,
-        r.p50_us,
-        r.p99_us,
-        r.max_us,
-        r.mean_batch,
-        r.fsync_mean_us,
+        r.rate(),
+        q(0.50),
+        q(0.99),
+        r.lat_us.last().copied().unwrap_or(0.0),
+        r.batch_records / r.batches.max(1.0),
+        r.fsync_secs / r.fsyncs.max(1.0) * 1e6,
         r.records,
         r.bytes as f64 / 1e6,
         r.secs
     );
-    rate
+    r.rate()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -139,108 +128,114 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo bench -- --list
     }
-    let secs: f64 = std::env::var("AUDIT_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+    let env = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let secs = env("AUDIT_BENCH_SECS", 3.0);
+    let rounds = env("AUDIT_BENCH_ROUNDS", 6.0).max(1.0) as usize;
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let keys = StaticKeys::generate().unwrap();
     println!(
-        "audit chain bench: {WRITERS} concurrent writers, {secs} s per case, dir {}",
+        "audit chain bench: {WRITERS} concurrent writers, {secs} s per case in {rounds} interleaved rounds, dir {}",
         base.path().display()
     );
-
-    let group = run(&base.path().join("group"), &keys, Options::default(), secs).await;
-    let g = show("group commit (head every >=100 ms)", &group);
-    if std::env::var_os("AUDIT_BENCH_QUICK").is_some() {
-        let lazy = run(
-            &base.path().join("no-head"),
-            &keys,
+    let d = Options::default();
+    let cases: Vec<(&str, Options)> = vec![
+        ("default: zero tail, head every >=100 ms", d.clone()),
+        (
+            "head rewritten as often as possible",
             Options {
-                head_interval: Duration::from_secs(3600),
-                ..Options::default()
+                head_interval: Duration::ZERO,
+                ..d.clone()
             },
-            secs,
-        )
-        .await;
-        show("group commit (no head rewrites)", &lazy);
-        return;
+        ),
+        (
+            "gather wait of up to 1 ms",
+            Options {
+                gather: Duration::from_millis(1),
+                ..d.clone()
+            },
+        ),
+        (
+            "plain appends (no zero tail)",
+            Options {
+                prealloc: 0,
+                ..d.clone()
+            },
+        ),
+        (
+            "baseline: one fdatasync per record",
+            Options {
+                max_batch: 1,
+                ..d.clone()
+            },
+        ),
+    ];
+    let mut runs: Vec<Run> = cases.iter().map(|_| Run::default()).collect();
+    for round in 0..rounds {
+        for (i, (_, opts)) in cases.iter().enumerate() {
+            let dir = base.path().join(format!("case{i}-round{round}"));
+            run(
+                &dir,
+                &keys,
+                opts.clone(),
+                secs / rounds as f64,
+                &mut runs[i],
+            )
+            .await;
+        }
     }
-    let every = run(
-        &base.path().join("group-head-every-batch"),
-        &keys,
-        Options {
-            head_interval: Duration::ZERO,
-            ..Options::default()
-        },
-        secs,
-    )
-    .await;
-    let e = show("group commit (head after every batch)", &every);
-    let single = run(
-        &base.path().join("single"),
-        &keys,
-        Options {
-            max_batch: 1,
-            ..Options::default()
-        },
-        secs,
-    )
-    .await;
-    let s = show("baseline: one fdatasync per record", &single);
-    let no_gather = run(
-        &base.path().join("group-no-gather"),
-        &keys,
-        Options {
-            gather: Duration::ZERO,
-            ..Options::default()
-        },
-        secs,
-    )
-    .await;
-    let ng = show("group commit without the gather wait", &no_gather);
-    let no_tail = run(
-        &base.path().join("group-no-zero-tail"),
-        &keys,
-        Options {
-            prealloc: 0,
-            ..Options::default()
-        },
-        secs,
-    )
-    .await;
-    let nt = show("group commit, plain appends (no zero tail)", &no_tail);
-    println!("zero tail vs plain appends: {:.2}x", g / nt);
-    println!("gather wait vs none: {:.2}x", g / ng);
-    println!("group commit / one-fsync-per-record: {:.1}x", g / s);
+    let rates: Vec<f64> = cases
+        .iter()
+        .zip(runs.iter_mut())
+        .map(|((name, _), r)| show(name, r))
+        .collect();
     println!(
-        "head after every batch costs: {:.0}% of throughput",
-        (1.0 - e / g) * 100.0
+        "default / one-fsync-per-record: {:.1}x",
+        rates[0] / rates[4]
+    );
+    println!("zero tail vs plain appends: {:.2}x", rates[0] / rates[3]);
+    println!(
+        "1 ms gather wait vs none (default): {:.2}x",
+        rates[2] / rates[0]
+    );
+    println!(
+        "head as often as possible costs: {:.0}% of throughput",
+        (1.0 - rates[1] / rates[0]) * 100.0
     );
 
-    // verify: cold-ish first pass, then warm (page cache) passes
-    let dir = base.path().join("group");
+    // verify over the default case's logs (one per round): 3 passes, page cache warm after the first
+    let dirs: Vec<_> = (0..rounds)
+        .map(|r| base.path().join(format!("case0-round{r}")))
+        .collect();
     let mut best = 0.0f64;
     for pass in 0..3 {
-        let rep = verify(&dir, &keys, None, None).unwrap();
-        assert!(rep.is_ok(), "{:?}", rep.broken);
+        let (mut records, mut bytes, mut el) = (0u64, 0u64, 0.0f64);
+        for dir in &dirs {
+            let rep = verify(dir, &keys, None, None).unwrap();
+            assert!(rep.is_ok(), "{:?}", rep.broken);
+            records += rep.records;
+            bytes += rep.bytes;
+            el += rep.elapsed_secs;
+        }
+        let mbs = bytes as f64 / 1e6 / el;
         println!(
-            "verify pass {pass}: {} records, {:.1} MB in {:.3} s = {:.0} MB/s ({:.0} records/s)",
-            rep.records,
-            rep.bytes as f64 / 1e6,
-            rep.elapsed_secs,
-            rep.mb_per_s(),
-            rep.records as f64 / rep.elapsed_secs
+            "verify pass {pass}: {records} records, {:.1} MB in {el:.3} s = {mbs:.0} MB/s ({:.0} records/s)",
+            bytes as f64 / 1e6,
+            records as f64 / el
         );
-        best = best.max(rep.mb_per_s());
+        best = best.max(mbs);
     }
     println!("verify best: {best:.0} MB/s");
 
     // Baseline for verify: one SHA-256 per line over the same bytes, already in memory, one thread.
     use sha2::Digest as _;
-    let data: Vec<u8> = tether_audit::list_day_files(&dir)
-        .unwrap()
+    let data: Vec<u8> = dirs
         .iter()
+        .flat_map(|dir| tether_audit::list_day_files(dir).unwrap())
         .flat_map(|(_, p)| std::fs::read(p).unwrap())
         .collect();
     let t = Instant::now();

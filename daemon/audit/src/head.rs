@@ -70,8 +70,11 @@ impl HeadWriter {
 
     /// Records that `seq` (with `hash`) is durable; the head follows within `head_interval`.
     pub(crate) fn mark(&self, seq: u64, hash: [u8; 32]) {
-        lock(&self.state).pending = Some((seq, hash));
-        self.cv.notify_one();
+        let was_idle = lock(&self.state).pending.replace((seq, hash)).is_none();
+        // Already pending: the head thread is waiting out the interval and will see the newer one.
+        if was_idle {
+            self.cv.notify_one();
+        }
     }
 
     /// Signs and writes a head for `seq` now (unless a newer one is already written, which is

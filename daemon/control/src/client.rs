@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -133,34 +134,11 @@ impl Client {
         path: &str,
         mut on_chunk: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let driver = tokio::spawn(conn);
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(HOST, "tetherd")
-            .header(crate::audit::VIA_HEADER, "cli")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Protocol(format!("request failed: {e}")))?;
-        let status = resp.status();
-        let mut body = resp.into_body();
+        let (status, mut body, driver) = self.open(Method::GET, path, None).await?;
         if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ClientError::Protocol(format!("reading the answer failed: {e}")))?
-                .to_bytes();
+            let bytes = collect(body).await;
             driver.abort();
-            return Err(api_error(status, &bytes));
+            return Err(api_error(status, &bytes?));
         }
         while let Some(frame) = body.frame().await {
             let frame =
@@ -197,6 +175,31 @@ impl Client {
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Bytes, ClientError> {
+        let (status, body, driver) = self.open(method, path, body).await?;
+        let bytes = collect(body).await;
+        driver.abort();
+        let bytes = bytes?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    /// Connects, sends one request (with an optional `(content type, body)`) and returns the
+    /// answer's status and body, plus the connection task to abort once the body is read.
+    async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<
+        (
+            StatusCode,
+            Incoming,
+            tokio::task::JoinHandle<hyper::Result<()>>,
+        ),
+        ClientError,
+    > {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -219,22 +222,15 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Protocol(format!("request failed: {e}")))?;
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                driver.abort();
+                return Err(ClientError::Protocol(format!("request failed: {e}")));
+            }
+        };
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("reading the answer failed: {e}")))?
-            .to_bytes();
-        driver.abort();
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        Err(api_error(status, &bytes))
+        Ok((status, resp.into_body(), driver))
     }
 
     fn connect_error(&self, e: std::io::Error) -> ClientError {
@@ -246,6 +242,15 @@ impl Client {
             _ => ClientError::Io { socket, source: e },
         }
     }
+}
+
+/// Reads a whole answer body.
+async fn collect(body: Incoming) -> Result<Bytes, ClientError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("reading the answer failed: {e}")))?
+        .to_bytes())
 }
 
 /// Percent-encodes one path segment (everything but RFC 3986 unreserved characters), so a

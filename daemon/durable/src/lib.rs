@@ -14,7 +14,10 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 
 /// A durable write failed: which step, on which path, and the OS error. The target is unchanged.
+///
+/// One struct rather than an enum: every failure has this one shape, and `step` names it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 #[error("cannot {step} {}: {source}", path.display())]
 pub struct Error {
     /// The step that failed: `create`, `chmod`, `write`, `fsync`, `rename into place`,

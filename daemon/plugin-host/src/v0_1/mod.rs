@@ -15,53 +15,43 @@ pub(crate) mod policy {
     });
 }
 
-/// `alert-sink` world.
-pub(crate) mod alert {
-    wasmtime::component::bindgen!({
-        world: "alert-sink",
-        path: "../../plugin-sdk/wit/tether-plugin-0.1.0",
-        with: {
-            "tether:plugin/types": super::policy::tether::plugin::types,
-            "tether:plugin/http": super::policy::tether::plugin::http,
-            "tether:plugin/secrets": super::policy::tether::plugin::secrets,
-            "tether:plugin/config": super::policy::tether::plugin::config,
-            "tether:plugin/log": super::policy::tether::plugin::log,
-            "tether:plugin/clock": super::policy::tether::plugin::clock,
-        },
-    });
+/// A world whose shared interfaces are the ones generated in [`policy`] (so one host
+/// implementation serves every world).
+macro_rules! world {
+    ($(#[$doc:meta])* $module:ident, $world:literal) => {
+        $(#[$doc])*
+        pub(crate) mod $module {
+            wasmtime::component::bindgen!({
+                world: $world,
+                path: "../../plugin-sdk/wit/tether-plugin-0.1.0",
+                with: {
+                    "tether:plugin/types": super::policy::tether::plugin::types,
+                    "tether:plugin/http": super::policy::tether::plugin::http,
+                    "tether:plugin/secrets": super::policy::tether::plugin::secrets,
+                    "tether:plugin/config": super::policy::tether::plugin::config,
+                    "tether:plugin/log": super::policy::tether::plugin::log,
+                    "tether:plugin/clock": super::policy::tether::plugin::clock,
+                },
+            });
+        }
+    };
 }
 
-/// `audit-sink` world.
-pub(crate) mod audit {
-    wasmtime::component::bindgen!({
-        world: "audit-sink",
-        path: "../../plugin-sdk/wit/tether-plugin-0.1.0",
-        with: {
-            "tether:plugin/types": super::policy::tether::plugin::types,
-            "tether:plugin/http": super::policy::tether::plugin::http,
-            "tether:plugin/secrets": super::policy::tether::plugin::secrets,
-            "tether:plugin/config": super::policy::tether::plugin::config,
-            "tether:plugin/log": super::policy::tether::plugin::log,
-            "tether:plugin/clock": super::policy::tether::plugin::clock,
-        },
-    });
-}
-
-/// `enrollment-hook` world.
-pub(crate) mod enroll {
-    wasmtime::component::bindgen!({
-        world: "enrollment-hook",
-        path: "../../plugin-sdk/wit/tether-plugin-0.1.0",
-        with: {
-            "tether:plugin/types": super::policy::tether::plugin::types,
-            "tether:plugin/http": super::policy::tether::plugin::http,
-            "tether:plugin/secrets": super::policy::tether::plugin::secrets,
-            "tether:plugin/config": super::policy::tether::plugin::config,
-            "tether:plugin/log": super::policy::tether::plugin::log,
-            "tether:plugin/clock": super::policy::tether::plugin::clock,
-        },
-    });
-}
+world!(
+    /// `alert-sink` world.
+    alert,
+    "alert-sink"
+);
+world!(
+    /// `audit-sink` world.
+    audit,
+    "audit-sink"
+);
+world!(
+    /// `enrollment-hook` world.
+    enroll,
+    "enrollment-hook"
+);
 
 use policy::tether::plugin as wit;
 

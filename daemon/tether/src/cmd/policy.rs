@@ -1,6 +1,5 @@
 //! `tether policy check|test|reload|show`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -111,13 +110,7 @@ async fn check(global: &Global, a: CheckArgs) -> Result<u8, CliError> {
         }
         _ => ("exec", Some(a.command.join(" ")), None),
     };
-    let mut tags = BTreeMap::new();
-    for t in &a.tags {
-        let (k, v) = t
-            .split_once('=')
-            .ok_or_else(|| CliError::Usage(format!("--tag {t:?}: write KEY=VALUE")))?;
-        tags.insert(k.to_owned(), v.to_owned());
-    }
+    let tags = super::parse_tags(&a.tags)?;
     let body = json!({
         "kind": kind,
         "command": command,

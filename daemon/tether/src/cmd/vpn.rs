@@ -1,6 +1,5 @@
 //! `tether vpn invite|reinvite|revoke|status`.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::{Args, Subcommand};
@@ -58,13 +57,7 @@ pub struct InviteArgs {
 }
 
 fn invite_body(a: &InviteArgs) -> Result<Value, CliError> {
-    let mut tags = BTreeMap::new();
-    for t in &a.tags {
-        let (k, v) = t
-            .split_once('=')
-            .ok_or_else(|| CliError::Usage(format!("--tag {t:?}: write KEY=VALUE")))?;
-        tags.insert(k.to_owned(), v.to_owned());
-    }
+    let tags = super::parse_tags(&a.tags)?;
     Ok(json!({"name": a.name, "tags": tags, "groups": a.groups, "ttl": a.ttl}))
 }
 

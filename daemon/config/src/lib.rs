@@ -13,6 +13,7 @@ mod paths;
 mod principal;
 mod redact;
 mod schema;
+mod vault;
 
 pub use error::{ConfigError, Problem};
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
@@ -23,6 +24,7 @@ pub use schema::{
     Config, ControlConfig, EnrollSection, LogConfig, PolicyFileError, PolicySource, RolesConfig,
     TunnelSection, parse_duration_secs, parse_subnet,
 };
+pub use vault::{BackendChoice, VaultConfig};
 
 /// Where `tetherd` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/tetherd.toml";

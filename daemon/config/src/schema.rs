@@ -21,7 +21,7 @@ pub struct Config {
     pub log: LogConfig,
     /// The secret vault: backend and the locked-memory requirement.
     #[serde(default)]
-    pub vault: tether_vault::VaultConfig,
+    pub vault: crate::VaultConfig,
     /// The policy, inline (`[policy]`). Mutually exclusive with `policy_file`.
     #[serde(default)]
     pub policy: tether_policy::PolicySpec,
@@ -205,7 +205,7 @@ impl Default for Config {
             log: LogConfig {
                 level: "info".to_owned(),
             },
-            vault: tether_vault::VaultConfig::default(),
+            vault: crate::VaultConfig::default(),
             policy: tether_policy::PolicySpec::default(),
             policy_file: None,
             plugins_manifest: None,
@@ -392,14 +392,8 @@ impl Config {
                 ),
             );
         }
-        if let Err(e) = self.vault.validate() {
-            let (key, message) = match &e {
-                tether_vault::VaultError::Config { field, reason } => {
-                    ((*field).to_owned(), reason.clone())
-                }
-                other => ("vault".to_owned(), other.to_string()),
-            };
-            bad(&key, message);
+        if let Err((key, message)) = self.vault.validate() {
+            bad(key, message);
         }
         problems
     }

@@ -1,27 +1,12 @@
-//! `[vault]` in `tetherd.toml`.
+//! Which backend a secret lives in. The `[vault]` schema itself ([`VaultConfig`],
+//! [`BackendChoice`]) lives in `tether-config`, so the CLI checks configs without linking the
+//! vault.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, VaultError};
-use crate::name::SecretName;
-
-/// Which backend stores secrets (`vault.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// The OS keyring when a Secret Service is reachable, else the encrypted file.
-    #[default]
-    Auto,
-    /// The OS keyring (Secret Service over D-Bus).
-    Keyring,
-    /// systemd credentials in `$CREDENTIALS_DIRECTORY` (read-only).
-    Credentials,
-    /// AES-256-GCM encrypted files in `STATE_DIR/vault/`.
-    File,
-}
+pub use tether_config::{BackendChoice, VaultConfig};
 
 /// A concrete backend (what `auto` resolved to, and where each secret lives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,83 +34,5 @@ impl BackendKind {
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// `[vault]`. Every key is optional; unknown keys are rejected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VaultConfig {
-    /// `auto` (default), `keyring`, `credentials` or `file`.
-    pub backend: BackendChoice,
-    /// Refuse to start when secret memory cannot be locked into RAM (default `true`).
-    pub secure_memory_required: bool,
-    /// File backend: the 32-byte key file. Default `STATE_DIR/vault/vault.key`, created (0400)
-    /// on first use. Must not be readable or writable by group/others.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// File backend: take the key from this systemd credential instead of `key_file`
-    /// (`LoadCredentialEncrypted=NAME:...`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_credential: Option<String>,
-    /// Keyring backend: service-name prefix. The stored service is `PREFIX:INSTANCE`, where
-    /// INSTANCE is derived from the state directory, so two daemons never share entries.
-    pub keyring_service: String,
-    /// Where systemd credentials are. Default: `$CREDENTIALS_DIRECTORY`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials_dir: Option<PathBuf>,
-}
-
-impl Default for VaultConfig {
-    fn default() -> Self {
-        VaultConfig {
-            backend: BackendChoice::Auto,
-            secure_memory_required: true,
-            key_file: None,
-            key_credential: None,
-            keyring_service: "tether".into(),
-            credentials_dir: None,
-        }
-    }
-}
-
-impl VaultConfig {
-    /// Checks the values serde cannot (absolute paths, name syntax).
-    pub fn validate(&self) -> Result<()> {
-        if let Some(p) = &self.key_file
-            && !p.is_absolute()
-        {
-            return Err(VaultError::Config {
-                field: "vault.key_file",
-                reason: format!("{} is not an absolute path", p.display()),
-            });
-        }
-        if let Some(p) = &self.credentials_dir
-            && !p.is_absolute()
-        {
-            return Err(VaultError::Config {
-                field: "vault.credentials_dir",
-                reason: format!("{} is not an absolute path", p.display()),
-            });
-        }
-        if let Some(c) = &self.key_credential {
-            SecretName::parse(c).map_err(|e| VaultError::Config {
-                field: "vault.key_credential",
-                reason: e.to_string(),
-            })?;
-        }
-        let s = &self.keyring_service;
-        if s.is_empty()
-            || s.len() > 64
-            || !s
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(VaultError::Config {
-                field: "vault.keyring_service",
-                reason: format!("{s:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"),
-            });
-        }
-        Ok(())
     }
 }

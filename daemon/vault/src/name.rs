@@ -5,7 +5,7 @@ use std::fmt;
 use crate::error::{Result, VaultError};
 
 /// Longest accepted name.
-pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = tether_model::MAX_SECRET_NAME_LEN;
 
 /// A validated secret name: 1–64 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
 /// digit. The same name is the file name in the file backend and the credential name for
@@ -20,21 +20,7 @@ impl SecretName {
             name: name.chars().take(80).collect(),
             reason,
         };
-        let Some(first) = name.chars().next() else {
-            return Err(err("it is empty"));
-        };
-        if name.len() > MAX_NAME_LEN {
-            return Err(err("it is too long"));
-        }
-        if !first.is_ascii_alphanumeric() {
-            return Err(err("it must start with a letter or digit"));
-        }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(err("it contains a character outside A-Z a-z 0-9 . _ -"));
-        }
+        tether_model::check_secret_name(name).map_err(err)?;
         Ok(SecretName(name.to_owned()))
     }
 

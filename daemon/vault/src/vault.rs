@@ -50,7 +50,9 @@ impl Vault {
     /// `state_dir/vault/`, mode 0700). Resolves `backend = "auto"` and logs which backend it chose
     /// (never any value). Does not touch secret values or create the key file.
     pub fn open(config: &VaultConfig, state_dir: &Path) -> Result<Vault> {
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|(field, reason)| VaultError::Config { field, reason })?;
         let dir = state_dir.join("vault");
         ensure_private_dir(&dir)?;
         let index = Index::load(&dir.join("index.json"))?;

@@ -1,4 +1,4 @@
-use tether_vault::{BackendChoice, VaultConfig, VaultError};
+use tether_vault::{BackendChoice, VaultConfig};
 
 #[test]
 fn defaults_and_unknown_keys() {
@@ -25,35 +25,16 @@ fn validate_rejects_relative_paths_and_bad_names() {
         key_file: Some("rel/key".into()),
         ..VaultConfig::default()
     };
-    let e = c.validate().unwrap_err();
-    assert!(
-        matches!(
-            e,
-            VaultError::Config {
-                field: "vault.key_file",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let (field, reason) = c.validate().unwrap_err();
+    assert_eq!(field, "vault.key_file", "{reason}");
     let c = VaultConfig {
         keyring_service: "a b".into(),
         ..VaultConfig::default()
     };
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .contains("vault.keyring_service")
-    );
+    assert_eq!(c.validate().unwrap_err().0, "vault.keyring_service");
     let c = VaultConfig {
         key_credential: Some("../x".into()),
         ..VaultConfig::default()
     };
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .contains("vault.key_credential")
-    );
+    assert_eq!(c.validate().unwrap_err().0, "vault.key_credential");
 }

@@ -1,17 +1,17 @@
 //! Writing audit events for control API actions, and the rule that goes with it: an action
 //! whose record cannot be made durable is refused.
 
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 use serde_json::Value;
 use tether_audit::{Actor, Event, Via};
 use tether_model::Role;
 
-use crate::http::{self, Body};
+use crate::http::Fail;
 use crate::{AppState, Caller};
 
 /// Header the CLI (`cli`) and the MCP server (`mcp`) send so records say how a caller came in;
 /// anything else is `api`.
-pub const VIA_HEADER: &str = "x-tether-via";
+pub use tether_api::VIA_HEADER;
 
 /// How a request reached the daemon, from [`VIA_HEADER`].
 pub(crate) fn via_of<B>(req: &hyper::Request<B>) -> Via {
@@ -78,13 +78,13 @@ impl AppState {
         actor: Actor,
         host: Option<&str>,
         data: Value,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<(), Fail> {
         self.audit(kind, actor, host, data).await.map_err(|e| {
             tracing::error!(kind, "audit write failed; refusing the action: {e}");
-            http::error(
+            Fail::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
-                &format!(
+                format!(
                     "the action was refused because its audit record could not be written: {e}"
                 ),
                 "free space or fix permissions in state_dir/audit, then retry",

@@ -8,11 +8,50 @@ use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tether_model::{ApiError, ErrorBody};
+use tether_api::{ApiError, ErrorBody};
 
 use crate::MAX_BODY_BYTES;
+
+/// A route's refusal: the status and the error body. Handlers return it; the adapter in
+/// [`crate::routes`] turns it into the JSON answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Fail {
+    pub status: StatusCode,
+    pub error: ApiError,
+}
+
+impl Fail {
+    /// A refusal with `status` and the three parts of the error body.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>, hint: &str) -> Fail {
+        Fail {
+            status,
+            error: ApiError::new(code, message, hint),
+        }
+    }
+
+    /// `400`.
+    pub fn bad_request(code: &str, message: impl Into<String>, hint: &str) -> Fail {
+        Fail::new(StatusCode::BAD_REQUEST, code, message, hint)
+    }
+
+    /// `500` for a bug or a panicked blocking task.
+    pub fn internal(message: impl Into<String>) -> Fail {
+        Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            message,
+            "this is a bug in tetherd; please report it",
+        )
+    }
+
+    /// The JSON answer.
+    pub fn into_response(self) -> Response<Body> {
+        let mut bytes =
+            serde_json::to_vec(&ErrorBody { error: self.error }).unwrap_or_else(|_| b"{}".to_vec());
+        bytes.push(b'\n');
+        with_type(self.status, full(bytes), "application/json")
+    }
+}
 
 /// Response body type for every route (boxed so streaming routes can share it later).
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
@@ -21,30 +60,9 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-/// A JSON response.
-pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            with_type(status, full(bytes), "application/json")
-        }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &format!("could not encode the response: {e}"),
-            "this is a bug in tetherd; please report it",
-        ),
-    }
-}
-
 /// A JSON error response: `{"error":{"code","message","hint"}}`.
 pub(crate) fn error(status: StatusCode, code: &str, message: &str, hint: &str) -> Response<Body> {
-    let body = ErrorBody {
-        error: ApiError::new(code, message, hint),
-    };
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-    bytes.push(b'\n');
-    with_type(status, full(bytes), "application/json")
+    Fail::new(status, code, message, hint).into_response()
 }
 
 pub(crate) fn with_type(
@@ -59,11 +77,11 @@ pub(crate) fn with_type(
     resp
 }
 
-pub(crate) fn too_large() -> Response<Body> {
-    error(
+pub(crate) fn too_large() -> Fail {
+    Fail::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
-        &format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
+        format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
         "send less data per request",
     )
 }
@@ -77,52 +95,27 @@ pub(crate) fn declared_length<B>(req: &Request<B>) -> Option<u64> {
 }
 
 /// Reads the whole body, at most [`MAX_BODY_BYTES`], within `timeout`.
-pub(crate) async fn read_body(
-    req: Request<Incoming>,
-    timeout: Duration,
-) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, Fail> {
     if declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
     let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
     match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(error(
+        Err(_) => Err(Fail::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
-            &format!(
+            format!(
                 "the request body did not arrive within {} s",
                 timeout.as_secs()
             ),
             "send the whole body promptly",
         )),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(error(
-            StatusCode::BAD_REQUEST,
+        Ok(Err(e)) => Err(Fail::bad_request(
             "bad_body",
-            &format!("could not read the request body: {e}"),
+            format!("could not read the request body: {e}"),
             "",
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
-}
-
-/// Reads and parses a JSON body. An empty body parses as `{}`.
-pub(crate) async fn read_json<T: DeserializeOwned>(
-    req: Request<Incoming>,
-    timeout: Duration,
-) -> Result<T, Response<Body>> {
-    let bytes = read_body(req, timeout).await?;
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &bytes
-    };
-    serde_json::from_slice(bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            &format!("the request body is not valid JSON for this route: {e}"),
-            "see daemon/control/openapi.yaml for the expected shape",
-        )
-    })
 }

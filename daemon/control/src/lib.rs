@@ -3,14 +3,16 @@
 //! [`server`] binds the socket (0660, stale-socket replacement, "already running" detection), maps
 //! each connection's SO_PEERCRED to a [`Role`](tether_model::Role) through `[control.roles]`,
 //! enforces body limits and timeouts, and dispatches to one file per route under `routes/`.
-//! [`client`] is the typed client the `tether` CLI uses.
+//! The request and response types, and the typed client the `tether` CLI uses, live in
+//! `tether-api`; `openapi.yaml` is generated from them and [`routes`] (see [`openapi`]).
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod client;
+mod convert;
 mod error;
 mod http;
 mod metrics;
+pub mod openapi;
 mod peer;
 mod routes;
 pub mod server;
@@ -20,8 +22,7 @@ mod stream;
 pub use error::ControlError;
 pub use metrics::ControlMetrics;
 pub use peer::{Caller, RoleMap};
-pub use routes::{ROUTES, RouteInfo};
+pub use routes::{RouteInfo, routes};
 pub use state::AppState;
 
-/// Largest request body the API accepts (1 MiB); larger bodies get `413`.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use tether_api::MAX_BODY_BYTES;

@@ -270,15 +270,15 @@ async fn route(
         }
         Lookup::Found(r, params) => {
             if http::declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-                return (r.path, http::too_large());
+                return (r.path, http::too_large().into_response());
             }
             let ctx = Ctx {
                 state: Arc::clone(state),
                 caller,
                 role,
-                params,
+                via,
             };
-            (r.path, (r.handler)(req, ctx).await)
+            (r.path, (r.handler)(req, ctx, params).await)
         }
     }
 }

@@ -75,21 +75,6 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// The result of rotating one host's WireGuard key.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RotationOutcome {
-    /// The host (or this machine's name on a target).
-    pub host: String,
-    /// Whether the new key is in force on both ends.
-    pub ok: bool,
-    /// The new public key (base64), when it worked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_public_key: Option<String>,
-    /// What went wrong, when it did not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// Future returned by [`KeyRotator::rotate`].
 pub type RotationFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Vec<RotationOutcome>> + Send + 'a>>;
@@ -101,42 +86,14 @@ pub trait KeyRotator: Send + Sync {
     fn rotate(&self, name: Option<String>) -> RotationFuture<'_>;
 }
 
-/// One policy plugin's vote on one request, as the control API applies it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "vote", content = "reason", rename_all = "kebab-case")]
-pub enum HookVote {
-    /// Allow; loosens a regex deny only when the plugin may override.
-    Allow,
-    /// Deny with a reason (also what a failed `fail_closed` plugin votes).
-    Deny(String),
-    /// Needs an approval, with a reason.
-    RequireApproval(String),
-    /// No opinion (also what a failed `fail_open`/`drop_counted` plugin votes).
-    Abstain,
-}
-
-/// A plugin's vote with who cast it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PluginVote {
-    /// The plugin's name.
-    pub plugin: String,
-    /// The vote to apply.
-    pub vote: HookVote,
-    /// Whether its `Allow` may loosen a regex deny (`may_override` in the manifest).
-    pub may_override: bool,
-    /// Why the plugin failed, when it did (the vote is then its `on_error` fallback).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// The daemon's loaded plugins, behind a seam so this crate (linked by the CLI) never links
 /// wasmtime. Implemented by `tetherd` with `tether-plugin-host`; calls block (run them on a
 /// blocking thread).
 pub trait PolicyHooks: Send + Sync {
     /// Every policy plugin's vote on `req`, in manifest order.
-    fn vote(&self, req: &tether_policy::Request) -> Vec<PluginVote>;
+    fn vote(&self, req: &tether_policy::Request) -> Vec<tether_policy::PluginVote>;
     /// `tether plugin list`: name, kind, hash, signer, calls, errors, latency, quarantine.
-    fn list(&self) -> serde_json::Value;
+    fn list(&self) -> Vec<tether_api::PluginInfo>;
     /// Re-reads the manifest atomically (a bad plugin keeps the old set); returns the count.
     fn reload(&self) -> Result<usize, String>;
 }
@@ -160,14 +117,7 @@ pub enum ReloadError {
     Audit(tether_audit::AuditError),
 }
 
-/// What a successful reload changed.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadReport {
-    /// Whether anything differs from the previous config.
-    pub changed: bool,
-    /// Settings that changed but only take effect after a restart.
-    pub needs_restart: Vec<String>,
-}
+pub use tether_api::{ReloadReport, RotationOutcome};
 
 impl AppState {
     /// Builds the state for a daemon started with `config` from `source`.

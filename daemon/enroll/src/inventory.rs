@@ -35,6 +35,16 @@ pub enum HostState {
     Revoked,
 }
 
+impl HostState {
+    /// The wire name (`active`, `revoked`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Active => "active",
+            HostState::Revoked => "revoked",
+        }
+    }
+}
+
 /// One enrolled host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,13 +5,14 @@
 #![forbid(unsafe_code)]
 
 mod alert;
-mod api;
+pub mod policy;
 mod role;
+mod secret_name;
 pub mod selector;
 
 pub use alert::{Alert, AlertSink, NoAlerts, Severity};
-pub use api::{ApiError, ErrorBody, StatusReport};
 pub use role::{DaemonRole, ParseRoleError, Role};
+pub use secret_name::{MAX_SECRET_NAME_LEN, check_secret_name};
 
 /// The version of this build, reported by `tether status` and `GET /v1/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

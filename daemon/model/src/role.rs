@@ -8,7 +8,19 @@ use serde::{Deserialize, Serialize};
 ///
 /// Roles are ordered by what they may read or change; `Auditor` is a side role that may read the
 /// audit log but not operate the fleet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read status, hosts and metrics; change nothing.
@@ -60,7 +72,7 @@ impl FromStr for Role {
 }
 
 /// Which side of the star a `tetherd` runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DaemonRole {
     /// The operator's side: accepts tunnels from targets, runs the policy engine and the audit chain.

@@ -47,7 +47,7 @@ const REGEX_DFA_LIMIT: usize = 1 << 18;
 const REGEX_NEST_LIMIT: u32 = 32;
 
 /// What a selector is matched against: the inventory facts of one host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostFacts {
     /// The host's inventory name, e.g. `web1`.

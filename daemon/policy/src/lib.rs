@@ -20,9 +20,9 @@ mod error;
 mod fixture;
 mod input;
 mod policy;
-mod request;
 mod shell;
 mod spec;
+mod votes;
 
 pub use engine::{ALERT_REBUILD_FAILED, PolicyEngine};
 pub use error::PolicyError;
@@ -30,6 +30,9 @@ pub use fixture::{FixtureReport, Mismatch, run_fixtures};
 pub use policy::{
     MAX_INPUT_BYTES, MAX_PATTERN_BYTES, MAX_RULES, Policy, RULE_SIZE_LIMIT, SET_SIZE_LIMIT, builtin,
 };
-pub use request::{Decision, Outcome, Request, RequestKind, TraceEntry, Verdict};
 pub use spec::{Mode, PolicySpec, RuleSpec, ScopeSpec};
+pub use tether_model::policy::{
+    Decision, HookVote, Outcome, PluginVote, Request, RequestKind, TraceEntry, Verdict,
+};
 pub use tether_model::selector::HostFacts;
+pub use votes::apply_votes;

@@ -8,9 +8,9 @@ use tether_model::selector::Selector;
 
 use crate::PolicyError;
 use crate::input::{normalize_path, screen_chars, under_root};
-use crate::request::{Decision, Outcome, Request, RequestKind, TraceEntry, Verdict};
 use crate::shell;
 use crate::spec::{Mode, PolicySpec, RuleSpec};
+use tether_model::policy::{Decision, Outcome, Request, RequestKind, TraceEntry, Verdict};
 
 /// Longest command or path evaluated; longer input is denied in every mode.
 pub const MAX_INPUT_BYTES: usize = 8192;

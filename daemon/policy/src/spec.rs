@@ -3,32 +3,7 @@ use serde::{Deserialize, Serialize};
 use tether_model::Role;
 
 use crate::PolicyError;
-
-/// How the policy acts on what it finds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Rules are evaluated (so `policy check` still explains them) but everything is allowed,
-    /// except input over the size limit and malformed requests.
-    Off,
-    /// Dry run: everything runs, but anything enforce mode would deny or send for approval gets
-    /// the verdict `warn` with the reason, so it is logged and audited.
-    Warn,
-    /// Deny and approval verdicts are binding. The default: a policy that is present is meant.
-    #[default]
-    Enforce,
-}
-
-impl Mode {
-    /// The mode's name as written in config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Warn => "warn",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
+pub use tether_model::policy::Mode;
 
 /// One rule: an id, a regex and what to tell the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,8 +43,8 @@ impl Global {
     }
 
     /// A control API client for [`Global::socket_path`].
-    pub fn client(&self) -> tether_control::client::Client {
-        tether_control::client::Client::new(self.socket_path())
+    pub fn client(&self) -> tether_api::Client {
+        tether_api::Client::new(self.socket_path())
     }
 }
 

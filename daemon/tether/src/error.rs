@@ -1,4 +1,4 @@
-use tether_control::client::ClientError;
+use tether_api::ClientError;
 
 /// Why a `tether` command failed; [`CliError::exit_code`] gives the documented exit code.
 #[derive(Debug, thiserror::Error)]

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use prometheus::Registry;
 use serde_json::{Value, json};
 use tether_audit::{AuditLog, Event};
-use tether_control::state::{HookVote, PluginVote, PolicyHooks};
+use tether_control::state::PolicyHooks;
 use tether_model::AlertSink;
 use tether_plugin_host::{
     EnrollVote, Failed, HostFacts, HostOptions, PluginEvents, PluginHost, PluginKind,
     PolicyRequest, Quarantined, RequestKind, SecretSource, Vote,
 };
+use tether_policy::{HookVote, PluginVote};
 use tether_vault::Vault;
 use zeroize::Zeroizing;
 
@@ -105,7 +106,7 @@ impl Plugins {
 
     /// Name, kind, hash and signer of each plugin, for the start-up audit record.
     pub fn summary(&self) -> Value {
-        self.list()
+        serde_json::to_value(self.list()).unwrap_or(Value::Null)
     }
 
     /// Asks the enrollment-hook plugins about an enrollment, in manifest order (stops at the
@@ -171,20 +172,24 @@ impl PolicyHooks for Plugins {
             .collect()
     }
 
-    fn list(&self) -> Value {
-        Value::Array(
-            self.host
-                .list()
-                .into_iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name, "kind": p.kind.as_str(), "sha256": p.sha256, "signer": p.signer,
-                        "calls": p.calls, "errors": p.errors, "p50_us": p.p50_us, "p99_us": p.p99_us,
-                        "quarantined": p.quarantined, "secret_denials": p.secret_denials, "http_denials": p.http_denials,
-                    })
-                })
-                .collect(),
-        )
+    fn list(&self) -> Vec<tether_api::PluginInfo> {
+        self.host
+            .list()
+            .into_iter()
+            .map(|p| tether_api::PluginInfo {
+                name: p.name,
+                kind: p.kind.as_str().to_owned(),
+                sha256: p.sha256,
+                signer: p.signer,
+                calls: p.calls,
+                errors: p.errors,
+                p50_us: p.p50_us,
+                p99_us: p.p99_us,
+                quarantined: p.quarantined,
+                secret_denials: p.secret_denials,
+                http_denials: p.http_denials,
+            })
+            .collect()
     }
 
     fn reload(&self) -> Result<usize, String> {

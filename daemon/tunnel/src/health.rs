@@ -42,6 +42,17 @@ pub enum HealthState {
     CoolingDown,
 }
 
+impl HealthState {
+    /// The wire name (`healthy`, `unhealthy`, `cooling_down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::CoolingDown => "cooling_down",
+        }
+    }
+}
+
 /// What a health check decided for one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {

@@ -1,14 +1,11 @@
 //! `GET /v1/config`: the effective configuration with secrets redacted.
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use tether_api::{EffectiveConfig, Empty};
 
-use super::{Ctx, HandlerFuture};
-use crate::http;
+use super::Ctx;
+use crate::http::Fail;
 
-pub(crate) fn handle(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move {
-        let config = ctx.state.config();
-        http::json(StatusCode::OK, &tether_config::redacted_json(&*config))
-    })
+pub(crate) async fn handle(ctx: Ctx, _req: Empty) -> Result<EffectiveConfig, Fail> {
+    let config = ctx.state.config();
+    Ok(EffectiveConfig(tether_config::redacted_json(&*config)))
 }

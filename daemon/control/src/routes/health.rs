@@ -1,27 +1,28 @@
 //! `GET /healthz` and `GET /readyz`.
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
-use serde_json::json;
+use hyper::StatusCode;
+use tether_api::{Empty, Health};
 
-use super::{Ctx, HandlerFuture};
-use crate::http;
+use super::Ctx;
+use crate::http::Fail;
 
-pub(crate) fn healthz(_req: Request<Incoming>, _ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move { http::json(StatusCode::OK, &json!({"status": "ok"})) })
+pub(crate) async fn healthz(_ctx: Ctx, _req: Empty) -> Result<Health, Fail> {
+    Ok(Health {
+        status: "ok".to_owned(),
+    })
 }
 
-pub(crate) fn readyz(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move {
-        if ctx.state.is_ready() {
-            http::json(StatusCode::OK, &json!({"status": "ready"}))
-        } else {
-            http::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "tetherd is starting or shutting down",
-                "retry in a moment",
-            )
-        }
-    })
+pub(crate) async fn readyz(ctx: Ctx, _req: Empty) -> Result<Health, Fail> {
+    if ctx.state.is_ready() {
+        Ok(Health {
+            status: "ready".to_owned(),
+        })
+    } else {
+        Err(Fail::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "tetherd is starting or shutting down",
+            "retry in a moment",
+        ))
+    }
 }

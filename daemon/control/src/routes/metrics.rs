@@ -1,24 +1,16 @@
 //! `GET /metrics`: Prometheus text format.
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
 use prometheus::{Encoder, TextEncoder};
+use tether_api::Empty;
 
-use super::{Ctx, HandlerFuture};
-use crate::http;
+use super::Ctx;
+use crate::http::Fail;
 
-pub(crate) fn handle(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move {
-        let families = ctx.state.registry.gather();
-        let mut out = Vec::new();
-        match TextEncoder::new().encode(&families, &mut out) {
-            Ok(()) => http::with_type(StatusCode::OK, http::full(out), "text/plain; version=0.0.4"),
-            Err(e) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                &format!("could not encode metrics: {e}"),
-                "this is a bug in tetherd; please report it",
-            ),
-        }
-    })
+pub(crate) async fn handle(ctx: Ctx, _req: Empty) -> Result<String, Fail> {
+    let families = ctx.state.registry.gather();
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .map_err(|e| Fail::internal(format!("could not encode metrics: {e}")))?;
+    String::from_utf8(out).map_err(|e| Fail::internal(format!("metrics are not UTF-8: {e}")))
 }

@@ -1,19 +1,21 @@
-//! One file per route. [`ROUTES`] is the table the server dispatches on, the OpenAPI test checks
-//! against, and `tether` documents.
-
-// Handlers return a ready error `Response` as the early-exit value of their helpers; boxing it
-// would only add an allocation on the error path.
-#![allow(clippy::result_large_err)]
+//! One file per route. [`routes`] is the table the server dispatches on and `openapi.yaml` is
+//! generated from: each entry ties an [`Endpoint`] of `tether-api` (method, path, request and
+//! response types) to the roles allowed to call it, the error statuses its handler may answer
+//! with, and a handler `async fn(Ctx, Request) -> Result<Response, Fail>`. One adapter per
+//! answer encoding does the decoding, JSON, errors and content types.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
+use tether_api::{Encoding, Endpoint};
+use tether_audit::{Actor, Via};
 use tether_model::Role;
 
-use crate::http::Body;
+use crate::http::{self, Body, Fail};
 use crate::{AppState, Caller};
 
 mod audit;
@@ -21,37 +23,54 @@ mod config;
 mod health;
 mod hosts;
 mod metrics;
+mod plugins;
 mod policy;
 mod reload;
 mod secrets;
 mod status;
 mod vpn;
 
-/// What a handler gets besides the request.
+/// What a handler gets besides its typed request.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub state: Arc<AppState>,
-    /// The caller, for auditing in later routes.
-    #[allow(dead_code)]
+    /// Who called.
     pub caller: Arc<Caller>,
+    /// The role the caller was granted.
     pub role: Role,
-    /// Values of the route's `{param}` segments, in order.
-    pub params: Vec<String>,
+    /// How the request arrived.
+    pub via: Via,
+}
+
+impl Ctx {
+    /// The audit actor for this request.
+    pub fn actor(&self) -> Actor {
+        crate::audit::actor(&self.caller, Some(self.role), self.via)
+    }
 }
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
-type Handler = fn(Request<Incoming>, Ctx) -> HandlerFuture;
+type Handler = Box<dyn Fn(Request<Incoming>, Ctx, Vec<String>) -> HandlerFuture + Send + Sync>;
 
 /// One route of the control API.
 pub struct RouteInfo {
     /// HTTP method.
     pub method: Method,
-    /// Exact path.
+    /// Path template (`{param}` segments).
     pub path: &'static str,
     /// Roles allowed to call it.
     pub roles: &'static [Role],
     /// One line for docs and `tether` help.
     pub summary: &'static str,
+    /// Every status the route can answer with: `200`, the adapter's own (`400` bad input, `403`
+    /// role, `408`/`413` for routes with a body) and those its handler returns.
+    pub statuses: Vec<u16>,
+    /// How a successful answer is encoded.
+    pub encoding: Encoding,
+    /// The body is raw bytes rather than JSON.
+    pub raw_body: bool,
+    /// The request and response schemas (for the OpenAPI document).
+    pub(crate) schemas: fn() -> crate::openapi::RouteSchemas,
     pub(crate) handler: Handler,
 }
 
@@ -59,207 +78,218 @@ const ANY: &[Role] = &Role::ALL;
 const ADMIN: &[Role] = &[Role::Admin];
 const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
-/// Every route the daemon serves.
-pub static ROUTES: &[RouteInfo] = &[
-    RouteInfo {
-        method: Method::GET,
-        path: "/healthz",
-        roles: ANY,
-        summary: "liveness: 200 while the process serves requests",
-        handler: health::healthz,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/readyz",
-        roles: ANY,
-        summary: "readiness: 200 once every subsystem is up, 503 before and while draining",
-        handler: health::readyz,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/metrics",
-        roles: ANY,
-        summary: "Prometheus text exposition of the daemon's metrics",
-        handler: metrics::handle,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/status",
-        roles: ANY,
-        summary: "role, version, uptime, pid and host count",
-        handler: status::handle,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/config",
-        roles: ANY,
-        summary: "the effective configuration, secrets redacted",
-        handler: config::handle,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/reload",
-        roles: ADMIN,
-        summary: "re-read the configuration (same as SIGHUP); an invalid one keeps the old",
-        handler: reload::handle,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/audit/verify",
-        roles: AUDIT_READERS,
-        summary: "verify the audit chain (optionally against an exported checkpoint)",
-        handler: audit::verify,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/audit/records",
-        roles: AUDIT_READERS,
-        summary: "the last N audit records (NDJSON), filtered by type, host, date",
-        handler: audit::tail,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/audit/follow",
-        roles: AUDIT_READERS,
-        summary: "new audit records as they are written (NDJSON stream)",
-        handler: audit::follow,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/audit/export",
-        roles: AUDIT_READERS,
-        summary: "export the audit log (format=jsonl), byte for byte",
-        handler: audit::export,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/audit/checkpoint",
-        roles: AUDIT_READERS,
-        summary: "a signed head checkpoint for off-box storage",
-        handler: audit::checkpoint,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/policy",
-        roles: ANY,
-        summary: "the policy in force: mode, rule count, rules",
-        handler: policy::show,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/policy/check",
-        roles: ANY,
-        summary: "explain the verdict for one request, rule by rule (as another user: admin only)",
-        handler: policy::check,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/policy/reload",
-        roles: ADMIN,
-        summary: "re-read the config and swap the policy atomically; an invalid one keeps the old",
-        handler: policy::reload,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/vpn/invite",
-        roles: ADMIN,
-        summary: "issue a single-use invite token for a new target (shown once)",
-        handler: vpn::invite,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/vpn/reinvite",
-        roles: ADMIN,
-        summary: "a fresh token for a lost machine: its old identity is revoked, its address kept",
-        handler: vpn::reinvite,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/vpn/revoke",
-        roles: ADMIN,
-        summary: "throw a host (or all hosts) out: tunnel peer removed at once, invites revoked",
-        handler: vpn::revoke,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/vpn/rotate-keys",
-        roles: ADMIN,
-        summary: "rotate WireGuard keys now over the tunnel (hub: one or all hosts; target: itself)",
-        handler: vpn::rotate_keys,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/vpn/status",
-        roles: ANY,
-        summary: "this node's tunnel and every peer: endpoint, handshake, traffic, health",
-        handler: vpn::status,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/hosts",
-        roles: ANY,
-        summary: "the inventory (optionally ?selector=SEL) with online state",
-        handler: hosts::list,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/hosts/{name}",
-        roles: ANY,
-        summary: "one host's record and live tunnel state",
-        handler: hosts::show,
-    },
-    RouteInfo {
-        method: Method::DELETE,
-        path: "/v1/hosts/{name}",
-        roles: ADMIN,
-        summary: "forget a host; its tunnel peer goes away at once",
-        handler: hosts::remove,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/plugins",
-        roles: ANY,
-        summary: "loaded WASM plugins: kind, hash, signer, calls, errors, latency, quarantine",
-        handler: policy::plugins,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/plugins/reload",
-        roles: ADMIN,
-        summary: "re-read the plugin manifest atomically (a bad plugin keeps the old set)",
-        handler: policy::plugins_reload,
-    },
-    RouteInfo {
-        method: Method::GET,
-        path: "/v1/secrets",
-        roles: ADMIN,
-        summary: "list secret names, backends and times (never values)",
-        handler: secrets::list,
-    },
-    RouteInfo {
-        method: Method::PUT,
-        path: "/v1/secrets/{name}",
-        roles: ADMIN,
-        summary: "store a secret; the body is the raw value (application/octet-stream)",
-        handler: secrets::set,
-    },
-    RouteInfo {
-        method: Method::DELETE,
-        path: "/v1/secrets/{name}",
-        roles: ADMIN,
-        summary: "remove a secret",
-        handler: secrets::remove,
-    },
-    RouteInfo {
-        method: Method::POST,
-        path: "/v1/secrets/{name}/rotate",
-        roles: ADMIN,
-        summary: "replace a generated key with a fresh random one",
-        handler: secrets::rotate,
-    },
-];
+/// `409` a hub-only route on a target.
+const HUB: u16 = 409;
+/// `503` the audit record could not be written (or a subsystem is missing).
+const AUDITED: u16 = 503;
 
-/// The result of looking a request up in [`ROUTES`].
+/// Every route the daemon serves.
+pub fn routes() -> &'static [RouteInfo] {
+    &ROUTES
+}
+
+static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
+    use tether_api as a;
+    vec![
+        json::<a::Healthz, _, _>(ANY, &[], health::healthz),
+        json::<a::Readyz, _, _>(ANY, &[503], health::readyz),
+        json::<a::Metrics, _, _>(ANY, &[500], metrics::handle),
+        json::<a::Status, _, _>(ANY, &[], status::handle),
+        json::<a::ConfigShow, _, _>(ANY, &[], config::handle),
+        json::<a::Reload, _, _>(ADMIN, &[422, AUDITED], reload::handle),
+        json::<a::AuditVerify, _, _>(AUDIT_READERS, &[500, AUDITED], audit::verify),
+        stream::<a::AuditRecords, _, _>(AUDIT_READERS, &[500, AUDITED], audit::tail),
+        stream::<a::AuditFollow, _, _>(AUDIT_READERS, &[500, AUDITED], audit::follow),
+        stream::<a::AuditExport, _, _>(AUDIT_READERS, &[500, AUDITED], audit::export),
+        json::<a::AuditCheckpoint, _, _>(AUDIT_READERS, &[500, AUDITED], audit::checkpoint),
+        json::<a::PolicyGet, _, _>(ANY, &[503], policy::show),
+        json::<a::PolicyCheck, _, _>(ANY, &[503], policy::check),
+        json::<a::PolicyReload, _, _>(ADMIN, &[422, AUDITED], policy::reload),
+        json::<a::VpnInvite, _, _>(ADMIN, &[HUB, 500, AUDITED], vpn::invite),
+        json::<a::VpnReinvite, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::reinvite),
+        json::<a::VpnRevoke, _, _>(ADMIN, &[HUB, 500, AUDITED], vpn::revoke),
+        json::<a::VpnRotateKeys, _, _>(ADMIN, &[HUB, AUDITED], vpn::rotate_keys),
+        json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
+        json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),
+        json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
+        json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),
+        json::<a::PluginsList, _, _>(ANY, &[], plugins::list),
+        json::<a::PluginsReload, _, _>(ADMIN, &[409, 422, AUDITED], plugins::reload),
+        json::<a::SecretsList, _, _>(ADMIN, &[500, 503], secrets::list),
+        raw::<a::SecretsSet, _, _>(ADMIN, &[409, 500, AUDITED], secrets::set),
+        json::<a::SecretsRemove, _, _>(ADMIN, &[404, 409, 500, AUDITED], secrets::remove),
+        json::<a::SecretsRotate, _, _>(ADMIN, &[404, 409, 500, AUDITED], secrets::rotate),
+    ]
+});
+
+/// The statuses every route of endpoint `E` can answer with, before its handler's own.
+fn statuses<E: Endpoint>(handler: &[u16]) -> Vec<u16> {
+    let mut s = vec![200, 400, 403];
+    if !E::METHOD.uses_query() {
+        s.extend([408, 413]);
+    }
+    s.extend_from_slice(handler);
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+fn method<E: Endpoint>() -> Method {
+    match E::METHOD {
+        tether_api::Method::Get => Method::GET,
+        tether_api::Method::Post => Method::POST,
+        tether_api::Method::Put => Method::PUT,
+        tether_api::Method::Delete => Method::DELETE,
+    }
+}
+
+fn info<E: Endpoint + 'static>(
+    roles: &'static [Role],
+    errors: &[u16],
+    handler: Handler,
+) -> RouteInfo {
+    RouteInfo {
+        method: method::<E>(),
+        path: E::PATH,
+        roles,
+        summary: E::SUMMARY,
+        statuses: statuses::<E>(errors),
+        encoding: E::RESPONSE,
+        raw_body: E::RAW_BODY,
+        schemas: crate::openapi::route_schemas::<E>,
+        handler,
+    }
+}
+
+/// Reads and decodes the request of endpoint `E` (query or JSON body), or the `400`/`408`/`413`.
+async fn decode<E: Endpoint>(
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    params: &[String],
+) -> Result<E::Request, Fail> {
+    let query = req.uri().query().map(str::to_owned);
+    let body = if E::METHOD.uses_query() {
+        Bytes::new()
+    } else {
+        http::read_body(req, ctx.state.idle_timeout()).await?
+    };
+    tether_api::decode::<E>(params, query.as_deref(), &body).map_err(|e| {
+        Fail::bad_request(
+            e.code(),
+            e.to_string(),
+            "see daemon/control/openapi.yaml for the expected shape",
+        )
+    })
+}
+
+/// The answer for a handler's result: JSON (or text) with `200`, or the refusal.
+fn answer<E: Endpoint>(result: Result<E::Response, Fail>) -> Response<Body> {
+    let value = match result {
+        Ok(v) => v,
+        Err(fail) => return fail.into_response(),
+    };
+    let encoded = match E::RESPONSE {
+        Encoding::Text => match serde_json::to_value(&value) {
+            Ok(serde_json::Value::String(s)) => Ok(s.into_bytes()),
+            Ok(_) => Err("a text answer is not a string".to_owned()),
+            Err(e) => Err(e.to_string()),
+        },
+        Encoding::Json | Encoding::NdJson => serde_json::to_vec(&value)
+            .map(|mut b| {
+                b.push(b'\n');
+                b
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match encoded {
+        Ok(bytes) => http::with_type(
+            StatusCode::OK,
+            http::full(bytes),
+            E::RESPONSE.content_type(),
+        ),
+        Err(e) => Fail::internal(format!("could not encode the answer: {e}")).into_response(),
+    }
+}
+
+/// A route answering with one JSON document (or one text for [`Encoding::Text`] endpoints).
+fn json<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<E::Response, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |req, ctx, params| {
+        Box::pin(async move {
+            match decode::<E>(req, &ctx, &params).await {
+                Ok(r) => answer::<E>(f(ctx, r).await),
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// A route answering with a stream of NDJSON lines, each an `E::Response`; the handler returns
+/// the body (fed from a channel, see [`crate::stream`]).
+fn stream<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Body, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |req, ctx, params| {
+        Box::pin(async move {
+            let result = match decode::<E>(req, &ctx, &params).await {
+                Ok(r) => f(ctx, r).await,
+                Err(fail) => Err(fail),
+            };
+            match result {
+                Ok(body) => http::with_type(StatusCode::OK, body, E::RESPONSE.content_type()),
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// A route whose body is raw bytes (`application/octet-stream`); the request type carries the
+/// path and query fields.
+fn raw<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request, Bytes) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<E::Response, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |req, ctx, params| {
+        Box::pin(async move {
+            let query = req.uri().query().map(str::to_owned);
+            let request = tether_api::decode::<E>(&params, query.as_deref(), b"").map_err(|e| {
+                Fail::bad_request(e.code(), e.to_string(), "see daemon/control/openapi.yaml")
+            });
+            let request = match request {
+                Ok(r) => r,
+                Err(fail) => return fail.into_response(),
+            };
+            match http::read_body(req, ctx.state.idle_timeout()).await {
+                Ok(body) => answer::<E>(f(ctx, request, body).await),
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// Runs a blocking call off the async workers; a panic becomes a `500`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Fail::internal(format!("{what} panicked")))
+}
+
+/// The result of looking a request up in the route table.
 pub(crate) enum Lookup {
     Found(&'static RouteInfo, Vec<String>),
     MethodNotAllowed(Vec<Method>),
@@ -267,7 +297,7 @@ pub(crate) enum Lookup {
 }
 
 pub(crate) fn lookup(method: &Method, path: &str) -> Lookup {
-    let same_path: Vec<(&'static RouteInfo, Vec<String>)> = ROUTES
+    let same_path: Vec<(&'static RouteInfo, Vec<String>)> = routes()
         .iter()
         .filter_map(|r| match_path(r.path, path).map(|p| (r, p)))
         .collect();
@@ -281,48 +311,8 @@ pub(crate) fn lookup(method: &Method, path: &str) -> Lookup {
     }
 }
 
-/// The query string's `key=value` pairs, percent-decoded (`+` is not a space here).
-pub(crate) fn query_pairs<B>(req: &Request<B>) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-/// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as written (the
-/// handler's own validation then rejects them with a precise message).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
-}
-
-/// Matches `/v1/secrets/{name}` against `/v1/secrets/db`, returning `["db"]`. A parameter is one
-/// non-empty path segment; percent-escapes are not decoded (names never need them).
+/// Matches `/v1/secrets/{name}` against `/v1/secrets/db`, returning `["db"]` (percent-decoded).
+/// A parameter is one non-empty path segment.
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
     let mut params = Vec::new();
     let mut want = pattern.split('/');
@@ -331,7 +321,7 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
         match (want.next(), got.next()) {
             (None, None) => return Some(params),
             (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {
-                params.push(percent_decode(g));
+                params.push(tether_api::percent_decode(g));
             }
             (Some(w), Some(g)) if w == g => {}
             _ => return None,
@@ -342,33 +332,6 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every route is documented in openapi.yaml with its method, and the file documents no
-    /// route we don't serve.
-    #[test]
-    fn openapi_lists_exactly_the_served_routes() {
-        let spec = include_str!("../../openapi.yaml");
-        let mut documented = Vec::new();
-        let mut current: Option<String> = None;
-        for line in spec.lines() {
-            if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
-                current = Some(format!("/{p}"));
-            } else if let (Some(path), Some(m)) = (&current, line.strip_prefix("    ")) {
-                if let Some(method) = m.strip_suffix(':').filter(|m| !m.starts_with(' ')) {
-                    documented.push((method.to_ascii_uppercase(), path.clone()));
-                }
-            } else if !line.starts_with("  ") && !line.trim().is_empty() {
-                current = None;
-            }
-        }
-        let mut served: Vec<(String, String)> = ROUTES
-            .iter()
-            .map(|r| (r.method.to_string(), r.path.to_owned()))
-            .collect();
-        served.sort();
-        documented.sort();
-        assert_eq!(served, documented, "openapi.yaml and ROUTES differ");
-    }
 
     #[test]
     fn lookup_distinguishes_404_and_405() {
@@ -400,5 +363,20 @@ mod tests {
             Lookup::MethodNotAllowed(_)
         ));
         assert!(matches!(lookup(&Method::GET, "/v1/nope"), Lookup::NotFound));
+    }
+
+    #[test]
+    fn every_route_is_unique_and_documents_its_base_statuses() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in routes() {
+            assert!(
+                seen.insert((r.method.to_string(), r.path)),
+                "{} twice",
+                r.path
+            );
+            for s in [200, 400, 403] {
+                assert!(r.statuses.contains(&s), "{} {} lacks {s}", r.method, r.path);
+            }
+        }
     }
 }

@@ -1,23 +1,23 @@
-//! `/v1/vpn/...`: invites, revocation and tunnel status.
+//! `/v1/vpn/...`: invites, revocation, key rotation and tunnel status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
-use serde::Deserialize;
+use hyper::StatusCode;
 use serde_json::json;
-use tether_enroll::{EnrollError, HostRecord, Hub, InviteRequest};
+use tether_api::{
+    Empty, InviteRequest, InviteResponse, RevokeRequest, RevokeResponse, RotateRequest,
+    RotateResponse, VpnStatus,
+};
+use tether_enroll::{EnrollError, HostRecord, Hub};
 use tether_model::{Alert, Severity};
 
-use super::{Ctx, HandlerFuture};
-use crate::audit::{actor, via_of};
-use crate::http::{self, Body};
+use super::Ctx;
+use crate::http::Fail;
 
 /// The hub's enrollment core, or a 409 on a target.
-pub(crate) fn hub(ctx: &Ctx) -> Result<Arc<Hub>, hyper::Response<Body>> {
+pub(crate) fn hub(ctx: &Ctx) -> Result<Arc<Hub>, Fail> {
     ctx.state.hub.clone().ok_or_else(|| {
-        http::error(
+        Fail::new(
             StatusCode::CONFLICT,
             "not_a_hub",
             "this tetherd is a target; invites, hosts and revocation are managed on the hub",
@@ -27,7 +27,7 @@ pub(crate) fn hub(ctx: &Ctx) -> Result<Arc<Hub>, hyper::Response<Body>> {
 }
 
 /// Maps an enrollment error to an HTTP answer with its stable code.
-pub(crate) fn enroll_error(e: &EnrollError) -> hyper::Response<Body> {
+pub(crate) fn enroll_error(e: &EnrollError) -> Fail {
     let status = match e.code() {
         "no_such_host" => StatusCode::NOT_FOUND,
         "name_taken" => StatusCode::CONFLICT,
@@ -35,7 +35,19 @@ pub(crate) fn enroll_error(e: &EnrollError) -> hyper::Response<Body> {
         "address_pool_exhausted" | "address_unavailable" => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    http::error(status, e.code(), &e.to_string(), "")
+    Fail::new(status, e.code(), e.to_string(), "")
+}
+
+/// Runs a blocking hub operation (it writes state files) off the async workers.
+pub(crate) async fn on_hub<T: Send + 'static>(
+    hub: &Arc<Hub>,
+    what: &str,
+    f: impl FnOnce(&Hub) -> Result<T, EnrollError> + Send + 'static,
+) -> Result<T, Fail> {
+    let hub = Arc::clone(hub);
+    super::blocking(what, move || f(&hub))
+        .await?
+        .map_err(|e| enroll_error(&e))
 }
 
 /// Removes the tunnel peers of hosts that were just revoked or removed.
@@ -52,282 +64,176 @@ pub(crate) fn drop_peers(ctx: &Ctx, hosts: &[HostRecord]) {
     }
 }
 
-/// Body of `POST /v1/vpn/invite` and `/v1/vpn/reinvite`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InviteBody {
-    name: String,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
-    #[serde(default)]
-    groups: Vec<String>,
-    /// `30m`, `24h`, `7d`; default `enroll.default_ttl`.
-    #[serde(default)]
-    ttl: Option<String>,
+pub(crate) async fn invite(ctx: Ctx, body: InviteRequest) -> Result<InviteResponse, Fail> {
+    issue(ctx, body, false).await
 }
 
-pub(crate) fn invite(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    issue(req, ctx, false)
+pub(crate) async fn reinvite(ctx: Ctx, body: InviteRequest) -> Result<InviteResponse, Fail> {
+    issue(ctx, body, true).await
 }
 
-pub(crate) fn reinvite(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    issue(req, ctx, true)
-}
-
-fn issue(req: Request<Incoming>, ctx: Ctx, again: bool) -> HandlerFuture {
-    Box::pin(async move {
-        let hub = match hub(&ctx) {
-            Ok(h) => h,
-            Err(r) => return r,
-        };
-        let via = via_of(&req);
-        let body: InviteBody = match http::read_json(req, ctx.state.idle_timeout()).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let ttl_text = body
-            .ttl
-            .clone()
-            .unwrap_or_else(|| ctx.state.config().enroll.default_ttl.clone());
-        let Some(ttl_secs) = tether_config::parse_duration_secs(&ttl_text) else {
-            return http::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_ttl",
-                &format!("--ttl {ttl_text:?} is not a duration"),
-                "write e.g. 30m, 24h or 7d",
-            );
-        };
-        let kind = if again {
-            "enroll.reinvite"
+async fn issue(ctx: Ctx, body: InviteRequest, again: bool) -> Result<InviteResponse, Fail> {
+    let hub = hub(&ctx)?;
+    let ttl_text = body
+        .ttl
+        .clone()
+        .unwrap_or_else(|| ctx.state.config().enroll.default_ttl.clone());
+    let Some(ttl_secs) = tether_config::parse_duration_secs(&ttl_text) else {
+        return Err(Fail::bad_request(
+            "invalid_ttl",
+            format!("--ttl {ttl_text:?} is not a duration"),
+            "write e.g. 30m, 24h or 7d",
+        ));
+    };
+    let kind = if again {
+        "enroll.reinvite"
+    } else {
+        "enroll.invite"
+    };
+    let data =
+        json!({"name": body.name, "tags": body.tags, "groups": body.groups, "ttl_secs": ttl_secs});
+    ctx.state
+        .audit_or_refuse(kind, ctx.actor(), Some(&body.name), data)
+        .await?;
+    let request = tether_enroll::InviteRequest {
+        name: body.name,
+        tags: body.tags,
+        groups: body.groups,
+        ttl_secs,
+    };
+    let previous = hub.inventory().get(&request.name);
+    let now = tether_enroll::unix_now();
+    let (token, record) = on_hub(&hub, "issuing the invite", move |hub| {
+        if again {
+            hub.reinvite(&request, now)
         } else {
-            "enroll.invite"
-        };
-        let data = json!({"name": body.name, "tags": body.tags, "groups": body.groups, "ttl_secs": ttl_secs});
-        if let Err(r) = ctx
-            .state
-            .audit_or_refuse(
-                kind,
-                actor(&ctx.caller, Some(ctx.role), via),
-                Some(&body.name),
-                data,
-            )
-            .await
-        {
-            return r;
+            hub.invite(&request, now)
         }
-        let request = InviteRequest {
-            name: body.name.clone(),
-            tags: body.tags,
-            groups: body.groups,
-            ttl_secs,
-        };
-        let previous = hub.inventory().get(&request.name);
-        let hub2 = Arc::clone(&hub);
-        let now = tether_enroll::unix_now();
-        let issued = tokio::task::spawn_blocking(move || {
-            if again {
-                hub2.reinvite(&request, now)
-            } else {
-                hub2.invite(&request, now)
-            }
-        })
-        .await;
-        match issued {
-            Ok(Ok((token, record))) => {
-                if again {
-                    // A reinvite retires the old machine's identity at once.
-                    drop_peers(&ctx, &previous.into_iter().collect::<Vec<_>>());
-                }
-                let identity = hub.identity();
-                let text = token.expose(str::to_owned);
-                http::json(
-                    StatusCode::OK,
-                    &json!({
-                        "token": text,
-                        "name": record.name,
-                        "overlay_ip": record.overlay_ip,
-                        "expires_at": record.expires_at,
-                        "enroll_endpoint": identity.enroll_endpoint,
-                        "hub_id": hub.hub_id().0,
-                    }),
+    })
+    .await?;
+    if again {
+        // A reinvite retires the old machine's identity at once.
+        drop_peers(&ctx, &previous.into_iter().collect::<Vec<_>>());
+    }
+    Ok(InviteResponse {
+        token: token.expose(str::to_owned),
+        name: record.name,
+        overlay_ip: record.overlay_ip.to_string(),
+        expires_at: record.expires_at,
+        enroll_endpoint: hub.identity().enroll_endpoint.clone(),
+        hub_id: hub.hub_id().0.clone(),
+    })
+}
+
+pub(crate) async fn revoke(ctx: Ctx, body: RevokeRequest) -> Result<RevokeResponse, Fail> {
+    let hub = hub(&ctx)?;
+    let now = tether_enroll::unix_now();
+    match (body.name, body.all) {
+        (Some(_), true) | (None, false) => Err(Fail::bad_request(
+            "bad_request",
+            "say which host to revoke, or all of them — not both",
+            "tether vpn revoke NAME, or tether vpn revoke --all",
+        )),
+        (None, true) => {
+            ctx.state
+                .audit_or_refuse("host.revoke_all", ctx.actor(), None, json!({}))
+                .await?;
+            let hosts = on_hub(&hub, "revoke", move |hub| hub.revoke_all(now)).await?;
+            drop_peers(&ctx, &hosts);
+            let revoked: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
+            ctx.state.alerts.raise(Alert::new(
+                "host_revoked",
+                Severity::Warning,
+                format!(
+                    "all {} hosts revoked: {}",
+                    revoked.len(),
+                    revoked.join(", ")
+                ),
+            ));
+            Ok(RevokeResponse {
+                revoked,
+                invites_revoked: None,
+            })
+        }
+        (Some(name), false) => {
+            ctx.state
+                .audit_or_refuse(
+                    "host.revoke",
+                    ctx.actor(),
+                    Some(&name),
+                    json!({"name": name}),
                 )
-            }
-            Ok(Err(e)) => enroll_error(&e),
-            Err(_) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "issuing the invite panicked",
-                "",
-            ),
+                .await?;
+            let n = name.clone();
+            let outcome = on_hub(&hub, "revoke", move |hub| hub.revoke_host(&n, now)).await?;
+            let hosts: Vec<HostRecord> = outcome.host.into_iter().collect();
+            drop_peers(&ctx, &hosts);
+            let mut alert = Alert::new(
+                "host_revoked",
+                Severity::Warning,
+                format!("host {name} revoked"),
+            );
+            alert.host = Some(name);
+            ctx.state.alerts.raise(alert);
+            Ok(RevokeResponse {
+                revoked: hosts.into_iter().map(|h| h.name).collect(),
+                invites_revoked: Some(outcome.invites_revoked as u64),
+            })
         }
-    })
-}
-
-/// Body of `POST /v1/vpn/revoke`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    all: bool,
-}
-
-pub(crate) fn revoke(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move {
-        let hub = match hub(&ctx) {
-            Ok(h) => h,
-            Err(r) => return r,
-        };
-        let via = via_of(&req);
-        let body: RevokeBody = match http::read_json(req, ctx.state.idle_timeout()).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let a = actor(&ctx.caller, Some(ctx.role), via);
-        let now = tether_enroll::unix_now();
-        match (body.name, body.all) {
-            (Some(_), true) | (None, false) => http::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "say which host to revoke, or all of them — not both",
-                "tether vpn revoke NAME, or tether vpn revoke --all",
-            ),
-            (None, true) => {
-                if let Err(r) = ctx
-                    .state
-                    .audit_or_refuse("host.revoke_all", a, None, json!({}))
-                    .await
-                {
-                    return r;
-                }
-                let hub2 = Arc::clone(&hub);
-                match tokio::task::spawn_blocking(move || hub2.revoke_all(now)).await {
-                    Ok(Ok(hosts)) => {
-                        drop_peers(&ctx, &hosts);
-                        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-                        ctx.state.alerts.raise(Alert::new(
-                            "host_revoked",
-                            Severity::Warning,
-                            format!("all {} hosts revoked: {}", names.len(), names.join(", ")),
-                        ));
-                        http::json(StatusCode::OK, &json!({"revoked": names}))
-                    }
-                    Ok(Err(e)) => enroll_error(&e),
-                    Err(_) => http::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "revoke panicked",
-                        "",
-                    ),
-                }
-            }
-            (Some(name), false) => {
-                if let Err(r) = ctx
-                    .state
-                    .audit_or_refuse("host.revoke", a, Some(&name), json!({"name": name}))
-                    .await
-                {
-                    return r;
-                }
-                let hub2 = Arc::clone(&hub);
-                let n = name.clone();
-                match tokio::task::spawn_blocking(move || hub2.revoke_host(&n, now)).await {
-                    Ok(Ok(outcome)) => {
-                        let hosts: Vec<HostRecord> = outcome.host.into_iter().collect();
-                        drop_peers(&ctx, &hosts);
-                        let mut alert = Alert::new(
-                            "host_revoked",
-                            Severity::Warning,
-                            format!("host {name} revoked"),
-                        );
-                        alert.host = Some(name.clone());
-                        ctx.state.alerts.raise(alert);
-                        http::json(
-                            StatusCode::OK,
-                            &json!({"revoked": hosts.iter().map(|h| &h.name).collect::<Vec<_>>(), "invites_revoked": outcome.invites_revoked}),
-                        )
-                    }
-                    Ok(Err(e)) => enroll_error(&e),
-                    Err(_) => http::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "revoke panicked",
-                        "",
-                    ),
-                }
-            }
-        }
-    })
+    }
 }
 
 /// `GET /v1/vpn/status`: this node and its peers.
-pub(crate) fn status(_req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move {
-        let Some(tunnel) = &ctx.state.tunnel else {
-            return http::json(
-                StatusCode::OK,
-                &json!({
-                    "role": ctx.state.daemon_role,
-                    "tunnel": false,
-                    "hint": "this target has not enrolled: run `tetherd enroll TOKEN` with a token from `tether vpn invite` on the hub",
-                    "peers": [],
-                }),
-            );
-        };
-        let mut out = json!({
-            "role": ctx.state.daemon_role,
-            "tunnel": true,
-            "overlay_ip": tunnel.overlay_ip(),
-            "public_key": tunnel.public_key().to_base64(),
-            "listen": tunnel.local_addr(),
-            "peers": tunnel.status(),
+pub(crate) async fn status(ctx: Ctx, _req: Empty) -> Result<VpnStatus, Fail> {
+    let Some(tunnel) = &ctx.state.tunnel else {
+        return Ok(VpnStatus {
+            role: ctx.state.daemon_role,
+            tunnel: false,
+            hint: Some("this target has not enrolled: run `tetherd enroll TOKEN` with a token from `tether vpn invite` on the hub".to_owned()),
+            overlay_ip: None,
+            public_key: None,
+            listen: None,
+            peers: Vec::new(),
+            enroll_endpoint: None,
+            wg_endpoint: None,
+            enrollment: None,
         });
-        if let Some(hub) = &ctx.state.hub {
-            out["enroll_endpoint"] = json!(hub.identity().enroll_endpoint);
-            out["wg_endpoint"] = json!(hub.identity().wg_endpoint);
-        }
-        if let Some(e) = &ctx.state.enrollment {
-            out["enrollment"] = e.clone();
-        }
-        http::json(StatusCode::OK, &out)
+    };
+    let identity = ctx.state.hub.as_ref().map(|h| h.identity());
+    Ok(VpnStatus {
+        role: ctx.state.daemon_role,
+        tunnel: true,
+        hint: None,
+        overlay_ip: Some(tunnel.overlay_ip().to_string()),
+        public_key: Some(tunnel.public_key().to_base64()),
+        listen: Some(tunnel.local_addr().to_string()),
+        peers: tunnel.status().iter().map(crate::convert::peer).collect(),
+        enroll_endpoint: identity.map(|i| i.enroll_endpoint.clone()),
+        wg_endpoint: identity.map(|i| i.wg_endpoint.clone()),
+        enrollment: ctx.state.enrollment.clone(),
     })
 }
 
-/// Body of `POST /v1/vpn/rotate-keys`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateBody {
-    #[serde(default)]
-    name: Option<String>,
-}
-
 /// `POST /v1/vpn/rotate-keys`: rotate WireGuard keys now (one host, all hosts, or this target).
-pub(crate) fn rotate_keys(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
-    Box::pin(async move {
-        let Some(rotator) = ctx.state.rotator.clone() else {
-            return http::error(
-                StatusCode::CONFLICT,
-                "no_tunnel",
-                "this tetherd has no tunnel to rotate keys on",
-                "enroll this target first (tetherd enroll TOKEN)",
-            );
-        };
-        let via = via_of(&req);
-        let body: RotateBody = match http::read_json(req, ctx.state.idle_timeout()).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let a = actor(&ctx.caller, Some(ctx.role), via);
-        let data = json!({"name": body.name});
-        if let Err(r) = ctx
-            .state
-            .audit_or_refuse("vpn.rotate_requested", a, body.name.as_deref(), data)
-            .await
-        {
-            return r;
-        }
-        let outcomes = rotator.rotate(body.name).await;
-        http::json(StatusCode::OK, &json!({"rotated": outcomes}))
+pub(crate) async fn rotate_keys(ctx: Ctx, body: RotateRequest) -> Result<RotateResponse, Fail> {
+    let Some(rotator) = ctx.state.rotator.clone() else {
+        return Err(Fail::new(
+            StatusCode::CONFLICT,
+            "no_tunnel",
+            "this tetherd has no tunnel to rotate keys on",
+            "enroll this target first (tetherd enroll TOKEN)",
+        ));
+    };
+    let data = json!({"name": body.name});
+    ctx.state
+        .audit_or_refuse(
+            "vpn.rotate_requested",
+            ctx.actor(),
+            body.name.as_deref(),
+            data,
+        )
+        .await?;
+    Ok(RotateResponse {
+        rotated: rotator.rotate(body.name).await,
     })
 }

@@ -5,8 +5,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Value, json};
-use tether_control::client::segment;
+use tether_api::{
+    AuditCheckpoint, AuditExport, AuditExportQuery, AuditFollow, AuditFollowQuery, AuditRecord,
+    AuditRecords, AuditRecordsQuery, AuditVerify, Empty, VerifyRequest,
+};
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -75,22 +77,6 @@ pub struct TailArgs {
     host: Option<String>,
 }
 
-fn query(types: &[String], host: Option<&str>, extra: &[(&str, String)]) -> String {
-    let mut parts: Vec<String> = types
-        .iter()
-        .map(|t| format!("type={}", segment(t)))
-        .collect();
-    if let Some(h) = host {
-        parts.push(format!("host={}", segment(h)));
-    }
-    parts.extend(extra.iter().map(|(k, v)| format!("{k}={}", segment(v))));
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", parts.join("&"))
-    }
-}
-
 pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
     let client = global.client();
     match cmd {
@@ -102,59 +88,57 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                         CliError::Usage(format!("cannot read {}: {e}", p.display()))
                     })?),
                 };
-            let out: Value = client
-                .post_json(
-                    "/v1/audit/verify",
-                    &json!({"from": from, "against": against}),
-                )
+            let out = client
+                .call::<AuditVerify>(&VerifyRequest { from, against })
                 .await?;
-            let ok = out["ok"].as_bool() == Some(true);
-            let r = &out["report"];
+            let r = &out.report;
             if global.json {
                 output::json(&out);
-            } else if ok {
-                println!(
-                    "audit log OK: {} records in {} files (seq {}..{}), {:.1} MB/s",
-                    r["records"],
-                    r["files"],
-                    r["first_seq"].as_u64().unwrap_or(0),
-                    r["last_seq"],
-                    out["mb_per_s"].as_f64().unwrap_or(0.0)
-                );
-                if let Some(seq) = r["checkpoint_seq"].as_u64() {
-                    println!("  contains the given checkpoint (seq {seq})");
-                }
-            } else {
-                let b = &r["broken"];
+            } else if let Some(b) = &r.broken {
+                let kind = serde_json::to_value(b.kind).unwrap_or_default();
                 println!(
                     "audit log BROKEN at seq {}: {} ({}:{})",
-                    b["seq"],
-                    b["kind"].as_str().unwrap_or("?"),
-                    b["file"].as_str().unwrap_or("?"),
-                    b["line"]
+                    b.seq,
+                    kind.as_str().unwrap_or("?"),
+                    b.file.as_deref().unwrap_or("?"),
+                    b.line.map_or("null".to_owned(), |l| l.to_string())
                 );
-                println!("  {}", b["detail"].as_str().unwrap_or(""));
+                println!("  {}", b.detail);
+            } else {
+                println!(
+                    "audit log OK: {} records in {} files (seq {}..{}), {:.1} MB/s",
+                    r.records,
+                    r.files,
+                    r.first_seq.unwrap_or(0),
+                    r.last_seq,
+                    out.mb_per_s
+                );
+                if let Some(seq) = r.checkpoint_seq {
+                    println!("  contains the given checkpoint (seq {seq})");
+                }
             }
-            Ok(if ok { 0 } else { 1 })
+            Ok(if out.ok { 0 } else { 1 })
         }
         AuditCommand::Tail(a) => {
-            let q = query(
-                &a.types,
-                a.host.as_deref(),
-                &[("limit", a.lines.to_string())],
-            );
-            let text = client.get_text(&format!("/v1/audit/records{q}")).await?;
-            print_records(global.json, &text);
+            let q = AuditRecordsQuery {
+                types: a.types.clone(),
+                host: a.host.clone(),
+                from: None,
+                limit: Some(a.lines),
+            };
+            client
+                .stream_lines::<AuditRecords>(&q, |line| {
+                    print_record(global.json, line);
+                    true
+                })
+                .await?;
             if a.follow {
-                let q = query(&a.types, a.host.as_deref(), &[]);
-                let mut pending = Vec::new();
-                let path = format!("/v1/audit/follow{q}");
-                let follow = client.get_stream(&path, |chunk| {
-                    pending.extend_from_slice(chunk);
-                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=i).collect();
-                        print_records(global.json, &String::from_utf8_lossy(&line));
-                    }
+                let q = AuditFollowQuery {
+                    types: a.types,
+                    host: a.host,
+                };
+                let follow = client.stream_lines::<AuditFollow>(&q, |line| {
+                    print_record(global.json, line);
                     let _ = std::io::stdout().flush();
                     true
                 });
@@ -171,10 +155,12 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
             types,
             output,
         } => {
-            let extra: Vec<(&str, String)> = std::iter::once(("format", "jsonl".to_owned()))
-                .chain(from.map(|f| ("from", f)))
-                .collect();
-            let q = query(&types, None, &extra);
+            let q = AuditExportQuery {
+                format: Some("jsonl".to_owned()),
+                types,
+                host: None,
+                from,
+            };
             let mut sink: Box<dyn Write> =
                 match &output {
                     Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
@@ -184,13 +170,11 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                 };
             let mut write_err = None;
             client
-                .get_stream(&format!("/v1/audit/export{q}"), |chunk| {
-                    match sink.write_all(chunk) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            write_err = Some(e);
-                            false
-                        }
+                .stream_lines::<AuditExport>(&q, |chunk| match sink.write_all(chunk) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        write_err = Some(e);
+                        false
                     }
                 })
                 .await?;
@@ -204,7 +188,7 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
             Ok(0)
         }
         AuditCommand::Checkpoint { export: _ } => {
-            let text = client.get_text("/v1/audit/checkpoint").await?;
+            let text = client.call::<AuditCheckpoint>(&Empty {}).await?;
             print!("{text}");
             if !text.ends_with('\n') {
                 println!();
@@ -214,31 +198,31 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
     }
 }
 
-/// Prints NDJSON records: as they are with --json, else one readable line each.
-fn print_records(json: bool, text: &str) {
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        if json {
-            println!("{line}");
-            continue;
-        }
-        let Ok(r) = serde_json::from_str::<Value>(line) else {
-            println!("{line}");
-            continue;
-        };
-        let actor = &r["actor"];
-        println!(
-            "{:>6} {} {:<16} {}({}) via {}{} {}",
-            r["seq"],
-            r["ts"].as_str().unwrap_or(""),
-            r["type"].as_str().unwrap_or(""),
-            actor["user"].as_str().unwrap_or("?"),
-            actor["role"].as_str().unwrap_or("no role"),
-            actor["via"].as_str().unwrap_or("?"),
-            r["host"]
-                .as_str()
-                .map(|h| format!(" host={h}"))
-                .unwrap_or_default(),
-            r["data"]
-        );
+/// Prints one NDJSON record: as it is with --json, else one readable line.
+fn print_record(json: bool, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end();
+    if line.trim().is_empty() {
+        return;
     }
+    if json {
+        println!("{line}");
+        return;
+    }
+    let Ok(r) = serde_json::from_str::<AuditRecord>(line) else {
+        println!("{line}");
+        return;
+    };
+    let via = serde_json::to_value(r.actor.via).unwrap_or_default();
+    println!(
+        "{:>6} {} {:<16} {}({}) via {}{} {}",
+        r.seq,
+        r.ts,
+        r.kind,
+        r.actor.user,
+        r.actor.role.map_or("no role", |role| role.as_str()),
+        via.as_str().unwrap_or("?"),
+        r.host.map(|h| format!(" host={h}")).unwrap_or_default(),
+        r.data
+    );
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use serde::Serialize;
-use serde_json::Value;
+use tether_api::{ConfigShow, Empty, Reload};
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -49,23 +49,15 @@ pub async fn run(global: &Global, cmd: ConfigCommand) -> Result<u8, CliError> {
         ConfigCommand::Check { files } => Ok(check(global, files)),
         ConfigCommand::Show { file } => show(global, file).await,
         ConfigCommand::Reload => {
-            let report: Value = global
-                .client()
-                .post_json("/v1/reload", &serde_json::json!({}))
-                .await?;
+            let report = global.client().call::<Reload>(&Empty {}).await?;
             if global.json {
                 output::json(&report);
             } else {
                 println!("config reloaded");
-                if let Some(list) = report
-                    .get("needs_restart")
-                    .and_then(Value::as_array)
-                    .filter(|l| !l.is_empty())
-                {
-                    let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                if !report.needs_restart.is_empty() {
                     println!(
                         "  restart tetherd for these changes to take effect: {}",
-                        names.join(", ")
+                        report.needs_restart.join(", ")
                     );
                 }
             }
@@ -146,7 +138,7 @@ async fn show(global: &Global, file: Option<PathBuf>) -> Result<u8, CliError> {
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             tether_config::redacted_json(&config)
         }
-        None => global.client().get_json::<Value>("/v1/config").await?,
+        None => global.client().call::<ConfigShow>(&Empty {}).await?.0,
     };
     if global.json {
         output::json(&value);

@@ -62,15 +62,20 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<u8, CliError> {
     let outcome = async {
         running.push(start(&tetherd, &root, "hub", "hub")?);
         wait_ready(&mut running).await?;
-        let hub = tether_control::client::Client::new(&running[0].member.socket);
+        let hub = tether_api::Client::new(&running[0].member.socket);
         for i in 1..=args.targets {
             let name = format!("t{i}");
             let config = write_config(&root, &name, "target")?;
             // A real invite, enrolled with the real `tetherd enroll`.
-            let invite: serde_json::Value = hub
-                .post_json("/v1/vpn/invite", &serde_json::json!({"name": name, "tags": {"demo": "yes"}, "groups": ["demo"], "ttl": "10m"}))
+            let invite = hub
+                .call::<tether_api::VpnInvite>(&tether_api::InviteRequest {
+                    name: name.clone(),
+                    tags: [("demo".to_owned(), "yes".to_owned())].into(),
+                    groups: vec!["demo".to_owned()],
+                    ttl: Some("10m".to_owned()),
+                })
                 .await?;
-            let token = invite["token"].as_str().unwrap_or_default().to_owned();
+            let token = invite.token;
             enroll(&tetherd, &config, &token).await?;
             running.push(start(&tetherd, &root, &name, "target")?);
         }
@@ -212,16 +217,13 @@ async fn enroll(tetherd: &Path, config: &Path, token: &str) -> Result<(), CliErr
 }
 
 /// Waits until the hub sees every target's tunnel up (handshake done).
-async fn wait_tunnels(
-    hub: &tether_control::client::Client,
-    targets: usize,
-) -> Result<(), CliError> {
+async fn wait_tunnels(hub: &tether_api::Client, targets: usize) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status: serde_json::Value = hub.get_json("/v1/vpn/status").await?;
-        let up = status["peers"]
-            .as_array()
-            .map_or(0, |p| p.iter().filter(|p| p["up"] == true).count());
+        let status = hub
+            .call::<tether_api::VpnStatusGet>(&tether_api::Empty {})
+            .await?;
+        let up = status.peers.iter().filter(|p| p.up).count();
         if up >= targets {
             return Ok(());
         }
@@ -273,10 +275,10 @@ fn start(tetherd: &Path, root: &Path, name: &str, role: &'static str) -> Result<
 async fn wait_ready(running: &mut [Running]) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     for r in running.iter_mut() {
-        let client = tether_control::client::Client::new(&r.member.socket);
+        let client = tether_api::Client::new(&r.member.socket);
         loop {
             if client
-                .get_json::<serde_json::Value>("/readyz")
+                .call::<tether_api::Readyz>(&tether_api::Empty {})
                 .await
                 .is_ok()
             {

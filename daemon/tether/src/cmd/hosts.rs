@@ -1,8 +1,7 @@
 //! `tether hosts list|show|rm`.
 
 use clap::Subcommand;
-use serde_json::Value;
-use tether_control::client::segment;
+use tether_api::{HostRef, HostsList, HostsQuery, HostsRemove, HostsShow};
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -34,17 +33,16 @@ pub async fn run(global: &Global, cmd: HostsCommand) -> Result<u8, CliError> {
     let client = global.client();
     match cmd {
         HostsCommand::List { selector } => {
-            let path = match &selector {
-                Some(s) => format!("/v1/hosts?selector={}", segment(s)),
-                None => "/v1/hosts".to_owned(),
-            };
-            let out: Value = client.get_json(&path).await?;
+            let out = client
+                .call::<HostsList>(&HostsQuery {
+                    selector: selector.clone(),
+                })
+                .await?;
             if global.json {
                 output::json(&out);
                 return Ok(0);
             }
-            let hosts = out["hosts"].as_array().cloned().unwrap_or_default();
-            if hosts.is_empty() {
+            if out.hosts.is_empty() {
                 println!(
                     "no hosts{}",
                     if selector.is_some() {
@@ -59,41 +57,27 @@ pub async fn run(global: &Global, cmd: HostsCommand) -> Result<u8, CliError> {
                 "{:<20} {:<12} {:<8} {:<8} {:<24} GROUPS",
                 "NAME", "OVERLAY", "STATE", "ONLINE", "TAGS"
             );
-            for h in hosts {
-                let tags = h["tags"]
-                    .as_object()
-                    .map(|t| {
-                        t.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
-                let groups = h["groups"]
-                    .as_array()
-                    .map(|g| {
-                        g.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
+            for h in &out.hosts {
+                let tags = h
+                    .tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 println!(
                     "{:<20} {:<12} {:<8} {:<8} {:<24} {}",
-                    h["name"].as_str().unwrap_or("?"),
-                    h["overlay_ip"].as_str().unwrap_or("?"),
-                    h["state"].as_str().unwrap_or("?"),
-                    if h["online"] == true { "yes" } else { "no" },
+                    h.name,
+                    h.overlay_ip,
+                    h.state,
+                    if h.online { "yes" } else { "no" },
                     tags,
-                    groups
+                    h.groups.join(",")
                 );
             }
             Ok(0)
         }
         HostsCommand::Show { name } => {
-            let out: Value = client
-                .get_json(&format!("/v1/hosts/{}", segment(&name)))
-                .await?;
+            let out = client.call::<HostsShow>(&HostRef { name }).await?;
             if global.json {
                 output::json(&out);
             } else {
@@ -103,8 +87,8 @@ pub async fn run(global: &Global, cmd: HostsCommand) -> Result<u8, CliError> {
             Ok(0)
         }
         HostsCommand::Rm { name } => {
-            let out: Value = client
-                .delete_json(&format!("/v1/hosts/{}", segment(&name)))
+            let out = client
+                .call::<HostsRemove>(&HostRef { name: name.clone() })
                 .await?;
             if global.json {
                 output::json(&out);

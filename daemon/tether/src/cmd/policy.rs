@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
-use tether_policy::{Policy, PolicySpec, run_fixtures};
+use serde_json::json;
+use tether_api::{Empty, PolicyCheck, PolicyCheckRequest, PolicyGet, PolicyReload};
+use tether_model::Role;
+use tether_model::selector::HostFacts;
+use tether_policy::{Policy, PolicySpec, RequestKind, run_fixtures};
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -65,32 +68,25 @@ pub async fn run(global: &Global, cmd: PolicyCommand) -> Result<u8, CliError> {
         PolicyCommand::Check(args) => check(global, args).await,
         PolicyCommand::Test { file, policy } => test(global, file, policy).await,
         PolicyCommand::Reload => {
-            let out: Value = global
-                .client()
-                .post_json("/v1/policy/reload", &json!({}))
-                .await?;
+            let out = global.client().call::<PolicyReload>(&Empty {}).await?;
             if global.json {
                 output::json(&out);
             } else {
                 println!(
                     "policy reloaded: mode {}, {} rules",
-                    out["mode"].as_str().unwrap_or("?"),
-                    out["rules"]
+                    out.mode.map_or("?", |m| m.as_str()),
+                    out.rules
                 );
             }
             Ok(0)
         }
         PolicyCommand::Show => {
-            let out: Value = global.client().get_json("/v1/policy").await?;
+            let out = global.client().call::<PolicyGet>(&Empty {}).await?;
             if global.json {
                 output::json(&out);
             } else {
-                println!(
-                    "mode {}, {} rules",
-                    out["mode"].as_str().unwrap_or("?"),
-                    out["rules"]
-                );
-                let text = toml::to_string_pretty(&json!({"policy": out["spec"]}))
+                println!("mode {}, {} rules", out.mode.as_str(), out.rules);
+                let text = toml::to_string_pretty(&json!({"policy": out.spec}))
                     .map_err(|e| CliError::Internal(format!("cannot print the policy: {e}")))?;
                 print!("{text}");
             }
@@ -101,57 +97,65 @@ pub async fn run(global: &Global, cmd: PolicyCommand) -> Result<u8, CliError> {
 
 async fn check(global: &Global, a: CheckArgs) -> Result<u8, CliError> {
     let (kind, command, path) = match (&a.read, &a.write) {
-        (Some(p), _) => ("file_read", None, Some(p.clone())),
-        (_, Some(p)) => ("file_write", None, Some(p.clone())),
+        (Some(p), _) => (RequestKind::FileRead, None, Some(p.clone())),
+        (_, Some(p)) => (RequestKind::FileWrite, None, Some(p.clone())),
         _ if a.command.is_empty() => {
             return Err(CliError::Usage(
                 "nothing to check: give a command after `--`, or --read/--write PATH".to_owned(),
             ));
         }
-        _ => ("exec", Some(a.command.join(" ")), None),
+        _ => (RequestKind::Exec, Some(a.command.join(" ")), None),
     };
-    let tags = super::parse_tags(&a.tags)?;
-    let body = json!({
-        "kind": kind,
-        "command": command,
-        "path": path,
-        "host": {"name": a.host.clone().unwrap_or_default(), "groups": a.groups, "tags": tags},
-        "as_user": a.as_user,
-        "as_role": a.as_role,
-    });
-    let out: Value = global.client().post_json("/v1/policy/check", &body).await?;
-    let decision = &out["decision"];
-    let verdict = decision["verdict"].as_str().unwrap_or("?");
+    let as_role = match &a.as_role {
+        Some(r) => Some(
+            r.parse::<Role>()
+                .map_err(|e| CliError::Usage(format!("--role: {e}")))?,
+        ),
+        None => None,
+    };
+    let body = PolicyCheckRequest {
+        kind: Some(kind),
+        command,
+        path,
+        host: Some(HostFacts {
+            name: a.host.clone().unwrap_or_default(),
+            groups: a.groups,
+            tags: super::parse_tags(&a.tags)?,
+        }),
+        as_user: a.as_user,
+        as_role,
+    };
+    let out = global.client().call::<PolicyCheck>(&body).await?;
+    let decision = &out.decision;
     if global.json {
         output::json(&out);
     } else {
         println!(
-            "verdict: {verdict} (mode {})",
-            decision["mode"].as_str().unwrap_or("?")
+            "verdict: {} (mode {})",
+            decision.verdict,
+            decision.mode.as_str()
         );
-        println!("reason:  {}", decision["reason"].as_str().unwrap_or(""));
-        for t in decision["trace"].as_array().cloned().unwrap_or_default() {
-            let rule = t["rule"]
-                .as_str()
+        println!("reason:  {}", decision.reason);
+        for t in &decision.trace {
+            let rule = t
+                .rule
+                .as_ref()
                 .map(|r| format!(" [{r}]"))
                 .unwrap_or_default();
-            let note = t["note"]
-                .as_str()
-                .filter(|n| !n.is_empty())
-                .map(|n| format!(" — {n}"))
-                .unwrap_or_default();
+            let note = if t.note.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", t.note)
+            };
+            let outcome = serde_json::to_value(t.outcome).unwrap_or_default();
             println!(
                 "  - {}: {}{rule}{note}",
-                t["outcome"].as_str().unwrap_or("?"),
-                t["subject"].as_str().unwrap_or("")
+                outcome.as_str().unwrap_or("?"),
+                t.subject
             );
         }
     }
-    Ok(if matches!(verdict, "allow" | "warn") {
-        0
-    } else {
-        2
-    })
+    Ok(if decision.verdict.permits() { 0 } else { 2 })
 }
 
 async fn test(
@@ -184,8 +188,8 @@ async fn test(
             Policy::compile(&spec).map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?
         }
         None => {
-            let out: Value = global.client().get_json("/v1/policy").await?;
-            let spec: PolicySpec = serde_json::from_value(out["spec"].clone()).map_err(|e| {
+            let out = global.client().call::<PolicyGet>(&Empty {}).await?;
+            let spec: PolicySpec = serde_json::from_value(out.spec).map_err(|e| {
                 CliError::Internal(format!("the daemon's policy did not parse: {e}"))
             })?;
             Policy::compile(&spec).map_err(|e| CliError::Internal(e.to_string()))?

@@ -4,10 +4,8 @@
 use std::io::{IsTerminal, Read, Write};
 
 use clap::Subcommand;
-use serde_json::Value;
+use tether_api::{Empty, SecretRef, SecretsList, SecretsRemove, SecretsRotate, SecretsSet};
 use zeroize::Zeroize;
-
-use tether_control::client::segment;
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -44,43 +42,35 @@ pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
     match cmd {
         SecretCommand::Set { name } => {
             let mut value = read_value(&name)?;
-            let result: Result<Value, _> = client
-                .put_bytes(&format!("/v1/secrets/{}", segment(&name)), value.clone())
+            let result = client
+                .call_raw::<SecretsSet>(&SecretRef { name: name.clone() }, value.clone())
                 .await;
             value.zeroize();
             let info = result?;
             if global.json {
                 output::json(&info);
             } else {
-                println!("secret {name} stored (version {})", info["version"]);
+                println!("secret {name} stored (version {})", info.version);
             }
         }
         SecretCommand::List => {
-            let list: Value = client.get_json("/v1/secrets").await?;
+            let list = client.call::<SecretsList>(&Empty {}).await?;
             if global.json {
                 output::json(&list);
             } else {
-                let secrets = list["secrets"].as_array().cloned().unwrap_or_default();
-                if secrets.is_empty() {
-                    println!(
-                        "no secrets (backend: {})",
-                        list["backend"].as_str().unwrap_or("?")
-                    );
+                if list.secrets.is_empty() {
+                    println!("no secrets (backend: {})", list.backend);
                 }
-                for s in secrets {
+                for s in &list.secrets {
                     println!(
                         "{:<32} {:<11} v{:<4} {:<9} created {}{}",
-                        s["name"].as_str().unwrap_or(""),
-                        s["backend"].as_str().unwrap_or(""),
-                        s["version"],
-                        if s["generated"].as_bool() == Some(true) {
-                            "generated"
-                        } else {
-                            "set"
-                        },
-                        s["created"].as_str().unwrap_or(""),
-                        s["rotated"]
-                            .as_str()
+                        s.name,
+                        s.backend,
+                        s.version,
+                        if s.generated { "generated" } else { "set" },
+                        s.created,
+                        s.rotated
+                            .as_ref()
                             .map(|r| format!(", rotated {r}"))
                             .unwrap_or_default(),
                     );
@@ -88,8 +78,8 @@ pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
             }
         }
         SecretCommand::Rm { name } => {
-            let out: Value = client
-                .delete_json(&format!("/v1/secrets/{}", segment(&name)))
+            let out = client
+                .call::<SecretsRemove>(&SecretRef { name: name.clone() })
                 .await?;
             if global.json {
                 output::json(&out);
@@ -98,16 +88,13 @@ pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
             }
         }
         SecretCommand::Rotate { name } => {
-            let info: Value = client
-                .post_json(
-                    &format!("/v1/secrets/{}/rotate", segment(&name)),
-                    &serde_json::json!({}),
-                )
+            let info = client
+                .call::<SecretsRotate>(&SecretRef { name: name.clone() })
                 .await?;
             if global.json {
                 output::json(&info);
             } else {
-                println!("secret {name} rotated (version {})", info["version"]);
+                println!("secret {name} rotated (version {})", info.version);
             }
         }
     }

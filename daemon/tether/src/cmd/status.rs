@@ -1,7 +1,7 @@
 //! `tether status`.
 
 use clap::Args;
-use tether_model::StatusReport;
+use tether_api::{Empty, Status};
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -13,7 +13,7 @@ pub struct StatusArgs {}
 
 pub async fn run(global: &Global, _args: StatusArgs) -> Result<u8, CliError> {
     let client = global.client();
-    let s: StatusReport = client.get_json("/v1/status").await?;
+    let s = client.call::<Status>(&Empty {}).await?;
     if global.json {
         output::json(&s);
     } else {

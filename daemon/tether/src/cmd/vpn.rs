@@ -3,7 +3,10 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use tether_api::{
+    Empty, InviteRequest, RevokeRequest, RotateRequest, VpnInvite, VpnReinvite, VpnRevoke,
+    VpnRotateKeys, VpnStatusGet,
+};
 
 use crate::cli::Global;
 use crate::error::CliError;
@@ -56,16 +59,20 @@ pub struct InviteArgs {
     ttl: Option<String>,
 }
 
-fn invite_body(a: &InviteArgs) -> Result<Value, CliError> {
-    let tags = super::parse_tags(&a.tags)?;
-    Ok(json!({"name": a.name, "tags": tags, "groups": a.groups, "ttl": a.ttl}))
+fn invite_body(a: &InviteArgs) -> Result<InviteRequest, CliError> {
+    Ok(InviteRequest {
+        name: a.name.clone(),
+        tags: super::parse_tags(&a.tags)?,
+        groups: a.groups.clone(),
+        ttl: a.ttl.clone(),
+    })
 }
 
 pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
     let client = global.client();
     match cmd {
-        VpnCommand::Invite(a) => issue(global, "/v1/vpn/invite", &a).await,
-        VpnCommand::Reinvite(a) => issue(global, "/v1/vpn/reinvite", &a).await,
+        VpnCommand::Invite(a) => issue::<VpnInvite>(global, &a).await,
+        VpnCommand::Reinvite(a) => issue::<VpnReinvite>(global, &a).await,
         VpnCommand::Revoke { name, all, yes } => {
             if all && !yes {
                 if !std::io::stdin().is_terminal() {
@@ -85,77 +92,69 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
                 }
             }
             let body = if all {
-                json!({"all": true})
+                RevokeRequest {
+                    name: None,
+                    all: true,
+                }
             } else {
-                json!({"name": name})
+                RevokeRequest { name, all: false }
             };
-            let out: Value = client.post_json("/v1/vpn/revoke", &body).await?;
+            let out = client.call::<VpnRevoke>(&body).await?;
             if global.json {
                 output::json(&out);
+            } else if out.revoked.is_empty() {
+                println!(
+                    "no enrolled host by that name; {} pending invite(s) revoked",
+                    out.invites_revoked.unwrap_or(0)
+                );
             } else {
-                let names: Vec<&str> = out["revoked"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                if names.is_empty() {
-                    println!(
-                        "no enrolled host by that name; {} pending invite(s) revoked",
-                        out["invites_revoked"]
-                    );
-                } else {
-                    println!("revoked: {}", names.join(", "));
-                }
+                println!("revoked: {}", out.revoked.join(", "));
             }
             Ok(0)
         }
         VpnCommand::RotateKeys { name } => {
-            let out: Value = client
-                .post_json("/v1/vpn/rotate-keys", &json!({"name": name}))
+            let out = client
+                .call::<VpnRotateKeys>(&RotateRequest { name })
                 .await?;
-            let results = out["rotated"].as_array().cloned().unwrap_or_default();
-            let failed = results.iter().filter(|r| r["ok"] != true).count();
+            let failed = out.rotated.iter().filter(|r| !r.ok).count();
             if global.json {
                 output::json(&out);
             } else {
-                if results.is_empty() {
+                if out.rotated.is_empty() {
                     println!("no hosts to rotate");
                 }
-                for r in &results {
-                    match r["ok"].as_bool() {
-                        Some(true) => println!(
+                for r in &out.rotated {
+                    if r.ok {
+                        println!(
                             "{}: rotated (new key {})",
-                            r["host"].as_str().unwrap_or("?"),
-                            r["new_public_key"].as_str().unwrap_or("?")
-                        ),
-                        _ => println!(
-                            "{}: FAILED: {}",
-                            r["host"].as_str().unwrap_or("?"),
-                            r["error"].as_str().unwrap_or("?")
-                        ),
+                            r.host,
+                            r.new_public_key.as_deref().unwrap_or("?")
+                        );
+                    } else {
+                        println!("{}: FAILED: {}", r.host, r.error.as_deref().unwrap_or("?"));
                     }
                 }
             }
             Ok(if failed > 0 { 1 } else { 0 })
         }
         VpnCommand::Status => {
-            let out: Value = client.get_json("/v1/vpn/status").await?;
+            let out = client.call::<VpnStatusGet>(&Empty {}).await?;
             if global.json {
                 output::json(&out);
                 return Ok(0);
             }
-            if out["tunnel"] == false {
-                println!("no tunnel: {}", out["hint"].as_str().unwrap_or(""));
+            if !out.tunnel {
+                println!("no tunnel: {}", out.hint.as_deref().unwrap_or(""));
                 return Ok(0);
             }
             println!(
                 "{} {} listening on {} (public key {})",
-                out["role"].as_str().unwrap_or("?"),
-                out["overlay_ip"].as_str().unwrap_or("?"),
-                out["listen"].as_str().unwrap_or("?"),
-                out["public_key"].as_str().unwrap_or("?")
+                out.role,
+                out.overlay_ip.as_deref().unwrap_or("?"),
+                out.listen.as_deref().unwrap_or("?"),
+                out.public_key.as_deref().unwrap_or("?")
             );
-            let peers = out["peers"].as_array().cloned().unwrap_or_default();
-            if peers.is_empty() {
+            if out.peers.is_empty() {
                 println!("no peers yet: invite one with `tether vpn invite NAME`");
             } else {
                 println!(
@@ -163,21 +162,18 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
                     "PEER", "OVERLAY", "ENDPOINT", "HANDSHAKE", "RX", "TX", "RTT"
                 );
             }
-            for p in peers {
+            for p in &out.peers {
                 println!(
                     "{:<16} {:<12} {:<22} {:>10} {:>10} {:>10} {:>6}  {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["overlay_ip"].as_str().unwrap_or("?"),
-                    p["endpoint"].as_str().unwrap_or("-"),
-                    p["last_handshake_secs"]
-                        .as_u64()
+                    p.name,
+                    p.overlay_ip,
+                    p.endpoint.as_deref().unwrap_or("-"),
+                    p.last_handshake_secs
                         .map_or("never".to_owned(), |s| format!("{}s ago", s)),
-                    bytes(p["rx_bytes"].as_u64().unwrap_or(0)),
-                    bytes(p["tx_bytes"].as_u64().unwrap_or(0)),
-                    p["rtt_ms"]
-                        .as_u64()
-                        .map_or("-".to_owned(), |r| format!("{r}ms")),
-                    p["health"].as_str().unwrap_or("?"),
+                    bytes(p.rx_bytes),
+                    bytes(p.tx_bytes),
+                    p.rtt_ms.map_or("-".to_owned(), |r| format!("{r}ms")),
+                    p.health,
                 );
             }
             Ok(0)
@@ -185,19 +181,19 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
     }
 }
 
-async fn issue(global: &Global, path: &str, a: &InviteArgs) -> Result<u8, CliError> {
-    let out: Value = global.client().post_json(path, &invite_body(a)?).await?;
+async fn issue<E>(global: &Global, a: &InviteArgs) -> Result<u8, CliError>
+where
+    E: tether_api::Endpoint<Request = InviteRequest, Response = tether_api::InviteResponse>,
+{
+    let out = global.client().call::<E>(&invite_body(a)?).await?;
     if global.json {
         output::json(&out);
     } else {
         // The token on stdout alone, so `TOKEN=$(tether vpn invite web1)` works; the rest on stderr.
-        println!("{}", out["token"].as_str().unwrap_or(""));
+        println!("{}", out.token);
         eprintln!(
             "invite for {} ({}), valid until unix {}, enroll endpoint {}",
-            out["name"].as_str().unwrap_or("?"),
-            out["overlay_ip"].as_str().unwrap_or("?"),
-            out["expires_at"],
-            out["enroll_endpoint"].as_str().unwrap_or("?")
+            out.name, out.overlay_ip, out.expires_at, out.enroll_endpoint
         );
         eprintln!("on the target: tetherd enroll -   (paste the token on stdin; it works once)");
     }

@@ -1,20 +1,17 @@
 //! `tether plugin reload`: the daemon re-reads its plugin manifest; a bad plugin keeps the old set.
 
-use serde_json::{Value, json};
+use tether_api::{Empty, PluginsReload};
 
 use crate::cli::Global;
 use crate::error::CliError;
 use crate::output;
 
 pub async fn run(global: &Global) -> Result<u8, CliError> {
-    let out: Value = global
-        .client()
-        .post_json("/v1/plugins/reload", &json!({}))
-        .await?;
+    let out = global.client().call::<PluginsReload>(&Empty {}).await?;
     if global.json {
         output::json(&out);
     } else {
-        println!("plugins reloaded: {}", out["plugins"]);
+        println!("plugins reloaded: {}", out.plugins);
     }
     Ok(0)
 }

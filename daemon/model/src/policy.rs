@@ -1,15 +1,15 @@
-//! What is asked (`Request`) and what the policy answers (`Decision`).
+//! Policy data: what is asked (`Request`), in which mode, and what the policy answers
+//! (`Decision`). The engine lives in `tether-policy`; these plain types are shared with the
+//! control API and the plugin host so one shape travels from the route to the WIT boundary.
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::Role;
+use crate::selector::HostFacts;
 use serde::{Deserialize, Serialize};
-use tether_model::Role;
-use tether_model::selector::HostFacts;
-
-use crate::Mode;
 
 /// What kind of action is requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     /// Run `command` (through `sh -c` on the target); `path`, if set, is the working directory.
@@ -27,7 +27,7 @@ fn default_role() -> Role {
 }
 
 /// One request, checked against one target host. Fan-out requests are evaluated once per host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     /// What is asked.
@@ -50,7 +50,8 @@ pub struct Request {
 }
 
 impl Request {
-    fn new(kind: RequestKind) -> Self {
+    /// A request of `kind` with nothing else set (operator role, no user, unnamed host).
+    pub fn new(kind: RequestKind) -> Self {
         Request {
             kind,
             command: None,
@@ -105,7 +106,7 @@ impl Request {
 }
 
 /// The policy's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Go ahead.
@@ -150,7 +151,7 @@ impl fmt::Display for Verdict {
 }
 
 /// What one step of the evaluation found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A scope's conditions held; its rules were used.
@@ -172,7 +173,7 @@ pub enum Outcome {
 }
 
 /// One line of the explanation shown by `tether policy check`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TraceEntry {
     /// What was checked: a simple command, a path, a scope.
     pub subject: String,
@@ -183,11 +184,12 @@ pub struct TraceEntry {
     pub outcome: Outcome,
     /// Human detail (the rule's message, the reason input is unsafe...).
     #[serde(default, skip_serializing_if = "str::is_empty")]
+    #[schema(value_type = String)]
     pub note: Cow<'static, str>,
 }
 
-/// The result of [`Policy::evaluate`](crate::Policy::evaluate).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of evaluating a request (`tether_policy::Policy::evaluate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     /// The verdict after applying the mode.
     pub verdict: Verdict,
@@ -197,6 +199,7 @@ pub struct Decision {
     /// that matched, or for an allow under an allow list, the allow rules used.
     pub rule_ids: Vec<String>,
     /// One line for a human.
+    #[schema(value_type = String)]
     pub reason: Cow<'static, str>,
     /// Step-by-step explanation.
     pub trace: Vec<TraceEntry>,
@@ -218,4 +221,60 @@ impl fmt::Display for Decision {
         }
         Ok(())
     }
+}
+
+/// How the policy acts on what it finds.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Rules are evaluated (so `policy check` still explains them) but everything is allowed,
+    /// except input over the size limit and malformed requests.
+    Off,
+    /// Dry run: everything runs, but anything enforce mode would deny or send for approval gets
+    /// the verdict `warn` with the reason, so it is logged and audited.
+    Warn,
+    /// Deny and approval verdicts are binding. The default: a policy that is present is meant.
+    #[default]
+    Enforce,
+}
+
+impl Mode {
+    /// The mode's name as written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Warn => "warn",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// One policy plugin's vote on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "vote", content = "reason", rename_all = "kebab-case")]
+pub enum HookVote {
+    /// Allow; loosens a regex deny only when the plugin may override.
+    Allow,
+    /// Deny with a reason (also what a failed `fail_closed` plugin votes).
+    Deny(String),
+    /// Needs an approval, with a reason.
+    RequireApproval(String),
+    /// No opinion (also what a failed `fail_open`/`drop_counted` plugin votes).
+    Abstain,
+}
+
+/// A plugin's vote with who cast it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginVote {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The vote to apply.
+    pub vote: HookVote,
+    /// Whether its `Allow` may loosen a regex deny (`may_override` in the manifest).
+    pub may_override: bool,
+    /// Why the plugin failed, when it did (the vote is then its `on_error` fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -1,17 +1,16 @@
-//! The typed control API client used by the `tether` CLI.
+//! The typed control API client used by the `tether` CLI: one call per [`Endpoint`], with the
+//! request and response types the server uses.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use crate::{ApiError, Encoding, Endpoint, ErrorBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tether_model::{ApiError, ErrorBody};
 use tokio::net::UnixStream;
 
 /// Why a control API call failed. [`ClientError::exit_code`] maps it to the CLI's exit codes.
@@ -53,6 +52,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A request value could not be encoded (a bug in the caller).
+    #[error(transparent)]
+    Encode(#[from] crate::EncodeError),
     /// The daemon's answer made no sense (version mismatch or a bug).
     #[error(
         "unexpected answer from tetherd: {0}\nhint: check that tether and tetherd are the same version"
@@ -91,87 +93,106 @@ impl Client {
         &self.socket
     }
 
-    /// `GET path`, JSON answer.
-    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let body = self.request(Method::GET, path, None).await?;
-        parse(&body)
-    }
-
-    /// `GET path`, text answer.
-    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let body = self.request(Method::GET, path, None).await?;
-        String::from_utf8(body.to_vec()).map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
-    /// `POST path` with a JSON body, JSON answer.
-    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let body = self.request(Method::POST, path, Some(bytes)).await?;
-        parse(&body)
-    }
-
-    /// `PUT path` with a raw byte body (e.g. a secret's value), JSON answer. The caller should
-    /// zero its copy of `body` afterwards.
-    pub async fn put_bytes<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<T, ClientError> {
+    /// Calls endpoint `E` with `req` and reads its whole answer: a JSON document, or for a text
+    /// endpoint the text.
+    pub async fn call<E: Endpoint>(&self, req: &E::Request) -> Result<E::Response, ClientError> {
+        let enc = crate::encode::<E>(req)?;
         let body = self
-            .send(Method::PUT, path, Some(("application/octet-stream", body)))
+            .send(
+                E::METHOD,
+                &enc.path_and_query,
+                enc.body.map(|b| ("application/json", b)),
+            )
             .await?;
-        parse(&body)
+        parse::<E>(&body)
     }
 
-    /// `GET path` with a streamed answer: `on_chunk` gets each piece as it arrives and returns
-    /// `false` to stop early. Used for NDJSON streams (`audit tail -f`, exports).
-    pub async fn get_stream(
+    /// Calls endpoint `E` (whose body is raw bytes, e.g. a secret's value) with `req` for the
+    /// path and `body`. The caller should zero its copy of `body` afterwards.
+    pub async fn call_raw<E: Endpoint>(
         &self,
-        path: &str,
-        mut on_chunk: impl FnMut(&[u8]) -> bool,
+        req: &E::Request,
+        body: Vec<u8>,
+    ) -> Result<E::Response, ClientError> {
+        let enc = crate::encode::<E>(req)?;
+        let body = self
+            .send(
+                E::METHOD,
+                &enc.path_and_query,
+                Some(("application/octet-stream", body)),
+            )
+            .await?;
+        parse::<E>(&body)
+    }
+
+    /// Calls streaming endpoint `E`: `on_line` gets each complete NDJSON line (with its newline,
+    /// byte for byte) as it arrives and returns `false` to stop early.
+    pub async fn stream_lines<E: Endpoint>(
+        &self,
+        req: &E::Request,
+        mut on_line: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
-        let (status, mut body, driver) = self.open(Method::GET, path, None).await?;
+        let enc = crate::encode::<E>(req)?;
+        let (status, mut body, driver) = self.open(E::METHOD, &enc.path_and_query, None).await?;
         if !status.is_success() {
             let bytes = collect(body).await;
             driver.abort();
             return Err(api_error(status, &bytes?));
         }
-        while let Some(frame) = body.frame().await {
+        let mut pending: Vec<u8> = Vec::new();
+        'frames: while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|e| ClientError::Protocol(format!("the stream broke: {e}")))?;
-            if let Some(data) = frame.data_ref()
-                && !on_chunk(data)
-            {
-                break;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            let mut start = 0;
+            while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
+                let end = start + i + 1;
+                if !on_line(&pending[start..end]) {
+                    break 'frames;
+                }
+                start = end;
             }
+            pending.drain(..start);
         }
         driver.abort();
+        if !pending.is_empty() {
+            on_line(&pending);
+        }
         Ok(())
     }
 
-    /// `DELETE path`, JSON answer.
-    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let body = self.request(Method::DELETE, path, None).await?;
-        parse(&body)
-    }
-
-    async fn request(
+    /// [`Client::stream_lines`], each line parsed as an [`Endpoint::Response`].
+    pub async fn stream<E: Endpoint>(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Bytes, ClientError> {
-        self.send(method, path, body.map(|b| ("application/json", b)))
-            .await
+        req: &E::Request,
+        mut on_item: impl FnMut(E::Response) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut bad = None;
+        self.stream_lines::<E>(req, |line| {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return true;
+            }
+            match serde_json::from_slice(line) {
+                Ok(item) => on_item(item),
+                Err(e) => {
+                    bad = Some(e.to_string());
+                    false
+                }
+            }
+        })
+        .await?;
+        match bad {
+            Some(e) => Err(ClientError::Protocol(format!("invalid NDJSON line: {e}"))),
+            None => Ok(()),
+        }
     }
 
     async fn send(
         &self,
-        method: Method,
+        method: crate::Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Bytes, ClientError> {
@@ -189,7 +210,7 @@ impl Client {
     /// answer's status and body, plus the connection task to abort once the body is read.
     async fn open(
         &self,
-        method: Method,
+        method: crate::Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<
@@ -207,11 +228,17 @@ impl Client {
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let driver = tokio::spawn(conn);
+        let method = match method {
+            crate::Method::Get => Method::GET,
+            crate::Method::Post => Method::POST,
+            crate::Method::Put => Method::PUT,
+            crate::Method::Delete => Method::DELETE,
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, "tetherd")
-            .header(crate::audit::VIA_HEADER, "cli");
+            .header(crate::VIA_HEADER, "cli");
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header(CONTENT_TYPE, content_type);
@@ -253,22 +280,22 @@ async fn collect(body: Incoming) -> Result<Bytes, ClientError> {
         .to_bytes())
 }
 
-/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters), so a
-/// user-supplied name can never change the request's route.
-pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+fn parse<E: Endpoint>(bytes: &[u8]) -> Result<E::Response, ClientError> {
+    let parsed = match E::RESPONSE {
+        Encoding::Text => {
+            let text = String::from_utf8(bytes.to_vec())
+                .map_err(|e| ClientError::Protocol(format!("the answer is not UTF-8: {e}")))?;
+            serde_json::from_value(serde_json::Value::String(text))
         }
-    }
-    out
-}
-
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
-    serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
+        Encoding::Json | Encoding::NdJson => serde_json::from_slice(bytes),
+    };
+    parsed.map_err(|e| {
+        ClientError::Protocol(format!(
+            "invalid answer to {} {}: {e}",
+            E::METHOD.as_str(),
+            E::PATH
+        ))
+    })
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {

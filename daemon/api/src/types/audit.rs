@@ -1,0 +1,235 @@
+//! `/v1/audit/...`: verify, read, follow, export and checkpoint the audit chain.
+
+use serde::{Deserialize, Serialize};
+use tether_model::Role;
+
+use super::Empty;
+
+/// Body of `POST /v1/audit/verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Only verify day files from this UTC date on (`YYYY-MM-DD`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The text of an exported checkpoint (`tether audit checkpoint --export`) the log must
+    /// still contain.
+    #[serde(default)]
+    pub against: Option<String>,
+}
+
+/// The kind of break `verify` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakKind {
+    /// A record's content no longer matches its hash.
+    Edited,
+    /// Records are missing from the middle or the start of the chain.
+    Deleted,
+    /// A record that does not belong at this place.
+    Inserted,
+    /// The expected record exists, but later in the log.
+    Reordered,
+    /// The log ends before the record its signed head vouches for.
+    Truncated,
+    /// Log and head were replaced by an older or different version.
+    RolledBack,
+    /// The record's hash matches its content, but its HMAC does not.
+    BadHmac,
+    /// The head (or the given checkpoint) is missing, unparsable, or badly signed.
+    BadSignature,
+}
+
+/// The first break in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Break {
+    /// What kind of break.
+    pub kind: BreakKind,
+    /// The first seq that is not where and what it should be.
+    pub seq: u64,
+    /// The day file (or head/checkpoint) where it was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// 1-based line in that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// One line for a human.
+    pub detail: String,
+}
+
+/// What `verify` read and found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerifyReport {
+    /// Records that verified (up to the break, if any).
+    pub records: u64,
+    /// Day files read.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Seq of the first record read.
+    pub first_seq: Option<u64>,
+    /// Seq of the last record that verified (0 when none).
+    pub last_seq: u64,
+    /// Seq the signed head vouches for, if a head was found.
+    pub head_seq: Option<u64>,
+    /// Seq of the `against` checkpoint, if one was given.
+    pub checkpoint_seq: Option<u64>,
+    /// Bytes of an incomplete last line (a write in progress or a crash before recovery).
+    pub torn_tail_bytes: u64,
+    /// Wall time spent.
+    pub elapsed_secs: f64,
+    /// The first break, or null when the chain is intact.
+    pub broken: Option<Break>,
+}
+
+/// Answer of `POST /v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerifyResponse {
+    /// True when no break was found.
+    pub ok: bool,
+    /// Read throughput in MB/s (10^6 bytes).
+    pub mb_per_s: f64,
+    /// The details.
+    pub report: VerifyReport,
+}
+
+/// How the caller reached the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The `tether` CLI over the control socket.
+    Cli,
+    /// An AI agent through `tether mcp serve`.
+    Mcp,
+    /// A direct control API client (e.g. `curl --unix-socket`).
+    Api,
+    /// The daemon itself (timers, reloads, enrollment listener...).
+    Daemon,
+}
+
+/// Who caused an audited event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditActor {
+    /// Unix uid of the caller (from SO_PEERCRED); the daemon's own uid for `daemon`.
+    pub uid: u32,
+    /// User name of the caller, as resolved when the event was raised.
+    pub user: String,
+    /// The role the caller acted with; null for callers refused for having no role.
+    pub role: Option<Role>,
+    /// How the caller reached the daemon.
+    pub via: Via,
+}
+
+/// One audit record, exactly as stored (one line of `audit/YYYY-MM-DD.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditRecord {
+    /// Sequence number, 1 for the first record of the log, +1 per record across day files.
+    pub seq: u64,
+    /// RFC 3339 UTC timestamp with microseconds.
+    pub ts: String,
+    /// Event type, e.g. `exec.result`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Who caused it.
+    pub actor: AuditActor,
+    /// The host it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Event details (a JSON object).
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// Hex SHA-256 of the previous record.
+    pub prev: String,
+    /// Hex SHA-256 of `prev || canonical JSON without hash/hmac`.
+    pub hash: String,
+    /// Hex HMAC-SHA256 of the raw hash.
+    pub hmac: String,
+}
+
+/// Query of `GET /v1/audit/records`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecordsQuery {
+    /// Only these event types (repeatable; `enroll.*` matches a prefix).
+    #[serde(
+        rename = "type",
+        default,
+        deserialize_with = "crate::de::one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub types: Vec<String>,
+    /// Only records about this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Only day files from this UTC date on (`YYYY-MM-DD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// How many of the newest matching records (default 20, at most 100000).
+    #[serde(
+        default,
+        deserialize_with = "crate::de::opt_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/audit/follow`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFollowQuery {
+    /// Only these event types (repeatable; `enroll.*` matches a prefix).
+    #[serde(
+        rename = "type",
+        default,
+        deserialize_with = "crate::de::one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub types: Vec<String>,
+    /// Only records about this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Query of `GET /v1/audit/export`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditExportQuery {
+    /// `jsonl` (the default; the records byte for byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Only these event types (repeatable; `enroll.*` matches a prefix).
+    #[serde(
+        rename = "type",
+        default,
+        deserialize_with = "crate::de::one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub types: Vec<String>,
+    /// Only records about this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Only day files from this UTC date on (`YYYY-MM-DD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+endpoint! {
+    /// verify the audit chain (optionally against an exported checkpoint)
+    AuditVerify: Post "/v1/audit/verify", VerifyRequest => VerifyResponse;
+}
+endpoint! {
+    /// the last N audit records (NDJSON), filtered by type, host, date
+    AuditRecords: Get "/v1/audit/records", AuditRecordsQuery => AuditRecord, response = NdJson;
+}
+endpoint! {
+    /// new audit records as they are written (NDJSON stream)
+    AuditFollow: Get "/v1/audit/follow", AuditFollowQuery => AuditRecord, response = NdJson;
+}
+endpoint! {
+    /// export the audit log (format=jsonl), byte for byte
+    AuditExport: Get "/v1/audit/export", AuditExportQuery => AuditRecord, response = NdJson;
+}
+endpoint! {
+    /// a signed head checkpoint for off-box storage
+    AuditCheckpoint: Get "/v1/audit/checkpoint", Empty => String, response = Text;
+}

@@ -1,0 +1,102 @@
+//! The daemon's records in the API's wire types: the one place where a storage or subsystem
+//! shape becomes what `/v1` promises.
+
+use tether_api as api;
+
+/// An audit verification report.
+pub(crate) fn verify_report(r: &tether_audit::VerifyReport) -> api::VerifyReport {
+    api::VerifyReport {
+        records: r.records,
+        files: r.files,
+        bytes: r.bytes,
+        first_seq: r.first_seq,
+        last_seq: r.last_seq,
+        head_seq: r.head_seq,
+        checkpoint_seq: r.checkpoint_seq,
+        torn_tail_bytes: r.torn_tail_bytes,
+        elapsed_secs: r.elapsed_secs,
+        broken: r.broken.as_ref().map(|b| api::Break {
+            kind: break_kind(b.kind),
+            seq: b.seq,
+            file: b.file.as_ref().map(|p| p.display().to_string()),
+            line: b.line,
+            detail: b.detail.clone(),
+        }),
+    }
+}
+
+fn break_kind(k: tether_audit::BreakKind) -> api::BreakKind {
+    use tether_audit::BreakKind as K;
+    match k {
+        K::Edited => api::BreakKind::Edited,
+        K::Deleted => api::BreakKind::Deleted,
+        K::Inserted => api::BreakKind::Inserted,
+        K::Reordered => api::BreakKind::Reordered,
+        K::Truncated => api::BreakKind::Truncated,
+        K::RolledBack => api::BreakKind::RolledBack,
+        K::BadHmac => api::BreakKind::BadHmac,
+        // `BadSignature` and any kind added later.
+        _ => api::BreakKind::BadSignature,
+    }
+}
+
+/// A tunnel peer.
+pub(crate) fn peer(p: &tether_tunnel::PeerStatus) -> api::PeerInfo {
+    api::PeerInfo {
+        id: p.id.0,
+        name: p.name.clone(),
+        public_key: p.public_key.clone(),
+        overlay_ip: p.overlay_ip.to_string(),
+        endpoint: p.endpoint.map(|e| e.to_string()),
+        last_handshake_secs: p.last_handshake_secs,
+        rtt_ms: p.rtt_ms,
+        rx_bytes: p.rx_bytes,
+        tx_bytes: p.tx_bytes,
+        handshakes: p.handshakes,
+        up: p.up,
+        health: p.health.as_str().to_owned(),
+        rebuilds: p.rebuilds,
+        drops: p.drops.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    }
+}
+
+/// An inventory record joined with its peer's live state (if it has one).
+pub(crate) fn host(
+    h: &tether_enroll::HostRecord,
+    p: Option<&tether_tunnel::PeerStatus>,
+) -> api::Host {
+    api::Host {
+        name: h.name.clone(),
+        overlay_ip: h.overlay_ip.to_string(),
+        wg_public_key: h.wg_public_key.clone(),
+        ssh_host_key: h.ssh_host_key.clone(),
+        hostname: h.hostname.clone(),
+        tags: h.tags.clone(),
+        groups: h.groups.clone(),
+        enrolled_at: h.enrolled_at,
+        last_seen: h.last_seen,
+        state: h.state.as_str().to_owned(),
+        revoked_at: h.revoked_at,
+        online: p.is_some_and(|p| p.up),
+        last_handshake_secs: p.and_then(|p| p.last_handshake_secs),
+        endpoint: p.and_then(|p| p.endpoint).map(|e| e.to_string()),
+        rx_bytes: p.map_or(0, |p| p.rx_bytes),
+        tx_bytes: p.map_or(0, |p| p.tx_bytes),
+    }
+}
+
+/// A vault secret's metadata.
+pub(crate) fn secret(s: &tether_vault::SecretInfo) -> api::SecretInfo {
+    let rfc3339 = |t: &time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    api::SecretInfo {
+        name: s.name.clone(),
+        backend: s.backend.as_str().to_owned(),
+        version: s.version,
+        generated: s.generated,
+        created: rfc3339(&s.created),
+        rotated: s.rotated.as_ref().map(rfc3339),
+    }
+}

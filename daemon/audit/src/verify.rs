@@ -526,12 +526,12 @@ fn check_heads(
         }
         Ok(None) => {}
         Ok(Some(h)) => {
-            if let Err(reason) = h.verify_signature(vk) {
+            if let Err(e) = h.verify_signature(vk) {
                 return brk(
                     BreakKind::BadSignature,
                     h.seq,
                     hp,
-                    format!("head: {reason}"),
+                    format!("head: {}", e.checkpoint_fault()),
                 );
             }
             if h.seq > last {
@@ -560,12 +560,12 @@ fn check_heads(
     }
     if let Some(cp) = against {
         let src = Some(PathBuf::from("<checkpoint>"));
-        if let Err(reason) = cp.verify_signature(vk) {
+        if let Err(e) = cp.verify_signature(vk) {
             return brk(
                 BreakKind::BadSignature,
                 cp.seq,
                 src,
-                format!("checkpoint: {reason}"),
+                format!("checkpoint: {}", e.checkpoint_fault()),
             );
         }
         if cp.seq > last {

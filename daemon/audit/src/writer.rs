@@ -599,9 +599,9 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
     let head = read_head(dir)?;
     if let Some(h) = &head {
         h.verify_signature(&keys.verifying.to_bytes())
-            .map_err(|reason| AuditError::BadCheckpoint {
+            .map_err(|e| AuditError::BadCheckpoint {
                 origin: dir.join(crate::files::HEAD_FILE).display().to_string(),
-                reason,
+                reason: e.checkpoint_fault(),
             })?;
     }
     let files = list_day_files(dir)?;

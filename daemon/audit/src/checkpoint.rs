@@ -46,20 +46,22 @@ impl Checkpoint {
         }
     }
 
-    /// Checks the signature with `key` (and the field formats).
-    pub fn verify_signature(&self, key: &[u8; 32]) -> std::result::Result<(), String> {
-        let vk = VerifyingKey::from_bytes(key).map_err(|_| "invalid public key".to_string())?;
+    /// Checks the signature with `key` (and the field formats). A fault is
+    /// [`AuditError::CheckpointSignature`], whose `reason` says which check failed.
+    pub fn verify_signature(&self, key: &[u8; 32]) -> Result<()> {
+        let fault = |reason| AuditError::CheckpointSignature { reason };
+        let vk = VerifyingKey::from_bytes(key).map_err(|_| fault("invalid public key"))?;
         if unhex32(self.hash.as_bytes()).is_none() {
-            return Err("hash is not 64 lowercase hex digits".into());
+            return Err(fault("hash is not 64 lowercase hex digits"));
         }
         let mut sig = [0u8; 64];
         hex::decode_to_slice(&self.sig, &mut sig)
-            .map_err(|_| "sig is not 128 hex digits".to_string())?;
+            .map_err(|_| fault("sig is not 128 hex digits"))?;
         vk.verify_strict(
             &Self::message(self.seq, &self.hash, &self.ts),
             &Signature::from_bytes(&sig),
         )
-        .map_err(|_| "signature does not verify with this installation's audit key".to_string())
+        .map_err(|_| fault("signature does not verify with this installation's audit key"))
     }
 
     /// The raw hash.

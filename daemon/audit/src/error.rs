@@ -125,6 +125,16 @@ pub enum AuditError {
         reason: String,
     },
 
+    /// A checkpoint's fields are malformed or its Ed25519 signature does not verify with the
+    /// given public key ([`crate::Checkpoint::verify_signature`]).
+    #[error(
+        "audit checkpoint signature check failed: {reason}; check that the checkpoint comes from this installation (`tether audit checkpoint --export`) and was not edited, and that the audit signing key was not replaced"
+    )]
+    CheckpointSignature {
+        /// Which check failed: a field format or the signature itself.
+        reason: &'static str,
+    },
+
     /// The key file has permissions looser than 0600.
     #[error(
         "audit key file {} has mode {mode:04o}, readable or writable by group/others; run `chmod 600 {}` (and check who could have copied it)",
@@ -179,6 +189,16 @@ pub enum AuditError {
 }
 
 impl AuditError {
+    /// What is wrong with a checkpoint, for a report that already names the checkpoint (the
+    /// verifier's break detail, [`AuditError::BadCheckpoint`]'s reason): the bare reason of a
+    /// [`AuditError::CheckpointSignature`], the whole message of any other error.
+    pub(crate) fn checkpoint_fault(&self) -> String {
+        match self {
+            AuditError::CheckpointSignature { reason } => (*reason).to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// The OS error number behind this error, if any (e.g. `28` for ENOSPC).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {

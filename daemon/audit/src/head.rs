@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use tether_model::{Alert, AlertSink, Severity};
 
 use crate::checkpoint::{Checkpoint, write_head};
+use crate::clock::Clock;
 use crate::error::{AuditError, Result};
 use crate::keys::ChainKeys;
 use crate::metrics::Metrics;
 use crate::record::format_ts;
-use crate::writer::Clock;
 
 pub(crate) struct HeadWriter {
     dir: PathBuf,

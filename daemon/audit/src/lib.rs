@@ -17,6 +17,7 @@
 
 mod chain;
 mod checkpoint;
+mod clock;
 mod error;
 mod files;
 mod head;
@@ -28,6 +29,7 @@ mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, read_head};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuditError, Result};
 pub use files::{HEAD_FILE, day_path, list_day_files};
 pub use keys::{KeyFile, KeySource, StaticKeys};
@@ -36,4 +38,4 @@ pub use reader::{
 };
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
 pub use verify::{Break, BreakKind, VerifyReport, verify};
-pub use writer::{AuditLog, Clock, ManualClock, Options, Receipt, Recovery, SystemClock, TornTail};
+pub use writer::{AuditLog, Options, Receipt, Recovery, TornTail};

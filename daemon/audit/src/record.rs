@@ -190,7 +190,7 @@ impl Prepared {
         pre.extend_from_slice(b",\"via\":\"");
         pre.extend_from_slice(ev.actor.via.as_str().as_bytes());
         pre.extend_from_slice(b"\"},\"data\":");
-        write_canonical(&mut pre, &ev.data, "data").map_err(bad)?;
+        write_canonical(&mut pre, &ev.data, "data")?;
         if let Some(h) = &ev.host {
             pre.extend_from_slice(b",\"host\":");
             write_str(&mut pre, h);
@@ -255,12 +255,8 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Writes `v` as canonical JSON: sorted keys, no whitespace, integers only.
-/// `path` names the location for the error message.
-pub(crate) fn write_canonical(
-    out: &mut Vec<u8>,
-    v: &Value,
-    path: &str,
-) -> std::result::Result<(), String> {
+/// `path` names the location for the error message ([`AuditError::InvalidEvent`] on a float).
+pub(crate) fn write_canonical(out: &mut Vec<u8>, v: &Value, path: &str) -> Result<()> {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -271,9 +267,11 @@ pub(crate) fn write_canonical(
             } else if let Some(u) = n.as_u64() {
                 let _ = write!(DisplayBuf(out), "{u}");
             } else {
-                return Err(format!(
-                    "{path} is a floating-point number ({n}); audit records take integers only (e.g. milliseconds, bytes)"
-                ));
+                return Err(AuditError::InvalidEvent {
+                    reason: format!(
+                        "{path} is a floating-point number ({n}); audit records take integers only (e.g. milliseconds, bytes)"
+                    ),
+                });
             }
         }
         Value::String(s) => write_str(out, s),
@@ -310,7 +308,7 @@ pub(crate) fn write_canonical(
 /// Canonical JSON of any value (sorted keys, no whitespace); floats are refused.
 pub fn canonical_json(v: &Value) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    write_canonical(&mut out, v, "value").map_err(|reason| AuditError::InvalidEvent { reason })?;
+    write_canonical(&mut out, v, "value")?;
     Ok(out)
 }
 

@@ -493,6 +493,7 @@ pub fn verify(
     Ok(rep)
 }
 
+/// Holds the signed head and the optional `against` checkpoint up to the walked log.
 fn check_heads(
     rep: &VerifyReport,
     head: std::result::Result<Option<Checkpoint>, String>,
@@ -503,95 +504,137 @@ fn check_heads(
     cp_hash_seen: Option<[u8; 32]>,
 ) -> Option<Break> {
     let last = rep.last_seq;
-    let brk = |kind, seq, file: Option<PathBuf>, detail: String| {
+    let first = rep.first_seq.unwrap_or(1);
+    let head_break = |detail: String| {
         Some(Break {
-            kind,
-            seq,
-            file,
+            kind: BreakKind::BadSignature,
+            seq: last,
+            file: Some(head_path.to_path_buf()),
             line: None,
             detail,
         })
     };
-    let hp = Some(head_path.to_path_buf());
-    let first = rep.first_seq.unwrap_or(1);
     match head {
-        Err(reason) => return brk(BreakKind::BadSignature, last, hp, reason),
+        Err(reason) => return head_break(reason),
         Ok(None) if rep.records > 0 => {
-            return brk(
-                BreakKind::BadSignature,
-                last,
-                hp,
+            return head_break(
                 "the signed head is missing, so truncation cannot be ruled out".into(),
             );
         }
         Ok(None) => {}
         Ok(Some(h)) => {
-            if let Err(reason) = h.verify_signature(vk) {
-                return brk(
-                    BreakKind::BadSignature,
-                    h.seq,
-                    hp,
-                    format!("head: {reason}"),
-                );
-            }
-            if h.seq > last {
-                return brk(
-                    BreakKind::Truncated,
-                    last + 1,
-                    hp,
-                    format!(
-                        "the log ends at seq {last} but its signed head vouches for seq {}",
-                        h.seq
-                    ),
-                );
-            }
-            if h.seq >= first && h.seq > 0 && head_hash_seen != h.hash_bytes() {
-                return brk(
-                    BreakKind::RolledBack,
-                    h.seq,
-                    hp,
-                    format!(
-                        "record {} differs from the one the signed head vouches for",
-                        h.seq
-                    ),
-                );
+            let log = LogSpan {
+                first,
+                last,
+                seen: head_hash_seen,
+            };
+            let found = check_anchor(Anchor::Head, &h, head_path.to_path_buf(), log, vk);
+            if found.is_some() {
+                return found;
             }
         }
     }
-    if let Some(cp) = against {
-        let src = Some(PathBuf::from("<checkpoint>"));
-        if let Err(reason) = cp.verify_signature(vk) {
-            return brk(
-                BreakKind::BadSignature,
-                cp.seq,
-                src,
-                format!("checkpoint: {reason}"),
-            );
-        }
-        if cp.seq > last {
-            return brk(
-                BreakKind::RolledBack,
-                last + 1,
-                src,
-                format!(
-                    "the log (and its head) end at seq {last}, before the checkpoint's seq {}: the log was rolled back",
-                    cp.seq
-                ),
-            );
-        }
-        if cp.seq >= first && cp.seq > 0 && cp_hash_seen != cp.hash_bytes() {
-            return brk(
-                BreakKind::RolledBack,
-                cp.seq,
-                src,
-                format!(
-                    "record {} differs from the one in the checkpoint: the log was rewritten",
-                    cp.seq
-                ),
-            );
+    let cp = against?;
+    let log = LogSpan {
+        first,
+        last,
+        seen: cp_hash_seen,
+    };
+    check_anchor(
+        Anchor::Checkpoint,
+        cp,
+        PathBuf::from("<checkpoint>"),
+        log,
+        vk,
+    )
+}
+
+/// A signed checkpoint held against the log: the `head` file, or one exported earlier and given
+/// to check against. Both are checked alike; they name their breaks differently.
+#[derive(Debug, Clone, Copy)]
+enum Anchor {
+    Head,
+    Checkpoint,
+}
+
+/// What the walk found of the log, as far as one anchor is concerned.
+#[derive(Debug, Clone, Copy)]
+struct LogSpan {
+    /// Seq of the first record read.
+    first: u64,
+    /// Seq of the last record that verified.
+    last: u64,
+    /// Hash of the record at the anchor's seq, if the walk passed it.
+    seen: Option<[u8; 32]>,
+}
+
+impl Anchor {
+    /// Prefix of a signature fault's detail.
+    fn label(self) -> &'static str {
+        match self {
+            Anchor::Head => "head",
+            Anchor::Checkpoint => "checkpoint",
         }
     }
-    None
+
+    /// The break when the log ends at `last`, before the anchor's `seq`.
+    fn ends_before(self, last: u64, seq: u64) -> (BreakKind, String) {
+        match self {
+            Anchor::Head => (
+                BreakKind::Truncated,
+                format!("the log ends at seq {last} but its signed head vouches for seq {seq}"),
+            ),
+            Anchor::Checkpoint => (
+                BreakKind::RolledBack,
+                format!(
+                    "the log (and its head) end at seq {last}, before the checkpoint's seq {seq}: the log was rolled back"
+                ),
+            ),
+        }
+    }
+
+    /// The detail when record `seq` is not the one the anchor vouches for.
+    fn differs(self, seq: u64) -> String {
+        match self {
+            Anchor::Head => {
+                format!("record {seq} differs from the one the signed head vouches for")
+            }
+            Anchor::Checkpoint => {
+                format!(
+                    "record {seq} differs from the one in the checkpoint: the log was rewritten"
+                )
+            }
+        }
+    }
+}
+
+/// The first way `cp` (found at `file`) disagrees with the log: a bad signature, a log that
+/// ends before it, or a different record at its seq.
+fn check_anchor(
+    anchor: Anchor,
+    cp: &Checkpoint,
+    file: PathBuf,
+    log: LogSpan,
+    vk: &[u8; 32],
+) -> Option<Break> {
+    let (kind, seq, detail) = if let Err(e) = cp.verify_signature(vk) {
+        let detail = format!("{}: {}", anchor.label(), e.checkpoint_fault());
+        (BreakKind::BadSignature, cp.seq, detail)
+    } else if cp.seq > log.last {
+        let (kind, detail) = anchor.ends_before(log.last, cp.seq);
+        (kind, log.last + 1, detail)
+    } else if cp.seq >= log.first && cp.seq > 0 && log.seen != cp.hash_bytes() {
+        (BreakKind::RolledBack, cp.seq, anchor.differs(cp.seq))
+    } else {
+        return None;
+    };
+    Some(Break {
+        kind,
+        seq,
+        file: Some(file),
+        line: None,
+        detail,
+    })
 }
 
 /// Whether a record with `seq` appears later: in `files[0]` after `offset`, or in later files.
@@ -615,4 +658,73 @@ fn seq_exists_after(files: &[(Date, PathBuf)], offset: u64, seq: u64) -> Result<
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn key() -> [u8; 32] {
+        ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+            .verifying_key()
+            .to_bytes()
+    }
+
+    fn unsigned(seq: u64) -> Checkpoint {
+        Checkpoint {
+            seq,
+            hash: "0".repeat(64),
+            ts: "2026-01-01T00:00:00Z".into(),
+            sig: "0".repeat(128),
+        }
+    }
+
+    fn span(first: u64, last: u64) -> LogSpan {
+        LogSpan {
+            first,
+            last,
+            seen: None,
+        }
+    }
+
+    #[test]
+    fn head_and_checkpoint_name_their_breaks_apart() {
+        let vk = key();
+        let bad = unsigned(5);
+        let h = check_anchor(Anchor::Head, &bad, "h".into(), span(1, 9), &vk).unwrap();
+        assert_eq!((h.kind, h.seq), (BreakKind::BadSignature, 5));
+        assert_eq!(
+            h.detail,
+            "head: signature does not verify with this installation's audit key"
+        );
+        let mut odd = unsigned(5);
+        odd.hash = "x".into();
+        let c = check_anchor(Anchor::Checkpoint, &odd, "c".into(), span(1, 9), &vk).unwrap();
+        assert_eq!(c.detail, "checkpoint: hash is not 64 lowercase hex digits");
+        assert_eq!(c.file, Some(PathBuf::from("c")));
+
+        assert_eq!(
+            Anchor::Head.ends_before(3, 5),
+            (
+                BreakKind::Truncated,
+                "the log ends at seq 3 but its signed head vouches for seq 5".to_string()
+            )
+        );
+        assert_eq!(
+            Anchor::Checkpoint.ends_before(3, 5),
+            (
+                BreakKind::RolledBack,
+                "the log (and its head) end at seq 3, before the checkpoint's seq 5: the log was rolled back".to_string()
+            )
+        );
+        assert_eq!(
+            Anchor::Head.differs(5),
+            "record 5 differs from the one the signed head vouches for"
+        );
+        assert_eq!(
+            Anchor::Checkpoint.differs(5),
+            "record 5 differs from the one in the checkpoint: the log was rewritten"
+        );
+    }
 }

@@ -11,61 +11,18 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use tether_model::{Alert, AlertSink, Severity};
-use time::{Date, OffsetDateTime};
+use time::Date;
 use tokio::sync::oneshot;
 
 use crate::chain::{LineInfo, check_line, hash_body, mac};
 use crate::checkpoint::{Checkpoint, read_head};
+use crate::clock::{Clock, SystemClock};
 use crate::error::{AuditError, Result};
 use crate::files::{day_path, list_day_files, sync_dir};
 use crate::head::HeadWriter;
 use crate::keys::{ChainKeys, KeySource};
 use crate::metrics::Metrics;
 use crate::record::{Event, Prepared, finish_line, format_ts};
-
-/// Where the writer gets the time from. Injectable so tests can cross UTC midnight.
-pub trait Clock: Send + Sync + 'static {
-    /// The current time (any offset; it is converted to UTC).
-    fn now(&self) -> OffsetDateTime;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-}
-
-/// A clock that only moves when told to; for tests (e.g. crossing UTC midnight).
-#[derive(Debug)]
-pub struct ManualClock(std::sync::Mutex<OffsetDateTime>);
-
-impl ManualClock {
-    /// A clock stopped at `t`.
-    pub fn new(t: OffsetDateTime) -> Self {
-        ManualClock(std::sync::Mutex::new(t))
-    }
-
-    /// Sets the time.
-    pub fn set(&self, t: OffsetDateTime) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
-    }
-
-    /// Moves the time forward.
-    pub fn advance(&self, d: Duration) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *g += d;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> OffsetDateTime {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// Tuning of the writer.
 #[derive(Clone)]
@@ -642,9 +599,9 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
     let head = read_head(dir)?;
     if let Some(h) = &head {
         h.verify_signature(&keys.verifying.to_bytes())
-            .map_err(|reason| AuditError::BadCheckpoint {
+            .map_err(|e| AuditError::BadCheckpoint {
                 origin: dir.join(crate::files::HEAD_FILE).display().to_string(),
-                reason,
+                reason: e.checkpoint_fault(),
             })?;
     }
     let files = list_day_files(dir)?;

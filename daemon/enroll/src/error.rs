@@ -330,7 +330,7 @@ impl EnrollError {
             },
             "timeout" => EnrollError::Timeout {
                 what: "exchange (the hub's per-connection deadline passed)",
-                after_ms: u64::try_from(crate::server::DEFAULT_DEADLINE.as_millis())
+                after_ms: u64::try_from(crate::limits::DEFAULT_DEADLINE.as_millis())
                     .unwrap_or(u64::MAX),
             },
             "internal" => EnrollError::Internal {

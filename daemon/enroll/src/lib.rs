@@ -14,6 +14,7 @@
 pub mod error;
 pub mod hub;
 pub mod inventory;
+mod limits;
 pub mod proto;
 pub mod ratelimit;
 pub mod server;

@@ -21,7 +21,7 @@ use crate::token::Token;
 use crate::util::unix_now;
 
 /// Default per-connection deadline (10 s).
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+pub use crate::limits::DEFAULT_DEADLINE;
 
 /// Refused connections that are answered with an error frame at the same time; beyond this
 /// they are closed without waiting.

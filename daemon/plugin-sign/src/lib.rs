@@ -331,10 +331,7 @@ pub fn verify_signature(file: &Path, bytes: &[u8], sig: &Path, trust: Trust) -> 
             });
         }
     };
-    let parsed = SigFile::parse(&text).map_err(|message| SignError::SignatureMalformed {
-        path: sig.to_path_buf(),
-        message,
-    })?;
+    let parsed = SigFile::parse(&text, sig)?;
     let kid = parsed.key_id;
     let key: [u8; 32] = match trust {
         Trust::Keys(keys) => match keys.iter().find(|k| key_id(k) == kid) {
@@ -395,37 +392,43 @@ struct SigFile {
 }
 
 impl SigFile {
-    fn parse(text: &str) -> Result<SigFile, String> {
+    /// Parses the text of the signature file `sig`; a format fault is
+    /// [`SignError::SignatureMalformed`] naming `sig` and what is wrong.
+    fn parse(text: &str, sig: &Path) -> Result<SigFile> {
+        let malformed = |message: String| SignError::SignatureMalformed {
+            path: sig.to_path_buf(),
+            message,
+        };
         let mut lines = text.lines();
         if lines.next() != Some(SIG_HEADER) {
-            return Err(format!("missing header '{SIG_HEADER}'"));
+            return Err(malformed(format!("missing header '{SIG_HEADER}'")));
         }
-        let mut field = |name: &str| -> Result<String, String> {
+        let mut field = |name: &str| -> Result<String> {
             lines
                 .next()
                 .and_then(|l| l.strip_prefix(name))
                 .and_then(|l| l.strip_prefix(": "))
                 .map(|v| v.trim().to_string())
-                .ok_or_else(|| format!("missing line '{name}: ...'"))
+                .ok_or_else(|| malformed(format!("missing line '{name}: ...'")))
         };
         let key_id = field("key-id")?;
         let sha256 = hex::decode(field("sha256")?)
             .ok()
             .and_then(|v| v.try_into().ok())
-            .ok_or("sha256 is not 64 hex digits")?;
-        let sig: [u8; 64] = B64
+            .ok_or_else(|| malformed("sha256 is not 64 hex digits".into()))?;
+        let signature: [u8; 64] = B64
             .decode(field("signature")?)
             .ok()
             .and_then(|v| v.try_into().ok())
-            .ok_or("signature is not 64 bytes of base64")?;
+            .ok_or_else(|| malformed("signature is not 64 bytes of base64".into()))?;
         let public_key = match field("public-key") {
             Err(_) => None,
-            Ok(k) => Some(parse_public_key(&k).map_err(|e| format!("public-key: {e}"))?),
+            Ok(k) => Some(parse_public_key(&k).map_err(|e| malformed(format!("public-key: {e}")))?),
         };
         Ok(SigFile {
             key_id,
             sha256,
-            signature: Signature::from_bytes(&sig),
+            signature: Signature::from_bytes(&signature),
             public_key,
         })
     }

@@ -54,121 +54,38 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
     runtime.block_on(daemon(config, source))
 }
 
+/// Starts every subsystem in dependency order, serves until SIGTERM/SIGINT, then stops them in
+/// reverse. Each step is one function below; every task started here is owned here.
 async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     prepare_state_dir(&config.state_dir)?;
     let registry = Registry::new();
     let socket = config.control.socket.clone();
     let role = config.daemon_role();
-    let vault_config = config.vault.clone();
-    let state_dir = config.state_dir.clone();
-    let vault =
-        tokio::task::spawn_blocking(move || tether_vault::Vault::open(&vault_config, &state_dir))
-            .await
-            .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??;
-    tracing::info!(backend = %vault.backend(), "vault ready");
+    let vault = start_vault(&config).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
-    let create_dir = socket == tether_config::default_socket_path();
-    let listener = server::bind(&socket, config.control.group.as_deref(), create_dir)?;
+    let listener = bind_control_socket(&config)?;
     let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(crate::alerts::LogAlerts);
-    let policy = match config.policy_source()? {
-        tether_config::PolicySource::Inline(spec) => tether_policy::Policy::compile(&spec)?,
-        tether_config::PolicySource::File(text) => tether_policy::Policy::from_toml_str(&text)?,
-    };
-    tracing::info!(
-        mode = policy.mode().as_str(),
-        rules = policy.rule_count(),
-        "policy loaded"
-    );
-    let engine = tether_policy::PolicyEngine::new(policy, &registry, Arc::clone(&alerts))?;
+    let engine = start_policy(&config, &registry, &alerts)?;
     let keys: Arc<dyn tether_audit::KeySource> =
         Arc::new(crate::keys::VaultKeys::new(vault.clone()));
-    let audit_dir = config.state_dir.join("audit");
-    let (audit, recovery) = {
-        let (keys, registry, alerts) = (Arc::clone(&keys), registry.clone(), Arc::clone(&alerts));
-        tokio::task::spawn_blocking(move || {
-            tether_audit::AuditLog::open(&audit_dir, keys.as_ref(), &registry, alerts)
-        })
-        .await
-        .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
-    };
-    if let Some(torn) = &recovery.torn {
-        tracing::warn!(
-            file = %torn.file.display(),
-            bytes = torn.bytes,
-            "audit log: dropped a torn last record left by a crash (it was never acknowledged)"
-        );
-    }
-    tracing::info!(
-        last_seq = recovery.last_seq,
-        files = recovery.files,
-        "audit log ready"
-    );
+    let audit = start_audit(&config, &keys, &registry, &alerts).await?;
     // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
-    let plugins = match config.plugins_manifest.clone() {
-        None => None,
-        Some(manifest) => {
-            let (state_dir, vault, alerts, registry) = (
-                config.state_dir.clone(),
-                vault.clone(),
-                Arc::clone(&alerts),
-                registry.clone(),
-            );
-            let events = (audit.clone(), tokio::runtime::Handle::current());
-            let loaded = tokio::task::spawn_blocking(move || {
-                crate::plugins::Plugins::load(
-                    &manifest, &state_dir, vault, alerts, events, &registry,
-                )
-            })
-            .await
-            .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??;
-            let loaded = Arc::new(loaded);
-            audit
-                .append(
-                    &tether_audit::Event::new("plugin.load", tether_control::audit::daemon_actor())
-                        .data(serde_json::json!({"plugins": loaded.summary()})),
-                )
-                .await?;
-            Some(loaded)
-        }
-    };
+    let plugins = start_plugins(&config, &vault, &alerts, &registry, &audit).await?;
     let shutdown = CancellationToken::new();
-    let membership = match role {
-        tether_model::DaemonRole::Hub => {
-            crate::membership::start_hub(
-                &config,
-                &vault,
-                &registry,
-                Arc::clone(&alerts),
-                audit.clone(),
-                plugins.clone(),
-                shutdown.clone(),
-            )
-            .await?
-        }
-        tether_model::DaemonRole::Target => {
-            crate::membership::start_target(
-                &config,
-                &vault,
-                &registry,
-                Arc::clone(&alerts),
-                audit.clone(),
-                shutdown.clone(),
-            )
-            .await?
-        }
-    };
+    let membership = start_membership(
+        &config,
+        &vault,
+        &registry,
+        &alerts,
+        &audit,
+        &plugins,
+        shutdown.clone(),
+    )
+    .await?;
     let mut state = AppState::new(config, source, registry)?;
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PolicyHooks>);
-    state.tunnel = membership
-        .tunnel
-        .as_ref()
-        .map(tether_tunnel::Tunnel::handle);
-    state.hub = membership.hub.clone();
-    state.rotator = membership.rotator.clone();
-    state.enrollment = membership
-        .enrollment
-        .as_ref()
-        .and_then(|e| serde_json::to_value(e).ok());
+    expose_tunnel(&mut state, &membership);
+    expose_enrollment(&mut state, &membership);
     state.vault = Some(vault);
     state.policy = Some(engine);
     state.alerts = alerts;
@@ -185,28 +102,242 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     let state = Arc::new(state);
 
     // Install every signal handler before announcing readiness, so no signal is missed.
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
-
-    let server_task = tokio::spawn(server::serve(
-        listener,
-        Arc::clone(&state),
-        shutdown.clone(),
-    ));
+    let mut signals = Signals::install()?;
+    let server_task = start_control_server(listener, &state, &shutdown);
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(%role, socket = %socket.display(), pid = std::process::id(), version = tether_model::VERSION, "tetherd ready");
     notify::notify("READY=1\nSTATUS=serving");
 
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&state).await,
+    signals.serve_until_stop(&state).await;
+
+    stop(&state, &shutdown, server_task, &socket).await;
+    membership.shutdown().await;
+    stop_audit(&state, audit).await;
+    tracing::info!("tetherd stopped");
+    Ok(())
+}
+
+/// Runs start-up work that blocks (file IO, key loading, compiling plugins) off the runtime's
+/// worker threads.
+async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, DaemonError>
+where
+    T: Send + 'static,
+    E: Into<DaemonError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))?
+        .map_err(Into::into)
+}
+
+/// Opens the secret vault on the configured backend.
+async fn start_vault(config: &Config) -> Result<tether_vault::Vault, DaemonError> {
+    let vault_config = config.vault.clone();
+    let state_dir = config.state_dir.clone();
+    let vault = blocking(move || tether_vault::Vault::open(&vault_config, &state_dir)).await?;
+    tracing::info!(backend = %vault.backend(), "vault ready");
+    Ok(vault)
+}
+
+/// Compiles the configured policy (inline or from its file) into the engine.
+fn start_policy(
+    config: &Config,
+    registry: &Registry,
+    alerts: &Arc<dyn tether_model::AlertSink>,
+) -> Result<tether_policy::PolicyEngine, DaemonError> {
+    let policy = match config.policy_source()? {
+        tether_config::PolicySource::Inline(spec) => tether_policy::Policy::compile(&spec)?,
+        tether_config::PolicySource::File(text) => tether_policy::Policy::from_toml_str(&text)?,
+    };
+    tracing::info!(
+        mode = policy.mode().as_str(),
+        rules = policy.rule_count(),
+        "policy loaded"
+    );
+    Ok(tether_policy::PolicyEngine::new(
+        policy,
+        registry,
+        Arc::clone(alerts),
+    )?)
+}
+
+/// Opens the audit chain in `STATE_DIR/audit` (recovering from a crash) with keys from `keys`.
+async fn start_audit(
+    config: &Config,
+    keys: &Arc<dyn tether_audit::KeySource>,
+    registry: &Registry,
+    alerts: &Arc<dyn tether_model::AlertSink>,
+) -> Result<tether_audit::AuditLog, DaemonError> {
+    let audit_dir = config.state_dir.join("audit");
+    let (keys, registry, alerts) = (Arc::clone(keys), registry.clone(), Arc::clone(alerts));
+    let (audit, recovery) = blocking(move || {
+        tether_audit::AuditLog::open(&audit_dir, keys.as_ref(), &registry, alerts)
+    })
+    .await?;
+    if let Some(torn) = &recovery.torn {
+        tracing::warn!(
+            file = %torn.file.display(),
+            bytes = torn.bytes,
+            "audit log: dropped a torn last record left by a crash (it was never acknowledged)"
+        );
+    }
+    tracing::info!(
+        last_seq = recovery.last_seq,
+        files = recovery.files,
+        "audit log ready"
+    );
+    Ok(audit)
+}
+
+/// Loads the plugins named by `plugins_manifest` (none without one) and audits what loaded.
+async fn start_plugins(
+    config: &Config,
+    vault: &tether_vault::Vault,
+    alerts: &Arc<dyn tether_model::AlertSink>,
+    registry: &Registry,
+    audit: &tether_audit::AuditLog,
+) -> Result<Option<Arc<crate::plugins::Plugins>>, DaemonError> {
+    let Some(manifest) = config.plugins_manifest.clone() else {
+        return Ok(None);
+    };
+    let (state_dir, vault, alerts, registry) = (
+        config.state_dir.clone(),
+        vault.clone(),
+        Arc::clone(alerts),
+        registry.clone(),
+    );
+    let events = (audit.clone(), tokio::runtime::Handle::current());
+    let loaded = blocking(move || {
+        crate::plugins::Plugins::load(&manifest, &state_dir, vault, alerts, events, &registry)
+    })
+    .await?;
+    let loaded = Arc::new(loaded);
+    audit
+        .append(
+            &tether_audit::Event::new("plugin.load", tether_control::audit::daemon_actor())
+                .data(serde_json::json!({"plugins": loaded.summary()})),
+        )
+        .await?;
+    Ok(Some(loaded))
+}
+
+/// Starts who-is-in-the-star for this role: on the hub the tunnel and the enrollment listener
+/// (reviewed by the enrollment-hook `plugins`), on a target the tunnel to its hub if enrolled.
+/// Their tasks stop on `shutdown`.
+async fn start_membership(
+    config: &Config,
+    vault: &tether_vault::Vault,
+    registry: &Registry,
+    alerts: &Arc<dyn tether_model::AlertSink>,
+    audit: &tether_audit::AuditLog,
+    plugins: &Option<Arc<crate::plugins::Plugins>>,
+    shutdown: CancellationToken,
+) -> Result<crate::membership::Membership, DaemonError> {
+    match config.daemon_role() {
+        tether_model::DaemonRole::Hub => {
+            crate::membership::start_hub(
+                config,
+                vault,
+                registry,
+                Arc::clone(alerts),
+                audit.clone(),
+                plugins.clone(),
+                shutdown,
+            )
+            .await
+        }
+        tether_model::DaemonRole::Target => {
+            crate::membership::start_target(
+                config,
+                vault,
+                registry,
+                Arc::clone(alerts),
+                audit.clone(),
+                shutdown,
+            )
+            .await
         }
     }
+}
 
+/// Gives the control API the tunnel (`vpn status`) and the key rotator (`vpn rotate-keys`).
+fn expose_tunnel(state: &mut AppState, membership: &crate::membership::Membership) {
+    state.tunnel = membership
+        .tunnel
+        .as_ref()
+        .map(tether_tunnel::Tunnel::handle);
+    state.rotator = membership.rotator.clone();
+}
+
+/// Gives the control API the enrollment side: the hub's enrollment core and inventory (invites,
+/// hosts), or a target's saved enrollment.
+fn expose_enrollment(state: &mut AppState, membership: &crate::membership::Membership) {
+    state.hub = membership.hub.clone();
+    state.enrollment = membership
+        .enrollment
+        .as_ref()
+        .and_then(|e| serde_json::to_value(e).ok());
+}
+
+/// The stop and reload signals. Installed before readiness is announced, so none is missed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, DaemonError> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?,
+            int: signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?,
+            hup: signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?,
+        })
+    }
+
+    /// Reloads the config on every SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve_until_stop(&mut self, state: &AppState) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = self.hup.recv() => reload(state).await,
+            }
+        }
+    }
+}
+
+/// Creates the control API's Unix socket (and, for the default path, its directory).
+fn bind_control_socket(config: &Config) -> Result<tokio::net::UnixListener, DaemonError> {
+    let socket = &config.control.socket;
+    let create_dir = *socket == tether_config::default_socket_path();
+    Ok(server::bind(
+        socket,
+        config.control.group.as_deref(),
+        create_dir,
+    )?)
+}
+
+/// Serves the control API on `listener` until `shutdown`.
+fn start_control_server(
+    listener: tokio::net::UnixListener,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(server::serve(listener, Arc::clone(state), shutdown.clone()))
+}
+
+/// The first half of shutdown: stop answering as ready, cancel every task, let the control
+/// server drain within [`SHUTDOWN_BUDGET`], and remove its socket.
+async fn stop(
+    state: &AppState,
+    shutdown: &CancellationToken,
+    server_task: tokio::task::JoinHandle<()>,
+    socket: &Path,
+) {
     state.ready.store(false, Ordering::Release);
     notify::notify("STOPPING=1");
     shutdown.cancel();
@@ -216,10 +347,13 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     {
         tracing::warn!("control server did not stop within {SHUTDOWN_BUDGET:?}");
     }
-    if let Err(e) = std::fs::remove_file(&socket) {
+    if let Err(e) = std::fs::remove_file(socket) {
         tracing::warn!("could not remove control socket {}: {e}", socket.display());
     }
-    membership.shutdown().await;
+}
+
+/// The last step of shutdown: record it in the audit chain, then flush and close the chain.
+async fn stop_audit(state: &AppState, audit: tether_audit::AuditLog) {
     if let Err(e) = state
         .audit(
             "daemon.stop",
@@ -232,8 +366,6 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         tracing::error!("could not audit the shutdown: {e}");
     }
     audit.close().await;
-    tracing::info!("tetherd stopped");
-    Ok(())
 }
 
 async fn reload(state: &AppState) {

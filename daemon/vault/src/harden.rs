@@ -1,8 +1,9 @@
 //! Process hardening and the secure-memory start-up check.
 
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::resource::{Resource, setrlimit};
 
 use crate::error::{Result, VaultError};
+use crate::memlock::memlock_limit_text;
 use crate::secret::{SecretBox, SecureMemoryMode, set_secure_memory_mode};
 
 /// Turns core dumps off (`RLIMIT_CORE = 0`, soft and hard) and makes the process non-dumpable
@@ -69,20 +70,5 @@ pub fn check_secure_memory(required: bool) -> Result<SecureMemoryStatus> {
                 Ok(SecureMemoryStatus::Unlocked { warning })
             }
         }
-    }
-}
-
-/// `RLIMIT_MEMLOCK soft=… hard=…` for error messages.
-pub(crate) fn memlock_limit_text() -> String {
-    fn fmt(v: u64) -> String {
-        if v == nix::sys::resource::RLIM_INFINITY {
-            "unlimited".into()
-        } else {
-            format!("{v} bytes")
-        }
-    }
-    match getrlimit(Resource::RLIMIT_MEMLOCK) {
-        Ok((soft, hard)) => format!("RLIMIT_MEMLOCK soft={} hard={}", fmt(soft), fmt(hard)),
-        Err(e) => format!("RLIMIT_MEMLOCK unknown: {}", e.desc()),
     }
 }

@@ -15,6 +15,7 @@ mod error;
 mod fsutil;
 mod harden;
 mod index;
+mod memlock;
 mod name;
 mod secret;
 mod vault;

@@ -131,7 +131,7 @@ impl SecretBox {
                     return Err(VaultError::SecureMemoryUnavailable {
                         detail: format!(
                             "mlock of a {len}-byte secret failed: {err} ({})",
-                            crate::harden::memlock_limit_text()
+                            crate::memlock::memlock_limit_text()
                         ),
                     });
                 }

@@ -45,12 +45,16 @@ pub(crate) fn describe(e: &keyring::Error) -> String {
     }
 }
 
-/// `Ok(())` when a Secret Service answered (checked once per process by the keyring crate).
-pub(crate) fn availability() -> std::result::Result<(), String> {
+/// `Ok(())` when a Secret Service answered (checked once per process by the keyring crate);
+/// otherwise [`VaultError::KeyringUnavailable`], which says why and how to get one (or to use
+/// the file backend).
+pub(crate) fn availability() -> Result<()> {
     keyring::Entry::store_status()
         .as_ref()
         .map(|_| ())
-        .map_err(describe)
+        .map_err(|e| VaultError::KeyringUnavailable {
+            detail: describe(e),
+        })
 }
 
 /// The instance part of the service name for `state_dir`.
@@ -66,7 +70,7 @@ pub(crate) struct KeyringBackend {
 
 impl KeyringBackend {
     pub(crate) fn open(prefix: &str, state_dir: &Path) -> Result<KeyringBackend> {
-        availability().map_err(|detail| VaultError::KeyringUnavailable { detail })?;
+        availability()?;
         Ok(KeyringBackend {
             service: format!("{prefix}:{}", instance_id(state_dir)),
         })

@@ -1,0 +1,717 @@
+//! The sans-IO core: WireGuard peers (boringtun `Tunn`) + a userspace TCP/IP stack (smoltcp).
+//!
+//! The [`Node`] knows nothing about sockets, tasks or the wall clock: its driver feeds it UDP
+//! datagrams and the current time and drains datagrams to send ([`Node::poll_transmit`]), events
+//! ([`Node::poll_event`]) and the next deadline ([`Node::poll_timeout`]).
+//!
+//! This module is the node proper: peer table and routing (star rules, drop accounting), the
+//! datagram path, timers and the watchdog. `peer` holds one WireGuard peer and the timer rules
+//! run for it; `stack` the smoltcp TCP/IP stack and its streams; `types` the ids and outputs
+//! all three share.
+
+mod peer;
+mod stack;
+mod types;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+
+use self::peer::{Control, Peer, msg_type};
+pub use self::peer::{PeerConfig, PeerStatus};
+use self::stack::Stack;
+pub use self::stack::{DEFAULT_TCP_BUFFER, Readiness};
+pub use self::types::{DropReason, Event, PeerId, StreamId, Totals, Transmit};
+use crate::health::{HealthConfig, Verdict};
+use crate::{PublicKey, SecretKey, TunnelError};
+
+/// The hub's overlay address in the default subnet `10.99.0.0/16`.
+pub const DEFAULT_HUB_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+/// Prefix length of the default overlay subnet.
+pub const DEFAULT_PREFIX_LEN: u8 = 16;
+/// Inner MTU: 1420 is WireGuard's default and fits IPv4 and IPv6 underlays with a 1500 MTU.
+pub const DEFAULT_MTU: usize = 1420;
+/// How often per-peer WireGuard timers are evaluated.
+const TICK: Duration = Duration::from_secs(1);
+/// Handshake initiations accepted per second from unknown senders before cookies are demanded.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// Which end of the star this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// The centre: many target peers; drops any packet not addressed to itself.
+    Hub,
+    /// A leaf: one peer (the hub); the whole overlay subnet is routed to it.
+    Target,
+}
+
+/// How to build a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's WireGuard private key.
+    pub private_key: SecretKey,
+    /// This node's overlay address (the hub is `.1` of the subnet by convention).
+    pub overlay_ip: Ipv4Addr,
+    /// Overlay subnet prefix length (default 16).
+    pub prefix_len: u8,
+    /// Hub or target.
+    pub role: NodeRole,
+    /// Per-direction TCP buffer for each stream.
+    pub tcp_buffer: usize,
+    /// Inner IP MTU.
+    pub mtu: usize,
+    /// Health / watchdog settings.
+    pub health: HealthConfig,
+}
+
+impl NodeConfig {
+    /// A config with the defaults: subnet /16, 256 KiB stream buffers, MTU 1420.
+    pub fn new(private_key: SecretKey, overlay_ip: Ipv4Addr, role: NodeRole) -> Self {
+        NodeConfig {
+            private_key,
+            overlay_ip,
+            prefix_len: DEFAULT_PREFIX_LEN,
+            role,
+            tcp_buffer: DEFAULT_TCP_BUFFER,
+            mtu: DEFAULT_MTU,
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// One WireGuard endpoint plus its userspace TCP/IP stack. See the module docs.
+pub struct Node {
+    secret: x25519::StaticSecret,
+    public: x25519::PublicKey,
+    overlay_ip: Ipv4Addr,
+    prefix_len: u8,
+    role: NodeRole,
+    health_cfg: HealthConfig,
+    peers: HashMap<PeerId, Peer>,
+    by_index: HashMap<u32, PeerId>,
+    by_ip: HashMap<Ipv4Addr, PeerId>,
+    by_key: HashMap<[u8; 32], PeerId>,
+    next_index: u32,
+    stack: Stack,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    now: Instant,
+    next_tick: Option<Instant>,
+    next_health: Instant,
+    rate_limiter: RateLimiter,
+    scratch: Vec<u8>,
+    totals: Totals,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("overlay_ip", &self.overlay_ip)
+            .field("role", &self.role)
+            .field("peers", &self.peers.len())
+            .field("streams", &self.stack.stream_count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_u64() -> Result<u64, TunnelError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| TunnelError::Random(e.to_string()))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn ipv4_dst(p: &[u8]) -> Option<Ipv4Addr> {
+    if p.len() >= 20 && p[0] >> 4 == 4 {
+        Some(Ipv4Addr::new(p[16], p[17], p[18], p[19]))
+    } else {
+        None
+    }
+}
+
+impl Node {
+    /// Builds a node at time `now`.
+    pub fn new(cfg: NodeConfig, now: Instant) -> Result<Self, TunnelError> {
+        let ip = cfg.overlay_ip;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Err(TunnelError::BadOverlayIp {
+                ip,
+                why: "not a unicast address",
+            });
+        }
+        if cfg.prefix_len == 0 || cfg.prefix_len > 30 {
+            return Err(TunnelError::BadOverlayIp {
+                ip,
+                why: "the subnet prefix must be 1..=30",
+            });
+        }
+        let secret = cfg.private_key.inner().clone();
+        let public = x25519::PublicKey::from(&secret);
+        let seed = random_u64()?;
+        let start_index = (random_u64()? as u32) & 0x00ff_ffff;
+        let stack = Stack::new(
+            cfg.overlay_ip,
+            cfg.prefix_len,
+            cfg.mtu,
+            cfg.tcp_buffer,
+            seed,
+            random_u64()?,
+            now,
+        );
+        Ok(Node {
+            rate_limiter: RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT),
+            secret,
+            public,
+            overlay_ip: cfg.overlay_ip,
+            prefix_len: cfg.prefix_len,
+            role: cfg.role,
+            next_health: now + cfg.health.check_interval,
+            health_cfg: cfg.health,
+            peers: HashMap::new(),
+            by_index: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_key: HashMap::new(),
+            next_index: start_index,
+            stack,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            now,
+            next_tick: None,
+            scratch: vec![0u8; 65536 + 64],
+            totals: Totals::default(),
+        })
+    }
+
+    /// This node's public key (give it to peers).
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.public.to_bytes())
+    }
+
+    /// Replaces this node's private key (`tether vpn rotate-keys`): every peer's sessions are
+    /// cleared and the next packet starts a handshake under the new key. Peers must learn the new
+    /// public key out of band first.
+    pub fn set_private_key(&mut self, key: &SecretKey) {
+        self.secret = key.inner().clone();
+        self.public = x25519::PublicKey::from(&self.secret);
+        self.rate_limiter = RateLimiter::new(&self.public, HANDSHAKE_RATE_LIMIT);
+        for p in self.peers.values_mut() {
+            p.tunn
+                .set_static_private(self.secret.clone(), self.public, None);
+            p.reset_timers(self.now);
+        }
+    }
+
+    /// This node's overlay IP.
+    pub fn overlay_ip(&self) -> Ipv4Addr {
+        self.overlay_ip
+    }
+
+    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len.min(32)))
+        };
+        u32::from(ip) & mask == u32::from(self.overlay_ip) & mask
+    }
+
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+            if !self.by_index.contains_key(&self.next_index) {
+                return self.next_index;
+            }
+        }
+    }
+
+    fn new_tunn(&self, cfg: &PeerConfig, index: u32) -> Box<Tunn> {
+        Box::new(Tunn::new(
+            self.secret.clone(),
+            cfg.public_key.to_x25519(),
+            None,
+            None, // persistent keepalive is run by the node on its own clock
+            index,
+            None,
+        ))
+    }
+
+    /// Adds a peer at runtime (enrollment). Its allowed IPs are exactly `overlay_ip/32`.
+    pub fn add_peer(&mut self, cfg: PeerConfig, now: Instant) -> Result<PeerId, TunnelError> {
+        if cfg.overlay_ip == self.overlay_ip {
+            return Err(TunnelError::BadOverlayIp {
+                ip: cfg.overlay_ip,
+                why: "it is this node's own address",
+            });
+        }
+        if !self.in_subnet(cfg.overlay_ip) {
+            return Err(TunnelError::BadOverlayIp {
+                ip: cfg.overlay_ip,
+                why: "outside the overlay subnet",
+            });
+        }
+        if self.by_key.contains_key(&cfg.public_key.0) {
+            return Err(TunnelError::DuplicatePeer("public key"));
+        }
+        if self.by_ip.contains_key(&cfg.overlay_ip) {
+            return Err(TunnelError::DuplicatePeer("overlay IP"));
+        }
+        let index = self.alloc_index();
+        let id = PeerId(index);
+        let peer = Peer::new(id, index, self.new_tunn(&cfg, index), cfg, now);
+        self.by_index.insert(index, id);
+        self.by_ip.insert(peer.cfg.overlay_ip, id);
+        self.by_key.insert(peer.cfg.public_key.0, id);
+        self.peers.insert(id, peer);
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + TICK);
+        }
+        self.now = now;
+        // Persistent keepalive peers (targets behind NAT) connect right away.
+        let mut buf = std::mem::take(&mut self.scratch);
+        if let Some(p) = self.peers.get_mut(&id)
+            && p.cfg.persistent_keepalive.is_some_and(|k| k > 0)
+            && p.endpoint.is_some()
+        {
+            p.wg.last_persistent = Some(now);
+            p.send_control(
+                Control::Keepalive,
+                now,
+                &mut buf,
+                &mut self.transmits,
+                &mut self.totals,
+            );
+        }
+        self.scratch = buf;
+        Ok(id)
+    }
+
+    /// Removes a peer (revoke). Its streams fail at once with `ConnectionAborted`.
+    pub fn remove_peer(&mut self, id: PeerId) -> Result<(), TunnelError> {
+        let peer = self
+            .peers
+            .remove(&id)
+            .ok_or(TunnelError::UnknownPeer(id.0))?;
+        self.by_index.retain(|_, v| *v != id);
+        self.by_ip.remove(&peer.cfg.overlay_ip);
+        self.by_key.remove(&peer.cfg.public_key.0);
+        let gone_all = self.role == NodeRole::Target && self.peers.is_empty();
+        let ip = peer.cfg.overlay_ip;
+        self.stack
+            .abort_streams(|remote| remote == ip || gone_all, &mut self.events);
+        if peer.up {
+            self.events.push_back(Event::PeerDown(id));
+        }
+        if self.peers.is_empty() {
+            self.next_tick = None;
+        }
+        self.stack.mark_dirty();
+        Ok(())
+    }
+
+    /// The peer owning an overlay IP.
+    pub fn peer_by_ip(&self, ip: Ipv4Addr) -> Option<PeerId> {
+        self.by_ip.get(&ip).copied()
+    }
+
+    /// Status of every peer, sorted by overlay IP.
+    pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
+        let mut v: Vec<PeerStatus> = self.peers.values().map(|p| p.status(now)).collect();
+        v.sort_by_key(|s| s.overlay_ip);
+        v
+    }
+
+    /// Node-wide monotonic counters.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The peer a receiver index (ours: peer index << 8 | session) belongs to.
+    fn peer_by_index(&self, receiver_idx: u32) -> Option<PeerId> {
+        self.by_index.get(&(receiver_idx >> 8)).copied()
+    }
+
+    fn node_drop(&mut self, r: DropReason) {
+        self.totals.drops[r.idx()] += 1;
+    }
+
+    /// Feeds one UDP datagram received from `from`.
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
+        self.now = now;
+        let pid = match Tunn::parse_incoming_packet(bytes) {
+            Err(_) => return self.node_drop(DropReason::Malformed),
+            Ok(Packet::HandshakeInit(init)) => {
+                let mut cookie = [0u8; 64];
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), bytes, &mut cookie)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(c)) => {
+                        let payload = c.to_vec();
+                        self.transmits.push_back(Transmit { dst: from, payload });
+                        return;
+                    }
+                    Err(_) => return self.node_drop(DropReason::Rejected),
+                }
+                match parse_handshake_anon(&self.secret, &self.public, &init) {
+                    Ok(half) => self.by_key.get(&half.peer_static_public).copied(),
+                    Err(_) => return self.node_drop(DropReason::Rejected),
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
+        };
+        let Some(pid) = pid else {
+            return self.node_drop(DropReason::UnknownPeer);
+        };
+        let in_type = msg_type(bytes);
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut self.scratch);
+        let r = peer.tunn.decapsulate(Some(from.ip()), bytes, &mut buf);
+        let mut authenticated = false;
+        let mut flush = false;
+        match r {
+            TunnResult::WriteToNetwork(p) => {
+                let out_type = msg_type(p);
+                authenticated = matches!((in_type, out_type), (1, 2) | (2, 4));
+                if authenticated {
+                    peer.endpoint = Some(from);
+                }
+                let pkt = p.to_vec();
+                if authenticated {
+                    peer.wg.last_recv = Some(now);
+                    peer.handshake_done(now, in_type == 2, &mut self.totals, &mut self.events);
+                }
+                if out_type == 3 {
+                    self.transmits.push_back(Transmit {
+                        dst: from,
+                        payload: pkt,
+                    });
+                } else {
+                    peer.emit(pkt, now, &mut self.transmits, &mut self.totals);
+                    flush = true;
+                }
+            }
+            TunnResult::WriteToTunnelV4(p, src) => {
+                authenticated = true;
+                peer.endpoint = Some(from);
+                peer.wg.last_recv = Some(now);
+                peer.wg.last_data_recv = Some(now);
+                if src != peer.cfg.overlay_ip {
+                    peer.drop(&mut self.totals, DropReason::SpoofedSource);
+                } else {
+                    match ipv4_dst(p) {
+                        Some(dst) if dst == self.overlay_ip => self.stack.receive(p.to_vec()),
+                        Some(dst)
+                            if self.role == NodeRole::Hub && self.by_ip.contains_key(&dst) =>
+                        {
+                            peer.drop(&mut self.totals, DropReason::ForwardDenied)
+                        }
+                        _ => peer.drop(&mut self.totals, DropReason::NotForUs),
+                    }
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                authenticated = true;
+                peer.endpoint = Some(from);
+                peer.wg.last_recv = Some(now);
+                peer.drop(&mut self.totals, DropReason::Malformed);
+            }
+            TunnResult::Done => {
+                if in_type == 4 {
+                    // keepalive
+                    authenticated = true;
+                    peer.endpoint = Some(from);
+                    peer.wg.last_recv = Some(now);
+                }
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(peer = %peer.cfg.name, error = ?e, "datagram rejected");
+                peer.drop(&mut self.totals, DropReason::Rejected);
+            }
+        }
+        if authenticated {
+            peer.rx_bytes += bytes.len() as u64;
+            self.totals.rx_bytes += bytes.len() as u64;
+        }
+        if flush {
+            // Packets boringtun queued while the handshake was in flight.
+            while let TunnResult::WriteToNetwork(p) = peer.tunn.decapsulate(None, &[], &mut buf) {
+                let pkt = p.to_vec();
+                peer.emit(pkt, now, &mut self.transmits, &mut self.totals);
+            }
+        }
+        self.scratch = buf;
+    }
+
+    /// Runs whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.stack.mark_dirty();
+        if self.next_tick.is_some_and(|t| now >= t) {
+            self.next_tick = Some(now + TICK);
+            self.rate_limiter.reset_count();
+            let mut buf = std::mem::take(&mut self.scratch);
+            for peer in self.peers.values_mut() {
+                peer.tick(
+                    now,
+                    &mut buf,
+                    &mut self.transmits,
+                    &mut self.totals,
+                    &mut self.events,
+                );
+            }
+            self.scratch = buf;
+            self.stack.reap_lingering(now);
+        }
+        if now >= self.next_health {
+            self.next_health = now + self.health_cfg.check_interval;
+            self.health_check(now);
+        }
+    }
+
+    fn health_check(&mut self, now: Instant) {
+        let mut rebuild = Vec::new();
+        let mut verdicts = Vec::new();
+        for peer in self.peers.values_mut() {
+            let since_hs =
+                now.saturating_duration_since(peer.last_handshake.unwrap_or(peer.added_at));
+            verdicts.clear();
+            peer.health
+                .check(&self.health_cfg, since_hs, now, &mut verdicts);
+            for v in &verdicts {
+                match v {
+                    Verdict::BecameUnhealthy => {
+                        self.events.push_back(Event::PeerUnhealthy(peer.id))
+                    }
+                    Verdict::BecameHealthy => self.events.push_back(Event::PeerHealthy(peer.id)),
+                    Verdict::Rebuild => rebuild.push(peer.id),
+                }
+            }
+        }
+        for id in rebuild {
+            self.rebuild_peer(id, now);
+        }
+    }
+
+    /// Throws away a peer's WireGuard state (sessions, handshake) and starts over with a fresh
+    /// `Tunn` and session index; initiates a handshake when the endpoint is known.
+    fn rebuild_peer(&mut self, id: PeerId, now: Instant) {
+        let index = self.alloc_index();
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let tunn = self.new_tunn(&peer.cfg, index);
+        let old = peer.index;
+        self.by_index.remove(&old);
+        self.by_index.insert(index, id);
+        let mut buf = std::mem::take(&mut self.scratch);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            tracing::info!(peer = %peer.cfg.name, "watchdog rebuilds the WireGuard peer state");
+            peer.tunn = tunn;
+            peer.index = index;
+            peer.reset_timers(now);
+            if peer.endpoint.is_some() {
+                peer.send_control(
+                    Control::Handshake,
+                    now,
+                    &mut buf,
+                    &mut self.transmits,
+                    &mut self.totals,
+                );
+            }
+            self.events.push_back(Event::PeerRebuilt(id));
+        }
+        self.scratch = buf;
+    }
+
+    /// When the driver must call [`Node::handle_timeout`] next (`None`: only on input).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pump();
+        let smol = self.stack.poll_at(self.now);
+        let mut best = self.next_tick;
+        if !self.peers.is_empty() {
+            best = min_opt(best, Some(self.next_health));
+        }
+        min_opt(best, smol)
+    }
+
+    /// The next datagram to send, in order.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.transmits.is_empty() {
+            self.pump();
+        }
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.pump();
+        self.events.pop_front()
+    }
+
+    /// Runs the TCP/IP stack over queued inbound packets and socket writes, and encrypts what it
+    /// wants to send.
+    fn pump(&mut self) {
+        if !self.stack.take_dirty() {
+            return;
+        }
+        self.stack.poll(self.now);
+        self.route_outbound();
+        self.stack.update_streams(&mut self.events);
+    }
+
+    fn route_outbound(&mut self) {
+        let now = self.now;
+        while let Some(pkt) = self.stack.pop_outbound() {
+            let Some(dst) = ipv4_dst(&pkt) else {
+                self.node_drop(DropReason::Malformed);
+                continue;
+            };
+            let pid = match self.by_ip.get(&dst) {
+                Some(p) => *p,
+                None if self.role == NodeRole::Target
+                    && self.peers.len() == 1
+                    && self.in_subnet(dst) =>
+                {
+                    match self.peers.keys().next() {
+                        Some(p) => *p,
+                        None => continue,
+                    }
+                }
+                None => {
+                    self.node_drop(DropReason::NoRoute);
+                    continue;
+                }
+            };
+            let Some(peer) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            let mut out = vec![0u8; (pkt.len() + 32).max(148)];
+            let r = peer.tunn.encapsulate(&pkt, &mut out);
+            match r {
+                TunnResult::WriteToNetwork(p) => {
+                    let n = p.len();
+                    out.truncate(n);
+                    peer.emit(out, now, &mut self.transmits, &mut self.totals);
+                }
+                TunnResult::Done
+                    // Queued inside boringtun behind a handshake we no longer drive: restart one.
+                    if peer.wg.attempt.is_none() => {
+                        peer.send_control(Control::Handshake, now, &mut out, &mut self.transmits, &mut self.totals);
+                    }
+                TunnResult::Err(_) => peer.drop(&mut self.totals, DropReason::Rejected),
+                _ => {}
+            }
+        }
+    }
+
+    /// Opens an overlay TCP connection to `peer_ip:port`. Completion is signalled by
+    /// [`Event::StreamConnected`] (or [`Event::StreamClosed`] when refused).
+    pub fn connect(&mut self, peer_ip: Ipv4Addr, port: u16) -> Result<StreamId, TunnelError> {
+        let routable = self.by_ip.contains_key(&peer_ip)
+            || (self.role == NodeRole::Target
+                && self.peers.len() == 1
+                && self.in_subnet(peer_ip)
+                && peer_ip != self.overlay_ip);
+        if !routable {
+            return Err(TunnelError::NoRoute(peer_ip));
+        }
+        self.stack.connect(peer_ip, port)
+    }
+
+    /// Starts accepting overlay TCP connections on `port`.
+    pub fn listen(&mut self, port: u16) -> Result<(), TunnelError> {
+        self.stack.listen(port, &mut self.events)
+    }
+
+    /// Stops listening on `port`; connections not yet accepted are aborted.
+    pub fn unlisten(&mut self, port: u16) {
+        self.stack.unlisten(port, self.now);
+    }
+
+    /// The next accepted connection on `port`, if any.
+    pub fn accept(&mut self, port: u16) -> Option<StreamId> {
+        self.pump();
+        self.stack.accept(port)
+    }
+
+    /// Reads received bytes. `Ok(0)` is end of stream; `WouldBlock` means nothing yet.
+    pub fn recv(&mut self, id: StreamId, buf: &mut [u8]) -> io::Result<usize> {
+        self.pump();
+        self.stack.recv(id, buf)
+    }
+
+    /// Queues bytes to send; returns how many were taken. `WouldBlock` when the send buffer is
+    /// full (back-pressure) or the connection is still opening.
+    pub fn send(&mut self, id: StreamId, data: &[u8]) -> io::Result<usize> {
+        self.stack.send(id, data)
+    }
+
+    /// Sends FIN after the queued data (half-close); reading continues.
+    pub fn close(&mut self, id: StreamId) {
+        self.stack.close(id);
+    }
+
+    /// The application dropped the stream: close it and free it once TCP is done.
+    pub fn release(&mut self, id: StreamId) {
+        self.stack.release(id, self.now);
+    }
+
+    /// Readiness of a stream (closed streams are readable/writable so callers see the error).
+    pub fn readiness(&mut self, id: StreamId) -> Readiness {
+        self.stack.readiness(id)
+    }
+
+    /// Whether the node has work for its driver (datagrams or events queued, or the stack needs a
+    /// run). Drivers that share the node with stream tasks check this after stream calls.
+    pub fn has_output(&self) -> bool {
+        self.stack.is_dirty() || !self.transmits.is_empty() || !self.events.is_empty()
+    }
+
+    /// Open streams (for tests and metrics).
+    pub fn stream_count(&self) -> usize {
+        self.stack.stream_count()
+    }
+
+    /// The overlay IP at the other end of a stream.
+    pub fn stream_peer(&self, id: StreamId) -> Option<Ipv4Addr> {
+        self.stack.stream_peer(id)
+    }
+
+    /// Test hook: encrypts a raw IPv4 packet to a peer as if the stack had produced it (used to
+    /// prove the hub refuses target-to-target traffic from a misbehaving peer).
+    #[doc(hidden)]
+    pub fn inject_ip_packet(&mut self, peer: PeerId, packet: &[u8], now: Instant) {
+        self.now = now;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let mut out = vec![0u8; (packet.len() + 32).max(148)];
+            if let TunnResult::WriteToNetwork(w) = p.tunn.encapsulate(packet, &mut out) {
+                let n = w.len();
+                out.truncate(n);
+                p.emit(out, now, &mut self.transmits, &mut self.totals);
+            }
+        }
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}

@@ -1,0 +1,564 @@
+//! The userspace TCP/IP stack (smoltcp) that carries the overlay streams: one interface over a
+//! packet-queue device, the TCP sockets, listeners with their backlog, and each stream's life
+//! (connecting, open, closed, released, reaped).
+//!
+//! The node feeds it decrypted inbound IP packets ([`Stack::receive`]) and encrypts what it
+//! wants to send ([`Stack::pop_outbound`]); the stack never sees WireGuard.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use super::types::{Event, StreamId};
+use crate::TunnelError;
+use crate::device::QueueDevice;
+
+/// Per-direction TCP socket buffer of an overlay stream. Chosen by measurement (BENCHMARKS.md,
+/// "Tunnel"): 256 KiB reached the loopback plateau; 1 MiB gained nothing and quadruples memory.
+pub const DEFAULT_TCP_BUFFER: usize = 256 * 1024;
+
+/// A released stream that the remote never finishes closing is aborted after this long.
+const LINGER: Duration = Duration::from_secs(60);
+/// Listening sockets kept in LISTEN state per port (each accepts one SYN).
+const LISTEN_BACKLOG: usize = 2;
+/// Max half-open (SYN received, not yet accepted) sockets per port.
+const MAX_PENDING: usize = 8;
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// Readiness of a stream, for drivers that park tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// `recv` would not return `WouldBlock`.
+    pub readable: bool,
+    /// `send` would not return `WouldBlock`.
+    pub writable: bool,
+    /// The TCP handshake completed at some point.
+    pub connected: bool,
+    /// The stream is closed for good.
+    pub closed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Open,
+    Closed,
+}
+
+struct StreamMeta {
+    handle: SocketHandle,
+    remote: Ipv4Addr,
+    phase: Phase,
+    reset: bool,
+    aborted: bool,
+    released_at: Option<Instant>,
+    last_state: tcp::State,
+}
+
+impl StreamMeta {
+    fn new(handle: SocketHandle, remote: Ipv4Addr, phase: Phase, last_state: tcp::State) -> Self {
+        StreamMeta {
+            handle,
+            remote,
+            phase,
+            reset: false,
+            aborted: false,
+            released_at: None,
+            last_state,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Listener {
+    sockets: Vec<SocketHandle>,
+    ready: VecDeque<StreamId>,
+}
+
+/// The node's TCP/IP stack and its streams. Times are the node's injected clock.
+pub(super) struct Stack {
+    iface: Interface,
+    device: QueueDevice,
+    sockets: SocketSet<'static>,
+    streams: HashMap<StreamId, StreamMeta>,
+    listeners: HashMap<u16, Listener>,
+    tcp_buffer: usize,
+    next_port: u16,
+    next_stream: u64,
+    /// The injected time smoltcp's clock starts at.
+    epoch: Instant,
+    /// Inbound packets or socket calls are waiting for a [`Stack::poll`].
+    dirty: bool,
+}
+
+impl Stack {
+    /// A stack with address `ip/prefix_len`, started at `epoch`. `seed` seeds smoltcp;
+    /// `port_seed` picks where the ephemeral port search starts.
+    pub(super) fn new(
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        mtu: usize,
+        tcp_buffer: usize,
+        seed: u64,
+        port_seed: u64,
+        epoch: Instant,
+    ) -> Self {
+        let mut device = QueueDevice::new(mtu);
+        let mut icfg = Config::new(HardwareAddress::Ip);
+        icfg.random_seed = seed;
+        let mut iface = Interface::new(icfg, &mut device, smoltcp::time::Instant::from_micros(0));
+        iface.update_ip_addrs(|a| {
+            // Capacity is IFACE_MAX_ADDR_COUNT (>= 1); a fresh interface has none.
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix_len));
+        });
+        Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            streams: HashMap::new(),
+            listeners: HashMap::new(),
+            tcp_buffer,
+            next_port: *EPHEMERAL_PORTS.start() + (port_seed % 16000) as u16,
+            next_stream: 1,
+            epoch,
+            dirty: false,
+        }
+    }
+
+    /// Asks for a [`Stack::poll`] (time passed, or something changed).
+    pub(super) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Whether a [`Stack::poll`] is due.
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Clears the dirty flag; whether it was set.
+    pub(super) fn take_dirty(&mut self) -> bool {
+        std::mem::replace(&mut self.dirty, false)
+    }
+
+    /// Queues a decrypted inbound IPv4 packet addressed to this node.
+    pub(super) fn receive(&mut self, packet: Vec<u8>) {
+        self.device.rx.push_back(packet);
+        self.dirty = true;
+    }
+
+    /// The next IP packet the stack wants sent, in order.
+    pub(super) fn pop_outbound(&mut self) -> Option<Vec<u8>> {
+        self.device.tx.pop_front()
+    }
+
+    fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            now.saturating_duration_since(self.epoch).as_micros() as i64
+        )
+    }
+
+    /// Runs smoltcp over queued inbound packets and socket writes at `now`.
+    pub(super) fn poll(&mut self, now: Instant) {
+        let ts = self.smol_now(now);
+        self.iface.poll(ts, &mut self.device, &mut self.sockets);
+    }
+
+    /// When smoltcp next wants to be polled, seen from `now`.
+    pub(super) fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let ts = self.smol_now(now);
+        self.iface
+            .poll_at(ts, &self.sockets)
+            .map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64))
+    }
+
+    /// Aborts every stream whose remote matches `remote` (its peer is gone), closing it.
+    pub(super) fn abort_streams(
+        &mut self,
+        remote: impl Fn(Ipv4Addr) -> bool,
+        events: &mut VecDeque<Event>,
+    ) {
+        for (sid, m) in self.streams.iter_mut() {
+            if remote(m.remote) {
+                self.sockets.get_mut::<tcp::Socket>(m.handle).abort();
+                m.aborted = true;
+                if m.phase != Phase::Closed {
+                    m.phase = Phase::Closed;
+                    events.push_back(Event::StreamClosed(*sid));
+                }
+            }
+        }
+    }
+
+    fn new_socket(&self) -> tcp::Socket<'static> {
+        let rx = tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]);
+        let mut s = tcp::Socket::new(rx, tx);
+        s.set_nagle_enabled(false);
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s
+    }
+
+    /// Hands established connections to their listeners (keeping LISTEN sockets available),
+    /// follows each stream's TCP state into events, and frees released streams TCP is done with.
+    pub(super) fn update_streams(&mut self, events: &mut VecDeque<Event>) {
+        // Listeners: hand established connections over, keep LISTEN sockets available.
+        let ports: Vec<u16> = self.listeners.keys().copied().collect();
+        for port in ports {
+            let mut accepted = Vec::new();
+            let mut relisten = 0usize;
+            if let Some(l) = self.listeners.get_mut(&port) {
+                l.sockets.retain(|h| {
+                    let s = self.sockets.get::<tcp::Socket>(*h);
+                    match s.state() {
+                        tcp::State::Listen | tcp::State::SynReceived => true,
+                        tcp::State::Closed => {
+                            relisten += 1;
+                            false
+                        }
+                        _ => {
+                            accepted.push(*h);
+                            false
+                        }
+                    }
+                });
+            }
+            for h in accepted {
+                let s = self.sockets.get::<tcp::Socket>(h);
+                let remote = match s.remote_endpoint().map(|e| e.addr) {
+                    Some(IpAddress::Ipv4(ip)) => ip,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                let id = StreamId(self.next_stream);
+                self.next_stream += 1;
+                self.streams
+                    .insert(id, StreamMeta::new(h, remote, Phase::Open, s.state()));
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.ready.push_back(id);
+                }
+                events.push_back(Event::StreamIncoming { port, stream: id });
+            }
+            let _ = relisten;
+            let (listening, total) = match self.listeners.get(&port) {
+                Some(l) => (
+                    l.sockets
+                        .iter()
+                        .filter(|h| {
+                            self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen
+                        })
+                        .count(),
+                    l.sockets.len(),
+                ),
+                None => continue,
+            };
+            let want = LISTEN_BACKLOG
+                .saturating_sub(listening)
+                .min(MAX_PENDING.saturating_sub(total));
+            for _ in 0..want {
+                let mut s = self.new_socket();
+                if s.listen(port).is_ok() {
+                    let h = self.sockets.add(s);
+                    if let Some(l) = self.listeners.get_mut(&port) {
+                        l.sockets.push(h);
+                    }
+                }
+            }
+        }
+        // Streams: state transitions and reaping.
+        let mut remove = Vec::new();
+        for (id, m) in self.streams.iter_mut() {
+            let s = self.sockets.get::<tcp::Socket>(m.handle);
+            let st = s.state();
+            if st != m.last_state {
+                if st == tcp::State::Closed
+                    && matches!(
+                        m.last_state,
+                        tcp::State::Established
+                            | tcp::State::FinWait1
+                            | tcp::State::FinWait2
+                            | tcp::State::SynSent
+                            | tcp::State::SynReceived
+                            | tcp::State::CloseWait
+                    )
+                    && m.released_at.is_none()
+                {
+                    m.reset = true;
+                }
+                m.last_state = st;
+            }
+            match (m.phase, st) {
+                (Phase::Connecting, tcp::State::SynSent | tcp::State::SynReceived) => {}
+                (Phase::Connecting, tcp::State::Closed) => {
+                    m.phase = Phase::Closed;
+                    events.push_back(Event::StreamClosed(*id));
+                }
+                (Phase::Connecting, _) => {
+                    m.phase = Phase::Open;
+                    events.push_back(Event::StreamConnected(*id));
+                }
+                (Phase::Open, tcp::State::Closed | tcp::State::TimeWait) => {
+                    m.phase = Phase::Closed;
+                    events.push_back(Event::StreamClosed(*id));
+                }
+                _ => {}
+            }
+            if m.released_at.is_some() && matches!(st, tcp::State::Closed | tcp::State::TimeWait) {
+                remove.push(*id);
+            }
+        }
+        for id in remove {
+            if let Some(m) = self.streams.remove(&id) {
+                self.sockets.remove(m.handle);
+            }
+        }
+    }
+
+    /// Aborts released streams whose remote has not finished closing within [`LINGER`].
+    pub(super) fn reap_lingering(&mut self, now: Instant) {
+        for m in self.streams.values_mut() {
+            if m.released_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= LINGER)
+            {
+                self.sockets.get_mut::<tcp::Socket>(m.handle).abort();
+            }
+        }
+    }
+
+    fn alloc_port(&mut self) -> Result<u16, TunnelError> {
+        let span = u32::from(*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) + 1;
+        for _ in 0..span {
+            self.next_port = if self.next_port >= *EPHEMERAL_PORTS.end() {
+                *EPHEMERAL_PORTS.start()
+            } else {
+                self.next_port + 1
+            };
+            let p = self.next_port;
+            let used = self.streams.values().any(|m| {
+                self.sockets
+                    .get::<tcp::Socket>(m.handle)
+                    .local_endpoint()
+                    .is_some_and(|e| e.port == p)
+            }) || self.listeners.contains_key(&p);
+            if !used {
+                return Ok(p);
+            }
+        }
+        Err(TunnelError::PortsExhausted)
+    }
+
+    /// Opens a TCP connection to `peer_ip:port` from a free ephemeral port (routing is the
+    /// node's business).
+    pub(super) fn connect(
+        &mut self,
+        peer_ip: Ipv4Addr,
+        port: u16,
+    ) -> Result<StreamId, TunnelError> {
+        let local = self.alloc_port()?;
+        let mut s = self.new_socket();
+        s.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(peer_ip), port),
+            local,
+        )
+        .map_err(|e| TunnelError::Connect {
+            ip: peer_ip,
+            port,
+            why: e.to_string(),
+        })?;
+        let h = self.sockets.add(s);
+        let id = StreamId(self.next_stream);
+        self.next_stream += 1;
+        self.streams.insert(
+            id,
+            StreamMeta::new(h, peer_ip, Phase::Connecting, tcp::State::SynSent),
+        );
+        self.dirty = true;
+        Ok(id)
+    }
+
+    /// Starts accepting overlay TCP connections on `port`.
+    pub(super) fn listen(
+        &mut self,
+        port: u16,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), TunnelError> {
+        if self.listeners.contains_key(&port) {
+            return Err(TunnelError::AlreadyListening(port));
+        }
+        self.listeners.insert(port, Listener::default());
+        self.dirty = true;
+        self.update_streams(events);
+        Ok(())
+    }
+
+    /// Stops listening on `port`; connections not yet accepted are aborted.
+    pub(super) fn unlisten(&mut self, port: u16, now: Instant) {
+        if let Some(l) = self.listeners.remove(&port) {
+            for h in l.sockets {
+                self.sockets.remove(h);
+            }
+            for id in l.ready {
+                self.release(id, now);
+            }
+        }
+    }
+
+    /// The next accepted connection on `port`, if any.
+    pub(super) fn accept(&mut self, port: u16) -> Option<StreamId> {
+        self.listeners.get_mut(&port)?.ready.pop_front()
+    }
+
+    fn meta(&self, id: StreamId) -> io::Result<&StreamMeta> {
+        self.streams
+            .get(&id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no such tunnel stream"))
+    }
+
+    fn check_alive(m: &StreamMeta) -> io::Result<()> {
+        if m.aborted {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "tunnel peer was removed",
+            ));
+        }
+        if m.reset {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "tunnel stream was reset by the peer",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads received bytes. `Ok(0)` is end of stream; `WouldBlock` means nothing yet.
+    pub(super) fn recv(&mut self, id: StreamId, buf: &mut [u8]) -> io::Result<usize> {
+        let m = self.meta(id)?;
+        let h = m.handle;
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        if s.can_recv() {
+            let n = s
+                .recv_slice(buf)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.dirty = true; // window update
+            return Ok(n);
+        }
+        let st = s.state();
+        Self::check_alive(self.meta(id)?)?;
+        match st {
+            tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            tcp::State::Closed
+                if self.meta(id)?.phase == Phase::Connecting
+                    || self.meta(id)?.last_state == tcp::State::SynSent =>
+            {
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "overlay TCP connection refused or timed out",
+                ))
+            }
+            _ => {
+                let s = self.sockets.get::<tcp::Socket>(h);
+                if s.may_recv() {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(0)
+                }
+            }
+        }
+    }
+
+    /// Queues bytes to send; returns how many were taken. `WouldBlock` when the send buffer is
+    /// full (back-pressure) or the connection is still opening.
+    pub(super) fn send(&mut self, id: StreamId, data: &[u8]) -> io::Result<usize> {
+        let m = self.meta(id)?;
+        Self::check_alive(m)?;
+        let h = m.handle;
+        let phase = m.phase;
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        match s.state() {
+            tcp::State::SynSent | tcp::State::SynReceived => {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            tcp::State::Closed if phase != Phase::Open => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "overlay TCP connection refused or timed out",
+                ));
+            }
+            _ => {}
+        }
+        if !s.may_send() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel stream is closed for sending",
+            ));
+        }
+        let n = s
+            .send_slice(data)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if n == 0 && !data.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.dirty = true;
+        Ok(n)
+    }
+
+    /// Sends FIN after the queued data (half-close); reading continues.
+    pub(super) fn close(&mut self, id: StreamId) {
+        if let Some(m) = self.streams.get(&id) {
+            self.sockets.get_mut::<tcp::Socket>(m.handle).close();
+            self.dirty = true;
+        }
+    }
+
+    /// The application dropped the stream: close it and free it once TCP is done.
+    pub(super) fn release(&mut self, id: StreamId, now: Instant) {
+        if let Some(m) = self.streams.get_mut(&id) {
+            m.released_at = Some(now);
+            let s = self.sockets.get_mut::<tcp::Socket>(m.handle);
+            if s.may_recv() && s.can_recv() {
+                // Unread data: a graceful close would lie to the peer; reset instead.
+                s.abort();
+            } else {
+                s.close();
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// Readiness of a stream (closed streams are readable/writable so callers see the error).
+    pub(super) fn readiness(&mut self, id: StreamId) -> Readiness {
+        let Some(m) = self.streams.get(&id) else {
+            return Readiness {
+                readable: true,
+                writable: true,
+                connected: false,
+                closed: true,
+            };
+        };
+        let s = self.sockets.get::<tcp::Socket>(m.handle);
+        let dead = m.aborted || m.reset || m.phase == Phase::Closed;
+        let opening = matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived);
+        Readiness {
+            readable: dead || s.can_recv() || (!opening && !s.may_recv()),
+            writable: dead || (!opening && (s.can_send() || !s.may_send())),
+            connected: m.phase != Phase::Connecting,
+            closed: dead,
+        }
+    }
+
+    /// Open streams (for tests and metrics).
+    pub(super) fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The overlay IP at the other end of a stream.
+    pub(super) fn stream_peer(&self, id: StreamId) -> Option<Ipv4Addr> {
+        self.streams.get(&id).map(|m| m.remote)
+    }
+}

@@ -178,6 +178,18 @@ pub enum EnrollError {
         /// What was wrong.
         what: String,
     },
+    /// The two sides share no enrollment protocol version.
+    #[error(
+        "no common enrollment protocol version: this side speaks v{ours_min} to v{ours_max}, the other side v{theirs}; upgrade the older side (a hub enrolls targets one release older or newer)"
+    )]
+    UnsupportedVersion {
+        /// The oldest version this side speaks.
+        ours_min: u16,
+        /// The newest version this side speaks.
+        ours_max: u16,
+        /// The version the other side announced or chose.
+        theirs: u16,
+    },
     /// The hub refused the connection because this address made too many attempts.
     #[error("too many enrollment attempts from this address; wait a few seconds and retry")]
     RateLimited,
@@ -274,6 +286,7 @@ impl EnrollError {
             EnrollError::FrameTooLarge { .. } => "frame_too_large",
             EnrollError::Timeout { .. } => "timeout",
             EnrollError::Protocol { .. } => "protocol",
+            EnrollError::UnsupportedVersion { .. } => "unsupported_version",
             EnrollError::RateLimited => "rate_limited",
             EnrollError::Connect { .. } => "connect",
             EnrollError::Bind { .. } => "bind",

@@ -384,6 +384,7 @@ impl Hub {
         if !proto::proof_matches(&proto::hello_proof(&k, hello), &hello.proof) {
             return Err(EnrollError::Tampered);
         }
+        let version = proto::negotiate(hello)?;
         checked.check_expiry(now)?;
         let nonce_hash = checked.nonce_hash();
         self.invites().check_pending(&nonce_hash)?;
@@ -448,6 +449,7 @@ impl Hub {
             tags,
             groups: p.groups.clone(),
             proof: String::new(),
+            version,
         };
         welcome.proof = URL_SAFE_NO_PAD.encode(proto::welcome_proof(&k, hello, &welcome));
         Ok((welcome, host))

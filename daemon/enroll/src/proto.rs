@@ -12,6 +12,13 @@
 //!              or Error   { code, message }
 //! ```
 //!
+//! **Versions.** The first release (v1) sent no version. From v2 the Hello carries `version`
+//! (the newest the target speaks) and the hub answers with the version it chose (the highest
+//! both speak) in the Welcome; towards a Hello without `version` the hub treats the target as
+//! v1 and leaves `version` out of the Welcome, so a first-release target (which rejects unknown
+//! fields) still enrolls. When present, the version is part of both transcripts: stripping it
+//! on the path (a downgrade) breaks the proof.
+//!
 //! `k = HMAC-SHA256(token_mac, "tether-enroll-v1" || nonce)`, where `token_mac` is the token's
 //! secret MAC (never sent): the target has it in the token; the hub recomputes it from the
 //! payload with its invite key. Every field either side relies on is in a MACed transcript
@@ -38,6 +45,12 @@ use crate::util::hmac;
 pub const MAX_FRAME: usize = 1 << 20;
 /// Domain-separation label of the key derivation and the transcripts.
 pub const LABEL: &[u8] = b"tether-enroll-v1";
+/// The enrollment protocol version of the first release, which sent no version.
+pub const PROTOCOL_V1: u16 = 1;
+/// The enrollment protocol version this release speaks (v2: the exchange names its version).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version this release still speaks (one release back).
+pub const MIN_PROTOCOL_VERSION: u16 = PROTOCOL_V1;
 /// Longest hostname a target may report.
 pub const MAX_HOSTNAME_LEN: usize = 253;
 
@@ -69,6 +82,32 @@ pub struct Hello {
     pub client_nonce: String,
     /// HMAC(k, T_hello), base64url.
     pub proof: String,
+    /// The newest enrollment protocol version the target speaks; absent (v1) from the first
+    /// release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u16>,
+}
+
+impl Hello {
+    /// The newest version the target speaks ([`PROTOCOL_V1`] when it names none).
+    pub fn protocol_version(&self) -> u16 {
+        self.version.unwrap_or(PROTOCOL_V1)
+    }
+}
+
+/// The hub's choice of version for `hello`: the highest both speak. `Ok(None)` for a v1
+/// target, whose Welcome must not carry the field.
+pub fn negotiate(hello: &Hello) -> Result<Option<u16>> {
+    let theirs = hello.protocol_version();
+    let chosen = theirs.min(PROTOCOL_VERSION);
+    if chosen < MIN_PROTOCOL_VERSION {
+        return Err(EnrollError::UnsupportedVersion {
+            ours_min: MIN_PROTOCOL_VERSION,
+            ours_max: PROTOCOL_VERSION,
+            theirs,
+        });
+    }
+    Ok(hello.version.map(|_| chosen))
 }
 
 /// The hub's answer on success.
@@ -91,6 +130,9 @@ pub struct Welcome {
     pub groups: Vec<String>,
     /// HMAC(k, T_hello || target proof || T_welcome), base64url.
     pub proof: String,
+    /// The version the hub chose; absent towards a v1 target, and from a first-release hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u16>,
 }
 
 impl Welcome {
@@ -249,6 +291,9 @@ fn hello_transcript(h: &Hello) -> Transcript {
         .field(h.ssh_host_key.as_bytes())
         .field(h.hostname.as_bytes())
         .field(h.client_nonce.as_bytes());
+    if let Some(v) = h.version {
+        t.field(b"version").field(&v.to_be_bytes());
+    }
     t
 }
 
@@ -265,6 +310,9 @@ fn welcome_transcript(hello: &Transcript, target_proof: &str, w: &Welcome) -> Tr
         .field(w.hub_ssh_client_key.as_bytes())
         .field(&tags)
         .field(&groups);
+    if let Some(v) = w.version {
+        t.field(b"version").field(&v.to_be_bytes());
+    }
     t
 }
 
@@ -356,6 +404,7 @@ impl TargetSession {
             hostname: keys.hostname.chars().take(MAX_HOSTNAME_LEN).collect(),
             client_nonce: URL_SAFE_NO_PAD.encode(client_nonce),
             proof: String::new(),
+            version: Some(PROTOCOL_VERSION),
         };
         hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&k, &hello));
         let frame = encode_frame(&Message::Hello(hello.clone()))?;
@@ -398,6 +447,14 @@ impl TargetSession {
                 if !proof_matches(&expected, &w.proof) {
                     return Err(EnrollError::HubNotAuthenticated {
                         endpoint: self.endpoint.clone(),
+                    });
+                }
+                let chosen = w.version.unwrap_or(PROTOCOL_V1);
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&chosen) {
+                    return Err(EnrollError::UnsupportedVersion {
+                        ours_min: MIN_PROTOCOL_VERSION,
+                        ours_max: PROTOCOL_VERSION,
+                        theirs: chosen,
                     });
                 }
                 // Authenticated; now it must also agree with what the token pins.
@@ -464,5 +521,137 @@ mod tests {
             d.push(&17u32.to_be_bytes()),
             Err(EnrollError::FrameTooLarge { len: 17, max: 16 })
         ));
+    }
+
+    /// A hub of this release and a target, in process (no sockets): the hub, a fresh token's
+    /// target session and its Hello.
+    fn exchange() -> (tempfile::TempDir, crate::Hub, TargetSession, Hello) {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = crate::HubIdentity {
+            enroll_endpoint: "127.0.0.1:1".into(),
+            wg_public: [7u8; 32],
+            wg_endpoint: "127.0.0.1:51820".into(),
+            ssh_client_public: HUB_SSH.into(),
+        };
+        let key = tether_vault::SecretBox::from_slice(&[9u8; 32]).unwrap();
+        let hub =
+            crate::Hub::open(dir.path(), identity, key, crate::OverlayNet::default()).unwrap();
+        let req = crate::InviteRequest {
+            name: "old1".into(),
+            tags: BTreeMap::new(),
+            groups: vec![],
+            ttl_secs: crate::DEFAULT_TTL_SECS,
+        };
+        let now = crate::unix_now();
+        let (token, _) = hub.invite(&req, now).unwrap();
+        let keys = TargetKeys {
+            wg_public: [3u8; 32],
+            ssh_host_key: TARGET_SSH.into(),
+            hostname: "old.local".into(),
+        };
+        let (session, frame) = TargetSession::start(&token, &keys, now, MAX_FRAME, None).unwrap();
+        let Message::Hello(hello) = serde_json::from_slice(&frame[4..]).unwrap() else {
+            panic!("not a hello")
+        };
+        (dir, hub, session, hello)
+    }
+
+    const HUB_SSH: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHSiLAhIitvRcOWt6XdNo4ie+uPb05kkFXj8cXyl7xQr hub";
+    const TARGET_SSH: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINXREtEmFoLqswjEYtVLvVkJE5oD6KZMNLVQeaadzZGH a";
+
+    /// The first release's Hello and Welcome, field for field (both rejected unknown fields).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct V1Hello {
+        payload: String,
+        wg_public_key: String,
+        ssh_host_key: String,
+        hostname: String,
+        client_nonce: String,
+        proof: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct V1Welcome {
+        name: String,
+        overlay_ip: Ipv4Addr,
+        hub_wg_public_key: String,
+        hub_wg_endpoint: String,
+        hub_ssh_client_key: String,
+        tags: BTreeMap<String, String>,
+        groups: Vec<String>,
+        proof: String,
+    }
+
+    #[test]
+    fn a_first_release_target_without_a_version_enrolls_against_this_hub() {
+        let (_dir, hub, mut session, mut hello) = exchange();
+        assert_eq!(hello.version, Some(PROTOCOL_VERSION));
+        // What the first release sent: no version, its proof over the v1 transcript.
+        hello.version = None;
+        hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&session.k, &hello));
+        session.hello = hello.clone();
+        let wire = serde_json::to_string(&Message::Hello(hello.clone())).unwrap();
+        assert!(!wire.contains("version"), "{wire}");
+        let v1: serde_json::Value = serde_json::from_str(&wire).unwrap();
+        let mut fields = v1.as_object().unwrap().clone();
+        fields.remove("type");
+        serde_json::from_value::<V1Hello>(serde_json::Value::Object(fields)).unwrap();
+
+        let welcome = hub.handle_hello(&hello, None, crate::unix_now()).unwrap();
+        assert_eq!(welcome.version, None, "a v1 target gets a v1 Welcome");
+        // The old target's strict parser takes the Welcome, and its proof checks out.
+        let frame = encode_frame(&Message::Welcome(welcome.clone())).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
+        let mut fields = json.as_object().unwrap().clone();
+        fields.remove("type");
+        serde_json::from_value::<V1Welcome>(serde_json::Value::Object(fields)).unwrap();
+        assert_eq!(session.receive(&frame).unwrap().unwrap().name, "old1");
+        assert_eq!(hub.inventory().get("old1").unwrap().name, "old1");
+    }
+
+    #[test]
+    fn a_current_target_gets_the_highest_common_version_and_downgrades_are_caught() {
+        let (_dir, hub, mut session, hello) = exchange();
+        // Stripping the version on the path breaks the proof.
+        let mut stripped = hello.clone();
+        stripped.version = None;
+        let e = hub
+            .handle_hello(&stripped, None, crate::unix_now())
+            .unwrap_err();
+        assert!(matches!(e, EnrollError::Tampered), "{e}");
+
+        let welcome = hub.handle_hello(&hello, None, crate::unix_now()).unwrap();
+        assert_eq!(welcome.version, Some(PROTOCOL_VERSION));
+        let frame = encode_frame(&Message::Welcome(welcome)).unwrap();
+        assert!(session.receive(&frame).unwrap().is_some());
+    }
+
+    #[test]
+    fn versions_outside_the_range_fail_naming_both() {
+        let (_dir, _hub, _session, mut hello) = exchange();
+        hello.version = Some(0);
+        let e = negotiate(&hello).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                EnrollError::UnsupportedVersion {
+                    ours_min: 1,
+                    ours_max: PROTOCOL_VERSION,
+                    theirs: 0
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("v1 to v2"), "{e}");
+        // A newer target gets this hub's newest version.
+        hello.version = Some(PROTOCOL_VERSION + 1);
+        assert_eq!(negotiate(&hello).unwrap(), Some(PROTOCOL_VERSION));
+        assert_eq!(e.code(), "unsupported_version");
     }
 }

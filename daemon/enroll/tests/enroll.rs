@@ -759,6 +759,7 @@ mod authentication {
                 tags: BTreeMap::new(),
                 groups: vec![],
                 proof: String::new(),
+                version: hello.version,
             };
             w.proof = URL_SAFE_NO_PAD.encode(proto::welcome_proof(&k, &hello, &w));
             s.write_all(&proto::encode_frame(&Message::Welcome(w)).unwrap())

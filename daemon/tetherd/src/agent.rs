@@ -1,241 +1,412 @@
-//! The agent channel between hub and targets, carried inside the tunnel (overlay TCP port
-//! [`AGENT_PORT`]). WireGuard authenticates every packet's source address, so the hub knows which
-//! host is speaking from the stream's overlay IP alone, and a target accepts only its hub.
+//! Thin tokio drivers of the agent protocol ([`tether_agent`]), carried inside the tunnel
+//! (overlay TCP port [`AGENT_PORT`]). WireGuard authenticates every packet's source address, so
+//! the hub knows which host is speaking from the stream's overlay IP alone, and a target
+//! accepts only its hub.
 //!
-//! Today it carries WireGuard key rotation:
-//! 1. (optional) hub → target `rotate_now` (from `tether vpn rotate-keys`); the target acks.
-//! 2. target stages a new key and sends `rotate_wg_key{new_public_key}` to the hub.
-//! 3. hub records it in the audit log and the inventory (durably), acks, and once the target has
-//!    hung up replaces the tunnel peer's key.
-//! 4. target promotes the staged key in its vault, switches the tunnel to it, and sends
-//!    `confirm_key` over the new session.
+//! Each driver is one task that owns its machine: it accepts and opens tunnel streams (one
+//! small IO task per stream), feeds the machine bytes, hang-ups, effect results and the time,
+//! and performs what the machine asks (audit, inventory, vault, tunnel peer key, alerts).
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tether_agent::{
+    AGENT_PORT, AgentError, ConnId, HostInfo, Hub as HubMachine, HubAction, HubConfig, RotationId,
+    Target as TargetMachine, TargetAction, TargetConfig,
+};
 use tether_audit::{AuditLog, Event};
 use tether_control::audit::daemon_actor;
 use tether_control::state::{KeyRotator, RotationFuture, RotationOutcome};
 use tether_enroll::{HostRecord, Hub};
 use tether_model::{Alert, AlertSink, Severity};
-use tether_tunnel::{PeerConfig, PublicKey, TunnelHandle, TunnelStream};
+use tether_tunnel::{
+    PeerConfig, PublicKey, SecretKey, TunnelError, TunnelHandle, TunnelListener, TunnelStream,
+};
 use tether_vault::Vault;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity;
 
-/// Overlay TCP port of the agent channel on hub and targets.
-pub const AGENT_PORT: u16 = 7001;
-/// Largest agent message.
-const MAX_MESSAGE: u64 = 64 * 1024;
-/// Deadline for one exchange.
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long opening a tunnel stream or writing to one may take.
+const IO_DEADLINE: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum Request {
-    /// Hub → target: rotate your WireGuard key now.
-    RotateNow,
-    /// Target → hub: this is my new WireGuard public key.
-    RotateWgKey { new_public_key: String },
-    /// Target → hub, over the new session: the new key works.
-    ConfirmKey,
+/// What a stream's IO task or an effect reports to its driver.
+enum Input {
+    Connected(ConnId, TunnelStream),
+    ConnectFailed(ConnId, String),
+    Bytes(ConnId, Vec<u8>),
+    Eof(ConnId),
+    IoFailed(ConnId, String),
+    /// Hub: the result of `RecordRotation`.
+    Recorded(ConnId, Result<(), String>),
+    /// Target: the result of `PromoteKey`.
+    Promoted(Result<(), String>),
+    /// Hub: rotate this host. Target: rotate this machine (`host` is `None`).
+    Rotate {
+        host: Option<HostInfo>,
+        reply: oneshot::Sender<Result<String, AgentError>>,
+    },
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Reply {
-    ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+enum Out {
+    Bytes(Vec<u8>),
+    Close,
 }
 
-impl Reply {
-    fn ok() -> Reply {
-        Reply {
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The streams of one driver.
+#[derive(Default)]
+struct Streams {
+    open: HashMap<ConnId, mpsc::UnboundedSender<Out>>,
+    connecting: HashSet<ConnId>,
+}
+
+impl Streams {
+    fn attach(&mut self, conn: ConnId, stream: TunnelStream, tx: &mpsc::UnboundedSender<Input>) {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        self.open.insert(conn, out_tx);
+        tokio::spawn(stream_io(conn, stream, out_rx, tx.clone()));
+    }
+
+    fn connect(
+        &mut self,
+        conn: ConnId,
+        ip: Ipv4Addr,
+        tunnel: &TunnelHandle,
+        tx: &mpsc::UnboundedSender<Input>,
+    ) {
+        self.connecting.insert(conn);
+        let (tunnel, tx) = (tunnel.clone(), tx.clone());
+        tokio::spawn(async move {
+            let input =
+                match tokio::time::timeout(IO_DEADLINE, tunnel.connect(ip, AGENT_PORT)).await {
+                    Ok(Ok(s)) => Input::Connected(conn, s),
+                    Ok(Err(e)) => Input::ConnectFailed(conn, format!("cannot reach {ip}: {e}")),
+                    Err(_) => Input::ConnectFailed(
+                        conn,
+                        format!("{ip} did not answer on the tunnel within 10 s (is it online?)"),
+                    ),
+                };
+            let _ = tx.send(input);
+        });
+    }
+
+    /// A connection finished opening; `false` if the machine gave up on it meanwhile.
+    fn connected(
+        &mut self,
+        conn: ConnId,
+        stream: TunnelStream,
+        tx: &mpsc::UnboundedSender<Input>,
+    ) -> bool {
+        if !self.connecting.remove(&conn) {
+            return false;
+        }
+        self.attach(conn, stream, tx);
+        true
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        if let Some(s) = self.open.get(&conn) {
+            let _ = s.send(Out::Bytes(bytes));
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        self.connecting.remove(&conn);
+        if let Some(s) = self.open.remove(&conn) {
+            let _ = s.send(Out::Close);
+        }
+    }
+}
+
+/// One stream's IO: received bytes go to the driver, the driver's bytes go out; `Close`
+/// flushes and hangs up.
+async fn stream_io(
+    conn: ConnId,
+    mut stream: TunnelStream,
+    mut out: mpsc::UnboundedReceiver<Out>,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    async fn write(stream: &mut TunnelStream, bytes: &[u8]) -> Result<(), String> {
+        let w = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(IO_DEADLINE, w).await {
+            Err(_) => Err("writing timed out".to_owned()),
+            Ok(r) => r.map_err(|e| format!("writing failed: {e}")),
+        }
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut eof = false;
+    loop {
+        tokio::select! {
+            o = out.recv() => match o {
+                Some(Out::Bytes(b)) => {
+                    if let Err(e) = write(&mut stream, &b).await {
+                        let _ = tx.send(Input::IoFailed(conn, e));
+                        return;
+                    }
+                }
+                Some(Out::Close) | None => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+                    return;
+                }
+            },
+            r = stream.read(&mut buf), if !eof => match r {
+                Ok(0) => {
+                    eof = true;
+                    let _ = tx.send(Input::Eof(conn));
+                }
+                Ok(n) => {
+                    let _ = tx.send(Input::Bytes(conn, buf[..n].to_vec()));
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::IoFailed(conn, format!("reading failed: {e}")));
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn outcome(host: String, result: Result<String, AgentError>) -> RotationOutcome {
+    match result {
+        Ok(key) => RotationOutcome {
+            host,
             ok: true,
+            new_public_key: Some(key),
             error: None,
-        }
-    }
-    fn err(e: impl Into<String>) -> Reply {
-        Reply {
+        },
+        Err(e) => RotationOutcome {
+            host,
             ok: false,
-            error: Some(e.into()),
-        }
+            new_public_key: None,
+            error: Some(e.to_string()),
+        },
     }
 }
 
-async fn read_message<T: serde::de::DeserializeOwned>(
-    stream: &mut BufReader<TunnelStream>,
-) -> Result<T, String> {
-    let mut line = String::new();
-    let mut limited = (&mut *stream).take(MAX_MESSAGE);
-    let read = limited.read_line(&mut line);
-    match tokio::time::timeout(DEADLINE, read).await {
-        Err(_) => Err("the other side did not answer within 10 s".to_owned()),
-        Ok(Err(e)) => Err(format!("reading failed: {e}")),
-        Ok(Ok(0)) => Err("the other side hung up".to_owned()),
-        Ok(Ok(_)) => serde_json::from_str(&line).map_err(|e| format!("malformed message: {e}")),
-    }
+fn rotation_alert(name: &str) -> Alert {
+    let mut alert = Alert::new(
+        "key_rotation",
+        Severity::Info,
+        format!("{name} rotated its WireGuard key"),
+    );
+    alert.host = Some(name.to_owned());
+    alert
 }
 
-async fn write_message<T: Serialize>(
-    stream: &mut BufReader<TunnelStream>,
-    msg: &T,
-) -> Result<(), String> {
-    let mut bytes = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-    bytes.push(b'\n');
-    let write = async {
-        stream.get_mut().write_all(&bytes).await?;
-        stream.get_mut().flush().await
+/// Sends a rotation request to a driver and waits for its result.
+async fn ask_driver(
+    tx: &mpsc::UnboundedSender<Input>,
+    host: Option<HostInfo>,
+) -> Result<String, AgentError> {
+    let stopped = || AgentError::Local {
+        what: "the agent",
+        reason: "the agent task has stopped (is the daemon shutting down?)".to_owned(),
     };
-    match tokio::time::timeout(DEADLINE, write).await {
-        Err(_) => Err("writing timed out".to_owned()),
-        Ok(r) => r.map_err(|e| format!("writing failed: {e}")),
-    }
+    let (reply, rx) = oneshot::channel();
+    tx.send(Input::Rotate { host, reply })
+        .map_err(|_| stopped())?;
+    rx.await.map_err(|_| stopped())?
 }
 
-async fn connect(tunnel: &TunnelHandle, ip: Ipv4Addr) -> Result<BufReader<TunnelStream>, String> {
-    match tokio::time::timeout(DEADLINE, tunnel.connect(ip, AGENT_PORT)).await {
-        Err(_) => Err(format!(
-            "{ip} did not answer on the tunnel within 10 s (is it online?)"
-        )),
-        Ok(Err(e)) => Err(format!("cannot reach {ip} through the tunnel: {e}")),
-        Ok(Ok(s)) => Ok(BufReader::new(s)),
-    }
-}
-
-/// The hub's side of the agent channel.
+/// The hub's side of the agent channel: a handle to its driver task.
 pub struct HubAgent {
-    /// The hub's tunnel.
-    pub tunnel: TunnelHandle,
-    /// Inventory and invites.
-    pub hub: Arc<Hub>,
-    /// The hub's audit log.
-    pub audit: AuditLog,
-    /// Where `key_rotation` alerts go.
-    pub alerts: Arc<dyn AlertSink>,
+    tx: mpsc::UnboundedSender<Input>,
+    hub: Arc<Hub>,
+}
+
+struct HubDriver {
+    machine: HubMachine,
+    tunnel: TunnelHandle,
+    hub: Arc<Hub>,
+    audit: AuditLog,
+    alerts: Arc<dyn AlertSink>,
+    tx: mpsc::UnboundedSender<Input>,
+    streams: Streams,
+    waiters: HashMap<RotationId, oneshot::Sender<Result<String, AgentError>>>,
 }
 
 impl HubAgent {
-    /// Accepts agent connections from targets until `shutdown`.
+    /// Listens on the agent port and starts the driver, until `shutdown`.
     pub fn spawn(
-        self: Arc<Self>,
+        tunnel: TunnelHandle,
+        hub: Arc<Hub>,
+        audit: AuditLog,
+        alerts: Arc<dyn AlertSink>,
         shutdown: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let listener = self
-            .tunnel
-            .listen(AGENT_PORT)
-            .map_err(|e| format!("agent port {AGENT_PORT}: {e}"))?;
-        Ok(tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    s = listener.accept() => match s {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!("agent accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
-                    },
-                };
-                let me = Arc::clone(&self);
-                tokio::spawn(async move { me.serve(stream).await });
-            }
-        }))
-    }
-
-    fn host_at(&self, ip: Ipv4Addr) -> Option<HostRecord> {
-        self.hub
-            .inventory()
-            .list()
-            .into_iter()
-            .find(|h| h.overlay_ip == ip && h.is_active())
-    }
-
-    async fn serve(&self, stream: TunnelStream) {
-        let ip = stream.peer_ip();
-        let mut stream = BufReader::new(stream);
-        let Some(host) = self.host_at(ip) else {
-            let _ = write_message(
-                &mut stream,
-                &Reply::err("no active host has this overlay address"),
-            )
-            .await;
-            return;
+    ) -> Result<(Arc<HubAgent>, JoinHandle<()>), TunnelError> {
+        let listener = tunnel.listen(AGENT_PORT)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = HubDriver {
+            machine: HubMachine::new(HubConfig::default()),
+            tunnel,
+            hub: Arc::clone(&hub),
+            audit,
+            alerts,
+            tx: tx.clone(),
+            streams: Streams::default(),
+            waiters: HashMap::new(),
         };
-        let request: Request = match read_message(&mut stream).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(host = %host.name, "agent: {e}");
-                return;
-            }
-        };
-        match request {
-            Request::RotateWgKey { new_public_key } => {
-                self.rotate_from(host, new_public_key, stream).await
-            }
-            Request::ConfirmKey => {
-                tracing::info!(host = %host.name, "agent: the host's new WireGuard key works");
-                let _ = write_message(&mut stream, &Reply::ok()).await;
-            }
-            Request::RotateNow => {
-                let _ = write_message(&mut stream, &Reply::err("only the hub asks for rotations"))
-                    .await;
-            }
-        }
+        let task = tokio::spawn(driver.run(listener, rx, shutdown));
+        Ok((Arc::new(HubAgent { tx, hub }), task))
     }
+}
 
-    async fn rotate_from(
-        &self,
-        host: HostRecord,
-        new_key: String,
-        mut stream: BufReader<TunnelStream>,
+fn host_info(h: &HostRecord) -> HostInfo {
+    HostInfo {
+        name: h.name.clone(),
+        overlay_ip: h.overlay_ip,
+        wg_public_key: h.wg_public_key.clone(),
+    }
+}
+
+impl HubDriver {
+    async fn run(
+        mut self,
+        listener: TunnelListener,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        shutdown: CancellationToken,
     ) {
-        let key = match PublicKey::from_base64(&new_key) {
-            Ok(k) if new_key != host.wg_public_key => k,
-            Ok(_) => {
-                let _ =
-                    write_message(&mut stream, &Reply::err("the new key equals the old one")).await;
-                return;
+        loop {
+            while let Some(action) = self.machine.poll_action() {
+                self.perform(action);
             }
-            Err(e) => {
-                let _ = write_message(&mut stream, &Reply::err(format!("invalid key: {e}"))).await;
-                return;
+            let deadline = self.machine.poll_timeout();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                s = listener.accept() => match s {
+                    Ok(stream) => {
+                        let ip = stream.peer_ip();
+                        let host = self
+                            .hub
+                            .inventory()
+                            .list()
+                            .into_iter()
+                            .find(|h| h.overlay_ip == ip && h.is_active())
+                            .map(|h| host_info(&h));
+                        let conn = self.machine.accept(ip, host, now());
+                        self.streams.attach(conn, stream, &self.tx);
+                    }
+                    Err(e) => {
+                        tracing::warn!("agent accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                Some(input) = rx.recv() => self.input(input),
+                () = sleep_until(deadline) => self.machine.handle_timeout(now()),
             }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = now();
+        match input {
+            Input::Connected(conn, stream) => {
+                if self.streams.connected(conn, stream, &self.tx) {
+                    self.machine.connected(conn, now);
+                }
+            }
+            Input::ConnectFailed(conn, e) | Input::IoFailed(conn, e) => {
+                self.streams.close(conn);
+                self.machine.failed(conn, e, now);
+            }
+            Input::Bytes(conn, b) => self.machine.received(conn, &b, now),
+            Input::Eof(conn) => self.machine.closed(conn, now),
+            Input::Recorded(conn, r) => self.machine.recorded(conn, r, now),
+            Input::Rotate {
+                host: Some(host),
+                reply,
+            } => {
+                let id = self.machine.start_rotation(host, now);
+                self.waiters.insert(id, reply);
+            }
+            Input::Rotate { host: None, .. } | Input::Promoted(_) => {}
+        }
+    }
+
+    fn perform(&mut self, action: HubAction) {
+        match action {
+            HubAction::Connect { conn, ip } => {
+                self.streams.connect(conn, ip, &self.tunnel, &self.tx)
+            }
+            HubAction::Send { conn, bytes } => self.streams.send(conn, bytes),
+            HubAction::Close { conn } => self.streams.close(conn),
+            HubAction::RecordRotation {
+                conn,
+                host,
+                old_public_key,
+                new_public_key,
+            } => {
+                // Durable record first, then the inventory; the machine acks after both.
+                let (audit, hub, tx) = (self.audit.clone(), Arc::clone(&self.hub), self.tx.clone());
+                tokio::spawn(async move {
+                    let event = Event::new("vpn.key_rotation", daemon_actor())
+                        .host(host.clone())
+                        .data(json!({"name": host, "old_public_key": old_public_key, "new_public_key": new_public_key}));
+                    let result = match audit.append(&event).await {
+                        Err(e) => Err(format!("the hub cannot write its audit log: {e}")),
+                        Ok(_) => {
+                            let set = tokio::task::spawn_blocking(move || {
+                                hub.inventory().set_wg_key(&host, &new_public_key)
+                            });
+                            match set.await {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(e) => Err(format!("the inventory update panicked: {e}")),
+                            }
+                        }
+                    };
+                    let _ = tx.send(Input::Recorded(conn, result));
+                });
+            }
+            HubAction::InstallPeerKey { host } => self.install(host),
+            HubAction::KeyConfirmed { host } => {
+                tracing::info!(host = %host, "agent: the host's new WireGuard key works");
+            }
+            HubAction::RotationFinished {
+                rotation,
+                host,
+                result,
+            } => {
+                if let Err(e) = &result {
+                    tracing::warn!(host = %host, "key rotation failed: {e}");
+                }
+                if let Some(w) = self.waiters.remove(&rotation) {
+                    let _ = w.send(result);
+                }
+            }
+            HubAction::ConversationFailed { peer, host, error } => {
+                tracing::warn!(%peer, host = host.as_deref().unwrap_or("-"), "agent: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces the host's tunnel peer by one with its new key, keeping its endpoint.
+    fn install(&self, host: HostInfo) {
+        let key = match PublicKey::from_base64(&host.wg_public_key) {
+            Ok(k) => k,
+            Err(e) => return tracing::error!(host = %host.name, "rotated to an unusable key: {e}"),
         };
-        // Durable record first, then the inventory, then the ack.
-        let event = Event::new("vpn.key_rotation", daemon_actor())
-            .host(host.name.clone())
-            .data(json!({"name": host.name, "old_public_key": host.wg_public_key, "new_public_key": new_key}));
-        if let Err(e) = self.audit.append(&event).await {
-            let _ = write_message(
-                &mut stream,
-                &Reply::err(format!("the hub cannot write its audit log: {e}")),
-            )
-            .await;
-            return;
-        }
-        let hub = Arc::clone(&self.hub);
-        let (name, k) = (host.name.clone(), new_key.clone());
-        match tokio::task::spawn_blocking(move || hub.inventory().set_wg_key(&name, &k)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                let _ = write_message(&mut stream, &Reply::err(e.to_string())).await;
-                return;
-            }
-            Err(_) => return,
-        }
-        if write_message(&mut stream, &Reply::ok()).await.is_err() {
-            tracing::warn!(host = %host.name, "agent: the rotation ack did not go out; the host keeps retrying with its old key until it re-enrolls or rotates again");
-        }
-        // Wait for the target to hang up (it switches keys right after), then swap the peer.
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
         let endpoint = self
             .tunnel
             .status()
@@ -255,68 +426,11 @@ impl HubAgent {
         match added {
             Ok(_) => {
                 tracing::info!(host = %host.name, "WireGuard key rotated");
-                let mut alert = Alert::new(
-                    "key_rotation",
-                    Severity::Info,
-                    format!("{} rotated its WireGuard key", host.name),
-                );
-                alert.host = Some(host.name.clone());
-                self.alerts.raise(alert);
+                self.alerts.raise(rotation_alert(&host.name));
             }
             Err(e) => {
                 tracing::error!(host = %host.name, "rotated, but the new tunnel peer could not be added: {e}")
             }
-        }
-    }
-
-    /// Asks one host to rotate and waits (30 s) until its new key is recorded and its tunnel is
-    /// up again under that key.
-    async fn rotate_host(&self, host: HostRecord) -> RotationOutcome {
-        let fail = |e: String| RotationOutcome {
-            host: host.name.clone(),
-            ok: false,
-            new_public_key: None,
-            error: Some(e),
-        };
-        let asked = async {
-            let mut s = connect(&self.tunnel, host.overlay_ip).await?;
-            write_message(&mut s, &Request::RotateNow).await?;
-            let reply: Reply = read_message(&mut s).await?;
-            if reply.ok {
-                Ok(())
-            } else {
-                Err(reply.error.unwrap_or_default())
-            }
-        };
-        if let Err(e) = asked.await {
-            return fail(e);
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let now_key = self
-                .hub
-                .inventory()
-                .get(&host.name)
-                .map(|h| h.wg_public_key);
-            if let Some(k) = now_key.filter(|k| *k != host.wg_public_key) {
-                let up = self
-                    .tunnel
-                    .status()
-                    .into_iter()
-                    .any(|p| p.overlay_ip == host.overlay_ip && p.public_key == k && p.up);
-                if up {
-                    return RotationOutcome {
-                        host: host.name.clone(),
-                        ok: true,
-                        new_public_key: Some(k),
-                        error: None,
-                    };
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return fail("the host did not complete the rotation within 30 s".to_owned());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -346,15 +460,22 @@ impl KeyRotator for HubAgent {
             };
             let mut out = Vec::with_capacity(hosts.len());
             for h in hosts {
-                out.push(self.rotate_host(h).await);
+                let result = ask_driver(&self.tx, Some(host_info(&h))).await;
+                out.push(outcome(h.name, result));
             }
             out
         })
     }
 }
 
-/// A target's side of the agent channel.
+/// A target's side of the agent channel: a handle to its driver task.
 pub struct TargetAgent {
+    tx: mpsc::UnboundedSender<Input>,
+    name: String,
+}
+
+/// What a target's agent needs.
+pub struct TargetAgentConfig {
     /// The target's tunnel.
     pub tunnel: TunnelHandle,
     /// Its vault (holds the WireGuard key).
@@ -369,164 +490,206 @@ pub struct TargetAgent {
     pub alerts: Arc<dyn AlertSink>,
     /// Rotate when the key is older than this (`None`: never on its own).
     pub max_age: Option<Duration>,
-    /// One rotation at a time.
-    pub busy: tokio::sync::Mutex<()>,
+}
+
+struct TargetDriver {
+    machine: TargetMachine,
+    cfg: TargetAgentConfig,
+    tx: mpsc::UnboundedSender<Input>,
+    streams: Streams,
+    waiters: HashMap<RotationId, oneshot::Sender<Result<String, AgentError>>>,
+    staged: Option<SecretKey>,
+}
+
+fn staged_name() -> String {
+    format!("{}{}", identity::WIREGUARD, identity::STAGED)
 }
 
 impl TargetAgent {
     /// Serves the hub's requests and rotates on schedule until `shutdown`.
     pub fn spawn(
-        self: Arc<Self>,
+        cfg: TargetAgentConfig,
         shutdown: CancellationToken,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-        let listener = self
-            .tunnel
-            .listen(AGENT_PORT)
-            .map_err(|e| format!("agent port {AGENT_PORT}: {e}"))?;
-        let me = Arc::clone(&self);
-        let stop = shutdown.clone();
-        let serve = tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    () = stop.cancelled() => return,
-                    s = listener.accept() => match s { Ok(s) => s, Err(_) => { tokio::time::sleep(Duration::from_millis(200)).await; continue; } },
-                };
-                if stream.peer_ip() != me.hub_ip {
-                    continue; // only the hub may ask
-                }
-                let me2 = Arc::clone(&me);
-                tokio::spawn(async move {
-                    let mut s = BufReader::new(stream);
-                    if let Ok(Request::RotateNow) = read_message::<Request>(&mut s).await {
-                        let _ = write_message(&mut s, &Reply::ok()).await;
-                        drop(s);
-                        let outcome = me2.rotate_now().await;
-                        if let Some(e) = outcome.error {
-                            tracing::error!("key rotation asked by the hub failed: {e}");
-                        }
-                    } else {
-                        let _ = write_message(&mut s, &Reply::err("unsupported request")).await;
-                    }
-                });
-            }
+    ) -> Result<(Arc<TargetAgent>, Vec<JoinHandle<()>>), TunnelError> {
+        let listener = cfg.tunnel.listen(AGENT_PORT)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let agent = Arc::new(TargetAgent {
+            tx: tx.clone(),
+            name: cfg.name.clone(),
         });
-        let me = Arc::clone(&self);
+        let (vault, max_age) = (cfg.vault.clone(), cfg.max_age);
+        let driver = TargetDriver {
+            machine: TargetMachine::new(TargetConfig::new(cfg.hub_ip)),
+            cfg,
+            tx,
+            streams: Streams::default(),
+            waiters: HashMap::new(),
+            staged: None,
+        };
+        let serve = tokio::spawn(driver.run(listener, rx, shutdown.clone()));
+        let me = Arc::clone(&agent);
         let schedule = tokio::spawn(async move {
-            let Some(max_age) = me.max_age else { return };
+            let Some(max_age) = max_age else { return };
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if me.key_age().is_some_and(|age| age > max_age) {
-                    let outcome = me.rotate_now().await;
-                    match outcome.error {
-                        None => tracing::info!("scheduled WireGuard key rotation done"),
-                        Some(e) => tracing::error!(
+                if key_age(&vault).is_some_and(|age| age > max_age) {
+                    match ask_driver(&me.tx, None).await {
+                        Ok(_) => tracing::info!("scheduled WireGuard key rotation done"),
+                        Err(e) => tracing::error!(
                             "scheduled WireGuard key rotation failed (retrying in an hour): {e}"
                         ),
                     }
                 }
             }
         });
-        Ok(vec![serve, schedule])
-    }
-
-    fn key_age(&self) -> Option<Duration> {
-        let info = self.vault.info(identity::WIREGUARD).ok().flatten()?;
-        let at = info.rotated.unwrap_or(info.created);
-        let secs = (time::OffsetDateTime::now_utc() - at).whole_seconds();
-        u64::try_from(secs).ok().map(Duration::from_secs)
+        Ok((agent, vec![serve, schedule]))
     }
 
     /// Rotates this machine's WireGuard key with the hub.
     pub async fn rotate_now(&self) -> RotationOutcome {
-        let _one = self.busy.lock().await;
-        let fail = |e: String| RotationOutcome {
-            host: self.name.clone(),
-            ok: false,
-            new_public_key: None,
-            error: Some(e),
-        };
-        let staged = format!("{}{}", identity::WIREGUARD, identity::STAGED);
-        if self.vault.info(&staged).ok().flatten().is_some() {
-            let _ = self.vault.remove(&staged);
-        }
-        let key = match identity::wireguard_key_named(&self.vault, &staged) {
-            Ok(k) => k,
-            Err(e) => return fail(format!("cannot make a new key: {e}")),
-        };
-        let new_public = key.public_key().to_base64();
-        let told = async {
-            let mut s = connect(&self.tunnel, self.hub_ip).await?;
-            write_message(
-                &mut s,
-                &Request::RotateWgKey {
-                    new_public_key: new_public.clone(),
-                },
-            )
-            .await?;
-            let reply: Reply = read_message(&mut s).await?;
-            // Hang up at once: the hub swaps the peer's key when this stream ends.
-            let _ = s.get_mut().shutdown().await;
-            if reply.ok {
-                Ok(())
-            } else {
-                Err(reply.error.unwrap_or_default())
-            }
-        };
-        if let Err(e) = told.await {
-            let _ = self.vault.remove(&staged);
-            return fail(format!("the hub did not accept the new key: {e}"));
-        }
-        // The hub has the new key durably: from here on it is the only one that works.
-        if let Err(e) = identity::promote_staged(&self.vault, identity::WIREGUARD) {
-            tracing::error!(
-                "the hub took the new WireGuard key but the vault could not store it: {e}; this machine must re-enroll after a restart"
-            );
-        }
-        if let Err(e) = self.tunnel.set_private_key(&key) {
-            return fail(format!("cannot switch the tunnel to the new key: {e}"));
-        }
-        let event = Event::new("vpn.key_rotation", daemon_actor())
-            .data(json!({"new_public_key": new_public}));
-        if let Err(e) = self.audit.append(&event).await {
-            tracing::error!("could not audit the key rotation: {e}");
-        }
-        // Prove the new session works (this packet also starts the handshake).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        outcome(self.name.clone(), ask_driver(&self.tx, None).await)
+    }
+}
+
+fn key_age(vault: &Vault) -> Option<Duration> {
+    let info = vault.info(identity::WIREGUARD).ok().flatten()?;
+    let at = info.rotated.unwrap_or(info.created);
+    let secs = (time::OffsetDateTime::now_utc() - at).whole_seconds();
+    u64::try_from(secs).ok().map(Duration::from_secs)
+}
+
+impl TargetDriver {
+    async fn run(
+        mut self,
+        listener: TunnelListener,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        shutdown: CancellationToken,
+    ) {
         loop {
-            let confirmed = async {
-                let mut s = connect(&self.tunnel, self.hub_ip).await?;
-                write_message(&mut s, &Request::ConfirmKey).await?;
-                let reply: Reply = read_message(&mut s).await?;
-                if reply.ok {
-                    Ok(())
-                } else {
-                    Err(reply.error.unwrap_or_default())
-                }
-            };
-            match confirmed.await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    return fail(format!("the new key was not confirmed: {e}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            while let Some(action) = self.machine.poll_action() {
+                self.perform(action);
+            }
+            let deadline = self.machine.poll_timeout();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                s = listener.accept() => match s {
+                    Ok(stream) => {
+                        // Only the hub may ask; anything else is dropped unanswered.
+                        if let Some(conn) = self.machine.accept(stream.peer_ip(), now()) {
+                            self.streams.attach(conn, stream, &self.tx);
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                },
+                Some(input) = rx.recv() => self.input(input),
+                () = sleep_until(deadline) => self.machine.handle_timeout(now()),
             }
         }
-        let mut alert = Alert::new(
-            "key_rotation",
-            Severity::Info,
-            format!("{} rotated its WireGuard key", self.name),
-        );
-        alert.host = Some(self.name.clone());
-        self.alerts.raise(alert);
-        RotationOutcome {
-            host: self.name.clone(),
-            ok: true,
-            new_public_key: Some(new_public),
-            error: None,
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = now();
+        match input {
+            Input::Connected(conn, stream) => {
+                if self.streams.connected(conn, stream, &self.tx) {
+                    self.machine.connected(conn, now);
+                }
+            }
+            Input::ConnectFailed(conn, e) | Input::IoFailed(conn, e) => {
+                self.streams.close(conn);
+                self.machine.failed(conn, e, now);
+            }
+            Input::Bytes(conn, b) => self.machine.received(conn, &b, now),
+            Input::Eof(conn) => self.machine.closed(conn, now),
+            Input::Promoted(r) => self.machine.promoted(r, now),
+            Input::Rotate { reply, .. } => {
+                let id = self.machine.start_rotation(now);
+                self.waiters.insert(id, reply);
+            }
+            Input::Recorded(..) => {}
+        }
+    }
+
+    fn perform(&mut self, action: TargetAction) {
+        let vault = &self.cfg.vault;
+        match action {
+            TargetAction::Connect { conn, ip } => {
+                self.streams.connect(conn, ip, &self.cfg.tunnel, &self.tx)
+            }
+            TargetAction::Send { conn, bytes } => self.streams.send(conn, bytes),
+            TargetAction::Close { conn } => self.streams.close(conn),
+            TargetAction::StageKey => {
+                let staged = staged_name();
+                if vault.info(&staged).ok().flatten().is_some() {
+                    let _ = vault.remove(&staged);
+                }
+                let result = identity::wireguard_key_named(vault, &staged)
+                    .map(|k| {
+                        let public = k.public_key().to_base64();
+                        self.staged = Some(k);
+                        public
+                    })
+                    .map_err(|e| e.to_string());
+                self.machine.staged(result, now());
+            }
+            TargetAction::DiscardStagedKey => {
+                let _ = vault.remove(&staged_name());
+                self.staged = None;
+            }
+            TargetAction::PromoteKey { new_public_key } => {
+                // The hub has the new key durably: from here on it is the only one that works.
+                if let Err(e) = identity::promote_staged(vault, identity::WIREGUARD) {
+                    tracing::error!(
+                        "the hub took the new WireGuard key but the vault could not store it: {e}; this machine must re-enroll after a restart"
+                    );
+                }
+                let switched = match self.staged.take() {
+                    Some(key) => self
+                        .cfg
+                        .tunnel
+                        .set_private_key(&key)
+                        .map_err(|e| e.to_string()),
+                    None => Err("the staged key is gone".to_owned()),
+                };
+                if let Err(e) = switched {
+                    return self.machine.promoted(Err(e), now());
+                }
+                let (audit, tx) = (self.cfg.audit.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let event = Event::new("vpn.key_rotation", daemon_actor())
+                        .data(json!({"new_public_key": new_public_key}));
+                    if let Err(e) = audit.append(&event).await {
+                        tracing::error!("could not audit the key rotation: {e}");
+                    }
+                    let _ = tx.send(Input::Promoted(Ok(())));
+                });
+            }
+            TargetAction::RotationFinished {
+                rotation,
+                asked_by_hub,
+                result,
+            } => {
+                if result.is_ok() {
+                    self.cfg.alerts.raise(rotation_alert(&self.cfg.name));
+                }
+                match (self.waiters.remove(&rotation), &result) {
+                    (Some(w), _) => {
+                        let _ = w.send(result);
+                    }
+                    (None, Err(e)) if asked_by_hub => {
+                        tracing::error!("key rotation asked by the hub failed: {e}")
+                    }
+                    (None, _) => {}
+                }
+            }
+            TargetAction::ConversationFailed { error } => {
+                tracing::warn!("agent: {error}");
+            }
+            _ => {}
         }
     }
 }

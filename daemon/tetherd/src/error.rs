@@ -37,6 +37,15 @@ pub enum DaemonError {
     /// Tunnel or enrollment setup failed; the message says what and how to fix it.
     #[error("{0}")]
     Membership(String),
+    /// A tunnel operation during setup failed (adding a peer, listening on an overlay port).
+    #[error("{what}: {source}")]
+    Tunnel {
+        /// What was being set up.
+        what: String,
+        /// The tunnel's error (says what to do).
+        #[source]
+        source: tether_tunnel::TunnelError,
+    },
     /// Enrollment with the hub failed (bad, expired, used or foreign token; hub unreachable).
     #[error(transparent)]
     Enroll(tether_enroll::EnrollError),

@@ -17,7 +17,7 @@ use tether_enroll::{
 };
 use tether_model::AlertSink;
 use tether_tunnel::{
-    NodeConfig, NodeRole, PeerConfig, PublicKey, Tunnel, TunnelConfig, TunnelHandle,
+    NodeConfig, NodeRole, PeerConfig, PublicKey, Tunnel, TunnelConfig, TunnelError, TunnelHandle,
 };
 use tether_vault::Vault;
 use tokio::task::JoinHandle;
@@ -119,8 +119,14 @@ fn endpoint_of(addr: SocketAddr) -> String {
     }
 }
 
-fn membership_err(what: &str) -> impl Fn(String) -> DaemonError + '_ {
-    move |e| DaemonError::Membership(format!("{what}: {e}"))
+fn agent_port_err(source: TunnelError) -> DaemonError {
+    DaemonError::Tunnel {
+        what: format!(
+            "cannot listen on the agent port {} inside the tunnel",
+            tether_agent::AGENT_PORT
+        ),
+        source,
+    }
 }
 
 /// Starts this daemon's tunnel with its vault key on `tunnel.listen` (or `default_listen`).
@@ -153,11 +159,11 @@ async fn start_tunnel(
     .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))
 }
 
-/// A tunnel peer for an enrolled host.
-pub fn peer_for(host: &HostRecord) -> Result<PeerConfig, String> {
+/// A tunnel peer for an enrolled host; fails when the inventory holds a malformed key.
+pub fn peer_for(host: &HostRecord) -> Result<PeerConfig, TunnelError> {
     Ok(PeerConfig {
         name: host.name.clone(),
-        public_key: PublicKey::from_base64(&host.wg_public_key).map_err(|e| e.to_string())?,
+        public_key: PublicKey::from_base64(&host.wg_public_key)?,
         overlay_ip: host.overlay_ip,
         endpoint: None,
         persistent_keepalive: None,
@@ -253,13 +259,7 @@ pub async fn start_hub(
         .into_iter()
         .filter(HostRecord::is_active)
     {
-        match peer_for(&host)
-            .map_err(membership_err("inventory"))
-            .and_then(|p| {
-                handle
-                    .add_peer(p)
-                    .map_err(|e| DaemonError::Membership(format!("peer {}: {e}", host.name)))
-            }) {
+        match peer_for(&host).and_then(|p| handle.add_peer(p)) {
             Ok(_) => peers += 1,
             Err(e) => tracing::error!(host = %host.name, "could not add the tunnel peer: {e}"),
         }
@@ -287,15 +287,14 @@ pub async fn start_hub(
             }
         }
     });
-    let agent = Arc::new(crate::agent::HubAgent {
-        tunnel: handle.clone(),
-        hub: Arc::clone(&hub),
-        audit: audit.clone(),
+    let (agent, agent_task) = crate::agent::HubAgent::spawn(
+        handle.clone(),
+        Arc::clone(&hub),
+        audit.clone(),
         alerts,
-    });
-    let agent_task = Arc::clone(&agent)
-        .spawn(shutdown.clone())
-        .map_err(DaemonError::Membership)?;
+        shutdown.clone(),
+    )
+    .map_err(agent_port_err)?;
     let events = tokio::spawn(enroll_events(rx, handle, audit, shutdown));
     Ok(Membership {
         tunnel: Some(tunnel),
@@ -320,10 +319,7 @@ async fn enroll_events(
         };
         match event {
             EnrollEvent::Enrolled { host, peer } => {
-                match peer_for(&host)
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| tunnel.add_peer(p).map_err(|e| e.to_string()))
-                {
+                match peer_for(&host).and_then(|p| tunnel.add_peer(p)) {
                     Ok(_) => {
                         tracing::info!(host = %host.name, ip = %host.overlay_ip, from = ?peer, "host enrolled")
                     }
@@ -404,19 +400,19 @@ pub async fn start_target(
         .map_err(|e| DaemonError::Membership(format!("hub peer: {e}")))?;
     tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %endpoint, "target tunnel up");
     let days = config.tunnel.key_rotation_days;
-    let agent = Arc::new(crate::agent::TargetAgent {
-        tunnel: tunnel.handle(),
-        vault: vault.clone(),
-        hub_ip: enrollment.hub_overlay_ip,
-        name: enrollment.name.clone(),
-        audit,
-        alerts,
-        max_age: (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400)),
-        busy: tokio::sync::Mutex::new(()),
-    });
-    let tasks = Arc::clone(&agent)
-        .spawn(shutdown)
-        .map_err(DaemonError::Membership)?;
+    let (agent, tasks) = crate::agent::TargetAgent::spawn(
+        crate::agent::TargetAgentConfig {
+            tunnel: tunnel.handle(),
+            vault: vault.clone(),
+            hub_ip: enrollment.hub_overlay_ip,
+            name: enrollment.name.clone(),
+            audit,
+            alerts,
+            max_age: (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400)),
+        },
+        shutdown,
+    )
+    .map_err(agent_port_err)?;
     Ok(Membership {
         tunnel: Some(tunnel),
         hub: None,

@@ -1,0 +1,166 @@
+//! The crate's one error enum.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::version::{Version, VersionRange};
+
+/// Why an agent conversation failed. Every message says what failed and what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The two sides share no protocol version (one of them is more than one release apart).
+    #[error(
+        "no common agent protocol version: this machine speaks {ours}, the peer speaks {theirs}; upgrade the {} side (a hub works with targets one release older or newer)",
+        if theirs.max < ours.min { "peer's (older)" } else { "this machine's (older)" }
+    )]
+    UnsupportedVersion {
+        /// The versions this machine speaks.
+        ours: VersionRange,
+        /// The versions the peer announced.
+        theirs: VersionRange,
+    },
+    /// A message could not be decoded.
+    #[error("malformed agent message ({what}); is the peer a tetherd of a supported release?")]
+    Malformed {
+        /// What was wrong with it.
+        what: String,
+    },
+    /// A message is longer than the limit.
+    #[error("agent message longer than {max} bytes; the peer is misbehaving")]
+    TooLarge {
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A message arrived twice or out of order (a replay, or a broken peer).
+    #[error(
+        "agent message number {got} arrived where number {expected} was due (replayed or reordered); the conversation was dropped, retry it"
+    )]
+    Sequence {
+        /// The sequence number received.
+        got: u64,
+        /// The one expected.
+        expected: u64,
+    },
+    /// A message that is valid but not at this point of the conversation.
+    #[error("unexpected agent message: {what}")]
+    Unexpected {
+        /// What arrived, and in which state.
+        what: String,
+    },
+    /// A message that the negotiated protocol version cannot express.
+    #[error("the agent message {what} does not exist in protocol version {version}")]
+    NotInVersion {
+        /// The message.
+        what: &'static str,
+        /// The negotiated version.
+        version: Version,
+    },
+    /// The peer did not answer in time.
+    #[error("{what}: no answer within {} s (is the peer online and its tunnel up? `tether vpn status`)", after.as_secs())]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// The peer closed the conversation early.
+    #[error("the peer hung up {during}; check its log")]
+    HungUp {
+        /// During what.
+        during: &'static str,
+    },
+    /// The connection through the tunnel could not be opened or broke.
+    #[error("agent connection failed: {reason}")]
+    Transport {
+        /// The driver's description of the failure.
+        reason: String,
+    },
+    /// The peer refused the request and said why.
+    #[error("the peer refused: {message}")]
+    Refused {
+        /// Machine-readable code (empty from v1 peers).
+        code: String,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// No active host owns the overlay address a conversation came from.
+    #[error("no active host has overlay address {ip}; enroll it again (`tether vpn invite`)")]
+    UnknownHost {
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// The request is one only the other role may make.
+    #[error("{what}")]
+    NotAllowed {
+        /// What was refused.
+        what: &'static str,
+    },
+    /// A WireGuard key in a message is not 32 bytes of base64.
+    #[error("invalid WireGuard key ({what}); expected 44 characters of standard base64")]
+    InvalidKey {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// A rotation offered a key that is (or was) already in use: an old or replayed message.
+    #[error(
+        "the new WireGuard key equals the current or a retired key of this host (an old or replayed message); rotate again to make a fresh key"
+    )]
+    KeyReused,
+    /// A local step of the rotation failed (audit log, inventory, vault, tunnel).
+    #[error("{what} failed: {reason}")]
+    Local {
+        /// The step.
+        what: &'static str,
+        /// The driver's description of the failure.
+        reason: String,
+    },
+    /// The new key is in force on this machine but the hub never confirmed it.
+    #[error(
+        "the new key was not confirmed by the hub within {} s (last attempt: {last}); the hub has the key, so the tunnel should recover; check `tether vpn status` on both ends",
+        after.as_secs()
+    )]
+    NotConfirmed {
+        /// The confirmation window.
+        after: Duration,
+        /// The last attempt's failure.
+        last: Box<AgentError>,
+    },
+    /// The rotation was not completed in time.
+    #[error(
+        "the host did not complete the rotation within {} s; check that it is online (`tether vpn status`) and read its log",
+        after.as_secs()
+    )]
+    RotationTimeout {
+        /// The limit.
+        after: Duration,
+    },
+}
+
+impl AgentError {
+    /// A stable, machine-readable code, sent in v2 refusals.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AgentError::UnsupportedVersion { .. } => "unsupported_version",
+            AgentError::Malformed { .. } => "malformed",
+            AgentError::TooLarge { .. } => "too_large",
+            AgentError::Sequence { .. } => "sequence",
+            AgentError::Unexpected { .. } => "unexpected",
+            AgentError::NotInVersion { .. } => "not_in_version",
+            AgentError::Timeout { .. } => "timeout",
+            AgentError::HungUp { .. } => "hung_up",
+            AgentError::Transport { .. } => "transport",
+            AgentError::Refused { .. } => "refused",
+            AgentError::UnknownHost { .. } => "unknown_host",
+            AgentError::NotAllowed { .. } => "not_allowed",
+            AgentError::InvalidKey { .. } => "invalid_key",
+            AgentError::KeyReused => "key_reused",
+            AgentError::Local { .. } => "local",
+            AgentError::NotConfirmed { .. } => "not_confirmed",
+            AgentError::RotationTimeout { .. } => "rotation_timeout",
+        }
+    }
+}
+
+/// `Result` with [`AgentError`].
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -47,6 +47,10 @@ pub struct Request {
     /// The target host.
     #[serde(default)]
     pub host: HostFacts,
+    /// A change/ticket id the operator attached to the request, if any (policy plugins such as
+    /// `change-window` read it; the regex rules don't).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 impl Request {
@@ -58,6 +62,7 @@ impl Request {
             user: String::new(),
             role: Role::Operator,
             host: HostFacts::default(),
+            ticket: None,
         }
     }
 
@@ -100,6 +105,12 @@ impl Request {
     /// Sets the target host (builder style).
     pub fn on(mut self, host: HostFacts) -> Self {
         self.host = host;
+        self
+    }
+
+    /// Attaches a change/ticket id (builder style).
+    pub fn with_ticket(mut self, ticket: impl Into<String>) -> Self {
+        self.ticket = Some(ticket.into());
         self
     }
 }

@@ -93,6 +93,7 @@ pub(crate) fn check(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
             user,
             role: body.as_role.unwrap_or(ctx.role),
             host: body.host.unwrap_or_default(),
+            ticket: None,
         };
         let mut decision = engine.evaluate(&request);
         let mut votes = Vec::new();

@@ -101,47 +101,22 @@ pub trait KeyRotator: Send + Sync {
     fn rotate(&self, name: Option<String>) -> RotationFuture<'_>;
 }
 
-/// One policy plugin's vote on one request, as the control API applies it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "vote", content = "reason", rename_all = "kebab-case")]
-pub enum HookVote {
-    /// Allow; loosens a regex deny only when the plugin may override.
-    Allow,
-    /// Deny with a reason (also what a failed `fail_closed` plugin votes).
-    Deny(String),
-    /// Needs an approval, with a reason.
-    RequireApproval(String),
-    /// No opinion (also what a failed `fail_open`/`drop_counted` plugin votes).
-    Abstain,
-}
+pub use tether_policy::{HookFailure, PluginVote, Vote};
 
-/// A plugin's vote with who cast it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PluginVote {
-    /// The plugin's name.
-    pub plugin: String,
-    /// The vote to apply.
-    pub vote: HookVote,
-    /// Whether its `Allow` may loosen a regex deny (`may_override` in the manifest).
-    pub may_override: bool,
-    /// Why the plugin failed, when it did (the vote is then its `on_error` fallback).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The daemon's loaded plugins, behind a seam so this crate (linked by the CLI) never links
-/// wasmtime. Implemented by `tetherd` with `tether-plugin-host`; calls block (run them on a
-/// blocking thread).
-pub trait PolicyHooks: Send + Sync {
-    /// Every policy plugin's vote on `req`, in manifest order.
-    fn vote(&self, req: &tether_policy::Request) -> Vec<PluginVote>;
+/// The daemon's loaded plugins as the control API manages them: they vote through
+/// [`tether_policy::PolicyHooks`] (the policy's seam; combine the votes with
+/// [`tether_policy::Decision::apply_votes`]), and are listed and reloaded here. Implemented by
+/// `tetherd` with `tether-plugin-host`, so this crate (linked by the CLI) never links wasmtime;
+/// calls block (run them on a blocking thread).
+pub trait PolicyHooks: tether_policy::PolicyHooks {
     /// `tether plugin list`: name, kind, hash, signer, calls, errors, latency, quarantine.
     fn list(&self) -> serde_json::Value;
     /// Re-reads the manifest atomically (a bad plugin keeps the old set); returns the count.
-    fn reload(&self) -> Result<usize, String>;
+    fn reload(&self) -> Result<usize, ReloadError>;
 }
 
-/// Why a reload was refused. Either way nothing changed: the previous config and policy stay.
+/// Why a reload was refused. Either way nothing changed: the previous config and policy (or
+/// plugins) stay.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
@@ -158,6 +133,10 @@ pub enum ReloadError {
     /// The change could not be recorded in the audit log, so it was not applied.
     #[error("the change was not applied because its audit record could not be written: {0}")]
     Audit(tether_audit::AuditError),
+    /// The plugin manifest, or a plugin in it, could not be loaded; the previous plugins stay
+    /// loaded. The source is the plugin host's error (this crate does not link it).
+    #[error("plugin reload refused, the previous plugins stay loaded: {0}")]
+    Plugins(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What a successful reload changed.

@@ -10,7 +10,7 @@ use tether_policy::{PolicyEngine, RequestKind};
 
 use super::{Ctx, HandlerFuture};
 use crate::http::{self, Body};
-use crate::state::{HookVote, PluginVote, ReloadError};
+use crate::state::ReloadError;
 
 fn engine(ctx: &Ctx) -> Result<&PolicyEngine, hyper::Response<Body>> {
     ctx.state.policy.as_ref().ok_or_else(|| {
@@ -98,84 +98,18 @@ pub(crate) fn check(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture {
         let mut decision = engine.evaluate(&request);
         let mut votes = Vec::new();
         // Plugins vote after the regex rules (not in `off` mode, where nothing is enforced).
-        if let Some(hooks) = ctx
-            .state
-            .plugins
-            .clone()
-            .filter(|_| decision.mode != tether_policy::Mode::Off)
-        {
+        if let Some(hooks) = ctx.state.plugins.clone().filter(|_| decision.takes_votes()) {
             let req = request.clone();
             votes = tokio::task::spawn_blocking(move || hooks.vote(&req))
                 .await
                 .unwrap_or_default();
-            apply_votes(&mut decision, &votes);
+            decision.apply_votes(&votes);
         }
         http::json(
             StatusCode::OK,
             &json!({"request": request, "decision": decision, "plugin_votes": votes}),
         )
     })
-}
-
-/// Applies policy plugins' votes after the regex rules: a deny or approval vote can only tighten
-/// the verdict; an allow loosens a regex deny only from a plugin with `may_override`. In `warn`
-/// mode a plugin's deny becomes `warn`, like a rule's.
-fn apply_votes(d: &mut tether_policy::Decision, votes: &[PluginVote]) {
-    use tether_policy::{Mode, Outcome, TraceEntry, Verdict};
-    for v in votes {
-        let rule = format!("plugin:{}", v.plugin);
-        let (verdict, reason, outcome) = match &v.vote {
-            HookVote::Abstain => continue,
-            HookVote::Deny(r) => (Verdict::Deny, r.clone(), Outcome::Denied),
-            HookVote::RequireApproval(r) => {
-                (Verdict::RequireApproval, r.clone(), Outcome::NeedsApproval)
-            }
-            HookVote::Allow => {
-                if v.may_override && d.verdict == Verdict::Deny {
-                    d.verdict = Verdict::Allow;
-                    d.reason = format!("allowed by plugin {} (may_override)", v.plugin).into();
-                    d.rule_ids.push(rule.clone());
-                    d.trace.push(TraceEntry {
-                        subject: v.plugin.clone(),
-                        rule: Some(rule),
-                        outcome: Outcome::Allowed,
-                        note: "overrides the regex deny".into(),
-                    });
-                }
-                continue;
-            }
-        };
-        let verdict = if d.mode == Mode::Warn {
-            Verdict::Warn
-        } else {
-            verdict
-        };
-        let stronger = match (d.verdict, verdict) {
-            (Verdict::Deny, _) => false,
-            (_, Verdict::Deny) => true,
-            (Verdict::RequireApproval, _) => false,
-            (_, Verdict::RequireApproval) => true,
-            (Verdict::Allow, Verdict::Warn) => true,
-            _ => false,
-        };
-        let note = match &v.error {
-            Some(e) => format!("{reason} (plugin failed: {e})"),
-            None => reason.clone(),
-        };
-        d.trace.push(TraceEntry {
-            subject: v.plugin.clone(),
-            rule: Some(rule.clone()),
-            outcome,
-            note: note.into(),
-        });
-        if stronger {
-            d.verdict = verdict;
-            d.reason = format!("plugin {}: {reason}", v.plugin).into();
-        }
-        if !d.rule_ids.contains(&rule) {
-            d.rule_ids.push(rule);
-        }
-    }
 }
 
 /// `GET /v1/plugins`: the loaded plugins with their counters.
@@ -208,10 +142,10 @@ pub(crate) fn plugins_reload(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture 
         };
         let result = tokio::task::spawn_blocking(move || p.reload())
             .await
-            .unwrap_or_else(|_| Err("reload panicked".to_owned()));
+            .unwrap_or_else(|e| Err(ReloadError::Plugins(Box::new(e))));
         let data = match &result {
             Ok(n) => json!({"ok": true, "plugins": n}),
-            Err(e) => json!({"ok": false, "error": e}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
         };
         if let Err(r) = ctx
             .state
@@ -225,7 +159,7 @@ pub(crate) fn plugins_reload(req: Request<Incoming>, ctx: Ctx) -> HandlerFuture 
             Err(e) => http::error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_plugins",
-                &format!("plugin reload refused, the previous plugins stay loaded: {e}"),
+                &e.to_string(),
                 "fix the manifest or the plugin (tether plugin list shows what is loaded) and reload again",
             ),
         }

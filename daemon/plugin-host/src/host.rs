@@ -744,6 +744,14 @@ impl PluginHost {
     }
 }
 
+/// The policy's seam: [`PluginHost::evaluate`]. Lets the host be handed straight to
+/// [`tether_policy::Policy::check`] or [`tether_policy::run_fixtures_with`].
+impl tether_policy::PolicyHooks for PluginHost {
+    fn vote(&self, req: &Request) -> Vec<PluginVote> {
+        self.evaluate(req)
+    }
+}
+
 fn short(s: &str) -> String {
     let mut end = s.len().min(512);
     while !s.is_char_boundary(end) {

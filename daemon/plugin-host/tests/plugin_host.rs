@@ -29,6 +29,7 @@ const ALL: &[&str] = &[
     "alert_recorder",
     "audit_recorder",
     "enroll_tagger",
+    "change_window",
 ];
 
 /// The built components' directory; runs plugins/build.sh once if any is missing.
@@ -1040,5 +1041,93 @@ mod https {
             .expect("load must fail")
             .to_string();
         assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
+    }
+}
+
+/// `tether_policy::run_fixtures_with` over a real host: a fixture file checks what
+/// `policy check` would say, regex verdict then the plugins' votes.
+mod fixtures {
+    use super::*;
+    use tether_policy::{Policy, PolicySpec, Verdict, run_fixtures, run_fixtures_with};
+
+    fn policy() -> Policy {
+        let spec = PolicySpec::from_toml_str(
+            "[policy]\n[[policy.deny_commands]]\nid = \"no-reboot\"\npattern = \"^reboot\"\n",
+        )
+        .unwrap();
+        Policy::compile(&spec).unwrap()
+    }
+
+    /// change-window with no maintenance window: writes need a `CHG-*` ticket, which only
+    /// reaches the plugin through the request's `ticket` (host → WIT in one place).
+    #[test]
+    fn change_window_votes_are_checked_by_fixtures() {
+        let f = Fixture::new();
+        f.plugin("change_window", true);
+        let host = f
+            .host(&entry(
+                "change-window",
+                "policy",
+                "[plugin.config]\nwindows = \"\"\nticket_pattern = \"CHG-*\"",
+            ))
+            .unwrap();
+        let cases = r#"
+[[case]]
+name = "a restart outside the window needs a ticket"
+expect = "deny"
+expect_rules = ["plugin:change-window"]
+request = { kind = "exec", command = "systemctl restart nginx", user = "alice", host = { name = "web1" } }
+
+[[case]]
+name = "with a change ticket the plugin abstains"
+expect = "allow"
+request = { kind = "exec", command = "systemctl restart nginx", user = "alice", ticket = "CHG-42" }
+
+[[case]]
+name = "reads are never its business"
+expect = "allow"
+request = { kind = "exec", command = "uptime", user = "alice" }
+
+[[case]]
+name = "the regex rules still decide first"
+expect = "deny"
+expect_rules = ["no-reboot"]
+request = { kind = "exec", command = "reboot", user = "alice" }
+"#;
+        let report = run_fixtures_with(&policy(), cases, Some(&host)).unwrap();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.total, 4);
+        // Without the plugin only the regex rules speak: the first case fails, and says why.
+        let regex_only = run_fixtures(&policy(), cases).unwrap();
+        assert_eq!(regex_only.mismatches.len(), 1, "{regex_only}");
+        assert_eq!(regex_only.mismatches[0].got, Verdict::Allow);
+    }
+
+    #[test]
+    fn fixtures_see_overrides_and_failing_plugins_like_policy_check() {
+        let f = Fixture::new();
+        f.plugin("allow_all", true);
+        f.plugin("trap", true);
+        let host = f
+            .host(&entry("allow_all", "policy", "may_override = true"))
+            .unwrap();
+        let overridden = "[[case]]\nexpect = \"allow\"\nexpect_rules = [\"plugin:allow_all\"]\nrequest = { kind = \"exec\", command = \"reboot\" }\n";
+        let report = run_fixtures_with(&policy(), overridden, Some(&host)).unwrap();
+        assert!(report.passed(), "{report}");
+        let checked = policy().check(&req(), Some(&host));
+        assert_eq!(checked.decision.verdict, Verdict::Allow);
+        assert_eq!(checked.plugin_votes.len(), 1);
+
+        let host = f.host(&entry("trap", "policy", "")).unwrap();
+        let uptime =
+            "[[case]]\nexpect = \"allow\"\nrequest = { kind = \"exec\", command = \"uptime\" }\n";
+        let report = run_fixtures_with(&policy(), uptime, Some(&host)).unwrap();
+        let m = &report.mismatches[0];
+        assert_eq!(m.got, Verdict::Deny, "fail_closed by default: {report}");
+        assert_eq!(m.got_rules, ["plugin:trap"]);
+        assert!(
+            report.to_string().contains("plugin trap failed: trap: "),
+            "{report}"
+        );
     }
 }

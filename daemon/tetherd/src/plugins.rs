@@ -1,6 +1,6 @@
 //! WASM plugins inside the daemon: the plugin host (the only wasmtime user) behind the policy's
-//! `PolicyHooks` seam (and the control API's list/reload), and the hub's enrollment review ([`crate::enroll_hooks`]), with
-//! secrets granted from the vault.
+//! `PolicyHooks` seam (and the control API's list/reload), and the hub's enrollment review
+//! ([`crate::enroll_hooks`]), with secrets granted from the vault.
 
 use std::path::Path;
 use std::sync::Arc;

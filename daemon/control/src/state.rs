@@ -49,7 +49,7 @@ pub struct AppState {
     /// WireGuard key rotation over the tunnel (hub: for hosts; target: for itself).
     pub rotator: Option<Arc<dyn KeyRotator>>,
     /// Policy plugins (WASM), voting after the regex rules.
-    pub plugins: Option<Arc<dyn PolicyHooks>>,
+    pub plugins: Option<Arc<dyn PluginAdmin>>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -86,19 +86,20 @@ pub trait KeyRotator: Send + Sync {
     fn rotate(&self, name: Option<String>) -> RotationFuture<'_>;
 }
 
-/// The daemon's loaded plugins, behind a seam so this crate (linked by the CLI) never links
-/// wasmtime. Implemented by `tetherd` with `tether-plugin-host`; calls block (run them on a
-/// blocking thread).
-pub trait PolicyHooks: Send + Sync {
-    /// Every policy plugin's vote on `req`, in manifest order.
-    fn vote(&self, req: &tether_policy::Request) -> Vec<tether_policy::PluginVote>;
+/// The daemon's loaded plugins as the control API manages them: they vote through
+/// [`tether_policy::PolicyHooks`] (the policy's seam; combine the votes with
+/// [`tether_policy::Decision::apply_votes`]), and are listed and reloaded here. Implemented by
+/// `tetherd` with `tether-plugin-host`, so this crate (linked by the CLI) never links wasmtime;
+/// calls block (run them on a blocking thread).
+pub trait PluginAdmin: tether_policy::PolicyHooks {
     /// `tether plugin list`: name, kind, hash, signer, calls, errors, latency, quarantine.
     fn list(&self) -> Vec<tether_api::PluginInfo>;
     /// Re-reads the manifest atomically (a bad plugin keeps the old set); returns the count.
-    fn reload(&self) -> Result<usize, String>;
+    fn reload(&self) -> Result<usize, ReloadError>;
 }
 
-/// Why a reload was refused. Either way nothing changed: the previous config and policy stay.
+/// Why a reload was refused. Either way nothing changed: the previous config and policy (or
+/// plugins) stay.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
@@ -115,6 +116,10 @@ pub enum ReloadError {
     /// The change could not be recorded in the audit log, so it was not applied.
     #[error("the change was not applied because its audit record could not be written: {0}")]
     Audit(tether_audit::AuditError),
+    /// The plugin manifest, or a plugin in it, could not be loaded; the previous plugins stay
+    /// loaded. The source is the plugin host's error (this crate does not link it).
+    #[error("plugin reload refused, the previous plugins stay loaded: {0}")]
+    Plugins(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub use tether_api::{ReloadReport, RotationOutcome};

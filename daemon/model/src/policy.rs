@@ -47,6 +47,10 @@ pub struct Request {
     /// The target host.
     #[serde(default)]
     pub host: HostFacts,
+    /// A change/ticket id the operator attached to the request, if any (policy plugins such as
+    /// `change-window` read it; the regex rules don't).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 impl Request {
@@ -59,6 +63,7 @@ impl Request {
             user: String::new(),
             role: Role::Operator,
             host: HostFacts::default(),
+            ticket: None,
         }
     }
 
@@ -101,6 +106,12 @@ impl Request {
     /// Sets the target host (builder style).
     pub fn on(mut self, host: HostFacts) -> Self {
         self.host = host;
+        self
+    }
+
+    /// Attaches a change/ticket id (builder style).
+    pub fn with_ticket(mut self, ticket: impl Into<String>) -> Self {
+        self.ticket = Some(ticket.into());
         self
     }
 }
@@ -251,30 +262,157 @@ impl Mode {
     }
 }
 
-/// One policy plugin's vote on one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a policy plugin answered about one request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "vote", content = "reason", rename_all = "kebab-case")]
-pub enum HookVote {
-    /// Allow; loosens a regex deny only when the plugin may override.
+pub enum Vote {
+    /// Allow. Loosens a regex deny only when the plugin may override (`may_override`).
     Allow,
-    /// Deny with a reason (also what a failed `fail_closed` plugin votes).
+    /// Deny, with a reason (also what a failed `fail_closed` plugin votes).
     Deny(String),
-    /// Needs an approval, with a reason.
+    /// Needs a second operator's approval, with a reason.
     RequireApproval(String),
     /// No opinion (also what a failed `fail_open`/`drop_counted` plugin votes).
     Abstain,
 }
 
-/// A plugin's vote with who cast it.
+/// Why a policy plugin gave no answer of its own; its [`PluginVote::vote`] is then its
+/// `on_error` fallback. In JSON it is one string, `"KIND: MESSAGE"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub struct HookFailure {
+    /// A stable label for the failure, one of the plugin host's error kinds (`timeout`,
+    /// `memory`, `trap`, `output_too_large`, `quarantined`, `instantiate`).
+    pub kind: Cow<'static, str>,
+    /// One line for a human (never secret material).
+    pub message: String,
+}
+
+impl fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl From<HookFailure> for String {
+    fn from(f: HookFailure) -> String {
+        f.to_string()
+    }
+}
+
+impl From<String> for HookFailure {
+    /// Parses the JSON form `"KIND: MESSAGE"`; text without a `": "` has kind `unknown`.
+    fn from(s: String) -> HookFailure {
+        match s.split_once(": ") {
+            Some((kind, message)) => HookFailure {
+                kind: Cow::Owned(kind.to_owned()),
+                message: message.to_owned(),
+            },
+            None => HookFailure {
+                kind: Cow::Borrowed("unknown"),
+                message: s,
+            },
+        }
+    }
+}
+
+/// One policy plugin's vote on one request, with who cast it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginVote {
-    /// The plugin's name.
+    /// The plugin's name (its rule id in a decision is `plugin:NAME`).
     pub plugin: String,
-    /// The vote to apply.
-    pub vote: HookVote,
-    /// Whether its `Allow` may loosen a regex deny (`may_override` in the manifest).
+    /// The vote to apply: what the plugin answered, or on failure its `on_error` fallback
+    /// (`fail_closed` → [`Vote::Deny`], otherwise [`Vote::Abstain`]).
+    pub vote: Vote,
+    /// Whether this plugin's [`Vote::Allow`] may loosen a regex deny (`may_override`).
     pub may_override: bool,
-    /// Why the plugin failed, when it did (the vote is then its `on_error` fallback).
+    /// Why the plugin failed, when it did (`"KIND: MESSAGE"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub error: Option<HookFailure>,
+}
+
+impl PluginVote {
+    /// What the plugin itself answered, or why it gave no answer.
+    pub fn outcome(&self) -> Result<&Vote, &HookFailure> {
+        match &self.error {
+            None => Ok(&self.vote),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Decision {
+    /// Whether plugins are asked about this decision: in every mode but `off`, where nothing is
+    /// enforced.
+    pub fn takes_votes(&self) -> bool {
+        self.mode != Mode::Off
+    }
+
+    /// Applies policy plugins' votes after the regex rules: a deny or approval vote can only
+    /// tighten the verdict; an allow loosens a regex deny only from a plugin with
+    /// `may_override`. In `warn` mode a plugin's deny becomes `warn`, like a rule's; in `off`
+    /// mode votes change nothing. Each vote that counts adds `plugin:NAME` to the rule ids and a
+    /// line to the trace.
+    pub fn apply_votes(&mut self, votes: &[PluginVote]) {
+        if !self.takes_votes() {
+            return;
+        }
+        for v in votes {
+            self.apply_vote(v);
+        }
+    }
+
+    fn apply_vote(&mut self, v: &PluginVote) {
+        let rule = format!("plugin:{}", v.plugin);
+        let (verdict, reason, outcome) = match &v.vote {
+            Vote::Abstain => return,
+            Vote::Deny(r) => (Verdict::Deny, r, Outcome::Denied),
+            Vote::RequireApproval(r) => (Verdict::RequireApproval, r, Outcome::NeedsApproval),
+            Vote::Allow => {
+                if v.may_override && self.verdict == Verdict::Deny {
+                    self.verdict = Verdict::Allow;
+                    self.reason = format!("allowed by plugin {} (may_override)", v.plugin).into();
+                    self.rule_ids.push(rule.clone());
+                    self.trace.push(TraceEntry {
+                        subject: v.plugin.clone(),
+                        rule: Some(rule),
+                        outcome: Outcome::Allowed,
+                        note: "overrides the regex deny".into(),
+                    });
+                }
+                return;
+            }
+        };
+        let verdict = if self.mode == Mode::Warn {
+            Verdict::Warn
+        } else {
+            verdict
+        };
+        let stronger = match (self.verdict, verdict) {
+            (Verdict::Deny, _) => false,
+            (_, Verdict::Deny) => true,
+            (Verdict::RequireApproval, _) => false,
+            (_, Verdict::RequireApproval) => true,
+            (Verdict::Allow, Verdict::Warn) => true,
+            _ => false,
+        };
+        let note = match &v.error {
+            Some(e) => format!("{reason} (plugin failed: {e})"),
+            None => reason.clone(),
+        };
+        self.trace.push(TraceEntry {
+            subject: v.plugin.clone(),
+            rule: Some(rule.clone()),
+            outcome,
+            note: note.into(),
+        });
+        if stronger {
+            self.verdict = verdict;
+            self.reason = format!("plugin {}: {reason}", v.plugin).into();
+        }
+        if !self.rule_ids.contains(&rule) {
+            self.rule_ids.push(rule);
+        }
+    }
 }

@@ -7,7 +7,10 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, criterion_group};
+use tether_model::Role;
+use tether_model::selector::HostFacts;
 use tether_plugin_host::*;
+use tether_policy::{Request, Vote};
 
 fn artifacts() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -59,29 +62,22 @@ fn host(e: &Env) -> PluginHost {
     PluginHost::load(&e.manifest, opts, &prometheus::Registry::new()).unwrap()
 }
 
-fn request() -> PolicyRequest {
-    PolicyRequest {
-        kind: RequestKind::Exec,
-        command: Some("systemctl restart nginx".into()),
-        path: None,
-        user: "alice".into(),
-        role: "operator".into(),
-        host: HostFacts {
-            name: "web1".into(),
-            groups: vec!["web".into()],
-            tags: vec![("env".into(), "prod".into())],
-        },
-        ticket: Some("CHG-1234".into()),
-    }
+fn request() -> Request {
+    Request::exec("systemctl restart nginx")
+        .by("alice", Role::Operator)
+        .on(HostFacts::named("web1")
+            .with_group("web")
+            .with_tag("env", "prod"))
+        .with_ticket("CHG-1234")
 }
 
 /// The baseline: the same decision as a native Rust function behind a trait object.
 trait NativeHook {
-    fn evaluate(&self, req: &PolicyRequest) -> Vote;
+    fn evaluate(&self, req: &Request) -> Vote;
 }
 struct NativeAllow;
 impl NativeHook for NativeAllow {
-    fn evaluate(&self, req: &PolicyRequest) -> Vote {
+    fn evaluate(&self, req: &Request) -> Vote {
         if req.user.is_empty() {
             Vote::Deny("no user".into())
         } else {

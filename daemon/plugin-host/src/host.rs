@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tether_model::{Alert, AlertSink, NoAlerts, Severity};
+use tether_policy::{PluginVote, Request, Vote};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
@@ -568,31 +569,34 @@ impl PluginHost {
         result
     }
 
-    /// Asks every policy plugin, in manifest order, about one request.
-    /// Apply the votes after the regex rules: any `Deny`/`RequireApproval` tightens; an `Allow`
-    /// loosens a regex deny only when `may_override` is set.
-    pub fn evaluate(&self, req: &PolicyRequest) -> Vec<PolicyVote> {
+    /// Asks every policy plugin, in manifest order, about one request. A plugin whose call
+    /// fails votes its `on_error` fallback (`fail_closed` → `Deny`, otherwise `Abstain`) with
+    /// [`PluginVote::error`] set. Combine the votes with the regex decision through
+    /// [`tether_policy::Decision::apply_votes`].
+    pub fn evaluate(&self, req: &Request) -> Vec<PluginVote> {
         let set = self.snapshot();
         set.plugins
             .iter()
             .filter(|p| p.spec.kind == PluginKind::Policy)
             .map(|p| {
-                let outcome = self.invoke(p, |b, s| b.evaluate(s, req));
-                let effective = match &outcome {
-                    Ok(v) => v.clone(),
-                    Err(e) => match p.spec.on_error {
-                        OnError::FailClosed => Vote::Deny(format!(
-                            "policy plugin {} failed ({}); failing closed",
-                            p.spec.name, e.kind
-                        )),
-                        OnError::FailOpen | OnError::DropCounted => Vote::Abstain,
-                    },
+                let (vote, error) = match self.invoke(p, |b, s| b.evaluate(s, req)) {
+                    Ok(v) => (v, None),
+                    Err(e) => {
+                        let fallback = match p.spec.on_error {
+                            OnError::FailClosed => Vote::Deny(format!(
+                                "policy plugin {} failed ({}); failing closed",
+                                p.spec.name, e.kind
+                            )),
+                            OnError::FailOpen | OnError::DropCounted => Vote::Abstain,
+                        };
+                        (fallback, Some(e.into()))
+                    }
                 };
-                PolicyVote {
+                PluginVote {
                     plugin: p.spec.name.clone(),
-                    outcome,
-                    effective,
+                    vote,
                     may_override: p.spec.may_override,
+                    error,
                 }
             })
             .collect()
@@ -737,6 +741,14 @@ impl PluginHost {
                 }
             })
             .collect()
+    }
+}
+
+/// The policy's seam: [`PluginHost::evaluate`]. Lets the host be handed straight to
+/// [`tether_policy::Policy::check`] or [`tether_policy::run_fixtures_with`].
+impl tether_policy::PolicyHooks for PluginHost {
+    fn vote(&self, req: &Request) -> Vec<PluginVote> {
+        self.evaluate(req)
     }
 }
 

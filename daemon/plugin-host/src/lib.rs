@@ -3,7 +3,8 @@
 //! Loads signed components listed in `plugins.toml` ([`Manifest`]), verifies their Ed25519
 //! signatures ([`signing`]), instantiates each once in its own `Store` with a time limit (epoch
 //! interruption), a memory cap (resource limiter) and only the capabilities its manifest entry
-//! grants ([`caps`]), and calls them: [`PluginHost::evaluate`] (policy hooks),
+//! grants ([`caps`]), and calls them: [`PluginHost::evaluate`] (policy hooks: a
+//! [`tether_policy::Request`] in, one [`tether_policy::PluginVote`] per plugin out),
 //! [`PluginHost::deliver_alert`], [`PluginHost::deliver_audit_batch`], [`PluginHost::on_enroll`].
 //! A plugin that traps, times out or exceeds its memory is contained: its call returns a
 //! [`PluginError`], its instance is recycled, and after repeated failures it is quarantined

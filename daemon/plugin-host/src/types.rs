@@ -1,62 +1,12 @@
 //! Plain Rust types at the crate boundary (no bindgen types leak out of this crate).
+//!
+//! Policy hooks speak the policy crate's types ([`tether_policy::Request`] in,
+//! [`tether_policy::PluginVote`] out); what is here are the sink and enrollment records, whose
+//! daemon-side forms live in crates this one must not depend on (audit, enroll), and the host's
+//! own failure reporting.
 
+use std::borrow::Cow;
 use std::fmt;
-
-/// What a request does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    /// Run a command.
-    Exec,
-    /// Read a file.
-    FileRead,
-    /// Write a file.
-    FileWrite,
-    /// Open an interactive session.
-    Session,
-}
-
-/// Labels of a target host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostFacts {
-    /// Host name.
-    pub name: String,
-    /// Groups it belongs to.
-    pub groups: Vec<String>,
-    /// Tags `key=value`.
-    pub tags: Vec<(String, String)>,
-}
-
-/// One request checked against one target host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyRequest {
-    /// What it does.
-    pub kind: RequestKind,
-    /// The command (exec, session with a command).
-    pub command: Option<String>,
-    /// The file or working directory.
-    pub path: Option<String>,
-    /// Caller's user name.
-    pub user: String,
-    /// Caller's role (`admin`, `operator`, ...).
-    pub role: String,
-    /// The target host.
-    pub host: HostFacts,
-    /// Ticket/change id attached by the operator.
-    pub ticket: Option<String>,
-}
-
-/// A policy hook's vote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Vote {
-    /// Allow (only loosens a regex deny when the plugin has `may_override = true`).
-    Allow,
-    /// Deny, with a reason.
-    Deny(String),
-    /// Needs a human approval, with a reason.
-    RequireApproval(String),
-    /// No opinion.
-    Abstain,
-}
 
 /// Why a plugin call produced no usable result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,6 +64,16 @@ impl fmt::Display for PluginError {
     }
 }
 
+impl From<PluginError> for tether_policy::HookFailure {
+    /// A failed policy hook call as the policy records it (kind label + message).
+    fn from(e: PluginError) -> Self {
+        tether_policy::HookFailure {
+            kind: Cow::Borrowed(e.kind.as_str()),
+            message: e.message,
+        }
+    }
+}
+
 /// What a plugin does on a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,20 +84,6 @@ pub enum OnError {
     FailOpen,
     /// Count it and move on (sink default).
     DropCounted,
-}
-
-/// One policy hook's answer to [`crate::PluginHost::evaluate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyVote {
-    /// The plugin's name.
-    pub plugin: String,
-    /// What the plugin returned, or why it failed.
-    pub outcome: Result<Vote, PluginError>,
-    /// The vote to apply: the outcome, or on failure the `on_error` mode's vote
-    /// (`fail_closed` → `Deny`, otherwise `Abstain`).
-    pub effective: Vote,
-    /// Whether this plugin's `Allow` may loosen a regex deny (`may_override`).
-    pub may_override: bool,
 }
 
 /// A sink plugin's answer to a delivery.

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tether_model::Role;
+use tether_model::selector::HostFacts;
 use tether_plugin_host::*;
+use tether_policy::{PluginVote, Request, Vote};
 use zeroize::Zeroizing;
 
 fn repo() -> PathBuf {
@@ -26,6 +29,7 @@ const ALL: &[&str] = &[
     "alert_recorder",
     "audit_recorder",
     "enroll_tagger",
+    "change_window",
 ];
 
 /// The built components' directory; runs plugins/build.sh once if any is missing.
@@ -104,23 +108,15 @@ fn entry(name: &str, kind: &str, extra: &str) -> String {
     )
 }
 
-fn req() -> PolicyRequest {
-    PolicyRequest {
-        kind: RequestKind::Exec,
-        command: Some("systemctl restart nginx".into()),
-        path: None,
-        user: "alice".into(),
-        role: "operator".into(),
-        host: HostFacts {
-            name: "web1".into(),
-            groups: vec!["web".into()],
-            tags: vec![("env".into(), "prod".into())],
-        },
-        ticket: None,
-    }
+fn req() -> Request {
+    Request::exec("systemctl restart nginx")
+        .by("alice", Role::Operator)
+        .on(HostFacts::named("web1")
+            .with_group("web")
+            .with_tag("env", "prod"))
 }
 
-fn one(host: &PluginHost) -> PolicyVote {
+fn one(host: &PluginHost) -> PluginVote {
     let mut v = host.evaluate(&req());
     assert_eq!(v.len(), 1, "{v:?}");
     v.remove(0)
@@ -140,8 +136,8 @@ mod basic {
         let votes = host.evaluate(&req());
         assert_eq!(votes.len(), 2);
         assert_eq!(votes[0].plugin, "allow_all");
-        assert_eq!(votes[0].outcome, Ok(Vote::Allow));
-        assert_eq!(votes[1].effective, Vote::Deny("deny-all says no".into()));
+        assert_eq!(votes[0].outcome(), Ok(&Vote::Allow));
+        assert_eq!(votes[1].vote, Vote::Deny("deny-all says no".into()));
         let list = host.list();
         assert_eq!(list[0].calls, 1);
         assert_eq!(list[0].errors, 0);
@@ -272,7 +268,7 @@ mod basic {
         let t = Instant::now();
         let host = f.host(&entry("deny_all", "policy", "")).unwrap();
         eprintln!("load from cache: {:?}", t.elapsed());
-        assert_eq!(one(&host).effective, Vote::Deny("deny-all says no".into()));
+        assert_eq!(one(&host).vote, Vote::Deny("deny-all says no".into()));
     }
 
     #[test]
@@ -329,16 +325,16 @@ mod hostile {
             let t = Instant::now();
             let votes = host.evaluate(&req());
             let took = t.elapsed();
-            let err = votes[0].outcome.clone().unwrap_err();
-            assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+            let err = votes[0].outcome().unwrap_err().clone();
+            assert_eq!(err.kind, ErrorKind::Timeout.as_str(), "{err}");
             assert!(took >= Duration::from_millis(50), "{took:?}");
             assert!(
                 took < Duration::from_millis(1000),
                 "stopped near the deadline, took {took:?}"
             );
             // fail_closed (policy default)
-            assert!(matches!(&votes[0].effective, Vote::Deny(r) if r.contains("timeout")));
-            assert_eq!(votes[1].outcome, Ok(Vote::Allow));
+            assert!(matches!(&votes[0].vote, Vote::Deny(r) if r.contains("timeout")));
+            assert_eq!(votes[1].outcome(), Ok(&Vote::Allow));
         }
     }
 
@@ -350,8 +346,8 @@ mod hostile {
             .host(&entry("trap", "policy", "on_error = \"fail_open\""))
             .unwrap();
         let v = one(&host);
-        assert_eq!(v.effective, Vote::Abstain);
-        assert_eq!(v.outcome.unwrap_err().kind, ErrorKind::Trap);
+        assert_eq!(v.vote, Vote::Abstain);
+        assert_eq!(v.outcome().unwrap_err().kind, ErrorKind::Trap.as_str());
     }
 
     #[test]
@@ -366,8 +362,8 @@ mod hostile {
             ))
             .unwrap();
         for _ in 0..2 {
-            let e = one(&host).outcome.unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Memory, "{e}");
+            let e = one(&host).outcome().unwrap_err().clone();
+            assert_eq!(e.kind, ErrorKind::Memory.as_str(), "{e}");
         }
     }
 
@@ -388,11 +384,11 @@ mod hostile {
             .unwrap();
         for _ in 0..2 {
             let v = host.evaluate(&req());
-            assert_eq!(v[0].outcome.clone().unwrap_err().kind, ErrorKind::Trap);
-            let so = v[1].outcome.clone().unwrap_err();
+            assert_eq!(v[0].outcome().unwrap_err().kind, ErrorKind::Trap.as_str());
+            let so = v[1].outcome().unwrap_err().clone();
             // Rust's wasm stack lives in linear memory (below the data): overflowing it is an
             // out-of-bounds access trap; a native-stack overflow would be wasmtime's StackOverflow.
-            assert_eq!(so.kind, ErrorKind::Trap, "{so}");
+            assert_eq!(so.kind, ErrorKind::Trap.as_str(), "{so}");
             assert!(
                 so.message.contains("out of bounds") || so.message.contains("call stack exhausted"),
                 "{so}"
@@ -412,8 +408,8 @@ mod hostile {
                 "[plugin.limits]\nmemory_mb = 200\ntimeout_ms = 5000",
             ))
             .unwrap();
-        let e = one(&host).outcome.unwrap_err();
-        assert_eq!(e.kind, ErrorKind::OutputTooLarge, "{e}");
+        let e = one(&host).outcome().unwrap_err().clone();
+        assert_eq!(e.kind, ErrorKind::OutputTooLarge.as_str(), "{e}");
         // with the default 16 MiB it cannot even build it
         let host = f
             .host(&entry(
@@ -422,7 +418,10 @@ mod hostile {
                 "[plugin.limits]\ntimeout_ms = 5000",
             ))
             .unwrap();
-        assert_eq!(one(&host).outcome.unwrap_err().kind, ErrorKind::Memory);
+        assert_eq!(
+            one(&host).outcome().unwrap_err().kind,
+            ErrorKind::Memory.as_str()
+        );
     }
 
     #[test]
@@ -451,7 +450,10 @@ mod hostile {
         };
         let host = f.host_with(&entry("trap", "policy", ""), opts).unwrap();
         for _ in 0..3 {
-            assert_eq!(one(&host).outcome.unwrap_err().kind, ErrorKind::Trap);
+            assert_eq!(
+                one(&host).outcome().unwrap_err().kind,
+                ErrorKind::Trap.as_str()
+            );
         }
         assert_eq!(alerts.0.lock().unwrap().len(), 1);
         assert_eq!(alerts.0.lock().unwrap()[0].kind, "plugin_quarantined");
@@ -466,9 +468,12 @@ mod hostile {
             assert!(!ev[0].last_error.message.is_empty());
         }
         let v = one(&host);
-        assert_eq!(v.outcome.unwrap_err().kind, ErrorKind::Quarantined);
+        assert_eq!(
+            v.outcome().unwrap_err().kind,
+            ErrorKind::Quarantined.as_str()
+        );
         assert!(
-            matches!(v.effective, Vote::Deny(_)),
+            matches!(v.vote, Vote::Deny(_)),
             "a quarantined fail_closed hook keeps denying"
         );
         assert!(host.list()[0].quarantined);
@@ -501,7 +506,7 @@ mod signatures {
             ))
             .unwrap();
         assert_eq!(host.list()[0].signer, None);
-        assert_eq!(one(&host).outcome, Ok(Vote::Allow));
+        assert_eq!(one(&host).outcome(), Ok(&Vote::Allow));
     }
 
     #[test]
@@ -561,15 +566,15 @@ mod signatures {
         let e = host.reload().unwrap_err();
         assert!(e.to_string().contains("broken"), "{e}");
         assert_eq!(host.list().len(), 1);
-        assert_eq!(one(&host).outcome, Ok(Vote::Allow));
+        assert_eq!(one(&host).outcome(), Ok(&Vote::Allow));
         // a bad manifest too
         f.manifest("[[plugin]]\nname = \"x\"\n");
         assert!(host.reload().is_err());
-        assert_eq!(one(&host).outcome, Ok(Vote::Allow));
+        assert_eq!(one(&host).outcome(), Ok(&Vote::Allow));
         // a good one swaps in
         f.manifest(&entry("deny_all", "policy", ""));
         assert_eq!(host.reload().unwrap(), 1);
-        assert_eq!(one(&host).effective, Vote::Deny("deny-all says no".into()));
+        assert_eq!(one(&host).vote, Vote::Deny("deny-all says no".into()));
     }
 }
 
@@ -584,8 +589,8 @@ mod capabilities {
                 &format!("[plugin.limits]\ntimeout_ms = 3000\n[plugin.capabilities]\n{caps}\n[plugin.config]\nurl = \"{url}\""),
             ))
             .unwrap();
-        match one(&host).outcome.unwrap() {
-            Vote::Deny(r) => r,
+        match one(&host).outcome().unwrap() {
+            Vote::Deny(r) => r.clone(),
             v => panic!("{v:?}"),
         }
     }
@@ -674,7 +679,7 @@ mod capabilities {
                 &format!("[plugin.limits]\ntimeout_ms = 3000\nmax_response_bytes = 16\n[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]\n[plugin.config]\nurl = \"http://127.0.0.1:{port}/\""),
             ))
             .unwrap();
-        assert_eq!(one(&host).effective, Vote::Deny("error=too large".into()));
+        assert_eq!(one(&host).vote, Vote::Deny("error=too large".into()));
     }
 
     #[test]
@@ -699,9 +704,9 @@ mod capabilities {
             t.elapsed()
         );
         // the host answers `timeout` to the guest, which then runs past its own deadline or reports it
-        match v.outcome {
+        match v.outcome() {
             Ok(Vote::Deny(r)) => assert_eq!(r, "error=timeout"),
-            Err(e) => assert_eq!(e.kind, ErrorKind::Timeout),
+            Err(e) => assert_eq!(e.kind, ErrorKind::Timeout.as_str()),
             other => panic!("{other:?}"),
         }
         drop(l);
@@ -732,12 +737,12 @@ mod capabilities {
                 opts(),
             )
             .unwrap();
-        assert_eq!(one(&granted).outcome, Ok(Vote::Allow));
+        assert_eq!(one(&granted).outcome(), Ok(&Vote::Allow));
         assert_eq!(granted.list()[0].secret_denials, 0);
         let denied = f
             .host_with(&entry("secret_probe", "policy", "[plugin.capabilities]\nsecrets = [\"tok\"]\n[plugin.config]\nsecret = \"other\""), opts())
             .unwrap();
-        assert_eq!(one(&denied).outcome, Ok(Vote::Deny("missing".into())));
+        assert_eq!(one(&denied).outcome(), Ok(&Vote::Deny("missing".into())));
         assert_eq!(denied.list()[0].secret_denials, 1);
     }
 }
@@ -908,8 +913,8 @@ mod https {
             0,
             "contained: the plugin call itself succeeded"
         );
-        match v.outcome.unwrap() {
-            Vote::Deny(r) => r,
+        match v.outcome().unwrap() {
+            Vote::Deny(r) => r.clone(),
             v => panic!("{v:?}"),
         }
     }
@@ -996,9 +1001,9 @@ mod https {
             "{:?}",
             t.elapsed()
         );
-        match v.outcome {
+        match v.outcome() {
             Ok(Vote::Deny(r)) => assert_eq!(r, "error=timeout"),
-            Err(e) => assert_eq!(e.kind, ErrorKind::Timeout),
+            Err(e) => assert_eq!(e.kind, ErrorKind::Timeout.as_str()),
             other => panic!("{other:?}"),
         }
         drop(l);
@@ -1036,5 +1041,93 @@ mod https {
             .expect("load must fail")
             .to_string();
         assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
+    }
+}
+
+/// `tether_policy::run_fixtures_with` over a real host: a fixture file checks what
+/// `policy check` would say, regex verdict then the plugins' votes.
+mod fixtures {
+    use super::*;
+    use tether_policy::{Policy, PolicySpec, Verdict, run_fixtures, run_fixtures_with};
+
+    fn policy() -> Policy {
+        let spec = PolicySpec::from_toml_str(
+            "[policy]\n[[policy.deny_commands]]\nid = \"no-reboot\"\npattern = \"^reboot\"\n",
+        )
+        .unwrap();
+        Policy::compile(&spec).unwrap()
+    }
+
+    /// change-window with no maintenance window: writes need a `CHG-*` ticket, which only
+    /// reaches the plugin through the request's `ticket` (host → WIT in one place).
+    #[test]
+    fn change_window_votes_are_checked_by_fixtures() {
+        let f = Fixture::new();
+        f.plugin("change_window", true);
+        let host = f
+            .host(&entry(
+                "change-window",
+                "policy",
+                "[plugin.config]\nwindows = \"\"\nticket_pattern = \"CHG-*\"",
+            ))
+            .unwrap();
+        let cases = r#"
+[[case]]
+name = "a restart outside the window needs a ticket"
+expect = "deny"
+expect_rules = ["plugin:change-window"]
+request = { kind = "exec", command = "systemctl restart nginx", user = "alice", host = { name = "web1" } }
+
+[[case]]
+name = "with a change ticket the plugin abstains"
+expect = "allow"
+request = { kind = "exec", command = "systemctl restart nginx", user = "alice", ticket = "CHG-42" }
+
+[[case]]
+name = "reads are never its business"
+expect = "allow"
+request = { kind = "exec", command = "uptime", user = "alice" }
+
+[[case]]
+name = "the regex rules still decide first"
+expect = "deny"
+expect_rules = ["no-reboot"]
+request = { kind = "exec", command = "reboot", user = "alice" }
+"#;
+        let report = run_fixtures_with(&policy(), cases, Some(&host)).unwrap();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.total, 4);
+        // Without the plugin only the regex rules speak: the first case fails, and says why.
+        let regex_only = run_fixtures(&policy(), cases).unwrap();
+        assert_eq!(regex_only.mismatches.len(), 1, "{regex_only}");
+        assert_eq!(regex_only.mismatches[0].got, Verdict::Allow);
+    }
+
+    #[test]
+    fn fixtures_see_overrides_and_failing_plugins_like_policy_check() {
+        let f = Fixture::new();
+        f.plugin("allow_all", true);
+        f.plugin("trap", true);
+        let host = f
+            .host(&entry("allow_all", "policy", "may_override = true"))
+            .unwrap();
+        let overridden = "[[case]]\nexpect = \"allow\"\nexpect_rules = [\"plugin:allow_all\"]\nrequest = { kind = \"exec\", command = \"reboot\" }\n";
+        let report = run_fixtures_with(&policy(), overridden, Some(&host)).unwrap();
+        assert!(report.passed(), "{report}");
+        let checked = policy().check(&req(), Some(&host));
+        assert_eq!(checked.decision.verdict, Verdict::Allow);
+        assert_eq!(checked.plugin_votes.len(), 1);
+
+        let host = f.host(&entry("trap", "policy", "")).unwrap();
+        let uptime =
+            "[[case]]\nexpect = \"allow\"\nrequest = { kind = \"exec\", command = \"uptime\" }\n";
+        let report = run_fixtures_with(&policy(), uptime, Some(&host)).unwrap();
+        let m = &report.mismatches[0];
+        assert_eq!(m.got, Verdict::Deny, "fail_closed by default: {report}");
+        assert_eq!(m.got_rules, ["plugin:trap"]);
+        assert!(
+            report.to_string().contains("plugin trap failed: trap: "),
+            "{report}"
+        );
     }
 }

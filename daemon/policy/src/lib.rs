@@ -7,7 +7,12 @@
 //! * [`Policy::evaluate`] returns a [`Decision`]: verdict, rule ids, reason and a trace.
 //! * [`PolicyEngine`] serves the current policy, swaps it atomically on reload (keeping the old
 //!   one and raising `policy_rebuild_failed` when the new one is invalid) and records metrics.
-//! * [`run_fixtures`] runs a `tether policy test` fixture file (see `examples/policy-tests.toml`).
+//! * Policy plugins vote after the regex rules: [`PolicyHooks`] asks them (implemented by the
+//!   daemon over the WASM plugin host), each answers a [`PluginVote`], and
+//!   [`Decision::apply_votes`] is the one rule that combines the votes with the regex decision
+//!   ([`Policy::check`] and [`PolicyEngine::check`] do both steps and return a [`Checked`]).
+//! * [`run_fixtures`] runs a `tether policy test` fixture file (see `examples/policy-tests.toml`);
+//!   [`run_fixtures_with`] also asks the plugins, so a fixture checks what `policy check` says.
 //!
 //! Commands are split by a conservative shell parser so chaining and substitution can't smuggle
 //! a denied command past the rules; what it can't follow is denied in enforce mode. Paths are
@@ -15,24 +20,27 @@
 //! check, which runs the same policy.
 #![forbid(unsafe_code)]
 
+mod combine;
 mod engine;
 mod error;
 mod fixture;
+mod hooks;
 mod input;
 mod policy;
 mod shell;
 mod spec;
-mod votes;
 
+pub use combine::Checked;
+pub use combine::with_votes;
 pub use engine::{ALERT_REBUILD_FAILED, PolicyEngine};
 pub use error::PolicyError;
-pub use fixture::{FixtureReport, Mismatch, run_fixtures};
+pub use fixture::{FixtureReport, Mismatch, run_fixtures, run_fixtures_with};
+pub use hooks::PolicyHooks;
 pub use policy::{
     MAX_INPUT_BYTES, MAX_PATTERN_BYTES, MAX_RULES, Policy, RULE_SIZE_LIMIT, SET_SIZE_LIMIT, builtin,
 };
 pub use spec::{Mode, PolicySpec, RuleSpec, ScopeSpec};
 pub use tether_model::policy::{
-    Decision, HookVote, Outcome, PluginVote, Request, RequestKind, TraceEntry, Verdict,
+    Decision, HookFailure, Outcome, PluginVote, Request, RequestKind, TraceEntry, Verdict, Vote,
 };
 pub use tether_model::selector::HostFacts;
-pub use votes::apply_votes;

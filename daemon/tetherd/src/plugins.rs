@@ -1,6 +1,6 @@
-//! WASM plugins inside the daemon: the plugin host (the only wasmtime user) behind the control
-//! API's `PolicyHooks` seam and the hub's enrollment review ([`crate::enroll_hooks`]), with
-//! secrets granted from the vault.
+//! WASM plugins inside the daemon: the plugin host (the only wasmtime user) behind the policy's
+//! `PolicyHooks` seam (and the control API's list/reload), and the hub's enrollment review
+//! ([`crate::enroll_hooks`]), with secrets granted from the vault.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,13 +8,13 @@ use std::sync::Arc;
 use prometheus::Registry;
 use serde_json::{Value, json};
 use tether_audit::{AuditLog, Event};
-use tether_control::state::PolicyHooks;
+use tether_control::state::{PluginAdmin, ReloadError};
 use tether_model::AlertSink;
 use tether_plugin_host::{
-    EnrollVote, Failed, HostFacts, HostOptions, PluginEvents, PluginHost, PluginKind,
-    PolicyRequest, Quarantined, RequestKind, SecretSource, Vote,
+    EnrollVote, Failed, HostOptions, PluginEvents, PluginHost, PluginKind, Quarantined,
+    SecretSource,
 };
-use tether_policy::{HookVote, PluginVote};
+use tether_policy::{PluginVote, Request};
 use tether_vault::Vault;
 use zeroize::Zeroizing;
 
@@ -126,52 +126,13 @@ impl Plugins {
     }
 }
 
-fn kind(k: tether_policy::RequestKind) -> RequestKind {
-    match k {
-        tether_policy::RequestKind::Exec => RequestKind::Exec,
-        tether_policy::RequestKind::FileRead => RequestKind::FileRead,
-        tether_policy::RequestKind::FileWrite => RequestKind::FileWrite,
-        tether_policy::RequestKind::Session => RequestKind::Session,
+impl tether_policy::PolicyHooks for Plugins {
+    fn vote(&self, req: &Request) -> Vec<PluginVote> {
+        self.host.evaluate(req)
     }
 }
 
-impl PolicyHooks for Plugins {
-    fn vote(&self, req: &tether_policy::Request) -> Vec<PluginVote> {
-        let request = PolicyRequest {
-            kind: kind(req.kind),
-            command: req.command.clone(),
-            path: req.path.clone(),
-            user: req.user.clone(),
-            role: req.role.as_str().to_owned(),
-            host: HostFacts {
-                name: req.host.name.clone(),
-                groups: req.host.groups.clone(),
-                tags: req
-                    .host
-                    .tags
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            },
-            ticket: None,
-        };
-        self.host
-            .evaluate(&request)
-            .into_iter()
-            .map(|v| PluginVote {
-                vote: match v.effective {
-                    Vote::Allow => HookVote::Allow,
-                    Vote::Deny(r) => HookVote::Deny(r),
-                    Vote::RequireApproval(r) => HookVote::RequireApproval(r),
-                    Vote::Abstain => HookVote::Abstain,
-                },
-                error: v.outcome.err().map(|e| e.to_string()),
-                may_override: v.may_override,
-                plugin: v.plugin,
-            })
-            .collect()
-    }
-
+impl PluginAdmin for Plugins {
     fn list(&self) -> Vec<tether_api::PluginInfo> {
         self.host
             .list()
@@ -192,7 +153,9 @@ impl PolicyHooks for Plugins {
             .collect()
     }
 
-    fn reload(&self) -> Result<usize, String> {
-        self.host.reload().map_err(|e| e.to_string())
+    fn reload(&self) -> Result<usize, ReloadError> {
+        self.host
+            .reload()
+            .map_err(|e| ReloadError::Plugins(Box::new(e)))
     }
 }

@@ -83,7 +83,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     )
     .await?;
     let mut state = AppState::new(config, source, registry)?;
-    state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PolicyHooks>);
+    state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);
     expose_tunnel(&mut state, &membership);
     expose_enrollment(&mut state, &membership);
     state.vault = Some(vault);

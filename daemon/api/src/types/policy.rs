@@ -41,6 +41,9 @@ pub struct PolicyCheckRequest {
     /// Check with another role (admin only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_role: Option<Role>,
+    /// A change-ticket reference passed on to policy plugins (e.g. `CHG-1234`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 /// Answer of `POST /v1/policy/check`: the request as evaluated, the decision with its trace,

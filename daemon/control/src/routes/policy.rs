@@ -11,15 +11,17 @@ use super::Ctx;
 use crate::http::Fail;
 use crate::state::ReloadError;
 
+fn unavailable() -> Fail {
+    Fail::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "policy_unavailable",
+        "this tetherd runs without a policy engine",
+        "start tetherd normally (tetherd run)",
+    )
+}
+
 fn engine(ctx: &Ctx) -> Result<&PolicyEngine, Fail> {
-    ctx.state.policy.as_ref().ok_or_else(|| {
-        Fail::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "policy_unavailable",
-            "this tetherd runs without a policy engine",
-            "start tetherd normally (tetherd run)",
-        )
-    })
+    ctx.state.policy.as_ref().ok_or_else(unavailable)
 }
 
 /// `GET /v1/policy`: mode, rule count and the rules themselves (no secrets live in a policy).
@@ -36,7 +38,7 @@ pub(crate) async fn show(ctx: Ctx, _req: Empty) -> Result<PolicyShow, Fail> {
 
 /// `POST /v1/policy/check`: the decision, with its rule-by-rule trace, for one request.
 pub(crate) async fn check(ctx: Ctx, body: PolicyCheckRequest) -> Result<PolicyCheckResponse, Fail> {
-    let engine = engine(&ctx)?;
+    engine(&ctx)?;
     if (body.as_user.is_some() || body.as_role.is_some()) && ctx.role != Role::Admin {
         return Err(Fail::new(
             StatusCode::FORBIDDEN,
@@ -59,24 +61,25 @@ pub(crate) async fn check(ctx: Ctx, body: PolicyCheckRequest) -> Result<PolicyCh
         user,
         role: body.as_role.unwrap_or(ctx.role),
         host: body.host.unwrap_or_default(),
+        ticket: body.ticket,
     };
-    let mut decision = engine.evaluate(&request);
-    let mut plugin_votes = Vec::new();
-    // Plugins vote after the regex rules (not in `off` mode, where nothing is enforced).
-    if let Some(hooks) = ctx
-        .state
-        .plugins
-        .clone()
-        .filter(|_| decision.mode != tether_policy::Mode::Off)
-    {
-        let req = request.clone();
-        plugin_votes = super::blocking("the policy plugins", move || hooks.vote(&req)).await?;
-        tether_policy::apply_votes(&mut decision, &plugin_votes);
-    }
+    // Plugins vote after the regex rules (not in `off` mode, where nothing is enforced). A
+    // panic in that blocking task is a 500, never a silent fall-back to the regex verdict.
+    let state = std::sync::Arc::clone(&ctx.state);
+    let req = request.clone();
+    let checked = super::blocking("the policy check", move || {
+        let hooks = state
+            .plugins
+            .as_deref()
+            .map(|h| h as &dyn tether_policy::PolicyHooks);
+        state.policy.as_ref().map(|e| e.check(&req, hooks))
+    })
+    .await?
+    .ok_or_else(unavailable)?;
     Ok(PolicyCheckResponse {
         request,
-        decision,
-        plugin_votes,
+        decision: checked.decision,
+        plugin_votes: checked.plugin_votes,
     })
 }
 

@@ -125,6 +125,36 @@ impl wit::http::Host for StoreState {
     }
 }
 
+/// The policy's request as this WIT version spells it: the one place a
+/// [`tether_policy::Request`] becomes a guest's `request` record.
+fn policy_request(req: &tether_policy::Request) -> wit::types::Request {
+    use tether_policy::RequestKind as K;
+    use wit::types as t;
+    t::Request {
+        kind: match req.kind {
+            K::Exec => t::RequestKind::Exec,
+            K::FileRead => t::RequestKind::FileRead,
+            K::FileWrite => t::RequestKind::FileWrite,
+            K::Session => t::RequestKind::Session,
+        },
+        command: req.command.clone(),
+        path: req.path.clone(),
+        user: req.user.clone(),
+        role: req.role.as_str().to_owned(),
+        host: t::HostFacts {
+            name: req.host.name.clone(),
+            groups: req.host.groups.clone(),
+            tags: req
+                .host
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        },
+        ticket: req.ticket.clone(),
+    }
+}
+
 /// Instantiated bindings of one plugin, by world.
 pub(crate) enum Bindings {
     Policy(policy::PolicyHook),
@@ -178,43 +208,27 @@ impl Bindings {
     pub fn evaluate(
         &self,
         store: &mut wasmtime::Store<StoreState>,
-        req: &types::PolicyRequest,
-    ) -> Called<types::Vote> {
+        req: &tether_policy::Request,
+    ) -> Called<tether_policy::Vote> {
         let Bindings::Policy(b) = self else {
             return Ok(None);
         };
-        use wit::types as t;
-        let r = t::Request {
-            kind: match req.kind {
-                types::RequestKind::Exec => t::RequestKind::Exec,
-                types::RequestKind::FileRead => t::RequestKind::FileRead,
-                types::RequestKind::FileWrite => t::RequestKind::FileWrite,
-                types::RequestKind::Session => t::RequestKind::Session,
+        use tether_policy::Vote;
+        use wit::types::Verdict;
+        Ok(Some(
+            match b.call_evaluate(&mut *store, &policy_request(req))? {
+                Verdict::Allow => (Vote::Allow, 0),
+                Verdict::Abstain => (Vote::Abstain, 0),
+                Verdict::Deny(s) => {
+                    let n = s.len();
+                    (Vote::Deny(s), n)
+                }
+                Verdict::RequireApproval(s) => {
+                    let n = s.len();
+                    (Vote::RequireApproval(s), n)
+                }
             },
-            command: req.command.clone(),
-            path: req.path.clone(),
-            user: req.user.clone(),
-            role: req.role.clone(),
-            host: t::HostFacts {
-                name: req.host.name.clone(),
-                groups: req.host.groups.clone(),
-                tags: req.host.tags.clone(),
-            },
-            ticket: req.ticket.clone(),
-        };
-        let v = b.call_evaluate(&mut *store, &r)?;
-        Ok(Some(match v {
-            t::Verdict::Allow => (types::Vote::Allow, 0),
-            t::Verdict::Abstain => (types::Vote::Abstain, 0),
-            t::Verdict::Deny(s) => {
-                let n = s.len();
-                (types::Vote::Deny(s), n)
-            }
-            t::Verdict::RequireApproval(s) => {
-                let n = s.len();
-                (types::Vote::RequireApproval(s), n)
-            }
-        }))
+        ))
     }
 
     pub fn deliver_alert(

@@ -58,6 +58,9 @@ pub struct CheckArgs {
     /// Check writing this file instead of running a command.
     #[arg(long, value_name = "PATH", conflicts_with = "command")]
     write: Option<String>,
+    /// A change-ticket reference passed on to policy plugins (e.g. CHG-1234).
+    #[arg(long, value_name = "ID")]
+    ticket: Option<String>,
     /// The command, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -124,6 +127,7 @@ async fn check(global: &Global, a: CheckArgs) -> Result<u8, CliError> {
         }),
         as_user: a.as_user,
         as_role,
+        ticket: a.ticket,
     };
     let out = global.client().call::<PolicyCheck>(&body).await?;
     let decision = &out.decision;

@@ -348,3 +348,79 @@ fn hostile_policy_plugins_are_contained_in_the_daemon_and_it_keeps_serving() {
         assert_eq!(p["quarantined"], false, "{p}");
     }
 }
+
+/// `tether policy test` without `--policy` runs the fixtures in the daemon, so the loaded policy
+/// plugins vote exactly as in `policy check`; `--policy FILE` checks only that file's regex rules.
+/// `--ticket` reaches the plugin.
+#[test]
+fn policy_fixtures_in_the_daemon_count_plugin_votes_and_tickets() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"change-window\"\nkind = \"policy\"\npath = {:?}\n[plugin.config]\nwindows = \"\"\nticket_pattern = \"CHG-*\"\n",
+            plugin_component("change_window").display().to_string()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "",
+    );
+    let fixtures = dir.path().join("fixtures.toml");
+    std::fs::write(
+        &fixtures,
+        r#"
+[[case]]
+name = "a restart outside the window needs a ticket"
+expect = "deny"
+expect_rules = ["plugin:change-window"]
+request = { kind = "exec", command = "systemctl restart nginx" }
+
+[[case]]
+name = "with a change ticket it runs"
+expect = "allow"
+request = { kind = "exec", command = "systemctl restart nginx", ticket = "CHG-42" }
+"#,
+    )
+    .unwrap();
+    let out = d.tether(&["policy", "test", fixtures.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("2 of 2"), "{}", stdout(&out));
+
+    // Offline, the regex rules alone allow the restart: the first case fails there.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[policy]\nmode = \"enforce\"\n").unwrap();
+    let out = d.tether(&[
+        "policy",
+        "test",
+        fixtures.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("FAIL case 1"), "{}", stdout(&out));
+
+    // A broken fixture file is a usage error naming the file.
+    std::fs::write(&fixtures, "[[case]]\nexpect = \"maybe\"\n").unwrap();
+    let out = d.tether(&["policy", "test", fixtures.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("fixtures.toml"), "{}", stderr(&out));
+
+    // The ticket from the command line reaches the plugin.
+    let args = ["policy", "check", "--", "systemctl", "restart", "nginx"];
+    assert_eq!(code(&d.tether(&args)), 2);
+    let out = d.tether(&[
+        "policy",
+        "check",
+        "--ticket",
+        "CHG-42",
+        "--",
+        "systemctl",
+        "restart",
+        "nginx",
+    ]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+}

@@ -416,3 +416,73 @@ impl Decision {
         }
     }
 }
+
+/// One case whose decision differed from what the file expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Mismatch {
+    /// 1-based position of the case in the file.
+    pub index: usize,
+    /// The case's `name`, or `case N`.
+    pub name: String,
+    /// The expected verdict.
+    pub expected: Verdict,
+    /// The verdict the policy gave.
+    pub got: Verdict,
+    /// Expected rule ids that were not in the decision.
+    pub missing_rules: Vec<String>,
+    /// The decision's rule ids.
+    pub got_rules: Vec<String>,
+    /// The decision's reason.
+    pub reason: String,
+    /// The policy plugins' votes on the case (empty when none was asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugin_votes: Vec<PluginVote>,
+}
+
+/// The outcome of running a fixture file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FixtureReport {
+    /// How many cases ran.
+    pub total: usize,
+    /// The cases that did not match, in file order. Empty means success.
+    pub mismatches: Vec<Mismatch>,
+}
+
+impl FixtureReport {
+    /// Whether every case matched (the CLI exits 0 then, 1 otherwise).
+    pub fn passed(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+}
+
+impl fmt::Display for FixtureReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for m in &self.mismatches {
+            write!(
+                f,
+                "FAIL case {} ({}): expected {}, got {}",
+                m.index, m.name, m.expected, m.got
+            )?;
+            if !m.missing_rules.is_empty() {
+                write!(
+                    f,
+                    "; expected rule(s) {} not among [{}]",
+                    m.missing_rules.join(", "),
+                    m.got_rules.join(", ")
+                )?;
+            }
+            writeln!(f, "\n  reason: {}", m.reason)?;
+            for v in &m.plugin_votes {
+                if let Err(e) = v.outcome() {
+                    writeln!(f, "  plugin {} failed: {e}", v.plugin)?;
+                }
+            }
+        }
+        write!(
+            f,
+            "{} of {} policy test case(s) passed",
+            self.total - self.mismatches.len(),
+            self.total
+        )
+    }
+}

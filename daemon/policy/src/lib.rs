@@ -34,13 +34,14 @@ pub use combine::Checked;
 pub use combine::with_votes;
 pub use engine::{ALERT_REBUILD_FAILED, PolicyEngine};
 pub use error::PolicyError;
-pub use fixture::{FixtureReport, Mismatch, run_fixtures, run_fixtures_with};
+pub use fixture::{run_fixtures, run_fixtures_with};
 pub use hooks::PolicyHooks;
 pub use policy::{
     MAX_INPUT_BYTES, MAX_PATTERN_BYTES, MAX_RULES, Policy, RULE_SIZE_LIMIT, SET_SIZE_LIMIT, builtin,
 };
 pub use spec::{Mode, PolicySpec, RuleSpec, ScopeSpec};
 pub use tether_model::policy::{
-    Decision, HookFailure, Outcome, PluginVote, Request, RequestKind, TraceEntry, Verdict, Vote,
+    Decision, FixtureReport, HookFailure, Mismatch, Outcome, PluginVote, Request, RequestKind,
+    TraceEntry, Verdict, Vote,
 };
 pub use tether_model::selector::HostFacts;

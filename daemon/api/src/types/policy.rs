@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tether_model::Role;
-use tether_model::policy::{Decision, Mode, PluginVote, Request, RequestKind};
+use tether_model::policy::{Decision, FixtureReport, Mode, PluginVote, Request, RequestKind};
 use tether_model::selector::HostFacts;
 
 use super::Empty;
@@ -71,6 +71,14 @@ pub struct PolicyReloadResponse {
     pub needs_restart: Vec<String>,
 }
 
+/// Body of `POST /v1/policy/test`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTestRequest {
+    /// The fixture file's text (TOML `[[case]]` tables: `request`, `expect`, `expect_rules`).
+    pub fixtures: String,
+}
+
 endpoint! {
     /// the policy in force: mode, rule count, rules
     PolicyGet: Get "/v1/policy", Empty => PolicyShow;
@@ -78,6 +86,10 @@ endpoint! {
 endpoint! {
     /// explain the verdict for one request, rule by rule (as another user: admin only)
     PolicyCheck: Post "/v1/policy/check", PolicyCheckRequest => PolicyCheckResponse;
+}
+endpoint! {
+    /// run policy fixtures against the policy in force and the loaded policy plugins, exactly as policy check decides
+    PolicyTest: Post "/v1/policy/test", PolicyTestRequest => FixtureReport;
 }
 endpoint! {
     /// re-read the config and swap the policy atomically; an invalid one keeps the old

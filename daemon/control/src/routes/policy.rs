@@ -3,8 +3,10 @@
 use hyper::StatusCode;
 use tether_api::{
     Empty, PolicyCheckRequest, PolicyCheckResponse, PolicyReloadResponse, PolicyShow,
+    PolicyTestRequest,
 };
 use tether_model::Role;
+use tether_policy::FixtureReport;
 use tether_policy::{PolicyEngine, RequestKind};
 
 use super::Ctx;
@@ -80,6 +82,27 @@ pub(crate) async fn check(ctx: Ctx, body: PolicyCheckRequest) -> Result<PolicyCh
         request,
         decision: checked.decision,
         plugin_votes: checked.plugin_votes,
+    })
+}
+
+/// `POST /v1/policy/test`: a fixture file checked against the policy in force and the loaded
+/// policy plugins, case by case exactly as `policy check` would decide.
+pub(crate) async fn test(ctx: Ctx, body: PolicyTestRequest) -> Result<FixtureReport, Fail> {
+    let policy = engine(&ctx)?.policy();
+    let hooks = ctx.state.plugins.clone();
+    super::blocking("the policy fixtures", move || {
+        let hooks = hooks
+            .as_deref()
+            .map(|h| h as &dyn tether_policy::PolicyHooks);
+        tether_policy::run_fixtures_with(&policy, &body.fixtures, hooks)
+    })
+    .await?
+    .map_err(|e| {
+        Fail::bad_request(
+            "invalid_fixtures",
+            e.to_string(),
+            "see daemon/policy/examples/policy-tests.toml for the format",
+        )
     })
 }
 

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tether_api::{Empty, PolicyCheck, PolicyCheckRequest, PolicyGet, PolicyReload};
+use tether_api::{
+    Empty, PolicyCheck, PolicyCheckRequest, PolicyGet, PolicyReload, PolicyTest, PolicyTestRequest,
+};
 use tether_model::Role;
 use tether_model::selector::HostFacts;
 use tether_policy::{Policy, PolicySpec, RequestKind, run_fixtures};
@@ -20,7 +22,9 @@ pub enum PolicyCommand {
     /// Exit 0 when it would run (allow, warn), 2 when it would not (deny, require-approval).
     Check(CheckArgs),
     /// Run a fixture file of {request, expect} cases; exit 1 on any mismatch (for CI).
-    /// The policy comes from --policy FILE (policy.toml or tetherd.toml), else from the daemon.
+    /// Without --policy the daemon runs them against its policy and its loaded policy plugins,
+    /// exactly as `policy check` decides; with --policy FILE only that file's regex rules are
+    /// checked (offline).
     Test {
         /// The fixture file.
         file: PathBuf,
@@ -169,7 +173,8 @@ async fn test(
 ) -> Result<u8, CliError> {
     let fixtures = std::fs::read_to_string(&file)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
-    let policy = match policy_file {
+    let report = match policy_file {
+        // Offline: the regex rules of a policy file (plugins need the daemon).
         Some(p) => {
             let text = std::fs::read_to_string(&p)
                 .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))?;
@@ -189,18 +194,23 @@ async fn test(
                     )));
                 }
             };
-            Policy::compile(&spec).map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?
+            let policy = Policy::compile(&spec)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
+            run_fixtures(&policy, &fixtures)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?
         }
-        None => {
-            let out = global.client().call::<PolicyGet>(&Empty {}).await?;
-            let spec: PolicySpec = serde_json::from_value(out.spec).map_err(|e| {
-                CliError::Internal(format!("the daemon's policy did not parse: {e}"))
-            })?;
-            Policy::compile(&spec).map_err(|e| CliError::Internal(e.to_string()))?
-        }
+        // The daemon's policy and its loaded policy plugins, exactly as `policy check` decides.
+        None => global
+            .client()
+            .call::<PolicyTest>(&PolicyTestRequest { fixtures })
+            .await
+            .map_err(|e| match e {
+                tether_api::ClientError::Api { error, .. } if error.code == "invalid_fixtures" => {
+                    CliError::Usage(format!("{}: {}", file.display(), error.message))
+                }
+                other => other.into(),
+            })?,
     };
-    let report = run_fixtures(&policy, &fixtures)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
     if global.json {
         output::json(&report);
     } else {

@@ -1,8 +1,8 @@
-use std::path::PathBuf;
-
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::cmd;
+use crate::error::CliError;
+use crate::global::Global;
 
 /// Tether: secure remote operations for fleets of Linux machines.
 #[derive(Debug, Parser)]
@@ -12,40 +12,6 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Options every subcommand accepts.
-#[derive(Debug, Clone, Args)]
-pub struct Global {
-    /// Control socket of the tetherd to talk to. Default: $TETHER_SOCKET, else
-    /// /run/tether/tetherd.sock if it exists, else the per-user socket of `tether demo`.
-    #[arg(long, global = true, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-impl Global {
-    /// The socket to use, following the documented precedence.
-    pub fn socket_path(&self) -> PathBuf {
-        if let Some(s) = &self.socket {
-            return s.clone();
-        }
-        if let Some(s) = std::env::var_os("TETHER_SOCKET").filter(|s| !s.is_empty()) {
-            return PathBuf::from(s);
-        }
-        let system = tether_config::system_socket_path();
-        if system.exists() {
-            return system;
-        }
-        tether_config::user_socket_path()
-    }
-
-    /// A control API client for [`Global::socket_path`].
-    pub fn client(&self) -> tether_api::Client {
-        tether_api::Client::new(self.socket_path())
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,4 +41,23 @@ pub enum Command {
     Secret(cmd::secret::SecretCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
+}
+
+impl Cli {
+    /// Runs the parsed command; returns the exit code on success paths (0, or 1 for partial
+    /// failure).
+    pub async fn run(self) -> Result<u8, CliError> {
+        let cli = self;
+        match cli.command {
+            Command::Status(args) => cmd::status::run(&cli.global, args).await,
+            Command::Config(c) => cmd::config::run(&cli.global, c).await,
+            Command::Demo(args) => cmd::demo::run(&cli.global, args).await,
+            Command::Secret(c) => cmd::secret::run(&cli.global, c).await,
+            Command::Policy(c) => cmd::policy::run(&cli.global, c).await,
+            Command::Audit(c) => cmd::audit::run(&cli.global, c).await,
+            Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
+            Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
+            Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
+        }
+    }
 }

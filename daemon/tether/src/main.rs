@@ -9,6 +9,7 @@ use clap::Parser;
 mod cli;
 mod cmd;
 mod error;
+mod global;
 mod output;
 
 fn main() -> ExitCode {
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    match runtime.block_on(cli.run()) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tether: {e}");

@@ -10,8 +10,8 @@ use tether_api::{
     AuditRecords, AuditRecordsQuery, AuditVerify, Empty, VerifyRequest,
 };
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// `tether audit ...`

@@ -6,8 +6,8 @@ use clap::Subcommand;
 use serde::Serialize;
 use tether_api::{ConfigShow, Empty, Reload};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// `tether config ...`

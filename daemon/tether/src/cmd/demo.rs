@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// Arguments of `tether demo`.

@@ -3,8 +3,8 @@
 use clap::Subcommand;
 use tether_api::{HostRef, HostsList, HostsQuery, HostsRemove, HostsShow};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// `tether hosts ...`

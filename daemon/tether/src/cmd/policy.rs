@@ -11,8 +11,8 @@ use tether_model::Role;
 use tether_model::selector::HostFacts;
 use tether_policy::{Policy, PolicySpec, RequestKind, run_fixtures};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// `tether policy ...`

@@ -7,8 +7,8 @@ use clap::Subcommand;
 use tether_api::{Empty, SecretRef, SecretsList, SecretsRemove, SecretsRotate, SecretsSet};
 use zeroize::Zeroize;
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// Largest value `secret set` reads (the vault's limit is 64 KiB).

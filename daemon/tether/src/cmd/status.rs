@@ -3,8 +3,8 @@
 use clap::Args;
 use tether_api::{Empty, Status};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// Arguments of `tether status`.

@@ -8,8 +8,8 @@ use tether_api::{
     VpnRotateKeys, VpnStatusGet,
 };
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// `tether vpn ...`

@@ -7,8 +7,8 @@ use clap::Args;
 use serde::Serialize;
 use tether_plugin_sign::{KeyInfo, Overwrite};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// Creates a missing parent directory of the key (0700: only its owner may list it).

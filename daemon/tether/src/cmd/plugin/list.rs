@@ -2,8 +2,8 @@
 
 use tether_api::{Empty, PluginsList};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 pub async fn run(global: &Global) -> Result<u8, CliError> {

@@ -12,8 +12,8 @@ pub mod verify;
 use clap::Subcommand;
 use tether_plugin_sign::SignError;
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 
 /// `tether plugin ...`
 #[derive(Debug, Subcommand)]

@@ -7,8 +7,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tether_plugin_sign::{SignError, Trust};
 
-use crate::cli::Global;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output;
 
 /// Arguments of `tether plugin verify`.

@@ -43,4 +43,7 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// The generated OpenAPI document could not be built (a bug in an api type's schema).
+    #[error("cannot generate the OpenAPI document: {0}; this is a bug in tether-api's types")]
+    OpenApi(String),
 }

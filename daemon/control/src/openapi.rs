@@ -205,11 +205,12 @@ pub fn document_value() -> Value {
 }
 
 /// The document as YAML, as committed in `daemon/control/openapi.yaml`.
-pub fn document_yaml() -> Result<String, String> {
+pub fn document_yaml() -> Result<String, crate::ControlError> {
     let value = document_value();
-    let api: utoipa::openapi::OpenApi =
-        serde_json::from_value(value).map_err(|e| format!("not an OpenAPI document: {e}"))?;
-    api.to_yaml().map_err(|e| e.to_string())
+    let api: utoipa::openapi::OpenApi = serde_json::from_value(value)
+        .map_err(|e| crate::ControlError::OpenApi(format!("not an OpenAPI document: {e}")))?;
+    api.to_yaml()
+        .map_err(|e| crate::ControlError::OpenApi(e.to_string()))
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ endpoint! {
     AuditRecords: Get "/v1/audit/records", AuditRecordsQuery => AuditRecord, response = NdJson;
 }
 endpoint! {
-    /// new audit records as they are written (NDJSON stream)
+    /// new audit records as they are written (NDJSON stream; a read failure ends it with one error-body line)
     AuditFollow: Get "/v1/audit/follow", AuditFollowQuery => AuditRecord, response = NdJson;
 }
 endpoint! {

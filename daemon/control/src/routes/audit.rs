@@ -135,12 +135,17 @@ pub(crate) async fn follow(ctx: Ctx, q: AuditFollowQuery) -> Result<Body, Fail> 
             let batch = match follower.next_batch(Duration::from_millis(200)).await {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = tx
-                        .send(Bytes::from(format!(
-                            "{}\n",
-                            json!({"error": e.to_string()})
-                        )))
-                        .await;
+                    // The stream ends with the standard error body as its last line.
+                    let body = tether_api::ErrorBody {
+                        error: tether_api::ApiError::new(
+                            "audit_error",
+                            e.to_string(),
+                            "the follow stopped; run `tether audit verify` to check the log",
+                        ),
+                    };
+                    let mut line = serde_json::to_vec(&body).unwrap_or_default();
+                    line.push(b'\n');
+                    let _ = tx.send(Bytes::from(line)).await;
                     return;
                 }
             };

@@ -50,6 +50,9 @@ pub struct AppState {
     pub rotator: Option<Arc<dyn KeyRotator>>,
     /// Policy plugins (WASM), voting after the regex rules.
     pub plugins: Option<Arc<dyn PluginAdmin>>,
+    /// The git commit the daemon was built from (`unknown` when built without git), for
+    /// `/v1/status`; `tetherd` sets it from its build script.
+    pub commit: &'static str,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,

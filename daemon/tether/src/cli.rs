@@ -6,7 +6,7 @@ use crate::cmd;
 
 /// Tether: secure remote operations for fleets of Linux machines.
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about, propagate_version = true)]
+#[command(name = "tether", version = crate::VERSION_LINE, about, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -75,4 +75,8 @@ pub enum Command {
     Secret(cmd::secret::SecretCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completions(cmd::completions::CompletionsArgs),
+    /// Write man pages for tether and every subcommand to a directory.
+    Man(cmd::man::ManArgs),
 }

@@ -1,9 +1,11 @@
 //! One file per command.
 
 pub mod audit;
+pub mod completions;
 pub mod config;
 pub mod demo;
 pub mod hosts;
+pub mod man;
 pub mod plugin;
 pub mod policy;
 pub mod secret;
@@ -38,5 +40,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Vpn(c) => vpn::run(&cli.global, c).await,
         Command::Hosts(c) => hosts::run(&cli.global, c).await,
         Command::Plugin(c) => plugin::run(&cli.global, c).await,
+        Command::Completions(args) => completions::run(&cli.global, args),
+        Command::Man(args) => man::run(&cli.global, args),
     }
 }

@@ -154,6 +154,7 @@ impl AppState {
             enrollment: None,
             rotator: None,
             plugins: None,
+            commit: "unknown",
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),
@@ -279,6 +280,9 @@ impl AppState {
         }
         if old.vault != new.vault {
             report.needs_restart.push("vault".to_owned());
+        }
+        if old.metrics != new.metrics {
+            report.needs_restart.push("metrics".to_owned());
         }
         Ok(PreparedReload {
             config: new,

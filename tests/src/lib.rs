@@ -149,6 +149,32 @@ impl Daemon {
         }
     }
 
+    /// Stops the daemon with SIGTERM and starts it again on the same dir and config (its log
+    /// keeps growing), waiting until it is ready.
+    pub fn restart(&mut self) {
+        self.signal(Signal::SIGTERM);
+        assert!(
+            self.wait_exit(Duration::from_secs(10)).is_some(),
+            "tetherd did not stop:\n{}",
+            self.log()
+        );
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let err = out.try_clone().expect("log");
+        self.child = Command::new(bin("tetherd"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn tetherd");
+        self.wait_ready();
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

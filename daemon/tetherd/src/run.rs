@@ -67,9 +67,10 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     let role = config.daemon_role();
     let vault = start_vault(&config).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
-    let listener = bind_control_socket(&config)?;
+    // The metrics port before the socket: a missing token or a taken port leaves nothing behind.
     let metrics_listener =
         tether_control::metrics_http::MetricsListener::bind(&config.metrics, &vault).await?;
+    let listener = bind_control_socket(&config)?;
     let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(crate::alerts::LogAlerts);
     let engine = start_policy(&config, &registry, &alerts)?;
     let keys: Arc<dyn tether_audit::KeySource> =

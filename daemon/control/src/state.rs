@@ -50,6 +50,9 @@ pub struct AppState {
     pub rotator: Option<Arc<dyn KeyRotator>>,
     /// Policy plugins (WASM), voting after the regex rules.
     pub plugins: Option<Arc<dyn PluginAdmin>>,
+    /// The git commit the daemon was built from (`unknown` when built without git), for
+    /// `/v1/status`; `tetherd` sets it from its build script.
+    pub commit: &'static str,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -151,6 +154,7 @@ impl AppState {
             enrollment: None,
             rotator: None,
             plugins: None,
+            commit: "unknown",
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),
@@ -276,6 +280,9 @@ impl AppState {
         }
         if old.vault != new.vault {
             report.needs_restart.push("vault".to_owned());
+        }
+        if old.metrics != new.metrics {
+            report.needs_restart.push("metrics".to_owned());
         }
         Ok(PreparedReload {
             config: new,

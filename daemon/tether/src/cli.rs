@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::cmd;
 use crate::error::CliError;
@@ -6,7 +6,7 @@ use crate::global::Global;
 
 /// Tether: secure remote operations for fleets of Linux machines.
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about, propagate_version = true)]
+#[command(name = "tether", version = crate::VERSION_LINE, about, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -41,6 +41,10 @@ pub enum Command {
     Secret(cmd::secret::SecretCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completions(cmd::completions::CompletionsArgs),
+    /// Write man pages for tether and every subcommand to a directory.
+    Man(cmd::man::ManArgs),
 }
 
 impl Cli {
@@ -58,6 +62,8 @@ impl Cli {
             Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
+            Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
+            Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }
     }
 }

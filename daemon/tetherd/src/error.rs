@@ -69,6 +69,10 @@ impl DaemonError {
             DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::PolicyFile(_) => 2,
             DaemonError::Vault(tether_vault::VaultError::Config { .. }) => 2,
             DaemonError::Enroll(_) | DaemonError::Usage(_) | DaemonError::Plugins(_) => 2,
+            DaemonError::Control(
+                tether_control::ControlError::MetricsToken { .. }
+                | tether_control::ControlError::MetricsAddress { .. },
+            ) => 2,
             _ => 3,
         }
     }

@@ -19,6 +19,14 @@ mod notify;
 mod plugins;
 mod run;
 
+/// `tetherd --version`: the release and the git commit it was built from (see build.rs).
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TETHER_COMMIT"),
+    ")"
+);
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {

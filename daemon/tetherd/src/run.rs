@@ -59,10 +59,17 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
 async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     prepare_state_dir(&config.state_dir)?;
     let registry = Registry::new();
+    // process_resident_memory_bytes, process_cpu_seconds_total, open fds, start time, ...
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     let socket = config.control.socket.clone();
     let role = config.daemon_role();
     let vault = start_vault(&config).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
+    // The metrics port before the socket: a missing token or a taken port leaves nothing behind.
+    let metrics_listener =
+        tether_control::metrics_http::MetricsListener::bind(&config.metrics, &vault).await?;
     let listener = bind_control_socket(&config)?;
     let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(crate::alerts::LogAlerts);
     let engine = start_policy(&config, &registry, &alerts)?;
@@ -83,6 +90,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     )
     .await?;
     let mut state = AppState::new(config, source, registry)?;
+    state.commit = env!("TETHER_COMMIT");
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);
     expose_tunnel(&mut state, &membership);
     expose_enrollment(&mut state, &membership);
@@ -104,6 +112,13 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     // Install every signal handler before announcing readiness, so no signal is missed.
     let mut signals = Signals::install()?;
     let server_task = start_control_server(listener, &state, &shutdown);
+    let metrics_task = metrics_listener.map(|m| {
+        let addr = m
+            .local_addr()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string());
+        tracing::info!("metrics listener on http://{addr} (/metrics, /healthz, /readyz only)");
+        tokio::spawn(m.serve(Arc::clone(&state), shutdown.clone()))
+    });
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(%role, socket = %socket.display(), pid = std::process::id(), version = tether_model::VERSION, "tetherd ready");
@@ -112,6 +127,9 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     signals.serve_until_stop(&state).await;
 
     stop(&state, &shutdown, server_task, &socket).await;
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
+    }
     membership.shutdown().await;
     stop_audit(&state, audit).await;
     tracing::info!("tetherd stopped");

@@ -1,9 +1,11 @@
 //! One file per command.
 
 pub mod audit;
+pub mod completions;
 pub mod config;
 pub mod demo;
 pub mod hosts;
+pub mod man;
 pub mod plugin;
 pub mod policy;
 pub mod secret;

@@ -18,6 +18,7 @@ mod membership;
 mod notify;
 mod plugins;
 mod run;
+mod state_dir;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

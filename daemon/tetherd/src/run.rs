@@ -58,6 +58,9 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
 /// reverse. Each step is one function below; every task started here is owned here.
 async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     prepare_state_dir(&config.state_dir)?;
+    // Held until this function returns: one daemon per state directory.
+    let _state_lock = crate::state_dir::lock(&config.state_dir)?;
+    crate::state_dir::check_complete(&config)?;
     let registry = Registry::new();
     let socket = config.control.socket.clone();
     let role = config.daemon_role();

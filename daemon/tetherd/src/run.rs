@@ -59,8 +59,9 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
 async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     prepare_state_dir(&config.state_dir)?;
     // Held until this function returns: one daemon per state directory.
-    let _state_lock = crate::state_dir::lock(&config.state_dir)?;
+    let mut _state_lock = crate::state_dir::lock(&config.state_dir)?;
     crate::state_dir::check_complete(&config)?;
+    _state_lock.record_pid()?;
     let registry = Registry::new();
     let socket = config.control.socket.clone();
     let role = config.daemon_role();

@@ -16,10 +16,11 @@ pub const LOCK_FILE: &str = "tetherd.lock";
 
 /// The exclusive lock on a state directory; released when dropped (or when the process dies).
 pub struct StateLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    path: PathBuf,
 }
 
-/// Takes the exclusive lock on `dir` (non-blocking) and records this process's pid in it. A
+/// Takes the exclusive lock on `dir` (non-blocking); see [`StateLock::record_pid`]. A
 /// second daemon on the same directory gets [`DaemonError::StateDirInUse`] with the first's pid.
 pub fn lock(dir: &Path) -> Result<StateLock, DaemonError> {
     let path = dir.join(LOCK_FILE);
@@ -35,7 +36,7 @@ pub fn lock(dir: &Path) -> Result<StateLock, DaemonError> {
         .mode(0o600)
         .open(&path)
         .map_err(err)?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut text = String::new();
@@ -48,12 +49,23 @@ pub fn lock(dir: &Path) -> Result<StateLock, DaemonError> {
         }
         Err((_, e)) => return Err(err(std::io::Error::from(e))),
     };
-    lock.set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| writeln!(lock, "{}", std::process::id()))
-        .and_then(|()| lock.sync_all())
-        .map_err(err)?;
-    Ok(StateLock { _lock: lock })
+    Ok(StateLock { lock, path })
+}
+
+impl StateLock {
+    /// Records this process's pid in the lock file, for a second daemon's error message. Called
+    /// once the state directory was found usable, so a refused start changes nothing.
+    pub fn record_pid(&mut self) -> Result<(), DaemonError> {
+        let lock = &mut self.lock;
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .and_then(|()| lock.sync_all())
+            .map_err(|source| DaemonError::StateDir {
+                path: self.path.clone(),
+                source,
+            })
+    }
 }
 
 /// What a used state directory must hold, relative to it: the vault index (which records the

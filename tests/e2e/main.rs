@@ -13,4 +13,5 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod state;
 mod vault;

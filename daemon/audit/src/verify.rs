@@ -194,6 +194,20 @@ impl<'k> ChunkReader<'k> {
                 }
                 let n = self.carry.len();
                 self.carry.clear();
+                if let Some(at) = self.after_tail.take() {
+                    // An incomplete line, then NULs, then more data: not a write in progress
+                    // but records (or junk) hidden behind a zero run. Never a torn tail.
+                    return Ok(Some(Checked {
+                        n,
+                        complete: true,
+                        res: Err((
+                            None,
+                            LineFault::Malformed(format!(
+                                "an incomplete record, then zero bytes, then non-zero bytes at byte {at}: data is hidden after the zero-filled end"
+                            )),
+                        )),
+                    }));
+                }
                 return Ok(Some(Checked {
                     n,
                     complete: false,

@@ -58,6 +58,10 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
 /// reverse. Each step is one function below; every task started here is owned here.
 async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     prepare_state_dir(&config.state_dir)?;
+    // Held until this function returns: one daemon per state directory.
+    let mut _state_lock = crate::state_dir::lock(&config.state_dir)?;
+    crate::state_dir::check_complete(&config)?;
+    _state_lock.record_pid()?;
     let registry = Registry::new();
     // process_resident_memory_bytes, process_cpu_seconds_total, open fds, start time, ...
     registry.register(Box::new(

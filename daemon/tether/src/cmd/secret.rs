@@ -38,7 +38,24 @@ pub enum SecretCommand {
     },
 }
 
+/// Refuses the daemon's own namespace before reading a value or calling the daemon.
+fn not_reserved(name: &str) -> Result<(), CliError> {
+    if tether_model::is_reserved_secret_name(name) {
+        return Err(CliError::Usage(format!(
+            "{name:?} is reserved for the daemon's own keys and cannot be set, removed or rotated here; {}",
+            tether_model::RESERVED_SECRET_HINT
+        )));
+    }
+    Ok(())
+}
+
 pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
+    match &cmd {
+        SecretCommand::Set { name }
+        | SecretCommand::Rm { name }
+        | SecretCommand::Rotate { name } => not_reserved(name)?,
+        SecretCommand::List => {}
+    }
     let client = global.client();
     match cmd {
         SecretCommand::Set { name } => {

@@ -329,9 +329,9 @@ impl Cx<'_, '_> {
 
     /// The origin `label` nested in the current one.
     fn origin(&mut self, label: &str, may: bool) -> u16 {
-        let label = match self.out.origin(self.origin) {
-            Some(parent) => format!("{} → {label}", parent.label),
-            None => label.to_owned(),
+        let (label, may) = match self.out.origin(self.origin) {
+            Some(parent) => (format!("{} → {label}", parent.label), may || parent.may),
+            None => (label.to_owned(), may),
         };
         if let Some(i) = self.out.origins.iter().position(|o| o.label == label) {
             return (i + 1) as u16;
@@ -406,6 +406,8 @@ struct Seg {
     quoted: bool,
     redirect_pending: Option<String>,
     redirects: Vec<(String, String)>,
+    /// Index in `Analysis::paths` where this simple command's paths start.
+    paths_start: usize,
 }
 
 impl Seg {
@@ -532,14 +534,25 @@ impl Seg {
             self.text.clear();
             self.spans.clear();
             self.redirects.clear();
+            self.paths_start = cx.out.paths.len();
             return Ok(());
         }
         let text = String::from_utf8(std::mem::take(&mut self.text))
             .map_err(|_| "invalid UTF-8".to_owned())?;
         let redirects = std::mem::take(&mut self.redirects);
-        let result = simple_command(text, &self.words, &self.spans, redirects, depth, cx);
+        let paths_start = self.paths_start;
+        let result = simple_command(
+            text,
+            &self.words,
+            &self.spans,
+            redirects,
+            paths_start,
+            depth,
+            cx,
+        );
         self.words.clear();
         self.spans.clear();
+        self.paths_start = cx.out.paths.len();
         result
     }
 }
@@ -585,6 +598,7 @@ fn parse_seq(
     let mut seg = Seg {
         text: Vec::with_capacity(b.len() - *pos),
         words: Vec::with_capacity(16),
+        paths_start: cx.out.paths.len(),
         ..Seg::default()
     };
     let mut parens = 0usize;
@@ -1188,6 +1202,7 @@ fn simple_command(
     words: &[Word],
     spans: &[Span],
     redirects: Vec<(String, String)>,
+    paths_start: usize,
     depth: usize,
     cx: &mut Cx<'_, '_>,
 ) -> Result<(), String> {
@@ -1213,7 +1228,7 @@ fn simple_command(
     while j < words.len() && is_assignment(w(j)) {
         j += 1;
     }
-    let paths_from = cx.out.paths.len();
+    let paths_from = paths_start.min(cx.out.paths.len());
     if cx.opt.collect_paths || cx.opt.structured {
         for (k, word) in words.iter().enumerate().skip(i) {
             let t = w(k);
@@ -1354,7 +1369,6 @@ fn forms(
     cx.origin = origin;
     cx.forms = false;
     let mut seen: Vec<Vec<String>> = Vec::new();
-    let mut result = Ok(());
     'outer: for form in 0..nforms {
         for alt in 0..nalts {
             let argv: Vec<String> = words
@@ -1375,15 +1389,16 @@ fn forms(
             }
             let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
             let dy = vec![false; refs.len()];
-            result = argv_command(&refs, &dy, false, depth, cx);
+            // A form is only a probe: one the splitter can't follow (`sh -c *`) adds nothing.
+            let _ = argv_command(&refs, &dy, false, depth, cx);
             seen.push(argv);
-            if result.is_err() || seen.len() >= MAX_FORMS {
+            if seen.len() >= MAX_FORMS {
                 break 'outer;
             }
         }
     }
     (cx.origin, cx.forms) = saved;
-    result
+    Ok(())
 }
 
 /// A command given as argv (wrapped, or run by `find -exec`): pushed as a command (it must
@@ -1477,7 +1492,12 @@ fn expand(
                     .iter()
                     .position(|t| matches!(*t, ":::" | "::::" | ":::+" | "::::+"))
                     .map_or(args.len(), |p| k + p);
-                let script = args[k..end].join(" ");
+                let mut script = args[k..end].join(" ");
+                if let Some(first) = args.get(end + 1) {
+                    // `parallel CMD ::: V…` runs `CMD V` for each value: check the first.
+                    script.push(' ');
+                    script.push_str(first);
+                }
                 if args[k..end]
                     .iter()
                     .enumerate()

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod alert;
+pub mod audit;
 pub mod policy;
 mod role;
 mod secret_name;

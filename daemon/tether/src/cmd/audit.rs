@@ -101,7 +101,9 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                     "audit log BROKEN at seq {}: {} ({}:{})",
                     b.seq,
                     kind.as_str().unwrap_or("?"),
-                    b.file.as_deref().unwrap_or("?"),
+                    b.file
+                        .as_deref()
+                        .map_or("?".into(), |f| f.display().to_string()),
                     b.line.map_or("null".to_owned(), |l| l.to_string())
                 );
                 println!("  {}", b.detail);

@@ -170,10 +170,17 @@ impl Conn {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = why.to_owned();
         self.closed.cancel();
-        let _ = tokio::time::timeout(
-            Duration::from_millis(500),
-            self.handle.disconnect(Disconnect::ByApplication, why, "en"),
-        )
+        // Send the goodbye and wait (briefly) until the session has written it and ended, so
+        // it is on its way before the caller removes the tunnel peer.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let _ = self
+                .handle
+                .disconnect(Disconnect::ByApplication, why, "en")
+                .await;
+            while !self.handle.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
         .await;
     }
 }
@@ -513,8 +520,9 @@ impl Pool {
     }
 
     /// Closes `host`'s connection (revoke, `hosts rm`): its running commands fail with
-    /// [`SshError::Closed`] and the target kills them when the connection ends.
-    pub async fn close_host(&self, host: &str, why: &str) {
+    /// [`SshError::Closed`] and the target kills them when the connection ends. Returns whether
+    /// a connection was open.
+    pub async fn close_host(&self, host: &str, why: &str) -> bool {
         let slot = self
             .inner
             .slots
@@ -525,8 +533,10 @@ impl Pool {
             let conn = slot.lock().await.conn.take();
             if let Some(conn) = conn {
                 conn.close(why).await;
+                return true;
             }
         }
+        false
     }
 
     /// Closes connections idle since before `now - idle` with no command running. Returns the

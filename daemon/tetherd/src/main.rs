@@ -18,6 +18,7 @@ mod membership;
 mod notify;
 mod plugins;
 mod run;
+mod ssh;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -55,6 +55,9 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Run a command on the selected hosts (policy-checked and audited), e.g.
+    /// `tether exec -H group:web -- uptime`.
+    Exec(cmd::exec::ExecArgs),
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod config;
 pub mod demo;
+pub mod exec;
 pub mod hosts;
 pub mod plugin;
 pub mod policy;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Audit(c) => audit::run(&cli.global, c).await,
         Command::Vpn(c) => vpn::run(&cli.global, c).await,
         Command::Hosts(c) => hosts::run(&cli.global, c).await,
+        Command::Exec(args) => exec::run(&cli.global, args).await,
         Command::Plugin(c) => plugin::run(&cli.global, c).await,
     }
 }

@@ -186,13 +186,15 @@ async fn exec_streams_output_exit_codes_and_reuses_one_connection() {
     // The target's gate saw each command and its end.
     assert_eq!(s.gate.admitted.lock().unwrap().len(), 12);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let fin = s.gate.finished.lock().unwrap();
     assert!(
-        fin.iter()
+        s.gate
+            .finished
+            .lock()
+            .unwrap()
+            .iter()
             .any(|r| r.exit_code == Some(3) && r.stdout_bytes == 6 && r.stderr_bytes == 5)
     );
     // Idle expiry with injected time: not yet, then yes.
-    drop(fin);
     assert!(s.pool.reap(Instant::now()).await.is_empty());
     assert_eq!(
         s.pool.reap(Instant::now() + Duration::from_secs(61)).await,

@@ -4,6 +4,7 @@
 mod audit;
 mod config;
 mod demo;
+mod exec;
 mod firsthour;
 mod layout;
 mod lifecycle;

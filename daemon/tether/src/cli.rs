@@ -21,6 +21,9 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Run a command on the selected hosts (policy-checked and audited), e.g.
+    /// `tether exec -H group:web -- uptime`.
+    Exec(cmd::exec::ExecArgs),
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
@@ -61,6 +64,7 @@ impl Cli {
             Command::Audit(c) => cmd::audit::run(&cli.global, c).await,
             Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
+            Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),

@@ -18,6 +18,7 @@ mod membership;
 mod notify;
 mod plugins;
 mod run;
+mod ssh;
 mod state_dir;
 
 /// `tetherd --version`: the release and the git commit it was built from (see build.rs).

@@ -94,12 +94,23 @@ pub struct Membership {
     pub enrollment: Option<Enrollment>,
     /// Key rotation over the agent channel.
     pub rotator: Option<Arc<dyn tether_control::state::KeyRotator>>,
+    /// The hub's SSH pool.
+    pub ssh: Option<crate::ssh::HubSide>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Membership {
+    /// Adds a task to stop with the others (the target's SSH listener).
+    pub fn own(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
     /// Stops the listener tasks and the tunnel.
     pub async fn shutdown(self) {
+        // Close pooled SSH connections (once) while the tunnel can still carry the goodbye.
+        if let Some(ssh) = self.ssh {
+            ssh.shutdown().await;
+        }
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
@@ -287,6 +298,7 @@ pub async fn start_hub(
             }
         }
     });
+    let alerts_for_ssh = Arc::clone(&alerts);
     let (agent, agent_task) = crate::agent::HubAgent::spawn(
         handle.clone(),
         Arc::clone(&hub),
@@ -295,12 +307,20 @@ pub async fn start_hub(
         shutdown.clone(),
     )
     .map_err(agent_port_err)?;
+    let ssh = crate::ssh::start_hub(
+        handle.clone(),
+        vault,
+        Arc::clone(&alerts_for_ssh),
+        audit.clone(),
+        shutdown.clone(),
+    )?;
     let events = tokio::spawn(enroll_events(rx, handle, audit, shutdown));
     Ok(Membership {
         tunnel: Some(tunnel),
         hub: Some(hub),
         enrollment: None,
         rotator: Some(agent),
+        ssh: Some(ssh),
         tasks: vec![serve, events, agent_task],
     })
 }
@@ -362,6 +382,7 @@ pub async fn start_target(
             hub: None,
             enrollment: None,
             rotator: None,
+            ssh: None,
             tasks: Vec::new(),
         });
     };
@@ -418,6 +439,7 @@ pub async fn start_target(
         hub: None,
         enrollment: Some(enrollment),
         rotator: Some(agent),
+        ssh: None,
         tasks,
     })
 }

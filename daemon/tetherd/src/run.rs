@@ -83,7 +83,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
     let plugins = start_plugins(&config, &vault, &alerts, &registry, &audit).await?;
     let shutdown = CancellationToken::new();
-    let membership = start_membership(
+    let mut membership = start_membership(
         &config,
         &vault,
         &registry,
@@ -98,7 +98,11 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);
     expose_tunnel(&mut state, &membership);
     expose_enrollment(&mut state, &membership);
-    state.vault = Some(vault);
+    state.remote = membership
+        .ssh
+        .as_ref()
+        .map(|s| Arc::clone(&s.remote) as Arc<dyn tether_control::state::RemoteExec>);
+    state.vault = Some(vault.clone());
     state.policy = Some(engine);
     state.alerts = alerts;
     state.audit = Some(audit.clone());
@@ -112,6 +116,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         )
         .await?;
     let state = Arc::new(state);
+    start_target_ssh(&mut membership, &vault, &state, &shutdown)?;
 
     // Install every signal handler before announcing readiness, so no signal is missed.
     let mut signals = Signals::install()?;
@@ -283,6 +288,28 @@ async fn start_membership(
             .await
         }
     }
+}
+
+/// On an enrolled target, serves the hub's SSH inside the tunnel (its commands pass this
+/// daemon's policy and audit, so it starts once the state holds them).
+fn start_target_ssh(
+    membership: &mut crate::membership::Membership,
+    vault: &tether_vault::Vault,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let (Some(tunnel), Some(enrollment)) = (&membership.tunnel, &membership.enrollment) else {
+        return Ok(());
+    };
+    let task = crate::ssh::start_target(
+        &tunnel.handle(),
+        vault,
+        enrollment,
+        Arc::clone(state),
+        shutdown.clone(),
+    )?;
+    membership.own(task);
+    Ok(())
 }
 
 /// Gives the control API the tunnel (`vpn status`) and the key rotator (`vpn rotate-keys`).

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod completions;
 pub mod config;
 pub mod demo;
+pub mod exec;
 pub mod hosts;
 pub mod man;
 pub mod plugin;

@@ -441,3 +441,46 @@ fn the_demo_prints_commands_that_work_as_printed() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// On a machine whose pinned toolchain lacks wasm32-wasip2 and can't add it (no network),
+/// `plugins/build.sh` stops with exit 2 and the exact command to run, before building anything.
+/// The toolchain is replaced on PATH by two shell scripts that behave like that machine's
+/// `rustc` (no target libdir) and `rustup` (the add fails); the script under test is the real one.
+#[test]
+fn plugins_build_stops_with_the_exact_rustup_command_when_the_wasm_target_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut perms = std::fs::metadata(&p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&p, perms).unwrap();
+    };
+    let marker = dir.path().join("cargo-ran");
+    fake(
+        "rustc",
+        "echo \"error: the wasm32-wasip2 target may not be installed\" >&2; exit 1",
+    );
+    fake(
+        "rustup",
+        "case \"$1 $2\" in\n  'target add') echo 'error: could not download' >&2; exit 1;;\n  'show active-toolchain') echo '1.95.0-x86_64-unknown-linux-gnu (overridden by rust-toolchain.toml)';;\nesac",
+    );
+    fake("cargo", &format!("touch {}; exit 0", marker.display()));
+    let out = Command::new("sh")
+        .arg(repo().join("plugins/build.sh"))
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "rustup target add wasm32-wasip2 --toolchain 1.95.0-x86_64-unknown-linux-gnu"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !marker.exists(),
+        "build.sh ran cargo after the target check failed"
+    );
+}

@@ -14,8 +14,8 @@ use std::io::{IsTerminal, Write};
 use clap::Args;
 use tether_api::{Exec, ExecEvent, ExecRequest, ExecStream, ExecSummary};
 
-use crate::global::Global;
 use crate::error::CliError;
+use crate::global::Global;
 
 /// `tether exec` arguments.
 #[derive(Debug, Args)]

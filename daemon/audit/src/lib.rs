@@ -24,6 +24,7 @@ mod head;
 mod keys;
 mod metrics;
 mod reader;
+mod seq_reader;
 pub mod record;
 mod verify;
 mod writer;
@@ -36,6 +37,7 @@ pub use keys::{KeyFile, KeySource, StaticKeys};
 pub use reader::{
     ExportStats, Filter, Follower, Records, export_jsonl, read_records, tail_records,
 };
+pub use seq_reader::SeqReader;
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
 pub use verify::{Break, BreakKind, VerifyReport, verify};
 pub use writer::{AuditLog, Options, Receipt, Recovery, TornTail};

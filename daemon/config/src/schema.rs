@@ -37,6 +37,9 @@ pub struct Config {
     /// Enrollment of new targets (hub only).
     #[serde(default)]
     pub enroll: EnrollSection,
+    /// Alert routing and delivery, audit-sink batching (`[alerts]`).
+    #[serde(default)]
+    pub alerts: crate::AlertsSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -211,6 +214,7 @@ impl Default for Config {
             plugins_manifest: None,
             tunnel: TunnelSection::default(),
             enroll: EnrollSection::default(),
+            alerts: crate::AlertsSection::default(),
         }
     }
 }
@@ -394,6 +398,9 @@ impl Config {
         }
         if let Err((key, message)) = self.vault.validate() {
             bad(key, message);
+        }
+        for (key, message) in self.alerts.validate() {
+            bad(&key, message);
         }
         problems
     }

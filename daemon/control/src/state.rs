@@ -50,6 +50,8 @@ pub struct AppState {
     pub rotator: Option<Arc<dyn KeyRotator>>,
     /// Policy plugins (WASM), voting after the regex rules.
     pub plugins: Option<Arc<dyn PluginAdmin>>,
+    /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
+    pub alert_service: Option<tether_alerts::AlertService>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -151,6 +153,7 @@ impl AppState {
             enrollment: None,
             rotator: None,
             plugins: None,
+            alert_service: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

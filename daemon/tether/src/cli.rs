@@ -39,6 +39,9 @@ pub enum Command {
     /// Manage the vault's secrets (admin): set, list, rm, rotate. Values are never printed.
     #[command(subcommand)]
     Secret(cmd::secret::SecretCommand),
+    /// Recent alerts and their delivery state; send a test alert through a sink.
+    #[command(subcommand)]
+    Alerts(cmd::alerts::AlertsCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
 }
@@ -58,6 +61,7 @@ impl Cli {
             Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
+            Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
         }
     }
 }

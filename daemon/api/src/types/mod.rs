@@ -23,6 +23,7 @@ macro_rules! endpoint {
     };
 }
 
+mod alerts;
 mod audit;
 mod hosts;
 mod plugins;
@@ -31,6 +32,7 @@ mod secrets;
 mod status;
 mod vpn;
 
+pub use alerts::*;
 pub use audit::*;
 pub use hosts::*;
 pub use plugins::*;

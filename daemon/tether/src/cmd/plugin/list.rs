@@ -29,7 +29,11 @@ pub async fn run(global: &Global) -> Result<u8, CliError> {
             p.calls,
             p.errors,
             p.p99_us.map_or("-".to_owned(), |u| format!("{u}us")),
-            if p.quarantined { "QUARANTINED" } else { "ok" },
+            match (p.quarantined, p.lag_records) {
+                (true, _) => "QUARANTINED".to_owned(),
+                (false, Some(lag)) => format!("ok lag={lag}"),
+                (false, None) => "ok".to_owned(),
+            },
         );
     }
     Ok(0)

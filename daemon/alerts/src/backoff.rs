@@ -80,6 +80,7 @@ pub(crate) fn jitter() -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

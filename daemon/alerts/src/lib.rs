@@ -30,6 +30,7 @@ pub use error::{AlertsError, Result};
 pub use queue::{Completed, DropReason, Next, SinkQueue};
 pub use route::{Admission, Route, Router};
 pub use service::{
-    AlertDeliver, AlertEntry, AlertService, AlertsSettings, DeadLetter, SinkState, TEST_KIND,
+    AlertDeliver, AlertEntry, AlertService, AlertsSettings, DeadLetter, SinkProgress, SinkState,
+    TEST_KIND,
 };
 pub use stream::{AuditStreamer, Batch, BatchDeliver, StreamSettings, StreamStatus};

@@ -216,6 +216,7 @@ impl<T: Clone> SinkQueue<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -24,8 +24,8 @@ mod head;
 mod keys;
 mod metrics;
 mod reader;
-mod seq_reader;
 pub mod record;
+mod seq_reader;
 mod verify;
 mod writer;
 
@@ -37,7 +37,7 @@ pub use keys::{KeyFile, KeySource, StaticKeys};
 pub use reader::{
     ExportStats, Filter, Follower, Records, export_jsonl, read_records, tail_records,
 };
-pub use seq_reader::SeqReader;
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
+pub use seq_reader::SeqReader;
 pub use verify::{Break, BreakKind, VerifyReport, verify};
 pub use writer::{AuditLog, Options, Receipt, Recovery, TornTail};

@@ -328,3 +328,108 @@ fn audit_sinks_get_every_record_in_order_and_resume_from_the_acknowledged_seq_af
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Polls `alerts list` until an alert of each of `kinds` is delivered (10 s); returns the list.
+fn wait_delivered(d: &Daemon, kinds: &[&str]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = json(&d.tether(&["--json", "alerts", "list"]));
+        let alerts = list["alerts"].as_array().unwrap();
+        let done = kinds.iter().all(|k| {
+            alerts
+                .iter()
+                .any(|a| a["kind"] == *k && a["state"] == "delivered")
+        });
+        if done {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all of {kinds:?} delivered: {list}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reload_enrollment_and_revocation_raise_alerts_that_reach_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"recorder\"\nkind = \"alert_sink\"\npath = {:?}\n",
+            plugin_component("alert_recorder").display().to_string()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[alerts]\ncooldown_secs = 60\n",
+    );
+
+    // A reload that changes nothing raises nothing; one that changes something raises
+    // config_change.
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let list = json(&d.tether(&["--json", "alerts", "list"]));
+    assert!(
+        !list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "config_change"),
+        "{list}"
+    );
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        text.replace("cooldown_secs = 60", "cooldown_secs = 61"),
+    )
+    .unwrap();
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+
+    // A real enrollment, then its revocation.
+    let token = crate::membership::invite(&d, "t1", &[]);
+    let (_tdir, config) = crate::membership::target_dir();
+    let out = crate::membership::enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let list = wait_delivered(&d, &["config_change", "enrollment_complete"]);
+    assert_eq!(
+        code(&d.tether(&["vpn", "revoke", "t1"])),
+        0,
+        "revoke t1 failed"
+    );
+    let list2 = wait_delivered(&d, &["host_revoked"]);
+
+    let find = |l: &serde_json::Value, kind: &str| {
+        l["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    let c = find(&list, "config_change");
+    assert_eq!(c["severity"], "info", "{c}");
+    assert_eq!(c["fields"]["trigger"], "api", "{c}");
+    assert_eq!(c["sinks"]["recorder"]["state"], "delivered", "{c}");
+    let e = find(&list, "enrollment_complete");
+    assert_eq!(e["host"], "t1", "{e}");
+    assert_eq!(e["fields"]["overlay_ip"], "10.99.0.2", "{e}");
+    let r = find(&list2, "host_revoked");
+    assert_eq!(r["host"], "t1", "{r}");
+    assert_eq!(r["severity"], "warning", "{r}");
+
+    // The sink plugin really got them (it logs each one through the host).
+    let log = d.log();
+    for want in [
+        "alert kind=config_change severity=info",
+        "alert kind=enrollment_complete severity=info host=t1",
+        "alert kind=host_revoked severity=warning host=t1",
+    ] {
+        assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+    }
+}

@@ -433,3 +433,70 @@ fn reload_enrollment_and_revocation_raise_alerts_that_reach_the_sink() {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
 }
+
+#[test]
+fn slack_alerts_are_block_kit_posted_to_the_webhook_url_from_the_vault() {
+    let rx = Receiver::start(vec![(200, "")]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"slack\"\nkind = \"alert_sink\"\npath = {:?}\n[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]\nsecrets = [\"slack-webhook-url\"]\n[plugin.limits]\ntimeout_ms = 3000\n",
+            plugin_component("slack").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[vault]\nbackend = \"file\"\n",
+    );
+    let url = format!(
+        "http://127.0.0.1:{}/services/T0E2E/B0E2E/s3cr3tSlackPath",
+        rx.port
+    );
+    set_secret(&d, "slack-webhook-url", url.as_bytes());
+
+    let v = json(&d.tether(&["--json", "alerts", "test", "slack", "--wait", "20"]));
+    assert_eq!(v["state"], "delivered", "{v}");
+    let got = rx.got();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    let blocks = body["blocks"].as_array().unwrap();
+    let types: Vec<&str> = blocks.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["header", "section", "section", "context"], "{body}");
+    assert_eq!(blocks[0]["text"]["type"], "plain_text", "{body}");
+    assert_eq!(blocks[0]["text"]["text"], "[INFO] test", "{body}");
+    assert_eq!(blocks[1]["text"]["type"], "mrkdwn", "{body}");
+    assert!(
+        blocks[1]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("test alert"),
+        "{body}"
+    );
+    assert_eq!(blocks[2]["fields"][0]["type"], "mrkdwn", "{body}");
+    assert_eq!(blocks[2]["fields"][0]["text"], "*sink*\nslack", "{body}");
+    assert_eq!(blocks[3]["elements"][0]["type"], "mrkdwn", "{body}");
+    assert!(
+        body["text"].as_str().unwrap().starts_with("[info] test: "),
+        "{body}"
+    );
+
+    // A refusal for good (Slack's 404 no_service) is not retried, and its error does not
+    // carry the URL, which is the credential.
+    rx.answer(vec![(404, "")]);
+    let t = d.tether(&["--json", "alerts", "test", "slack", "--wait", "20"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&t)).unwrap();
+    assert_eq!(v["sinks"]["slack"]["reason"], "rejected", "{v}");
+    assert_eq!(v["sinks"]["slack"]["attempts"], 1, "{v}");
+    let list = stdout(&d.tether(&["--json", "alerts", "list"]));
+    for text in [list, d.log()] {
+        assert!(
+            !text.contains("s3cr3tSlackPath"),
+            "the webhook URL leaked:\n{text}"
+        );
+    }
+}

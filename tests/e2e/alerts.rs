@@ -38,7 +38,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(script: Vec<(u16, &'static str)>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), script)
+    }
+
+    /// Serves on `listener` (a receiver that comes back on the port it had).
+    fn start_on(listener: TcpListener, script: Vec<(u16, &'static str)>) -> Receiver {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
@@ -499,4 +503,163 @@ fn slack_alerts_are_block_kit_posted_to_the_webhook_url_from_the_vault() {
             "the webhook URL leaked:\n{text}"
         );
     }
+}
+
+/// The `config_change` alerts in `alerts list`, oldest first.
+fn config_changes(d: &Daemon) -> Vec<serde_json::Value> {
+    let list = json(&d.tether(&["--json", "alerts", "list"]));
+    let mut v: Vec<_> = list["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "config_change")
+        .cloned()
+        .collect();
+    v.reverse();
+    v
+}
+
+#[test]
+fn repeats_within_the_cool_down_are_suppressed_and_counted_on_the_next_one_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"recorder\"\nkind = \"alert_sink\"\npath = {:?}\n",
+            plugin_component("alert_recorder").display().to_string()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[alerts]\ncooldown_secs = 2\nbackoff_max_ms = 1000\n",
+    );
+    // Each reload changes a setting, so each raises config_change (same category, no host).
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let reload = |i: u32| {
+        std::fs::write(
+            &d.config,
+            text.replace(
+                "backoff_max_ms = 1000",
+                &format!("backoff_max_ms = {}", 1001 + i),
+            ),
+        )
+        .unwrap();
+        assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    };
+    let t0 = Instant::now();
+    for i in 0..3 {
+        reload(i);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "reloads too slow for the test"
+    );
+    let states: Vec<String> = config_changes(&d)
+        .iter()
+        .map(|a| a["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states[1..], ["suppressed", "suppressed"], "{states:?}");
+    // After the cool-down the next one goes out and says how many were held back.
+    std::thread::sleep(Duration::from_millis(2500));
+    reload(3);
+    wait_delivered(&d, &["config_change"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let all = config_changes(&d);
+        let last = all.last().unwrap().clone();
+        if all.len() == 4 && last["state"] == "delivered" {
+            break last;
+        }
+        assert!(Instant::now() < deadline, "{all:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(last["fields"]["suppressed_repeats"], "2", "{last}");
+    let sent = d.log().matches("alert kind=config_change").count();
+    assert_eq!(
+        sent, 2,
+        "only the first and the one after the cool-down reach the sink"
+    );
+}
+
+#[test]
+fn a_receiver_down_for_seconds_then_back_gets_every_alert_in_order() {
+    // Take a port, then close it: connections are refused until the receiver comes back.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"webhook\"\nkind = \"alert_sink\"\npath = {:?}\n[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]\nsecrets = [\"webhook-secret\"]\n[plugin.limits]\ntimeout_ms = 3000\n[plugin.config]\nurl = \"http://127.0.0.1:{port}/hook\"\n",
+            plugin_component("webhook").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[vault]\nbackend = \"file\"\n\n[alerts]\nretries = 10\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n",
+    );
+    set_secret(&d, "webhook-secret", b"e2e-down-then-up");
+
+    // Three enrollments while the receiver is down: three enrollment_complete alerts.
+    let names = ["d1", "d2", "d3"];
+    let mut dirs = Vec::new();
+    for n in names {
+        let token = crate::membership::invite(&d, n, &[]);
+        let (tdir, config) = crate::membership::target_dir();
+        let out = crate::membership::enroll(&config, &token, &[]);
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        dirs.push(tdir);
+    }
+    // Ten retries at up to 1 s apart outlast the outage (about 7 s before a dead letter).
+    std::thread::sleep(Duration::from_secs(2));
+    let list = json(&d.tether(&["--json", "alerts", "list"]));
+    let first = list["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["host"] == "d1")
+        .cloned()
+        .unwrap();
+    assert_eq!(first["sinks"]["webhook"]["state"], "retrying", "{first}");
+    assert!(
+        first["sinks"]["webhook"]["attempts"].as_u64().unwrap() >= 2,
+        "{first}"
+    );
+
+    // The receiver comes back on the same port: everything arrives, in the order raised.
+    let rx = Receiver::start_on(
+        TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        vec![(200, "")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hosts = loop {
+        let hosts: Vec<String> = rx
+            .got()
+            .iter()
+            .map(|g| serde_json::from_slice::<serde_json::Value>(&g.body).unwrap())
+            .filter(|b| b["kind"] == "enrollment_complete")
+            .map(|b| b["host"].as_str().unwrap().to_owned())
+            .collect();
+        if hosts.len() >= 3 {
+            break hosts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {hosts:?} arrived\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(hosts, names, "lost or reordered");
+    let audit = stdout(&d.tether(&["--json", "audit", "tail", "--type", "alert.dropped"]));
+    assert!(audit.trim().is_empty(), "nothing may be dropped: {audit}");
 }

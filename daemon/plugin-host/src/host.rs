@@ -617,21 +617,11 @@ impl PluginHost {
     /// object through `config.get("tether.alert.fields")`. `None` when no alert-sink plugin of
     /// that name is loaded.
     pub fn deliver_alert_to(&self, name: &str, alert: &Alert) -> Option<Result<(), PluginError>> {
-        let set = self.snapshot();
-        let p = set
-            .plugins
-            .iter()
-            .find(|p| p.spec.kind == PluginKind::AlertSink && p.spec.name == name)?;
         let fields = serde_json::to_string(&alert.fields).unwrap_or_else(|_| "{}".into());
         let context = vec![("tether.alert.fields".to_owned(), fields)];
-        Some(
-            self.invoke_sink(p, &|b: &Bindings, s: &mut Store<StoreState>| {
-                s.data_mut().call_context = context.clone();
-                let r = b.deliver_alert(s, alert);
-                s.data_mut().call_context.clear();
-                r
-            }),
-        )
+        self.deliver_to(PluginKind::AlertSink, name, context, |b, s| {
+            b.deliver_alert(s, alert)
+        })
     }
 
     /// Delivers a batch of audit records to the audit-sink plugin `name`. During the call the
@@ -644,26 +634,35 @@ impl PluginHost {
         events: &[AuditRecord],
         last_hash: &str,
     ) -> Option<Result<(), PluginError>> {
+        let seq = |e: Option<&AuditRecord>| e.map_or(0, |e| e.seq).to_string();
+        let context = vec![
+            ("tether.batch.first_seq".to_owned(), seq(events.first())),
+            ("tether.batch.last_seq".to_owned(), seq(events.last())),
+            ("tether.batch.last_hash".to_owned(), last_hash.to_owned()),
+        ];
+        self.deliver_to(PluginKind::AuditSink, name, context, |b, s| {
+            b.deliver_audit(s, events)
+        })
+    }
+
+    /// Calls the sink plugin `name` of `kind` with `context` readable under its reserved
+    /// `tether.` config keys for the duration of the call only.
+    fn deliver_to(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        context: Vec<(String, String)>,
+        call: impl Fn(&Bindings, &mut Store<StoreState>) -> Called<Result<(), String>>,
+    ) -> Option<Result<(), PluginError>> {
         let set = self.snapshot();
         let p = set
             .plugins
             .iter()
-            .find(|p| p.spec.kind == PluginKind::AuditSink && p.spec.name == name)?;
-        let context = vec![
-            (
-                "tether.batch.first_seq".to_owned(),
-                events.first().map_or(0, |e| e.seq).to_string(),
-            ),
-            (
-                "tether.batch.last_seq".to_owned(),
-                events.last().map_or(0, |e| e.seq).to_string(),
-            ),
-            ("tether.batch.last_hash".to_owned(), last_hash.to_owned()),
-        ];
+            .find(|p| p.spec.kind == kind && p.spec.name == name)?;
         Some(
             self.invoke_sink(p, &|b: &Bindings, s: &mut Store<StoreState>| {
                 s.data_mut().call_context = context.clone();
-                let r = b.deliver_audit(s, events);
+                let r = call(b, s);
                 s.data_mut().call_context.clear();
                 r
             }),

@@ -1,6 +1,7 @@
 //! End-to-end tests: real tetherd processes, the real tether CLI, real sockets and files.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod alerts;
 mod audit;
 mod config;
 mod demo;

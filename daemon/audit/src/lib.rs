@@ -25,6 +25,7 @@ mod keys;
 mod metrics;
 mod reader;
 pub mod record;
+mod seq_reader;
 mod verify;
 mod writer;
 
@@ -37,5 +38,6 @@ pub use reader::{
     ExportStats, Filter, Follower, Records, export_jsonl, read_records, tail_records,
 };
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
+pub use seq_reader::SeqReader;
 pub use verify::{Break, BreakKind, VerifyReport, verify};
 pub use writer::{AuditLog, Options, Receipt, Recovery, TornTail};

@@ -6,6 +6,7 @@
 //! [`check_file`] reports *every* problem in a file with its key path and line, not just the first.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod error;
 mod load;
 mod locate;
@@ -16,6 +17,7 @@ mod redact;
 mod schema;
 mod vault;
 
+pub use alerts::{AlertRoute, AlertsSection};
 pub use error::{ConfigError, Problem};
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;

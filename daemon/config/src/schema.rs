@@ -40,6 +40,9 @@ pub struct Config {
     /// The optional Prometheus listener (`/metrics`, `/healthz`, `/readyz` over TCP).
     #[serde(default)]
     pub metrics: crate::MetricsConfig,
+    /// Alert routing and delivery, audit-sink batching (`[alerts]`).
+    #[serde(default)]
+    pub alerts: crate::AlertsSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -215,6 +218,7 @@ impl Default for Config {
             tunnel: TunnelSection::default(),
             metrics: crate::MetricsConfig::default(),
             enroll: EnrollSection::default(),
+            alerts: crate::AlertsSection::default(),
         }
     }
 }
@@ -401,6 +405,9 @@ impl Config {
         }
         if let Err((key, message)) = self.metrics.validate() {
             bad(key, message);
+        }
+        for (key, message) in self.alerts.validate() {
+            bad(&key, message);
         }
         problems
     }

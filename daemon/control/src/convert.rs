@@ -63,3 +63,53 @@ pub(crate) fn secret(s: &tether_vault::SecretInfo) -> api::SecretInfo {
         rotated: s.rotated.as_ref().map(rfc3339),
     }
 }
+
+/// A recent alert with its delivery state per sink.
+pub(crate) fn alert_info(e: &tether_alerts::AlertEntry) -> api::AlertInfo {
+    use tether_alerts::SinkState as S;
+    let state_name = |s: &S| match s {
+        S::Queued => "queued",
+        S::Retrying => "retrying",
+        S::Delivered => "delivered",
+        S::Dropped => "dropped",
+    };
+    let states: Vec<&S> = e.sinks.values().map(|p| &p.state).collect();
+    let state = if e.suppressed {
+        "suppressed"
+    } else if states.is_empty() {
+        "unrouted"
+    } else if states.iter().any(|s| **s == S::Dropped) {
+        "dropped"
+    } else if states.iter().any(|s| **s == S::Retrying) {
+        "retrying"
+    } else if states.iter().any(|s| **s == S::Queued) {
+        "queued"
+    } else {
+        "delivered"
+    };
+    api::AlertInfo {
+        id: e.id,
+        ts: e.ts.clone(),
+        kind: e.alert.kind.clone(),
+        severity: e.alert.severity.as_str().to_owned(),
+        host: e.alert.host.clone(),
+        message: e.alert.message.clone(),
+        fields: e.alert.fields.clone(),
+        state: state.to_owned(),
+        sinks: e
+            .sinks
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.clone(),
+                    api::AlertDelivery {
+                        state: state_name(&p.state).to_owned(),
+                        attempts: p.attempts,
+                        error: p.error.clone(),
+                        reason: p.reason.map(str::to_owned),
+                    },
+                )
+            })
+            .collect(),
+    }
+}

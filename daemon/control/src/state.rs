@@ -55,6 +55,8 @@ pub struct AppState {
     pub commit: &'static str,
     /// The hub's SSH pool, for `POST /v1/exec` (hub only).
     pub remote: Option<Arc<dyn RemoteExec>>,
+    /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
+    pub alert_service: Option<tether_alerts::AlertService>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -225,6 +227,7 @@ impl AppState {
             plugins: None,
             commit: "unknown",
             remote: None,
+            alert_service: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),
@@ -260,7 +263,8 @@ impl AppState {
     /// Re-reads the config (and so the policy) from its original sources, records the change
     /// in the audit log, then applies it. Nothing changes when the new config or policy is
     /// invalid (the policy engine then raises `policy_rebuild_failed`) or when the audit record
-    /// cannot be written. `kind` is the audit event type (`config.change`, `policy.reload`);
+    /// cannot be written. A reload that changed anything raises a `config_change` alert.
+    /// `kind` is the audit event type (`config.change`, `policy.reload`);
     /// `trigger` says what asked (`sighup`, `api`).
     pub async fn reload(
         &self,
@@ -289,7 +293,21 @@ impl AppState {
         self.audit(kind, actor, None, data)
             .await
             .map_err(ReloadError::Audit)?;
-        Ok(self.apply(prepared))
+        let report = self.apply(prepared);
+        if report.changed {
+            let mut alert = tether_model::Alert::new(
+                "config_change",
+                tether_model::Severity::Info,
+                format!("configuration reloaded ({trigger})"),
+            )
+            .field("trigger", trigger)
+            .field("audit_type", kind);
+            if !report.needs_restart.is_empty() {
+                alert = alert.field("needs_restart", report.needs_restart.join(", "));
+            }
+            self.alerts.raise(alert);
+        }
+        Ok(report)
     }
 
     fn prepare_reload(&self) -> Result<PreparedReload, ReloadError> {

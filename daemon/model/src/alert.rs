@@ -1,7 +1,9 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// How urgent an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Worth knowing; nothing is broken.
@@ -26,6 +28,10 @@ pub struct Alert {
     pub host: Option<String>,
     /// One line for a human. Never contains secret material.
     pub message: String,
+    /// Structured details for sinks (e.g. `exit_code`, `plugin`, `suppressed_repeats`). Never
+    /// secret material.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 impl Alert {
@@ -36,6 +42,30 @@ impl Alert {
             severity,
             host: None,
             message: message.into(),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the host the alert concerns.
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Adds one structured field.
+    pub fn field(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.fields.insert(key.into(), value.to_string());
+        self
+    }
+}
+
+impl Severity {
+    /// The wire name: `info`, `warning` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
         }
     }
 }

@@ -612,6 +612,73 @@ impl PluginHost {
         self.deliver(PluginKind::AuditSink, |b, s| b.deliver_audit(s, events))
     }
 
+    /// Delivers one alert to the alert-sink plugin `name` (the alerts crate queues and retries
+    /// per sink). During the call the guest reads the alert's structured fields as one JSON
+    /// object through `config.get("tether.alert.fields")`. `None` when no alert-sink plugin of
+    /// that name is loaded.
+    pub fn deliver_alert_to(&self, name: &str, alert: &Alert) -> Option<Result<(), PluginError>> {
+        let fields = serde_json::to_string(&alert.fields).unwrap_or_else(|_| "{}".into());
+        let context = vec![("tether.alert.fields".to_owned(), fields)];
+        self.deliver_to(PluginKind::AlertSink, name, context, |b, s| {
+            b.deliver_alert(s, alert)
+        })
+    }
+
+    /// Delivers a batch of audit records to the audit-sink plugin `name`. During the call the
+    /// guest reads the batch's proof of completeness through `config.get`:
+    /// `tether.batch.first_seq`, `tether.batch.last_seq` and `tether.batch.last_hash` (the chain
+    /// hash of the last record). `None` when no audit-sink plugin of that name is loaded.
+    pub fn deliver_audit_batch_to(
+        &self,
+        name: &str,
+        events: &[AuditRecord],
+        last_hash: &str,
+    ) -> Option<Result<(), PluginError>> {
+        let seq = |e: Option<&AuditRecord>| e.map_or(0, |e| e.seq).to_string();
+        let context = vec![
+            ("tether.batch.first_seq".to_owned(), seq(events.first())),
+            ("tether.batch.last_seq".to_owned(), seq(events.last())),
+            ("tether.batch.last_hash".to_owned(), last_hash.to_owned()),
+        ];
+        self.deliver_to(PluginKind::AuditSink, name, context, |b, s| {
+            b.deliver_audit(s, events)
+        })
+    }
+
+    /// Calls the sink plugin `name` of `kind` with `context` readable under its reserved
+    /// `tether.` config keys for the duration of the call only.
+    fn deliver_to(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        context: Vec<(String, String)>,
+        call: impl Fn(&Bindings, &mut Store<StoreState>) -> Called<Result<(), String>>,
+    ) -> Option<Result<(), PluginError>> {
+        let set = self.snapshot();
+        let p = set
+            .plugins
+            .iter()
+            .find(|p| p.spec.kind == kind && p.spec.name == name)?;
+        Some(
+            self.invoke_sink(p, &|b: &Bindings, s: &mut Store<StoreState>| {
+                s.data_mut().call_context = context.clone();
+                let r = call(b, s);
+                s.data_mut().call_context.clear();
+                r
+            }),
+        )
+    }
+
+    /// The names of the loaded plugins of `kind`, in manifest order.
+    pub fn names(&self, kind: PluginKind) -> Vec<String> {
+        self.snapshot()
+            .plugins
+            .iter()
+            .filter(|p| p.spec.kind == kind)
+            .map(|p| p.spec.name.clone())
+            .collect()
+    }
+
     fn deliver(
         &self,
         kind: PluginKind,

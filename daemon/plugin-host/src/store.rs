@@ -16,6 +16,9 @@ pub(crate) struct StoreState {
     pub limiter: MemLimiter,
     /// The current call's deadline (bounds host-side work such as `http.send`).
     pub deadline: Instant,
+    /// Per-call context the guest reads through `config.get` under reserved `tether.` keys
+    /// (an audit batch's seq range and last chain hash); empty between calls.
+    pub call_context: Vec<(String, String)>,
 }
 
 impl StoreState {
@@ -30,6 +33,7 @@ impl StoreState {
                 hit: false,
             },
             deadline: Instant::now(),
+            call_context: Vec::new(),
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum Command {
     /// Manage the vault's secrets (admin): set, list, rm, rotate. Values are never printed.
     #[command(subcommand)]
     Secret(cmd::secret::SecretCommand),
+    /// Recent alerts and their delivery state; send a test alert through a sink.
+    #[command(subcommand)]
+    Alerts(cmd::alerts::AlertsCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
     /// Print a shell completion script: bash, zsh or fish.
@@ -66,6 +69,7 @@ impl Cli {
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
+            Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

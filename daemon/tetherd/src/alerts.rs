@@ -1,21 +1,135 @@
-//! Until the alerts crate routes alerts to sinks (Slack, SIEM, …), the daemon logs them.
+//! Alerts and audit streams in the daemon: the alerts crate's seams adapted to the plugin host
+//! (delivery) and the audit log (dead letters: `alert.dropped`, `audit_sink.rejected`).
+//!
+//! The alert service exists before the audit log and the plugins (both raise alerts while they
+//! start), so its adapters are bound to them once they are up ([`Wiring::bind`]); nothing is
+//! delivered before [`tether_alerts::AlertService::start`].
 
-use tether_model::{Alert, AlertSink, Severity};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// Logs every alert at a level matching its severity.
-pub struct LogAlerts;
+use serde_json::json;
+use tether_alerts::{
+    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, RetryPolicy, Route,
+};
+use tether_audit::{AuditLog, Event};
+use tether_config::AlertsSection;
+use tether_model::Alert;
 
-impl AlertSink for LogAlerts {
-    fn raise(&self, alert: Alert) {
-        let host = alert.host.as_deref().unwrap_or("-");
-        match alert.severity {
-            Severity::Info => tracing::info!(alert = %alert.kind, host, "ALERT: {}", alert.message),
-            Severity::Warning => {
-                tracing::warn!(alert = %alert.kind, host, "ALERT: {}", alert.message)
-            }
-            Severity::Critical => {
-                tracing::error!(alert = %alert.kind, host, "ALERT: {}", alert.message)
-            }
+use crate::plugins::Plugins;
+
+/// The late-bound ends of the alert service: the plugins and the audit log.
+#[derive(Default)]
+pub struct Wiring {
+    plugins: OnceLock<Arc<Plugins>>,
+    audit: OnceLock<(AuditLog, tokio::runtime::Handle)>,
+}
+
+impl Wiring {
+    /// Binds the plugins (if any are configured) and the audit log, once both are up.
+    pub fn bind(&self, plugins: Option<Arc<Plugins>>, audit: AuditLog) {
+        if let Some(p) = plugins {
+            let _ = self.plugins.set(p);
         }
+        let _ = self.audit.set((audit, tokio::runtime::Handle::current()));
+    }
+
+    /// Appends `event` to the audit log without blocking the caller.
+    fn record(&self, event: Event) {
+        let Some((audit, rt)) = self.audit.get() else {
+            tracing::error!(kind = %event.kind, "audit log not open yet; dead letter only logged");
+            return;
+        };
+        let audit = audit.clone();
+        rt.spawn(async move {
+            if let Err(e) = audit.append(&event).await {
+                tracing::error!(kind = %event.kind, "could not audit a dead letter: {e}");
+            }
+        });
+    }
+}
+
+impl AlertDeliver for Wiring {
+    fn deliver(&self, sink: &str, alert: &Alert) -> Result<(), String> {
+        let Some(p) = self.plugins.get() else {
+            return Err(format!(
+                "no plugins are loaded, so there is no alert sink {sink:?}"
+            ));
+        };
+        p.deliver_alert_to(sink, alert)
+    }
+}
+
+impl DeadLetter for Wiring {
+    fn dropped(&self, sink: &str, alert: &Alert, reason: DropReason, attempts: u32, error: &str) {
+        let mut event =
+            Event::new("alert.dropped", tether_control::audit::daemon_actor()).data(json!({
+                "sink": sink,
+                "reason": reason.as_str(),
+                "attempts": attempts,
+                "error": error,
+                "alert": {
+                    "kind": alert.kind,
+                    "severity": alert.severity.as_str(),
+                    "message": alert.message,
+                    "fields": alert.fields,
+                },
+            }));
+        if let Some(h) = &alert.host {
+            event = event.host(h.clone());
+        }
+        self.record(event);
+    }
+}
+
+impl BatchDeliver for Wiring {
+    fn deliver(&self, sink: &str, batch: &Batch) -> Result<(), String> {
+        let Some(p) = self.plugins.get() else {
+            return Err(format!(
+                "no plugins are loaded, so there is no audit sink {sink:?}"
+            ));
+        };
+        p.deliver_batch_to(sink, batch)
+    }
+
+    fn rejected(&self, sink: &str, batch: &Batch, error: &str) {
+        self.record(
+            Event::new("audit_sink.rejected", tether_control::audit::daemon_actor()).data(json!({
+                "sink": sink,
+                "first_seq": batch.first_seq,
+                "last_seq": batch.last_seq,
+                "records": batch.records.len(),
+                "error": error,
+            })),
+        );
+    }
+}
+
+/// `[alerts]` as the alert service takes it.
+pub fn settings(a: &AlertsSection) -> AlertsSettings {
+    AlertsSettings {
+        routes: a
+            .routes
+            .iter()
+            .map(|r| Route {
+                categories: r.categories.clone(),
+                min_severity: r.min_severity,
+                sinks: r.sinks.clone(),
+            })
+            .collect(),
+        cooldown: Duration::from_secs(a.cooldown_secs),
+        queue_capacity: a.queue_capacity,
+        retry: retry(a),
+        history: 200,
+    }
+}
+
+/// The retry timing of `[alerts]`.
+pub fn retry(a: &AlertsSection) -> RetryPolicy {
+    RetryPolicy {
+        retries: a.retries,
+        initial: Duration::from_millis(a.backoff_initial_ms),
+        max: Duration::from_millis(a.backoff_max_ms),
+        max_retry_after: Duration::from_secs(a.max_retry_after_secs),
     }
 }

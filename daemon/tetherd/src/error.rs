@@ -81,6 +81,9 @@ pub enum DaemonError {
         "plugins: {0}\nhint: fix the manifest or the plugin, or unset plugins_manifest to start without plugins"
     )]
     Plugins(String),
+    /// Alert routing or an audit sink's cursor could not be set up.
+    #[error(transparent)]
+    Alerts(#[from] tether_alerts::AlertsError),
     /// The command line is wrong.
     #[error("{0}")]
     Usage(String),

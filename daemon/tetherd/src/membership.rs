@@ -303,7 +303,7 @@ pub async fn start_hub(
         handle.clone(),
         Arc::clone(&hub),
         audit.clone(),
-        alerts,
+        Arc::clone(&alerts),
         shutdown.clone(),
     )
     .map_err(agent_port_err)?;
@@ -314,7 +314,7 @@ pub async fn start_hub(
         audit.clone(),
         shutdown.clone(),
     )?;
-    let events = tokio::spawn(enroll_events(rx, handle, audit, shutdown));
+    let events = tokio::spawn(enroll_events(rx, handle, audit, alerts, shutdown));
     Ok(Membership {
         tunnel: Some(tunnel),
         hub: Some(hub),
@@ -325,11 +325,13 @@ pub async fn start_hub(
     })
 }
 
-/// Adds a tunnel peer for each new host and records refused attempts.
+/// Adds a tunnel peer for each new host (raising `enrollment_complete`) and records refused
+/// attempts.
 async fn enroll_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<EnrollEvent>,
     tunnel: TunnelHandle,
     audit: AuditLog,
+    alerts: Arc<dyn AlertSink>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -339,6 +341,17 @@ async fn enroll_events(
         };
         match event {
             EnrollEvent::Enrolled { host, peer } => {
+                let mut alert = tether_model::Alert::new(
+                    "enrollment_complete",
+                    tether_model::Severity::Info,
+                    format!("host {} enrolled as {}", host.name, host.overlay_ip),
+                )
+                .with_host(host.name.clone())
+                .field("overlay_ip", host.overlay_ip);
+                if let Some(p) = peer {
+                    alert = alert.field("peer", p);
+                }
+                alerts.raise(alert);
                 match peer_for(&host).and_then(|p| tunnel.add_peer(p)) {
                     Ok(_) => {
                         tracing::info!(host = %host.name, ip = %host.overlay_ip, from = ?peer, "host enrolled")

@@ -82,6 +82,8 @@ impl PluginEvents for AuditEvents {
 /// The loaded plugins.
 pub struct Plugins {
     host: PluginHost,
+    /// The audit-sink streams, for the lag in `tether plugin list`.
+    pub streamer: std::sync::OnceLock<tether_alerts::AuditStreamer>,
 }
 
 impl Plugins {
@@ -104,7 +106,10 @@ impl Plugins {
         };
         let host = PluginHost::load(manifest, opts, registry)
             .map_err(|e| DaemonError::Plugins(format!("{}: {e}", manifest.display())))?;
-        Ok(Plugins { host })
+        Ok(Plugins {
+            host,
+            streamer: std::sync::OnceLock::new(),
+        })
     }
 
     /// Name, kind, hash and signer of each plugin, for the start-up audit record.
@@ -129,6 +134,60 @@ impl Plugins {
     }
 }
 
+impl Plugins {
+    /// The names of the loaded plugins of `kind`.
+    pub fn names(&self, kind: PluginKind) -> Vec<String> {
+        self.host.names(kind)
+    }
+
+    /// Delivers one alert to the alert-sink plugin `sink`. Blocking.
+    pub fn deliver_alert_to(&self, sink: &str, alert: &tether_model::Alert) -> Result<(), String> {
+        match self.host.deliver_alert_to(sink, alert) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(e.message),
+            None => Err(format!(
+                "no alert_sink plugin named {sink:?} is loaded (tether plugin list)"
+            )),
+        }
+    }
+
+    /// Delivers one batch of audit records to the audit-sink plugin `sink`, with the batch's
+    /// seq range and last chain hash. Blocking.
+    pub fn deliver_batch_to(&self, sink: &str, batch: &tether_alerts::Batch) -> Result<(), String> {
+        let events: Vec<tether_plugin_host::AuditRecord> =
+            batch.records.iter().map(audit_record).collect();
+        match self
+            .host
+            .deliver_audit_batch_to(sink, &events, &batch.last_hash)
+        {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(e.message),
+            None => Err(format!(
+                "no audit_sink plugin named {sink:?} is loaded (tether plugin list)"
+            )),
+        }
+    }
+}
+
+/// An audit record as audit-sink plugins see it.
+fn audit_record(r: &tether_audit::Record) -> tether_plugin_host::AuditRecord {
+    let data_json = tether_audit::canonical_json(&r.data)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| "{}".to_owned());
+    tether_plugin_host::AuditRecord {
+        seq: r.seq,
+        ts: r.ts.clone(),
+        kind: r.kind.clone(),
+        actor_uid: r.actor.uid,
+        actor_user: r.actor.user.clone(),
+        actor_role: r.actor.role.map(|x| x.as_str().to_owned()),
+        via: r.actor.via.as_str().to_owned(),
+        host: r.host.clone(),
+        data_json,
+    }
+}
+
 impl tether_policy::PolicyHooks for Plugins {
     fn vote(&self, req: &Request) -> Vec<PluginVote> {
         self.host.evaluate(req)
@@ -137,10 +196,13 @@ impl tether_policy::PolicyHooks for Plugins {
 
 impl PluginAdmin for Plugins {
     fn list(&self) -> Vec<tether_api::PluginInfo> {
+        let streams = self.streamer.get().map(|s| s.status()).unwrap_or_default();
         self.host
             .list()
             .into_iter()
             .map(|p| tether_api::PluginInfo {
+                lag_records: streams.get(&p.name).map(|s| s.lag),
+                acked_seq: streams.get(&p.name).map(|s| s.acked_seq),
                 name: p.name,
                 kind: p.kind.as_str().to_owned(),
                 sha256: p.sha256,

@@ -75,7 +75,14 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     let metrics_listener =
         tether_control::metrics_http::MetricsListener::bind(&config.metrics, &vault).await?;
     let listener = bind_control_socket(&config)?;
-    let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(crate::alerts::LogAlerts);
+    let wiring = Arc::new(crate::alerts::Wiring::default());
+    let alert_service = tether_alerts::AlertService::new(
+        crate::alerts::settings(&config.alerts),
+        wiring.clone(),
+        wiring.clone(),
+        &registry,
+    )?;
+    let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(alert_service.clone());
     let engine = start_policy(&config, &registry, &alerts)?;
     let keys: Arc<dyn tether_audit::KeySource> =
         Arc::new(crate::keys::VaultKeys::new(vault.clone()));
@@ -93,8 +100,19 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         shutdown.clone(),
     )
     .await?;
+    wiring.bind(plugins.clone(), audit.clone());
+    let sink_tasks = start_alerts(
+        &config,
+        &alert_service,
+        &wiring,
+        &plugins,
+        &audit,
+        &registry,
+        &shutdown,
+    )?;
     let mut state = AppState::new(config, source, registry)?;
     state.commit = env!("TETHER_COMMIT");
+    state.alert_service = Some(alert_service);
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);
     expose_tunnel(&mut state, &membership);
     expose_enrollment(&mut state, &membership);
@@ -140,6 +158,9 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
     }
     membership.shutdown().await;
+    for t in sink_tasks {
+        let _ = tokio::time::timeout(SHUTDOWN_BUDGET, t).await;
+    }
     stop_audit(&state, audit).await;
     tracing::info!("tetherd stopped");
     Ok(())
@@ -249,6 +270,43 @@ async fn start_plugins(
         )
         .await?;
     Ok(Some(loaded))
+}
+
+/// Starts alert delivery (one task per alert sink) and the audit streams (one task per audit
+/// sink, resuming from its cursor in `state_dir/audit-sinks`). The tasks stop on `shutdown`.
+fn start_alerts(
+    config: &Config,
+    service: &tether_alerts::AlertService,
+    wiring: &Arc<crate::alerts::Wiring>,
+    plugins: &Option<Arc<crate::plugins::Plugins>>,
+    audit: &tether_audit::AuditLog,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
+    use tether_plugin_host::PluginKind;
+    let names = |kind| plugins.as_ref().map(|p| p.names(kind)).unwrap_or_default();
+    let mut tasks = service.start(names(PluginKind::AlertSink), shutdown.clone());
+    let streamer = tether_alerts::AuditStreamer::new(
+        tether_alerts::StreamSettings {
+            audit_dir: audit.dir().to_path_buf(),
+            cursor_dir: config.state_dir.join("audit-sinks"),
+            batch_max: config.alerts.audit_batch_max,
+            poll: Duration::from_millis(config.alerts.audit_poll_ms),
+            retry: crate::alerts::retry(&config.alerts),
+        },
+        registry,
+    )?;
+    let log = audit.clone();
+    tasks.extend(streamer.start(
+        names(PluginKind::AuditSink),
+        wiring.clone(),
+        Arc::new(move || log.last_seq()),
+        shutdown.clone(),
+    )?);
+    if let Some(p) = plugins {
+        let _ = p.streamer.set(streamer);
+    }
+    Ok(tasks)
 }
 
 /// Starts who-is-in-the-star for this role: on the hub the tunnel and the enrollment listener

@@ -23,6 +23,7 @@ macro_rules! endpoint {
     };
 }
 
+mod alerts;
 mod audit;
 mod exec;
 mod hosts;
@@ -32,6 +33,7 @@ mod secrets;
 mod status;
 mod vpn;
 
+pub use alerts::*;
 pub use audit::*;
 pub use exec::*;
 pub use hosts::*;

@@ -29,6 +29,12 @@ pub struct PluginInfo {
     pub secret_denials: u64,
     /// `http.send` calls refused by the destination check.
     pub http_denials: u64,
+    /// Audit sinks: records written but not yet acknowledged by this sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_records: Option<u64>,
+    /// Audit sinks: seq of the last record this sink acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_seq: Option<u64>,
 }
 
 /// Answer of `GET /v1/plugins`.

@@ -18,6 +18,7 @@ use tether_model::Role;
 use crate::http::{self, Body, Fail};
 use crate::{AppState, Caller};
 
+mod alerts;
 mod audit;
 mod config;
 mod exec;
@@ -118,6 +119,8 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
         json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),
         json::<a::PluginsList, _, _>(ANY, &[], plugins::list),
+        json::<a::AlertsList, _, _>(ANY, &[503], alerts::list),
+        json::<a::AlertsTest, _, _>(ADMIN, &[404, AUDITED], alerts::test),
         json::<a::PluginsReload, _, _>(ADMIN, &[409, 422, AUDITED], plugins::reload),
         json::<a::SecretsList, _, _>(ADMIN, &[500, 503], secrets::list),
         raw::<a::SecretsSet, _, _>(ADMIN, &[409, 500, AUDITED], secrets::set),

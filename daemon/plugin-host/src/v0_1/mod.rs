@@ -85,6 +85,13 @@ impl wit::clock::Host for StoreState {
 
 impl wit::config::Host for StoreState {
     fn get(&mut self, key: String) -> Option<String> {
+        if key.starts_with("tether.") {
+            return self
+                .call_context
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone());
+        }
         self.grants.config(&key)
     }
 }

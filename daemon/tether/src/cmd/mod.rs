@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod alerts;
 pub mod audit;
 pub mod completions;
 pub mod config;

@@ -27,7 +27,11 @@ pub async fn run(global: &Global) -> Result<u8, CliError> {
             p.calls.to_string(),
             p.errors.to_string(),
             p.p99_us.map_or("-".to_owned(), |u| format!("{u}us")),
-            if p.quarantined { "QUARANTINED" } else { "ok" }.to_owned(),
+            match (p.quarantined, p.lag_records) {
+                (true, _) => "QUARANTINED".to_owned(),
+                (false, Some(lag)) => format!("ok lag={lag}"),
+                (false, None) => "ok".to_owned(),
+            },
         ]);
     }
     t.print();

@@ -8,6 +8,9 @@
 //! - `config` → the manifest's `[plugin.config]` table.
 //! - `secrets` → only names in the manifest's `secrets` grant, through a [`SecretSource`];
 //!   anything else is `None`, counted and logged.
+//! - `tcp` (0.2.0 sinks) → [`Grants::tcp_destination`] applies the same destination check as
+//!   `http` (allowed_hosts, then every resolved address through the special-address filter);
+//!   the connection goes to a checked address (see the `tcp` module for the limits).
 //! - `http` → performed by the host: host name checked against `allowed_hosts`, then resolved,
 //!   then EVERY resolved address checked (loopback/private/link-local/metadata/... refused unless the
 //!   manifest allows that host=ip pair), then the connection goes to a checked address (no second
@@ -73,6 +76,16 @@ pub(crate) enum HttpError {
     NotAllowed(String),
     Timeout,
     TooLarge,
+    Failed(String),
+}
+
+/// Why a `tcp` operation failed.
+#[derive(Debug)]
+pub(crate) enum TcpError {
+    NotAllowed(String),
+    Timeout,
+    TooLarge,
+    Closed,
     Failed(String),
 }
 
@@ -151,6 +164,92 @@ impl Grants {
             return None;
         }
         self.secrets.get(name)
+    }
+
+    /// The plugin's limits.
+    pub fn limits(&self) -> crate::manifest::Limits {
+        self.spec.limits
+    }
+
+    /// Where a `tcp.connect` to `host:port` may go: `host` must be in `allowed_hosts`, and EVERY
+    /// address it resolves to must pass the same special-address filter as `http.send` (unless
+    /// `allow_private` names that host=ip pair). The caller connects only to these addresses.
+    pub fn tcp_destination(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, TcpError> {
+        let r = self.tcp_destination_inner(host, port, deadline);
+        if let Err(TcpError::NotAllowed(why)) = &r {
+            self.http_denials.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, "tcp destination refused: {why}");
+        }
+        r
+    }
+
+    fn tcp_destination_inner(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, TcpError> {
+        let caps = &self.spec.capabilities;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if !host_allowed(&caps.allowed_hosts, &host) {
+            return Err(TcpError::NotAllowed(format!(
+                "{host} is not in allowed_hosts"
+            )));
+        }
+        if port == 0 {
+            return Err(TcpError::NotAllowed("port 0".into()));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(TcpError::Timeout);
+        }
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let name = host.clone();
+                self.rt.spawn(async move {
+                    let r = tokio::time::timeout(
+                        remaining,
+                        tokio::net::lookup_host((name.as_str(), port)),
+                    )
+                    .await;
+                    let _ = tx.send(r.map(|r| r.map(|a| a.collect::<Vec<_>>())));
+                });
+                match rx.recv_timeout(remaining + Duration::from_millis(50)) {
+                    Ok(Ok(Ok(a))) => a,
+                    Ok(Ok(Err(e))) => {
+                        return Err(TcpError::Failed(format!("cannot resolve {host}: {e}")));
+                    }
+                    Ok(Err(_)) | Err(_) => return Err(TcpError::Timeout),
+                }
+            }
+        };
+        if addrs.is_empty() {
+            return Err(TcpError::Failed(format!("{host} resolves to no address")));
+        }
+        for a in &addrs {
+            if let Some(why) = forbidden(a.ip())
+                && !caps
+                    .allow_private
+                    .iter()
+                    .any(|(h, ip)| *h == host && *ip == a.ip())
+            {
+                return Err(TcpError::NotAllowed(format!(
+                    "{host} resolves to {} ({why})",
+                    a.ip()
+                )));
+            }
+        }
+        Ok(addrs)
     }
 
     /// Performs `req` if the manifest allows its destination; `deadline` is the call's deadline.

@@ -16,6 +16,8 @@ pub(crate) struct StoreState {
     pub limiter: MemLimiter,
     /// The current call's deadline (bounds host-side work such as `http.send`).
     pub deadline: Instant,
+    /// Connections of the `tcp` import (0.2.0 sinks), closed after every call.
+    pub tcp: crate::tcp::TcpConns,
 }
 
 impl StoreState {
@@ -30,6 +32,7 @@ impl StoreState {
                 hit: false,
             },
             deadline: Instant::now(),
+            tcp: Default::default(),
         }
     }
 }

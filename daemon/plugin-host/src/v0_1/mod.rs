@@ -200,8 +200,7 @@ impl Pre {
     }
 }
 
-/// A call result translated to crate types, with the size of its variable-length parts.
-pub(crate) type Called<T> = wasmtime::Result<Option<(T, usize)>>;
+use crate::abi::Called;
 
 impl Bindings {
     /// `None` when the bindings are of another world (a host bug, never a plugin's).

@@ -1,5 +1,6 @@
 //! Test plugin (`tether:plugin@0.2.0`): denies every request with a reason that spells the
-//! host's parse (`req.commands()`) and the ticket, so tests can check what guests receive.
+//! host's parse (`req.commands()`: argv, `[redirections]`, `<paths …>`, `(via …)`) and the
+//! ticket, so tests can check what guests receive.
 use tether_plugin_sdk::policy::{PolicyHook, Request, Verdict, export_policy};
 
 /// Echoes the parse.
@@ -14,6 +15,9 @@ impl PolicyHook for ParseProbe {
                 let mut s = c.argv.join(" ");
                 for r in &c.redirects {
                     s.push_str(&format!(" [{}{}]", r.op, r.target));
+                }
+                if !c.paths.is_empty() {
+                    s.push_str(&format!(" <paths {}>", c.paths.join(",")));
                 }
                 if let Some(v) = &c.via {
                     s.push_str(&format!(" (via {v})"));

@@ -1322,6 +1322,17 @@ mod v0_2 {
         .unwrap_err();
         assert!(e.message.contains("error: over the plugin's size"), "{e}");
 
+        // at most 4 connections at once: 3 held + 1 works (the listener's backlog accepts), 4 + 1 doesn't
+        let limits = format!("[plugin.limits]\ntimeout_ms = 3000\n{LOOPBACK}");
+        let e = tcp_probe_with(&f, port, &limits, "hold = \"4\"").unwrap_err();
+        assert!(
+            e.message
+                .contains("error: over the plugin's size or connection limits"),
+            "{e}"
+        );
+        let limits = format!("[plugin.limits]\ntimeout_ms = 300\n{LOOPBACK}");
+        let e = tcp_probe_with(&f, port, &limits, "hold = \"3\"").unwrap_err();
+        assert!(!e.message.contains("over the plugin's"), "{e}");
         let t = Instant::now();
         let e = tcp_probe(
             &f,

@@ -211,45 +211,24 @@ impl Grants {
         if remaining.is_zero() {
             return Err(TcpError::Timeout);
         }
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let name = host.clone();
-                self.rt.spawn(async move {
-                    let r = tokio::time::timeout(
-                        remaining,
-                        tokio::net::lookup_host((name.as_str(), port)),
-                    )
-                    .await;
-                    let _ = tx.send(r.map(|r| r.map(|a| a.collect::<Vec<_>>())));
-                });
-                match rx.recv_timeout(remaining + Duration::from_millis(50)) {
-                    Ok(Ok(Ok(a))) => a,
-                    Ok(Ok(Err(e))) => {
-                        return Err(TcpError::Failed(format!("cannot resolve {host}: {e}")));
-                    }
-                    Ok(Err(_)) | Err(_) => return Err(TcpError::Timeout),
-                }
-            }
-        };
-        if addrs.is_empty() {
-            return Err(TcpError::Failed(format!("{host} resolves to no address")));
+        let allow_private: Vec<IpAddr> = caps
+            .allow_private
+            .iter()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, ip)| *ip)
+            .collect();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let r =
+                tokio::time::timeout(remaining, checked_addrs(&host, port, &allow_private)).await;
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(remaining + Duration::from_millis(50)) {
+            Ok(Ok(Ok(addrs))) => Ok(addrs),
+            Ok(Ok(Err(Refused::NotAllowed(s)))) => Err(TcpError::NotAllowed(s)),
+            Ok(Ok(Err(Refused::Failed(s)))) => Err(TcpError::Failed(s)),
+            Ok(Err(_)) | Err(_) => Err(TcpError::Timeout),
         }
-        for a in &addrs {
-            if let Some(why) = forbidden(a.ip())
-                && !caps
-                    .allow_private
-                    .iter()
-                    .any(|(h, ip)| *h == host && *ip == a.ip())
-            {
-                return Err(TcpError::NotAllowed(format!(
-                    "{host} resolves to {} ({why})",
-                    a.ip()
-                )));
-            }
-        }
-        Ok(addrs)
     }
 
     /// Performs `req` if the manifest allows its destination; `deadline` is the call's deadline.
@@ -330,28 +309,13 @@ impl Grants {
         let host2 = host.clone();
         let tls = self.tls.clone();
         let fut = async move {
-            // 1. resolve (IP literals resolve to themselves)
-            let addrs: Vec<SocketAddr> = match host2.parse::<IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, port)],
-                Err(_) => tokio::net::lookup_host((host2.as_str(), port))
-                    .await
-                    .map_err(|e| HttpError::Failed(format!("cannot resolve {host2}: {e}")))?
-                    .collect(),
-            };
-            if addrs.is_empty() {
-                return Err(HttpError::Failed(format!("{host2} resolves to no address")));
-            }
-            // 2. every resolved address must be acceptable
-            for a in &addrs {
-                if let Some(why) = forbidden(a.ip())
-                    && !allow_private.contains(&a.ip())
-                {
-                    return Err(HttpError::NotAllowed(format!(
-                        "{host2} resolves to {} ({why})",
-                        a.ip()
-                    )));
-                }
-            }
+            // 1. resolve; 2. every resolved address must be acceptable
+            let addrs = checked_addrs(&host2, port, &allow_private)
+                .await
+                .map_err(|e| match e {
+                    Refused::NotAllowed(s) => HttpError::NotAllowed(s),
+                    Refused::Failed(s) => HttpError::Failed(s),
+                })?;
             // 3. connect to a checked address, never re-resolving
             let mut stream = None;
             let mut last_err = String::new();
@@ -477,6 +441,44 @@ where
         headers: out_headers,
         body: out,
     })
+}
+
+/// Why [`checked_addrs`] refused a destination.
+enum Refused {
+    NotAllowed(String),
+    Failed(String),
+}
+
+/// The one destination check of `http.send` and `tcp.connect`: resolves `host` (an IP literal
+/// resolves to itself) and checks EVERY address against the special-address filter, unless
+/// `allow_private` (the manifest's addresses for this host) names it. Callers connect only to
+/// the returned addresses, never re-resolving.
+async fn checked_addrs(
+    host: &str,
+    port: u16,
+    allow_private: &[IpAddr],
+) -> Result<Vec<SocketAddr>, Refused> {
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| Refused::Failed(format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(Refused::Failed(format!("{host} resolves to no address")));
+    }
+    for a in &addrs {
+        if let Some(why) = forbidden(a.ip())
+            && !allow_private.contains(&a.ip())
+        {
+            return Err(Refused::NotAllowed(format!(
+                "{host} resolves to {} ({why})",
+                a.ip()
+            )));
+        }
+    }
+    Ok(addrs)
 }
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {

@@ -54,6 +54,7 @@ impl Pre {
         }
     }
 
+    /// Instantiates the component in `store`.
     pub fn instantiate(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -66,6 +67,7 @@ impl Pre {
 }
 
 impl Bindings {
+    /// Calls a policy hook's `evaluate`.
     pub fn evaluate(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -77,6 +79,7 @@ impl Bindings {
         }
     }
 
+    /// Calls an alert sink's `deliver`.
     pub fn deliver_alert(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -88,6 +91,7 @@ impl Bindings {
         }
     }
 
+    /// Calls an audit sink's `deliver-batch`.
     pub fn deliver_audit(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -99,6 +103,7 @@ impl Bindings {
         }
     }
 
+    /// Calls an enrollment hook's `on-enroll`.
     pub fn on_enroll(
         &self,
         store: &mut wasmtime::Store<StoreState>,

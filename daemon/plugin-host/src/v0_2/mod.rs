@@ -259,6 +259,7 @@ impl Pre {
         })
     }
 
+    /// Instantiates the component in `store`.
     pub fn instantiate(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -302,6 +303,7 @@ impl Bindings {
         ))
     }
 
+    /// Calls an alert sink's `deliver`.
     pub fn deliver_alert(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -326,6 +328,7 @@ impl Bindings {
         Ok(Some((r, n)))
     }
 
+    /// Calls an audit sink's `deliver-batch`.
     pub fn deliver_audit(
         &self,
         store: &mut wasmtime::Store<StoreState>,
@@ -353,6 +356,7 @@ impl Bindings {
         Ok(Some((r, n)))
     }
 
+    /// Calls an enrollment hook's `on-enroll`.
     pub fn on_enroll(
         &self,
         store: &mut wasmtime::Store<StoreState>,

@@ -236,3 +236,91 @@ pub mod http {
         }
     }
 }
+
+/// Outbound TCP for sinks (`alert-sink`, `audit-sink` worlds), performed by the host: the
+/// destination must be in the manifest's `allowed_hosts` and every address it resolves to must
+/// pass the same filter as `http.send` (private, loopback and metadata addresses only with
+/// `allow_private`). Bytes per call are capped by `max_request_bytes` / `max_response_bytes`,
+/// every operation ends by the call's deadline, at most 4 connections are open at once, and
+/// the host closes every connection when the call returns.
+///
+/// ```ignore
+/// let mut c = tether_plugin_sdk::host::tcp::connect("siem.example.com", 6514)?;
+/// c.send(b"<14>1 - host tether - - - hello\n")?;
+/// let reply = c.receive(512, 20)?;
+/// ```
+pub mod tcp {
+    use crate::__private::bindings::alerts::tether::plugin::tcp as wit;
+    use core::fmt;
+
+    /// Why a TCP operation failed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Error {
+        /// The destination (name or resolved address) is not allowed for this plugin.
+        NotAllowed(String),
+        /// The call's deadline (or the receive timeout) passed.
+        Timeout,
+        /// More bytes than the plugin's limits, or too many connections.
+        TooLarge,
+        /// The peer closed the connection, or it was closed already.
+        Closed,
+        /// Anything else (connection refused, reset...).
+        Failed(String),
+    }
+
+    impl fmt::Display for Error {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Error::NotAllowed(s) => write!(f, "destination not allowed: {s}"),
+                Error::Timeout => f.write_str("timed out"),
+                Error::TooLarge => f.write_str("over the plugin's size or connection limits"),
+                Error::Closed => f.write_str("connection closed"),
+                Error::Failed(s) => write!(f, "tcp failed: {s}"),
+            }
+        }
+    }
+
+    impl From<wit::Error> for Error {
+        fn from(e: wit::Error) -> Self {
+            match e {
+                wit::Error::NotAllowed(s) => Error::NotAllowed(s),
+                wit::Error::Timeout => Error::Timeout,
+                wit::Error::TooLarge => Error::TooLarge,
+                wit::Error::Closed => Error::Closed,
+                wit::Error::Failed(s) => Error::Failed(s),
+            }
+        }
+    }
+
+    /// An open connection; closed on drop (and by the host when the call returns).
+    #[derive(Debug)]
+    pub struct Connection {
+        id: u32,
+    }
+
+    /// Connects to `host:port` (a name or an IP literal).
+    pub fn connect(host: &str, port: u16) -> Result<Connection, Error> {
+        Ok(Connection {
+            id: wit::connect(host, port)?,
+        })
+    }
+
+    impl Connection {
+        /// Sends all of `data`.
+        pub fn send(&mut self, data: &[u8]) -> Result<(), Error> {
+            Ok(wit::send(self.id, data)?)
+        }
+
+        /// Receives up to `max_bytes` (at least one), waiting at most `timeout_ms`;
+        /// [`Error::Closed`] at the end of the stream.
+        pub fn receive(&mut self, max_bytes: u32, timeout_ms: u32) -> Result<Vec<u8>, Error> {
+            Ok(wit::receive(self.id, max_bytes, timeout_ms)?)
+        }
+    }
+
+    impl Drop for Connection {
+        fn drop(&mut self) {
+            wit::close(self.id);
+        }
+    }
+}

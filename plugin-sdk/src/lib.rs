@@ -1,4 +1,9 @@
-//! Guest SDK for Tether WASM plugins (ABI `tether:plugin@0.1.0`, see `plugin-sdk/wit/`).
+//! Guest SDK for Tether WASM plugins (ABI `tether:plugin@0.2.0`, see `plugin-sdk/wit/`; the
+//! host still loads components built against 0.1.0).
+//!
+//! New in 0.2.0: policy hooks get the host's parse of the command, [`policy::Request::commands`]
+//! (each simple command as argv after quote removal, its redirections and paths, and what runs
+//! it), and sinks may open TCP connections through the host ([`host::tcp`]).
 //!
 //! A plugin is a `cdylib` built with `cargo build --release --target wasm32-wasip2`. It implements
 //! one trait and invokes the matching export macro:
@@ -29,7 +34,8 @@
 //! ```
 //!
 //! What the host lets a plugin do is in [`host`]: log, read the clock, read its own config, read
-//! granted secrets, and send HTTP requests through the host (which checks the destination).
+//! granted secrets, and send HTTP requests or open TCP connections (sinks) through the host
+//! (which checks the destination).
 //! There is no filesystem, socket, environment or other clock.
 //!
 //! On targets other than `wasm32` the crate compiles (so pure helpers can be unit-tested with

@@ -67,6 +67,71 @@ impl HostFacts {
     }
 }
 
+/// A redirection of a simple command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The operator: `>`, `>>`, `<`, `2>`, `&>`, `2>&`...
+    pub op: String,
+    /// Its target after quote removal (a file, or a descriptor after `>&`).
+    pub target: String,
+}
+
+/// One simple command as the host's policy engine parsed it (the same parse the regex rules
+/// were checked against): a plugin never re-parses shell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Command {
+    /// The words after quote removal (leading `VAR=value` assignments included); expansions
+    /// (`$X`, `$(…)`, globs) are kept as written.
+    pub argv: Vec<String>,
+    /// Its redirections.
+    pub redirects: Vec<Redirect>,
+    /// Paths the host found in the arguments and redirections (absolute ones normalized).
+    pub paths: Vec<String>,
+    /// What runs this command when the shell doesn't run it directly: `wrapper: sudo`,
+    /// `runs a string: bash -c`, `runs a command: find -exec`...
+    pub via: Option<String>,
+}
+
+impl Command {
+    /// A command with these words (for tests).
+    pub fn new(argv: &[&str]) -> Self {
+        Command {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            ..Command::default()
+        }
+    }
+
+    /// The words after the leading `VAR=value` assignments.
+    pub fn words(&self) -> &[String] {
+        let skip = self
+            .argv
+            .iter()
+            .take_while(|w| {
+                w.split_once('=').is_some_and(|(n, _)| {
+                    !n.is_empty()
+                        && n.bytes().all(|c| c == b'_' || c.is_ascii_alphanumeric())
+                        && !n.as_bytes()[0].is_ascii_digit()
+                })
+            })
+            .count();
+        &self.argv[skip..]
+    }
+
+    /// The program's base name (`/usr/bin/systemctl` → `systemctl`), or `""` for a command
+    /// of assignments only.
+    pub fn program(&self) -> &str {
+        self.words()
+            .first()
+            .map(|w| w.rsplit('/').next().unwrap_or(w))
+            .unwrap_or("")
+    }
+
+    /// The arguments after the program name.
+    pub fn args(&self) -> &[String] {
+        self.words().get(1..).unwrap_or(&[])
+    }
+}
+
 /// One request, checked against one target host (fan-out is evaluated per host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -84,6 +149,11 @@ pub struct Request {
     pub host: HostFacts,
     /// A change/ticket id the operator attached to the request, if any.
     pub ticket: Option<String>,
+    /// The host's parse of `command` (see [`Request::commands`]).
+    pub commands: Vec<Command>,
+    /// Why the host could not split `command`, if it could not (the regex rules deny such a
+    /// command in enforce mode; a plugin should not assume it is harmless).
+    pub unparsable: Option<String>,
 }
 
 impl Request {
@@ -97,6 +167,8 @@ impl Request {
             role: String::new(),
             host: HostFacts::default(),
             ticket: None,
+            commands: Vec::new(),
+            unparsable: None,
         }
     }
 
@@ -138,6 +210,20 @@ impl Request {
     /// The ticket id, if the operator attached one.
     pub fn ticket(&self) -> Option<&str> {
         self.ticket.as_deref()
+    }
+
+    /// Every simple command the request's command line can run, as the host parsed it: argv
+    /// after quote removal, redirections and paths, in order, including commands inside
+    /// substitutions, `sh -c` strings and wrappers (`sudo X` gives `sudo X` and `X`, the latter
+    /// with `via = "wrapper: sudo"`). Empty when there is no command.
+    pub fn commands(&self) -> &[Command] {
+        &self.commands
+    }
+
+    /// Sets the parsed commands (for tests).
+    pub fn with_commands(mut self, commands: Vec<Command>) -> Self {
+        self.commands = commands;
+        self
     }
 
     /// Whether this request can change the target: a file write, or an exec/session (commands
@@ -188,8 +274,31 @@ impl From<wit::RequestKind> for RequestKind {
     }
 }
 
+impl From<wit::Command> for Command {
+    fn from(c: wit::Command) -> Self {
+        Command {
+            argv: c.argv,
+            redirects: c
+                .redirects
+                .into_iter()
+                .map(|r| Redirect {
+                    op: r.op,
+                    target: r.target,
+                })
+                .collect(),
+            paths: c.paths,
+            via: c.via,
+        }
+    }
+}
+
 impl From<wit::Request> for Request {
     fn from(r: wit::Request) -> Self {
+        let (commands, unparsable) = match r.parsed {
+            wit::Parsed::None => (Vec::new(), None),
+            wit::Parsed::Commands(c) => (c.into_iter().map(Command::from).collect(), None),
+            wit::Parsed::Unparsable(why) => (Vec::new(), Some(why)),
+        };
         Request {
             kind: r.kind.into(),
             command: r.command,
@@ -202,6 +311,8 @@ impl From<wit::Request> for Request {
                 tags: r.host.tags,
             },
             ticket: r.ticket,
+            commands,
+            unparsable,
         }
     }
 }

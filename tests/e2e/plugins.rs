@@ -424,3 +424,62 @@ request = { kind = "exec", command = "systemctl restart nginx", ticket = "CHG-42
     ]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 }
+
+/// The change-window plugin on `tether:plugin@0.2.0` in the real daemon: it decides on the
+/// host's parse of the command, so chaining, paths, options and wrappers don't hide a write.
+#[test]
+fn change_window_on_the_hosts_parse_needs_a_ticket_for_every_hidden_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"change-window\"\nkind = \"policy\"\npath = {:?}\n[plugin.config]\nwindows = \"\"\nticket_pattern = \"CHG-*\"\n",
+            plugin_component("change_window").display().to_string()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "",
+    );
+    let check = |args: &[&str]| {
+        let mut a = vec!["--json", "policy", "check"];
+        a.extend_from_slice(args);
+        let out = d.tether(&a);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+        (code(&out), v)
+    };
+    let by_plugin = |v: &serde_json::Value| {
+        v["decision"]["rule_ids"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == "plugin:change-window"))
+    };
+
+    let (c, v) = check(&["--ticket", "CHG-1", "--", "systemctl", "restart", "nginx"]);
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(v["decision"]["verdict"], "allow", "{v}");
+    let (c, v) = check(&["--", "systemctl", "restart", "nginx"]);
+    assert_eq!((c, &v["decision"]["verdict"]), (2, &"deny".into()), "{v}");
+    assert!(by_plugin(&v), "{v}");
+
+    // Writes the 0.1.0 prefix match missed, outside the window and without a ticket.
+    for cmd in [
+        "true; systemctl restart nginx",
+        "/usr/bin/systemctl restart x",
+        "systemctl --no-block restart x",
+        "env systemctl stop x",
+    ] {
+        let (c, v) = check(&["--", cmd]);
+        assert_eq!(c, 2, "{cmd}: {v}");
+        assert_eq!(v["decision"]["verdict"], "deny", "{cmd}: {v}");
+        assert!(by_plugin(&v), "{cmd}: {v}");
+    }
+    // Reads stay allowed; a write word that is only an argument is not a write.
+    for cmd in ["uptime", "echo systemctl restart x"] {
+        let (c, v) = check(&["--", cmd]);
+        assert_eq!(c, 0, "{cmd}: {v}");
+    }
+}

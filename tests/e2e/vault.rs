@@ -98,7 +98,8 @@ fn set_secret(d: &Daemon, name: &str, value: &[u8]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(value).unwrap();
+    // A refused name exits before reading the value, so the pipe may already be closed.
+    let _ = child.stdin.take().unwrap().write_all(value);
     child.wait_with_output().unwrap()
 }
 

@@ -8,6 +8,9 @@
 //! - `config` → the manifest's `[plugin.config]` table.
 //! - `secrets` → only names in the manifest's `secrets` grant, through a [`SecretSource`];
 //!   anything else is `None`, counted and logged.
+//! - `tcp` (0.2.0 sinks) → [`Grants::tcp_destination`] applies the same destination check as
+//!   `http` (allowed_hosts, then every resolved address through the special-address filter);
+//!   the connection goes to a checked address (see the `tcp` module for the limits).
 //! - `http` → performed by the host: host name checked against `allowed_hosts`, then resolved,
 //!   then EVERY resolved address checked (loopback/private/link-local/metadata/... refused unless the
 //!   manifest allows that host=ip pair), then the connection goes to a checked address (no second
@@ -73,6 +76,16 @@ pub(crate) enum HttpError {
     NotAllowed(String),
     Timeout,
     TooLarge,
+    Failed(String),
+}
+
+/// Why a `tcp` operation failed.
+#[derive(Debug)]
+pub(crate) enum TcpError {
+    NotAllowed(String),
+    Timeout,
+    TooLarge,
+    Closed,
     Failed(String),
 }
 
@@ -153,6 +166,71 @@ impl Grants {
         self.secrets.get(name)
     }
 
+    /// The plugin's limits.
+    pub fn limits(&self) -> crate::manifest::Limits {
+        self.spec.limits
+    }
+
+    /// Where a `tcp.connect` to `host:port` may go: `host` must be in `allowed_hosts`, and EVERY
+    /// address it resolves to must pass the same special-address filter as `http.send` (unless
+    /// `allow_private` names that host=ip pair). The caller connects only to these addresses.
+    pub fn tcp_destination(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, TcpError> {
+        let r = self.tcp_destination_inner(host, port, deadline);
+        if let Err(TcpError::NotAllowed(why)) = &r {
+            self.http_denials.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, "tcp destination refused: {why}");
+        }
+        r
+    }
+
+    fn tcp_destination_inner(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, TcpError> {
+        let caps = &self.spec.capabilities;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if !host_allowed(&caps.allowed_hosts, &host) {
+            return Err(TcpError::NotAllowed(format!(
+                "{host} is not in allowed_hosts"
+            )));
+        }
+        if port == 0 {
+            return Err(TcpError::NotAllowed("port 0".into()));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(TcpError::Timeout);
+        }
+        let allow_private: Vec<IpAddr> = caps
+            .allow_private
+            .iter()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, ip)| *ip)
+            .collect();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let r =
+                tokio::time::timeout(remaining, checked_addrs(&host, port, &allow_private)).await;
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(remaining + Duration::from_millis(50)) {
+            Ok(Ok(Ok(addrs))) => Ok(addrs),
+            Ok(Ok(Err(Refused::NotAllowed(s)))) => Err(TcpError::NotAllowed(s)),
+            Ok(Ok(Err(Refused::Failed(s)))) => Err(TcpError::Failed(s)),
+            Ok(Err(_)) | Err(_) => Err(TcpError::Timeout),
+        }
+    }
+
     /// Performs `req` if the manifest allows its destination; `deadline` is the call's deadline.
     pub fn http(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, HttpError> {
         let r = self.http_inner(req, deadline);
@@ -231,28 +309,13 @@ impl Grants {
         let host2 = host.clone();
         let tls = self.tls.clone();
         let fut = async move {
-            // 1. resolve (IP literals resolve to themselves)
-            let addrs: Vec<SocketAddr> = match host2.parse::<IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, port)],
-                Err(_) => tokio::net::lookup_host((host2.as_str(), port))
-                    .await
-                    .map_err(|e| HttpError::Failed(format!("cannot resolve {host2}: {e}")))?
-                    .collect(),
-            };
-            if addrs.is_empty() {
-                return Err(HttpError::Failed(format!("{host2} resolves to no address")));
-            }
-            // 2. every resolved address must be acceptable
-            for a in &addrs {
-                if let Some(why) = forbidden(a.ip())
-                    && !allow_private.contains(&a.ip())
-                {
-                    return Err(HttpError::NotAllowed(format!(
-                        "{host2} resolves to {} ({why})",
-                        a.ip()
-                    )));
-                }
-            }
+            // 1. resolve; 2. every resolved address must be acceptable
+            let addrs = checked_addrs(&host2, port, &allow_private)
+                .await
+                .map_err(|e| match e {
+                    Refused::NotAllowed(s) => HttpError::NotAllowed(s),
+                    Refused::Failed(s) => HttpError::Failed(s),
+                })?;
             // 3. connect to a checked address, never re-resolving
             let mut stream = None;
             let mut last_err = String::new();
@@ -378,6 +441,44 @@ where
         headers: out_headers,
         body: out,
     })
+}
+
+/// Why [`checked_addrs`] refused a destination.
+enum Refused {
+    NotAllowed(String),
+    Failed(String),
+}
+
+/// The one destination check of `http.send` and `tcp.connect`: resolves `host` (an IP literal
+/// resolves to itself) and checks EVERY address against the special-address filter, unless
+/// `allow_private` (the manifest's addresses for this host) names it. Callers connect only to
+/// the returned addresses, never re-resolving.
+async fn checked_addrs(
+    host: &str,
+    port: u16,
+    allow_private: &[IpAddr],
+) -> Result<Vec<SocketAddr>, Refused> {
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| Refused::Failed(format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(Refused::Failed(format!("{host} resolves to no address")));
+    }
+    for a in &addrs {
+        if let Some(why) = forbidden(a.ip())
+            && !allow_private.contains(&a.ip())
+        {
+            return Err(Refused::NotAllowed(format!(
+                "{host} resolves to {} ({why})",
+                a.ip()
+            )));
+        }
+    }
+    Ok(addrs)
 }
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {

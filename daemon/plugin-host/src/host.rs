@@ -12,13 +12,13 @@ use tether_policy::{PluginVote, Request, Vote};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
+use crate::abi::{Bindings, Called, Pre};
 use crate::caps::{Grants, NoSecrets, SecretSource};
 use crate::error::{Error, Result};
 use crate::events::{Failed, NoEvents, PluginEvents, Quarantined};
 use crate::manifest::{MAX_MEMORY_MB, Manifest, PluginKind, PluginSpec};
 use crate::store::StoreState;
 use crate::types::*;
-use crate::v0_1::{Bindings, Called, Pre};
 
 /// Epoch tick period: deadlines are accurate to one tick.
 const TICK: Duration = Duration::from_millis(2);
@@ -232,7 +232,7 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .and_then(|()| crate::store::deny_blocking(&mut linker))
-            .and_then(|()| crate::v0_1::add_to_linker(&mut linker))
+            .and_then(|()| crate::abi::add_to_linker(&mut linker))
             .map_err(|e| Error::Engine(format!("linking host imports: {e:#}")))?;
         let metrics = Metrics::new(registry)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -303,6 +303,7 @@ impl PluginHost {
                 kind = p.spec.kind.as_str(),
                 sha256 = %hex::encode(p.sha256),
                 signer = p.signer.as_deref().unwrap_or("unsigned"),
+                abi = p.pre.version(),
                 "plugin loaded"
             );
         }
@@ -464,7 +465,9 @@ impl PluginHost {
                     data.deadline = start + Duration::from_millis(limits.timeout_ms);
                     data.limiter.hit = false;
                     live.store.set_epoch_deadline(ticks(limits.timeout_ms));
-                    match call(&live.bindings, &mut live.store) {
+                    let called = call(&live.bindings, &mut live.store);
+                    live.store.data_mut().tcp_close_all();
+                    match called {
                         Ok(Some((v, n))) if n <= limits.max_output_bytes => Ok(v),
                         Ok(Some((_, n))) => Err(PluginError {
                             kind: ErrorKind::OutputTooLarge,

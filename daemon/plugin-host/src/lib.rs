@@ -14,15 +14,18 @@
 //! code call it inside `tokio::task::spawn_blocking`.
 #![deny(unsafe_code)]
 
+mod abi;
 pub mod caps;
 mod error;
 mod events;
 mod host;
 pub mod manifest;
 mod store;
+mod tcp;
 mod tls;
 mod types;
 mod v0_1;
+mod v0_2;
 
 pub use caps::{NoSecrets, SecretSource};
 pub use error::{Error, Result};

@@ -19,6 +19,8 @@ pub(crate) struct StoreState {
     /// Per-call context the guest reads through `config.get` under reserved `tether.` keys
     /// (an audit batch's seq range and last chain hash); empty between calls.
     pub call_context: Vec<(String, String)>,
+    /// Connections of the `tcp` import (0.2.0 sinks), closed after every call.
+    pub tcp: crate::tcp::TcpConns,
 }
 
 impl StoreState {
@@ -34,6 +36,7 @@ impl StoreState {
             },
             deadline: Instant::now(),
             call_context: Vec::new(),
+            tcp: Default::default(),
         }
     }
 }
@@ -159,4 +162,19 @@ pub(crate) fn deny_blocking(
     }
     linker.allow_shadowing(false);
     Ok(())
+}
+
+impl StoreState {
+    /// `config.get` for every ABI version: per-call context under the reserved `tether.` keys
+    /// (an audit batch's seq range and last chain hash), else the plugin's own config.
+    pub(crate) fn config_value(&self, key: &str) -> Option<String> {
+        if key.starts_with("tether.") {
+            return self
+                .call_context
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone());
+        }
+        self.grants.config(key)
+    }
 }

@@ -30,6 +30,9 @@ const ALL: &[&str] = &[
     "audit_recorder",
     "enroll_tagger",
     "change_window",
+    "legacy_v0_1",
+    "parse_probe",
+    "tcp_probe",
 ];
 
 /// The built components' directory; runs plugins/build.sh once if any is missing.
@@ -1129,5 +1132,226 @@ request = { kind = "exec", command = "reboot", user = "alice" }
             report.to_string().contains("plugin trap failed: trap: "),
             "{report}"
         );
+    }
+}
+
+/// `tether:plugin@0.2.0`: 0.1.0 guests beside 0.2.0 ones, the host's parse as guests see it,
+/// and the `tcp` import for sinks.
+mod v0_2 {
+    use super::*;
+    use std::io::BufRead;
+    use std::sync::mpsc;
+
+    fn reason(v: &PluginVote) -> String {
+        match v.outcome() {
+            Ok(Vote::Deny(r)) => r.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_0_1_0_and_a_0_2_0_guest_load_side_by_side() {
+        let f = Fixture::new();
+        f.plugin("legacy_v0_1", true);
+        f.plugin("parse_probe", true);
+        let host = f
+            .host(&(entry("legacy_v0_1", "policy", "") + &entry("parse_probe", "policy", "")))
+            .unwrap();
+        let votes = host.evaluate(&req().with_ticket("CHG-1"));
+        assert_eq!(votes.len(), 2, "{votes:?}");
+        assert_eq!(
+            reason(&votes[0]),
+            "legacy 0.1.0 guest: command=systemctl restart nginx ticket=CHG-1"
+        );
+        assert_eq!(
+            reason(&votes[1]),
+            "parsed: systemctl restart nginx | ticket=CHG-1 | unparsable="
+        );
+        assert!(host.list().iter().all(|p| p.errors == 0));
+    }
+
+    #[test]
+    fn the_parse_probe_sees_the_hosts_parse() {
+        let f = Fixture::new();
+        f.plugin("parse_probe", true);
+        let host = f.host(&entry("parse_probe", "policy", "")).unwrap();
+        let ask = |r: Request| {
+            let v = host.evaluate(&r);
+            assert_eq!(v.len(), 1, "{v:?}");
+            reason(&v[0])
+        };
+        // argv after quote removal, chaining, a redirection with its target as a path
+        let r = ask(
+            Request::exec("true; sys'tem'ctl \"restart\" nginx > /var/log/x.log")
+                .with_ticket("CHG-9"),
+        );
+        assert!(
+            r.starts_with("parsed: true ; systemctl restart nginx [>/var/log/x.log]"),
+            "{r}"
+        );
+        assert!(r.contains("<paths /var/log/x.log>"), "{r}");
+        assert!(r.ends_with("| ticket=CHG-9 | unparsable="), "{r}");
+        // a wrapper: the wrapped command is listed again, with what runs it
+        let r = ask(Request::exec("env systemctl stop x"));
+        assert!(
+            r.contains("env systemctl stop x ; systemctl stop x (via "),
+            "{r}"
+        );
+        // an unsplittable command: no commands, and why
+        let r = ask(Request::exec("echo 'unterminated"));
+        assert!(r.starts_with("parsed:  | ticket= | unparsable="), "{r}");
+        assert!(!r.ends_with("unparsable="), "{r}");
+        // no command: nothing parsed
+        let r = ask(Request::file_write("/etc/motd"));
+        assert_eq!(r, "parsed:  | ticket= | unparsable=");
+    }
+
+    /// Delivers one alert (`hello`) to the tcp probe; `extra` holds its limits and
+    /// capabilities, `config` extra lines of its config.
+    fn tcp_probe_with(
+        f: &Fixture,
+        port: u16,
+        extra: &str,
+        config: &str,
+    ) -> Result<(), PluginError> {
+        let host = f
+            .host(&entry(
+                "tcp_probe",
+                "alert_sink",
+                &format!(
+                    "{extra}\n[plugin.config]\nhost = \"127.0.0.1\"\nport = \"{port}\"\n{config}"
+                ),
+            ))
+            .unwrap();
+        let mut d = host.deliver_alert(&tether_model::Alert::new(
+            "probe",
+            tether_model::Severity::Info,
+            "hello",
+        ));
+        assert_eq!(d.len(), 1);
+        d.remove(0).outcome
+    }
+
+    fn tcp_probe(f: &Fixture, port: u16, extra: &str) -> Result<(), PluginError> {
+        tcp_probe_with(f, port, extra, "")
+    }
+
+    const LOOPBACK: &str = "[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1=127.0.0.1\"]";
+
+    #[test]
+    fn tcp_to_an_allowed_listener_and_closed_when_the_call_returns() {
+        let f = Fixture::new();
+        f.plugin("tcp_probe", true);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            // One write: the probe reads one reply, and `write!` may split it into segments.
+            r.get_mut()
+                .write_all(format!("ok {line}").as_bytes())
+                .unwrap();
+            // the host closes the connection when the call returns: EOF
+            r.get_mut()
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut rest = Vec::new();
+            let eof = r.read_to_end(&mut rest).is_ok();
+            tx.send((line, eof)).unwrap();
+        });
+        let e = tcp_probe(
+            &f,
+            port,
+            &format!("[plugin.limits]\ntimeout_ms = 3000\n{LOOPBACK}"),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert!(e.message.contains("reply: ok hello"), "{e}");
+        let (line, eof) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(line, "hello\n");
+        assert!(eof, "the connection was not closed after the call");
+    }
+
+    #[test]
+    fn tcp_destinations_are_checked_like_http() {
+        let f = Fixture::new();
+        f.plugin("tcp_probe", true);
+        // a real listener the plugin must not reach
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        // listed, but loopback without allow_private
+        let e = tcp_probe(
+            &f,
+            port,
+            "[plugin.capabilities]\nallowed_hosts = [\"127.0.0.1\"]",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("error: destination not allowed") && e.message.contains("loopback"),
+            "{e}"
+        );
+        // not listed at all
+        let e = tcp_probe(
+            &f,
+            port,
+            "[plugin.capabilities]\nallowed_hosts = [\"siem.invalid\"]",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("error: destination not allowed")
+                && e.message.contains("not in allowed_hosts"),
+            "{e}"
+        );
+        assert!(l.accept().is_err(), "a refused destination was contacted");
+    }
+
+    #[test]
+    fn tcp_bytes_and_time_are_limited() {
+        let f = Fixture::new();
+        f.plugin("tcp_probe", true);
+        // accepts and never answers
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let e = tcp_probe_with(
+            &f,
+            port,
+            &format!("[plugin.limits]\ntimeout_ms = 3000\nmax_request_bytes = 16\n{LOOPBACK}"),
+            "send_bytes = \"100\"",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("error: over the plugin's size"), "{e}");
+
+        // at most 4 connections at once: 3 held + 1 works (the listener's backlog accepts), 4 + 1 doesn't
+        let limits = format!("[plugin.limits]\ntimeout_ms = 3000\n{LOOPBACK}");
+        let e = tcp_probe_with(&f, port, &limits, "hold = \"4\"").unwrap_err();
+        assert!(
+            e.message
+                .contains("error: over the plugin's size or connection limits"),
+            "{e}"
+        );
+        let limits = format!("[plugin.limits]\ntimeout_ms = 300\n{LOOPBACK}");
+        let e = tcp_probe_with(&f, port, &limits, "hold = \"3\"").unwrap_err();
+        assert!(!e.message.contains("over the plugin's"), "{e}");
+        let t = Instant::now();
+        let e = tcp_probe(
+            &f,
+            port,
+            &format!("[plugin.limits]\ntimeout_ms = 200\n{LOOPBACK}"),
+        )
+        .unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            e.message.contains("error: timed out") || e.kind == ErrorKind::Timeout,
+            "{e}"
+        );
+        drop(l);
     }
 }

@@ -8,7 +8,7 @@
 /// Bindings for the `policy-hook` world (and the shared `types`/import interfaces).
 pub mod policy {
     wit_bindgen::generate!({
-        path: "wit/tether-plugin-0.1.0",
+        path: "wit/tether-plugin-0.2.0",
         world: "policy-hook",
         generate_unused_types: true,
         pub_export_macro: true,
@@ -20,15 +20,15 @@ pub mod policy {
 /// Bindings for the `alert-sink` world.
 pub mod alerts {
     wit_bindgen::generate!({
-        path: "wit/tether-plugin-0.1.0",
+        path: "wit/tether-plugin-0.2.0",
         world: "alert-sink",
         with: {
-            "tether:plugin/types@0.1.0": crate::__private::bindings::policy::tether::plugin::types,
-            "tether:plugin/log@0.1.0": crate::__private::bindings::policy::tether::plugin::log,
-            "tether:plugin/clock@0.1.0": crate::__private::bindings::policy::tether::plugin::clock,
-            "tether:plugin/config@0.1.0": crate::__private::bindings::policy::tether::plugin::config,
-            "tether:plugin/secrets@0.1.0": crate::__private::bindings::policy::tether::plugin::secrets,
-            "tether:plugin/http@0.1.0": crate::__private::bindings::policy::tether::plugin::http,
+            "tether:plugin/types@0.2.0": crate::__private::bindings::policy::tether::plugin::types,
+            "tether:plugin/log@0.2.0": crate::__private::bindings::policy::tether::plugin::log,
+            "tether:plugin/clock@0.2.0": crate::__private::bindings::policy::tether::plugin::clock,
+            "tether:plugin/config@0.2.0": crate::__private::bindings::policy::tether::plugin::config,
+            "tether:plugin/secrets@0.2.0": crate::__private::bindings::policy::tether::plugin::secrets,
+            "tether:plugin/http@0.2.0": crate::__private::bindings::policy::tether::plugin::http,
         },
         pub_export_macro: true,
         export_macro_name: "__tether_export_alert_sink",
@@ -39,15 +39,16 @@ pub mod alerts {
 /// Bindings for the `audit-sink` world.
 pub mod audit {
     wit_bindgen::generate!({
-        path: "wit/tether-plugin-0.1.0",
+        path: "wit/tether-plugin-0.2.0",
         world: "audit-sink",
         with: {
-            "tether:plugin/types@0.1.0": crate::__private::bindings::policy::tether::plugin::types,
-            "tether:plugin/log@0.1.0": crate::__private::bindings::policy::tether::plugin::log,
-            "tether:plugin/clock@0.1.0": crate::__private::bindings::policy::tether::plugin::clock,
-            "tether:plugin/config@0.1.0": crate::__private::bindings::policy::tether::plugin::config,
-            "tether:plugin/secrets@0.1.0": crate::__private::bindings::policy::tether::plugin::secrets,
-            "tether:plugin/http@0.1.0": crate::__private::bindings::policy::tether::plugin::http,
+            "tether:plugin/tcp@0.2.0": crate::__private::bindings::alerts::tether::plugin::tcp,
+            "tether:plugin/types@0.2.0": crate::__private::bindings::policy::tether::plugin::types,
+            "tether:plugin/log@0.2.0": crate::__private::bindings::policy::tether::plugin::log,
+            "tether:plugin/clock@0.2.0": crate::__private::bindings::policy::tether::plugin::clock,
+            "tether:plugin/config@0.2.0": crate::__private::bindings::policy::tether::plugin::config,
+            "tether:plugin/secrets@0.2.0": crate::__private::bindings::policy::tether::plugin::secrets,
+            "tether:plugin/http@0.2.0": crate::__private::bindings::policy::tether::plugin::http,
         },
         pub_export_macro: true,
         export_macro_name: "__tether_export_audit_sink",
@@ -58,15 +59,15 @@ pub mod audit {
 /// Bindings for the `enrollment-hook` world.
 pub mod enroll {
     wit_bindgen::generate!({
-        path: "wit/tether-plugin-0.1.0",
+        path: "wit/tether-plugin-0.2.0",
         world: "enrollment-hook",
         with: {
-            "tether:plugin/types@0.1.0": crate::__private::bindings::policy::tether::plugin::types,
-            "tether:plugin/log@0.1.0": crate::__private::bindings::policy::tether::plugin::log,
-            "tether:plugin/clock@0.1.0": crate::__private::bindings::policy::tether::plugin::clock,
-            "tether:plugin/config@0.1.0": crate::__private::bindings::policy::tether::plugin::config,
-            "tether:plugin/secrets@0.1.0": crate::__private::bindings::policy::tether::plugin::secrets,
-            "tether:plugin/http@0.1.0": crate::__private::bindings::policy::tether::plugin::http,
+            "tether:plugin/types@0.2.0": crate::__private::bindings::policy::tether::plugin::types,
+            "tether:plugin/log@0.2.0": crate::__private::bindings::policy::tether::plugin::log,
+            "tether:plugin/clock@0.2.0": crate::__private::bindings::policy::tether::plugin::clock,
+            "tether:plugin/config@0.2.0": crate::__private::bindings::policy::tether::plugin::config,
+            "tether:plugin/secrets@0.2.0": crate::__private::bindings::policy::tether::plugin::secrets,
+            "tether:plugin/http@0.2.0": crate::__private::bindings::policy::tether::plugin::http,
         },
         pub_export_macro: true,
         export_macro_name: "__tether_export_enrollment_hook",

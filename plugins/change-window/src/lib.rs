@@ -3,13 +3,19 @@
 //!
 //! Config (`[plugins.change-window.config]` in `plugins.toml`, all times UTC):
 //! - `windows`: `"Sat 02:00-06:00,Sun 02:00-06:00"`; a window may run past midnight (`Fri 22:00-02:00`).
-//! - `write_commands`: comma-separated command prefixes that count as writes
-//!   (default `systemctl restart,systemctl stop,systemctl start,apt,apt-get,dnf,yum,deploy`).
+//! - `write_commands`: comma-separated commands that count as writes: a program name and
+//!   optionally its subcommand (default
+//!   `systemctl restart,systemctl stop,systemctl start,apt,apt-get,dnf,yum,deploy`). They are
+//!   matched against every simple command the host parsed (`tether:plugin@0.2.0`), so chaining,
+//!   paths (`/usr/bin/systemctl`), options (`--no-block`) and wrappers (`env`, `sudo`) don't
+//!   hide a write.
 //! - `ticket_pattern`: a glob where `*` matches anything (default `CHG-*`).
 //!
 //! The decision is the pure function [`decide`]; `evaluate` only reads the config and the clock.
 use tether_plugin_sdk::host::{clock, config, log};
-use tether_plugin_sdk::policy::{PolicyHook, Request, RequestKind, Verdict, export_policy};
+use tether_plugin_sdk::policy::{
+    Command, PolicyHook, Request, RequestKind, Verdict, export_policy,
+};
 use tether_plugin_sdk::time::{Timestamp, Weekday};
 
 const DEFAULT_WRITE_COMMANDS: &str =
@@ -79,19 +85,44 @@ impl Settings {
             .any(|&(s, e)| (s..e).contains(&m) || (s..e).contains(&(m + MINUTES_PER_WEEK)))
     }
 
-    /// Whether `req` changes the target: a file write, or a command starting with a write prefix.
+    /// Whether `req` changes the target: a file write, or an exec/session any of whose simple
+    /// commands (as the host parsed them: after `;`, `&&`, pipes, inside `sh -c` strings and
+    /// behind wrappers such as `sudo` or `env`) is a write command. A command the host could
+    /// not parse counts as a write (we can't tell, so the window applies).
     pub fn is_write(&self, req: &Request) -> bool {
-        if req.kind == RequestKind::FileWrite {
+        match req.kind {
+            RequestKind::FileWrite => return true,
+            RequestKind::FileRead => return false,
+            RequestKind::Exec | RequestKind::Session => {}
+        }
+        if req.unparsable.is_some() {
             return true;
         }
-        let mut cmd = req.command().trim_start();
-        while let Some(rest) = cmd.strip_prefix("sudo ") {
-            cmd = rest.trim_start();
+        req.commands().iter().any(|c| self.command_writes(c))
+    }
+
+    /// Whether one simple command matches a write prefix: the prefix's first word is the
+    /// program's base name (`/usr/bin/systemctl` is `systemctl`; `apt` also covers `apt-get`
+    /// only when listed), and its other words appear in order among the non-option arguments
+    /// (`systemctl --no-block restart x` is `systemctl restart`).
+    pub fn command_writes(&self, c: &Command) -> bool {
+        let program = c.program();
+        if program.is_empty() {
+            return false;
         }
-        self.write_commands.iter().any(|p| {
-            cmd.strip_prefix(p.as_str()).is_some_and(|rest| {
-                !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            })
+        let operands: Vec<&str> = c
+            .args()
+            .iter()
+            .map(String::as_str)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        self.write_commands.iter().any(|prefix| {
+            let mut words = prefix.split_whitespace();
+            if words.next() != Some(program) {
+                return false;
+            }
+            let rest: Vec<&str> = words.collect();
+            rest.is_empty() || operands.windows(rest.len()).any(|w| w == rest.as_slice())
         })
     }
 }

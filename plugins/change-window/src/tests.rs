@@ -1,5 +1,11 @@
 use super::*;
 
+/// An exec request with the commands the host's parse gives for it (as `tether_policy::
+/// parse_commands` returns them: wrapped commands are listed again with `via`).
+fn exec(text: &str, commands: &[&[&str]]) -> Request {
+    Request::exec(text).with_commands(commands.iter().map(|c| Command::new(c)).collect())
+}
+
 // 2026-11-21 is a Saturday.
 fn at(day_offset: u64, h: u64, m: u64) -> Timestamp {
     const SAT_2026_11_21: u64 = 1_795_219_200_000;
@@ -60,13 +66,57 @@ fn windows_including_wrap_past_midnight_and_week_end() {
 fn what_counts_as_a_write() {
     let s = settings();
     assert!(s.is_write(&Request::file_write("/etc/motd")));
-    assert!(s.is_write(&Request::exec("systemctl restart nginx")));
-    assert!(s.is_write(&Request::exec("sudo  apt install -y curl")));
-    assert!(s.is_write(&Request::exec("apt-get upgrade")));
-    assert!(s.is_write(&Request::exec("deploy")));
-    assert!(!s.is_write(&Request::exec("aptitude search x")));
-    assert!(!s.is_write(&Request::exec("systemctl status nginx")));
-    assert!(!s.is_write(&Request::exec("uptime")));
+    assert!(s.is_write(&exec(
+        "systemctl restart nginx",
+        &[&["systemctl", "restart", "nginx"]]
+    )));
+    assert!(s.is_write(&exec(
+        "sudo  apt install -y curl",
+        &[
+            &["sudo", "apt", "install", "-y", "curl"],
+            &["apt", "install", "-y", "curl"]
+        ]
+    )));
+    assert!(s.is_write(&exec("apt-get upgrade", &[&["apt-get", "upgrade"]])));
+    assert!(s.is_write(&exec("deploy", &[&["deploy"]])));
+    // The review's bypasses: chaining, a path, options before the subcommand, env.
+    assert!(s.is_write(&exec(
+        "true; systemctl restart nginx",
+        &[&["true"], &["systemctl", "restart", "nginx"]]
+    )));
+    assert!(s.is_write(&exec(
+        "/usr/bin/systemctl restart x",
+        &[&["/usr/bin/systemctl", "restart", "x"]]
+    )));
+    assert!(s.is_write(&exec(
+        "systemctl --no-block restart x",
+        &[&["systemctl", "--no-block", "restart", "x"]]
+    )));
+    assert!(s.is_write(&exec(
+        "env systemctl stop x",
+        &[
+            &["env", "systemctl", "stop", "x"],
+            &["systemctl", "stop", "x"]
+        ]
+    )));
+    assert!(s.is_write(&exec(
+        "X=1 systemctl start x",
+        &[&["X=1", "systemctl", "start", "x"]]
+    )));
+    // A command the host could not split counts as a write.
+    let mut odd = Request::exec("echo 'x");
+    odd.unparsable = Some("unbalanced single quote".into());
+    assert!(s.is_write(&odd));
+    assert!(!s.is_write(&exec("aptitude search x", &[&["aptitude", "search", "x"]])));
+    assert!(!s.is_write(&exec(
+        "systemctl status nginx",
+        &[&["systemctl", "status", "nginx"]]
+    )));
+    assert!(!s.is_write(&exec(
+        "echo systemctl restart x",
+        &[&["echo", "systemctl", "restart", "x"]]
+    )));
+    assert!(!s.is_write(&exec("uptime", &[&["uptime"]])));
     assert!(!s.is_write(&Request::new(RequestKind::FileRead)));
 }
 
@@ -85,7 +135,10 @@ fn globs() {
 fn decisions() {
     let s = settings();
     let tuesday_noon = at(3, 12, 0);
-    let write = Request::exec("systemctl restart nginx");
+    let write = exec(
+        "systemctl restart nginx",
+        &[&["systemctl", "restart", "nginx"]],
+    );
     match decide(&write, tuesday_noon, &s) {
         Verdict::Deny(reason) => {
             assert!(reason.contains("CHG-*"), "{reason}");
@@ -103,7 +156,7 @@ fn decisions() {
     ));
     assert_eq!(decide(&write, at(0, 3, 0), &s), Verdict::Abstain);
     assert_eq!(
-        decide(&Request::exec("df -h"), tuesday_noon, &s),
+        decide(&exec("df -h", &[&["df", "-h"]]), tuesday_noon, &s),
         Verdict::Abstain
     );
     assert!(matches!(
@@ -116,19 +169,27 @@ fn decisions() {
 fn no_windows_configured_means_writes_need_a_ticket() {
     let s = Settings::from_config(None, Some("make install".into()), Some("OPS-*".into())).unwrap();
     assert!(matches!(
-        decide(&Request::exec("make install"), at(0, 3, 0), &s),
+        decide(
+            &exec("make install", &[&["make", "install"]]),
+            at(0, 3, 0),
+            &s
+        ),
         Verdict::Deny(_)
     ));
     assert_eq!(
         decide(
-            &Request::exec("make install").with_ticket("OPS-1"),
+            &exec("make install", &[&["make", "install"]]).with_ticket("OPS-1"),
             at(0, 3, 0),
             &s
         ),
         Verdict::Abstain
     );
     assert_eq!(
-        decide(&Request::exec("apt install x"), at(0, 3, 0), &s),
+        decide(
+            &exec("apt install x", &[&["apt", "install", "x"]]),
+            at(0, 3, 0),
+            &s
+        ),
         Verdict::Abstain
     );
 }

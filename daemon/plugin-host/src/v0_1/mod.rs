@@ -85,14 +85,7 @@ impl wit::clock::Host for StoreState {
 
 impl wit::config::Host for StoreState {
     fn get(&mut self, key: String) -> Option<String> {
-        if key.starts_with("tether.") {
-            return self
-                .call_context
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.clone());
-        }
-        self.grants.config(&key)
+        self.config_value(&key)
     }
 }
 
@@ -207,8 +200,7 @@ impl Pre {
     }
 }
 
-/// A call result translated to crate types, with the size of its variable-length parts.
-pub(crate) type Called<T> = wasmtime::Result<Option<(T, usize)>>;
+use crate::abi::Called;
 
 impl Bindings {
     /// `None` when the bindings are of another world (a host bug, never a plugin's).

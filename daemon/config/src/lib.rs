@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod file;
 mod load;
 mod locate;
 mod metrics;
@@ -17,6 +18,7 @@ mod schema;
 mod vault;
 
 pub use error::{ConfigError, Problem};
+pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;
 pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};

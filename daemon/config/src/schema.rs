@@ -235,7 +235,7 @@ impl Config {
     pub fn policy_source(&self) -> Result<PolicySource, PolicyFileError> {
         match &self.policy_file {
             None => Ok(PolicySource::Inline(self.policy.clone())),
-            Some(path) => std::fs::read_to_string(path)
+            Some(path) => crate::file::read_config_file(path)
                 .map(PolicySource::File)
                 .map_err(|e| PolicyFileError {
                     path: path.display().to_string(),

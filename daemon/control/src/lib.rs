@@ -9,6 +9,7 @@
 
 pub mod audit;
 mod convert;
+pub mod denials;
 mod error;
 mod http;
 mod metrics;

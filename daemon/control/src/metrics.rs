@@ -7,6 +7,11 @@ pub struct ControlMetrics {
     pub requests: IntCounterVec,
     /// `tether_auth_denials_total`: callers refused for lack of a role or permission.
     pub auth_denials: IntCounter,
+    /// `tether_auth_denials_unrecorded_total`: denials aggregated into a later `auth.denied`
+    /// record (its `data.suppressed`) instead of writing one record each.
+    pub auth_denials_unrecorded: IntCounter,
+    /// `tether_control_audit_failures_total`: events the control API could not record.
+    pub audit_failures: IntCounter,
 }
 
 impl ControlMetrics {
@@ -23,11 +28,23 @@ impl ControlMetrics {
             "tether_auth_denials_total",
             "Control API callers refused for lack of a role or permission",
         )?;
+        let auth_denials_unrecorded = IntCounter::new(
+            "tether_auth_denials_unrecorded_total",
+            "Auth denials over the per-uid record rate, counted in the next auth.denied record instead of one record each",
+        )?;
+        let audit_failures = IntCounter::new(
+            "tether_control_audit_failures_total",
+            "Control API events whose audit record could not be written (each raises audit_write_failed)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth_denials.clone()))?;
+        registry.register(Box::new(auth_denials_unrecorded.clone()))?;
+        registry.register(Box::new(audit_failures.clone()))?;
         Ok(ControlMetrics {
             requests,
             auth_denials,
+            auth_denials_unrecorded,
+            audit_failures,
         })
     }
 }

@@ -53,6 +53,8 @@ pub struct AppState {
     /// The git commit the daemon was built from (`unknown` when built without git), for
     /// `/v1/status`; `tetherd` sets it from its build script.
     pub commit: &'static str,
+    /// Rate limits for `auth.denied` records, per uid.
+    pub(crate) denials: crate::denials::DenialLimiter,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -155,6 +157,7 @@ impl AppState {
             rotator: None,
             plugins: None,
             commit: "unknown",
+            denials: crate::denials::DenialLimiter::default(),
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

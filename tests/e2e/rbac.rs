@@ -284,3 +284,76 @@ print(" ".join(sorted(set(codes))), len(codes))
     );
     assert!(!log_grown.contains('\u{1b}'), "raw escape in the log");
 }
+
+#[test]
+fn thousands_of_idle_roleless_connections_cannot_exhaust_descriptors() {
+    use std::io::{BufRead, BufReader};
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP: needs root and setpriv to connect as another uid");
+        return;
+    }
+    let d = Daemon::start("hub", "");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
+    // 3,000 idle connections from one roleless uid, held open until our stdin closes.
+    let script = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+socks = []
+for i in range(3000):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    socks.append(s)
+time.sleep(1.0)
+open_ = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        open_ += s.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        open_ += 1
+    except OSError:
+        pass
+print(open_, flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=0", "--clear-groups", "--"])
+        .arg("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let still_open: usize = line.trim().parse().expect("count of open connections");
+    assert!(
+        still_open <= 64,
+        "{still_open} idle connections kept by the daemon"
+    );
+    let held = fds();
+    assert!(
+        held <= fds_before + 64 + 8,
+        "daemon holds {held} descriptors (was {fds_before})"
+    );
+    // The operator still gets in, and the refusals are counted.
+    let out = d.tether(&["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        metric(&d, "tether_control_connections_refused_total") >= 2900.0,
+        "refusals counted"
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

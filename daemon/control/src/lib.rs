@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod connlimit;
 mod convert;
 pub mod denials;
 mod error;

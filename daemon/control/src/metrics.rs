@@ -12,6 +12,11 @@ pub struct ControlMetrics {
     pub auth_denials_unrecorded: IntCounter,
     /// `tether_control_audit_failures_total`: events the control API could not record.
     pub audit_failures: IntCounter,
+    /// `tether_control_connections_refused_total{limit}`: connections closed at once because
+    /// their uid (`per_uid`) or the daemon (`total`) was at its cap.
+    pub connections_refused: IntCounterVec,
+    /// `tether_control_connections_admitted_total`: connections accepted and served.
+    pub connections_admitted: IntCounter,
 }
 
 impl ControlMetrics {
@@ -36,6 +41,19 @@ impl ControlMetrics {
             "tether_control_audit_failures_total",
             "Control API events whose audit record could not be written (each raises audit_write_failed)",
         )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tether_control_connections_refused_total",
+                "Control connections closed at once because a connection cap was reached",
+            ),
+            &["limit"],
+        )?;
+        let connections_admitted = IntCounter::new(
+            "tether_control_connections_admitted_total",
+            "Control connections accepted under the connection caps",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(connections_admitted.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth_denials.clone()))?;
         registry.register(Box::new(auth_denials_unrecorded.clone()))?;
@@ -45,6 +63,8 @@ impl ControlMetrics {
             auth_denials,
             auth_denials_unrecorded,
             audit_failures,
+            connections_refused,
+            connections_admitted,
         })
     }
 }

@@ -106,7 +106,20 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>, shutdown: Cance
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tracker.spawn(serve_connection(stream, Arc::clone(&state), shutdown.clone()));
+                    let Some(slot) = stream
+                        .peer_cred()
+                        .ok()
+                        .and_then(|c| state.connections.admit(c.uid(), &state.metrics))
+                    else {
+                        // Over a cap (or no credentials): closed at once, its descriptor freed.
+                        drop(stream);
+                        continue;
+                    };
+                    let (st, sd) = (Arc::clone(&state), shutdown.clone());
+                    tracker.spawn(async move {
+                        serve_connection(stream, st, sd).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -53,6 +53,8 @@ pub struct AppState {
     /// The git commit the daemon was built from (`unknown` when built without git), for
     /// `/v1/status`; `tetherd` sets it from its build script.
     pub commit: &'static str,
+    /// Caps on concurrent control connections.
+    pub connections: crate::connlimit::ConnLimits,
     /// Rate limits for `auth.denied` records, per uid.
     pub(crate) denials: crate::denials::DenialLimiter,
     source: ConfigSource,
@@ -157,6 +159,7 @@ impl AppState {
             rotator: None,
             plugins: None,
             commit: "unknown",
+            connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),
             source,
             config: RwLock::new(Arc::new(config)),

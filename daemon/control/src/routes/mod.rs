@@ -76,7 +76,7 @@ pub struct RouteInfo {
 
 const ANY: &[Role] = &Role::ALL;
 const ADMIN: &[Role] = &[Role::Admin];
-const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
+pub(crate) const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// `409` a hub-only route on a target.
 const HUB: u16 = 409;

@@ -88,6 +88,8 @@ pub struct EnrollSection {
     pub endpoint: Option<String>,
     /// Default lifetime of an invite, e.g. `24h`, `30m`, `7d`.
     pub default_ttl: String,
+    /// The longest lifetime an invite may be given (`--ttl` over it is refused), default `30d`.
+    pub max_ttl: String,
 }
 
 impl Default for EnrollSection {
@@ -96,6 +98,7 @@ impl Default for EnrollSection {
             listen: "0.0.0.0:51821".to_owned(),
             endpoint: None,
             default_ttl: "24h".to_owned(),
+            max_ttl: "30d".to_owned(),
         }
     }
 }
@@ -395,6 +398,23 @@ impl Config {
                     self.enroll.default_ttl
                 ),
             );
+        }
+        match (
+            parse_duration_secs(&self.enroll.default_ttl),
+            parse_duration_secs(&self.enroll.max_ttl),
+        ) {
+            (_, None) => bad(
+                "enroll.max_ttl",
+                format!("{:?} is not a duration like 7d or 30d", self.enroll.max_ttl),
+            ),
+            (Some(d), Some(m)) if d > m => bad(
+                "enroll.default_ttl",
+                format!(
+                    "{:?} is longer than enroll.max_ttl ({:?})",
+                    self.enroll.default_ttl, self.enroll.max_ttl
+                ),
+            ),
+            _ => {}
         }
         if let Err((key, message)) = self.vault.validate() {
             bad(key, message);

@@ -462,3 +462,23 @@ fn bad_invite_input_and_unknown_hosts_get_4xx_and_exit_2() {
     let ok = d.tether(&["vpn", "invite", "web1", "--ttl", "7d"]);
     assert_eq!(tether_e2e::code(&ok), 0, "{}", tether_e2e::stderr(&ok));
 }
+
+#[test]
+fn a_huge_token_gets_the_same_error_on_argv_and_on_stdin() {
+    let (_dir, config) = target_dir();
+    let huge = format!("tether1.{}", "A".repeat(100_000));
+    let on_stdin = enroll(&config, &huge, &[]);
+    let on_argv = Command::new(bin("tetherd"))
+        .args(["enroll", &huge, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    for out in [&on_stdin, &on_argv] {
+        assert_eq!(code(out), 2, "{}", stderr(out));
+        assert!(
+            stderr(out).contains("longer than 16 KiB"),
+            "{}",
+            stderr(out)
+        );
+    }
+}

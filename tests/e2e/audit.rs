@@ -425,3 +425,89 @@ fn tail_follow_streams_new_records_until_interrupted() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "interrupted follow exits 130");
 }
+
+#[test]
+fn an_open_follow_stops_when_a_reload_removes_the_callers_role() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to connect as another uid");
+        return;
+    }
+    let roles = "group = \"root\"\n[control.roles]\nauditor = [\"uid:4242\"]\n";
+    let d = Daemon::start("hub", roles);
+    // Creates the world-executable copy of the CLI that uid 4242 runs.
+    let first = d.tether_as(4242, 0, &["audit", "verify"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let mut follow = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=0", "--clear-groups", "--"])
+        .arg(d.dir.path().join("tether-copy"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["audit", "tail", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "the follow is running"
+    );
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace("auditor = [\"uid:4242\"]", "")).unwrap();
+    let reload = d.tether(&["config", "reload"]);
+    assert_eq!(code(&reload), 0, "{}", stderr(&reload));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follow kept running after the caller's role was removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no longer read the audit log"), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+}
+
+#[test]
+fn tail_on_a_damaged_log_names_the_file_line_and_seq() {
+    let d = Daemon::start("hub", "");
+    let before = records(&d, &[]);
+    let dir = d.dir.path().join("state/audit");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .max()
+        .unwrap();
+    // The second line of the newest day file stops being a record (a damaged disk or a
+    // careless edit); the first one stays good.
+    let data = std::fs::read(&file).unwrap();
+    let first_nl = data.iter().position(|b| *b == b'\n').unwrap();
+    let first: serde_json::Value = serde_json::from_slice(&data[..first_nl]).unwrap();
+    let last_seq = first["seq"].as_u64().unwrap();
+    assert!(before.len() > 1);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(first_nl as u64 + 1)).unwrap();
+    f.write_all(b"X").unwrap();
+    drop(f);
+    let out = d.tether(&["audit", "tail"]);
+    let err = stderr(&out);
+    assert_ne!(code(&out), 0);
+    assert!(!err.contains("bug"), "{err}");
+    assert!(
+        err.contains(&file.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(
+        err.contains(&format!("after seq {last_seq}")),
+        "names the seq: {err}"
+    );
+    assert!(
+        err.contains("tether audit verify"),
+        "says what to do: {err}"
+    );
+}

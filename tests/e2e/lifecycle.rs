@@ -146,3 +146,79 @@ fn env_overrides_the_file() {
     assert_eq!(v["control"]["socket"], alt.to_str().unwrap());
     assert_eq!(v["role"], "hub");
 }
+
+/// Runs `tether ARGS` against `d`, killing it after `limit` (so a hang fails the test instead
+/// of stalling the suite). Returns its exit code and stderr, or None on a hang.
+fn tether_within(d: &Daemon, args: &[&str], limit: Duration) -> Option<(i32, String)> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(bin("tether"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tether");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_fifo_or_device_config_fails_reload_at_once_and_sigterm_still_stops() {
+    let mut d = Daemon::start("hub", "");
+    let good = std::fs::read_to_string(&d.config).expect("config");
+    // The config becomes a FIFO nobody writes to: reading it must not wait for a writer.
+    std::fs::remove_file(&d.config).expect("rm config");
+    nix::unistd::mkfifo(&d.config, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .expect("mkfifo");
+    let (rc, err) = tether_within(&d, &["config", "reload"], Duration::from_secs(10))
+        .expect("`config reload` answers instead of hanging");
+    assert_eq!(rc, 2, "{err}");
+    assert!(
+        err.contains("FIFO") && err.contains(&d.config.display().to_string()),
+        "the error names the file and what it is: {err}"
+    );
+    // SIGHUP with the same FIFO: refused and logged, and the daemon keeps serving.
+    d.signal(Signal::SIGHUP);
+    assert!(d.wait_log("config reload failed"), "{}", d.log());
+    let (rc, err) = tether_within(&d, &["status"], Duration::from_secs(10)).expect("status");
+    assert_eq!(rc, 0, "{err}");
+
+    // A symlink to /dev/zero: refused naming the file, memory untouched.
+    std::fs::remove_file(&d.config).expect("rm fifo");
+    std::os::unix::fs::symlink("/dev/zero", &d.config).expect("symlink");
+    let (rc, err) =
+        tether_within(&d, &["config", "reload"], Duration::from_secs(10)).expect("answers");
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("character device"), "{err}");
+
+    // A good config again reloads fine.
+    std::fs::remove_file(&d.config).expect("rm link");
+    std::fs::write(&d.config, good).expect("restore");
+    let (rc, err) =
+        tether_within(&d, &["config", "reload"], Duration::from_secs(10)).expect("answers");
+    assert_eq!(rc, 0, "{err}");
+
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("SIGTERM stops the daemon within 5 s");
+    assert!(status.success(), "exit status {status}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}

@@ -419,3 +419,66 @@ fn every_acknowledged_enrollment_survives_kill_9_of_the_hub_mid_enrollment() {
     // And the audit chain is intact.
     assert_eq!(code(&again.tether(&["audit", "verify"])), 0);
 }
+
+#[test]
+fn bad_invite_input_and_unknown_hosts_get_4xx_and_exit_2() {
+    let d = tether_e2e::Daemon::start("hub", "");
+    let long_ttl = d.tether(&["vpn", "invite", "web1", "--ttl", "60d"]);
+    assert_eq!(
+        tether_e2e::code(&long_ttl),
+        2,
+        "{}",
+        tether_e2e::stderr(&long_ttl)
+    );
+    assert!(
+        tether_e2e::stderr(&long_ttl).contains("enroll.max_ttl"),
+        "{}",
+        tether_e2e::stderr(&long_ttl)
+    );
+    let big_name = "a".repeat(100_000);
+    let out = d.tether(&["vpn", "invite", &big_name]);
+    assert_eq!(tether_e2e::code(&out), 2, "{}", tether_e2e::stderr(&out));
+    assert!(
+        tether_e2e::stderr(&out).contains("longer than 63"),
+        "{}",
+        tether_e2e::stderr(&out)
+    );
+    let big_tag = format!("env={}", "p".repeat(100_000));
+    let out = d.tether(&["vpn", "invite", "web1", "--tag", &big_tag]);
+    assert_eq!(tether_e2e::code(&out), 2, "{}", tether_e2e::stderr(&out));
+    assert!(
+        tether_e2e::stderr(&out).contains("tag value"),
+        "{}",
+        tether_e2e::stderr(&out)
+    );
+    let out = d.tether(&["vpn", "rotate-keys", "nosuchhost"]);
+    assert_eq!(tether_e2e::code(&out), 2, "{}", tether_e2e::stderr(&out));
+    assert!(
+        tether_e2e::stderr(&out).contains("no host named"),
+        "{}",
+        tether_e2e::stderr(&out)
+    );
+    // Within the bound, an invite still works.
+    let ok = d.tether(&["vpn", "invite", "web1", "--ttl", "7d"]);
+    assert_eq!(tether_e2e::code(&ok), 0, "{}", tether_e2e::stderr(&ok));
+}
+
+#[test]
+fn a_huge_token_gets_the_same_error_on_argv_and_on_stdin() {
+    let (_dir, config) = target_dir();
+    let huge = format!("tether1.{}", "A".repeat(100_000));
+    let on_stdin = enroll(&config, &huge, &[]);
+    let on_argv = Command::new(bin("tetherd"))
+        .args(["enroll", &huge, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    for out in [&on_stdin, &on_argv] {
+        assert_eq!(code(out), 2, "{}", stderr(out));
+        assert!(
+            stderr(out).contains("longer than 16 KiB"),
+            "{}",
+            stderr(out)
+        );
+    }
+}

@@ -171,3 +171,189 @@ fn the_via_header_is_not_taken_from_callers_as_truth() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(read_vias(&d), ["api", "api", "api", "api", "cli"]);
 }
+
+/// Runs `/usr/bin/python3 -c SCRIPT SOCKET` as uid 4242 (gid 0, so the 0660 root:root socket
+/// is reachable but the caller has no role).
+fn python_as_roleless(d: &Daemon, script: &str) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=0", "--clear-groups", "--"])
+        .arg("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&d.socket)
+        .output()
+        .unwrap()
+}
+
+fn audit_bytes(d: &Daemon) -> u64 {
+    let dir = d.dir.path().join("state/audit");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .map(|e| {
+            // The live file has preallocated zeros: count the bytes before them.
+            let data = std::fs::read(e.path()).unwrap();
+            data.iter().position(|b| *b == 0).unwrap_or(data.len()) as u64
+        })
+        .sum()
+}
+
+fn denial_records(d: &Daemon) -> Vec<serde_json::Value> {
+    let dir = d.dir.path().join("state/audit");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()) {
+        if !e.file_name().to_string_lossy().ends_with(".jsonl") {
+            continue;
+        }
+        let data = std::fs::read(e.path()).unwrap();
+        let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+        for line in data[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            if v["type"] == "auth.denied" {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn roleless_floods_with_huge_paths_give_bounded_records_and_log_lines() {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP: needs root and setpriv to connect as another uid");
+        return;
+    }
+    let d = Daemon::start("hub", "");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let audit_before = audit_bytes(&d);
+    let log_before = d.log().len();
+    // One 65.4 KB path (too large for a record if kept whole), then 400 paths of 60 KB,
+    // with control characters that would forge lines if written raw.
+    let script = r#"
+import socket, sys
+def ask(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(("GET " + path + " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    return data.split(b" ")[1].decode()
+codes = [ask("/v1/" + "b" * 65400)]
+for i in range(400):
+    codes.append(ask("/v1/%1b%0a" + "a" * 60000))
+print(" ".join(sorted(set(codes))), len(codes))
+"#;
+    let out = python_as_roleless(&d, script);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "403 401", "{}", stdout(&out));
+
+    // Every denial is counted.
+    assert_eq!(metric(&d, "tether_auth_denials_total"), 401.0);
+    let records = denial_records(&d);
+    let unrecorded = metric(&d, "tether_auth_denials_unrecorded_total");
+    assert_eq!(records.len() as f64 + unrecorded, 401.0);
+    // The 65.4 KB one is recorded (as an excerpt), not lost.
+    let first = &records[0];
+    assert_eq!(first["actor"]["uid"], 4242);
+    let p = first["data"]["path"].as_str().unwrap();
+    assert!(p.starts_with("/v1/bbbb") && p.ends_with("bytes]"), "{p}");
+    // Bounded: a burst of 10, then about one per second.
+    assert!(records.len() <= 10 + 60, "{} records", records.len());
+    for r in &records {
+        let line = serde_json::to_string(r).unwrap();
+        assert!(line.len() < 1024, "record of {} bytes: {line}", line.len());
+        assert!(!line.contains('\u{1b}'));
+    }
+    let grown = audit_bytes(&d) - audit_before;
+    assert!(
+        grown <= records.len() as u64 * 1024,
+        "audit grew {grown} bytes"
+    );
+    let log = d.log();
+    let log_grown = &log[log_before..];
+    assert!(
+        log_grown.len() <= records.len() * 1024 + 4096,
+        "daemon log grew {} bytes",
+        log_grown.len()
+    );
+    assert!(!log_grown.contains('\u{1b}'), "raw escape in the log");
+}
+
+#[test]
+fn thousands_of_idle_roleless_connections_cannot_exhaust_descriptors() {
+    use std::io::{BufRead, BufReader};
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP: needs root and setpriv to connect as another uid");
+        return;
+    }
+    let d = Daemon::start("hub", "");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
+    // 3,000 idle connections from one roleless uid, held open until our stdin closes.
+    let script = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+socks = []
+for i in range(3000):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    socks.append(s)
+time.sleep(1.0)
+open_ = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        open_ += s.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        open_ += 1
+    except OSError:
+        pass
+print(open_, flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=0", "--clear-groups", "--"])
+        .arg("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let still_open: usize = line.trim().parse().expect("count of open connections");
+    assert!(
+        still_open <= 64,
+        "{still_open} idle connections kept by the daemon"
+    );
+    let held = fds();
+    assert!(
+        held <= fds_before + 64 + 8,
+        "daemon holds {held} descriptors (was {fds_before})"
+    );
+    // The operator still gets in, and the refusals are counted.
+    let out = d.tether(&["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        metric(&d, "tether_control_connections_refused_total") >= 2900.0,
+        "refusals counted"
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

@@ -48,12 +48,14 @@ pub enum AuditError {
     },
 
     /// A line of a day file is not an audit record (reading for tail/export; run verify for details).
-    #[error("{}:{line} is not an audit record: {reason}; run `tether audit verify` to find out what happened", path.display())]
+    #[error("{}:{line} (the line after seq {after_seq}) is not an audit record: {reason}; the log is damaged: run `tether audit verify` to find out what happened", path.display())]
     Malformed {
         /// The day file.
         path: PathBuf,
         /// 1-based line number.
         line: u64,
+        /// The seq of the last good record read before it (0: none).
+        after_seq: u64,
         /// What is wrong.
         reason: String,
     },

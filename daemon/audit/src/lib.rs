@@ -35,7 +35,8 @@ pub use error::{AuditError, Result};
 pub use files::{HEAD_FILE, day_path, list_day_files};
 pub use keys::{KeyFile, KeySource, StaticKeys};
 pub use reader::{
-    ExportStats, Filter, Follower, Records, export_jsonl, read_records, tail_records,
+    ExportStats, Filter, Follower, Records, count_records, export_jsonl, read_records,
+    tail_records, tail_records_with,
 };
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
 pub use seq_reader::SeqReader;

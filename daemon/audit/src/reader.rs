@@ -57,10 +57,12 @@ impl Filter {
     }
 }
 
-fn parse(path: &Path, line_no: u64, line: &[u8]) -> Result<Record> {
-    Record::parse_line(line).map_err(|e| AuditError::Malformed {
+fn parse(path: &Path, line_no: u64, line: &[u8], after_seq: u64) -> Result<Record> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    serde_json::from_slice(line).map_err(|e| AuditError::Malformed {
         path: path.to_path_buf(),
         line: line_no,
+        after_seq,
         reason: e.to_string(),
     })
 }
@@ -72,6 +74,7 @@ pub struct Records {
     files: VecDeque<(Date, PathBuf)>,
     cur: Option<(PathBuf, BufReader<std::fs::File>, u64)>,
     buf: Vec<u8>,
+    last_seq: u64,
 }
 
 impl std::fmt::Debug for Records {
@@ -89,6 +92,7 @@ pub fn read_records(dir: &Path, filter: &Filter) -> Result<Records> {
         files: filter.files(dir)?.into(),
         cur: None,
         buf: Vec::new(),
+        last_seq: 0,
     })
 }
 
@@ -124,9 +128,14 @@ impl Records {
                 }
                 Ok(_) => {
                     *line_no += 1;
-                    match parse(path, *line_no, &self.buf) {
+                    match parse(path, *line_no, &self.buf, self.last_seq) {
                         Err(e) => return Some(Err(e)),
-                        Ok(rec) if self.filter.matches(&rec) => {
+                        Ok(rec)
+                            if {
+                                self.last_seq = rec.seq;
+                                self.filter.matches(&rec)
+                            } =>
+                        {
                             return Some(Ok((self.buf.clone(), rec)));
                         }
                         Ok(_) => continue,
@@ -157,6 +166,50 @@ pub fn tail_records(dir: &Path, filter: &Filter, n: usize) -> Result<Vec<Record>
         }
     }
     Ok(q.into())
+}
+
+/// Streams the last `n` records that pass `filter`, oldest first, to `emit`, with memory
+/// bounded by one record whatever `n` is: a first pass counts the matches, a second skips all
+/// but the last `n` of them. Records appended between the passes are not included (the
+/// answer is the log as of the first pass). Errors (a damaged line, naming file, line and the
+/// seq before it) come from the first pass, before anything is emitted, or from the second
+/// if the log changed under it. Returns how many records were emitted.
+pub fn tail_records_with(
+    dir: &Path,
+    filter: &Filter,
+    n: usize,
+    emit: &mut dyn FnMut(&Record) -> std::io::Result<()>,
+) -> Result<u64> {
+    let total = count_records(dir, filter)?;
+    let skip = total.saturating_sub(n as u64);
+    let mut seen = 0u64;
+    let mut emitted = 0u64;
+    let mut recs = read_records(dir, filter)?;
+    while emitted < total - skip {
+        let Some(r) = recs.next_raw() else { break };
+        let (_, rec) = r?;
+        seen += 1;
+        if seen <= skip {
+            continue;
+        }
+        emit(&rec).map_err(|source| AuditError::Read {
+            path: PathBuf::from("<tail output>"),
+            source,
+        })?;
+        emitted += 1;
+    }
+    Ok(emitted)
+}
+
+/// How many records pass `filter` (reading every line once, keeping none).
+pub fn count_records(dir: &Path, filter: &Filter) -> Result<u64> {
+    let mut recs = read_records(dir, filter)?;
+    let mut n = 0;
+    while let Some(r) = recs.next_raw() {
+        r?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// What [`export_jsonl`] wrote.
@@ -199,6 +252,7 @@ pub struct Follower {
     cur: Option<(Date, PathBuf, u64)>,
     partial: Vec<u8>,
     line_no: u64,
+    last_read: u64,
 }
 
 impl Follower {
@@ -218,6 +272,7 @@ impl Follower {
             cur: start.map(|(d, p)| (*d, p.clone(), 0)),
             partial: Vec::new(),
             line_no: 0,
+            last_read: 0,
         })
     }
 
@@ -235,6 +290,7 @@ impl Follower {
             cur,
             partial: Vec::new(),
             line_no: 0,
+            last_read: 0,
         })
     }
 
@@ -263,7 +319,8 @@ impl Follower {
             while let Some(i) = self.partial[consumed..].iter().position(|&b| b == b'\n') {
                 let line = &self.partial[consumed..consumed + i + 1];
                 self.line_no += 1;
-                let rec = parse(path, self.line_no, line)?;
+                let rec = parse(path, self.line_no, line, self.last_read)?;
+                self.last_read = rec.seq;
                 consumed += i + 1;
                 if rec.seq > self.after_seq && self.filter.matches(&rec) {
                     out.push(rec);

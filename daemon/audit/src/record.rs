@@ -137,6 +137,31 @@ impl Record {
     }
 }
 
+/// The `data` key that marks a record whose data was too large and was replaced by a digest.
+pub const OVERSIZED_KEY: &str = "oversized";
+
+/// How much of oversized data is kept, as escaped text, in its digest record.
+const OVERSIZED_EXCERPT_BYTES: usize = 512;
+
+/// The stand-in for data that would make a record larger than [`MAX_RECORD_BYTES`]:
+/// `{"oversized": true, "data_bytes": N, "data_sha256": HEX, "excerpt": "first 512 bytes…"}`.
+fn digest_of(data: &Value) -> Result<Value> {
+    use sha2::Digest as _;
+    let mut canonical = Vec::new();
+    write_canonical(&mut canonical, data, "data")?;
+    let text = String::from_utf8_lossy(&canonical);
+    let mut end = OVERSIZED_EXCERPT_BYTES.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(serde_json::json!({
+        OVERSIZED_KEY: true,
+        "data_bytes": canonical.len(),
+        "data_sha256": hex::encode(sha2::Sha256::digest(&canonical)),
+        "excerpt": &text[..end],
+    }))
+}
+
 /// An event already validated and encoded by the caller, so the single writer only has to
 /// splice in `prev`, `seq` and `ts` and hash.
 #[derive(Debug)]
@@ -202,9 +227,14 @@ impl Prepared {
         post.extend_from_slice(b"\"}");
         // prev (64) + seq (<= 20) + ts (27) + keys
         if pre.len() + post.len() + 130 > MAX_RECORD_BYTES {
-            return Err(bad(format!(
-                "record would be larger than {MAX_RECORD_BYTES} bytes; put large payloads elsewhere and log a digest"
-            )));
+            // Never lose a record for its size: keep who, what and when, and replace `data`
+            // by its size, SHA-256 and a short excerpt (the digest form always fits).
+            if ev.data.get(OVERSIZED_KEY).is_some() {
+                return Err(bad(format!(
+                    "record would be larger than {MAX_RECORD_BYTES} bytes even with its data digested"
+                )));
+            }
+            return Prepared::new(&ev.clone().data(digest_of(&ev.data)?));
         }
         Ok(Prepared { pre, post })
     }

@@ -36,6 +36,23 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The config (or policy) file is a FIFO, socket, device or directory: only regular files
+    /// are read, so a file that never ends or never answers cannot hang or exhaust the daemon.
+    #[error("config file {} is {kind}, not a regular file; point the config at a regular file (a symlink to one is fine)", path.display())]
+    NotRegularFile {
+        /// The file named in the config or on the command line.
+        path: PathBuf,
+        /// What it is instead ("a FIFO (named pipe)", "a character device", ...).
+        kind: &'static str,
+    },
+    /// The file is larger than any real config or policy file.
+    #[error("config file {} is larger than {limit} bytes; is it the right file?", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The config was read but has one or more problems; each names its key (and line).
     #[error("{} in {origin}:\n{}", plural(problems.len()), list(problems))]
     Invalid {
@@ -51,7 +68,7 @@ impl ConfigError {
     pub fn problems(&self) -> &[Problem] {
         match self {
             ConfigError::Invalid { problems, .. } => problems,
-            ConfigError::Read { .. } => &[],
+            _ => &[],
         }
     }
 }

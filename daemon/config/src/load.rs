@@ -93,10 +93,7 @@ pub fn check_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::file::read_config_file(path)
 }
 
 /// Top-level keys an environment variable may set. `TETHER_SOCKET` and other `TETHER_*`

@@ -91,6 +91,8 @@ pub struct EnrollSection {
     pub endpoint: Option<String>,
     /// Default lifetime of an invite, e.g. `24h`, `30m`, `7d`.
     pub default_ttl: String,
+    /// The longest lifetime an invite may be given (`--ttl` over it is refused), default `30d`.
+    pub max_ttl: String,
 }
 
 impl Default for EnrollSection {
@@ -99,6 +101,7 @@ impl Default for EnrollSection {
             listen: "0.0.0.0:51821".to_owned(),
             endpoint: None,
             default_ttl: "24h".to_owned(),
+            max_ttl: "30d".to_owned(),
         }
     }
 }
@@ -239,7 +242,7 @@ impl Config {
     pub fn policy_source(&self) -> Result<PolicySource, PolicyFileError> {
         match &self.policy_file {
             None => Ok(PolicySource::Inline(self.policy.clone())),
-            Some(path) => std::fs::read_to_string(path)
+            Some(path) => crate::file::read_config_file(path)
                 .map(PolicySource::File)
                 .map_err(|e| PolicyFileError {
                     path: path.display().to_string(),
@@ -399,6 +402,23 @@ impl Config {
                     self.enroll.default_ttl
                 ),
             );
+        }
+        match (
+            parse_duration_secs(&self.enroll.default_ttl),
+            parse_duration_secs(&self.enroll.max_ttl),
+        ) {
+            (_, None) => bad(
+                "enroll.max_ttl",
+                format!("{:?} is not a duration like 7d or 30d", self.enroll.max_ttl),
+            ),
+            (Some(d), Some(m)) if d > m => bad(
+                "enroll.default_ttl",
+                format!(
+                    "{:?} is longer than enroll.max_ttl ({:?})",
+                    self.enroll.default_ttl, self.enroll.max_ttl
+                ),
+            ),
+            _ => {}
         }
         if let Err((key, message)) = self.vault.validate() {
             bad(key, message);

@@ -93,7 +93,22 @@ impl AppState {
         if let Some(h) = host {
             event = event.host(h);
         }
-        log.append(&event).await.map(|_| ())
+        log.append(&event).await.map(|_| ()).inspect_err(|e| {
+            // Counted and alerted whatever the reason (the writer alerts on I/O failures too;
+            // this also covers events refused before they reach it).
+            self.metrics.audit_failures.inc();
+            if !matches!(
+                e,
+                tether_audit::AuditError::WriteFailed { .. }
+                    | tether_audit::AuditError::RollbackFailed { .. }
+            ) {
+                self.alerts.raise(tether_model::Alert::new(
+                    "audit_write_failed",
+                    tether_model::Severity::Critical,
+                    format!("a {kind} audit record could not be written: {e}"),
+                ));
+            }
+        })
     }
 
     /// [`AppState::audit`] for a request about to act: on failure the caller gets `503` and the

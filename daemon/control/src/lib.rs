@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod connlimit;
 mod convert;
+pub mod denials;
 mod error;
 mod http;
 mod metrics;

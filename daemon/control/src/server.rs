@@ -106,7 +106,20 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>, shutdown: Cance
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tracker.spawn(serve_connection(stream, Arc::clone(&state), shutdown.clone()));
+                    let Some(slot) = stream
+                        .peer_cred()
+                        .ok()
+                        .and_then(|c| state.connections.admit(c.uid(), &state.metrics))
+                    else {
+                        // Over a cap (or no credentials): closed at once, its descriptor freed.
+                        drop(stream);
+                        continue;
+                    };
+                    let (st, sd) = (Arc::clone(&state), shutdown.clone());
+                    tracker.spawn(async move {
+                        serve_connection(stream, st, sd).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -177,6 +190,45 @@ async fn handle(
     resp
 }
 
+/// Counts a denial and, within the per-uid rate ([`crate::denials`]), records it as
+/// `auth.denied` and logs it, with the caller's path and method cut to escaped excerpts.
+async fn record_denial(
+    state: &AppState,
+    caller: &Caller,
+    role: Option<tether_model::Role>,
+    via: tether_audit::Via,
+    method: &str,
+    path: &str,
+    reason: &str,
+) {
+    use crate::denials::{Verdict, excerpt};
+    state.metrics.auth_denials.inc();
+    let suppressed = match state.denials.check(caller.uid, std::time::Instant::now()) {
+        Verdict::Record { suppressed } => suppressed,
+        Verdict::Suppress => {
+            state.metrics.auth_denials_unrecorded.inc();
+            return;
+        }
+    };
+    let (method, path) = (excerpt(method), excerpt(path));
+    let mut data = serde_json::json!({"method": method, "path": path, "reason": reason});
+    if suppressed > 0 {
+        data["suppressed"] = suppressed.into();
+    }
+    if let Err(e) = state
+        .audit(
+            "auth.denied",
+            crate::audit::actor(caller, role, via),
+            None,
+            data,
+        )
+        .await
+    {
+        tracing::error!("could not audit an auth denial: {e}");
+    }
+    tracing::warn!(caller = %caller.describe(), %method, %path, reason, suppressed, "control request refused");
+}
+
 async fn route(
     req: Request<Incoming>,
     caller: Arc<Caller>,
@@ -185,21 +237,16 @@ async fn route(
 ) -> (&'static str, Response<Body>) {
     let via = crate::audit::via_of(&req, &caller);
     let Some(role) = state.roles().role_of(&caller) else {
-        state.metrics.auth_denials.inc();
-        let data =
-            serde_json::json!({"method": req.method().as_str(), "path": path, "reason": "no role"});
-        if let Err(e) = state
-            .audit(
-                "auth.denied",
-                crate::audit::actor(&caller, None, via),
-                None,
-                data,
-            )
-            .await
-        {
-            tracing::error!("could not audit an auth denial: {e}");
-        }
-        tracing::warn!(caller = %caller.describe(), path, "control request refused: caller has no role");
+        record_denial(
+            state,
+            &caller,
+            None,
+            via,
+            req.method().as_str(),
+            path,
+            "no role",
+        )
+        .await;
         let who = match &caller.user {
             Some(name) => format!("uid:{} or user:{name}", caller.uid),
             None => format!("uid:{}", caller.uid),
@@ -239,19 +286,16 @@ async fn route(
             )
         }
         Lookup::Found(r, _) if !r.roles.contains(&role) => {
-            state.metrics.auth_denials.inc();
-            let data = serde_json::json!({"method": r.method.as_str(), "path": path, "reason": "role not allowed"});
-            if let Err(e) = state
-                .audit(
-                    "auth.denied",
-                    crate::audit::actor(&caller, Some(role), via),
-                    None,
-                    data,
-                )
-                .await
-            {
-                tracing::error!("could not audit an auth denial: {e}");
-            }
+            record_denial(
+                state,
+                &caller,
+                Some(role),
+                via,
+                r.method.as_str(),
+                path,
+                "role not allowed",
+            )
+            .await;
             let allowed: Vec<&str> = r.roles.iter().map(|r| r.as_str()).collect();
             (
                 r.path,

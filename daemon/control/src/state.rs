@@ -57,6 +57,10 @@ pub struct AppState {
     pub remote: Option<Arc<dyn RemoteExec>>,
     /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
     pub alert_service: Option<tether_alerts::AlertService>,
+    /// Caps on concurrent control connections.
+    pub connections: crate::connlimit::ConnLimits,
+    /// Rate limits for `auth.denied` records, per uid.
+    pub(crate) denials: crate::denials::DenialLimiter,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -228,6 +232,8 @@ impl AppState {
             commit: "unknown",
             remote: None,
             alert_service: None,
+            connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
+            denials: crate::denials::DenialLimiter::default(),
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

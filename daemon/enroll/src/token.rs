@@ -202,6 +202,12 @@ impl Token {
         if trimmed.is_empty() {
             return Err(malformed("it is empty"));
         }
+        // Before anything goes into locked memory: the same answer for every source (argv,
+        // stdin, file) instead of a secure-memory failure for a huge argument.
+        if trimmed.len() > MAX_TOKEN_LEN {
+            text.zeroize();
+            return Err(malformed("it is longer than 16 KiB"));
+        }
         let boxed = SecretBox::from_slice(trimmed.as_bytes());
         text.zeroize();
         Ok(Token(boxed?))

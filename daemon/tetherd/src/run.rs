@@ -405,14 +405,28 @@ impl Signals {
         })
     }
 
-    /// Reloads the config on every SIGHUP; returns on SIGTERM or SIGINT.
-    async fn serve_until_stop(&mut self, state: &AppState) {
+    /// Reloads the config on every SIGHUP; returns on SIGTERM or SIGINT. A reload runs as its
+    /// own task, off this loop, so nothing a reload does (reading files, compiling the policy,
+    /// waiting for the audit log) can delay a stop; one still running when the stop comes is
+    /// abandoned (it changes nothing until its audit record is written).
+    async fn serve_until_stop(&mut self, state: &Arc<AppState>) {
+        let mut running: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = self.hup.recv() => reload(state).await,
+                _ = self.hup.recv() => {
+                    if running.as_ref().is_some_and(|t| !t.is_finished()) {
+                        tracing::warn!("SIGHUP: a reload is still running; this one is skipped");
+                        continue;
+                    }
+                    let state = Arc::clone(state);
+                    running = Some(tokio::spawn(async move { reload(&state).await }));
+                }
             }
+        }
+        if let Some(task) = running {
+            task.abort();
         }
     }
 }

@@ -109,18 +109,47 @@ pub(crate) async fn tail(ctx: Ctx, q: AuditRecordsQuery) -> Result<Body, Fail> {
     let n = q.limit.unwrap_or(20).min(100_000);
     let detail = json!({"types": q.types, "host": q.host, "from": q.from, "limit": n});
     audited(&ctx, "tail", detail).await?;
-    let records = super::blocking("reading the audit log", move || {
-        tether_audit::tail_records(&dir, &f, n)
+    // The first pass (counting) runs before the answer starts, so a damaged log is a precise
+    // error status; the second streams one record at a time, whatever `limit` is.
+    let (count_dir, count_f) = (dir.clone(), f.clone());
+    let total = super::blocking("reading the audit log", move || {
+        tether_audit::count_records(&count_dir, &count_f)
     })
     .await?
-    .map_err(read_failed)?;
-    let mut out = Vec::new();
-    for r in records {
-        if serde_json::to_writer(&mut out, &r).is_ok() {
-            out.push(b'\n');
+    .map_err(damaged)?;
+    let (tx, body) = stream::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        let n = n.min(usize::try_from(total).unwrap_or(usize::MAX));
+        let mut emit = |r: &tether_audit::Record| {
+            serde_json::to_writer(&mut w, r).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")
+        };
+        match tether_audit::tail_records_with(&dir, &f, n, &mut emit) {
+            Ok(_) => {
+                let _ = w.flush();
+            }
+            Err(e) => tracing::warn!("audit tail stopped: {e}"),
         }
+    });
+    Ok(body)
+}
+
+/// A read that failed: a damaged log (a line that is not a record) is a 500 that names the
+/// file, line and seq and says what to do; other failures keep their own message.
+fn damaged(e: tether_audit::AuditError) -> Fail {
+    match e {
+        tether_audit::AuditError::Malformed { .. } => Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_damaged",
+            e.to_string(),
+            "run `tether audit verify` for the first break; restore the day file from backup",
+        ),
+        other => read_failed(other),
     }
-    Ok(crate::http::full(out))
 }
 
 /// `GET /v1/audit/follow?type=&host=`: new matching records as NDJSON, until the client leaves.
@@ -130,8 +159,28 @@ pub(crate) async fn follow(ctx: Ctx, q: AuditFollowQuery) -> Result<Body, Fail> 
     let mut follower = Follower::from_end(&dir, f).map_err(read_failed)?;
     audited(&ctx, "follow", json!({"types": q.types, "host": q.host})).await?;
     let (tx, body) = stream::channel(16);
+    let (state, caller) = (Arc::clone(&ctx.state), Arc::clone(&ctx.caller));
     tokio::spawn(async move {
         loop {
+            // Re-authorized on every batch (at least every 200 ms), so a reload that takes the
+            // caller's role away ends the stream.
+            if !state
+                .roles()
+                .role_of(&caller)
+                .is_some_and(|r| super::AUDIT_READERS.contains(&r))
+            {
+                let body = tether_api::ErrorBody {
+                    error: tether_api::ApiError::new(
+                        "forbidden",
+                        format!("{} may no longer read the audit log", caller.describe()),
+                        "the follow stopped because a reload removed your role",
+                    ),
+                };
+                let mut line = serde_json::to_vec(&body).unwrap_or_default();
+                line.push(b'\n');
+                let _ = tx.send(Bytes::from(line)).await;
+                return;
+            }
             let batch = match follower.next_batch(Duration::from_millis(200)).await {
                 Ok(b) => b,
                 Err(e) => {

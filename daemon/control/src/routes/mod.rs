@@ -79,7 +79,7 @@ pub struct RouteInfo {
 const ANY: &[Role] = &Role::ALL;
 const ADMIN: &[Role] = &[Role::Admin];
 const OPERATORS: &[Role] = &[Role::Admin, Role::Operator];
-const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
+pub(crate) const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// `409` a hub-only route on a target.
 const HUB: u16 = 409;
@@ -112,7 +112,7 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnInvite, _, _>(ADMIN, &[HUB, 500, AUDITED], vpn::invite),
         json::<a::VpnReinvite, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::reinvite),
         json::<a::VpnRevoke, _, _>(ADMIN, &[HUB, 500, AUDITED], vpn::revoke),
-        json::<a::VpnRotateKeys, _, _>(ADMIN, &[HUB, AUDITED], vpn::rotate_keys),
+        json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
         stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),
         json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),

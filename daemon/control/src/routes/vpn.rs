@@ -95,6 +95,27 @@ async fn issue(ctx: Ctx, body: InviteRequest, again: bool) -> Result<InviteRespo
             "write e.g. 30m, 24h or 7d",
         ));
     };
+    let config = ctx.state.config();
+    let max_ttl = tether_config::parse_duration_secs(&config.enroll.max_ttl).unwrap_or(30 * 86_400);
+    if ttl_secs > max_ttl {
+        return Err(Fail::bad_request(
+            "invalid_ttl",
+            format!(
+                "--ttl {ttl_text} is longer than the longest invite lifetime, enroll.max_ttl = {}",
+                config.enroll.max_ttl
+            ),
+            "give a shorter --ttl, or raise enroll.max_ttl in tetherd.toml and reload",
+        ));
+    }
+    // Checked before anything is recorded: bad input is a 400 that names the field, never an
+    // audit failure (a 100 KB name or tag once surfaced as 503 audit_unavailable).
+    tether_enroll::validate_host_name(&body.name).map_err(|e| enroll_error(&e))?;
+    for g in &body.groups {
+        tether_enroll::validate_group(g).map_err(|e| enroll_error(&e))?;
+    }
+    for (k, v) in &body.tags {
+        tether_enroll::validate_tag(k, v).map_err(|e| enroll_error(&e))?;
+    }
     let kind = if again {
         "enroll.reinvite"
     } else {
@@ -236,6 +257,19 @@ pub(crate) async fn rotate_keys(ctx: Ctx, body: RotateRequest) -> Result<RotateR
             "enroll this target first (tetherd enroll TOKEN)",
         ));
     };
+    if let (Some(name), Some(hub)) = (&body.name, &ctx.state.hub)
+        && hub.inventory().get(name).is_none()
+    {
+        return Err(Fail::new(
+            StatusCode::NOT_FOUND,
+            "no_such_host",
+            format!(
+                "no host named {:?} in the inventory",
+                crate::denials::excerpt(name)
+            ),
+            "see `tether hosts list` for the enrolled hosts",
+        ));
+    }
     let data = json!({"name": body.name});
     ctx.state
         .audit_or_refuse(

@@ -151,7 +151,13 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                     types: a.types,
                     host: a.host,
                 };
+                let mut ended: Option<tether_api::ApiError> = None;
                 let follow = client.stream_lines::<AuditFollow>(&q, |line| {
+                    // The daemon ends a follow with an error line (role removed, log damaged).
+                    if let Ok(e) = serde_json::from_slice::<tether_api::ErrorBody>(line) {
+                        ended = Some(e.error);
+                        return false;
+                    }
                     match record(global.json, line) {
                         Shown::Raw(text) => println!("{text}"),
                         Shown::Row(cells) => println!("{}", table.follow_line(cells)),
@@ -163,6 +169,18 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                 tokio::select! {
                     r = follow => r?,
                     _ = tokio::signal::ctrl_c() => return Ok(130),
+                }
+                if let Some(e) = ended {
+                    let text = if e.hint.is_empty() {
+                        e.message
+                    } else {
+                        format!("{}\nhint: {}", e.message, e.hint)
+                    };
+                    return Err(if e.code == "forbidden" {
+                        CliError::Usage(text)
+                    } else {
+                        CliError::Internal(text)
+                    });
                 }
             }
             Ok(0)

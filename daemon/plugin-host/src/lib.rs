@@ -14,6 +14,8 @@
 //! code call it inside `tokio::task::spawn_blocking`.
 #![deny(unsafe_code)]
 
+mod addr;
+mod cache;
 pub mod caps;
 mod error;
 mod events;
@@ -24,6 +26,7 @@ mod tls;
 mod types;
 mod v0_1;
 
+pub use cache::{CacheKey, NoCacheKey};
 pub use caps::{NoSecrets, SecretSource};
 pub use error::{Error, Result};
 pub use events::{Failed, NoEvents, PluginEvents, Quarantined};

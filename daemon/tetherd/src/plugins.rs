@@ -11,7 +11,7 @@ use tether_audit::{AuditLog, Event};
 use tether_control::state::{PluginAdmin, ReloadError};
 use tether_model::AlertSink;
 use tether_plugin_host::{
-    EnrollVote, Failed, HostOptions, PluginEvents, PluginHost, PluginKind, Quarantined,
+    CacheKey, EnrollVote, Failed, HostOptions, PluginEvents, PluginHost, PluginKind, Quarantined,
     SecretSource,
 };
 use tether_policy::{PluginVote, Request};
@@ -27,6 +27,27 @@ impl SecretSource for VaultSecrets {
     fn get(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
         let secret = self.0.get(name).ok().flatten()?;
         Some(secret.expose(|b| Zeroizing::new(b.to_vec())))
+    }
+}
+
+/// Vault entry holding the key that authenticates the compiled-artifact cache.
+pub const PLUGIN_CACHE_KEY: &str = "tetherd.plugin-cache-key";
+
+/// The cache key from the vault, generated on first use. A file written into
+/// `state_dir/plugin-cache` without this key is never loaded as native code.
+struct VaultCacheKey(Vault);
+
+impl CacheKey for VaultCacheKey {
+    fn cache_key(&self) -> Option<Zeroizing<Vec<u8>>> {
+        match self.0.get_or_generate(PLUGIN_CACHE_KEY, 32) {
+            Ok(secret) => Some(secret.expose(|b| Zeroizing::new(b.to_vec()))),
+            Err(e) => {
+                tracing::warn!(
+                    "plugin cache key unavailable ({e}); plugins compile without the cache"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -94,6 +115,7 @@ impl Plugins {
     ) -> Result<Plugins, DaemonError> {
         let opts = HostOptions {
             cache_dir: Some(state_dir.join("plugin-cache")),
+            cache_key: Arc::new(VaultCacheKey(vault.clone())),
             secrets: Arc::new(VaultSecrets(vault)),
             alerts,
             events: Arc::new(AuditEvents { audit, rt }),

@@ -59,8 +59,20 @@ pub enum HookDecision {
 
 /// Reviews enrollments before they are recorded (WASM enrollment hooks plug in here).
 pub trait EnrollHook: Send + Sync {
-    /// Approve (with extra tags) or deny. Called after the token was authenticated.
+    /// Approve (with extra tags) or deny. Called after the token was authenticated, before the
+    /// invite is consumed (several racing attempts with one token may all be reviewed).
     fn review(&self, request: &EnrollRequest) -> HookDecision;
+
+    /// The enrollment is final: the invite's nonce was consumed (durably) and only this attempt
+    /// got it. Called under the invite lock before the host is recorded and its peer added; an
+    /// error refuses the enrollment (the invite stays consumed). Write `enroll.accepted` here.
+    fn accepted(
+        &self,
+        _host: &HostRecord,
+        _peer: Option<IpAddr>,
+    ) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Told about enrollments (to add the tunnel peer, audit, alert).
@@ -417,7 +429,7 @@ impl Hub {
             name: p.name.clone(),
             overlay_ip: p.overlay_ip,
             wg_public_key: STANDARD.encode(proto::check_hello_fields(hello)?),
-            ssh_host_key: hello.ssh_host_key.clone(),
+            ssh_host_key: crate::sshkey::SshPublicKey::parse(&hello.ssh_host_key)?.canonical(),
             hostname: hello.hostname.clone(),
             tags: tags.clone(),
             groups: p.groups.clone(),
@@ -434,6 +446,12 @@ impl Hub {
             store.check_pending(&nonce_hash)?;
             self.inventory.check_insertable(&host)?;
             store.consume(&nonce_hash, now)?;
+            if let Some(hook) = &self.hook {
+                hook.accepted(&host, peer)
+                    .map_err(|reason| EnrollError::Internal {
+                        what: format!("the accepted enrollment could not be recorded: {reason}"),
+                    })?;
+            }
             self.inventory.insert(host.clone()).map_err(|e| {
                 tracing::error!(error = %e, host = %host.name, "invite consumed but the host could not be recorded");
                 e

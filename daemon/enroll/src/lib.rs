@@ -17,6 +17,7 @@ pub mod inventory;
 mod limits;
 pub mod proto;
 pub mod ratelimit;
+pub mod rejections;
 pub mod server;
 pub mod sshkey;
 pub mod store;

@@ -322,7 +322,8 @@ async fn handle_connection(
         }
         Err(e) => {
             metrics.attempts.with_label_values(&[e.code()]).inc();
-            tracing::info!(%peer, code = e.code(), error = %e, "enrollment refused");
+            // Unauthenticated input: a fixed code and a short escaped excerpt, never the full text.
+            tracing::info!(%peer, code = e.code(), error = %crate::rejections::excerpt(&e.to_string()), "enrollment refused");
             proto::error_frame(e)
         }
     };

@@ -12,4 +12,5 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod schemathesis;
 mod vault;

@@ -419,3 +419,76 @@ fn every_acknowledged_enrollment_survives_kill_9_of_the_hub_mid_enrollment() {
     // And the audit chain is intact.
     assert_eq!(code(&again.tether(&["audit", "verify"])), 0);
 }
+
+/// The audit bytes in `state/audit` (day files end in preallocated NULs; readers stop there).
+fn audit_bytes(d: &Daemon) -> Vec<u8> {
+    let mut out = Vec::new();
+    let dir = d.dir.path().join("state/audit");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        let b = std::fs::read(f).unwrap();
+        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+        out.extend_from_slice(&b[..end]);
+    }
+    out
+}
+
+/// Unauthenticated enrollment input cannot grow the audit log (or the daemon log) without
+/// bound: 6 s of refused attempts quoting a 60 KiB field name from one source give one short
+/// `enroll.rejected` record (code + escaped excerpt), the rest are counted into the source's
+/// per-minute summary. README: at most 2 records per source per minute.
+#[test]
+fn refused_enrollments_grow_the_audit_log_by_a_bounded_amount() {
+    use std::io::Read;
+    let hub = hub();
+    let endpoint = json(&hub.tether(&["--json", "vpn", "status"]))["enroll_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = audit_bytes(&hub).len();
+    let field = "A".repeat(60 * 1024);
+    let body = format!("{{\"hello\":{{\"{field}\":\"\\u001b[2J\\n\"}}}}");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body.as_bytes());
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        if let Ok(mut s) = std::net::TcpStream::connect(&endpoint) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(&frame);
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sent >= 50, "{sent} attempts");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = audit_bytes(&hub);
+    let grown = &log[before..];
+    let text = String::from_utf8_lossy(grown);
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"enroll.rejected\""))
+        .collect();
+    eprintln!(
+        "{sent} refused attempts in 6 s -> {} enroll.rejected record(s), {} audit bytes",
+        rejected.len(),
+        grown.len()
+    );
+    assert_eq!(rejected.len(), 1, "{text}");
+    assert!(rejected[0].len() < 1024, "{}", rejected[0]);
+    assert!(!rejected[0].contains("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+    assert!(grown.len() < 2048, "audit grew {} bytes", grown.len());
+    // the daemon's own log holds no 60 KiB lines either
+    let daemon_log = hub.log();
+    assert!(
+        daemon_log.lines().all(|l| l.len() < 2048),
+        "a log line quotes the attacker's field"
+    );
+}

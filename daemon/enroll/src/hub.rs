@@ -151,6 +151,7 @@ pub struct Hub {
     inventory: Arc<Inventory>,
     hook: Option<Arc<dyn EnrollHook>>,
     observer: Option<Arc<dyn EnrollObserver>>,
+    wg_key: Option<Arc<dyn proto::WgKeyAgreement>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -188,12 +189,22 @@ impl Hub {
             inventory,
             hook: None,
             observer: None,
+            wg_key: None,
         })
     }
 
     /// Sets the enrollment hook.
     pub fn with_hook(mut self, hook: Arc<dyn EnrollHook>) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Gives the hub its WireGuard private key (through the vault) to check the targets'
+    /// proof of possession: then every target that names a protocol version must prove it
+    /// holds the private key of the WireGuard key it enrolls with (first-release targets, which
+    /// name none, still enroll without).
+    pub fn with_wg_key(mut self, key: Arc<dyn proto::WgKeyAgreement>) -> Self {
+        self.wg_key = Some(key);
         self
     }
 
@@ -370,6 +381,30 @@ impl Hub {
         }
     }
 
+    /// The target's proof that it holds the private key of the WireGuard key it sent.
+    fn check_wg_possession(&self, k: &[u8; 32], hello: &Hello) -> Result<()> {
+        let Some(agreement) = &self.wg_key else {
+            return Ok(());
+        };
+        if hello.version.is_none() && hello.wg_proof.is_none() {
+            return Ok(()); // a first-release target: it cannot prove it
+        }
+        let not_proven = || EnrollError::Protocol {
+            what: "the target did not prove it holds the private key of the WireGuard key it \
+                   sent (use a tetherd of this release, and let it generate its own key)"
+                .into(),
+        };
+        let wg = proto::check_hello_fields(hello)?;
+        let shared = agreement.agree(&wg).ok_or_else(|| EnrollError::Internal {
+            what: "the hub's WireGuard key is unavailable".into(),
+        })?;
+        let expected = proto::wg_possession_proof(k, &shared, hello).ok_or_else(not_proven)?;
+        match &hello.wg_proof {
+            Some(p) if proto::proof_matches(&expected, p) => Ok(()),
+            _ => Err(not_proven()),
+        }
+    }
+
     fn handle_hello_inner(
         &self,
         hello: &Hello,
@@ -398,6 +433,7 @@ impl Hub {
         }
         let version = proto::negotiate(hello)?;
         checked.check_expiry(now)?;
+        self.check_wg_possession(&k, hello)?;
         let nonce_hash = checked.nonce_hash();
         self.invites().check_pending(&nonce_hash)?;
         proto::check_hello_fields(hello)?;

@@ -30,7 +30,7 @@ pub use hub::{
     InviteRequest, RevokeOutcome,
 };
 pub use inventory::{HostRecord, HostState, Inventory, OverlayNet};
-pub use proto::{TargetKeys, TargetSession, Welcome};
+pub use proto::{TargetKeys, TargetSession, Welcome, WgKeyAgreement, WgProver};
 pub use server::{ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client};
 pub use sshkey::{SshPublicKey, ssh_fingerprint};
 pub use store::InviteStore;

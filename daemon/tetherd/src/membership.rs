@@ -277,6 +277,9 @@ pub async fn start_hub(
     let hub = Hub::open(&config.state_dir, identity, invite_key, net)
         .map_err(|e| DaemonError::Membership(format!("cannot open the inventory: {e}")))?
         .with_hook(Arc::new(ChainHook::new(hooks)))
+        .with_wg_key(Arc::new(identity::WgAgreement(identity::wireguard_key(
+            vault,
+        )?)))
         .with_observer(observer.clone());
     let hub = Arc::new(hub);
     let mut peers = 0;

@@ -492,3 +492,37 @@ fn refused_enrollments_grow_the_audit_log_by_a_bounded_amount() {
         "a log line quotes the attacker's field"
     );
 }
+
+/// `reinvite` frees the old machine's overlay address for its replacement: the replacement
+/// (its own fresh keys) gets the same address and comes up in the tunnel as the only peer of
+/// that name, and the inventory holds the new identity (the old keys stay refused, see
+/// tether-enroll's identity_rules).
+#[test]
+fn reinvite_hands_the_address_to_the_replacement_with_a_new_identity() {
+    let hub = hub();
+    let old = enrolled_target(&hub, "r1");
+    wait_status(&hub, "r1 up", |v| peer_up(v, "r1"));
+    let old_key = json(&hub.tether(&["--json", "hosts", "show", "r1"]))["wg_public_key"].clone();
+    drop(old);
+
+    let token = json(&hub.tether(&["--json", "vpn", "reinvite", "r1"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (dir, config) = target_dir();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut new = Daemon::spawn_in(dir, config, &[]);
+    new.wait_ready();
+    let ts = wait_status(&new, "hub up on the replacement", |v| peer_up(v, "hub"));
+    assert_eq!(
+        ts["overlay_ip"], "10.99.0.2",
+        "the replacement got the old address"
+    );
+    wait_status(&hub, "r1 (replacement) up", |v| peer_up(v, "r1"));
+    let host = json(&hub.tether(&["--json", "hosts", "show", "r1"]));
+    assert_eq!(host["state"], "active");
+    assert_ne!(host["wg_public_key"], old_key, "a new identity");
+    let peers = json(&hub.tether(&["--json", "vpn", "status"]))["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+}

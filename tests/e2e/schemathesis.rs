@@ -130,6 +130,8 @@ fn control_api_holds_under_schemathesis() {
             "--no-color",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
+        // schemathesis keeps its example database in the working directory: the temp dir
+        .current_dir(d.dir.path())
         .stdin(Stdio::null())
         .output()
         .expect("run schemathesis");

@@ -526,3 +526,34 @@ fn reinvite_hands_the_address_to_the_replacement_with_a_new_identity() {
     let peers = json(&hub.tether(&["--json", "vpn", "status"]))["peers"].clone();
     assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
 }
+
+/// A restart never hands one host's key to another: when hosts.json (edited offline, or
+/// written before keys were unique) gives two active hosts one WireGuard key, neither gets a
+/// tunnel peer, and the log says why.
+#[test]
+fn a_restart_never_gives_one_key_to_two_hosts() {
+    let mut hub = hub();
+    let a = invite(&hub, "k1", &[]);
+    let b = invite(&hub, "k2", &[]);
+    let (_da, ca) = target_dir();
+    let (_db, cb) = target_dir();
+    assert_eq!(code(&enroll(&ca, &a, &[])), 0);
+    assert_eq!(code(&enroll(&cb, &b, &[])), 0);
+    wait_status(&hub, "two peers", |v| {
+        v["peers"].as_array().is_some_and(|p| p.len() == 2)
+    });
+    hub.signal(Signal::SIGTERM);
+    hub.wait_exit(Duration::from_secs(5)).unwrap();
+    let path = hub.dir.path().join("state/hosts.json");
+    let mut inv: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let hosts = inv["hosts"].as_array_mut().unwrap();
+    let k1 = hosts[0]["wg_public_key"].clone();
+    hosts[1]["wg_public_key"] = k1;
+    std::fs::write(&path, serde_json::to_vec_pretty(&inv).unwrap()).unwrap();
+    let dir = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    let mut hub2 = Daemon::spawn_in(dir, hub.config.clone(), &[]);
+    hub2.wait_ready();
+    let peers = json(&hub2.tether(&["--json", "vpn", "status"]))["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 0, "{peers}");
+    assert!(hub2.wait_log("held by several hosts"), "{}", hub2.log());
+}

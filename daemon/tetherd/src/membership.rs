@@ -283,13 +283,25 @@ pub async fn start_hub(
         .with_observer(observer.clone());
     let hub = Arc::new(hub);
     let mut peers = 0;
-    for host in hub
+    // A restart never hands one host's key to another: if the inventory (edited, or written
+    // before keys were unique) holds one WireGuard key for two active hosts, neither gets it.
+    let active: Vec<HostRecord> = hub
         .inventory()
         .list()
         .into_iter()
         .filter(HostRecord::is_active)
-    {
-        match admit_peer(&hub, &handle, &host, None) {
+        .collect();
+    for host in &active {
+        let holders: Vec<&str> = active
+            .iter()
+            .filter(|h| h.wg_public_key == host.wg_public_key)
+            .map(|h| h.name.as_str())
+            .collect();
+        if holders.len() > 1 {
+            tracing::error!(host = %host.name, shared_with = ?holders, "this host's WireGuard key is held by several hosts in hosts.json; no tunnel peer is added for any of them — revoke them and enroll each machine with its own keys");
+            continue;
+        }
+        match admit_peer(&hub, &handle, host, None) {
             Ok(()) => peers += 1,
             Err(e) => tracing::error!(host = %host.name, "could not add the tunnel peer: {e}"),
         }

@@ -99,7 +99,7 @@ pub enum EnrollEvent {
         peer: Option<IpAddr>,
         /// [`EnrollError::code`].
         code: &'static str,
-        /// The error message (no secrets).
+        /// A short escaped excerpt of the error message ([`crate::rejections::excerpt`]).
         message: String,
     },
 }
@@ -112,10 +112,12 @@ impl EnrollObserver for tokio::sync::mpsc::UnboundedSender<EnrollEvent> {
         });
     }
     fn rejected(&self, peer: Option<IpAddr>, error: &EnrollError) {
+        // Unauthenticated input: a short escaped excerpt, never the whole text (the daemon
+        // aggregates per source with `crate::rejections::Rejections` instead of this channel).
         let _ = self.send(EnrollEvent::Rejected {
             peer,
             code: error.code(),
-            message: error.to_string(),
+            message: crate::rejections::excerpt(&error.to_string()),
         });
     }
 }

@@ -7,6 +7,22 @@ here=$(cd "$(dirname "$0")" && pwd)
 target_dir="$here/target"
 out="$target_dir/wasm32-wasip2/release"
 
+# rustup installs a rust-toolchain.toml's targets only when it installs the toolchain, so a
+# toolchain that was already there may lack wasm32-wasip2 ("can't find crate for `core`").
+# Add it (run from here, so the pinned toolchain is the one asked), or stop with the command.
+libdir=$(cd "$here" && rustc --print target-libdir --target wasm32-wasip2 2>/dev/null || true)
+if [ -z "$libdir" ] || [ ! -d "$libdir" ]; then
+    if command -v rustup >/dev/null 2>&1 && (cd "$here" && rustup target add wasm32-wasip2 >&2); then
+        :
+    else
+        toolchain=$(cd "$here" && rustup show active-toolchain 2>/dev/null | cut -d' ' -f1)
+        echo "build.sh: the Rust target wasm32-wasip2 is not installed${toolchain:+ for toolchain $toolchain} and could not be added." >&2
+        echo "build.sh: run this, then build.sh again:" >&2
+        echo "  rustup target add wasm32-wasip2${toolchain:+ --toolchain $toolchain}" >&2
+        exit 2
+    fi
+fi
+
 cargo build --manifest-path "$here/Cargo.toml" --workspace --release \
     --target wasm32-wasip2 --target-dir "$target_dir" "$@"
 

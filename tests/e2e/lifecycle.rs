@@ -56,10 +56,18 @@ fn sigint_drains_and_exits_zero_for_a_target() {
 #[test]
 fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     let mut first = Daemon::start("hub", "");
-    // A second daemon on the same socket must refuse, naming the first one's pid.
+    // A second daemon on the same socket (with its own state_dir, which has its own lock) must
+    // refuse, naming the first one's pid.
+    let other = tempfile::tempdir().unwrap();
+    let text = tether_e2e::config_text("hub", other.path(), "").replace(
+        &other.path().join("tetherd.sock").display().to_string(),
+        &first.socket.display().to_string(),
+    );
+    let other_config = other.path().join("tetherd.toml");
+    std::fs::write(&other_config, text).unwrap();
     let second = std::process::Command::new(bin("tetherd"))
         .args(["run", "--config"])
-        .arg(&first.config)
+        .arg(&other_config)
         .output()
         .unwrap();
     assert_eq!(code(&second), 3);

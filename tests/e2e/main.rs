@@ -4,6 +4,8 @@
 mod audit;
 mod config;
 mod demo;
+mod exec;
+mod firsthour;
 mod layout;
 mod lifecycle;
 mod limits;
@@ -13,4 +15,5 @@ mod plugins;
 mod policy;
 mod rbac;
 mod schemathesis;
+mod state;
 mod vault;

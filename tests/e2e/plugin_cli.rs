@@ -476,7 +476,8 @@ fn a_scaffolded_policy_plugin_builds_signs_loads_and_answers() {
     }
     let steps = v["next_steps"].to_string();
     assert!(
-        steps.contains("cargo build --target wasm32-wasip2 --release")
+        steps.contains("rustup target add wasm32-wasip2")
+            && steps.contains("cargo build --target wasm32-wasip2 --release")
             && steps.contains("tether plugin sign"),
         "{steps}"
     );

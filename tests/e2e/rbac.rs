@@ -131,3 +131,43 @@ fn append(path: &Path, text: &str) {
     s.push_str(text);
     std::fs::write(path, s).unwrap();
 }
+
+/// The `via` of every `audit.read` record in the log, oldest first.
+fn read_vias(d: &Daemon) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(d.dir.path().join("state/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for line in text.split('\n').filter(|l| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["type"] == "audit.read" {
+                out.push(v["actor"]["via"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Issue 14 §7: the audit actor's channel is how the request arrived, not what the caller's
+/// `x-tether-via` header claims. A client that is not the tether CLI is `api` whatever it says.
+#[test]
+fn the_via_header_is_not_taken_from_callers_as_truth() {
+    let d = Daemon::start("hub", "");
+    for claim in ["mcp", "cli", "daemon", "api"] {
+        let (status, body) = d.request(
+            "GET",
+            "/v1/audit/records?limit=1",
+            &[("x-tether-via", claim)],
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let out = d.tether(&["audit", "tail", "-n", "1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(read_vias(&d), ["api", "api", "api", "api", "cli"]);
+}

@@ -367,3 +367,72 @@ fn the_daemon_keeps_secrets_in_a_real_secret_service() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Issue 14 §1: the daemon's own keys (`tetherd.*`) are not user secrets. Neither the API nor
+/// the CLI can set, remove or rotate them, in any letter case, and a refused call changes nothing:
+/// the audit chain still verifies and the key files are byte-for-byte the same.
+#[test]
+fn the_daemon_keys_cannot_be_set_removed_or_rotated_through_the_secrets_api() {
+    let d = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    let vault_dir = d.dir.path().join("state/vault");
+    let snapshot = || {
+        let mut files: Vec<(std::path::PathBuf, Vec<u8>)> = walk(&vault_dir)
+            .into_iter()
+            .map(|p| {
+                let b = std::fs::read(&p).unwrap_or_default();
+                (p, b)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot();
+    assert!(
+        before
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("tetherd.audit-signing")),
+        "expected the daemon keys in {}",
+        vault_dir.display()
+    );
+
+    for name in [
+        "tetherd.audit-signing",
+        "tetherd.audit-hmac",
+        "tetherd.invite-key",
+        "tetherd.new-key",
+        "TetherD.audit-hmac",
+    ] {
+        // The raw API: 403 with a hint, for every verb.
+        let (status, body) = d.request(
+            "PUT",
+            &format!("/v1/secrets/{name}"),
+            &[("content-type", "application/octet-stream")],
+            &[7u8; 67],
+        );
+        assert_eq!(status, 403, "PUT {name}: {body}");
+        assert!(body.contains("reserved_secret"), "{body}");
+        assert!(body.contains("\"hint\""), "{body}");
+        let (status, body) = d.request("DELETE", &format!("/v1/secrets/{name}"), &[], b"");
+        assert_eq!(status, 403, "DELETE {name}: {body}");
+        let (status, body) = d.request("POST", &format!("/v1/secrets/{name}/rotate"), &[], b"");
+        assert_eq!(status, 403, "rotate {name}: {body}");
+
+        // The CLI refuses before reading a value or calling the daemon: exit 2, a hint.
+        let set = set_secret(&d, name, b"forged-key-material");
+        assert_eq!(code(&set), 2, "{}", stderr(&set));
+        assert!(stderr(&set).contains("reserved"), "{}", stderr(&set));
+        for verb in ["rm", "rotate"] {
+            let out = d.tether(&["secret", verb, name]);
+            assert_eq!(code(&out), 2, "{verb} {name}: {}", stderr(&out));
+            assert!(stderr(&out).contains("reserved"), "{}", stderr(&out));
+        }
+    }
+
+    // Nothing changed: the vault files are identical and the chain verifies.
+    assert_eq!(snapshot(), before, "a refused call changed the vault");
+    let verify = d.tether(&["audit", "verify"]);
+    assert_eq!(code(&verify), 0, "{}{}", stdout(&verify), stderr(&verify));
+    // Ordinary names that merely contain the word are still fine.
+    let ok = set_secret(&d, "my-tetherd.token", b"v");
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+}

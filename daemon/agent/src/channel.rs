@@ -79,11 +79,11 @@ impl Channel {
             }
             return Ok(true);
         }
-        let hello = v2::Body::Hello {
+        let hello = v2::Handshake::Hello {
             min: self.ours.min,
             max: self.ours.max,
         };
-        self.push_envelope(Version::V2, hello)?;
+        self.push_envelope(Version::V2, v2::Body::Handshake(hello))?;
         self.hello_sent = true;
         Ok(false)
     }
@@ -107,7 +107,7 @@ impl Channel {
                 self.out.extend_from_slice(&line);
                 Ok(())
             }
-            Some(v) => self.push_envelope(v, v2::Body::of(msg)),
+            Some(v) => self.push_envelope(v, v2::Body::Message(msg.clone())),
             None => Err(AgentError::Unexpected {
                 what: format!("{} before the version handshake", msg.name()),
             }),
@@ -156,12 +156,12 @@ impl Channel {
                         what: format!("a {} line in a {v} conversation", env.v),
                     });
                 }
-                env.msg
-                    .message()
-                    .map(Inbound::Message)
-                    .ok_or_else(|| AgentError::Unexpected {
+                match env.msg {
+                    v2::Body::Message(m) => Ok(Inbound::Message(m)),
+                    v2::Body::Handshake(_) => Err(AgentError::Unexpected {
                         what: "a second version handshake".into(),
-                    })
+                    }),
+                }
             }
         }
     }
@@ -202,31 +202,32 @@ impl Channel {
         }
         let env = v2::decode(line)?;
         self.check_seq(&env)?;
-        let theirs = match (&env.msg, env.msg.range()) {
-            (v2::Body::Hello { .. }, Some(r)) => r,
-            _ => {
-                return Err(AgentError::Unexpected {
-                    what: "a conversation that does not open with hello".into(),
-                });
-            }
+        let theirs = match &env.msg {
+            v2::Body::Handshake(h @ v2::Handshake::Hello { .. }) => h.range(),
+            _ => None,
+        };
+        let Some(theirs) = theirs else {
+            return Err(AgentError::Unexpected {
+                what: "a conversation that does not open with hello".into(),
+            });
         };
         match self.ours.negotiate(&theirs) {
             Ok(v) => {
-                let ack = v2::Body::HelloAck {
+                let ack = v2::Handshake::HelloAck {
                     version: v,
                     min: self.ours.min,
                     max: self.ours.max,
                 };
-                self.push_envelope(Version::V2, ack)?;
+                self.push_envelope(Version::V2, v2::Body::Handshake(ack))?;
                 self.version = Some(v);
                 Ok(Inbound::Ready)
             }
             Err(e) => {
-                let no = v2::Body::VersionMismatch {
+                let no = v2::Handshake::VersionMismatch {
                     min: self.ours.min,
                     max: self.ours.max,
                 };
-                self.push_envelope(Version::V2, no)?;
+                self.push_envelope(Version::V2, v2::Body::Handshake(no))?;
                 Err(e)
             }
         }
@@ -246,8 +247,12 @@ impl Channel {
         }
         let env = v2::decode(line)?;
         self.check_seq(&env)?;
-        match (&env.msg, env.msg.range()) {
-            (v2::Body::HelloAck { version, .. }, Some(theirs)) => {
+        let (handshake, theirs) = match &env.msg {
+            v2::Body::Handshake(h) => (Some(h), h.range()),
+            v2::Body::Message(_) => (None, None),
+        };
+        match (handshake, theirs) {
+            (Some(v2::Handshake::HelloAck { version, .. }), Some(theirs)) => {
                 if !self.ours.contains(*version) || !theirs.contains(*version) {
                     return Err(AgentError::Malformed {
                         what: format!(
@@ -259,7 +264,7 @@ impl Channel {
                 self.version = Some(*version);
                 Ok(Inbound::Ready)
             }
-            (v2::Body::VersionMismatch { .. }, Some(theirs)) => {
+            (Some(v2::Handshake::VersionMismatch { .. }), Some(theirs)) => {
                 Err(AgentError::UnsupportedVersion {
                     ours: self.ours,
                     theirs,

@@ -118,12 +118,13 @@ pub enum AgentError {
     )]
     KeyReused,
     /// A local step of the rotation failed (audit log, inventory, vault, tunnel).
-    #[error("{what} failed: {reason}")]
+    #[error("{what} failed: {cause}")]
     Local {
         /// The step.
         what: &'static str,
-        /// The driver's description of the failure.
-        reason: String,
+        /// What the driver reported.
+        #[source]
+        cause: EffectError,
     },
     /// The new key is in force on this machine but the hub never confirmed it.
     #[error(
@@ -171,6 +172,52 @@ impl AgentError {
             AgentError::RotationTimeout { .. } => "rotation_timeout",
         }
     }
+}
+
+/// Why an effect the driver performed for a machine failed: the result it feeds back with
+/// [`crate::Hub::recorded`], [`crate::Target::staged`] and [`crate::Target::promoted`] (the
+/// machine turns it into [`AgentError::Local`] naming the step). The subsystems live outside
+/// this crate, so their own errors arrive as text in `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EffectError {
+    /// The audit log did not take the record durably.
+    #[error(
+        "the audit log could not record it ({reason}); check the disk and `tether audit verify`"
+    )]
+    Audit {
+        /// The audit log's error.
+        reason: String,
+    },
+    /// The host inventory did not store the change.
+    #[error(
+        "the inventory could not store it ({reason}); check the state directory's disk and permissions"
+    )]
+    Inventory {
+        /// The inventory's error.
+        reason: String,
+    },
+    /// The vault could not make or keep a key.
+    #[error("the vault could not make or store the key ({reason}); check the vault backend")]
+    Vault {
+        /// The vault's error.
+        reason: String,
+    },
+    /// The tunnel did not take the new key.
+    #[error("the tunnel could not switch to the new key ({reason})")]
+    Tunnel {
+        /// The tunnel's error.
+        reason: String,
+    },
+    /// The staged key to promote is no longer there.
+    #[error("the staged key is gone; rotate again")]
+    StagedKeyMissing,
+    /// The task doing the effect (or the agent itself) stopped before it finished.
+    #[error("the agent task stopped ({reason}); is the daemon shutting down?")]
+    TaskStopped {
+        /// What stopped, and how.
+        reason: String,
+    },
 }
 
 /// `Result` with [`AgentError`].

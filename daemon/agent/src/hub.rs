@@ -2,7 +2,7 @@
 //! targets to rotate (`tether vpn rotate-keys`).
 //!
 //! A rotation the hub asks for:
-//! 1. hub → target `rotate_now`; the target acks ([`HubAction::Connect`] … `Send` … `Close`).
+//! 1. hub → target `rotate_now`; the target acks ([`Io::Connect`] … `Send` … `Close`).
 //! 2. The target's `rotate_wg_key {new key}` arrives: the hub has it recorded durably
 //!    ([`HubAction::RecordRotation`], answered by [`Hub::recorded`]), acks, and once the
 //!    target has hung up (or after [`HubConfig::hangup_grace`]) installs the key
@@ -15,7 +15,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::channel::{Ask, AskEvent, Channel, Inbound};
-use crate::error::AgentError;
+use crate::conns::{self, Io, Outgoing};
+use crate::error::{AgentError, EffectError};
 use crate::key::check_public_key;
 use crate::version::VersionRange;
 use crate::wire::Message;
@@ -69,26 +70,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HubAction {
-    /// Open a tunnel stream to `ip` (agent port); answer with [`Hub::connected`] or
-    /// [`Hub::failed`].
-    Connect {
-        /// The new connection.
-        conn: ConnId,
-        /// The target's overlay address.
-        ip: Ipv4Addr,
-    },
-    /// Write these bytes to the connection.
-    Send {
-        /// The connection.
-        conn: ConnId,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
-    /// Flush, then hang up the connection; the machine has forgotten it.
-    Close {
-        /// The connection.
-        conn: ConnId,
-    },
+    /// Open, write to or hang up a connection.
+    Io(Io),
     /// Append the audit event `vpn.key_rotation` (durably) and then store the new key in the
     /// inventory; answer with [`Hub::recorded`].
     RecordRotation {
@@ -132,6 +115,12 @@ pub enum HubAction {
     },
 }
 
+impl From<Io> for HubAction {
+    fn from(io: Io) -> HubAction {
+        HubAction::Io(io)
+    }
+}
+
 #[derive(Debug)]
 enum ServeState {
     AwaitRequest,
@@ -152,6 +141,15 @@ struct Serve {
 enum Conn {
     Serve(Serve),
     Ask { ask: Ask, rotation: RotationId },
+}
+
+impl Outgoing for Conn {
+    fn take_output(&mut self) -> Vec<u8> {
+        match self {
+            Conn::Serve(s) => s.channel.take_output(),
+            Conn::Ask { ask, .. } => ask.take_output(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,10 +246,10 @@ impl Hub {
         if let Some(r) = self.rotations.get_mut(&rotation) {
             r.conn = Some(conn);
         }
-        self.actions.push_back(HubAction::Connect { conn, ip });
+        self.actions.push_back(Io::Connect { conn, ip }.into());
     }
 
-    /// The stream of a [`HubAction::Connect`] is open.
+    /// The stream of a [`Io::Connect`] is open.
     pub fn connected(&mut self, conn: ConnId, _now: Instant) {
         let Some(Conn::Ask { ask, rotation }) = self.conns.get_mut(&conn) else {
             return;
@@ -319,7 +317,7 @@ impl Hub {
     }
 
     /// The result of a [`HubAction::RecordRotation`].
-    pub fn recorded(&mut self, conn: ConnId, result: Result<(), String>, now: Instant) {
+    pub fn recorded(&mut self, conn: ConnId, result: Result<(), EffectError>, now: Instant) {
         let (old, new, peer_gone) = match self.conns.get(&conn) {
             Some(Conn::Serve(Serve {
                 host: Some(old),
@@ -328,10 +326,10 @@ impl Hub {
             })) => (old.clone(), host.clone(), *peer_gone),
             _ => return,
         };
-        if let Err(reason) = result {
+        if let Err(cause) = result {
             let e = AgentError::Local {
                 what: "recording the new key in the hub's audit log and inventory",
-                reason,
+                cause,
             };
             for id in self.rotations_of(&old.name) {
                 self.finish(id, Err(e.clone()));
@@ -447,21 +445,11 @@ impl Hub {
     }
 
     fn flush(&mut self, conn: ConnId) {
-        let bytes = match self.conns.get_mut(&conn) {
-            Some(Conn::Serve(s)) => s.channel.take_output(),
-            Some(Conn::Ask { ask, .. }) => ask.take_output(),
-            None => return,
-        };
-        if !bytes.is_empty() {
-            self.actions.push_back(HubAction::Send { conn, bytes });
-        }
+        conns::flush(&mut self.conns, conn, &mut self.actions);
     }
 
     fn close(&mut self, conn: ConnId) {
-        self.flush(conn);
-        if self.conns.remove(&conn).is_some() {
-            self.actions.push_back(HubAction::Close { conn });
-        }
+        conns::close(&mut self.conns, conn, &mut self.actions);
     }
 
     fn push_failed(&mut self, peer: Ipv4Addr, host: Option<String>, error: AgentError) {

@@ -16,7 +16,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::channel::{Ask, AskEvent, Channel, Inbound};
-use crate::error::AgentError;
+use crate::conns::{self, Io, Outgoing};
+use crate::error::{AgentError, EffectError};
 use crate::version::VersionRange;
 use crate::wire::Message;
 use crate::{ConnId, RotationId};
@@ -53,26 +54,8 @@ impl TargetConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TargetAction {
-    /// Open a tunnel stream to the hub (agent port); answer with [`Target::connected`] or
-    /// [`Target::failed`].
-    Connect {
-        /// The new connection.
-        conn: ConnId,
-        /// The hub's overlay address.
-        ip: Ipv4Addr,
-    },
-    /// Write these bytes to the connection.
-    Send {
-        /// The connection.
-        conn: ConnId,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
-    /// Flush, then hang up the connection; the machine has forgotten it.
-    Close {
-        /// The connection.
-        conn: ConnId,
-    },
+    /// Open, write to or hang up a connection.
+    Io(Io),
     /// Make a fresh staged WireGuard key (replacing any older staged one); answer with
     /// [`Target::staged`].
     StageKey,
@@ -100,10 +83,25 @@ pub enum TargetAction {
     },
 }
 
+impl From<Io> for TargetAction {
+    fn from(io: Io) -> TargetAction {
+        TargetAction::Io(io)
+    }
+}
+
 #[derive(Debug)]
 enum Conn {
     Serve { channel: Channel, deadline: Instant },
     Ask(Ask),
+}
+
+impl Outgoing for Conn {
+    fn take_output(&mut self) -> Vec<u8> {
+        match self {
+            Conn::Serve { channel, .. } => channel.take_output(),
+            Conn::Ask(ask) => ask.take_output(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -206,7 +204,7 @@ impl Target {
     }
 
     /// The result of [`TargetAction::StageKey`]: the new public key, or why there is none.
-    pub fn staged(&mut self, result: Result<String, String>, now: Instant) {
+    pub fn staged(&mut self, result: Result<String, EffectError>, now: Instant) {
         let Some(Rotation {
             stage: Stage::Staging,
             ..
@@ -227,15 +225,15 @@ impl Target {
                     r.stage = Stage::Telling { new_key, conn };
                 }
             }
-            Err(reason) => self.finish(Err(AgentError::Local {
+            Err(cause) => self.finish(Err(AgentError::Local {
                 what: "making a new WireGuard key",
-                reason,
+                cause,
             })),
         }
     }
 
     /// The result of [`TargetAction::PromoteKey`].
-    pub fn promoted(&mut self, result: Result<(), String>, now: Instant) {
+    pub fn promoted(&mut self, result: Result<(), EffectError>, now: Instant) {
         let new_key = match &self.rotation {
             Some(Rotation {
                 stage: Stage::Promoting { new_key },
@@ -243,10 +241,10 @@ impl Target {
             }) => new_key.clone(),
             _ => return,
         };
-        if let Err(reason) = result {
+        if let Err(cause) = result {
             return self.finish(Err(AgentError::Local {
                 what: "switching the tunnel to the new key",
-                reason,
+                cause,
             }));
         }
         let conn = self.ask(Message::ConfirmKey, false, now);
@@ -271,14 +269,12 @@ impl Target {
             self.cfg.exchange_timeout,
         );
         self.conns.insert(conn, Conn::Ask(ask));
-        self.actions.push_back(TargetAction::Connect {
-            conn,
-            ip: self.cfg.hub_ip,
-        });
+        let ip = self.cfg.hub_ip;
+        self.actions.push_back(Io::Connect { conn, ip }.into());
         conn
     }
 
-    /// The stream of a [`TargetAction::Connect`] is open.
+    /// The stream of a [`Io::Connect`] is open.
     pub fn connected(&mut self, conn: ConnId, now: Instant) {
         let Some(Conn::Ask(ask)) = self.conns.get_mut(&conn) else {
             return;
@@ -425,21 +421,11 @@ impl Target {
     }
 
     fn flush(&mut self, conn: ConnId) {
-        let bytes = match self.conns.get_mut(&conn) {
-            Some(Conn::Serve { channel, .. }) => channel.take_output(),
-            Some(Conn::Ask(ask)) => ask.take_output(),
-            None => return,
-        };
-        if !bytes.is_empty() {
-            self.actions.push_back(TargetAction::Send { conn, bytes });
-        }
+        conns::flush(&mut self.conns, conn, &mut self.actions);
     }
 
     fn close(&mut self, conn: ConnId) {
-        self.flush(conn);
-        if self.conns.remove(&conn).is_some() {
-            self.actions.push_back(TargetAction::Close { conn });
-        }
+        conns::close(&mut self.conns, conn, &mut self.actions);
     }
 
     fn serve_message(&mut self, conn: ConnId, msg: Message, now: Instant) {

@@ -150,7 +150,7 @@ impl Sim {
     fn hub_action(&mut self, a: HubAction) {
         let now = self.now;
         match a {
-            HubAction::Connect { conn, ip } => {
+            HubAction::Io(Io::Connect { conn, ip }) => {
                 assert_eq!(ip, T_IP);
                 if self.black_hole {
                     return;
@@ -164,8 +164,8 @@ impl Sim {
                     self.hub.connected(conn, now);
                 }
             }
-            HubAction::Send { conn, bytes } => self.deliver(From::Hub, conn, bytes),
-            HubAction::Close { conn } => {
+            HubAction::Io(Io::Send { conn, bytes }) => self.deliver(From::Hub, conn, bytes),
+            HubAction::Io(Io::Close { conn }) => {
                 if let Some(t) = self.h2t.remove(&conn) {
                     self.t2h.remove(&t);
                     self.target.closed(t, now);
@@ -180,7 +180,13 @@ impl Sim {
                 assert_eq!(host, "t1");
                 assert_eq!(old_public_key, self.inventory_key);
                 if self.record_fails {
-                    return self.hub.recorded(conn, Err("disk full".into()), now);
+                    return self.hub.recorded(
+                        conn,
+                        Err(EffectError::Audit {
+                            reason: "disk full".into(),
+                        }),
+                        now,
+                    );
                 }
                 self.hub_audit.push(new_public_key.clone());
                 self.inventory_key = new_public_key;
@@ -201,7 +207,7 @@ impl Sim {
     fn target_action(&mut self, a: TargetAction) {
         let now = self.now;
         match a {
-            TargetAction::Connect { conn, ip } => {
+            TargetAction::Io(Io::Connect { conn, ip }) => {
                 assert_eq!(ip, HUB_IP);
                 if self.black_hole {
                     return;
@@ -214,8 +220,8 @@ impl Sim {
                 self.t2h.insert(conn, h);
                 self.target.connected(conn, now);
             }
-            TargetAction::Send { conn, bytes } => self.deliver(From::Target, conn, bytes),
-            TargetAction::Close { conn } => {
+            TargetAction::Io(Io::Send { conn, bytes }) => self.deliver(From::Target, conn, bytes),
+            TargetAction::Io(Io::Close { conn }) => {
                 if let Some(h) = self.t2h.remove(&conn) {
                     self.h2t.remove(&h);
                     self.hub.closed(h, now);
@@ -400,17 +406,17 @@ fn a_new_target_falls_back_to_v1_when_a_first_release_hub_hangs_up_on_its_hello(
     t.start_rotation(now);
     assert_eq!(t.poll_action(), Some(TargetAction::StageKey));
     t.staged(Ok(key(9)), now);
-    let Some(TargetAction::Connect { conn, .. }) = t.poll_action() else {
+    let Some(TargetAction::Io(Io::Connect { conn, .. })) = t.poll_action() else {
         panic!()
     };
     t.connected(conn, now);
-    let Some(TargetAction::Send { bytes, .. }) = t.poll_action() else {
+    let Some(TargetAction::Io(Io::Send { bytes, .. })) = t.poll_action() else {
         panic!()
     };
     assert!(bytes.starts_with(b"{\"v\":2,\"seq\":0,\"msg\":{\"type\":\"hello\""));
     t.closed(conn, now);
-    assert_eq!(t.poll_action(), Some(TargetAction::Close { conn }));
-    let Some(TargetAction::Connect { conn, .. }) = t.poll_action() else {
+    assert_eq!(t.poll_action(), Some(TargetAction::Io(Io::Close { conn })));
+    let Some(TargetAction::Io(Io::Connect { conn, .. })) = t.poll_action() else {
         panic!()
     };
     t.connected(conn, now);
@@ -420,13 +426,13 @@ fn a_new_target_falls_back_to_v1_when_a_first_release_hub_hangs_up_on_its_hello(
     );
     assert_eq!(
         t.poll_action(),
-        Some(TargetAction::Send {
+        Some(TargetAction::Io(Io::Send {
             conn,
             bytes: expected.into_bytes()
-        })
+        }))
     );
     t.received(conn, b"{\"ok\":true}\n", now);
-    assert_eq!(t.poll_action(), Some(TargetAction::Close { conn }));
+    assert_eq!(t.poll_action(), Some(TargetAction::Io(Io::Close { conn })));
     assert_eq!(
         t.poll_action(),
         Some(TargetAction::PromoteKey {
@@ -457,10 +463,10 @@ fn a_new_hub_serves_the_exact_bytes_of_a_first_release_target() {
     hub.recorded(conn, Ok(()), now);
     assert_eq!(
         hub.poll_action(),
-        Some(HubAction::Send {
+        Some(HubAction::Io(Io::Send {
             conn,
             bytes: b"{\"ok\":true}\n".to_vec()
-        })
+        }))
     );
 }
 
@@ -652,7 +658,16 @@ fn a_hub_that_cannot_record_refuses_and_the_target_keeps_its_key() {
     let mut sim = Sim::new(VersionRange::SUPPORTED, VersionRange::SUPPORTED);
     sim.record_fails = true;
     let e = sim.hub_rotation().unwrap_err();
-    assert!(matches!(e, AgentError::Local { .. }), "{e:?}");
+    assert!(
+        matches!(
+            &e,
+            AgentError::Local {
+                cause: EffectError::Audit { reason },
+                ..
+            } if reason == "disk full"
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("disk full"), "{e}");
     let (_, _, target) = &sim.target_done[0];
     let Err(AgentError::Refused { code, message }) = target else {
@@ -693,7 +708,7 @@ fn strangers_and_unknown_requests_are_refused() {
     );
     let sent: Vec<u8> = std::iter::from_fn(|| hub.poll_action())
         .filter_map(|a| match a {
-            HubAction::Send { bytes, .. } => Some(bytes),
+            HubAction::Io(Io::Send { bytes, .. }) => Some(bytes),
             _ => None,
         })
         .flatten()

@@ -25,8 +25,10 @@ use crate::version::{Version, VersionRange};
 /// Largest agent message (one line), in bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
-/// One message of a hub↔target conversation, whatever the version carrying it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message of a hub↔target conversation, whatever the version carrying it. Its serde form
+/// is the v2 body (`{"type":"rotate_wg_key","new_public_key":..}`); v1 has its own codec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Message {
     /// Hub → target: rotate your WireGuard key now.
@@ -48,6 +50,7 @@ pub enum Message {
         message: String,
     },
     /// A v2+ message type this release does not know (sent by a newer peer).
+    #[serde(other)]
     Unknown,
 }
 
@@ -153,10 +156,10 @@ pub mod v1 {
 pub mod v2 {
     use super::*;
 
-    /// The body of a v2 envelope.
+    /// The version handshake that opens a v2 conversation.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "type", rename_all = "snake_case")]
-    pub enum Body {
+    pub enum Handshake {
         /// Connecting side, first line: the versions I speak.
         Hello {
             /// Oldest.
@@ -180,65 +183,46 @@ pub mod v2 {
             /// Newest I speak.
             max: Version,
         },
-        /// [`Message::RotateNow`].
-        RotateNow,
-        /// [`Message::RotateWgKey`].
-        RotateWgKey {
-            /// The new public key.
-            new_public_key: String,
-        },
-        /// [`Message::ConfirmKey`].
-        ConfirmKey,
-        /// [`Message::Ok`].
-        Ok,
-        /// [`Message::Refused`].
-        Refused {
-            /// Machine-readable code.
-            code: String,
-            /// Explanation.
-            message: String,
-        },
-        /// Any type this release does not know.
-        #[serde(other)]
-        Unknown,
     }
 
-    impl Body {
-        /// The body carrying `msg`.
-        pub fn of(msg: &Message) -> Body {
-            match msg.clone() {
-                Message::RotateNow => Body::RotateNow,
-                Message::RotateWgKey { new_public_key } => Body::RotateWgKey { new_public_key },
-                Message::ConfirmKey => Body::ConfirmKey,
-                Message::Ok => Body::Ok,
-                Message::Refused { code, message } => Body::Refused { code, message },
-                Message::Unknown => Body::Unknown,
-            }
-        }
+    impl Handshake {
+        /// The `type`s of the handshake bodies.
+        const TYPES: [&str; 3] = ["hello", "hello_ack", "version_mismatch"];
 
-        /// The message this body carries; `None` for handshake bodies.
-        pub fn message(self) -> Option<Message> {
-            Some(match self {
-                Body::Hello { .. } | Body::HelloAck { .. } | Body::VersionMismatch { .. } => {
-                    return None;
-                }
-                Body::RotateNow => Message::RotateNow,
-                Body::RotateWgKey { new_public_key } => Message::RotateWgKey { new_public_key },
-                Body::ConfirmKey => Message::ConfirmKey,
-                Body::Ok => Message::Ok,
-                Body::Refused { code, message } => Message::Refused { code, message },
-                Body::Unknown => Message::Unknown,
-            })
-        }
-
-        /// The announced range of a handshake body.
+        /// The announced range.
         pub fn range(&self) -> Option<VersionRange> {
             match self {
-                Body::Hello { min, max }
-                | Body::HelloAck { min, max, .. }
-                | Body::VersionMismatch { min, max } => VersionRange::new(*min, *max),
-                _ => None,
+                Handshake::Hello { min, max }
+                | Handshake::HelloAck { min, max, .. }
+                | Handshake::VersionMismatch { min, max } => VersionRange::new(*min, *max),
             }
+        }
+    }
+
+    /// The body of a v2 envelope: a handshake line or a [`Message`] (whose unknown types decode
+    /// as [`Message::Unknown`]).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    #[serde(untagged)]
+    pub enum Body {
+        /// The version handshake.
+        Handshake(Handshake),
+        /// A message of the conversation.
+        Message(Message),
+    }
+
+    impl<'de> Deserialize<'de> for Body {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Body, D::Error> {
+            use serde::de::Error;
+            // Dispatch on the type, so a malformed handshake line is an error, not an unknown
+            // message.
+            let body = serde_json::Value::deserialize(d)?;
+            let kind = body.get("type").and_then(serde_json::Value::as_str);
+            if kind.is_some_and(|k| Handshake::TYPES.contains(&k)) {
+                Handshake::deserialize(body).map(Body::Handshake)
+            } else {
+                Message::deserialize(body).map(Body::Message)
+            }
+            .map_err(D::Error::custom)
         }
     }
 
@@ -351,15 +335,24 @@ mod tests {
         let env =
             v2::decode(br#"{"v":3,"seq":4,"msg":{"type":"exec_start","cmd":"ls"},"trace":"x"}"#)
                 .unwrap();
-        assert_eq!(env.msg, v2::Body::Unknown);
+        assert_eq!(env.msg, v2::Body::Message(Message::Unknown));
+        // A malformed handshake line stays an error.
+        assert!(v2::decode(br#"{"v":2,"seq":0,"msg":{"type":"hello","min":"x"}}"#).is_err());
+        let rotate = v2::Body::Message(Message::RotateWgKey {
+            new_public_key: "k".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&rotate).unwrap(),
+            r#"{"type":"rotate_wg_key","new_public_key":"k"}"#
+        );
         assert_eq!(env.seq, 4);
         let line = v2::encode(&v2::Envelope {
             v: Version::V2,
             seq: 0,
-            msg: v2::Body::Hello {
+            msg: v2::Body::Handshake(v2::Handshake::Hello {
                 min: Version::V1,
                 max: Version::V2,
-            },
+            }),
         })
         .unwrap();
         assert_eq!(

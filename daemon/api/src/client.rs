@@ -125,7 +125,7 @@ impl Client {
         parse::<E>(&body)
     }
 
-    /// Calls streaming endpoint `E`: `on_line` gets each complete NDJSON line (with its newline,
+    /// Calls streaming endpoint `E` (a POST sends its JSON body): `on_line` gets each complete NDJSON line (with its newline,
     /// byte for byte) as it arrives and returns `false` to stop early.
     pub async fn stream_lines<E: Endpoint>(
         &self,
@@ -133,7 +133,13 @@ impl Client {
         mut on_line: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
         let enc = crate::encode::<E>(req)?;
-        let (status, mut body, driver) = self.open(E::METHOD, &enc.path_and_query, None).await?;
+        let (status, mut body, driver) = self
+            .open(
+                E::METHOD,
+                &enc.path_and_query,
+                enc.body.map(|b| ("application/json", b)),
+            )
+            .await?;
         if !status.is_success() {
             let bytes = collect(body).await;
             driver.abort();

@@ -395,6 +395,7 @@ mod fuzz {
         }
         each!(
             t::Healthz,
+            t::Exec,
             t::Readyz,
             t::Metrics,
             t::Status,

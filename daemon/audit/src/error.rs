@@ -96,15 +96,35 @@ pub enum AuditError {
         reason: String,
     },
 
+    /// The log on disk is damaged in a way that is not a torn write (an edited or forged
+    /// record, a break in the chain, data hidden behind NUL bytes, a damaged older day file,
+    /// missing records). The writer refuses to continue it and changed nothing on disk.
+    #[error(
+        "the audit log is damaged at seq {seq} in {}: {reason}; tetherd changed nothing on disk; run `tether audit verify` (or `tetherd` with the log moved aside) and investigate before restarting",
+        file.display()
+    )]
+    Damaged {
+        /// The day file holding the damage.
+        file: PathBuf,
+        /// The seq of the damaged record, or of the record expected where the damage starts.
+        seq: u64,
+        /// What is wrong, with the byte offset.
+        reason: String,
+    },
+
     /// The signed head checkpoint is ahead of the log or disagrees with it: records the head
     /// vouches for are missing or were replaced. The writer refuses to continue such a log.
     #[error(
-        "the audit log in {} ends at seq {log_seq} but its signed head is at seq {head_seq}{}; the log was truncated or rolled back; run `tether audit verify`, investigate, then move the damaged log aside",
-        dir.display(), if *hash_mismatch { " with a different hash" } else { "" }
+        "the audit log in {} ends at seq {log_seq}{} but its signed head is at seq {head_seq}{}; the log was truncated or rolled back; tetherd changed nothing on disk; run `tether audit verify`, investigate, then move the damaged log aside",
+        dir.display(),
+        file.as_ref().map(|f| format!(" (in {})", f.display())).unwrap_or_default(),
+        if *hash_mismatch { " with a different hash" } else { "" }
     )]
     HeadMismatch {
         /// The audit directory.
         dir: PathBuf,
+        /// The day file holding the log's last record, if any.
+        file: Option<PathBuf>,
         /// The seq of the last record in the log.
         log_seq: u64,
         /// The seq the head vouches for.

@@ -5,7 +5,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::Date;
 
 use crate::chain::{LineFault, LineInfo, check_line};
@@ -14,124 +14,7 @@ use crate::error::{AuditError, Result};
 use crate::files::list_day_files;
 use crate::keys::{ChainKeys, KeySource};
 
-/// The kind of break `verify` found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BreakKind {
-    /// A record's content no longer matches its hash (or the line is not a record any more).
-    Edited,
-    /// One or more records are missing from the middle or the start of the chain.
-    Deleted,
-    /// A record that does not belong at this place (a copy of an earlier one, or from another chain).
-    Inserted,
-    /// The expected record exists, but later in the log.
-    Reordered,
-    /// The log ends before the record its signed head vouches for (or a day file was cut mid-record).
-    Truncated,
-    /// Log and head were replaced by an older or different version: the external checkpoint
-    /// (or the head) names a record the log no longer has with that hash.
-    RolledBack,
-    /// The record's hash matches its content, but its HMAC does not: forged without the key.
-    BadHmac,
-    /// The head (or the given checkpoint) is missing, unparsable, or its signature does not verify.
-    BadSignature,
-}
-
-impl BreakKind {
-    /// The snake_case name used in JSON output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakKind::Edited => "edited",
-            BreakKind::Deleted => "deleted",
-            BreakKind::Inserted => "inserted",
-            BreakKind::Reordered => "reordered",
-            BreakKind::Truncated => "truncated",
-            BreakKind::RolledBack => "rolled_back",
-            BreakKind::BadHmac => "bad_hmac",
-            BreakKind::BadSignature => "bad_signature",
-        }
-    }
-}
-
-impl std::fmt::Display for BreakKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The first break in the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Break {
-    /// What kind of break.
-    pub kind: BreakKind,
-    /// The first seq that is not where and what it should be.
-    pub seq: u64,
-    /// The day file (or head/checkpoint) where it was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
-    /// 1-based line in that file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<u64>,
-    /// One line for a human.
-    pub detail: String,
-}
-
-impl std::fmt::Display for Break {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at seq {}", self.kind, self.seq)?;
-        if let Some(p) = &self.file {
-            write!(f, " ({}", p.display())?;
-            if let Some(l) = self.line {
-                write!(f, ":{l}")?;
-            }
-            f.write_str(")")?;
-        }
-        write!(f, ": {}", self.detail)
-    }
-}
-
-/// The result of [`verify`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VerifyReport {
-    /// Records that verified (up to the break, if any).
-    pub records: u64,
-    /// Day files read.
-    pub files: u64,
-    /// Bytes read.
-    pub bytes: u64,
-    /// Seq of the first record read (None when there is none).
-    pub first_seq: Option<u64>,
-    /// Seq of the last record that verified (0 when none).
-    pub last_seq: u64,
-    /// Seq the signed head vouches for, if a head was found.
-    pub head_seq: Option<u64>,
-    /// Seq of the `against` checkpoint, if one was given.
-    pub checkpoint_seq: Option<u64>,
-    /// Bytes of an incomplete last line (a write in progress or a crash before recovery); not
-    /// counted as a break unless the head vouches for them.
-    pub torn_tail_bytes: u64,
-    /// Wall time spent.
-    pub elapsed_secs: f64,
-    /// The first break, or None when the chain is intact.
-    pub broken: Option<Break>,
-}
-
-impl VerifyReport {
-    /// True when no break was found.
-    pub fn is_ok(&self) -> bool {
-        self.broken.is_none()
-    }
-
-    /// Read throughput in MB/s (10^6 bytes).
-    pub fn mb_per_s(&self) -> f64 {
-        if self.elapsed_secs > 0.0 {
-            self.bytes as f64 / 1e6 / self.elapsed_secs
-        } else {
-            0.0
-        }
-    }
-}
+pub use tether_model::audit::{Break, BreakKind, VerifyReport};
 
 /// One line, checked on its own (hash, HMAC), in file order.
 struct Checked {
@@ -194,6 +77,20 @@ impl<'k> ChunkReader<'k> {
                 }
                 let n = self.carry.len();
                 self.carry.clear();
+                if let Some(at) = self.after_tail.take() {
+                    // An incomplete line, then NULs, then more data: not a write in progress
+                    // but records (or junk) hidden behind a zero run. Never a torn tail.
+                    return Ok(Some(Checked {
+                        n,
+                        complete: true,
+                        res: Err((
+                            None,
+                            LineFault::Malformed(format!(
+                                "an incomplete record, then zero bytes, then non-zero bytes at byte {at}: data is hidden after the zero-filled end"
+                            )),
+                        )),
+                    }));
+                }
                 return Ok(Some(Checked {
                     n,
                     complete: false,

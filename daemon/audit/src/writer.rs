@@ -14,7 +14,7 @@ use tether_model::{Alert, AlertSink, Severity};
 use time::Date;
 use tokio::sync::oneshot;
 
-use crate::chain::{LineInfo, check_line, hash_body, mac};
+use crate::chain::{LineFault, LineInfo, check_line, hash_body, mac};
 use crate::checkpoint::{Checkpoint, read_head};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuditError, Result};
@@ -593,8 +593,93 @@ fn clone_io(e: &std::io::Error) -> std::io::Error {
     }
 }
 
-/// Finds the tail of the log, drops a torn last part of the newest non-empty day file, checks
-/// the head against it.
+/// What walking one day file found: the verified, chained prefix and where it stops.
+struct Walk {
+    /// End of the verified prefix (just past its last newline).
+    good_end: usize,
+    /// Where the non-zero bytes end: beyond this the file is all zeros.
+    content_end: usize,
+    first: Option<LineInfo>,
+    last: Option<LineInfo>,
+    /// The seq at the first break (the record there, or the one expected there) and why.
+    fault: Option<(u64, String)>,
+}
+
+/// Walks the records of one day file, checking each line and the links between them.
+fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
+    // The records end at the first NUL: after it comes the writer's zero tail, if any.
+    let records_end = crate::files::logical_len(data);
+    let content_end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let mut w = Walk {
+        good_end: 0,
+        content_end,
+        first: None,
+        last: None,
+        fault: None,
+    };
+    let mut pos = 0usize;
+    while let Some(off) = data[pos..records_end].iter().position(|&b| b == b'\n') {
+        let end = pos + off;
+        let expected = w.last.map(|l| l.seq + 1);
+        match check_line(keys, &data[pos..end]) {
+            Ok(info) => match &w.last {
+                Some(l) if info.seq != l.seq + 1 || info.prev != l.hash => {
+                    w.fault = Some((
+                        l.seq + 1,
+                        format!(
+                            "record {} does not chain onto record {} at byte {pos}",
+                            info.seq, l.seq
+                        ),
+                    ));
+                    return w;
+                }
+                _ => {
+                    w.first.get_or_insert(info);
+                    w.last = Some(info);
+                }
+            },
+            Err((seq, fault)) => {
+                let why = match fault {
+                    LineFault::Malformed(m) => m,
+                    LineFault::HashMismatch => "its content does not match its hash".into(),
+                    LineFault::BadHmac => {
+                        "its HMAC is wrong (edited, forged, or read with another key)".into()
+                    }
+                };
+                w.fault = Some((
+                    expected.or(seq).unwrap_or(1),
+                    format!("the complete record at byte {pos} does not verify: {why}"),
+                ));
+                return w;
+            }
+        }
+        pos = end + 1;
+        w.good_end = pos;
+    }
+    if w.good_end < content_end {
+        let next = w.last.map_or(1, |l| l.seq + 1);
+        let rest = &data[w.good_end..content_end];
+        if rest.contains(&0) || rest.contains(&b'\n') || content_end > records_end {
+            w.fault = Some((
+                next,
+                format!(
+                    "bytes {}..{content_end} are not one incomplete final line: they hold NUL bytes or line breaks with data after them (records may be hidden there)",
+                    w.good_end
+                ),
+            ));
+        }
+    }
+    w
+}
+
+/// Finds the tail of the log and checks it, changing nothing on disk until every check passed.
+///
+/// Only an incomplete final line of the newest non-empty day file (bytes after its last
+/// newline, no NULs among them, only zeros after them) is a torn write: it was never
+/// acknowledged, and it is dropped. A complete record that fails its hash or HMAC, a break in
+/// the chain, data hidden behind NUL bytes, a damaged or unlinked older day file, or a head
+/// that disagrees with the log all refuse the start ([`AuditError::Damaged`],
+/// [`AuditError::HeadMismatch`]) with the file and seq named, and nothing is changed.
 fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
     let head = read_head(dir)?;
     if let Some(h) = &head {
@@ -605,84 +690,112 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             })?;
     }
     let files = list_day_files(dir)?;
-    let mut torn = None;
-    let mut found: Option<(Date, PathBuf, u64, u64, LineInfo)> = None;
-    let mut head_hash_seen = None;
-    for (date, path) in files.iter().rev() {
-        let mut data = std::fs::read(path).map_err(|source| AuditError::Read {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| AuditError::Read {
             path: path.clone(),
             source,
-        })?;
-        // The records end at the first NUL: after it comes the writer's zero tail, if any.
-        let records_end = crate::files::logical_len(&data);
-        // Where the non-zero bytes end: beyond this the file is all zeros.
-        let content_end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        if content_end == 0 {
+        })
+    };
+    let damaged = |path: &Path, seq: u64, reason: String| AuditError::Damaged {
+        file: path.to_path_buf(),
+        seq,
+        reason,
+    };
+    // The torn tail to drop once every check passed: (file, offset, bytes).
+    let mut torn: Option<TornTail> = None;
+    let mut found: Option<(Date, PathBuf, u64, u64, LineInfo)> = None;
+    let mut head_hash_seen = None;
+    // The first record of the newer file already walked, which the older file must chain to.
+    let mut successor: Option<(PathBuf, LineInfo)> = None;
+    let mut newest = true;
+    let mut linked = false;
+    for (date, path) in files.iter().rev() {
+        let data = read(path)?;
+        let w = walk(keys, &data);
+        if w.content_end == 0 {
             continue;
         }
-        let mut pos = 0usize;
-        let mut good_end = 0usize;
-        let mut last: Option<LineInfo> = None;
-        while let Some(off) = data[pos..records_end].iter().position(|&b| b == b'\n') {
-            let end = pos + off;
-            let ok = match check_line(keys, &data[pos..end]) {
-                Ok(info) => match &last {
-                    None => Some(info),
-                    Some(l) if info.seq == l.seq + 1 && info.prev == l.hash => Some(info),
-                    Some(_) => None,
-                },
-                Err(_) => None,
-            };
-            let Some(info) = ok else { break };
-            if head.as_ref().is_some_and(|h| h.seq == info.seq) {
-                head_hash_seen = Some(info.hash);
-            }
-            last = Some(info);
-            pos = end + 1;
-            good_end = pos;
+        if let Some((seq, reason)) = w.fault {
+            // Every complete record in this file verified so far; what follows is damage,
+            // unless it is the incomplete final line of the newest file (then no fault is set).
+            return Err(damaged(path, seq, reason));
         }
-        if good_end < content_end {
-            // Refuse to cut off anything that still verifies (a record that does not chain on,
-            // or a good record after a bad one): that is damage, not a torn write.
-            let mut p = good_end;
-            while let Some(off) = data[p..content_end].iter().position(|&b| b == b'\n') {
-                let end = p + off;
-                if let Ok(info) = check_line(keys, &data[p..end]) {
-                    return Err(AuditError::CorruptTail {
-                        file: path.clone(),
-                        seq: info.seq,
-                        reason: format!(
-                            "this record verifies but follows a break at byte {good_end}; it is not a torn write"
-                        ),
-                    });
-                }
-                p = end + 1;
+        if w.good_end < w.content_end {
+            if !newest {
+                return Err(damaged(
+                    path,
+                    w.last.map_or(1, |l| l.seq + 1),
+                    format!(
+                        "the file ends in an incomplete record at byte {} but a later day file follows; only the newest file can hold a torn write",
+                        w.good_end
+                    ),
+                ));
             }
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|source| AuditError::WriteFailed {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?;
-            f.set_len(good_end as u64)
-                .and_then(|()| f.sync_all())
-                .map_err(|source| AuditError::WriteFailed {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?;
-            tracing::warn!(file = %path.display(), bytes = content_end - good_end, "dropped a torn audit tail");
             torn = Some(TornTail {
                 file: path.clone(),
-                offset: good_end as u64,
-                bytes: (content_end - good_end) as u64,
+                offset: w.good_end as u64,
+                bytes: (w.content_end - w.good_end) as u64,
             });
-            data.truncate(good_end);
         }
-        if let Some(l) = last {
-            found = Some((*date, path.clone(), good_end as u64, data.len() as u64, l));
+        newest = false;
+        if let (Some(h), Some(last)) = (&head, w.last)
+            && h.seq <= last.seq
+            && w.first.is_some_and(|f| f.seq <= h.seq)
+        {
+            // The head's record is in this file: find its hash.
+            head_hash_seen = head_hash_of(keys, &data, h.seq).or(head_hash_seen);
+        }
+        if let Some((newer, first)) = &successor {
+            let Some(last) = w.last else {
+                return Err(damaged(
+                    path,
+                    first.seq.saturating_sub(1),
+                    format!(
+                        "it holds no record, but {} continues the chain",
+                        newer.display()
+                    ),
+                ));
+            };
+            if first.seq != last.seq + 1 || first.prev != last.hash {
+                return Err(damaged(
+                    path,
+                    last.seq + 1,
+                    format!(
+                        "its last record is seq {} but {} starts with seq {} that does not chain onto it; records were removed or replaced",
+                        last.seq,
+                        newer.display(),
+                        first.seq
+                    ),
+                ));
+            }
+            // The older file ends cleanly and links on: the chain's tail is checked.
+            linked = true;
             break;
         }
+        if let Some(l) = w.last {
+            // A torn tail in this file is cut below: the file then ends at the good records.
+            let alloc = if torn.as_ref().is_some_and(|t| &t.file == path) {
+                w.good_end
+            } else {
+                data.len()
+            };
+            found = Some((*date, path.clone(), w.good_end as u64, alloc as u64, l));
+            match w.first {
+                Some(f) if f.seq > 1 => successor = Some((path.clone(), f)),
+                _ => break,
+            }
+        }
+    }
+    if let (false, Some((path, first))) = (linked, &successor) {
+        return Err(damaged(
+            path,
+            first.seq - 1,
+            format!(
+                "the log starts at seq {} but no older day file holds records 1..{}; they were removed",
+                first.seq,
+                first.seq - 1
+            ),
+        ));
     }
     let (last_seq, prev, file) = match found {
         Some((date, path, len, alloc, info)) => {
@@ -710,6 +823,7 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
     if let Some(h) = &head {
         let mismatch = |hash_mismatch| AuditError::HeadMismatch {
             dir: dir.to_path_buf(),
+            file: file.as_ref().map(|f| f.path.clone()),
             log_seq: last_seq,
             head_seq: h.seq,
             hash_mismatch,
@@ -727,6 +841,22 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             return Err(mismatch(true));
         }
     }
+    if let Some(t) = &torn {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&t.file)
+            .map_err(|source| AuditError::WriteFailed {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        f.set_len(t.offset)
+            .and_then(|()| f.sync_all())
+            .map_err(|source| AuditError::WriteFailed {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        tracing::warn!(file = %t.file.display(), bytes = t.bytes, "dropped a torn audit tail (an incomplete final line, never acknowledged)");
+    }
     Ok((
         Tail {
             file,
@@ -740,6 +870,16 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             head,
         },
     ))
+}
+
+/// The hash of record `seq` in `data`, if a verified line holds it.
+fn head_hash_of(keys: &ChainKeys, data: &[u8], seq: u64) -> Option<[u8; 32]> {
+    let end = crate::files::logical_len(data);
+    data[..end]
+        .split(|&b| b == b'\n')
+        .filter_map(|l| check_line(keys, l).ok())
+        .find(|i| i.seq == seq)
+        .map(|i| i.hash)
 }
 
 /// Whether the file system holding `file` has room for a zero tail of `bytes` (4 times over, so

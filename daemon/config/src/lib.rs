@@ -9,6 +9,7 @@
 mod error;
 mod load;
 mod locate;
+mod metrics;
 mod paths;
 mod principal;
 mod redact;
@@ -17,6 +18,7 @@ mod vault;
 
 pub use error::{ConfigError, Problem};
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
+pub use metrics::MetricsConfig;
 pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};
 pub use principal::{ParsePrincipalError, Principal};
 pub use redact::redacted_json;

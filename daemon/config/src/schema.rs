@@ -37,6 +37,9 @@ pub struct Config {
     /// Enrollment of new targets (hub only).
     #[serde(default)]
     pub enroll: EnrollSection,
+    /// The optional Prometheus listener (`/metrics`, `/healthz`, `/readyz` over TCP).
+    #[serde(default)]
+    pub metrics: crate::MetricsConfig,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -210,6 +213,7 @@ impl Default for Config {
             policy_file: None,
             plugins_manifest: None,
             tunnel: TunnelSection::default(),
+            metrics: crate::MetricsConfig::default(),
             enroll: EnrollSection::default(),
         }
     }
@@ -393,6 +397,9 @@ impl Config {
             );
         }
         if let Err((key, message)) = self.vault.validate() {
+            bad(key, message);
+        }
+        if let Err((key, message)) = self.metrics.validate() {
             bad(key, message);
         }
         problems

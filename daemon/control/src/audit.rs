@@ -13,13 +13,39 @@ use crate::{AppState, Caller};
 /// anything else is `api`.
 pub use tether_api::VIA_HEADER;
 
-/// How a request reached the daemon, from [`VIA_HEADER`].
-pub(crate) fn via_of<B>(req: &hyper::Request<B>) -> Via {
-    match req.headers().get(VIA_HEADER).and_then(|v| v.to_str().ok()) {
+/// How a request reached the daemon. The caller's [`VIA_HEADER`] is only a claim: it is
+/// believed (`cli` or `mcp`) only when the peer process runs the `tether` CLI installed beside
+/// this daemon (the same file, by device and inode, as `/proc/PID/exe` of the peer from
+/// `SO_PEERCRED`). Every other client of the socket is recorded as `api`, whatever it claims.
+pub(crate) fn via_of<B>(req: &hyper::Request<B>, caller: &Caller) -> Via {
+    let claim = match req.headers().get(VIA_HEADER).and_then(|v| v.to_str().ok()) {
         Some("cli") => Via::Cli,
         Some("mcp") => Via::Mcp,
-        _ => Via::Api,
+        _ => return Via::Api,
+    };
+    if caller.pid.is_some_and(peer_runs_the_cli) {
+        claim
+    } else {
+        Via::Api
     }
+}
+
+/// Device and inode of the `tether` binary beside this daemon's executable, if there is one.
+static CLI_BINARY: std::sync::LazyLock<Option<(u64, u64)>> = std::sync::LazyLock::new(|| {
+    use std::os::unix::fs::MetadataExt as _;
+    let exe = std::env::current_exe().ok()?;
+    let meta = std::fs::metadata(exe.parent()?.join("tether")).ok()?;
+    Some((meta.dev(), meta.ino()))
+});
+
+/// Whether process `pid` executes the `tether` CLI binary (false when it can't be told, e.g.
+/// another uid's process seen by an unprivileged daemon).
+fn peer_runs_the_cli(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(cli) = *CLI_BINARY else {
+        return false;
+    };
+    std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| (m.dev(), m.ino()) == cli)
 }
 
 /// The audit actor for a control API caller.

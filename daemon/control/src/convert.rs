@@ -3,43 +3,6 @@
 
 use tether_api as api;
 
-/// An audit verification report.
-pub(crate) fn verify_report(r: &tether_audit::VerifyReport) -> api::VerifyReport {
-    api::VerifyReport {
-        records: r.records,
-        files: r.files,
-        bytes: r.bytes,
-        first_seq: r.first_seq,
-        last_seq: r.last_seq,
-        head_seq: r.head_seq,
-        checkpoint_seq: r.checkpoint_seq,
-        torn_tail_bytes: r.torn_tail_bytes,
-        elapsed_secs: r.elapsed_secs,
-        broken: r.broken.as_ref().map(|b| api::Break {
-            kind: break_kind(b.kind),
-            seq: b.seq,
-            file: b.file.as_ref().map(|p| p.display().to_string()),
-            line: b.line,
-            detail: b.detail.clone(),
-        }),
-    }
-}
-
-fn break_kind(k: tether_audit::BreakKind) -> api::BreakKind {
-    use tether_audit::BreakKind as K;
-    match k {
-        K::Edited => api::BreakKind::Edited,
-        K::Deleted => api::BreakKind::Deleted,
-        K::Inserted => api::BreakKind::Inserted,
-        K::Reordered => api::BreakKind::Reordered,
-        K::Truncated => api::BreakKind::Truncated,
-        K::RolledBack => api::BreakKind::RolledBack,
-        K::BadHmac => api::BreakKind::BadHmac,
-        // `BadSignature` and any kind added later.
-        _ => api::BreakKind::BadSignature,
-    }
-}
-
 /// A tunnel peer.
 pub(crate) fn peer(p: &tether_tunnel::PeerStatus) -> api::PeerInfo {
     api::PeerInfo {

@@ -32,6 +32,33 @@ pub enum ControlError {
         /// The configured group name.
         group: String,
     },
+    /// `metrics.listen` is not an `IP:port` address.
+    #[error("metrics.listen {listen:?} is not an IP:port address like \"127.0.0.1:9120\"")]
+    MetricsAddress {
+        /// The configured value.
+        listen: String,
+    },
+    /// The metrics listener's port could not be bound.
+    #[error(
+        "cannot listen for metrics on {addr}: {source}; choose another metrics.listen or stop what uses the port"
+    )]
+    MetricsBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bearer token named by `metrics.token_name` could not be read from the vault.
+    #[error(
+        "cannot read the metrics bearer token {name:?} from the vault: {reason}; store it with `tether secret set {name}` (or unset metrics.token_name)"
+    )]
+    MetricsToken {
+        /// The secret's name.
+        name: String,
+        /// Why (the vault's error, which never contains the value).
+        reason: String,
+    },
     /// Creating, binding or setting permissions on the socket failed.
     #[error("cannot {action} control socket {}: {source}", path.display())]
     Io {

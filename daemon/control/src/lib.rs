@@ -12,6 +12,7 @@ mod convert;
 mod error;
 mod http;
 mod metrics;
+pub mod metrics_http;
 pub mod openapi;
 mod peer;
 mod routes;

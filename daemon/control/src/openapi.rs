@@ -152,7 +152,7 @@ fn operation(r: &RouteInfo, components: &mut Map<String, Value>) -> Value {
     let content = match r.encoding {
         Encoding::Json => json!({"application/json": {"schema": answer}}),
         Encoding::NdJson => {
-            json!({"application/x-ndjson": {"schema": {"type": "string", "description": "one JSON document per line"}, "itemSchema": answer}})
+            json!({"application/x-ndjson": {"schema": {"type": "string", "description": "one JSON document per line, each as x-item-schema"}, "x-item-schema": answer}})
         }
         Encoding::Text => json!({"text/plain": {"schema": {"type": "string"}}}),
     };
@@ -193,7 +193,7 @@ pub fn document_value() -> Value {
     }
     let components: std::collections::BTreeMap<String, Value> = components.into_iter().collect();
     json!({
-        "openapi": "3.2.0",
+        "openapi": "3.1.0",
         "info": {
             "title": "tetherd control API",
             "version": tether_model::VERSION,

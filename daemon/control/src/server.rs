@@ -183,7 +183,7 @@ async fn route(
     state: &Arc<AppState>,
     path: &str,
 ) -> (&'static str, Response<Body>) {
-    let via = crate::audit::via_of(&req);
+    let via = crate::audit::via_of(&req, &caller);
     let Some(role) = state.roles().role_of(&caller) else {
         state.metrics.auth_denials.inc();
         let data =

@@ -50,6 +50,11 @@ pub struct AppState {
     pub rotator: Option<Arc<dyn KeyRotator>>,
     /// Policy plugins (WASM), voting after the regex rules.
     pub plugins: Option<Arc<dyn PluginAdmin>>,
+    /// The git commit the daemon was built from (`unknown` when built without git), for
+    /// `/v1/status`; `tetherd` sets it from its build script.
+    pub commit: &'static str,
+    /// The hub's SSH pool, for `POST /v1/exec` (hub only).
+    pub remote: Option<Arc<dyn RemoteExec>>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -84,6 +89,73 @@ pub type RotationFuture<'a> =
 pub trait KeyRotator: Send + Sync {
     /// Hub: rotate `name` (or every active host when `None`); target: rotate this machine.
     fn rotate(&self, name: Option<String>) -> RotationFuture<'_>;
+}
+
+/// A boxed future, for the traits below.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Runs commands on targets over the hub's SSH pool. Implemented by `tetherd` with `tether-ssh`,
+/// so this crate (linked by the CLI's tests) never links russh.
+pub trait RemoteExec: Send + Sync {
+    /// Runs `command` on `host`, sending its output to `out` as it arrives, until it ends or
+    /// `cancel` fires (then the remote command is signalled and its channel closed).
+    fn run(
+        &self,
+        host: ExecHost,
+        command: RemoteCommand,
+        out: tokio::sync::mpsc::Sender<RemoteOutput>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
+    /// Closes `host`'s pooled connection (revoke, `hosts rm`); its running commands end.
+    fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// A target, as [`RemoteExec`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecHost {
+    /// Inventory name.
+    pub name: String,
+    /// Overlay address.
+    pub ip: std::net::Ipv4Addr,
+    /// SSH host key pinned at enrollment (OpenSSH line).
+    pub host_key: String,
+}
+
+/// One command for [`RemoteExec::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCommand {
+    /// The shell command.
+    pub line: String,
+    /// Limit for opening a connection when none is pooled.
+    pub connect_timeout: Duration,
+}
+
+/// A chunk of a remote command's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOutput {
+    /// stdout bytes.
+    Stdout(bytes::Bytes),
+    /// stderr bytes.
+    Stderr(bytes::Bytes),
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteExit {
+    /// Exit code.
+    Code(u32),
+    /// Ended by a signal.
+    Signal(String),
+}
+
+/// Why a remote command could not run or finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// `connect`, `timeout`, `host_key`, `refused`, `closed`, `circuit_open`, `cancelled`, `ssh`.
+    pub kind: &'static str,
+    /// What happened and what to do.
+    pub message: String,
 }
 
 /// The daemon's loaded plugins as the control API manages them: they vote through
@@ -151,6 +223,8 @@ impl AppState {
             enrollment: None,
             rotator: None,
             plugins: None,
+            commit: "unknown",
+            remote: None,
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),
@@ -276,6 +350,9 @@ impl AppState {
         }
         if old.vault != new.vault {
             report.needs_restart.push("vault".to_owned());
+        }
+        if old.metrics != new.metrics {
+            report.needs_restart.push("metrics".to_owned());
         }
         Ok(PreparedReload {
             config: new,

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+#[cfg(test)]
+mod first_release;
 pub mod hub;
 pub mod inventory;
 mod limits;

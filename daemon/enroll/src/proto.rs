@@ -19,6 +19,20 @@
 //! fields) still enrolls. When present, the version is part of both transcripts: stripping it
 //! on the path (a downgrade) breaks the proof.
 //!
+//! **A current target, a first-release hub.** The first-release hub rejects the `version` field
+//! the way its strict parser rejected any unknown field: before its hub core sees the Hello, it
+//! answers the error frame `protocol` / "enrollment protocol error: invalid message: unknown
+//! field `version`, expected one of `payload`, …" ([`is_first_release_refusal`]). On exactly
+//! that answer, and only to a versioned Hello, the target retries once on a new connection,
+//! within the same deadline, with the same Hello minus `version` and its proof over the v1
+//! transcript ([`TargetSession::fallback_to_v1`]). The refused attempt consumed nothing: the
+//! invite nonce is spent only by the hub core, after the Hello decoded and its proof checked.
+//! The fallback bypasses nothing: v1 and v2 differ only in the version field (same key, same
+//! transcripts but for the version, same checks on both sides), so a man in the middle who
+//! forges the refusal (error frames are not authenticated) gets a v1 exchange that is
+//! authenticated exactly like a v2 one; against a current hub the retried v1 Hello is served as
+//! a first-release target's, which this hub accepts anyway.
+//!
 //! `k = HMAC-SHA256(token_mac, "tether-enroll-v1" || nonce)`, where `token_mac` is the token's
 //! secret MAC (never sent): the target has it in the token; the hub recomputes it from the
 //! payload with its invite key. Every field either side relies on is in a MACed transcript
@@ -53,6 +67,19 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub const MIN_PROTOCOL_VERSION: u16 = PROTOCOL_V1;
 /// Longest hostname a target may report.
 pub const MAX_HOSTNAME_LEN: usize = 253;
+
+/// The message a first-release hub sent for a Hello that names a version: its
+/// `EnrollError::Protocol` around serde's unknown-field error over its strict Hello's fields
+/// (serde 1.0.229 and serde_json 1.0.154 in its lock file, as in this release's).
+const FIRST_RELEASE_REFUSAL: &str = "enrollment protocol error: invalid message: unknown field \
+     `version`, expected one of `payload`, `wg_public_key`, `ssh_host_key`, `hostname`, \
+     `client_nonce`, `proof`; check that both sides run a compatible tether version";
+
+/// Whether an error frame is exactly a first-release (v1) hub refusing the `version` field of a
+/// Hello: code `protocol` and the message its strict parser produced, nothing else.
+pub fn is_first_release_refusal(frame: &ErrorFrame) -> bool {
+    frame.code == "protocol" && frame.message == FIRST_RELEASE_REFUSAL
+}
 
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,6 +431,8 @@ pub struct TargetSession {
     hello: Hello,
     decoder: FrameDecoder,
     endpoint: String,
+    /// The hub answered the versioned Hello like a first-release hub; a v1 retry is due.
+    refused_version: bool,
 }
 
 impl std::fmt::Debug for TargetSession {
@@ -480,6 +509,7 @@ impl TargetSession {
                 hello,
                 decoder: FrameDecoder::new(max_frame),
                 endpoint,
+                refused_version: false,
             },
             frame,
         ))
@@ -493,6 +523,23 @@ impl TargetSession {
     /// How many more bytes are needed at least.
     pub fn wanted(&self) -> usize {
         self.decoder.wanted()
+    }
+
+    /// After [`TargetSession::receive`] failed: when the hub answered the versioned Hello
+    /// exactly as a first-release hub does ([`is_first_release_refusal`]), the v1 Hello to send
+    /// on a new connection (the same Hello without `version`, its proof over the v1
+    /// transcript), once; `None` after any other failure or a second time. The session then
+    /// expects a v1 Welcome (without a version).
+    pub fn fallback_to_v1(&mut self) -> Result<Option<Vec<u8>>> {
+        if !std::mem::take(&mut self.refused_version) || self.hello.version.is_none() {
+            return Ok(None);
+        }
+        self.hello.version = None;
+        // The first release knew no proof of possession either (and refuses unknown fields).
+        self.hello.wg_proof = None;
+        self.hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&self.k, &self.hello));
+        self.decoder = FrameDecoder::new(self.decoder.max);
+        encode_frame(&Message::Hello(self.hello.clone())).map(Some)
     }
 
     /// Feeds received bytes. `Ok(None)`: need more. `Ok(Some(w))`: the hub proved itself and its
@@ -541,16 +588,19 @@ impl TargetSession {
                 }
                 Ok(Some(w))
             }
-            Message::Error(e) => Err(EnrollError::from_remote(
-                &e.code,
-                &e.message,
-                &RemoteContext {
-                    name: &p.name,
-                    expires_at: p.expires_at,
-                    token_hub: &p.hub_id.0,
-                    endpoint: &self.endpoint,
-                },
-            )),
+            Message::Error(e) => {
+                self.refused_version = self.hello.version.is_some() && is_first_release_refusal(&e);
+                Err(EnrollError::from_remote(
+                    &e.code,
+                    &e.message,
+                    &RemoteContext {
+                        name: &p.name,
+                        expires_at: p.expires_at,
+                        token_hub: &p.hub_id.0,
+                        endpoint: &self.endpoint,
+                    },
+                ))
+            }
             Message::Hello(_) => Err(EnrollError::Protocol {
                 what: "the hub sent a Hello".into(),
             }),
@@ -562,6 +612,7 @@ impl TargetSession {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::first_release::{self, V1Message};
 
     #[test]
     fn decoder_handles_split_and_oversize() {
@@ -623,33 +674,6 @@ mod tests {
     const TARGET_SSH: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINXREtEmFoLqswjEYtVLvVkJE5oD6KZMNLVQeaadzZGH a";
 
-    /// The first release's Hello and Welcome, field for field (both rejected unknown fields).
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct V1Hello {
-        payload: String,
-        wg_public_key: String,
-        ssh_host_key: String,
-        hostname: String,
-        client_nonce: String,
-        proof: String,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct V1Welcome {
-        name: String,
-        overlay_ip: Ipv4Addr,
-        hub_wg_public_key: String,
-        hub_wg_endpoint: String,
-        hub_ssh_client_key: String,
-        tags: BTreeMap<String, String>,
-        groups: Vec<String>,
-        proof: String,
-    }
-
     #[test]
     fn a_first_release_target_without_a_version_enrolls_against_this_hub() {
         let (_dir, hub, mut session, mut hello) = exchange();
@@ -660,19 +684,15 @@ mod tests {
         session.hello = hello.clone();
         let wire = serde_json::to_string(&Message::Hello(hello.clone())).unwrap();
         assert!(!wire.contains("version"), "{wire}");
-        let v1: serde_json::Value = serde_json::from_str(&wire).unwrap();
-        let mut fields = v1.as_object().unwrap().clone();
-        fields.remove("type");
-        serde_json::from_value::<V1Hello>(serde_json::Value::Object(fields)).unwrap();
+        let v1 = first_release::decode(wire.as_bytes());
+        assert!(matches!(v1, Ok(V1Message::Hello(_))), "{v1:?}");
 
         let welcome = hub.handle_hello(&hello, None, crate::unix_now()).unwrap();
         assert_eq!(welcome.version, None, "a v1 target gets a v1 Welcome");
         // The old target's strict parser takes the Welcome, and its proof checks out.
         let frame = encode_frame(&Message::Welcome(welcome.clone())).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
-        let mut fields = json.as_object().unwrap().clone();
-        fields.remove("type");
-        serde_json::from_value::<V1Welcome>(serde_json::Value::Object(fields)).unwrap();
+        let v1 = first_release::decode(&frame[4..]);
+        assert!(matches!(v1, Ok(V1Message::Welcome(_))), "{v1:?}");
         assert_eq!(session.receive(&frame).unwrap().unwrap().name, "old1");
         assert_eq!(hub.inventory().get("old1").unwrap().name, "old1");
     }
@@ -799,5 +819,109 @@ mod tests {
         hello.version = Some(PROTOCOL_VERSION + 1);
         assert_eq!(negotiate(&hello).unwrap(), Some(PROTOCOL_VERSION));
         assert_eq!(e.code(), "unsupported_version");
+    }
+    #[test]
+    fn a_current_target_falls_back_to_v1_once_against_a_first_release_hub() {
+        let (_dir, hub, mut session, hello) = exchange();
+        let now = crate::unix_now();
+        let sent = hello.clone();
+        let frame = encode_frame(&Message::Hello(hello)).unwrap();
+        let answer = first_release::answer(&hub, &frame[4..], None);
+        let Ok(V1Message::Error(refusal)) = first_release::decode(&answer[4..]) else {
+            panic!("the first release refuses a versioned Hello")
+        };
+        assert!(is_first_release_refusal(&refusal), "{refusal:?}");
+        let e = session.receive(&answer).unwrap_err();
+        assert!(
+            matches!(&e, EnrollError::Remote { code, .. } if code == "protocol"),
+            "{e}"
+        );
+        // The refusal came before the hub core: the invite is still pending, nothing recorded.
+        assert_eq!(hub.pending_invites(now).len(), 1);
+        assert!(hub.inventory().get("old1").is_none());
+
+        let v1 = session.fallback_to_v1().unwrap().expect("a v1 retry");
+        assert!(session.fallback_to_v1().unwrap().is_none(), "only once");
+        let Message::Hello(retry) = serde_json::from_slice(&v1[4..]).unwrap() else {
+            panic!("not a hello")
+        };
+        // The same Hello but for the version (and the proof over the v1 transcript).
+        assert_eq!(
+            Hello {
+                version: None,
+                proof: retry.proof.clone(),
+                ..sent
+            },
+            retry
+        );
+        let answer = first_release::answer(&hub, &v1[4..], None);
+        let w = session.receive(&answer).unwrap().expect("welcome");
+        assert_eq!((w.name.as_str(), w.version), ("old1", None));
+        assert!(hub.pending_invites(now).is_empty());
+        assert_eq!(hub.inventory().get("old1").unwrap().name, "old1");
+    }
+
+    #[test]
+    fn only_the_first_release_refusal_of_the_version_counts() {
+        let (_dir, hub, session, hello) = exchange();
+        let frame = encode_frame(&Message::Hello(hello.clone())).unwrap();
+        let Ok(V1Message::Error(real)) =
+            first_release::decode(&first_release::answer(&hub, &frame[4..], None)[4..])
+        else {
+            panic!("not an error")
+        };
+        let near_misses = [
+            ErrorFrame {
+                code: "remote".into(),
+                ..real.clone()
+            },
+            ErrorFrame {
+                message: real.message.replace("`version`", "`versions`"),
+                ..real.clone()
+            },
+            ErrorFrame {
+                message: real.message.replace("`proof`", "`proof`, `version`"),
+                ..real.clone()
+            },
+            ErrorFrame {
+                message: real
+                    .message
+                    .replace("; check", " at line 1 column 9; check"),
+                ..real.clone()
+            },
+            ErrorFrame {
+                message: format!("{}!", real.message),
+                ..real.clone()
+            },
+            ErrorFrame {
+                code: "protocol".into(),
+                message: EnrollError::Tampered.wire_message(),
+            },
+        ];
+        for frame in &near_misses {
+            assert!(!is_first_release_refusal(frame), "{frame:?}");
+        }
+        // Any other answer leaves no retry behind.
+        for frame in near_misses {
+            let (_dir, _hub, mut s, _) = exchange();
+            assert!(
+                s.receive(&encode_frame(&Message::Error(frame)).unwrap())
+                    .is_err()
+            );
+            assert!(s.fallback_to_v1().unwrap().is_none());
+        }
+        // A v1 Hello is never retried, whatever the answer.
+        let (_dir, _hub, mut s, _) = exchange();
+        s.hello.version = None;
+        assert!(
+            s.receive(&encode_frame(&Message::Error(real)).unwrap())
+                .is_err()
+        );
+        assert!(s.fallback_to_v1().unwrap().is_none());
+        // And the real refusal does leave one (to a versioned Hello).
+        let mut session = session;
+        let refusal = first_release::answer(&hub, &frame[4..], None);
+        assert!(session.receive(&refusal).is_err());
+        assert!(session.fallback_to_v1().unwrap().is_some());
     }
 }

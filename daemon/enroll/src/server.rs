@@ -385,6 +385,9 @@ impl Default for ClientOptions {
 /// The target's side (`tetherd enroll TOKEN`): parses the token (an expired or malformed token
 /// fails here, without contacting the hub), sends the public keys, and returns the hub's
 /// authenticated [`Welcome`]. Write the config only after this returns `Ok`.
+///
+/// A first-release hub refuses the versioned Hello in its own way; the exchange is then tried
+/// once more in v1 on a new connection, within the same deadline (see [`crate::proto`]).
 pub async fn enroll_client(
     token: &Token,
     keys: &TargetKeys,
@@ -401,35 +404,20 @@ pub async fn enroll_client(
     let endpoint = session.endpoint().to_string();
     let after_ms = u64::try_from(opts.deadline.as_millis()).unwrap_or(u64::MAX);
     let exchange = async {
-        let mut stream =
-            TcpStream::connect(&endpoint)
-                .await
-                .map_err(|source| EnrollError::Connect {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(|e| EnrollError::Protocol {
-                what: format!("sending the Hello failed: {e}"),
-            })?;
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut hello = hello;
         loop {
-            let want = session.wanted().min(buf.len());
-            let n = stream
-                .read(&mut buf[..want])
-                .await
-                .map_err(|e| EnrollError::Protocol {
-                    what: format!("reading the hub's answer failed: {e}"),
-                })?;
-            if n == 0 {
-                return Err(EnrollError::Protocol {
-                    what: "the hub closed the connection without an answer".into(),
-                });
-            }
-            if let Some(w) = session.receive(&buf[..n])? {
-                return Ok(w);
+            match exchange_once(&endpoint, &hello, &mut session).await {
+                Err(e) => match session.fallback_to_v1()? {
+                    Some(v1) => {
+                        tracing::info!(
+                            %endpoint,
+                            "the hub is of the first release (enrollment protocol v1); retrying in v1"
+                        );
+                        hello = v1;
+                    }
+                    None => return Err(e),
+                },
+                done => return done,
             }
         }
     };
@@ -439,4 +427,42 @@ pub async fn enroll_client(
             what: "exchange with the hub",
             after_ms,
         }))
+}
+
+/// One connection: sends `hello`, feeds the answer to `session`.
+async fn exchange_once(
+    endpoint: &str,
+    hello: &[u8],
+    session: &mut TargetSession,
+) -> Result<Welcome> {
+    let mut stream = TcpStream::connect(endpoint)
+        .await
+        .map_err(|source| EnrollError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    stream
+        .write_all(hello)
+        .await
+        .map_err(|e| EnrollError::Protocol {
+            what: format!("sending the Hello failed: {e}"),
+        })?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let want = session.wanted().min(buf.len());
+        let n = stream
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| EnrollError::Protocol {
+                what: format!("reading the hub's answer failed: {e}"),
+            })?;
+        if n == 0 {
+            return Err(EnrollError::Protocol {
+                what: "the hub closed the connection without an answer".into(),
+            });
+        }
+        if let Some(w) = session.receive(&buf[..n])? {
+            return Ok(w);
+        }
+    }
 }

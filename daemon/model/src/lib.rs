@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod alert;
+pub mod audit;
 pub mod policy;
 mod role;
 mod secret_name;
@@ -12,7 +13,10 @@ pub mod selector;
 
 pub use alert::{Alert, AlertSink, NoAlerts, Severity};
 pub use role::{DaemonRole, ParseRoleError, Role};
-pub use secret_name::{MAX_SECRET_NAME_LEN, check_secret_name};
+pub use secret_name::{
+    MAX_SECRET_NAME_LEN, RESERVED_SECRET_HINT, RESERVED_SECRET_PREFIX, check_secret_name,
+    is_reserved_secret_name,
+};
 
 /// The version of this build, reported by `tether status` and `GET /v1/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

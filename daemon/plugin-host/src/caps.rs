@@ -144,7 +144,10 @@ impl Grants {
     }
 
     pub fn secret(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
-        if !self.spec.capabilities.secrets.contains(name) {
+        // A daemon key is never handed out, whatever a (hand-built) spec says.
+        if !self.spec.capabilities.secrets.contains(name)
+            || tether_model::is_reserved_secret_name(name)
+        {
             self.secret_denials.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(plugin = %self.plugin, secret = name, "plugin asked for a secret it is not granted; returned none");
             return None;

@@ -339,6 +339,15 @@ fn validate(raw: RawPlugin, base: &Path) -> Result<PluginSpec> {
         if s.is_empty() {
             return Err(bad("capabilities.secrets", "empty secret name".into()));
         }
+        if tether_model::is_reserved_secret_name(s) {
+            return Err(bad(
+                "capabilities.secrets",
+                format!(
+                    "{s:?} is a daemon key and cannot be granted to a plugin; {}",
+                    tether_model::RESERVED_SECRET_HINT
+                ),
+            ));
+        }
         secrets.insert(s.clone());
     }
     let mut config = BTreeMap::new();
@@ -439,6 +448,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("may_override"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_cannot_grant_a_daemon_key() {
+        for name in [
+            "tetherd.audit-hmac",
+            "tetherd.invite-key",
+            "TETHERD.wireguard",
+        ] {
+            let e = Manifest::parse(&format!(
+                "[[plugin]]\nname = \"p\"\nkind = \"alert_sink\"\npath = \"a\"\n[plugin.capabilities]\nsecrets = [\"ok\", \"{name}\"]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("plugin \"p\"")
+                    && e.contains("capabilities.secrets")
+                    && e.contains(name),
+                "{e}"
+            );
+        }
+        let m = Manifest::parse(
+            "[[plugin]]\nname = \"p\"\nkind = \"alert_sink\"\npath = \"a\"\n[plugin.capabilities]\nsecrets = [\"slack_token\"]\n",
+        )
+        .unwrap();
+        assert!(m.plugins[0].capabilities.secrets.contains("slack_token"));
     }
 }
 

@@ -110,6 +110,16 @@ pub enum PolicyError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// A `[[policy.wrappers]]` entry is malformed.
+    #[error(
+        "wrapper {name:?} in [[policy.wrappers]] is invalid: {problem}; see the wrappers example in examples/policy.toml"
+    )]
+    InvalidWrapper {
+        /// The wrapper's name as written.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The policy has more rules than the engine accepts.
     #[error("policy has {count} rules; the limit is {max}; merge rules with alternations (`a|b`)")]
     TooManyRules {

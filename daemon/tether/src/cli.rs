@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::cmd;
 use crate::error::CliError;
@@ -6,7 +6,7 @@ use crate::global::Global;
 
 /// Tether: secure remote operations for fleets of Linux machines.
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about, propagate_version = true)]
+#[command(name = "tether", version = crate::VERSION_LINE, about, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -21,6 +21,9 @@ pub enum Command {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Run a command on the selected hosts (policy-checked and audited), e.g.
+    /// `tether exec -H group:web -- uptime`.
+    Exec(cmd::exec::ExecArgs),
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
@@ -41,6 +44,10 @@ pub enum Command {
     Secret(cmd::secret::SecretCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completions(cmd::completions::CompletionsArgs),
+    /// Write man pages for tether and every subcommand to a directory.
+    Man(cmd::man::ManArgs),
 }
 
 impl Cli {
@@ -57,7 +64,10 @@ impl Cli {
             Command::Audit(c) => cmd::audit::run(&cli.global, c).await,
             Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
+            Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
+            Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
+            Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }
     }
 }

@@ -11,6 +11,18 @@ mod cmd;
 mod error;
 mod global;
 mod output;
+mod table;
+
+/// The git commit this CLI was built from (see build.rs), `unknown` without git.
+pub(crate) const COMMIT: &str = env!("TETHER_COMMIT");
+
+/// `tether --version`: the release and the git commit it was built from.
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TETHER_COMMIT"),
+    ")"
+);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

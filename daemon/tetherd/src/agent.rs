@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tether_agent::{
-    AGENT_PORT, AgentError, ConnId, HostInfo, Hub as HubMachine, HubAction, HubConfig, RotationId,
-    Target as TargetMachine, TargetAction, TargetConfig,
+    AGENT_PORT, AgentError, ConnId, EffectError, HostInfo, Hub as HubMachine, HubAction, HubConfig,
+    Io, Machine, RotationId, Target as TargetMachine, TargetAction, TargetConfig,
 };
 use tether_audit::{AuditLog, Event};
 use tether_control::audit::daemon_actor;
@@ -34,23 +34,23 @@ use crate::identity;
 /// How long opening a tunnel stream or writing to one may take.
 const IO_DEADLINE: Duration = Duration::from_secs(10);
 
-/// What a stream's IO task or an effect reports to its driver.
-enum Input {
+/// What a stream's IO task reports to its driver.
+enum StreamEvent {
     Connected(ConnId, TunnelStream),
     ConnectFailed(ConnId, String),
     Bytes(ConnId, Vec<u8>),
     Eof(ConnId),
     IoFailed(ConnId, String),
-    /// Hub: the result of `RecordRotation`.
-    Recorded(ConnId, Result<(), String>),
-    /// Target: the result of `PromoteKey`.
-    Promoted(Result<(), String>),
-    /// Hub: rotate this host. Target: rotate this machine (`host` is `None`).
-    Rotate {
-        host: Option<HostInfo>,
-        reply: oneshot::Sender<Result<String, AgentError>>,
-    },
 }
+
+/// A driver's inbox: its streams' events, and what its role is told (effect results, rotation
+/// requests).
+enum Input<R> {
+    Stream(StreamEvent),
+    Role(R),
+}
+
+type Reply = oneshot::Sender<Result<String, AgentError>>;
 
 enum Out {
     Bytes(Vec<u8>),
@@ -68,60 +68,81 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// The streams of one driver.
-#[derive(Default)]
-struct Streams {
+/// What differs between the hub's and a target's driver; [`Driver`] does the rest.
+trait Role: Sized + Send + 'static {
+    /// The machine it drives.
+    type Machine: Machine + Send;
+    /// What its inbox carries besides stream events.
+    type Input: Send + 'static;
+    /// A stream arrived from `ip`: the machine's connection for it, or `None` to drop it.
+    fn accept(&mut self, machine: &mut Self::Machine, ip: Ipv4Addr) -> Option<ConnId>;
+    /// Handles an effect result or a request.
+    fn input(&mut self, core: &mut Core<Self>, input: Self::Input);
+    /// Performs one of the machine's actions.
+    fn perform(&mut self, core: &mut Core<Self>, action: <Self::Machine as Machine>::Action);
+}
+
+/// The part of a driver both roles share: the machine, its streams, the tunnel, the inbox.
+struct Core<R: Role> {
+    machine: R::Machine,
+    tunnel: TunnelHandle,
+    tx: mpsc::UnboundedSender<Input<R::Input>>,
     open: HashMap<ConnId, mpsc::UnboundedSender<Out>>,
     connecting: HashSet<ConnId>,
 }
 
-impl Streams {
-    fn attach(&mut self, conn: ConnId, stream: TunnelStream, tx: &mpsc::UnboundedSender<Input>) {
+impl<R: Role> Core<R> {
+    fn new(
+        machine: R::Machine,
+        tunnel: TunnelHandle,
+        tx: mpsc::UnboundedSender<Input<R::Input>>,
+    ) -> Self {
+        Core {
+            machine,
+            tunnel,
+            tx,
+            open: HashMap::new(),
+            connecting: HashSet::new(),
+        }
+    }
+
+    fn attach(&mut self, conn: ConnId, stream: TunnelStream) {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         self.open.insert(conn, out_tx);
-        tokio::spawn(stream_io(conn, stream, out_rx, tx.clone()));
+        tokio::spawn(stream_io(conn, stream, out_rx, self.tx.clone()));
     }
 
-    fn connect(
-        &mut self,
-        conn: ConnId,
-        ip: Ipv4Addr,
-        tunnel: &TunnelHandle,
-        tx: &mpsc::UnboundedSender<Input>,
-    ) {
-        self.connecting.insert(conn);
-        let (tunnel, tx) = (tunnel.clone(), tx.clone());
-        tokio::spawn(async move {
-            let input =
-                match tokio::time::timeout(IO_DEADLINE, tunnel.connect(ip, AGENT_PORT)).await {
-                    Ok(Ok(s)) => Input::Connected(conn, s),
-                    Ok(Err(e)) => Input::ConnectFailed(conn, format!("cannot reach {ip}: {e}")),
-                    Err(_) => Input::ConnectFailed(
-                        conn,
-                        format!("{ip} did not answer on the tunnel within 10 s (is it online?)"),
-                    ),
-                };
-            let _ = tx.send(input);
-        });
-    }
-
-    /// A connection finished opening; `false` if the machine gave up on it meanwhile.
-    fn connected(
-        &mut self,
-        conn: ConnId,
-        stream: TunnelStream,
-        tx: &mpsc::UnboundedSender<Input>,
-    ) -> bool {
-        if !self.connecting.remove(&conn) {
-            return false;
-        }
-        self.attach(conn, stream, tx);
-        true
-    }
-
-    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        if let Some(s) = self.open.get(&conn) {
-            let _ = s.send(Out::Bytes(bytes));
+    /// Opens, writes to or hangs up a stream for the machine.
+    fn io(&mut self, io: Io) {
+        match io {
+            Io::Connect { conn, ip } => {
+                self.connecting.insert(conn);
+                let (tunnel, tx) = (self.tunnel.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let event =
+                        match tokio::time::timeout(IO_DEADLINE, tunnel.connect(ip, AGENT_PORT))
+                            .await
+                        {
+                            Ok(Ok(s)) => StreamEvent::Connected(conn, s),
+                            Ok(Err(e)) => {
+                                StreamEvent::ConnectFailed(conn, format!("cannot reach {ip}: {e}"))
+                            }
+                            Err(_) => StreamEvent::ConnectFailed(
+                                conn,
+                                format!(
+                                    "{ip} did not answer on the tunnel within 10 s (is it online?)"
+                                ),
+                            ),
+                        };
+                    let _ = tx.send(Input::Stream(event));
+                });
+            }
+            Io::Send { conn, bytes } => {
+                if let Some(s) = self.open.get(&conn) {
+                    let _ = s.send(Out::Bytes(bytes));
+                }
+            }
+            Io::Close { conn } => self.close(conn),
         }
     }
 
@@ -131,15 +152,77 @@ impl Streams {
             let _ = s.send(Out::Close);
         }
     }
+
+    /// Feeds a stream's event to the machine.
+    fn stream_event(&mut self, event: StreamEvent) {
+        let now = now();
+        match event {
+            StreamEvent::Connected(conn, stream) => {
+                // The machine may have given up on the connection meanwhile.
+                if self.connecting.remove(&conn) {
+                    self.attach(conn, stream);
+                    self.machine.connected(conn, now);
+                }
+            }
+            StreamEvent::ConnectFailed(conn, e) | StreamEvent::IoFailed(conn, e) => {
+                self.close(conn);
+                self.machine.failed(conn, e, now);
+            }
+            StreamEvent::Bytes(conn, b) => self.machine.received(conn, &b, now),
+            StreamEvent::Eof(conn) => self.machine.closed(conn, now),
+        }
+    }
+}
+
+/// One agent's driver task: owns the machine, accepts and opens its streams, feeds it events
+/// and the time, and performs its actions through the role.
+struct Driver<R: Role> {
+    core: Core<R>,
+    role: R,
+}
+
+impl<R: Role> Driver<R> {
+    async fn run(
+        mut self,
+        listener: TunnelListener,
+        mut rx: mpsc::UnboundedReceiver<Input<R::Input>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            while let Some(action) = self.core.machine.poll_action() {
+                self.role.perform(&mut self.core, action);
+            }
+            let deadline = self.core.machine.poll_timeout();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                s = listener.accept() => match s {
+                    Ok(stream) => {
+                        if let Some(conn) = self.role.accept(&mut self.core.machine, stream.peer_ip()) {
+                            self.core.attach(conn, stream);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("agent accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                Some(input) = rx.recv() => match input {
+                    Input::Stream(event) => self.core.stream_event(event),
+                    Input::Role(input) => self.role.input(&mut self.core, input),
+                },
+                () = sleep_until(deadline) => self.core.machine.handle_timeout(now()),
+            }
+        }
+    }
 }
 
 /// One stream's IO: received bytes go to the driver, the driver's bytes go out; `Close`
 /// flushes and hangs up.
-async fn stream_io(
+async fn stream_io<R>(
     conn: ConnId,
     mut stream: TunnelStream,
     mut out: mpsc::UnboundedReceiver<Out>,
-    tx: mpsc::UnboundedSender<Input>,
+    tx: mpsc::UnboundedSender<Input<R>>,
 ) {
     async fn write(stream: &mut TunnelStream, bytes: &[u8]) -> Result<(), String> {
         let w = async {
@@ -151,6 +234,9 @@ async fn stream_io(
             Ok(r) => r.map_err(|e| format!("writing failed: {e}")),
         }
     }
+    let report = |event| {
+        let _ = tx.send(Input::Stream(event));
+    };
     let mut buf = vec![0u8; 4096];
     let mut eof = false;
     loop {
@@ -158,8 +244,7 @@ async fn stream_io(
             o = out.recv() => match o {
                 Some(Out::Bytes(b)) => {
                     if let Err(e) = write(&mut stream, &b).await {
-                        let _ = tx.send(Input::IoFailed(conn, e));
-                        return;
+                        return report(StreamEvent::IoFailed(conn, e));
                     }
                 }
                 Some(Out::Close) | None => {
@@ -170,15 +255,10 @@ async fn stream_io(
             r = stream.read(&mut buf), if !eof => match r {
                 Ok(0) => {
                     eof = true;
-                    let _ = tx.send(Input::Eof(conn));
+                    report(StreamEvent::Eof(conn));
                 }
-                Ok(n) => {
-                    let _ = tx.send(Input::Bytes(conn, buf[..n].to_vec()));
-                }
-                Err(e) => {
-                    let _ = tx.send(Input::IoFailed(conn, format!("reading failed: {e}")));
-                    return;
-                }
+                Ok(n) => report(StreamEvent::Bytes(conn, buf[..n].to_vec())),
+                Err(e) => return report(StreamEvent::IoFailed(conn, format!("reading failed: {e}"))),
             },
         }
     }
@@ -211,36 +291,42 @@ fn rotation_alert(name: &str) -> Alert {
     alert
 }
 
-/// Sends a rotation request to a driver and waits for its result.
-async fn ask_driver(
-    tx: &mpsc::UnboundedSender<Input>,
-    host: Option<HostInfo>,
+/// Sends a rotation request (`request(reply)`) to a driver and waits for its result.
+async fn ask_driver<R>(
+    tx: &mpsc::UnboundedSender<Input<R>>,
+    request: impl FnOnce(Reply) -> R,
 ) -> Result<String, AgentError> {
     let stopped = || AgentError::Local {
         what: "the agent",
-        reason: "the agent task has stopped (is the daemon shutting down?)".to_owned(),
+        cause: EffectError::TaskStopped {
+            reason: "its driver is gone".to_owned(),
+        },
     };
     let (reply, rx) = oneshot::channel();
-    tx.send(Input::Rotate { host, reply })
+    tx.send(Input::Role(request(reply)))
         .map_err(|_| stopped())?;
     rx.await.map_err(|_| stopped())?
 }
 
+/// What the hub's driver is told besides stream events.
+enum HubInput {
+    /// The result of `RecordRotation`.
+    Recorded(ConnId, Result<(), EffectError>),
+    /// Rotate this host's key.
+    Rotate(HostInfo, Reply),
+}
+
 /// The hub's side of the agent channel: a handle to its driver task.
 pub struct HubAgent {
-    tx: mpsc::UnboundedSender<Input>,
+    tx: mpsc::UnboundedSender<Input<HubInput>>,
     hub: Arc<Hub>,
 }
 
-struct HubDriver {
-    machine: HubMachine,
-    tunnel: TunnelHandle,
+struct HubRole {
     hub: Arc<Hub>,
     audit: AuditLog,
     alerts: Arc<dyn AlertSink>,
-    tx: mpsc::UnboundedSender<Input>,
-    streams: Streams,
-    waiters: HashMap<RotationId, oneshot::Sender<Result<String, AgentError>>>,
+    waiters: HashMap<RotationId, Reply>,
 }
 
 impl HubAgent {
@@ -254,15 +340,14 @@ impl HubAgent {
     ) -> Result<(Arc<HubAgent>, JoinHandle<()>), TunnelError> {
         let listener = tunnel.listen(AGENT_PORT)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let driver = HubDriver {
-            machine: HubMachine::new(HubConfig::default()),
-            tunnel,
-            hub: Arc::clone(&hub),
-            audit,
-            alerts,
-            tx: tx.clone(),
-            streams: Streams::default(),
-            waiters: HashMap::new(),
+        let driver = Driver {
+            core: Core::new(HubMachine::new(HubConfig::default()), tunnel, tx.clone()),
+            role: HubRole {
+                hub: Arc::clone(&hub),
+                audit,
+                alerts,
+                waiters: HashMap::new(),
+            },
         };
         let task = tokio::spawn(driver.run(listener, rx, shutdown));
         Ok((Arc::new(HubAgent { tx, hub }), task))
@@ -277,77 +362,34 @@ fn host_info(h: &HostRecord) -> HostInfo {
     }
 }
 
-impl HubDriver {
-    async fn run(
-        mut self,
-        listener: TunnelListener,
-        mut rx: mpsc::UnboundedReceiver<Input>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            while let Some(action) = self.machine.poll_action() {
-                self.perform(action);
-            }
-            let deadline = self.machine.poll_timeout();
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                s = listener.accept() => match s {
-                    Ok(stream) => {
-                        let ip = stream.peer_ip();
-                        let host = self
-                            .hub
-                            .inventory()
-                            .list()
-                            .into_iter()
-                            .find(|h| h.overlay_ip == ip && h.is_active())
-                            .map(|h| host_info(&h));
-                        let conn = self.machine.accept(ip, host, now());
-                        self.streams.attach(conn, stream, &self.tx);
-                    }
-                    Err(e) => {
-                        tracing::warn!("agent accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-                Some(input) = rx.recv() => self.input(input),
-                () = sleep_until(deadline) => self.machine.handle_timeout(now()),
-            }
-        }
+impl Role for HubRole {
+    type Machine = HubMachine;
+    type Input = HubInput;
+
+    fn accept(&mut self, machine: &mut HubMachine, ip: Ipv4Addr) -> Option<ConnId> {
+        let host = self
+            .hub
+            .inventory()
+            .list()
+            .into_iter()
+            .find(|h| h.overlay_ip == ip && h.is_active())
+            .map(|h| host_info(&h));
+        Some(machine.accept(ip, host, now()))
     }
 
-    fn input(&mut self, input: Input) {
-        let now = now();
+    fn input(&mut self, core: &mut Core<Self>, input: HubInput) {
         match input {
-            Input::Connected(conn, stream) => {
-                if self.streams.connected(conn, stream, &self.tx) {
-                    self.machine.connected(conn, now);
-                }
-            }
-            Input::ConnectFailed(conn, e) | Input::IoFailed(conn, e) => {
-                self.streams.close(conn);
-                self.machine.failed(conn, e, now);
-            }
-            Input::Bytes(conn, b) => self.machine.received(conn, &b, now),
-            Input::Eof(conn) => self.machine.closed(conn, now),
-            Input::Recorded(conn, r) => self.machine.recorded(conn, r, now),
-            Input::Rotate {
-                host: Some(host),
-                reply,
-            } => {
-                let id = self.machine.start_rotation(host, now);
+            HubInput::Recorded(conn, r) => core.machine.recorded(conn, r, now()),
+            HubInput::Rotate(host, reply) => {
+                let id = core.machine.start_rotation(host, now());
                 self.waiters.insert(id, reply);
             }
-            Input::Rotate { host: None, .. } | Input::Promoted(_) => {}
         }
     }
 
-    fn perform(&mut self, action: HubAction) {
+    fn perform(&mut self, core: &mut Core<Self>, action: HubAction) {
         match action {
-            HubAction::Connect { conn, ip } => {
-                self.streams.connect(conn, ip, &self.tunnel, &self.tx)
-            }
-            HubAction::Send { conn, bytes } => self.streams.send(conn, bytes),
-            HubAction::Close { conn } => self.streams.close(conn),
+            HubAction::Io(io) => core.io(io),
             HubAction::RecordRotation {
                 conn,
                 host,
@@ -355,28 +397,34 @@ impl HubDriver {
                 new_public_key,
             } => {
                 // Durable record first, then the inventory; the machine acks after both.
-                let (audit, hub, tx) = (self.audit.clone(), Arc::clone(&self.hub), self.tx.clone());
+                let (audit, hub, tx) = (self.audit.clone(), Arc::clone(&self.hub), core.tx.clone());
                 tokio::spawn(async move {
                     let event = Event::new("vpn.key_rotation", daemon_actor())
                         .host(host.clone())
                         .data(json!({"name": host, "old_public_key": old_public_key, "new_public_key": new_public_key}));
                     let result = match audit.append(&event).await {
-                        Err(e) => Err(format!("the hub cannot write its audit log: {e}")),
+                        Err(e) => Err(EffectError::Audit {
+                            reason: e.to_string(),
+                        }),
                         Ok(_) => {
                             let set = tokio::task::spawn_blocking(move || {
                                 hub.inventory().set_wg_key(&host, &new_public_key)
                             });
                             match set.await {
                                 Ok(Ok(_)) => Ok(()),
-                                Ok(Err(e)) => Err(e.to_string()),
-                                Err(e) => Err(format!("the inventory update panicked: {e}")),
+                                Ok(Err(e)) => Err(EffectError::Inventory {
+                                    reason: e.to_string(),
+                                }),
+                                Err(e) => Err(EffectError::TaskStopped {
+                                    reason: format!("the inventory update failed: {e}"),
+                                }),
                             }
                         }
                     };
-                    let _ = tx.send(Input::Recorded(conn, result));
+                    let _ = tx.send(Input::Role(HubInput::Recorded(conn, result)));
                 });
             }
-            HubAction::InstallPeerKey { host } => self.install(host),
+            HubAction::InstallPeerKey { host } => self.install(&core.tunnel, host),
             HubAction::KeyConfirmed { host } => {
                 tracing::info!(host = %host, "agent: the host's new WireGuard key works");
             }
@@ -398,13 +446,14 @@ impl HubDriver {
             _ => {}
         }
     }
+}
 
+impl HubRole {
     /// Replaces the host's tunnel peer by one with its new key, keeping its endpoint, only if
     /// the inventory still holds the host active with that key (a revocation or removal while
     /// the rotation was in flight wins: the peer stays gone).
-    fn install(&self, host: HostInfo) {
-        let endpoint = self
-            .tunnel
+    fn install(&self, tunnel: &TunnelHandle, host: HostInfo) {
+        let endpoint = tunnel
             .status()
             .into_iter()
             .find(|p| p.overlay_ip == host.overlay_ip)
@@ -416,7 +465,7 @@ impl HubDriver {
             wg_public_key: host.wg_public_key.clone(),
             ..record
         };
-        match crate::membership::admit_peer(&self.hub, &self.tunnel, &record, endpoint) {
+        match crate::membership::admit_peer(&self.hub, tunnel, &record, endpoint) {
             Ok(()) => {
                 tracing::info!(host = %host.name, "WireGuard key rotated");
                 self.alerts.raise(rotation_alert(&host.name));
@@ -453,7 +502,8 @@ impl KeyRotator for HubAgent {
             };
             let mut out = Vec::with_capacity(hosts.len());
             for h in hosts {
-                let result = ask_driver(&self.tx, Some(host_info(&h))).await;
+                let result =
+                    ask_driver(&self.tx, |reply| HubInput::Rotate(host_info(&h), reply)).await;
                 out.push(outcome(h.name, result));
             }
             out
@@ -461,9 +511,17 @@ impl KeyRotator for HubAgent {
     }
 }
 
+/// What a target's driver is told besides stream events.
+enum TargetInput {
+    /// The result of `PromoteKey`.
+    Promoted(Result<(), EffectError>),
+    /// Rotate this machine's key.
+    Rotate(Reply),
+}
+
 /// A target's side of the agent channel: a handle to its driver task.
 pub struct TargetAgent {
-    tx: mpsc::UnboundedSender<Input>,
+    tx: mpsc::UnboundedSender<Input<TargetInput>>,
     name: String,
 }
 
@@ -485,12 +543,12 @@ pub struct TargetAgentConfig {
     pub max_age: Option<Duration>,
 }
 
-struct TargetDriver {
-    machine: TargetMachine,
-    cfg: TargetAgentConfig,
-    tx: mpsc::UnboundedSender<Input>,
-    streams: Streams,
-    waiters: HashMap<RotationId, oneshot::Sender<Result<String, AgentError>>>,
+struct TargetRole {
+    vault: Vault,
+    name: String,
+    audit: AuditLog,
+    alerts: Arc<dyn AlertSink>,
+    waiters: HashMap<RotationId, Reply>,
     staged: Option<SecretKey>,
 }
 
@@ -511,13 +569,20 @@ impl TargetAgent {
             name: cfg.name.clone(),
         });
         let (vault, max_age) = (cfg.vault.clone(), cfg.max_age);
-        let driver = TargetDriver {
-            machine: TargetMachine::new(TargetConfig::new(cfg.hub_ip)),
-            cfg,
-            tx,
-            streams: Streams::default(),
-            waiters: HashMap::new(),
-            staged: None,
+        let driver = Driver {
+            core: Core::new(
+                TargetMachine::new(TargetConfig::new(cfg.hub_ip)),
+                cfg.tunnel,
+                tx,
+            ),
+            role: TargetRole {
+                vault: cfg.vault,
+                name: cfg.name,
+                audit: cfg.audit,
+                alerts: cfg.alerts,
+                waiters: HashMap::new(),
+                staged: None,
+            },
         };
         let serve = tokio::spawn(driver.run(listener, rx, shutdown.clone()));
         let me = Arc::clone(&agent);
@@ -530,7 +595,7 @@ impl TargetAgent {
                     _ = tick.tick() => {}
                 }
                 if key_age(&vault).is_some_and(|age| age > max_age) {
-                    match ask_driver(&me.tx, None).await {
+                    match ask_driver(&me.tx, TargetInput::Rotate).await {
                         Ok(_) => tracing::info!("scheduled WireGuard key rotation done"),
                         Err(e) => tracing::error!(
                             "scheduled WireGuard key rotation failed (retrying in an hour): {e}"
@@ -544,7 +609,10 @@ impl TargetAgent {
 
     /// Rotates this machine's WireGuard key with the hub.
     pub async fn rotate_now(&self) -> RotationOutcome {
-        outcome(self.name.clone(), ask_driver(&self.tx, None).await)
+        outcome(
+            self.name.clone(),
+            ask_driver(&self.tx, TargetInput::Rotate).await,
+        )
     }
 }
 
@@ -555,66 +623,29 @@ fn key_age(vault: &Vault) -> Option<Duration> {
     u64::try_from(secs).ok().map(Duration::from_secs)
 }
 
-impl TargetDriver {
-    async fn run(
-        mut self,
-        listener: TunnelListener,
-        mut rx: mpsc::UnboundedReceiver<Input>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            while let Some(action) = self.machine.poll_action() {
-                self.perform(action);
-            }
-            let deadline = self.machine.poll_timeout();
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                s = listener.accept() => match s {
-                    Ok(stream) => {
-                        // Only the hub may ask; anything else is dropped unanswered.
-                        if let Some(conn) = self.machine.accept(stream.peer_ip(), now()) {
-                            self.streams.attach(conn, stream, &self.tx);
-                        }
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                },
-                Some(input) = rx.recv() => self.input(input),
-                () = sleep_until(deadline) => self.machine.handle_timeout(now()),
-            }
-        }
+impl Role for TargetRole {
+    type Machine = TargetMachine;
+    type Input = TargetInput;
+
+    /// Only the hub may ask; anything else is dropped unanswered.
+    fn accept(&mut self, machine: &mut TargetMachine, ip: Ipv4Addr) -> Option<ConnId> {
+        machine.accept(ip, now())
     }
 
-    fn input(&mut self, input: Input) {
-        let now = now();
+    fn input(&mut self, core: &mut Core<Self>, input: TargetInput) {
         match input {
-            Input::Connected(conn, stream) => {
-                if self.streams.connected(conn, stream, &self.tx) {
-                    self.machine.connected(conn, now);
-                }
-            }
-            Input::ConnectFailed(conn, e) | Input::IoFailed(conn, e) => {
-                self.streams.close(conn);
-                self.machine.failed(conn, e, now);
-            }
-            Input::Bytes(conn, b) => self.machine.received(conn, &b, now),
-            Input::Eof(conn) => self.machine.closed(conn, now),
-            Input::Promoted(r) => self.machine.promoted(r, now),
-            Input::Rotate { reply, .. } => {
-                let id = self.machine.start_rotation(now);
+            TargetInput::Promoted(r) => core.machine.promoted(r, now()),
+            TargetInput::Rotate(reply) => {
+                let id = core.machine.start_rotation(now());
                 self.waiters.insert(id, reply);
             }
-            Input::Recorded(..) => {}
         }
     }
 
-    fn perform(&mut self, action: TargetAction) {
-        let vault = &self.cfg.vault;
+    fn perform(&mut self, core: &mut Core<Self>, action: TargetAction) {
+        let vault = &self.vault;
         match action {
-            TargetAction::Connect { conn, ip } => {
-                self.streams.connect(conn, ip, &self.cfg.tunnel, &self.tx)
-            }
-            TargetAction::Send { conn, bytes } => self.streams.send(conn, bytes),
-            TargetAction::Close { conn } => self.streams.close(conn),
+            TargetAction::Io(io) => core.io(io),
             TargetAction::StageKey => {
                 let staged = staged_name();
                 if vault.info(&staged).ok().flatten().is_some() {
@@ -626,8 +657,10 @@ impl TargetDriver {
                         self.staged = Some(k);
                         public
                     })
-                    .map_err(|e| e.to_string());
-                self.machine.staged(result, now());
+                    .map_err(|e| EffectError::Vault {
+                        reason: e.to_string(),
+                    });
+                core.machine.staged(result, now());
             }
             TargetAction::DiscardStagedKey => {
                 let _ = vault.remove(&staged_name());
@@ -641,24 +674,26 @@ impl TargetDriver {
                     );
                 }
                 let switched = match self.staged.take() {
-                    Some(key) => self
-                        .cfg
-                        .tunnel
-                        .set_private_key(&key)
-                        .map_err(|e| e.to_string()),
-                    None => Err("the staged key is gone".to_owned()),
+                    Some(key) => {
+                        core.tunnel
+                            .set_private_key(&key)
+                            .map_err(|e| EffectError::Tunnel {
+                                reason: e.to_string(),
+                            })
+                    }
+                    None => Err(EffectError::StagedKeyMissing),
                 };
                 if let Err(e) = switched {
-                    return self.machine.promoted(Err(e), now());
+                    return core.machine.promoted(Err(e), now());
                 }
-                let (audit, tx) = (self.cfg.audit.clone(), self.tx.clone());
+                let (audit, tx) = (self.audit.clone(), core.tx.clone());
                 tokio::spawn(async move {
                     let event = Event::new("vpn.key_rotation", daemon_actor())
                         .data(json!({"new_public_key": new_public_key}));
                     if let Err(e) = audit.append(&event).await {
                         tracing::error!("could not audit the key rotation: {e}");
                     }
-                    let _ = tx.send(Input::Promoted(Ok(())));
+                    let _ = tx.send(Input::Role(TargetInput::Promoted(Ok(()))));
                 });
             }
             TargetAction::RotationFinished {
@@ -667,7 +702,7 @@ impl TargetDriver {
                 result,
             } => {
                 if result.is_ok() {
-                    self.cfg.alerts.raise(rotation_alert(&self.cfg.name));
+                    self.alerts.raise(rotation_alert(&self.name));
                 }
                 match (self.waiters.remove(&rotation), &result) {
                     (Some(w), _) => {

@@ -5,7 +5,7 @@ use tether_model::DaemonRole;
 
 /// The Tether daemon. Runs on the hub and on every target.
 #[derive(Debug, Parser)]
-#[command(name = "tetherd", version, about)]
+#[command(name = "tetherd", version = crate::VERSION_LINE, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

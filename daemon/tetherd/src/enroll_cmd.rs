@@ -34,6 +34,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(async move {
         crate::run::prepare_state_dir(&config.state_dir)?;
+        crate::state_dir::check_complete(&config)?;
         if let Some(old) = Enrollment::load(&config.state_dir)?
             && !args.force {
                 return Err(DaemonError::Usage(format!(

@@ -19,6 +19,33 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Another tetherd holds the state directory's lock.
+    #[error(
+        "state_dir {} is in use by another tetherd{}; two daemons on one state directory would corrupt its audit chain. Stop that daemon first, or give this one its own state_dir",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    StateDirInUse {
+        /// The directory.
+        path: PathBuf,
+        /// The pid recorded by the daemon holding the lock, if readable.
+        pid: Option<u32>,
+    },
+    /// The state directory is neither empty (a first start) nor complete.
+    #[error(
+        "state_dir {} is not empty but incomplete: missing {}; it holds {}. tetherd changed nothing: restore the missing files from a backup, or move the directory aside to start as a new installation",
+        path.display(),
+        missing.join(", "),
+        present.join(", ")
+    )]
+    StateDirIncomplete {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing, relative to it.
+        missing: Vec<String>,
+        /// Some of what it holds, relative to it.
+        present: Vec<String>,
+    },
     /// The async runtime or signal handlers could not start.
     #[error("cannot start: {0}")]
     Runtime(#[source] std::io::Error),
@@ -69,6 +96,11 @@ impl DaemonError {
             DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::PolicyFile(_) => 2,
             DaemonError::Vault(tether_vault::VaultError::Config { .. }) => 2,
             DaemonError::Enroll(_) | DaemonError::Usage(_) | DaemonError::Plugins(_) => 2,
+            DaemonError::Control(
+                tether_control::ControlError::MetricsToken { .. }
+                | tether_control::ControlError::MetricsAddress { .. },
+            ) => 2,
+            DaemonError::StateDirInUse { .. } | DaemonError::StateDirIncomplete { .. } => 2,
             _ => 3,
         }
     }

@@ -18,6 +18,16 @@ mod membership;
 mod notify;
 mod plugins;
 mod run;
+mod ssh;
+mod state_dir;
+
+/// `tetherd --version`: the release and the git commit it was built from (see build.rs).
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TETHER_COMMIT"),
+    ")"
+);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

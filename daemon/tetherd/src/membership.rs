@@ -95,12 +95,23 @@ pub struct Membership {
     pub enrollment: Option<Enrollment>,
     /// Key rotation over the agent channel.
     pub rotator: Option<Arc<dyn tether_control::state::KeyRotator>>,
+    /// The hub's SSH pool.
+    pub ssh: Option<crate::ssh::HubSide>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Membership {
+    /// Adds a task to stop with the others (the target's SSH listener).
+    pub fn own(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
     /// Stops the listener tasks and the tunnel.
     pub async fn shutdown(self) {
+        // Close pooled SSH connections (once) while the tunnel can still carry the goodbye.
+        if let Some(ssh) = self.ssh {
+            ssh.shutdown().await;
+        }
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
@@ -329,6 +340,7 @@ pub async fn start_hub(
             }
         }
     });
+    let alerts_for_ssh = Arc::clone(&alerts);
     let (agent, agent_task) = crate::agent::HubAgent::spawn(
         handle.clone(),
         Arc::clone(&hub),
@@ -337,6 +349,13 @@ pub async fn start_hub(
         shutdown.clone(),
     )
     .map_err(agent_port_err)?;
+    let ssh = crate::ssh::start_hub(
+        handle.clone(),
+        vault,
+        Arc::clone(&alerts_for_ssh),
+        audit.clone(),
+        shutdown.clone(),
+    )?;
     let events = tokio::spawn(enroll_events(
         rx,
         observer,
@@ -350,6 +369,7 @@ pub async fn start_hub(
         hub: Some(hub),
         enrollment: None,
         rotator: Some(agent),
+        ssh: Some(ssh),
         tasks: vec![serve, events, agent_task],
     })
 }
@@ -481,6 +501,7 @@ pub async fn start_target(
             hub: None,
             enrollment: None,
             rotator: None,
+            ssh: None,
             tasks: Vec::new(),
         });
     };
@@ -537,6 +558,7 @@ pub async fn start_target(
         hub: None,
         enrollment: Some(enrollment),
         rotator: Some(agent),
+        ssh: None,
         tasks,
     })
 }

@@ -25,6 +25,9 @@ struct VaultSecrets(Vault);
 
 impl SecretSource for VaultSecrets {
     fn get(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+        if tether_model::is_reserved_secret_name(name) {
+            return None;
+        }
         let secret = self.0.get(name).ok().flatten()?;
         Some(secret.expose(|b| Zeroizing::new(b.to_vec())))
     }

@@ -58,11 +58,22 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
 /// reverse. Each step is one function below; every task started here is owned here.
 async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     prepare_state_dir(&config.state_dir)?;
+    // Held until this function returns: one daemon per state directory.
+    let mut _state_lock = crate::state_dir::lock(&config.state_dir)?;
+    crate::state_dir::check_complete(&config)?;
+    _state_lock.record_pid()?;
     let registry = Registry::new();
+    // process_resident_memory_bytes, process_cpu_seconds_total, open fds, start time, ...
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     let socket = config.control.socket.clone();
     let role = config.daemon_role();
     let vault = start_vault(&config).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
+    // The metrics port before the socket: a missing token or a taken port leaves nothing behind.
+    let metrics_listener =
+        tether_control::metrics_http::MetricsListener::bind(&config.metrics, &vault).await?;
     let listener = bind_control_socket(&config)?;
     let alerts: Arc<dyn tether_model::AlertSink> = Arc::new(crate::alerts::LogAlerts);
     let engine = start_policy(&config, &registry, &alerts)?;
@@ -72,7 +83,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
     let plugins = start_plugins(&config, &vault, &alerts, &registry, &audit).await?;
     let shutdown = CancellationToken::new();
-    let membership = start_membership(
+    let mut membership = start_membership(
         &config,
         &vault,
         &registry,
@@ -83,10 +94,15 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     )
     .await?;
     let mut state = AppState::new(config, source, registry)?;
+    state.commit = env!("TETHER_COMMIT");
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);
     expose_tunnel(&mut state, &membership);
     expose_enrollment(&mut state, &membership);
-    state.vault = Some(vault);
+    state.remote = membership
+        .ssh
+        .as_ref()
+        .map(|s| Arc::clone(&s.remote) as Arc<dyn tether_control::state::RemoteExec>);
+    state.vault = Some(vault.clone());
     state.policy = Some(engine);
     state.alerts = alerts;
     state.audit = Some(audit.clone());
@@ -100,10 +116,18 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         )
         .await?;
     let state = Arc::new(state);
+    start_target_ssh(&mut membership, &vault, &state, &shutdown)?;
 
     // Install every signal handler before announcing readiness, so no signal is missed.
     let mut signals = Signals::install()?;
     let server_task = start_control_server(listener, &state, &shutdown);
+    let metrics_task = metrics_listener.map(|m| {
+        let addr = m
+            .local_addr()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string());
+        tracing::info!("metrics listener on http://{addr} (/metrics, /healthz, /readyz only)");
+        tokio::spawn(m.serve(Arc::clone(&state), shutdown.clone()))
+    });
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(%role, socket = %socket.display(), pid = std::process::id(), version = tether_model::VERSION, "tetherd ready");
@@ -112,6 +136,9 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     signals.serve_until_stop(&state).await;
 
     stop(&state, &shutdown, server_task, &socket).await;
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
+    }
     membership.shutdown().await;
     stop_audit(&state, audit).await;
     tracing::info!("tetherd stopped");
@@ -261,6 +288,28 @@ async fn start_membership(
             .await
         }
     }
+}
+
+/// On an enrolled target, serves the hub's SSH inside the tunnel (its commands pass this
+/// daemon's policy and audit, so it starts once the state holds them).
+fn start_target_ssh(
+    membership: &mut crate::membership::Membership,
+    vault: &tether_vault::Vault,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let (Some(tunnel), Some(enrollment)) = (&membership.tunnel, &membership.enrollment) else {
+        return Ok(());
+    };
+    let task = crate::ssh::start_target(
+        &tunnel.handle(),
+        vault,
+        enrollment,
+        Arc::clone(state),
+        shutdown.clone(),
+    )?;
+    membership.own(task);
+    Ok(())
 }
 
 /// Gives the control API the tunnel (`vpn status`) and the key rotator (`vpn rotate-keys`).

@@ -183,6 +183,18 @@ pub enum VaultError {
         /// What is missing.
         detail: String,
     },
+    /// Key material exists that the index does not list (the index was lost or replaced).
+    /// Generating a fresh key would overwrite it for good, so the vault refuses.
+    #[error(
+        "refusing to generate {name:?}: {} already exists but the vault index does not list it; the index (vault/index.json) was lost or replaced. Restore it from a backup; tetherd never overwrites key material"
+        , path.display()
+    )]
+    Unindexed {
+        /// The secret's name.
+        name: String,
+        /// The existing file.
+        path: PathBuf,
+    },
     /// The non-secret index of names and timestamps is unreadable.
     #[error(
         "vault index {path} is unreadable: {detail}; fix or restore it (it holds no secret values)"

@@ -340,6 +340,14 @@ impl Vault {
         if let Some(entry) = existing {
             return self.read_entry(&sname, &entry);
         }
+        // Never generate over key material the index has lost track of.
+        let existing_file = self.inner.dir.join(format!("{sname}.sec"));
+        if existing_file.exists() {
+            return Err(VaultError::Unindexed {
+                name: name.to_owned(),
+                path: existing_file,
+            });
+        }
         let fresh = SecretBox::random(len)?;
         self.store(&sname, &fresh, Some(len), "generate")?;
         Ok(fresh)

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tether_model::Role;
+pub use tether_model::audit::{Break, BreakKind, VerifyReport};
 
 use super::Empty;
 
@@ -16,70 +17,6 @@ pub struct VerifyRequest {
     /// still contain.
     #[serde(default)]
     pub against: Option<String>,
-}
-
-/// The kind of break `verify` found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakKind {
-    /// A record's content no longer matches its hash.
-    Edited,
-    /// Records are missing from the middle or the start of the chain.
-    Deleted,
-    /// A record that does not belong at this place.
-    Inserted,
-    /// The expected record exists, but later in the log.
-    Reordered,
-    /// The log ends before the record its signed head vouches for.
-    Truncated,
-    /// Log and head were replaced by an older or different version.
-    RolledBack,
-    /// The record's hash matches its content, but its HMAC does not.
-    BadHmac,
-    /// The head (or the given checkpoint) is missing, unparsable, or badly signed.
-    BadSignature,
-}
-
-/// The first break in the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Break {
-    /// What kind of break.
-    pub kind: BreakKind,
-    /// The first seq that is not where and what it should be.
-    pub seq: u64,
-    /// The day file (or head/checkpoint) where it was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// 1-based line in that file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<u64>,
-    /// One line for a human.
-    pub detail: String,
-}
-
-/// What `verify` read and found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct VerifyReport {
-    /// Records that verified (up to the break, if any).
-    pub records: u64,
-    /// Day files read.
-    pub files: u64,
-    /// Bytes read.
-    pub bytes: u64,
-    /// Seq of the first record read.
-    pub first_seq: Option<u64>,
-    /// Seq of the last record that verified (0 when none).
-    pub last_seq: u64,
-    /// Seq the signed head vouches for, if a head was found.
-    pub head_seq: Option<u64>,
-    /// Seq of the `against` checkpoint, if one was given.
-    pub checkpoint_seq: Option<u64>,
-    /// Bytes of an incomplete last line (a write in progress or a crash before recovery).
-    pub torn_tail_bytes: u64,
-    /// Wall time spent.
-    pub elapsed_secs: f64,
-    /// The first break, or null when the chain is intact.
-    pub broken: Option<Break>,
 }
 
 /// Answer of `POST /v1/audit/verify`.

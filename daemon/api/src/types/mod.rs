@@ -24,6 +24,7 @@ macro_rules! endpoint {
 }
 
 mod audit;
+mod exec;
 mod hosts;
 mod plugins;
 mod policy;
@@ -32,6 +33,7 @@ mod status;
 mod vpn;
 
 pub use audit::*;
+pub use exec::*;
 pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;

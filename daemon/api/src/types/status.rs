@@ -19,6 +19,10 @@ pub struct StatusReport {
     pub role: DaemonRole,
     /// The daemon's version.
     pub version: String,
+    /// The git commit the daemon was built from (`unknown` when built without git). Absent from
+    /// daemons older than this field; the CLI compares it with its own.
+    #[serde(default = "unknown_commit")]
+    pub commit: String,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
     /// The daemon's process id.
@@ -27,6 +31,10 @@ pub struct StatusReport {
     pub hosts: u64,
     /// The role the caller was granted for this request.
     pub caller_role: Role,
+}
+
+fn unknown_commit() -> String {
+    "unknown".to_owned()
 }
 
 /// `GET /v1/config`: the effective configuration as JSON, every secret-like value replaced by

@@ -4,6 +4,7 @@
 mod crash;
 mod enospc;
 mod props;
+mod recovery;
 mod tamper;
 mod writer;
 

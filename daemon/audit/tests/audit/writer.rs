@@ -255,10 +255,7 @@ async fn open_refuses_damage_that_is_not_a_torn_write() {
         Arc::new(tether_model::NoAlerts),
     )
     .unwrap_err();
-    assert!(
-        matches!(err, AuditError::CorruptTail { seq: 4, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, AuditError::Damaged { seq: 3, .. }), "{err}");
     // The file was not touched.
     assert_eq!(
         std::fs::read_to_string(&f).unwrap(),

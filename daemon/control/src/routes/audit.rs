@@ -98,7 +98,7 @@ pub(crate) async fn verify(ctx: Ctx, body: VerifyRequest) -> Result<VerifyRespon
     Ok(VerifyResponse {
         ok: report.is_ok(),
         mb_per_s: report.mb_per_s(),
-        report: crate::convert::verify_report(&report),
+        report,
     })
 }
 

@@ -7,7 +7,7 @@ use tether_enroll::HostRecord;
 use tether_model::selector::Selector;
 
 use super::Ctx;
-use super::vpn::{drop_peers, hub, on_hub};
+use super::vpn::{close_connections, drop_peers, hub, on_hub};
 use crate::http::Fail;
 
 /// Hosts with their peers' live state.
@@ -79,6 +79,7 @@ pub(crate) async fn remove(ctx: Ctx, r: HostRef) -> Result<HostRemoved, Fail> {
         hub.remove_host(&n, tether_enroll::unix_now())
     })
     .await?;
+    close_connections(&ctx, std::slice::from_ref(&host), "host removed").await;
     drop_peers(&ctx, std::slice::from_ref(&host));
     Ok(HostRemoved { removed: host.name })
 }

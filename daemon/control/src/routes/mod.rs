@@ -20,6 +20,7 @@ use crate::{AppState, Caller};
 
 mod audit;
 mod config;
+mod exec;
 mod health;
 mod hosts;
 mod metrics;
@@ -76,6 +77,7 @@ pub struct RouteInfo {
 
 const ANY: &[Role] = &Role::ALL;
 const ADMIN: &[Role] = &[Role::Admin];
+const OPERATORS: &[Role] = &[Role::Admin, Role::Operator];
 const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// `409` a hub-only route on a target.
@@ -111,6 +113,7 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnRevoke, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::revoke),
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
+        stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),
         json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),
         json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
         json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),

@@ -23,6 +23,20 @@ fn vault(ctx: &Ctx) -> Result<Vault, Fail> {
     })
 }
 
+/// Refuses names in the daemon's own namespace (`tetherd.*`): its keys are not user secrets and
+/// change only through tetherd. Checked before anything else, so a refusal changes nothing.
+fn not_reserved(name: &str) -> Result<(), Fail> {
+    if tether_model::is_reserved_secret_name(name) {
+        return Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            "reserved_secret",
+            format!("{name:?} is a daemon key; the secrets API cannot set, remove or rotate it"),
+            tether_model::RESERVED_SECRET_HINT,
+        ));
+    }
+    Ok(())
+}
+
 /// Maps a vault error to an HTTP answer. Messages never contain secret values.
 fn vault_error(e: &VaultError) -> Fail {
     let (status, code) = match e {
@@ -51,6 +65,7 @@ async fn blocking<T: Send + 'static>(
 /// The start of every change to a secret: the vault and the durable audit record (`kind`, names
 /// only) — refused if that record can't be written.
 async fn change(ctx: &Ctx, name: &str, kind: &str) -> Result<Vault, Fail> {
+    not_reserved(name)?;
     let v = vault(ctx)?;
     ctx.state
         .audit_or_refuse(kind, ctx.actor(), None, json!({"name": name}))
@@ -69,8 +84,11 @@ pub(crate) async fn list(ctx: Ctx, _req: Empty) -> Result<SecretList, Fail> {
 }
 
 pub(crate) async fn set(ctx: Ctx, r: SecretRef, body: Bytes) -> Result<SecretInfo, Fail> {
-    vault(&ctx)?;
     let mut raw: Vec<u8> = body.into();
+    if let Err(f) = not_reserved(&r.name).and_then(|()| vault(&ctx).map(drop)) {
+        raw.zeroize();
+        return Err(f);
+    }
     let secret = SecretBox::from_slice(&raw);
     raw.zeroize();
     let secret = secret.map_err(|e| vault_error(&e))?;

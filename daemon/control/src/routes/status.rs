@@ -13,6 +13,7 @@ pub(crate) async fn handle(ctx: Ctx, _req: Empty) -> Result<StatusReport, Fail> 
     Ok(StatusReport {
         role: s.daemon_role,
         version: VERSION.to_owned(),
+        commit: s.commit.to_owned(),
         uptime_secs: s.started.elapsed().as_secs(),
         pid: s.pid,
         hosts: match &s.hub {

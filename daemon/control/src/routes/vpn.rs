@@ -50,6 +50,16 @@ pub(crate) async fn on_hub<T: Send + 'static>(
         .map_err(|e| enroll_error(&e))
 }
 
+/// Closes the pooled SSH connections of hosts that were just revoked or removed, before their
+/// tunnel peers go: the target sees the disconnect and kills their running commands.
+pub(crate) async fn close_connections(ctx: &Ctx, hosts: &[HostRecord], why: &str) {
+    if let Some(remote) = &ctx.state.remote {
+        for h in hosts {
+            remote.close_host(&h.name, why).await;
+        }
+    }
+}
+
 /// Removes the tunnel peers of hosts that were just revoked or removed.
 pub(crate) fn drop_peers(ctx: &Ctx, hosts: &[HostRecord]) {
     let Some(tunnel) = &ctx.state.tunnel else {
@@ -139,6 +149,7 @@ pub(crate) async fn revoke(ctx: Ctx, body: RevokeRequest) -> Result<RevokeRespon
                 .audit_or_refuse("host.revoke_all", ctx.actor(), None, json!({}))
                 .await?;
             let hosts = on_hub(&hub, "revoke", move |hub| hub.revoke_all(now)).await?;
+            close_connections(&ctx, &hosts, "host revoked").await;
             drop_peers(&ctx, &hosts);
             let revoked: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
             ctx.state.alerts.raise(Alert::new(
@@ -167,6 +178,7 @@ pub(crate) async fn revoke(ctx: Ctx, body: RevokeRequest) -> Result<RevokeRespon
             let n = name.clone();
             let outcome = on_hub(&hub, "revoke", move |hub| hub.revoke_host(&n, now)).await?;
             let hosts: Vec<HostRecord> = outcome.host.into_iter().collect();
+            close_connections(&ctx, &hosts, "host revoked").await;
             drop_peers(&ctx, &hosts);
             let mut alert = Alert::new(
                 "host_revoked",

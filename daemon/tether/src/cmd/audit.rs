@@ -13,6 +13,7 @@ use tether_api::{
 use crate::error::CliError;
 use crate::global::Global;
 use crate::output;
+use crate::table::Table;
 
 /// `tether audit ...`
 #[derive(Debug, Subcommand)]
@@ -100,7 +101,9 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                     "audit log BROKEN at seq {}: {} ({}:{})",
                     b.seq,
                     kind.as_str().unwrap_or("?"),
-                    b.file.as_deref().unwrap_or("?"),
+                    b.file
+                        .as_deref()
+                        .map_or("?".into(), |f| f.display().to_string()),
                     b.line.map_or("null".to_owned(), |l| l.to_string())
                 );
                 println!("  {}", b.detail);
@@ -126,19 +129,34 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                 from: None,
                 limit: Some(a.lines),
             };
+            // The recent records (at most -n) as one aligned table; followed records line up
+            // with it. --json prints every record as it came, one per line.
+            let mut table =
+                Table::new(&["SEQ", "TIME", "TYPE", "ACTOR", "HOST", "DATA"]).right(&[0]);
             client
                 .stream_lines::<AuditRecords>(&q, |line| {
-                    print_record(global.json, line);
+                    match record(global.json, line) {
+                        Shown::Raw(text) => println!("{text}"),
+                        Shown::Row(cells) => table.row(cells),
+                        Shown::Nothing => {}
+                    }
                     true
                 })
                 .await?;
+            if !table.is_empty() {
+                table.print();
+            }
             if a.follow {
                 let q = AuditFollowQuery {
                     types: a.types,
                     host: a.host,
                 };
                 let follow = client.stream_lines::<AuditFollow>(&q, |line| {
-                    print_record(global.json, line);
+                    match record(global.json, line) {
+                        Shown::Raw(text) => println!("{text}"),
+                        Shown::Row(cells) => println!("{}", table.follow_line(cells)),
+                        Shown::Nothing => {}
+                    }
                     let _ = std::io::stdout().flush();
                     true
                 });
@@ -198,31 +216,40 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
     }
 }
 
-/// Prints one NDJSON record: as it is with --json, else one readable line.
-fn print_record(json: bool, line: &[u8]) {
+/// How one NDJSON record of the log is shown.
+enum Shown {
+    /// As it came: with --json, or a line that is not a record.
+    Raw(String),
+    /// The cells of a table row: seq, time, type, actor, host, data.
+    Row([String; 6]),
+    /// A blank line.
+    Nothing,
+}
+
+fn record(json: bool, line: &[u8]) -> Shown {
     let line = String::from_utf8_lossy(line);
     let line = line.trim_end();
     if line.trim().is_empty() {
-        return;
+        return Shown::Nothing;
     }
     if json {
-        println!("{line}");
-        return;
+        return Shown::Raw(line.to_owned());
     }
     let Ok(r) = serde_json::from_str::<AuditRecord>(line) else {
-        println!("{line}");
-        return;
+        return Shown::Raw(line.to_owned());
     };
     let via = serde_json::to_value(r.actor.via).unwrap_or_default();
-    println!(
-        "{:>6} {} {:<16} {}({}) via {}{} {}",
-        r.seq,
-        r.ts,
-        r.kind,
-        r.actor.user,
-        r.actor.role.map_or("no role", |role| role.as_str()),
-        via.as_str().unwrap_or("?"),
-        r.host.map(|h| format!(" host={h}")).unwrap_or_default(),
-        r.data
-    );
+    Shown::Row([
+        r.seq.to_string(),
+        r.ts.to_string(),
+        r.kind.to_string(),
+        format!(
+            "{}({}) via {}",
+            r.actor.user,
+            r.actor.role.map_or("no role", |role| role.as_str()),
+            via.as_str().unwrap_or("?")
+        ),
+        r.host.unwrap_or_else(|| "-".to_owned()),
+        r.data.to_string(),
+    ])
 }

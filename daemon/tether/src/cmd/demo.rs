@@ -112,11 +112,10 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<u8, CliError> {
         println!(
             "Every target enrolled with a real invite; their WireGuard tunnels to the hub are up."
         );
-        println!("Talk to the hub from another terminal:");
-        println!("  export TETHER_SOCKET={}", hub_socket.display());
-        println!("  tether vpn status        # peers, handshakes, traffic");
-        println!("  tether hosts list        # the inventory");
-        println!("  tether audit tail        # what happened, hash-chained");
+        println!("Talk to the hub from another terminal (the lines work as printed):");
+        for line in talk_commands(&hub_socket, &tether_binary()) {
+            println!("  {line}");
+        }
         println!("Logs: {}/<name>/tetherd.log", root.display());
         println!("demo ready — press Ctrl-C to stop and clean up");
     }
@@ -140,6 +139,40 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<u8, CliError> {
             Ok(0)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The commands the demo suggests, runnable as printed by a POSIX shell: the CLI by its full
+/// path (it is usually in the cargo target dir, not on PATH), every path shell-quoted.
+fn talk_commands(hub_socket: &Path, tether: &Path) -> Vec<String> {
+    let t = shell_quote(&tether.display().to_string());
+    vec![
+        format!(
+            "export TETHER_SOCKET={}",
+            shell_quote(&hub_socket.display().to_string())
+        ),
+        format!("{t} vpn status        # peers, handshakes, traffic"),
+        format!("{t} hosts list        # the inventory"),
+        format!("{t} audit tail        # what happened, hash-chained"),
+    ]
+}
+
+/// This CLI's own path (so the printed commands run the same build), else plain `tether`.
+fn tether_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| PathBuf::from("tether"))
+}
+
+/// `text` as one POSIX shell word: unchanged when it is only safe characters, else in single
+/// quotes (a `'` inside becomes `'\''`).
+fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -351,5 +384,24 @@ async fn stop_all(running: &mut [Running]) {
         {
             let _ = r.child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn printed_commands_name_the_binary_by_path_and_quote_what_needs_it() {
+        let lines = super::talk_commands(
+            Path::new("/tmp/demo dir/hub/tetherd.sock"),
+            Path::new("/home/me/.cache/tether-target/debug/tether"),
+        );
+        assert_eq!(
+            lines[0],
+            "export TETHER_SOCKET='/tmp/demo dir/hub/tetherd.sock'"
+        );
+        assert!(lines[1].starts_with("/home/me/.cache/tether-target/debug/tether vpn status"));
+        assert_eq!(super::shell_quote("it's"), "'it'\\''s'");
     }
 }

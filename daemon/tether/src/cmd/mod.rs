@@ -1,9 +1,12 @@
 //! One file per command.
 
 pub mod audit;
+pub mod completions;
 pub mod config;
 pub mod demo;
+pub mod exec;
 pub mod hosts;
+pub mod man;
 pub mod plugin;
 pub mod policy;
 pub mod secret;

@@ -10,6 +10,7 @@ use zeroize::Zeroize;
 use crate::error::CliError;
 use crate::global::Global;
 use crate::output;
+use crate::table::Table;
 
 /// Largest value `secret set` reads (the vault's limit is 64 KiB).
 const MAX_VALUE: usize = 64 * 1024;
@@ -37,7 +38,24 @@ pub enum SecretCommand {
     },
 }
 
+/// Refuses the daemon's own namespace before reading a value or calling the daemon.
+fn not_reserved(name: &str) -> Result<(), CliError> {
+    if tether_model::is_reserved_secret_name(name) {
+        return Err(CliError::Usage(format!(
+            "{name:?} is reserved for the daemon's own keys and cannot be set, removed or rotated here; {}",
+            tether_model::RESERVED_SECRET_HINT
+        )));
+    }
+    Ok(())
+}
+
 pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
+    match &cmd {
+        SecretCommand::Set { name }
+        | SecretCommand::Rm { name }
+        | SecretCommand::Rotate { name } => not_reserved(name)?,
+        SecretCommand::List => {}
+    }
     let client = global.client();
     match cmd {
         SecretCommand::Set { name } => {
@@ -60,20 +78,23 @@ pub async fn run(global: &Global, cmd: SecretCommand) -> Result<u8, CliError> {
             } else {
                 if list.secrets.is_empty() {
                     println!("no secrets (backend: {})", list.backend);
-                }
-                for s in &list.secrets {
-                    println!(
-                        "{:<32} {:<11} v{:<4} {:<9} created {}{}",
-                        s.name,
-                        s.backend,
-                        s.version,
-                        if s.generated { "generated" } else { "set" },
-                        s.created,
-                        s.rotated
-                            .as_ref()
-                            .map(|r| format!(", rotated {r}"))
-                            .unwrap_or_default(),
-                    );
+                } else {
+                    let mut t =
+                        Table::new(&["NAME", "BACKEND", "VERSION", "ORIGIN", "CREATED", "ROTATED"])
+                            .right(&[2]);
+                    for s in &list.secrets {
+                        t.row([
+                            s.name.clone(),
+                            s.backend.to_string(),
+                            s.version.to_string(),
+                            if s.generated { "generated" } else { "set" }.to_owned(),
+                            s.created.to_string(),
+                            s.rotated
+                                .as_ref()
+                                .map_or("-".to_owned(), ToString::to_string),
+                        ]);
+                    }
+                    t.print();
                 }
             }
         }

@@ -11,6 +11,7 @@ use tether_api::{
 use crate::error::CliError;
 use crate::global::Global;
 use crate::output;
+use crate::table::Table;
 
 /// `tether vpn ...`
 #[derive(Debug, Subcommand)]
@@ -156,26 +157,33 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
             );
             if out.peers.is_empty() {
                 println!("no peers yet: invite one with `tether vpn invite NAME`");
-            } else {
-                println!(
-                    "{:<16} {:<12} {:<22} {:>10} {:>10} {:>10} {:>6}  health",
-                    "PEER", "OVERLAY", "ENDPOINT", "HANDSHAKE", "RX", "TX", "RTT"
-                );
+                return Ok(0);
             }
+            let mut t = Table::new(&[
+                "PEER",
+                "OVERLAY",
+                "ENDPOINT",
+                "HANDSHAKE",
+                "RX",
+                "TX",
+                "RTT",
+                "HEALTH",
+            ])
+            .right(&[3, 4, 5, 6]);
             for p in &out.peers {
-                println!(
-                    "{:<16} {:<12} {:<22} {:>10} {:>10} {:>10} {:>6}  {}",
-                    p.name,
-                    p.overlay_ip,
-                    p.endpoint.as_deref().unwrap_or("-"),
+                t.row([
+                    p.name.clone(),
+                    p.overlay_ip.clone(),
+                    p.endpoint.clone().unwrap_or_else(|| "-".to_owned()),
                     p.last_handshake_secs
-                        .map_or("never".to_owned(), |s| format!("{}s ago", s)),
+                        .map_or("never".to_owned(), |s| format!("{s}s ago")),
                     bytes(p.rx_bytes),
                     bytes(p.tx_bytes),
                     p.rtt_ms.map_or("-".to_owned(), |r| format!("{r}ms")),
-                    p.health,
-                );
+                    p.health.to_string(),
+                ]);
             }
+            t.print();
             Ok(0)
         }
     }
@@ -192,8 +200,11 @@ where
         // The token on stdout alone, so `TOKEN=$(tether vpn invite web1)` works; the rest on stderr.
         println!("{}", out.token);
         eprintln!(
-            "invite for {} ({}), valid until unix {}, enroll endpoint {}",
-            out.name, out.overlay_ip, out.expires_at, out.enroll_endpoint
+            "invite for {} ({}), valid until {}, enroll endpoint {}",
+            out.name,
+            out.overlay_ip,
+            output::when(out.expires_at),
+            out.enroll_endpoint
         );
         eprintln!("on the target: tetherd enroll -   (paste the token on stdin; it works once)");
     }

@@ -5,6 +5,7 @@ use tether_api::{Empty, PluginsList};
 use crate::error::CliError;
 use crate::global::Global;
 use crate::output;
+use crate::table::Table;
 
 pub async fn run(global: &Global) -> Result<u8, CliError> {
     let out = global.client().call::<PluginsList>(&Empty {}).await?;
@@ -14,23 +15,21 @@ pub async fn run(global: &Global) -> Result<u8, CliError> {
     }
     if out.plugins.is_empty() {
         println!("no plugins loaded (set plugins_manifest in tetherd.toml)");
-    } else {
-        println!(
-            "{:<20} {:<16} {:<14} {:>7} {:>7} {:>8}  STATE",
-            "NAME", "KIND", "SHA256", "CALLS", "ERRORS", "P99"
-        );
+        return Ok(0);
     }
+    let mut t = Table::new(&["NAME", "KIND", "SHA256", "CALLS", "ERRORS", "P99", "STATE"])
+        .right(&[3, 4, 5]);
     for p in &out.plugins {
-        println!(
-            "{:<20} {:<16} {:<14} {:>7} {:>7} {:>8}  {}",
-            p.name,
-            p.kind,
-            &p.sha256[..12.min(p.sha256.len())],
-            p.calls,
-            p.errors,
+        t.row([
+            p.name.clone(),
+            p.kind.to_string(),
+            p.sha256.chars().take(12).collect(),
+            p.calls.to_string(),
+            p.errors.to_string(),
             p.p99_us.map_or("-".to_owned(), |u| format!("{u}us")),
-            if p.quarantined { "QUARANTINED" } else { "ok" },
-        );
+            if p.quarantined { "QUARANTINED" } else { "ok" }.to_owned(),
+        ]);
     }
+    t.print();
     Ok(0)
 }

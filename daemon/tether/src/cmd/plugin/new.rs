@@ -284,6 +284,10 @@ pub fn run(global: &Global, args: NewArgs) -> Result<u8, CliError> {
     );
     let next_steps = vec![
         format!("cd {}", dir.display()),
+        // rustup adds a toolchain file's targets only when it installs the toolchain: without
+        // the target, the build fails with "can't find crate for `core`". A no-op when present.
+        "rustup target add wasm32-wasip2   # once per toolchain; nothing to do when it is there"
+            .to_owned(),
         "cargo build --target wasm32-wasip2 --release".to_owned(),
         "tether plugin keygen --out ~/.config/tether/plugin.key   # once; prints the trusted_keys line for plugins.toml".to_owned(),
         format!("tether plugin sign {wasm_rel} --key ~/.config/tether/plugin.key"),

@@ -1,0 +1,97 @@
+//! The crate's one error type.
+
+/// What went wrong with an SSH connection or command. Every message names the host and says
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SshError {
+    /// A key could not be read or parsed.
+    #[error("invalid {what}: {reason}")]
+    InvalidKey {
+        /// Which key (`pinned host key of web1`, `hub client key`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The tunnel stream to the target could not be opened.
+    #[error("cannot reach {host} over the tunnel: {reason} (is it online? `tether vpn status`)")]
+    Connect {
+        /// The target.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// Opening the connection (tunnel stream, SSH handshake, authentication) took too long.
+    #[error(
+        "{host} did not complete the SSH handshake within {secs:.1} s (is it online? raise --connect-timeout if the link is slow)"
+    )]
+    ConnectTimeout {
+        /// The target.
+        host: String,
+        /// The timeout, seconds.
+        secs: f64,
+    },
+    /// The target presented a host key other than the one pinned at enrollment.
+    #[error(
+        "{host} presented SSH host key {presented}, but {pinned} was pinned at enrollment; refusing to talk to it (if the machine was rebuilt, re-enroll it: tether vpn reinvite {host})"
+    )]
+    HostKeyMismatch {
+        /// The target.
+        host: String,
+        /// Fingerprint of the key it presented.
+        presented: String,
+        /// Fingerprint of the pinned key.
+        pinned: String,
+    },
+    /// The target refused the hub's client key.
+    #[error(
+        "{host} refused the hub's SSH client key (was it enrolled with another hub? re-enroll it: tether vpn reinvite {host})"
+    )]
+    AuthRejected {
+        /// The target.
+        host: String,
+    },
+    /// The target's circuit breaker is open after repeated connection failures.
+    #[error(
+        "not trying {host} for another {retry_in_secs} s: its last {failures} connection attempts failed (circuit breaker open)"
+    )]
+    CircuitOpen {
+        /// The target.
+        host: String,
+        /// Seconds until a probe is allowed.
+        retry_in_secs: u64,
+        /// Consecutive failures that opened it.
+        failures: u32,
+    },
+    /// The SSH session failed after it was established.
+    #[error("SSH to {host} failed: {reason}")]
+    Protocol {
+        /// The target.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The target refused the command (its own policy).
+    #[error("{host} refused the command: {reason}")]
+    Refused {
+        /// The target.
+        host: String,
+        /// The target's reason.
+        reason: String,
+    },
+    /// The connection was closed by the hub (revoke, `hosts rm`, shutdown) while in use.
+    #[error("the connection to {host} was closed: {why}")]
+    Closed {
+        /// The target.
+        host: String,
+        /// Why (`host revoked`, `daemon shutting down`).
+        why: String,
+    },
+    /// The caller cancelled the command (client gone, timeout, Ctrl-C); the remote command was
+    /// signalled and its channel closed.
+    #[error("cancelled")]
+    Cancelled,
+    /// The pool has been shut down.
+    #[error("the SSH pool is shut down (the daemon is stopping)")]
+    ShutDown,
+}

@@ -1,0 +1,603 @@
+//! The hub's SSH pool: one multiplexed russh client connection per target, opened over a tunnel
+//! stream on first use and reused by every later request.
+//!
+//! * The target's host key must equal the key pinned at enrollment ([`Target::host_key`]); any
+//!   other key fails the handshake ([`SshError::HostKeyMismatch`]) — there is no
+//!   trust-on-first-use path.
+//! * Each connection carries at most [`PoolConfig::max_channels`] commands at once; more wait.
+//! * Keepalives every [`PoolConfig::keepalive`]; a connection idle for [`PoolConfig::idle`] with
+//!   no command running is closed by [`Pool::reap`] (the daemon calls it periodically).
+//! * Connection failures feed a per-target [`Breaker`]; while it is open, requests fail at once
+//!   with [`SshError::CircuitOpen`], and [`PoolEvents::breaker_opened`] is told once per opening.
+//! * [`Pool::close_host`] (revoke, `hosts rm`) disconnects the target and fails its running
+//!   commands; the target kills them when its connection ends. [`Pool::shutdown`] closes every
+//!   connection exactly once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect, Sig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::SshError;
+use crate::breaker::{Breaker, BreakerConfig};
+
+/// A byte stream to a target (a tunnel stream in the daemon, anything in tests).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A boxed future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Opens streams to targets' SSH servers. `tetherd` implements it with the tunnel.
+pub trait Dialer: Send + Sync + 'static {
+    /// A stream to `ip`'s SSH port.
+    fn dial(&self, ip: Ipv4Addr) -> BoxFuture<'_, io::Result<Box<dyn Stream>>>;
+}
+
+/// What the pool tells its owner about.
+pub trait PoolEvents: Send + Sync + 'static {
+    /// `host`'s breaker just opened after `failures` consecutive failures (the last one `error`).
+    fn breaker_opened(&self, host: &str, failures: u32, error: &SshError);
+    /// `host` presented a host key other than the pinned one.
+    fn host_key_mismatch(&self, host: &str, error: &SshError);
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Close a connection idle this long (default 5 min).
+    pub idle: Duration,
+    /// Commands at once per connection (default 32).
+    pub max_channels: usize,
+    /// SSH keepalive interval (default 15 s; 3 unanswered close the connection).
+    pub keepalive: Duration,
+    /// The per-target circuit breaker.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle: Duration::from_secs(300),
+            max_channels: 32,
+            keepalive: Duration::from_secs(15),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// A target as the pool needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Its inventory name.
+    pub name: String,
+    /// Its overlay address.
+    pub ip: Ipv4Addr,
+    /// Its SSH host key pinned at enrollment (OpenSSH line).
+    pub host_key: String,
+}
+
+/// One command to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The shell command.
+    pub line: String,
+    /// Environment variables to ask for (the target keeps only its allow-list).
+    pub env: Vec<(String, String)>,
+    /// Limit for opening the connection if there is none (stream + handshake + auth).
+    pub connect_timeout: Duration,
+}
+
+/// Output of a running command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Bytes on stdout.
+    Stdout(Bytes),
+    /// Bytes on stderr.
+    Stderr(Bytes),
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(u32),
+    /// A signal ended it.
+    Signal(String),
+}
+
+/// The hub's pool.
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialer: Arc<dyn Dialer>,
+    events: Arc<dyn PoolEvents>,
+    key: Arc<PrivateKey>,
+    config: PoolConfig,
+    client: Arc<client::Config>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    shutdown: CancellationToken,
+}
+
+/// One target's connection and breaker.
+struct Slot {
+    conn: Option<Arc<Conn>>,
+    breaker: Breaker,
+}
+
+/// One open connection.
+struct Conn {
+    handle: Handle<Client>,
+    /// The pinned key it was opened with (a reinvited host gets a new one).
+    host_key: String,
+    channels: Arc<Semaphore>,
+    /// Commands running on it.
+    active: Mutex<usize>,
+    last_used: Mutex<Instant>,
+    /// Cancelled when the hub closes it: its running commands fail with `why`.
+    closed: CancellationToken,
+    why: Mutex<String>,
+}
+
+impl Conn {
+    fn touch(&self, now: Instant) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+    }
+
+    fn alive(&self) -> bool {
+        !self.handle.is_closed() && !self.closed.is_cancelled()
+    }
+
+    async fn close(&self, why: &str) {
+        *self
+            .why
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why.to_owned();
+        self.closed.cancel();
+        // Send the goodbye and wait (briefly) until the session has written it and ended, so
+        // it is on its way before the caller removes the tunnel peer.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let _ = self
+                .handle
+                .disconnect(Disconnect::ByApplication, why, "en")
+                .await;
+            while !self.handle.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The client handler: checks the host key against the pinned one.
+struct Client {
+    pinned: PublicKey,
+    mismatch: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                if crate::keys::same_key(key, &self.pinned) {
+                    Ok(true)
+                } else {
+                    *self
+                        .mismatch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(crate::keys::fingerprint(key));
+                    Ok(false)
+                }
+            }
+            PublicKeyOrCertificate::Certificate(_) => Ok(false),
+        }
+    }
+}
+
+impl Pool {
+    /// A pool dialing with `dialer`, authenticating with the hub's client key.
+    pub fn new(
+        dialer: Arc<dyn Dialer>,
+        events: Arc<dyn PoolEvents>,
+        key: PrivateKey,
+        config: PoolConfig,
+    ) -> Self {
+        let client = client::Config {
+            preferred: crate::algorithms::preferred(false),
+            keepalive_interval: Some(config.keepalive),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        };
+        Pool {
+            inner: Arc::new(Inner {
+                dialer,
+                events,
+                key: Arc::new(key),
+                config,
+                client: Arc::new(client),
+                slots: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(slots.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(Slot {
+                conn: None,
+                breaker: Breaker::new(self.inner.config.breaker),
+            }))
+        }))
+    }
+
+    /// Number of open connections.
+    pub fn open_connections(&self) -> usize {
+        let slots: Vec<_> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter(|s| {
+                s.try_lock()
+                    .map(|s| s.conn.as_ref().is_some_and(|c| c.alive()))
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+
+    /// The live connection to `target`, opening one if needed (under the breaker).
+    async fn connection(&self, target: &Target, timeout: Duration) -> Result<Arc<Conn>, SshError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(SshError::ShutDown);
+        }
+        let slot = self.slot(&target.name);
+        let mut slot = slot.lock().await;
+        if let Some(conn) = &slot.conn {
+            if conn.alive() && conn.host_key == target.host_key {
+                return Ok(Arc::clone(conn));
+            }
+            if conn.alive() {
+                conn.close("its pinned host key changed").await;
+            }
+            slot.conn = None;
+        }
+        let now = Instant::now();
+        if let Err(r) = slot.breaker.attempt(now) {
+            return Err(SshError::CircuitOpen {
+                host: target.name.clone(),
+                retry_in_secs: r.retry_in.as_secs().max(1),
+                failures: r.failures,
+            });
+        }
+        let opened = tokio::select! {
+            r = tokio::time::timeout(timeout, self.open(target)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
+            },
+            () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
+        };
+        match opened {
+            Ok(conn) => {
+                slot.breaker.success();
+                let conn = Arc::new(conn);
+                slot.conn = Some(Arc::clone(&conn));
+                Ok(conn)
+            }
+            Err(e) => {
+                if matches!(e, SshError::HostKeyMismatch { .. }) {
+                    self.inner.events.host_key_mismatch(&target.name, &e);
+                }
+                if !matches!(e, SshError::ShutDown) && slot.breaker.failure(Instant::now()) {
+                    self.inner
+                        .events
+                        .breaker_opened(&target.name, slot.breaker.failures(), &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self, target: &Target) -> Result<Conn, SshError> {
+        let pinned = crate::keys::parse_public(
+            &target.host_key,
+            &format!("pinned SSH host key of {}", target.name),
+        )?;
+        let stream = self
+            .inner
+            .dialer
+            .dial(target.ip)
+            .await
+            .map_err(|e| SshError::Connect {
+                host: target.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let mismatch = Arc::new(Mutex::new(None));
+        let handler = Client {
+            pinned: pinned.clone(),
+            mismatch: Arc::clone(&mismatch),
+        };
+        let mut handle =
+            match client::connect_stream(Arc::clone(&self.inner.client), stream, handler).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let presented = mismatch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    return Err(match presented {
+                        Some(presented) => SshError::HostKeyMismatch {
+                            host: target.name.clone(),
+                            presented,
+                            pinned: crate::keys::fingerprint(&pinned),
+                        },
+                        None => SshError::Protocol {
+                            host: target.name.clone(),
+                            reason: format!("handshake failed: {e}"),
+                        },
+                    });
+                }
+            };
+        let auth = handle
+            .authenticate_publickey(
+                crate::HUB_USER,
+                PrivateKeyWithHashAlg::new(Arc::clone(&self.inner.key), None),
+            )
+            .await
+            .map_err(|e| SshError::Protocol {
+                host: target.name.clone(),
+                reason: format!("authentication failed: {e}"),
+            })?;
+        if !auth.success() {
+            return Err(SshError::AuthRejected {
+                host: target.name.clone(),
+            });
+        }
+        Ok(Conn {
+            handle,
+            host_key: target.host_key.clone(),
+            channels: Arc::new(Semaphore::new(self.inner.config.max_channels)),
+            active: Mutex::new(0),
+            last_used: Mutex::new(Instant::now()),
+            closed: CancellationToken::new(),
+            why: Mutex::new(String::new()),
+        })
+    }
+
+    /// Runs `command` on `target`, sending its output to `out` as it arrives. Cancelling
+    /// `cancel` (or dropping `out`'s receiver) signals the remote command (`TERM`) and closes its
+    /// channel; the target then kills its process group.
+    pub async fn exec(
+        &self,
+        target: &Target,
+        command: &Command,
+        out: mpsc::Sender<Output>,
+        cancel: CancellationToken,
+    ) -> Result<Exit, SshError> {
+        let conn = tokio::select! {
+            c = self.connection(target, command.connect_timeout) => c?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        let result = self.run(&conn, target, command, out, cancel).await;
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        conn.touch(Instant::now());
+        drop(permit);
+        result
+    }
+
+    async fn run(
+        &self,
+        conn: &Conn,
+        target: &Target,
+        command: &Command,
+        out: mpsc::Sender<Output>,
+        cancel: CancellationToken,
+    ) -> Result<Exit, SshError> {
+        let host = || target.name.clone();
+        let proto = |e: russh::Error| SshError::Protocol {
+            host: target.name.clone(),
+            reason: e.to_string(),
+        };
+        let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
+        for (k, v) in &command.env {
+            channel
+                .set_env(false, k.clone(), v.clone())
+                .await
+                .map_err(proto)?;
+        }
+        channel
+            .exec(true, command.line.as_bytes())
+            .await
+            .map_err(proto)?;
+        let mut exit = None;
+        loop {
+            let msg = tokio::select! {
+                m = channel.wait() => m,
+                () = cancel.cancelled() => {
+                    let _ = channel.signal(Sig::TERM).await;
+                    let _ = channel.close().await;
+                    return Err(SshError::Cancelled);
+                }
+                () = out.closed() => {
+                    let _ = channel.signal(Sig::TERM).await;
+                    let _ = channel.close().await;
+                    return Err(SshError::Cancelled);
+                }
+                () = conn.closed.cancelled() => {
+                    let why = conn.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                    return Err(SshError::Closed { host: host(), why });
+                }
+            };
+            match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    let _ = out
+                        .send(Output::Stdout(Bytes::copy_from_slice(&data)))
+                        .await;
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    let _ = out
+                        .send(Output::Stderr(Bytes::copy_from_slice(&data)))
+                        .await;
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    exit = Some(Exit::Code(exit_status))
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    exit = Some(Exit::Signal(format!("{signal_name:?}")));
+                }
+                Some(ChannelMsg::Failure) => {
+                    return Err(SshError::Refused {
+                        host: host(),
+                        reason: "the exec request was refused".to_owned(),
+                    });
+                }
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            }
+        }
+        exit.ok_or_else(|| {
+            if conn.closed.is_cancelled() {
+                SshError::Closed {
+                    host: host(),
+                    why: conn
+                        .why
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
+                }
+            } else {
+                SshError::Protocol {
+                    host: host(),
+                    reason: "the connection ended before the command reported how it exited"
+                        .to_owned(),
+                }
+            }
+        })
+    }
+
+    /// Closes `host`'s connection (revoke, `hosts rm`): its running commands fail with
+    /// [`SshError::Closed`] and the target kills them when the connection ends. Returns whether
+    /// a connection was open.
+    pub async fn close_host(&self, host: &str, why: &str) -> bool {
+        let slot = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(host);
+        if let Some(slot) = slot {
+            let conn = slot.lock().await.conn.take();
+            if let Some(conn) = conn {
+                conn.close(why).await;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Closes connections idle since before `now - idle` with no command running. Returns the
+    /// hosts closed.
+    pub async fn reap(&self, now: Instant) -> Vec<String> {
+        let slots: Vec<(String, Arc<tokio::sync::Mutex<Slot>>)> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        let mut closed = Vec::new();
+        for (name, slot) in slots {
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let Some(conn) = slot.conn.clone() else {
+                continue;
+            };
+            let idle_since = *conn
+                .last_used
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let active = *conn
+                .active
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !conn.alive() {
+                slot.conn = None;
+            } else if active == 0
+                && now.saturating_duration_since(idle_since) >= self.inner.config.idle
+            {
+                conn.close("idle").await;
+                slot.conn = None;
+                closed.push(name);
+            }
+        }
+        closed
+    }
+
+    /// Closes every connection, once; later requests fail with [`SshError::ShutDown`].
+    pub async fn shutdown(&self) {
+        if self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        self.inner.shutdown.cancel();
+        let slots: Vec<_> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        for slot in slots {
+            let conn = slot.lock().await.conn.take();
+            if let Some(conn) = conn {
+                conn.close("the hub is shutting down").await;
+            }
+        }
+    }
+}

@@ -15,5 +15,6 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod schemathesis;
 mod state;
 mod vault;

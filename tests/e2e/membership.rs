@@ -482,3 +482,141 @@ fn a_huge_token_gets_the_same_error_on_argv_and_on_stdin() {
         );
     }
 }
+
+/// The audit bytes in `state/audit` (day files end in preallocated NULs; readers stop there).
+fn audit_bytes(d: &Daemon) -> Vec<u8> {
+    let mut out = Vec::new();
+    let dir = d.dir.path().join("state/audit");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        let b = std::fs::read(f).unwrap();
+        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+        out.extend_from_slice(&b[..end]);
+    }
+    out
+}
+
+/// Unauthenticated enrollment input cannot grow the audit log (or the daemon log) without
+/// bound: 6 s of refused attempts quoting a 60 KiB field name from one source give one short
+/// `enroll.rejected` record (code + escaped excerpt), the rest are counted into the source's
+/// per-minute summary. README: at most 2 records per source per minute.
+#[test]
+fn refused_enrollments_grow_the_audit_log_by_a_bounded_amount() {
+    use std::io::Read;
+    let hub = hub();
+    let endpoint = json(&hub.tether(&["--json", "vpn", "status"]))["enroll_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = audit_bytes(&hub).len();
+    let field = "A".repeat(60 * 1024);
+    let body = format!("{{\"hello\":{{\"{field}\":\"\\u001b[2J\\n\"}}}}");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body.as_bytes());
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        if let Ok(mut s) = std::net::TcpStream::connect(&endpoint) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(&frame);
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sent >= 50, "{sent} attempts");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = audit_bytes(&hub);
+    let grown = &log[before..];
+    let text = String::from_utf8_lossy(grown);
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"enroll.rejected\""))
+        .collect();
+    eprintln!(
+        "{sent} refused attempts in 6 s -> {} enroll.rejected record(s), {} audit bytes",
+        rejected.len(),
+        grown.len()
+    );
+    assert_eq!(rejected.len(), 1, "{text}");
+    assert!(rejected[0].len() < 1024, "{}", rejected[0]);
+    assert!(!rejected[0].contains("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+    assert!(grown.len() < 2048, "audit grew {} bytes", grown.len());
+    // the daemon's own log holds no 60 KiB lines either
+    let daemon_log = hub.log();
+    assert!(
+        daemon_log.lines().all(|l| l.len() < 2048),
+        "a log line quotes the attacker's field"
+    );
+}
+
+/// `reinvite` frees the old machine's overlay address for its replacement: the replacement
+/// (its own fresh keys) gets the same address and comes up in the tunnel as the only peer of
+/// that name, and the inventory holds the new identity (the old keys stay refused, see
+/// tether-enroll's identity_rules).
+#[test]
+fn reinvite_hands_the_address_to_the_replacement_with_a_new_identity() {
+    let hub = hub();
+    let old = enrolled_target(&hub, "r1");
+    wait_status(&hub, "r1 up", |v| peer_up(v, "r1"));
+    let old_key = json(&hub.tether(&["--json", "hosts", "show", "r1"]))["wg_public_key"].clone();
+    drop(old);
+
+    let token = json(&hub.tether(&["--json", "vpn", "reinvite", "r1"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (dir, config) = target_dir();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut new = Daemon::spawn_in(dir, config, &[]);
+    new.wait_ready();
+    let ts = wait_status(&new, "hub up on the replacement", |v| peer_up(v, "hub"));
+    assert_eq!(
+        ts["overlay_ip"], "10.99.0.2",
+        "the replacement got the old address"
+    );
+    wait_status(&hub, "r1 (replacement) up", |v| peer_up(v, "r1"));
+    let host = json(&hub.tether(&["--json", "hosts", "show", "r1"]));
+    assert_eq!(host["state"], "active");
+    assert_ne!(host["wg_public_key"], old_key, "a new identity");
+    let peers = json(&hub.tether(&["--json", "vpn", "status"]))["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+}
+
+/// A restart never hands one host's key to another: when hosts.json (edited offline, or
+/// written before keys were unique) gives two active hosts one WireGuard key, neither gets a
+/// tunnel peer, and the log says why.
+#[test]
+fn a_restart_never_gives_one_key_to_two_hosts() {
+    let mut hub = hub();
+    let a = invite(&hub, "k1", &[]);
+    let b = invite(&hub, "k2", &[]);
+    let (_da, ca) = target_dir();
+    let (_db, cb) = target_dir();
+    assert_eq!(code(&enroll(&ca, &a, &[])), 0);
+    assert_eq!(code(&enroll(&cb, &b, &[])), 0);
+    wait_status(&hub, "two peers", |v| {
+        v["peers"].as_array().is_some_and(|p| p.len() == 2)
+    });
+    hub.signal(Signal::SIGTERM);
+    hub.wait_exit(Duration::from_secs(5)).unwrap();
+    let path = hub.dir.path().join("state/hosts.json");
+    let mut inv: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let hosts = inv["hosts"].as_array_mut().unwrap();
+    let k1 = hosts[0]["wg_public_key"].clone();
+    hosts[1]["wg_public_key"] = k1;
+    std::fs::write(&path, serde_json::to_vec_pretty(&inv).unwrap()).unwrap();
+    let dir = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
+    let mut hub2 = Daemon::spawn_in(dir, hub.config.clone(), &[]);
+    hub2.wait_ready();
+    let peers = json(&hub2.tether(&["--json", "vpn", "status"]))["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 0, "{peers}");
+    assert!(hub2.wait_log("held by several hosts"), "{}", hub2.log());
+}

@@ -206,8 +206,14 @@ fn a_quarantined_plugin_is_audited_listed_and_the_daemon_keeps_serving() {
         "",
     );
     // quarantine_after is 5: five trapping calls (each fails closed), then it is not called.
-    for _ in 0..5 {
-        let out = d.tether(&["policy", "check", "--", "uptime"]);
+    // One caller's failures alone never quarantine (issue 14 §3): these come from two users
+    // (an admin checking on behalf of another user).
+    for i in 0..5 {
+        let out = if i % 2 == 0 {
+            d.tether(&["policy", "check", "--", "uptime"])
+        } else {
+            d.tether(&["policy", "check", "--as", "bob", "--", "uptime"])
+        };
         assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
     }
     let list = d.tether(&["--json", "plugin", "list"]);

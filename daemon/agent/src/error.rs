@@ -96,6 +96,16 @@ pub enum AgentError {
         /// What was refused.
         what: &'static str,
     },
+    /// A target asked for more key rotations of its own than the hub allows per hour.
+    #[error(
+        "too many key rotations requested by this host (at most {limit} an hour); the hub \
+         refuses more until the hour has passed (the admin can still force one with \
+         `tether vpn rotate-keys`)"
+    )]
+    RateLimited {
+        /// The hourly limit.
+        limit: usize,
+    },
     /// A WireGuard key in a message is not 32 bytes of base64.
     #[error("invalid WireGuard key ({what}); expected 44 characters of standard base64")]
     InvalidKey {
@@ -156,6 +166,7 @@ impl AgentError {
             AgentError::NotAllowed { .. } => "not_allowed",
             AgentError::InvalidKey { .. } => "invalid_key",
             AgentError::KeyReused => "key_reused",
+            AgentError::RateLimited { .. } => "rate_limited",
             AgentError::Local { .. } => "local",
             AgentError::NotConfirmed { .. } => "not_confirmed",
             AgentError::RotationTimeout { .. } => "rotation_timeout",

@@ -58,6 +58,14 @@ pub struct HostInfo {
     pub wg_public_key: String,
 }
 
+/// Key rotations a target may start on its own per host and hour (rotations the hub asked
+/// for do not count). Each one is an audit record, an inventory write and a peer swap, so an
+/// unbounded rate would let one peer grow the log and churn the tunnel at will.
+pub const MAX_TARGET_ROTATIONS_PER_HOUR: usize = 6;
+/// Retired keys remembered per host (to refuse going back to one).
+const MAX_RETIRED_KEYS: usize = 64;
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// What the hub's driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -168,6 +176,8 @@ pub struct Hub {
     conns: BTreeMap<ConnId, Conn>,
     rotations: BTreeMap<RotationId, Rotation>,
     retired: HashMap<String, HashSet<String>>,
+    /// When each host's recent self-started rotations began (the last hour's).
+    self_started: HashMap<String, VecDeque<Instant>>,
     actions: VecDeque<HubAction>,
 }
 
@@ -180,6 +190,7 @@ impl Hub {
             conns: BTreeMap::new(),
             rotations: BTreeMap::new(),
             retired: HashMap::new(),
+            self_started: HashMap::new(),
             actions: VecDeque::new(),
         }
     }
@@ -325,10 +336,15 @@ impl Hub {
             }
             return self.refuse(conn, e);
         }
-        self.retired
-            .entry(old.name.clone())
-            .or_default()
-            .insert(old.wg_public_key.clone());
+        let retired = self.retired.entry(old.name.clone()).or_default();
+        if retired.len() >= MAX_RETIRED_KEYS {
+            // Bounded: forget an arbitrary old key (the inventory refuses keys other hosts
+            // hold; this only stops a host from going back to one of its own).
+            if let Some(k) = retired.iter().next().cloned() {
+                retired.remove(&k);
+            }
+        }
+        retired.insert(old.wg_public_key.clone());
         for id in self.rotations_of(&old.name) {
             if let Some(r) = self.rotations.get_mut(&id) {
                 r.stage = Stage::AwaitConfirm {
@@ -471,7 +487,7 @@ impl Hub {
         }
     }
 
-    fn serve_bytes(&mut self, conn: ConnId, bytes: &[u8], _now: Instant) {
+    fn serve_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
         let Some(Conn::Serve(s)) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -483,11 +499,11 @@ impl Hub {
         };
         for i in inbound {
             let Inbound::Message(msg) = i else { continue };
-            self.serve_message(conn, msg);
+            self.serve_message(conn, msg, now);
         }
     }
 
-    fn serve_message(&mut self, conn: ConnId, msg: Message) {
+    fn serve_message(&mut self, conn: ConnId, msg: Message, now: Instant) {
         let Some(Conn::Serve(s)) = self.conns.get(&conn) else {
             return;
         };
@@ -511,6 +527,29 @@ impl Hub {
                         .is_some_and(|k| k.contains(&new_public_key));
                 if reused {
                     return self.refuse(conn, AgentError::KeyReused);
+                }
+                let asked = self.rotations_of(&host.name).iter().any(|id| {
+                    self.rotations
+                        .get(id)
+                        .is_some_and(|r| matches!(r.stage, Stage::AwaitKey | Stage::Asking))
+                });
+                if !asked {
+                    let recent = self.self_started.entry(host.name.clone()).or_default();
+                    while recent
+                        .front()
+                        .is_some_and(|t| now.saturating_duration_since(*t) >= HOUR)
+                    {
+                        recent.pop_front();
+                    }
+                    if recent.len() >= MAX_TARGET_ROTATIONS_PER_HOUR {
+                        return self.refuse(
+                            conn,
+                            AgentError::RateLimited {
+                                limit: MAX_TARGET_ROTATIONS_PER_HOUR,
+                            },
+                        );
+                    }
+                    recent.push_back(now);
                 }
                 let new = HostInfo {
                     wg_public_key: new_public_key.clone(),

@@ -727,3 +727,33 @@ fn strangers_and_unknown_requests_are_refused() {
     let mut t = Target::new(TargetConfig::new(HUB_IP));
     assert!(t.accept(Ipv4Addr::new(10, 99, 0, 3), now).is_none());
 }
+
+/// A target cannot rotate its key at will: at most MAX_TARGET_ROTATIONS_PER_HOUR rotations it
+/// starts itself per hour (each is an audit record, an inventory write and a peer swap); the
+/// next is refused with nothing recorded; an hour later it may again; a rotation the hub asks
+/// for is never limited.
+#[test]
+fn self_started_rotations_are_limited_per_hour() {
+    use crate::hub::MAX_TARGET_ROTATIONS_PER_HOUR;
+    let mut sim = Sim::new(VersionRange::SUPPORTED, VersionRange::SUPPORTED);
+    for _ in 0..MAX_TARGET_ROTATIONS_PER_HOUR {
+        sim.target_rotation().unwrap();
+    }
+    let audited = sim.hub_audit.len();
+    let key_before = sim.inventory_key.clone();
+    let e = sim.target_rotation().unwrap_err();
+    assert!(
+        matches!(&e, AgentError::Refused { code, .. } if code == "rate_limited"),
+        "{e:?}"
+    );
+    assert_eq!(sim.hub_audit.len(), audited, "nothing recorded");
+    assert_eq!(sim.inventory_key, key_before);
+    sim.assert_consistent();
+    // the admin can still force one
+    sim.hub_rotation().unwrap();
+    sim.assert_consistent();
+    // an hour later the target may rotate again
+    sim.now += Duration::from_secs(3601);
+    sim.target_rotation().unwrap();
+    sim.assert_consistent();
+}

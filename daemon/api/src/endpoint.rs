@@ -372,3 +372,119 @@ mod tests {
         assert_eq!(percent_decode("%FF"), "%FF");
     }
 }
+
+/// Fuzz harness for the control API's request decoding ([`decode`]) of every endpoint: path
+/// parameters, query strings and bodies come from any local caller. `TETHER_FUZZ_CASES` sets
+/// the number of cases (`scripts/fuzz` for long runs).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::types as t;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn all(params: &[String], query: Option<&str>, body: &[u8]) {
+        macro_rules! each {
+            ($($e:ty),* $(,)?) => {$( let _ = decode::<$e>(params, query, body); )*};
+        }
+        each!(
+            t::Healthz,
+            t::Exec,
+            t::Readyz,
+            t::Metrics,
+            t::Status,
+            t::ConfigShow,
+            t::Reload,
+            t::AuditVerify,
+            t::AuditRecords,
+            t::AuditFollow,
+            t::AuditExport,
+            t::AuditCheckpoint,
+            t::PolicyGet,
+            t::PolicyCheck,
+            t::PolicyTest,
+            t::PolicyReload,
+            t::VpnInvite,
+            t::VpnReinvite,
+            t::VpnRevoke,
+            t::VpnRotateKeys,
+            t::VpnStatusGet,
+            t::HostsList,
+            t::HostsShow,
+            t::HostsRemove,
+            t::PluginsList,
+            t::PluginsReload,
+            t::SecretsList,
+            t::SecretsSet,
+            t::SecretsRemove,
+            t::SecretsRotate,
+        );
+    }
+
+    /// JSON-ish bodies: objects with the field names the API uses and values of every type.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("name"),
+            Just("all"),
+            Just("tags"),
+            Just("groups"),
+            Just("ttl"),
+            Just("command"),
+            Just("path"),
+            Just("limit"),
+            Just("type"),
+            Just("host"),
+            Just("from"),
+            Just("as_user"),
+            Just("as_role"),
+            Just("ticket"),
+            Just("fixtures"),
+            Just("kind"),
+            Just("x"),
+        ];
+        let value = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("-1".to_string()),
+            Just("1e400".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("[\"a\",1]".to_string()),
+            Just("{\"k\":\"v\"}".to_string()),
+            ".{0,30}".prop_map(|s| format!("{s:?}")),
+        ];
+        prop::collection::vec((key, value), 0..6).prop_map(|kv| {
+            let inner: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            format!("{{{}}}", inner.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_decode_bytes(
+            params in prop::collection::vec(".{0,20}", 0..3),
+            query in proptest::option::of("[a-z_=&%0-9A-F.*+-]{0,80}"),
+            body in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            all(&params, query.as_deref(), &body);
+        }
+
+        #[test]
+        fn fuzz_decode_jsonish(
+            params in prop::collection::vec("[a-z0-9.-]{0,12}", 0..2),
+            body in jsonish(),
+            query in proptest::option::of("(limit|type|host|from|name|all)=[^&]{0,12}(&(limit|type|host)=[^&]{0,8}){0,3}"),
+        ) {
+            all(&params, query.as_deref(), body.as_bytes());
+        }
+    }
+}

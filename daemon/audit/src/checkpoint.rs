@@ -112,3 +112,26 @@ pub(crate) fn write_head(dir: &Path, cp: &Checkpoint) -> std::io::Result<()> {
     tether_durable::write_atomic(&dir.join(HEAD_FILE), cp.to_text().as_bytes(), 0o600)
         .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
 }
+
+/// Fuzz harness for exported checkpoints (`audit verify --against FILE` reads them).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_checkpoint(text in "(.|\n){0,600}") {
+            let _ = Checkpoint::parse(&text, "fuzz");
+        }
+    }
+}

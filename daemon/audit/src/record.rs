@@ -396,3 +396,37 @@ mod tests {
         assert_eq!(format_ts(t), "2026-01-02T01:04:05.000007Z");
     }
 }
+
+/// Fuzz harness: audit lines come from files anyone with write access to the log directory may
+/// have changed. `TETHER_FUZZ_CASES` sets the number of cases (`scripts/fuzz` for long runs).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_audit_line(line in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Record::parse_line(&line);
+        }
+
+        #[test]
+        fn fuzz_audit_line_shaped(seq in any::<i64>(), ty in ".{0,40}", data in ".{0,200}", tail in ".{0,40}") {
+            let line = format!(
+                "{{\"seq\":{seq},\"ts\":\"2026-11-27T00:00:00Z\",\"type\":{ty:?},\"actor\":{{}},\"data\":{data},\"prev\":\"00\",\"hash\":\"{tail}\",\"hmac\":\"\"}}\n"
+            );
+            if let Ok(r) = Record::parse_line(line.as_bytes()) {
+                let _ = canonical_json(&serde_json::to_value(&r).unwrap_or_default());
+            }
+        }
+    }
+}

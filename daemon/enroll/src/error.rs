@@ -115,6 +115,18 @@ pub enum EnrollError {
         /// Why not.
         why: String,
     },
+    /// A key the enrolling machine presented is already held by another host in the inventory
+    /// (a cloned machine, a copied vault, or a replayed identity).
+    #[error(
+        "the {which} this machine presented is already held by host {by:?}; a machine needs its own \
+         keys: enroll it with `tetherd enroll --force TOKEN` (fresh keys), or remove the other host first"
+    )]
+    KeyTaken {
+        /// "WireGuard public key" or "SSH host key".
+        which: &'static str,
+        /// The host holding it.
+        by: String,
+    },
     /// Every address of the overlay subnet is taken.
     #[error(
         "no free overlay address left in {subnet}; remove old hosts (`tether hosts rm NAME`) or \
@@ -280,6 +292,7 @@ impl EnrollError {
             EnrollError::NameTaken { .. } => "name_taken",
             EnrollError::AddressUnavailable { .. } => "address_unavailable",
             EnrollError::AddressPoolExhausted { .. } => "address_pool_exhausted",
+            EnrollError::KeyTaken { .. } => "key_taken",
             EnrollError::NoSuchHost { .. } => "no_such_host",
             EnrollError::HubNotAuthenticated { .. } => "hub_not_authenticated",
             EnrollError::HubMismatch { .. } => "hub_mismatch",

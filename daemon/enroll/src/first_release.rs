@@ -92,6 +92,7 @@ pub(crate) fn answer(hub: &Hub, json: &[u8], peer: Option<std::net::IpAddr>) -> 
         client_nonce: hello.client_nonce,
         proof: hello.proof,
         version: None,
+        wg_proof: None,
     };
     match hub.handle_hello(&hello, peer, unix_now()) {
         Ok(w) => {
@@ -208,7 +209,22 @@ mod tests {
         let hub = hub(dir.path());
         let token = invite(&hub);
         let (addr, seen) = serve(Arc::clone(&hub)).await;
-        let w = enroll_client(&token, &keys(), &opts(addr, Duration::from_secs(10)))
+        // A target of this release proves its WireGuard key; the v1 retry leaves the proof out
+        // (the first release refuses unknown fields).
+        struct Wg(tether_tunnel::SecretKey);
+        impl crate::WgKeyAgreement for Wg {
+            fn agree(&self, p: &[u8; 32]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+                Some(zeroize::Zeroizing::new(self.0.diffie_hellman(p)))
+            }
+        }
+        let wg = tether_tunnel::SecretKey::generate().expect("key");
+        let mine = TargetKeys {
+            wg_public: wg.public_key().0,
+            ..keys()
+        };
+        let mut o = opts(addr, Duration::from_secs(10));
+        o.wg_key = Some(crate::WgProver(Arc::new(Wg(wg))));
+        let w = enroll_client(&token, &mine, &o)
             .await
             .expect("enrolls in v1");
         assert_eq!((w.name.as_str(), w.version), ("new1", None));
@@ -223,7 +239,13 @@ mod tests {
         assert_eq!(seen[1].pending_before, 1);
         assert!(hub.pending_invites(unix_now()).is_empty());
         let host = hub.inventory().get("new1").expect("recorded");
-        assert_eq!(host.ssh_host_key, TARGET_SSH);
+        // stored as the canonical line that goes to known_hosts (no comment)
+        assert_eq!(
+            host.ssh_host_key,
+            crate::SshPublicKey::parse(TARGET_SSH)
+                .expect("key")
+                .canonical()
+        );
         // The invite is single-use in v1 as well: a second enrollment is refused after its retry.
         let e = enroll_client(&token, &keys(), &opts(addr, Duration::from_secs(10)))
             .await

@@ -59,8 +59,20 @@ pub enum HookDecision {
 
 /// Reviews enrollments before they are recorded (WASM enrollment hooks plug in here).
 pub trait EnrollHook: Send + Sync {
-    /// Approve (with extra tags) or deny. Called after the token was authenticated.
+    /// Approve (with extra tags) or deny. Called after the token was authenticated, before the
+    /// invite is consumed (several racing attempts with one token may all be reviewed).
     fn review(&self, request: &EnrollRequest) -> HookDecision;
+
+    /// The enrollment is final: the invite's nonce was consumed (durably) and only this attempt
+    /// got it. Called under the invite lock before the host is recorded and its peer added; an
+    /// error refuses the enrollment (the invite stays consumed). Write `enroll.accepted` here.
+    fn accepted(
+        &self,
+        _host: &HostRecord,
+        _peer: Option<IpAddr>,
+    ) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Told about enrollments (to add the tunnel peer, audit, alert).
@@ -87,7 +99,7 @@ pub enum EnrollEvent {
         peer: Option<IpAddr>,
         /// [`EnrollError::code`].
         code: &'static str,
-        /// The error message (no secrets).
+        /// A short escaped excerpt of the error message ([`crate::rejections::excerpt`]).
         message: String,
     },
 }
@@ -100,10 +112,12 @@ impl EnrollObserver for tokio::sync::mpsc::UnboundedSender<EnrollEvent> {
         });
     }
     fn rejected(&self, peer: Option<IpAddr>, error: &EnrollError) {
+        // Unauthenticated input: a short escaped excerpt, never the whole text (the daemon
+        // aggregates per source with `crate::rejections::Rejections` instead of this channel).
         let _ = self.send(EnrollEvent::Rejected {
             peer,
             code: error.code(),
-            message: error.to_string(),
+            message: crate::rejections::excerpt(&error.to_string()),
         });
     }
 }
@@ -139,6 +153,7 @@ pub struct Hub {
     inventory: Arc<Inventory>,
     hook: Option<Arc<dyn EnrollHook>>,
     observer: Option<Arc<dyn EnrollObserver>>,
+    wg_key: Option<Arc<dyn proto::WgKeyAgreement>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -176,12 +191,22 @@ impl Hub {
             inventory,
             hook: None,
             observer: None,
+            wg_key: None,
         })
     }
 
     /// Sets the enrollment hook.
     pub fn with_hook(mut self, hook: Arc<dyn EnrollHook>) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Gives the hub its WireGuard private key (through the vault) to check the targets'
+    /// proof of possession: then every target that names a protocol version must prove it
+    /// holds the private key of the WireGuard key it enrolls with (first-release targets, which
+    /// name none, still enroll without).
+    pub fn with_wg_key(mut self, key: Arc<dyn proto::WgKeyAgreement>) -> Self {
+        self.wg_key = Some(key);
         self
     }
 
@@ -358,6 +383,30 @@ impl Hub {
         }
     }
 
+    /// The target's proof that it holds the private key of the WireGuard key it sent.
+    fn check_wg_possession(&self, k: &[u8; 32], hello: &Hello) -> Result<()> {
+        let Some(agreement) = &self.wg_key else {
+            return Ok(());
+        };
+        if hello.version.is_none() && hello.wg_proof.is_none() {
+            return Ok(()); // a first-release target: it cannot prove it
+        }
+        let not_proven = || EnrollError::Protocol {
+            what: "the target did not prove it holds the private key of the WireGuard key it \
+                   sent (use a tetherd of this release, and let it generate its own key)"
+                .into(),
+        };
+        let wg = proto::check_hello_fields(hello)?;
+        let shared = agreement.agree(&wg).ok_or_else(|| EnrollError::Internal {
+            what: "the hub's WireGuard key is unavailable".into(),
+        })?;
+        let expected = proto::wg_possession_proof(k, &shared, hello).ok_or_else(not_proven)?;
+        match &hello.wg_proof {
+            Some(p) if proto::proof_matches(&expected, p) => Ok(()),
+            _ => Err(not_proven()),
+        }
+    }
+
     fn handle_hello_inner(
         &self,
         hello: &Hello,
@@ -386,6 +435,7 @@ impl Hub {
         }
         let version = proto::negotiate(hello)?;
         checked.check_expiry(now)?;
+        self.check_wg_possession(&k, hello)?;
         let nonce_hash = checked.nonce_hash();
         self.invites().check_pending(&nonce_hash)?;
         proto::check_hello_fields(hello)?;
@@ -417,7 +467,7 @@ impl Hub {
             name: p.name.clone(),
             overlay_ip: p.overlay_ip,
             wg_public_key: STANDARD.encode(proto::check_hello_fields(hello)?),
-            ssh_host_key: hello.ssh_host_key.clone(),
+            ssh_host_key: crate::sshkey::SshPublicKey::parse(&hello.ssh_host_key)?.canonical(),
             hostname: hello.hostname.clone(),
             tags: tags.clone(),
             groups: p.groups.clone(),
@@ -434,6 +484,12 @@ impl Hub {
             store.check_pending(&nonce_hash)?;
             self.inventory.check_insertable(&host)?;
             store.consume(&nonce_hash, now)?;
+            if let Some(hook) = &self.hook {
+                hook.accepted(&host, peer)
+                    .map_err(|reason| EnrollError::Internal {
+                        what: format!("the accepted enrollment could not be recorded: {reason}"),
+                    })?;
+            }
             self.inventory.insert(host.clone()).map_err(|e| {
                 tracing::error!(error = %e, host = %host.name, "invite consumed but the host could not be recorded");
                 e

@@ -324,6 +324,30 @@ impl Inventory {
         Ok(out)
     }
 
+    /// Runs `admit` (e.g. adding the host's tunnel peer) while holding the inventory lock, only
+    /// if `name` is an active host whose WireGuard key is `wg_public_key`. Every path that adds
+    /// a peer goes through here, and revocation and removal take the same lock, so an in-flight
+    /// enrollment or key rotation can never bring back a host revoked meanwhile: either it is
+    /// admitted before the revocation (whose peer removal then follows), or it is refused.
+    pub fn admit<R>(
+        &self,
+        name: &str,
+        wg_public_key: &str,
+        admit: impl FnOnce(&HostRecord) -> R,
+    ) -> Result<R> {
+        let g = self.lock();
+        match g.hosts.iter().find(|h| h.name == name) {
+            Some(h) if h.is_active() && h.wg_public_key == wg_public_key => Ok(admit(h)),
+            Some(h) if h.is_active() => Err(EnrollError::Protocol {
+                what: format!("{name} no longer uses this WireGuard key; not admitted"),
+            }),
+            Some(_) => Err(EnrollError::Protocol {
+                what: format!("host {name} is revoked; not admitted"),
+            }),
+            None => Err(EnrollError::NoSuchHost { name: name.into() }),
+        }
+    }
+
     /// Marks a host revoked (idempotent) and persists; returns the updated record.
     pub fn mark_revoked(&self, name: &str, now: u64) -> Result<HostRecord> {
         let mut g = self.lock();
@@ -411,6 +435,25 @@ fn check_insertable(hosts: &[HostRecord], net: &OverlayNet, r: &HostRecord) -> R
                 "it is not a host address of {net} (the hub is {})",
                 net.hub_ip()
             ),
+        });
+    }
+    // One machine, one identity: a key held by any other record (active or revoked, any name,
+    // including the revoked machine this one replaces) is refused.
+    if let Some(other) = hosts.iter().find(|h| h.wg_public_key == r.wg_public_key) {
+        return Err(EnrollError::KeyTaken {
+            which: "WireGuard public key",
+            by: other.name.clone(),
+        });
+    }
+    let ssh = |k: &str| crate::sshkey::SshPublicKey::parse(k).map(|k| k.blob).ok();
+    if let Some(mine) = ssh(&r.ssh_host_key)
+        && let Some(other) = hosts
+            .iter()
+            .find(|h| ssh(&h.ssh_host_key).as_ref() == Some(&mine))
+    {
+        return Err(EnrollError::KeyTaken {
+            which: "SSH host key",
+            by: other.name.clone(),
         });
     }
     if let Some(other) = hosts

@@ -19,6 +19,7 @@ pub mod inventory;
 mod limits;
 pub mod proto;
 pub mod ratelimit;
+pub mod rejections;
 pub mod server;
 pub mod sshkey;
 pub mod store;
@@ -31,7 +32,7 @@ pub use hub::{
     InviteRequest, RevokeOutcome,
 };
 pub use inventory::{HostRecord, HostState, Inventory, OverlayNet};
-pub use proto::{TargetKeys, TargetSession, Welcome};
+pub use proto::{TargetKeys, TargetSession, Welcome, WgKeyAgreement, WgProver};
 pub use server::{ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client};
 pub use sshkey::{SshPublicKey, ssh_fingerprint};
 pub use store::InviteStore;

@@ -113,6 +113,41 @@ pub struct Hello {
     /// release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u16>,
+    /// Proof that the target holds the private key of `wg_public_key`:
+    /// [`wg_possession_proof`], base64url. Absent from first-release (v1) targets; a hub that
+    /// can check it requires it from every target that names a version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_proof: Option<String>,
+}
+
+/// X25519 key agreement with this side's WireGuard private key (which stays in the vault):
+/// the target proves it holds the key it enrolls with, the hub checks it with its own.
+pub trait WgKeyAgreement: Send + Sync {
+    /// X25519(own private key, `peer_public`), or `None` when the key is unavailable.
+    fn agree(&self, peer_public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>>;
+}
+
+/// A shareable [`WgKeyAgreement`] (its `Debug` shows nothing).
+#[derive(Clone)]
+pub struct WgProver(pub std::sync::Arc<dyn WgKeyAgreement>);
+
+impl std::fmt::Debug for WgProver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WgProver(..)")
+    }
+}
+
+/// The proof of possession of the target's WireGuard private key: an HMAC over the Hello's
+/// transcript, keyed with HMAC(k, label ‖ X25519(target private, hub public)). Only a holder
+/// of the target's private key (or of the hub's) can make it, and it is bound to this
+/// token's session key and to every field of this Hello. `None` for a non-contributory
+/// (all-zero) shared secret (a small-order public key).
+pub fn wg_possession_proof(k: &[u8; 32], shared: &[u8; 32], hello: &Hello) -> Option<[u8; 32]> {
+    if shared.iter().all(|b| *b == 0) {
+        return None;
+    }
+    let key = Zeroizing::new(hmac(k, &[b"tether enroll wg-possession v1\0", shared]));
+    Some(hmac(&*key, &[&hello_transcript(hello).0]))
 }
 
 impl Hello {
@@ -419,6 +454,19 @@ impl TargetSession {
         max_frame: usize,
         endpoint: Option<&str>,
     ) -> Result<(TargetSession, Vec<u8>)> {
+        Self::start_proving(token, keys, None, now, max_frame, endpoint)
+    }
+
+    /// Like [`TargetSession::start`], and with `prover` (the target's WireGuard private key)
+    /// the Hello carries the proof of possession ([`wg_possession_proof`]).
+    pub fn start_proving(
+        token: &Token,
+        keys: &TargetKeys,
+        prover: Option<&dyn WgKeyAgreement>,
+        now: u64,
+        max_frame: usize,
+        endpoint: Option<&str>,
+    ) -> Result<(TargetSession, Vec<u8>)> {
         let parsed = token.parse(now)?;
         SshPublicKey::parse(&keys.ssh_host_key)?;
         let mut client_nonce = [0u8; 32];
@@ -434,8 +482,22 @@ impl TargetSession {
             client_nonce: URL_SAFE_NO_PAD.encode(client_nonce),
             proof: String::new(),
             version: Some(PROTOCOL_VERSION),
+            wg_proof: None,
         };
         hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&k, &hello));
+        if let Some(prover) = prover {
+            let shared = prover.agree(&parsed.checked.hub_wg_public).ok_or_else(|| {
+                EnrollError::Internal {
+                    what: "this machine's WireGuard key is unavailable for the proof of possession"
+                        .into(),
+                }
+            })?;
+            let proof =
+                wg_possession_proof(&k, &shared, &hello).ok_or_else(|| EnrollError::Protocol {
+                    what: "the hub's WireGuard key in the token is not usable (small order)".into(),
+                })?;
+            hello.wg_proof = Some(URL_SAFE_NO_PAD.encode(proof));
+        }
         let frame = encode_frame(&Message::Hello(hello.clone()))?;
         let endpoint = endpoint
             .map(str::to_string)
@@ -473,6 +535,8 @@ impl TargetSession {
             return Ok(None);
         }
         self.hello.version = None;
+        // The first release knew no proof of possession either (and refuses unknown fields).
+        self.hello.wg_proof = None;
         self.hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&self.k, &self.hello));
         self.decoder = FrameDecoder::new(self.decoder.max);
         encode_frame(&Message::Hello(self.hello.clone())).map(Some)
@@ -631,6 +695,90 @@ mod tests {
         assert!(matches!(v1, Ok(V1Message::Welcome(_))), "{v1:?}");
         assert_eq!(session.receive(&frame).unwrap().unwrap().name, "old1");
         assert_eq!(hub.inventory().get("old1").unwrap().name, "old1");
+    }
+
+    struct Wg(tether_tunnel::SecretKey);
+    impl WgKeyAgreement for Wg {
+        fn agree(&self, p: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+            Some(Zeroizing::new(self.0.diffie_hellman(p)))
+        }
+    }
+
+    /// A hub that holds its WireGuard key requires every versioned target to prove it holds
+    /// the private key of the WireGuard key it enrolls with; first-release targets (no
+    /// version) still enroll without.
+    #[test]
+    fn the_target_proves_it_holds_its_wireguard_key() {
+        let hub_key = tether_tunnel::SecretKey::generate().unwrap();
+        let mine = tether_tunnel::SecretKey::generate().unwrap();
+        let victim = tether_tunnel::SecretKey::generate().unwrap();
+        let setup = |name: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let identity = crate::HubIdentity {
+                enroll_endpoint: "127.0.0.1:1".into(),
+                wg_public: hub_key.public_key().0,
+                wg_endpoint: "127.0.0.1:51820".into(),
+                ssh_client_public: HUB_SSH.into(),
+            };
+            let key = tether_vault::SecretBox::from_slice(&[9u8; 32]).unwrap();
+            let hub = crate::Hub::open(dir.path(), identity, key, crate::OverlayNet::default())
+                .unwrap()
+                .with_wg_key(std::sync::Arc::new(Wg(hub_key.clone())));
+            let req = crate::InviteRequest {
+                name: name.into(),
+                tags: BTreeMap::new(),
+                groups: vec![],
+                ttl_secs: crate::DEFAULT_TTL_SECS,
+            };
+            let (token, _) = hub.invite(&req, crate::unix_now()).unwrap();
+            (dir, hub, token)
+        };
+        let start = |token: &Token, public: [u8; 32], prover: Option<&dyn WgKeyAgreement>| {
+            let keys = TargetKeys {
+                wg_public: public,
+                ssh_host_key: TARGET_SSH.into(),
+                hostname: "t.local".into(),
+            };
+            let (s, frame) = TargetSession::start_proving(
+                token,
+                &keys,
+                prover,
+                crate::unix_now(),
+                MAX_FRAME,
+                None,
+            )
+            .unwrap();
+            let Message::Hello(h) = serde_json::from_slice(&frame[4..]).unwrap() else {
+                panic!("not a hello")
+            };
+            (s, h)
+        };
+        let now = crate::unix_now;
+        // no proof from a versioned target
+        let (_d, hub, token) = setup("p1");
+        let (_s, hello) = start(&token, mine.public_key().0, None);
+        let e = hub.handle_hello(&hello, None, now()).unwrap_err();
+        assert!(e.to_string().contains("did not prove"), "{e}");
+        // someone else's public key, proven with my private key
+        let (_s, hello) = start(&token, victim.public_key().0, Some(&Wg(mine.clone())));
+        let e = hub.handle_hello(&hello, None, now()).unwrap_err();
+        assert!(e.to_string().contains("did not prove"), "{e}");
+        // a proof moved to another Hello (another nonce) does not verify
+        let (_s, mut other) = start(&token, mine.public_key().0, None);
+        let (_s, proven) = start(&token, mine.public_key().0, Some(&Wg(mine.clone())));
+        other.wg_proof = proven.wg_proof.clone();
+        assert!(hub.handle_hello(&other, None, now()).is_err());
+        assert!(hub.inventory().list().is_empty(), "nothing recorded");
+        // the real key: enrolled
+        hub.handle_hello(&proven, None, now()).unwrap();
+        assert!(hub.inventory().get("p1").is_some());
+
+        // a first-release target (no version) enrolls without a proof
+        let (_d2, hub2, token2) = setup("old2");
+        let (session, mut hello) = start(&token2, mine.public_key().0, None);
+        hello.version = None;
+        hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&session.k, &hello));
+        hub2.handle_hello(&hello, None, now()).unwrap();
     }
 
     #[test]

@@ -322,7 +322,8 @@ async fn handle_connection(
         }
         Err(e) => {
             metrics.attempts.with_label_values(&[e.code()]).inc();
-            tracing::info!(%peer, code = e.code(), error = %e, "enrollment refused");
+            // Unauthenticated input: a fixed code and a short escaped excerpt, never the full text.
+            tracing::info!(%peer, code = e.code(), error = %crate::rejections::excerpt(&e.to_string()), "enrollment refused");
             proto::error_frame(e)
         }
     };
@@ -365,6 +366,9 @@ pub struct ClientOptions {
     pub max_frame: usize,
     /// Contact this `host:port` instead of the endpoint in the token (tests, NAT).
     pub endpoint: Option<String>,
+    /// The target's WireGuard private key (through the vault), to prove it holds the key it
+    /// enrolls with ([`crate::proto::wg_possession_proof`]). `None`: no proof is sent.
+    pub wg_key: Option<crate::proto::WgProver>,
 }
 
 impl Default for ClientOptions {
@@ -373,6 +377,7 @@ impl Default for ClientOptions {
             deadline: DEFAULT_DEADLINE,
             max_frame: MAX_FRAME,
             endpoint: None,
+            wg_key: None,
         }
     }
 }
@@ -388,9 +393,10 @@ pub async fn enroll_client(
     keys: &TargetKeys,
     opts: &ClientOptions,
 ) -> Result<Welcome> {
-    let (mut session, hello) = TargetSession::start(
+    let (mut session, hello) = TargetSession::start_proving(
         token,
         keys,
+        opts.wg_key.as_ref().map(|p| &*p.0),
         unix_now(),
         opts.max_frame,
         opts.endpoint.as_deref(),

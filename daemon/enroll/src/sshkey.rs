@@ -37,6 +37,11 @@ impl SshPublicKey {
         if line.len() > MAX_SSH_KEY_LEN {
             return Err(bad("longer than 8192 bytes"));
         }
+        // The line ends up in known_hosts: a newline, CR, tab or any other control character
+        // (in the comment too) could add or change entries there.
+        if line.chars().any(char::is_control) {
+            return Err(bad("contains a control character (newline, tab, ...)"));
+        }
         let mut parts = line.split_ascii_whitespace();
         let key_type = parts.next().ok_or_else(|| bad("empty"))?;
         if !KEY_TYPES.contains(&key_type) {
@@ -64,6 +69,11 @@ impl SshPublicKey {
             key_type: key_type.to_string(),
             blob,
         })
+    }
+
+    /// The key as stored and written to `known_hosts`: `TYPE BASE64`, no comment.
+    pub fn canonical(&self) -> String {
+        format!("{} {}", self.key_type, STANDARD.encode(&self.blob))
     }
 
     /// The OpenSSH fingerprint, `SHA256:` + unpadded base64 of SHA-256(blob) (as `ssh-keygen -l`).
@@ -97,6 +107,24 @@ mod tests {
             k.fingerprint(),
             "SHA256:5uogOVtLtdcI4q5hO2GWI/x3vTgU4kSGajLSZ7d7w0E"
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_anywhere() {
+        for evil in [
+            format!("{KEY}\nevil.example ssh-ed25519 AAAA"),
+            format!("{KEY}\r"),
+            format!("{KEY} comment\twith tab"),
+            KEY.replacen(' ', "\t", 1),
+            format!("{KEY}\u{1b}[2J"),
+            format!("{KEY}\u{85}"),
+            format!("{KEY}\0"),
+        ] {
+            assert!(SshPublicKey::parse(&evil).is_err(), "{evil:?}");
+        }
+        let k = SshPublicKey::parse(KEY).unwrap();
+        assert!(!k.canonical().contains("test"));
+        assert_eq!(SshPublicKey::parse(&k.canonical()).unwrap(), k);
     }
 
     #[test]

@@ -22,6 +22,25 @@ const TARGET_SSH_A: &str =
 const TARGET_SSH_B: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQWCNyiexpApvcBIMtFX7L36X7MDgZrLatKy6ldjIq0 b";
 
+/// A valid, distinct OpenSSH ed25519 public key line for `name` (one machine, one key).
+fn ssh_key_for(name: &str) -> String {
+    use base64::Engine;
+    let mut blob = Vec::new();
+    blob.extend_from_slice(&11u32.to_be_bytes());
+    blob.extend_from_slice(b"ssh-ed25519");
+    blob.extend_from_slice(&32u32.to_be_bytes());
+    let mut k = [0u8; 32];
+    for (i, b) in name.bytes().enumerate() {
+        k[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    k[31] ^= name.len() as u8;
+    blob.extend_from_slice(&k);
+    format!(
+        "ssh-ed25519 {}",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+}
+
 fn random32() -> [u8; 32] {
     let mut k = [0u8; 32];
     getrandom::fill(&mut k).unwrap();
@@ -181,7 +200,11 @@ mod flow {
 
         let host = th.hub.inventory().get("web1").unwrap();
         assert_eq!(host.state, HostState::Active);
-        assert_eq!(host.ssh_host_key, TARGET_SSH_A);
+        // stored without the comment: the line that goes to known_hosts
+        assert_eq!(
+            host.ssh_host_key,
+            SshPublicKey::parse(TARGET_SSH_A).unwrap().canonical()
+        );
         use base64::Engine;
         assert_eq!(
             host.wg_public_key,
@@ -217,7 +240,10 @@ mod flow {
         assert_eq!(w2.overlay_ip, record.overlay_ip);
         let host = th.hub.inventory().get("web1").unwrap();
         assert_eq!(host.state, HostState::Active);
-        assert_eq!(host.ssh_host_key, TARGET_SSH_B);
+        assert_eq!(
+            host.ssh_host_key,
+            SshPublicKey::parse(TARGET_SSH_B).unwrap().canonical()
+        );
         th.stop().await;
     }
 
@@ -947,8 +973,8 @@ mod inventory_tests {
         HostRecord {
             name: name.into(),
             overlay_ip: ip.parse().unwrap(),
-            wg_public_key: "k".into(),
-            ssh_host_key: TARGET_SSH_A.into(),
+            wg_public_key: format!("k-{name}"),
+            ssh_host_key: ssh_key_for(name),
             hostname: String::new(),
             tags: BTreeMap::new(),
             groups: vec![],
@@ -1016,7 +1042,17 @@ mod inventory_tests {
             inv.insert(host("x1", "10.99.0.2")),
             Err(EnrollError::AddressUnavailable { .. })
         ));
-        inv.insert(host("web1", "10.99.0.2")).unwrap();
+        // ...by another machine: the revoked machine's own keys are refused
+        assert!(matches!(
+            inv.insert(host("web1", "10.99.0.2")),
+            Err(EnrollError::KeyTaken { .. })
+        ));
+        inv.insert(HostRecord {
+            wg_public_key: "k-web1-new".into(),
+            ssh_host_key: ssh_key_for("web1-new"),
+            ..host("web1", "10.99.0.2")
+        })
+        .unwrap();
         assert!(inv.get("web1").unwrap().is_active());
 
         // touch persists when it moved by >= 60 s.
@@ -1082,8 +1118,8 @@ mod durability {
             inv.insert(HostRecord {
                 name: format!("w{i}"),
                 overlay_ip: ip,
-                wg_public_key: "k".repeat(44),
-                ssh_host_key: TARGET_SSH_A.into(),
+                wg_public_key: format!("{i:044}"),
+                ssh_host_key: ssh_key_for(&format!("w{i}")),
                 hostname: "x".repeat(200),
                 tags: BTreeMap::new(),
                 groups: vec![],
@@ -1164,5 +1200,282 @@ mod durability {
                 .count();
             assert_eq!(tmp_left, 0, "open() removes stale temporary files");
         }
+    }
+}
+
+/// Fuzz harnesses for every parser of unauthenticated enrollment input: frames, invite tokens,
+/// token payloads, and whole Hellos handled by a real hub. Each runs `TETHER_FUZZ_CASES`
+/// cases (default 256 in the suite; `scripts/fuzz` runs many more). Failing inputs are kept by
+/// proptest in `tests/enroll.proptest-regressions` and replayed first on every run.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..1024)
+    }
+
+    /// A valid input with up to 8 bytes changed, some bytes cut and some appended.
+    fn mutated(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let n = valid.len().max(1);
+        (
+            prop::collection::vec((0..n, any::<u8>()), 0..8),
+            0..=n,
+            prop::collection::vec(any::<u8>(), 0..16),
+        )
+            .prop_map(move |(flips, keep, tail)| {
+                let mut v = valid.clone();
+                for (i, b) in flips {
+                    if let Some(x) = v.get_mut(i) {
+                        *x = b;
+                    }
+                }
+                v.truncate(keep);
+                v.extend(tail);
+                v
+            })
+    }
+
+    fn hub() -> (Hub, tempfile::TempDir, Token) {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = open_hub(dir.path(), identity("127.0.0.1:1", random32()), &random32());
+        let (t, _) = hub.invite(&req("fuzz1"), unix_now()).unwrap();
+        (hub, dir, t)
+    }
+
+    fn hello_json(t: &Token) -> Vec<u8> {
+        let (_s, frame) =
+            TargetSession::start(t, &keys(TARGET_SSH_A), unix_now(), 1 << 20, None).unwrap();
+        frame[4..].to_vec()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_frames(data in bytes(), split in 0usize..1024) {
+            let mut d = FrameDecoder::new(4096);
+            let (a, b) = data.split_at(split.min(data.len()));
+            for chunk in [a, b] {
+                if d.push(chunk).is_err() {
+                    break;
+                }
+                while let Ok(Some(_)) = d.next_message() {}
+            }
+            prop_assert!(d.wanted() >= 1);
+        }
+
+        #[test]
+        fn fuzz_token_text(text in ".{0,600}") {
+            if let Ok(t) = Token::from_text(text) {
+                let _ = t.parse(unix_now());
+            }
+        }
+
+        #[test]
+        fn fuzz_token_payload(data in bytes()) {
+            let _ = token::decode_payload(&data);
+        }
+
+        #[test]
+        fn fuzz_mutated_tokens(seed in any::<u64>()) {
+            let (_hub, _dir, t) = hub();
+            let text = t.expose(str::to_owned).into_bytes();
+            let mut rng = seed;
+            let mut v = text.clone();
+            for _ in 0..(seed % 8) {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let i = (rng >> 33) as usize % v.len();
+                v[i] = (rng >> 20) as u8;
+            }
+            if let Ok(t) = String::from_utf8(v).map_err(|_| ()).and_then(|s| Token::from_text(s).map_err(|_| ())) {
+                let _ = t.parse(unix_now());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases().min(64).max(cases() / 8)))]
+
+        /// Mutated Hellos handled by a real hub (files in a temp dir): never a panic, and
+        /// nothing recorded unless the Hello is fully valid.
+        #[test]
+        fn fuzz_hello_at_the_hub(m in mutated(b"{}".to_vec()), seed in any::<u8>()) {
+            let (hub, _dir, t) = hub();
+            let valid = hello_json(&t);
+            let input = if seed % 2 == 0 { m } else {
+                let mut v = valid.clone();
+                let i = usize::from(seed) % v.len();
+                v[i] ^= 1 << (seed % 7);
+                v
+            };
+            if let Ok(Message::Hello(h)) = serde_json::from_slice::<Message>(&input) {
+                let r = hub.handle_hello(&h, None, unix_now());
+                if r.is_err() {
+                    prop_assert!(hub.inventory().list().is_empty());
+                }
+            }
+        }
+    }
+}
+
+/// Revocation is final and keys are unique (issue 14 §4).
+mod identity_rules {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records every `accepted` call (where the daemon writes `enroll.accepted`).
+    #[derive(Default)]
+    struct Accepted(Mutex<Vec<String>>);
+    impl EnrollHook for Accepted {
+        fn review(&self, _: &EnrollRequest) -> HookDecision {
+            // slow the review down so racing attempts all pass it before one consumes
+            std::thread::sleep(Duration::from_millis(20));
+            HookDecision::Approve {
+                extra_tags: BTreeMap::new(),
+            }
+        }
+        fn accepted(&self, host: &HostRecord, _: Option<std::net::IpAddr>) -> Result<(), String> {
+            self.0.lock().unwrap().push(host.name.clone());
+            Ok(())
+        }
+    }
+
+    /// `enroll.accepted` is written only once the nonce is consumed: of 8 racing attempts
+    /// with one token (all reviewed), exactly one is reported accepted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accepted_is_reported_once_per_consumed_invite() {
+        let hook = Arc::new(Accepted::default());
+        let th = start_hub_with(ServerConfig::default(), None, None, Some(hook.clone())).await;
+        let (t, _) = th.hub.invite(&req("race2"), unix_now()).unwrap();
+        let t = Arc::new(t);
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                let k = keys(&ssh_key_for(&format!("racer{i}")));
+                enroll_client(&t, &k, &ClientOptions::default()).await
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            if task.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(*hook.0.lock().unwrap(), vec!["race2".to_string()]);
+        // a replay of the used token is never reported accepted
+        let _ = enroll_client(&t, &keys(&ssh_key_for("late")), &ClientOptions::default()).await;
+        assert_eq!(hook.0.lock().unwrap().len(), 1);
+        th.stop().await;
+    }
+
+    /// A WireGuard key or SSH host key already held by another host is refused, whatever the
+    /// name or state of that host; nothing is recorded and the invite stays usable.
+    #[tokio::test]
+    async fn keys_held_by_another_host_are_refused() {
+        let th = start_hub().await;
+        let now = unix_now();
+        let (t1, _) = th.hub.invite(&req("one"), now).unwrap();
+        let k1 = keys(&ssh_key_for("one"));
+        enroll_client(&t1, &k1, &ClientOptions::default())
+            .await
+            .unwrap();
+
+        // the same WireGuard key, another SSH key
+        let (t2, _) = th.hub.invite(&req("two"), now).unwrap();
+        let mut same_wg = keys(&ssh_key_for("two"));
+        same_wg.wg_public = k1.wg_public;
+        let e = enroll_client(&t2, &same_wg, &ClientOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("WireGuard public key") && e.to_string().contains("one"),
+            "{e}"
+        );
+        // the same SSH host key (another comment), another WireGuard key
+        let same_ssh = keys(&format!("{} other-comment", ssh_key_for("one")));
+        let e = enroll_client(&t2, &same_ssh, &ClientOptions::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("SSH host key"), "{e}");
+        assert!(th.hub.inventory().get("two").is_none(), "nothing recorded");
+        // the invite is still good for a machine with its own keys
+        enroll_client(&t2, &keys(&ssh_key_for("two")), &ClientOptions::default())
+            .await
+            .unwrap();
+
+        // a revoked host's keys stay taken: its replacement must bring new ones
+        th.hub.revoke_host("one", now).unwrap();
+        let (t3, _) = th.hub.reinvite(&req("one"), now).unwrap();
+        let e = enroll_client(&t3, &k1, &ClientOptions::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("already held"), "{e}");
+        th.stop().await;
+    }
+
+    /// An SSH host key with a newline or other control character never reaches the inventory
+    /// (it would be written to known_hosts).
+    #[tokio::test]
+    async fn ssh_host_keys_with_control_characters_are_refused() {
+        let th = start_hub().await;
+        let (t, _) = th.hub.invite(&req("ctl"), unix_now()).unwrap();
+        for evil in [
+            format!(
+                "{} x\n@cert-authority * ssh-ed25519 AAAA",
+                ssh_key_for("ctl")
+            ),
+            format!("{}\r", ssh_key_for("ctl")),
+            format!("{} a\u{1b}[2Jb", ssh_key_for("ctl")),
+        ] {
+            // the target's own check refuses it first; the hub's check is the one that counts
+            let r = enroll_client(&t, &keys(&evil), &ClientOptions::default()).await;
+            assert!(r.is_err(), "{evil:?}");
+        }
+        assert!(th.hub.inventory().list().is_empty());
+        th.stop().await;
+    }
+
+    /// Peers are admitted only for an active host with exactly that key, under the inventory
+    /// lock: after a revocation or removal, an in-flight enrollment event or key rotation
+    /// admits nothing.
+    #[test]
+    fn admission_checks_the_state_under_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = Inventory::open(dir.path()).unwrap();
+        let h = HostRecord {
+            name: "a1".into(),
+            overlay_ip: "10.99.0.2".parse().unwrap(),
+            wg_public_key: "key-1".into(),
+            ssh_host_key: ssh_key_for("a1"),
+            hostname: String::new(),
+            tags: BTreeMap::new(),
+            groups: vec![],
+            enrolled_at: 1,
+            last_seen: None,
+            state: HostState::Active,
+            revoked_at: None,
+        };
+        inv.insert(h.clone()).unwrap();
+        assert_eq!(inv.admit("a1", "key-1", |_| 7).unwrap(), 7);
+        // a rotation to a key the inventory does not hold is not admitted
+        assert!(inv.admit("a1", "key-2", |_| ()).is_err());
+        inv.mark_revoked("a1", 2).unwrap();
+        let mut ran = false;
+        assert!(inv.admit("a1", "key-1", |_| ran = true).is_err());
+        assert!(!ran, "a revoked host is never admitted");
+        // a rotation recorded after the revocation is refused too
+        assert!(inv.set_wg_key("a1", "key-3").is_err());
+        inv.remove("a1").unwrap();
+        assert!(inv.admit("a1", "key-1", |_| ()).is_err());
     }
 }

@@ -12,14 +12,16 @@
 //!   `http` (allowed_hosts, then every resolved address through the special-address filter);
 //!   the connection goes to a checked address (see the `tcp` module for the limits).
 //! - `http` → performed by the host: host name checked against `allowed_hosts`, then resolved,
-//!   then EVERY resolved address checked (loopback/private/link-local/metadata/... refused unless the
-//!   manifest allows that host=ip pair), then the connection goes to a checked address (no second
+//!   then EVERY resolved address checked (every IANA special-purpose range, IPv4 and IPv6, and
+//!   the IPv6 forms carrying such an IPv4 address, refused unless the manifest allows that
+//!   host=ip pair; see the `addr` module), then the connection goes to a checked address (no second
 //!   lookup, so DNS rebinding cannot swap it; the checked addresses are tried in order).
 //!   `https://` is the default: TLS over that connection, the certificate verified against the
 //!   URL's host name (also the SNI) with the built-in Mozilla roots plus the plugin's optional
 //!   `ca_file` (see the `tls` module). Plain `http://` only with `allow_http`. The request size,
 //!   response size (`max_response_bytes`) and the call's deadline (handshake included) apply
-//!   to both.
+//!   to both. `Host` always comes from the URL: a plugin header that would route the request
+//!   elsewhere (`Host`, `:authority`, `Forwarded`, `X-Forwarded-Host`, ...) is refused.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -302,10 +304,8 @@ impl Grants {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_else(|| host.clone());
+        let authority = authority_of(&host, port, https);
+        let headers = routing_checked(req.headers, &host, port, https)?;
         let host2 = host.clone();
         let tls = self.tls.clone();
         let fut = async move {
@@ -331,13 +331,7 @@ impl Grants {
             let stream = stream.ok_or(HttpError::Failed(last_err))?;
             if !https {
                 return send_http1(
-                    stream,
-                    method,
-                    &path,
-                    &authority,
-                    req.headers,
-                    req.body,
-                    max_resp,
+                    stream, method, &path, &authority, headers, req.body, max_resp,
                 )
                 .await;
             }
@@ -352,13 +346,7 @@ impl Grants {
                 .await
                 .map_err(|e| HttpError::Failed(crate::tls::describe(&host2, &e)))?;
             send_http1(
-                stream,
-                method,
-                &path,
-                &authority,
-                req.headers,
-                req.body,
-                max_resp,
+                stream, method, &path, &authority, headers, req.body, max_resp,
             )
             .await
         };
@@ -398,14 +386,13 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut builder = hyper::Request::builder().method(method).uri(path);
-    let mut has_host = false;
+    // `Host` always comes from the URL (see `routing_checked`); plugin headers never carry it.
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority);
     for (k, v) in &headers {
-        has_host |= k.eq_ignore_ascii_case("host");
         builder = builder.header(k.as_str(), v.as_str());
-    }
-    if !has_host {
-        builder = builder.header("host", authority);
     }
     let request = builder
         .body(Full::new(bytes::Bytes::from(body)))
@@ -481,6 +468,82 @@ async fn checked_addrs(
     Ok(addrs)
 }
 
+/// The `Host` value for a URL: the host (IPv6 in brackets), plus the port when not the default.
+fn authority_of(host: &str, port: u16, https: bool) -> String {
+    let h = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == if https { 443 } else { 80 } {
+        h
+    } else {
+        format!("{h}:{port}")
+    }
+}
+
+/// Headers that route a request to another virtual host or origin behind a shared front end
+/// (domain fronting). A plugin may not set them to anything but the URL's own host.
+const ROUTING_HEADERS: &[&str] = &[
+    "host",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-host",
+    "x-http-host-override",
+];
+
+/// Checks a plugin's request headers against the URL it was allowed to reach: a pseudo-header
+/// (`:authority`, ...) is refused, and so is a routing header ([`ROUTING_HEADERS`]) whose value
+/// is not the URL's host (with or without its port). A matching `Host` is dropped (the host
+/// sets it from the URL); the other headers pass unchanged.
+pub(crate) fn routing_checked(
+    headers: Vec<(String, String)>,
+    host: &str,
+    port: u16,
+    https: bool,
+) -> Result<Vec<(String, String)>, HttpError> {
+    let bare = authority_of(host, if https { 443 } else { 80 }, https);
+    let with_port = format!("{bare}:{port}");
+    let mut out = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let name = k.trim();
+        if name.starts_with(':') {
+            return Err(HttpError::NotAllowed(format!(
+                "header {name:?}: pseudo-headers are set by the host from the URL"
+            )));
+        }
+        let lower = name.to_ascii_lowercase();
+        if !ROUTING_HEADERS.contains(&lower.as_str()) {
+            out.push((k, v));
+            continue;
+        }
+        let value = v.trim();
+        let same = lower != "forwarded"
+            && (value.eq_ignore_ascii_case(&bare) || value.eq_ignore_ascii_case(&with_port));
+        if !same {
+            return Err(HttpError::NotAllowed(format!(
+                "header {name:?} may only name the URL's host {bare:?}, not {:?}",
+                excerpt(value)
+            )));
+        }
+        if lower != "host" {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+/// At most 64 characters of `s`, for an error message (the `{:?}` around it escapes them).
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
 fn host_allowed(allowed: &[String], host: &str) -> bool {
     allowed.iter().any(|a| match a.strip_prefix("*.") {
         Some(domain) => {
@@ -492,58 +555,7 @@ fn host_allowed(allowed: &[String], host: &str) -> bool {
     })
 }
 
-/// Why an address may not be contacted without an explicit `allow_private` entry.
-pub(crate) fn forbidden(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_loopback() {
-                Some("loopback")
-            } else if v4.is_private() {
-                Some("private")
-            } else if v4.is_link_local() {
-                Some("link-local / cloud metadata")
-            } else if v4.is_unspecified() || o[0] == 0 {
-                Some("unspecified")
-            } else if v4.is_broadcast() || v4.is_multicast() {
-                Some("broadcast/multicast")
-            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-                Some("carrier-grade NAT")
-            } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
-                Some("IETF protocol assignments")
-            } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
-                Some("benchmarking")
-            } else if o[0] >= 240 {
-                Some("reserved")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if v6.is_unspecified() {
-                Some("unspecified")
-            } else if (s[0] & 0xfe00) == 0xfc00 {
-                Some("unique local (incl. fd00:ec2::254 metadata)")
-            } else if (s[0] & 0xffc0) == 0xfe80 {
-                Some("link-local")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if s[0] == 0x64 && s[1] == 0xff9b {
-                Some("NAT64 (may reach private IPv4)")
-            } else if s[0] == 0x2002 {
-                Some("6to4 (may reach private IPv4)")
-            } else {
-                None
-            }
-        }
-    }
-}
+pub(crate) use crate::addr::forbidden;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -571,6 +583,42 @@ mod tests {
         for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
             assert!(forbidden(a.parse().unwrap()).is_none(), "{a}");
         }
+    }
+
+    #[test]
+    fn a_plugin_cannot_route_its_request_to_another_host() {
+        let h = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        // Host, in every spelling, naming another host: refused
+        for (k, v) in [
+            ("Host", "internal.example"),
+            ("host", "internal.example:443"),
+            ("HOST ", "api.example.com.evil"),
+            ("X-Forwarded-Host", "admin.example"),
+            ("x-original-host", "admin.example"),
+            ("Forwarded", "host=admin.example"),
+            (":authority", "api.example.com"),
+            (":path", "/"),
+        ] {
+            let r = routing_checked(h(k, v), "api.example.com", 443, true);
+            assert!(
+                matches!(r, Err(HttpError::NotAllowed(_))),
+                "{k}: {v} -> {r:?}"
+            );
+        }
+        // the URL's own host (any case, with or without the port): allowed, Host dropped
+        for v in ["api.example.com", "API.example.com", "api.example.com:443"] {
+            let r = routing_checked(h("Host", v), "api.example.com", 443, true).unwrap();
+            assert!(r.is_empty(), "{r:?}");
+        }
+        let r = routing_checked(h("host", "[::1]:8080"), "::1", 8080, false).unwrap();
+        assert!(r.is_empty());
+        assert!(routing_checked(h("host", "::1"), "::1", 8080, false).is_err());
+        // other headers pass unchanged
+        let r = routing_checked(h("Authorization", "Bearer x"), "a.io", 443, true).unwrap();
+        assert_eq!(r, h("Authorization", "Bearer x"));
+        assert_eq!(authority_of("a.io", 443, true), "a.io");
+        assert_eq!(authority_of("a.io", 80, true), "a.io:80");
+        assert_eq!(authority_of("::1", 80, false), "[::1]");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::abi::{Bindings, Called, Pre};
+use crate::cache::{CacheKey, NoCacheKey, Unusable};
 use crate::caps::{Grants, NoSecrets, SecretSource};
 use crate::error::{Error, Result};
 use crate::events::{Failed, NoEvents, PluginEvents, Quarantined};
@@ -31,6 +32,9 @@ const LATENCY_SAMPLES: usize = 1024;
 pub struct HostOptions {
     /// Where precompiled components are cached by content hash (created 0700). `None`: compile in memory.
     pub cache_dir: Option<PathBuf>,
+    /// The key that authenticates cache entries (see [`CacheKey`]); without one the cache is
+    /// not used even when `cache_dir` is set.
+    pub cache_key: Arc<dyn CacheKey>,
     /// The vault, for granted `secrets.get` names.
     pub secrets: Arc<dyn SecretSource>,
     /// Where `plugin_quarantined` alerts go.
@@ -45,6 +49,7 @@ impl Default for HostOptions {
     fn default() -> Self {
         HostOptions {
             cache_dir: None,
+            cache_key: Arc::new(NoCacheKey),
             secrets: Arc::new(NoSecrets),
             alerts: Arc::new(NoAlerts),
             events: Arc::new(NoEvents),
@@ -85,13 +90,38 @@ struct Live {
     bindings: Bindings,
 }
 
+/// Whose input a call carried, for the failure accounting (see [`Stats::failing_callers`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Caller {
+    /// Input the daemon made itself (alerts, audit batches).
+    Daemon,
+    /// Input shaped by one caller: the control-API user of a policy request, the host name of
+    /// an enrollment.
+    User(String),
+}
+
+/// Distinct callers remembered per failure streak (two are enough to decide).
+const MAX_FAILING_CALLERS: usize = 8;
+
 #[derive(Default)]
 struct Stats {
     calls: u64,
     errors: u64,
     consecutive: u32,
+    /// Whose inputs the current streak of failures came from. A plugin is quarantined only
+    /// when the streak is long enough AND it failed on the daemon's own input or on inputs of
+    /// at least two callers: one caller's crafted input (a command that makes the plugin trap
+    /// or spin) then only fails that caller's requests (`fail_closed`: they are denied), and
+    /// can never quarantine the plugin into denying everyone else.
+    failing_callers: std::collections::BTreeSet<Caller>,
     quarantined: bool,
     latencies_us: VecDeque<u64>,
+}
+
+impl Stats {
+    fn streak_is_general(&self) -> bool {
+        self.failing_callers.contains(&Caller::Daemon) || self.failing_callers.len() >= 2
+    }
 }
 
 struct Plugin {
@@ -359,30 +389,52 @@ impl PluginHost {
         Ok(plugin)
     }
 
-    /// Compiles `bytes`, or loads the precompiled artifact cached under its content hash.
+    /// Compiles `bytes`, or loads the precompiled artifact cached under its content hash when
+    /// its MAC verifies (see [`crate::cache`]); anything else in the cache is recompiled over.
     fn compile(&self, plugin: &str, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component> {
         let load_err = |e: wasmtime::Error| Error::Load {
             plugin: plugin.to_string(),
             message: format!("{e:#}"),
         };
-        let Some(dir) = &self.opts.cache_dir else {
+        let key = self.opts.cache_key.cache_key().filter(|k| k.len() >= 32);
+        let (Some(dir), Some(key)) = (&self.opts.cache_dir, key) else {
+            if self.opts.cache_dir.is_some() {
+                tracing::warn!(
+                    plugin,
+                    "no plugin cache key available; compiling in memory without the cache"
+                );
+            }
             return Component::new(&self.engine, bytes).map_err(load_err);
         };
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let file = dir.join(format!("{}-{:016x}.cwasm", hex::encode(sha256), h.finish()));
-        if file.is_file() {
-            match deserialize_cached(&self.engine, &file) {
+        let compat = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            h.finish().to_be_bytes()
+        };
+        let file = dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(sha256),
+            hex::encode(compat)
+        ));
+        match crate::cache::open(&file, &key, sha256, &compat) {
+            Ok(artifact) => match deserialize_authenticated(&self.engine, &artifact) {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(
                     plugin,
                     file = %file.display(),
                     "cached artifact unusable, recompiling: {e:#}"
                 ),
-            }
+            },
+            Err(Unusable::Missing) => {}
+            Err(why) => tracing::warn!(
+                plugin,
+                file = %file.display(),
+                "cached artifact refused ({why}); recompiling from the signed component"
+            ),
         }
         let artifact = self.engine.precompile_component(bytes).map_err(load_err)?;
+        let component = deserialize_authenticated(&self.engine, &artifact).map_err(load_err)?;
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { what, path, source }
@@ -395,9 +447,11 @@ impl PluginHost {
                 .create(dir)
                 .map_err(io("plugin cache dir", dir))?;
         }
-        tether_durable::write_atomic(&file, &artifact, 0o600)
-            .map_err(|e| io("plugin cache file", &file)(e.source))?;
-        deserialize_cached(&self.engine, &file).map_err(load_err)
+        if let Some(entry) = crate::cache::seal(&key, sha256, &compat, &artifact) {
+            tether_durable::write_atomic(&file, &entry, 0o600)
+                .map_err(|e| io("plugin cache file", &file)(e.source))?;
+        }
+        Ok(component)
     }
 
     fn instantiate(&self, p: &Plugin) -> wasmtime::Result<Live> {
@@ -421,6 +475,7 @@ impl PluginHost {
     fn invoke<T>(
         &self,
         p: &Plugin,
+        caller: &Caller,
         call: impl FnOnce(&Bindings, &mut Store<StoreState>) -> Called<T>,
     ) -> Result<T, PluginError> {
         let name = p.spec.name.as_str();
@@ -446,6 +501,7 @@ impl PluginHost {
                     Err(e) => {
                         return self.finish(
                             p,
+                            caller,
                             start,
                             Err(PluginError {
                                 kind: ErrorKind::Instantiate,
@@ -490,12 +546,13 @@ impl PluginHost {
             }
             r
         };
-        self.finish(p, start, result)
+        self.finish(p, caller, start, result)
     }
 
     fn finish<T>(
         &self,
         p: &Plugin,
+        caller: &Caller,
         start: Instant,
         result: Result<T, PluginError>,
     ) -> Result<T, PluginError> {
@@ -516,7 +573,10 @@ impl PluginHost {
             }
             st.latencies_us.push_back(elapsed.as_micros() as u64);
             match &result {
-                Ok(_) => st.consecutive = 0,
+                Ok(_) => {
+                    st.consecutive = 0;
+                    st.failing_callers.clear();
+                }
                 Err(e) => {
                     st.errors += 1;
                     self.metrics
@@ -531,13 +591,19 @@ impl PluginHost {
                     );
                     if e.kind != ErrorKind::Rejected {
                         st.consecutive += 1;
+                        if st.failing_callers.len() < MAX_FAILING_CALLERS {
+                            st.failing_callers.insert(caller.clone());
+                        }
                         failed = Some(Failed {
                             plugin: name.to_owned(),
                             kind: p.spec.kind,
                             consecutive: st.consecutive,
                             error: e.clone(),
                         });
-                        if st.consecutive >= self.opts.quarantine_after && !st.quarantined {
+                        if st.consecutive >= self.opts.quarantine_after
+                            && st.streak_is_general()
+                            && !st.quarantined
+                        {
                             st.quarantined = true;
                             quarantine = Some((st.consecutive, e.clone()));
                         }
@@ -576,13 +642,27 @@ impl PluginHost {
     /// fails votes its `on_error` fallback (`fail_closed` → `Deny`, otherwise `Abstain`) with
     /// [`PluginVote::error`] set. Combine the votes with the regex decision through
     /// [`tether_policy::Decision::apply_votes`].
+    ///
+    /// A request over the hard input limits ([`tether_policy::MAX_INPUT_BYTES`] per field)
+    /// never reaches a plugin: every policy plugin votes `Deny` without being called, and no
+    /// failure is counted.
     pub fn evaluate(&self, req: &Request) -> Vec<PluginVote> {
         let set = self.snapshot();
+        let over = over_hard_limits(req);
+        let caller = Caller::User(req.user.clone());
         set.plugins
             .iter()
             .filter(|p| p.spec.kind == PluginKind::Policy)
             .map(|p| {
-                let (vote, error) = match self.invoke(p, |b, s| b.evaluate(s, req)) {
+                if let Some(why) = &over {
+                    return PluginVote {
+                        plugin: p.spec.name.clone(),
+                        vote: Vote::Deny(format!("{why}; not passed to policy plugins")),
+                        may_override: false,
+                        error: None,
+                    };
+                }
+                let (vote, error) = match self.invoke(p, &caller, |b, s| b.evaluate(s, req)) {
                     Ok(v) => (v, None),
                     Err(e) => {
                         let fallback = match p.spec.on_error {
@@ -709,7 +789,7 @@ impl PluginHost {
         // A sink that runs fine but reports a failed delivery is `rejected`, counted, and
         // does not count toward quarantine.
         let start = Instant::now();
-        match self.invoke(p, call) {
+        match self.invoke(p, &Caller::Daemon, call) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => {
                 let name = p.spec.name.as_str();
@@ -747,7 +827,8 @@ impl PluginHost {
             .iter()
             .filter(|p| p.spec.kind == PluginKind::EnrollmentHook)
         {
-            let outcome = self.invoke(p, |b, s| b.on_enroll(s, &req));
+            let caller = Caller::User(req.name.clone());
+            let outcome = self.invoke(p, &caller, |b, s| b.on_enroll(s, &req));
             let effective = match &outcome {
                 Ok(d) => d.clone(),
                 Err(e) => match p.spec.on_error {
@@ -822,6 +903,27 @@ impl tether_policy::PolicyHooks for PluginHost {
     }
 }
 
+/// Why `req` is over the hard input limits (a field longer than
+/// [`tether_policy::MAX_INPUT_BYTES`]), if it is.
+fn over_hard_limits(req: &Request) -> Option<String> {
+    let limit = tether_policy::MAX_INPUT_BYTES;
+    [
+        ("command", req.command.as_deref()),
+        ("path", req.path.as_deref()),
+        ("ticket", req.ticket.as_deref()),
+        ("user", Some(req.user.as_str())),
+    ]
+    .into_iter()
+    .find_map(|(what, v)| {
+        v.filter(|v| v.len() > limit).map(|v| {
+            format!(
+                "the {what} is {} bytes, over the {limit}-byte limit",
+                v.len()
+            )
+        })
+    })
+}
+
 fn short(s: &str) -> String {
     let mut end = s.len().min(512);
     while !s.is_char_boundary(end) {
@@ -856,14 +958,15 @@ fn classify(e: &wasmtime::Error, memory_hit: bool, limits: crate::manifest::Limi
     }
 }
 
-/// Loads a precompiled component from the cache directory.
+/// Turns an artifact this host compiled (just now, or read back from a cache entry whose MAC
+/// verified) into a component.
 #[allow(unsafe_code)]
-fn deserialize_cached(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: wasmtime requires that the file was produced by `Engine::precompile_component`
-    // of a compatible engine and is not modified while mapped. The cache directory is created
-    // 0700 by this daemon, files are written by `compile` above (tmp + rename) and named by the
-    // SHA-256 of the *verified* component plus the engine compatibility hash; anyone able to
-    // write there can already replace the daemon's binary. Incompatible artifacts are rejected
-    // by wasmtime's own header check and recompiled.
-    unsafe { Component::deserialize_file(engine, file) }
+fn deserialize_authenticated(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires that the bytes were produced by `Engine::precompile_component`
+    // of a compatible engine. They are either the output of that call in this process, or a
+    // cache entry whose HMAC (key from the vault, never on disk beside the cache) over the
+    // signed component's SHA-256, the engine compatibility hash and these exact bytes verified
+    // after the whole file was read into memory, so the bytes are ones this daemon compiled
+    // and cannot change between the check and this call.
+    unsafe { Component::deserialize(engine, artifact) }
 }

@@ -15,6 +15,8 @@
 #![deny(unsafe_code)]
 
 mod abi;
+mod addr;
+mod cache;
 pub mod caps;
 mod error;
 mod events;
@@ -27,6 +29,7 @@ mod types;
 mod v0_1;
 mod v0_2;
 
+pub use cache::{CacheKey, NoCacheKey};
 pub use caps::{NoSecrets, SecretSource};
 pub use error::{Error, Result};
 pub use events::{Failed, NoEvents, PluginEvents, Quarantined};

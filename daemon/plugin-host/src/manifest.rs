@@ -476,3 +476,41 @@ mod tests {
         assert!(m.plugins[0].capabilities.secrets.contains("slack_token"));
     }
 }
+
+/// Fuzz harness for `plugins.toml` (an admin file, but read by the daemon on every reload).
+/// `TETHER_FUZZ_CASES` sets the number of cases (`scripts/fuzz` for long runs).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    const VALID: &str = "trusted_keys = []\nallow_unsigned = true\n[[plugin]]\nname = \"a\"\nkind = \"policy\"\npath = \"a.wasm\"\n[plugin.limits]\ntimeout_ms = 50\nmemory_mb = 16\n[plugin.capabilities]\nallowed_hosts = [\"*.example.com\"]\nallow_private = [\"h=10.0.0.1\"]\nsecrets = [\"x\"]\n[plugin.config]\nk = \"v\"\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_manifest_text(text in "(.|\n){0,800}") {
+            let _ = Manifest::parse(&text);
+        }
+
+        #[test]
+        fn fuzz_manifest_mutated(flips in prop::collection::vec((0usize..VALID.len(), any::<char>()), 0..6)) {
+            let mut chars: Vec<char> = VALID.chars().collect();
+            for (i, c) in flips {
+                if i < chars.len() {
+                    chars[i] = c;
+                }
+            }
+            let text: String = chars.into_iter().collect();
+            let _ = Manifest::parse(&text);
+        }
+    }
+}

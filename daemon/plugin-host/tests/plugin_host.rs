@@ -59,6 +59,19 @@ fn cache_dir() -> PathBuf {
         .join("cache")
 }
 
+/// The cache key the tests' hosts use (the daemon's comes from its vault).
+struct TestCacheKey([u8; 32]);
+
+impl CacheKey for TestCacheKey {
+    fn cache_key(&self) -> Option<Zeroizing<Vec<u8>>> {
+        Some(Zeroizing::new(self.0.to_vec()))
+    }
+}
+
+fn test_key() -> Arc<dyn CacheKey> {
+    Arc::new(TestCacheKey([0x5a; 32]))
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     key: PathBuf,
@@ -100,6 +113,7 @@ impl Fixture {
     fn host_with(&self, body: &str, mut opts: HostOptions) -> Result<PluginHost> {
         let m = self.manifest(body);
         opts.cache_dir = Some(cache_dir());
+        opts.cache_key = test_key();
         PluginHost::load(&m, opts, &prometheus::Registry::new())
     }
 }
@@ -274,6 +288,86 @@ mod basic {
         assert_eq!(one(&host).vote, Vote::Deny("deny-all says no".into()));
     }
 
+    /// The cache file of the component with this hash.
+    fn cached_file(dir: &Path, sha: &str) -> PathBuf {
+        let mut hits: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(sha))
+            .collect();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        hits.remove(0)
+    }
+
+    /// A file written into the cache never runs: another component's entry (valid, but MAC'd
+    /// for another hash), a raw artifact without a MAC, a byte flip, garbage and an entry made
+    /// with another key are all refused and recompiled from the signed component.
+    #[test]
+    fn a_planted_cache_entry_never_runs() {
+        let f = Fixture::new();
+        f.plugin("deny_all", true);
+        f.plugin("allow_all", true);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let load = |name: &str, key: Arc<dyn CacheKey>| {
+            let m = f.manifest(&entry(name, "policy", ""));
+            let opts = HostOptions {
+                cache_dir: Some(cache.clone()),
+                cache_key: key,
+                ..HostOptions::default()
+            };
+            PluginHost::load(&m, opts, &prometheus::Registry::new()).unwrap()
+        };
+        let deny = load("deny_all", test_key());
+        let deny_sha = deny.list()[0].sha256.clone();
+        drop(deny);
+        let allow = load("allow_all", test_key());
+        let allow_sha = allow.list()[0].sha256.clone();
+        drop(allow);
+        let deny_file = cached_file(&cache, &deny_sha);
+        let allow_entry = std::fs::read(cached_file(&cache, &allow_sha)).unwrap();
+        let deny_entry = std::fs::read(&deny_file).unwrap();
+        let mut flipped = deny_entry.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        let planted: Vec<(&str, Vec<u8>)> = vec![
+            ("another component's entry", allow_entry.clone()),
+            ("a raw artifact without a MAC", allow_entry[40..].to_vec()),
+            ("a flipped byte", flipped),
+            ("garbage", b"TCWASM01 not native code at all".to_vec()),
+        ];
+        for (what, bytes) in planted {
+            std::fs::write(&deny_file, &bytes).unwrap();
+            let host = load("deny_all", test_key());
+            assert_eq!(
+                one(&host).vote,
+                Vote::Deny("deny-all says no".into()),
+                "{what} was loaded instead of the signed component"
+            );
+            assert_ne!(
+                std::fs::read(&deny_file).unwrap(),
+                bytes,
+                "{what} stays in the cache"
+            );
+        }
+        // an entry sealed with another key (a cache copied from another daemon) is refused too
+        let other: Arc<dyn CacheKey> = Arc::new(TestCacheKey([0x11; 32]));
+        std::fs::write(&deny_file, &allow_entry).unwrap();
+        let host = load("deny_all", other);
+        assert_eq!(one(&host).vote, Vote::Deny("deny-all says no".into()));
+        // without a key nothing is cached
+        let empty = dir.path().join("nokey");
+        let m = f.manifest(&entry("deny_all", "policy", ""));
+        let opts = HostOptions {
+            cache_dir: Some(empty.clone()),
+            ..HostOptions::default()
+        };
+        let host = PluginHost::load(&m, opts, &prometheus::Registry::new()).unwrap();
+        assert_eq!(one(&host).vote, Vote::Deny("deny-all says no".into()));
+        assert!(!empty.exists(), "no cache without a key");
+    }
+
     #[test]
     fn metrics_are_exported() {
         let f = Fixture::new();
@@ -283,6 +377,7 @@ mod basic {
         let m = f.manifest(&(entry("trap", "policy", "") + &entry("allow_all", "policy", "")));
         let opts = HostOptions {
             cache_dir: Some(cache_dir()),
+            cache_key: test_key(),
             ..HostOptions::default()
         };
         let host = PluginHost::load(&m, opts, &registry).unwrap();
@@ -452,9 +547,11 @@ mod hostile {
             ..HostOptions::default()
         };
         let host = f.host_with(&entry("trap", "policy", ""), opts).unwrap();
-        for _ in 0..3 {
+        // failures on the inputs of two callers (a plugin broken for everyone)
+        for user in ["alice", "bob", "alice"] {
+            let mut v = host.evaluate(&req().by(user, Role::Operator));
             assert_eq!(
-                one(&host).outcome().unwrap_err().kind,
+                v.remove(0).outcome().unwrap_err().kind,
                 ErrorKind::Trap.as_str()
             );
         }
@@ -484,6 +581,79 @@ mod hostile {
         assert_eq!(events.0.lock().unwrap().len(), 1, "recorded once");
         host.reload().unwrap();
         assert!(!host.list()[0].quarantined, "reload clears quarantine");
+    }
+}
+
+/// A read-only caller cannot quarantine a plugin (issue 14 §3).
+mod failure_accounting {
+    use super::*;
+
+    /// One caller's input that makes a `fail_closed` plugin fail (every call of `trap` fails,
+    /// standing in for a crafted command) denies that caller's requests, and never quarantines
+    /// the plugin: other callers keep getting real votes. Once the plugin fails for a second
+    /// caller too, it is broken for everyone and is quarantined.
+    #[test]
+    fn one_callers_input_never_quarantines_a_plugin() {
+        let f = Fixture::new();
+        f.plugin("trap", true);
+        let opts = HostOptions {
+            quarantine_after: 3,
+            ..HostOptions::default()
+        };
+        let host = f.host_with(&entry("trap", "policy", ""), opts).unwrap();
+        let mallory = req().by("mallory", Role::ReadOnly);
+        for _ in 0..20 {
+            let v = host.evaluate(&mallory).remove(0);
+            assert!(
+                matches!(v.vote, Vote::Deny(_)),
+                "fail_closed: mallory is denied"
+            );
+            assert_eq!(v.outcome().unwrap_err().kind, ErrorKind::Trap.as_str());
+        }
+        let info = &host.list()[0];
+        assert!(
+            !info.quarantined,
+            "20 failures of one caller do not quarantine"
+        );
+        assert_eq!(info.errors, 20, "they are counted");
+        // another caller is still asked (not answered "quarantined")
+        let v = host.evaluate(&req().by("bob", Role::Operator)).remove(0);
+        assert_eq!(v.outcome().unwrap_err().kind, ErrorKind::Trap.as_str());
+        assert!(
+            host.list()[0].quarantined,
+            "failing for two callers: broken for everyone"
+        );
+    }
+
+    /// Input over the hard limits never reaches a plugin: no call, no failure counted.
+    #[test]
+    fn input_over_the_hard_limits_never_reaches_plugins() {
+        let f = Fixture::new();
+        f.plugin("trap", true);
+        f.plugin("allow_all", true);
+        let host = f
+            .host(&(entry("trap", "policy", "") + &entry("allow_all", "policy", "")))
+            .unwrap();
+        let big = "x".repeat(tether_policy::MAX_INPUT_BYTES + 1);
+        let mut reqs = vec![Request::exec(big.clone()).by("mallory", Role::ReadOnly)];
+        let mut r = req();
+        r.ticket = Some(big.clone());
+        reqs.push(r);
+        let mut r = req();
+        r.path = Some(format!("/{big}"));
+        reqs.push(r);
+        for r in &reqs {
+            for v in host.evaluate(r) {
+                assert!(
+                    matches!(&v.vote, Vote::Deny(m) if m.contains("limit")),
+                    "{v:?}"
+                );
+                assert!(v.error.is_none());
+            }
+        }
+        for p in host.list() {
+            assert_eq!((p.calls, p.errors), (0, 0), "{} was called", p.name);
+        }
     }
 }
 
@@ -614,6 +784,74 @@ mod capabilities {
             }
         });
         port
+    }
+
+    /// Serves one request and answers with the Host header it received.
+    fn serve_host_echo() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let hosts: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+                    .collect();
+                let body = hosts.join("|");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    /// `http.send` cannot front another virtual host: `Host` comes from the URL, and a plugin
+    /// header naming another host or port (Host, X-Forwarded-Host, Forwarded) is refused
+    /// before anything is sent.
+    #[test]
+    fn a_plugin_cannot_set_host_to_another_name() {
+        let f = Fixture::new();
+        f.plugin("http_probe", true);
+        let caps = "allowed_hosts = [\"127.0.0.1\"]\nallow_http = true\nallow_private = [\"127.0.0.1=127.0.0.1\"]";
+        let run = |headers: &str, port: u16| {
+            let host = f
+                .host(&entry(
+                    "http_probe",
+                    "policy",
+                    &format!("[plugin.limits]\ntimeout_ms = 3000\n[plugin.capabilities]\n{caps}\n[plugin.config]\nurl = \"http://127.0.0.1:{port}/\"\nheaders = {headers:?}"),
+                ))
+                .unwrap();
+            match one(&host).vote {
+                Vote::Deny(r) => r,
+                v => panic!("{v:?}"),
+            }
+        };
+        for evil in [
+            "Host: metadata.internal",
+            "host: 127.0.0.1.evil.example",
+            "X-Forwarded-Host: admin.internal",
+            "Forwarded: host=admin.internal",
+            "HOST: 127.0.0.1:1",
+        ] {
+            let port = serve_host_echo();
+            let r = run(evil, port);
+            assert!(r.starts_with("error=not allowed"), "{evil}: {r}");
+        }
+        // no Host from the plugin, or its own host: the server sees exactly the URL's authority, once
+        for ok in ["", "Host: 127.0.0.1"] {
+            let port = serve_host_echo();
+            let r = run(ok, port);
+            assert_eq!(
+                r,
+                format!("status=200 body=host: 127.0.0.1:{port}"),
+                "{ok:?}"
+            );
+        }
     }
 
     #[test]

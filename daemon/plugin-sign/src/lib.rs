@@ -590,3 +590,39 @@ mod tests {
         assert!(!e.to_string().contains(seed) && !format!("{e:?}").contains(seed));
     }
 }
+
+/// Fuzz harness for `.sig` files (they sit next to components anyone with write access to the
+/// plugin directory may replace). `TETHER_FUZZ_CASES` sets the number of cases.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_sig_file(text in "(.|\n){0,600}", key in any::<[u8; 32]>()) {
+            let _ = SigFile::parse(&text, Path::new("fuzz.wasm.sig"));
+            let d = tempfile::tempdir().unwrap();
+            let sig = d.path().join("c.wasm.sig");
+            std::fs::write(&sig, text.as_bytes()).unwrap();
+            let keys = [key];
+            let r = verify_signature(Path::new("c.wasm"), b"component", &sig, Trust::Keys(&keys));
+            prop_assert!(r.is_err(), "random text never verifies");
+        }
+
+        #[test]
+        fn fuzz_public_key(text in ".{0,200}") {
+            let _ = parse_public_key(&text);
+        }
+    }
+}

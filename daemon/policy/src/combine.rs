@@ -16,13 +16,21 @@ pub struct Checked {
 
 /// Asks `hooks` (when given and the decision [takes votes](Decision::takes_votes)) about
 /// `req` and applies their votes to `decision`. Blocks while the plugins run.
+///
+/// A request refused by a hard limit (over [`crate::MAX_INPUT_BYTES`], or malformed) is never
+/// shown to the plugins: it is denied in every mode, no vote could change that, and input no
+/// caller may legitimately send must not be able to make a plugin fail.
 pub fn with_votes(
     mut decision: Decision,
     req: &Request,
     hooks: Option<&dyn PolicyHooks>,
 ) -> Checked {
+    let hard = decision
+        .rule_ids
+        .iter()
+        .any(|id| id == crate::builtin::INPUT_TOO_LONG || id == crate::builtin::INVALID_REQUEST);
     let plugin_votes = match hooks {
-        Some(h) if decision.takes_votes() => h.vote(req),
+        Some(h) if decision.takes_votes() && !hard => h.vote(req),
         _ => Vec::new(),
     };
     decision.apply_votes(&plugin_votes);
@@ -77,6 +85,41 @@ mod tests {
         fn vote(&self, _: &Request) -> Vec<PluginVote> {
             self.0.clone()
         }
+    }
+
+    /// Counts the requests it is asked about.
+    struct Counting(std::sync::atomic::AtomicUsize, Vec<PluginVote>);
+    impl PolicyHooks for Counting {
+        fn vote(&self, _: &Request) -> Vec<PluginVote> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.1.clone()
+        }
+    }
+
+    #[test]
+    fn input_over_the_hard_limits_never_reaches_plugins() {
+        let hooks = Counting(Default::default(), vec![vote("x", Vote::Allow, true)]);
+        for mode in ["enforce", "warn", "off"] {
+            let p = policy(mode);
+            let long = Request::exec("a".repeat(crate::MAX_INPUT_BYTES + 1));
+            let c = p.check(&long, Some(&hooks));
+            assert_eq!(c.decision.verdict, Verdict::Deny, "{mode}");
+            assert!(c.plugin_votes.is_empty());
+            let mut path = Request::exec("cat");
+            path.kind = crate::RequestKind::FileRead;
+            path.command = None;
+            path.path = Some(format!("/{}", "p".repeat(crate::MAX_INPUT_BYTES)));
+            let c = p.check(&path, Some(&hooks));
+            assert_eq!(c.decision.verdict, Verdict::Deny, "{mode}");
+        }
+        assert_eq!(hooks.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // at the limit it is asked (and a may_override allow cannot lift a hard deny)
+        let p = policy("enforce");
+        p.check(
+            &Request::exec("a".repeat(crate::MAX_INPUT_BYTES)),
+            Some(&hooks),
+        );
+        assert_eq!(hooks.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -2040,3 +2040,93 @@ mod tests {
         assert!(analyze(&deep, false).is_err());
     }
 }
+
+/// Fuzz harness for the shell splitter: every command a caller sends goes through it. Besides
+/// "never panics", a command that the splitter accepts must have no empty simple command
+/// hiding text. `TETHER_FUZZ_CASES` sets the number of cases (`scripts/fuzz` for long runs).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("TETHER_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn wrappers() -> &'static Wrappers {
+        static W: std::sync::OnceLock<Wrappers> = std::sync::OnceLock::new();
+        W.get_or_init(|| Wrappers::new(&[]).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Every combination of the splitter's options, so each code path sees the input.
+    fn analyze(cmd: &str, collect_paths: bool) -> Result<Analysis<'_>, String> {
+        let mut last = Err(String::new());
+        for structured in [false, true] {
+            for cwd in [None, Some("/srv")] {
+                let opt = Options {
+                    collect_paths,
+                    structured,
+                    wrappers: wrappers(),
+                    cwd,
+                };
+                last = super::analyze(cmd, &opt);
+            }
+        }
+        last
+    }
+
+    /// Shell-ish text: words, quotes, operators, substitutions, escapes and odd characters.
+    fn shellish() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            "[a-z/._-]{1,8}",
+            Just(" ".to_string()),
+            Just(";".to_string()),
+            Just("&&".to_string()),
+            Just("||".to_string()),
+            Just("|".to_string()),
+            Just("&".to_string()),
+            Just("$(".to_string()),
+            Just(")".to_string()),
+            Just("`".to_string()),
+            Just("'".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("${".to_string()),
+            Just("}".to_string()),
+            Just(">".to_string()),
+            Just("<(".to_string()),
+            Just("\n".to_string()),
+            Just("sh -c ".to_string()),
+            Just("find . -exec ".to_string()),
+            Just("\\;".to_string()),
+            Just("xargs ".to_string()),
+            Just("#".to_string()),
+            Just("=".to_string()),
+            ".",
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn fuzz_shell_splitter_any_text(cmd in ".{0,400}") {
+            let _ = analyze(&cmd, true);
+            let _ = analyze(&cmd, false);
+        }
+
+        #[test]
+        fn fuzz_shell_splitter_shellish(cmd in shellish()) {
+            let _ = analyze(&cmd, true);
+            if let Ok(a) = analyze(&cmd, false) {
+                for c in &a.commands {
+                    prop_assert!(c.len() <= cmd.len() * 4 + 64, "a piece cannot grow without bound");
+                }
+            }
+        }
+    }
+}

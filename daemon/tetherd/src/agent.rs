@@ -22,9 +22,7 @@ use tether_control::audit::daemon_actor;
 use tether_control::state::{KeyRotator, RotationFuture, RotationOutcome};
 use tether_enroll::{HostRecord, Hub};
 use tether_model::{Alert, AlertSink, Severity};
-use tether_tunnel::{
-    PeerConfig, PublicKey, SecretKey, TunnelError, TunnelHandle, TunnelListener, TunnelStream,
-};
+use tether_tunnel::{SecretKey, TunnelError, TunnelHandle, TunnelListener, TunnelStream};
 use tether_vault::Vault;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -451,34 +449,29 @@ impl Role for HubRole {
 }
 
 impl HubRole {
-    /// Replaces the host's tunnel peer by one with its new key, keeping its endpoint.
+    /// Replaces the host's tunnel peer by one with its new key, keeping its endpoint, only if
+    /// the inventory still holds the host active with that key (a revocation or removal while
+    /// the rotation was in flight wins: the peer stays gone).
     fn install(&self, tunnel: &TunnelHandle, host: HostInfo) {
-        let key = match PublicKey::from_base64(&host.wg_public_key) {
-            Ok(k) => k,
-            Err(e) => return tracing::error!(host = %host.name, "rotated to an unusable key: {e}"),
-        };
         let endpoint = tunnel
             .status()
             .into_iter()
             .find(|p| p.overlay_ip == host.overlay_ip)
             .and_then(|p| p.endpoint);
-        if let Some(id) = tunnel.peer_by_ip(host.overlay_ip) {
-            let _ = tunnel.remove_peer(id);
-        }
-        let added = tunnel.add_peer(PeerConfig {
-            name: host.name.clone(),
-            public_key: key,
-            overlay_ip: host.overlay_ip,
-            endpoint,
-            persistent_keepalive: None,
-        });
-        match added {
-            Ok(_) => {
+        let Some(record) = self.hub.inventory().get(&host.name) else {
+            return tracing::warn!(host = %host.name, "rotated, but the host is gone; no peer added");
+        };
+        let record = HostRecord {
+            wg_public_key: host.wg_public_key.clone(),
+            ..record
+        };
+        match crate::membership::admit_peer(&self.hub, tunnel, &record, endpoint) {
+            Ok(()) => {
                 tracing::info!(host = %host.name, "WireGuard key rotated");
                 self.alerts.raise(rotation_alert(&host.name));
             }
             Err(e) => {
-                tracing::error!(host = %host.name, "rotated, but the new tunnel peer could not be added: {e}")
+                tracing::warn!(host = %host.name, "rotated, but the new tunnel peer was not added: {e}")
             }
         }
     }

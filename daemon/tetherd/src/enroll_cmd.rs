@@ -62,6 +62,10 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         };
         let opts = ClientOptions {
             endpoint: args.endpoint.clone(),
+            // prove to the hub that this machine holds the key it enrolls with
+            wg_key: Some(tether_enroll::WgProver(std::sync::Arc::new(identity::WgAgreement(
+                wg.clone(),
+            )))),
             ..ClientOptions::default()
         };
         let welcome = enroll_client(&token, &keys, &opts).await.map_err(DaemonError::Enroll)?;

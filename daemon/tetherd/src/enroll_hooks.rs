@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tether_audit::{AuditLog, Event};
-use tether_enroll::{EnrollHook, EnrollRequest, HookDecision};
+use tether_enroll::{EnrollHook, EnrollRequest, HookDecision, HostRecord};
 use tether_plugin_host::{EnrollDecision, EnrollVote};
 
 use crate::plugins::Plugins;
@@ -53,6 +53,10 @@ impl EnrollHook for ChainHook {
             }
         }
         HookDecision::Approve { extra_tags: extra }
+    }
+
+    fn accepted(&self, host: &HostRecord, peer: Option<std::net::IpAddr>) -> Result<(), String> {
+        self.hooks.iter().try_for_each(|h| h.accepted(host, peer))
     }
 }
 
@@ -141,36 +145,39 @@ impl EnrollHook for PluginEnrollHook {
     }
 }
 
-/// Audits every accepted enrollment durably before the host is recorded; refuses it otherwise.
-/// Last in the chain, so the record carries the tags the plugins added.
+/// Audits every accepted enrollment durably once its invite is consumed and before the host is
+/// recorded (so of racing attempts with one token only the winner is recorded as accepted);
+/// refuses it otherwise. Last in the chain.
 pub struct AuditHook {
     /// The audit log.
     pub audit: AuditLog,
 }
 
 impl EnrollHook for AuditHook {
-    fn review(&self, r: &EnrollRequest) -> HookDecision {
+    fn review(&self, _r: &EnrollRequest) -> HookDecision {
+        HookDecision::Approve {
+            extra_tags: Default::default(),
+        }
+    }
+
+    fn accepted(&self, h: &HostRecord, peer: Option<std::net::IpAddr>) -> Result<(), String> {
         let event = Event::new("enroll.accepted", tether_control::audit::daemon_actor())
-            .host(r.name.clone())
+            .host(h.name.clone())
             .data(json!({
-                "name": r.name,
-                "overlay_ip": r.overlay_ip.to_string(),
-                "hostname": r.hostname,
-                "wg_public_key": r.wg_public_key,
-                "ssh_host_key_fingerprint": tether_enroll::ssh_fingerprint(&r.ssh_host_key).unwrap_or_default(),
-                "peer": r.peer.map(|p| p.to_string()),
-                "tags": r.tags,
-                "groups": r.groups,
+                "name": h.name,
+                "overlay_ip": h.overlay_ip.to_string(),
+                "hostname": h.hostname,
+                "wg_public_key": h.wg_public_key,
+                "ssh_host_key_fingerprint": tether_enroll::ssh_fingerprint(&h.ssh_host_key).unwrap_or_default(),
+                "peer": peer.map(|p| p.to_string()),
+                "tags": h.tags,
+                "groups": h.groups,
             }));
         // Called on a blocking thread by the enrollment server.
-        match self.audit.append_blocking(&event) {
-            Ok(_) => HookDecision::Approve {
-                extra_tags: Default::default(),
-            },
-            Err(e) => HookDecision::Deny {
-                reason: format!("the hub cannot write its audit log ({e}); try again later"),
-            },
-        }
+        self.audit
+            .append_blocking(&event)
+            .map(|_| ())
+            .map_err(|e| format!("the hub cannot write its audit log ({e}); try again later"))
     }
 }
 

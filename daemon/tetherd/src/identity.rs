@@ -82,6 +82,16 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// This machine's WireGuard private key for the enrollment's proof of possession (X25519 with
+/// the other side's public key; the key itself never leaves the process).
+pub struct WgAgreement(pub tether_tunnel::SecretKey);
+
+impl tether_enroll::WgKeyAgreement for WgAgreement {
+    fn agree(&self, peer_public: &[u8; 32]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        Some(zeroize::Zeroizing::new(self.0.diffie_hellman(peer_public)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tether_audit::{AuditLog, Event};
 use tether_config::Config;
+use tether_enroll::rejections::{Rejected, Rejections};
 use tether_enroll::{
-    EnrollEvent, EnrollHook, EnrollServer, HostRecord, Hub, HubIdentity, OverlayNet, ServerConfig,
+    EnrollError, EnrollHook, EnrollObserver, EnrollServer, HostRecord, Hub, HubIdentity,
+    OverlayNet, ServerConfig,
 };
 use tether_model::AlertSink;
 use tether_tunnel::{
@@ -181,6 +182,27 @@ pub fn peer_for(host: &HostRecord) -> Result<PeerConfig, TunnelError> {
     })
 }
 
+/// Adds `host`'s tunnel peer only if the inventory still holds it active with this key, under
+/// the inventory lock (see [`tether_enroll::Inventory::admit`]): revocation takes the same lock
+/// and removes peers after it, so no in-flight enrollment or rotation brings a revoked host back.
+pub fn admit_peer(
+    hub: &Hub,
+    tunnel: &TunnelHandle,
+    host: &HostRecord,
+    endpoint: Option<SocketAddr>,
+) -> Result<(), String> {
+    hub.inventory()
+        .admit(&host.name, &host.wg_public_key, |current| {
+            let mut peer = peer_for(current).map_err(|e| e.to_string())?;
+            peer.endpoint = endpoint;
+            if let Some(id) = tunnel.peer_by_ip(current.overlay_ip) {
+                let _ = tunnel.remove_peer(id);
+            }
+            tunnel.add_peer(peer).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())?
+}
+
 /// Starts the hub's tunnel and enrollment listener and re-adds every active host as a peer.
 /// Enrollments are reviewed by the enrollment-hook `plugins` (if any), then audited.
 pub async fn start_hub(
@@ -249,7 +271,12 @@ pub async fn start_hub(
         ssh_client_public: identity::ssh_public_key(vault)?,
     };
     let invite_key = vault.get_or_generate(identity::INVITE_KEY, 32)?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EnrollEvent>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<HubEvent>(EVENT_QUEUE);
+    let observer = Arc::new(Observer {
+        tx,
+        rejections: std::sync::Mutex::new(Rejections::default()),
+        dropped: std::sync::atomic::AtomicU64::new(0),
+    });
     // Plugins first (they may deny or add tags), then the audit record of the accepted host.
     let mut hooks: Vec<Arc<dyn EnrollHook>> = Vec::new();
     if let Some(plugins) = plugins {
@@ -261,17 +288,32 @@ pub async fn start_hub(
     let hub = Hub::open(&config.state_dir, identity, invite_key, net)
         .map_err(|e| DaemonError::Membership(format!("cannot open the inventory: {e}")))?
         .with_hook(Arc::new(ChainHook::new(hooks)))
-        .with_observer(Arc::new(tx));
+        .with_wg_key(Arc::new(identity::WgAgreement(identity::wireguard_key(
+            vault,
+        )?)))
+        .with_observer(observer.clone());
     let hub = Arc::new(hub);
     let mut peers = 0;
-    for host in hub
+    // A restart never hands one host's key to another: if the inventory (edited, or written
+    // before keys were unique) holds one WireGuard key for two active hosts, neither gets it.
+    let active: Vec<HostRecord> = hub
         .inventory()
         .list()
         .into_iter()
         .filter(HostRecord::is_active)
-    {
-        match peer_for(&host).and_then(|p| handle.add_peer(p)) {
-            Ok(_) => peers += 1,
+        .collect();
+    for host in &active {
+        let holders: Vec<&str> = active
+            .iter()
+            .filter(|h| h.wg_public_key == host.wg_public_key)
+            .map(|h| h.name.as_str())
+            .collect();
+        if holders.len() > 1 {
+            tracing::error!(host = %host.name, shared_with = ?holders, "this host's WireGuard key is held by several hosts in hosts.json; no tunnel peer is added for any of them — revoke them and enroll each machine with its own keys");
+            continue;
+        }
+        match admit_peer(&hub, &handle, host, None) {
+            Ok(()) => peers += 1,
             Err(e) => tracing::error!(host = %host.name, "could not add the tunnel peer: {e}"),
         }
     }
@@ -314,7 +356,15 @@ pub async fn start_hub(
         audit.clone(),
         shutdown.clone(),
     )?;
-    let events = tokio::spawn(enroll_events(rx, handle, audit, alerts, shutdown));
+    let events = tokio::spawn(enroll_events(
+        rx,
+        observer,
+        Arc::clone(&hub),
+        handle,
+        audit,
+        alerts,
+        shutdown,
+    ));
     Ok(Membership {
         tunnel: Some(tunnel),
         hub: Some(hub),
@@ -325,56 +375,133 @@ pub async fn start_hub(
     })
 }
 
+/// Capacity of the hub's enrollment event queue. Refusals are aggregated before they are
+/// queued (at most `2 × MAX_SOURCES + 1` records per window), so it only fills if the audit log
+/// stalls; what cannot be queued then is counted and reported in the next summary.
+const EVENT_QUEUE: usize = 4096;
+
+/// What the enrollment server tells the daemon.
+enum HubEvent {
+    Enrolled(HostRecord, Option<std::net::IpAddr>),
+    Rejected(Rejected),
+}
+
+/// The hub's [`EnrollObserver`]: enrollments become peers, refusals become bounded,
+/// per-source aggregated `enroll.rejected` records (see [`tether_enroll::rejections`]).
+struct Observer {
+    tx: tokio::sync::mpsc::Sender<HubEvent>,
+    rejections: std::sync::Mutex<Rejections>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Observer {
+    fn queue(&self, event: HubEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn rejections(&self) -> std::sync::MutexGuard<'_, Rejections> {
+        self.rejections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl EnrollObserver for Observer {
+    fn enrolled(&self, host: &HostRecord, peer: Option<std::net::IpAddr>) {
+        self.queue(HubEvent::Enrolled(host.clone(), peer));
+    }
+
+    fn rejected(&self, peer: Option<std::net::IpAddr>, error: &EnrollError) {
+        let records = self.rejections().record(
+            peer,
+            error.code(),
+            &error.to_string(),
+            std::time::Instant::now(),
+        );
+        for r in records {
+            self.queue(HubEvent::Rejected(r));
+        }
+    }
+}
+
 /// Adds a tunnel peer for each new host (raising `enrollment_complete`) and records refused
-/// attempts.
+/// attempts (flushing the per-source
+/// summaries every few seconds).
 async fn enroll_events(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<EnrollEvent>,
+    mut rx: tokio::sync::mpsc::Receiver<HubEvent>,
+    observer: Arc<Observer>,
+    hub: Arc<Hub>,
     tunnel: TunnelHandle,
     audit: AuditLog,
     alerts: Arc<dyn AlertSink>,
     shutdown: CancellationToken,
 ) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        let event = tokio::select! {
+        let events: Vec<HubEvent> = tokio::select! {
             () = shutdown.cancelled() => return,
-            e = rx.recv() => match e { Some(e) => e, None => return },
-        };
-        match event {
-            EnrollEvent::Enrolled { host, peer } => {
-                let mut alert = tether_model::Alert::new(
-                    "enrollment_complete",
-                    tether_model::Severity::Info,
-                    format!("host {} enrolled as {}", host.name, host.overlay_ip),
-                )
-                .with_host(host.name.clone())
-                .field("overlay_ip", host.overlay_ip);
-                if let Some(p) = peer {
-                    alert = alert.field("peer", p);
+            _ = tick.tick() => {
+                let mut v: Vec<HubEvent> = observer
+                    .rejections()
+                    .flush(std::time::Instant::now())
+                    .into_iter()
+                    .map(HubEvent::Rejected)
+                    .collect();
+                let dropped = observer.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if dropped > 0 {
+                    tracing::error!(dropped, "enrollment events dropped: the audit log is not keeping up");
+                    v.push(HubEvent::Rejected(Rejected::Repeated {
+                        peer: None,
+                        codes: [("dropped", dropped)].into_iter().collect(),
+                        window_secs: 5,
+                    }));
                 }
-                alerts.raise(alert);
-                match peer_for(&host).and_then(|p| tunnel.add_peer(p)) {
-                    Ok(_) => {
-                        tracing::info!(host = %host.name, ip = %host.overlay_ip, from = ?peer, "host enrolled")
-                    }
-                    Err(e) => {
-                        tracing::error!(host = %host.name, "enrolled, but the tunnel peer could not be added: {e}")
-                    }
-                }
+                v
             }
-            EnrollEvent::Rejected {
-                peer,
-                code,
-                message,
-            } => {
-                tracing::warn!(from = ?peer, code, "enrollment refused: {message}");
-                let event = Event::new("enroll.rejected", tether_control::audit::daemon_actor())
-                    .data(json!({"code": code, "peer": peer.map(|p| p.to_string()), "message": message}));
-                if let Err(e) = audit.append(&event).await {
-                    tracing::error!("could not audit a refused enrollment: {e}");
+            e = rx.recv() => match e { Some(e) => vec![e], None => return },
+        };
+        for event in events {
+            match event {
+                HubEvent::Enrolled(host, peer) => {
+                    raise_enrolled(alerts.as_ref(), &host, peer);
+                    match admit_peer(&hub, &tunnel, &host, None) {
+                        Ok(()) => {
+                            tracing::info!(host = %host.name, ip = %host.overlay_ip, from = ?peer, "host enrolled")
+                        }
+                        Err(e) => {
+                            tracing::warn!(host = %host.name, "enrolled, but the tunnel peer was not added: {e}")
+                        }
+                    }
+                }
+                HubEvent::Rejected(r) => {
+                    let data = r.to_json();
+                    tracing::warn!(%data, "enrollment refused");
+                    let event =
+                        Event::new("enroll.rejected", tether_control::audit::daemon_actor())
+                            .data(data);
+                    if let Err(e) = audit.append(&event).await {
+                        tracing::error!("could not audit a refused enrollment: {e}");
+                    }
                 }
             }
         }
     }
+}
+
+/// Raises `enrollment_complete` for a host that just enrolled.
+fn raise_enrolled(alerts: &dyn AlertSink, host: &HostRecord, peer: Option<std::net::IpAddr>) {
+    let mut alert = tether_model::Alert::new(
+        "enrollment_complete",
+        tether_model::Severity::Info,
+        format!("host {} enrolled as {}", host.name, host.overlay_ip),
+    )
+    .with_host(host.name.clone())
+    .field("overlay_ip", host.overlay_ip);
+    if let Some(p) = peer {
+        alert = alert.field("peer", p);
+    }
+    alerts.raise(alert);
 }
 
 /// Starts a target's tunnel towards its hub, if it has enrolled.

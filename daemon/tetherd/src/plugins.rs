@@ -11,7 +11,7 @@ use tether_audit::{AuditLog, Event};
 use tether_control::state::{PluginAdmin, ReloadError};
 use tether_model::AlertSink;
 use tether_plugin_host::{
-    EnrollVote, Failed, HostOptions, PluginEvents, PluginHost, PluginKind, Quarantined,
+    CacheKey, EnrollVote, Failed, HostOptions, PluginEvents, PluginHost, PluginKind, Quarantined,
     SecretSource,
 };
 use tether_policy::{PluginVote, Request};
@@ -33,10 +33,64 @@ impl SecretSource for VaultSecrets {
     }
 }
 
-/// Records plugin lifecycle events in the audit log: a quarantine becomes `plugin.quarantine`.
+/// Vault entry holding the key that authenticates the compiled-artifact cache.
+pub const PLUGIN_CACHE_KEY: &str = "tetherd.plugin-cache-key";
+
+/// The cache key from the vault, generated on first use. A file written into
+/// `state_dir/plugin-cache` without this key is never loaded as native code.
+struct VaultCacheKey(Vault);
+
+impl CacheKey for VaultCacheKey {
+    fn cache_key(&self) -> Option<Zeroizing<Vec<u8>>> {
+        match self.0.get_or_generate(PLUGIN_CACHE_KEY, 32) {
+            Ok(secret) => Some(secret.expose(|b| Zeroizing::new(b.to_vec()))),
+            Err(e) => {
+                tracing::warn!(
+                    "plugin cache key unavailable ({e}); plugins compile without the cache"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `plugin.error` records written per plugin and minute at most; further failures in the
+/// minute are counted and reported (`suppressed`) in the plugin's next record. A caller whose
+/// input makes a plugin fail therefore cannot grow the audit log faster than this.
+const ERROR_RECORDS_PER_MINUTE: u32 = 10;
+
+/// Per-plugin budget of `plugin.error` records (sans-IO: the caller passes the time).
+#[derive(Default)]
+struct ErrorBudget {
+    windows: std::collections::HashMap<String, (std::time::Instant, u32, u64)>,
+}
+
+impl ErrorBudget {
+    /// `Some(suppressed before this one)` if a record may be written for `plugin` at `now`.
+    fn admit(&mut self, plugin: &str, now: std::time::Instant) -> Option<u64> {
+        if self.windows.len() > 4096 {
+            self.windows.clear(); // bounded: plugins are few; this only guards the map
+        }
+        let w = self.windows.entry(plugin.to_owned()).or_insert((now, 0, 0));
+        if now.saturating_duration_since(w.0) >= std::time::Duration::from_secs(60) {
+            w.0 = now;
+            w.1 = 0;
+        }
+        if w.1 >= ERROR_RECORDS_PER_MINUTE {
+            w.2 += 1;
+            return None;
+        }
+        w.1 += 1;
+        Some(std::mem::take(&mut w.2))
+    }
+}
+
+/// Records plugin lifecycle events in the audit log: a quarantine becomes `plugin.quarantine`,
+/// failures `plugin.error` (at most [`ERROR_RECORDS_PER_MINUTE`] per plugin and minute).
 struct AuditEvents {
     audit: AuditLog,
     rt: tokio::runtime::Handle,
+    budget: std::sync::Mutex<ErrorBudget>,
 }
 
 impl AuditEvents {
@@ -68,12 +122,21 @@ impl PluginEvents for AuditEvents {
     }
 
     fn failed(&self, f: &Failed) {
+        let admitted = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(&f.plugin, std::time::Instant::now());
+        let Some(suppressed) = admitted else {
+            return;
+        };
         let event = Event::new("plugin.error", tether_control::audit::daemon_actor()).data(json!({
             "plugin": f.plugin,
             "kind": f.kind.as_str(),
             "consecutive": f.consecutive,
             "error_kind": f.error.kind.as_str(),
             "reason": f.error.message,
+            "suppressed": suppressed,
         }));
         self.record(&f.plugin, event);
     }
@@ -99,9 +162,14 @@ impl Plugins {
     ) -> Result<Plugins, DaemonError> {
         let opts = HostOptions {
             cache_dir: Some(state_dir.join("plugin-cache")),
+            cache_key: Arc::new(VaultCacheKey(vault.clone())),
             secrets: Arc::new(VaultSecrets(vault)),
             alerts,
-            events: Arc::new(AuditEvents { audit, rt }),
+            events: Arc::new(AuditEvents {
+                audit,
+                rt,
+                budget: std::sync::Mutex::new(ErrorBudget::default()),
+            }),
             ..HostOptions::default()
         };
         let host = PluginHost::load(manifest, opts, registry)
@@ -222,5 +290,26 @@ impl PluginAdmin for Plugins {
         self.host
             .reload()
             .map_err(|e| ReloadError::Plugins(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn plugin_error_records_are_bounded_per_plugin_and_minute() {
+        let mut b = ErrorBudget::default();
+        let t0 = Instant::now();
+        let written = (0..1000)
+            .filter(|i| b.admit("trap", t0 + Duration::from_millis(*i)).is_some())
+            .count();
+        assert_eq!(written, ERROR_RECORDS_PER_MINUTE as usize);
+        // another plugin has its own budget
+        assert_eq!(b.admit("other", t0), Some(0));
+        // next minute: the first record reports what was left out
+        assert_eq!(b.admit("trap", t0 + Duration::from_secs(61)), Some(990));
+        assert_eq!(b.admit("trap", t0 + Duration::from_secs(62)), Some(0));
     }
 }

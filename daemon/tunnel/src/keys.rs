@@ -38,6 +38,14 @@ impl SecretKey {
         PublicKey(x25519::PublicKey::from(&self.0).to_bytes())
     }
 
+    /// X25519 with `peer_public` (the enrollment's proof of possession). Handle the result as
+    /// a secret.
+    pub fn diffie_hellman(&self, peer_public: &[u8; 32]) -> [u8; 32] {
+        self.0
+            .diffie_hellman(&x25519::PublicKey::from(*peer_public))
+            .to_bytes()
+    }
+
     pub(crate) fn inner(&self) -> &x25519::StaticSecret {
         &self.0
     }

@@ -111,7 +111,7 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::PolicyReload, _, _>(ADMIN, &[422, AUDITED], policy::reload),
         json::<a::VpnInvite, _, _>(ADMIN, &[HUB, 500, AUDITED], vpn::invite),
         json::<a::VpnReinvite, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::reinvite),
-        json::<a::VpnRevoke, _, _>(ADMIN, &[HUB, 500, AUDITED], vpn::revoke),
+        json::<a::VpnRevoke, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::revoke),
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
         stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),

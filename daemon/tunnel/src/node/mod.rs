@@ -26,7 +26,7 @@ use boringtun::x25519;
 use self::peer::{Control, Peer, msg_type};
 pub use self::peer::{PeerConfig, PeerStatus};
 use self::stack::Stack;
-pub use self::stack::{DEFAULT_TCP_BUFFER, Readiness};
+pub use self::stack::{DEFAULT_TCP_BUFFER, MAX_STREAMS_PER_PEER, Readiness};
 pub use self::types::{DropReason, Event, PeerId, StreamId, Totals, Transmit};
 use crate::health::{HealthConfig, Verdict};
 use crate::{PublicKey, SecretKey, TunnelError};
@@ -685,6 +685,12 @@ impl Node {
     /// Open streams (for tests and metrics).
     pub fn stream_count(&self) -> usize {
         self.stack.stream_count()
+    }
+
+    /// Incoming streams reset because their peer already held
+    /// [`MAX_STREAMS_PER_PEER`] streams.
+    pub fn streams_refused_over_cap(&self) -> u64 {
+        self.stack.refused_over_cap
     }
 
     /// The overlay IP at the other end of a stream.

@@ -29,6 +29,11 @@ const LISTEN_BACKLOG: usize = 2;
 /// Max half-open (SYN received, not yet accepted) sockets per port.
 const MAX_PENDING: usize = 8;
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+/// Most streams one peer may have open towards this node's listeners, released-but-lingering
+/// ones included (each holds two [`DEFAULT_TCP_BUFFER`]s, so one peer pins at most
+/// 64 × 512 KiB = 32 MiB). A connection over the cap is reset at once and never reaches the
+/// application; streams this node opened itself are not limited.
+pub const MAX_STREAMS_PER_PEER: usize = 64;
 
 /// Readiness of a stream, for drivers that park tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,6 +99,10 @@ pub(super) struct Stack {
     epoch: Instant,
     /// Inbound packets or socket calls are waiting for a [`Stack::poll`].
     dirty: bool,
+    /// Incoming streams reset because their peer was at [`MAX_STREAMS_PER_PEER`].
+    pub(super) refused_over_cap: u64,
+    /// Their sockets, freed at the next update (after the RST is sent).
+    resetting: Vec<SocketHandle>,
 }
 
 impl Stack {
@@ -127,6 +136,8 @@ impl Stack {
             next_stream: 1,
             epoch,
             dirty: false,
+            refused_over_cap: 0,
+            resetting: Vec::new(),
         }
     }
 
@@ -206,6 +217,10 @@ impl Stack {
     /// Hands established connections to their listeners (keeping LISTEN sockets available),
     /// follows each stream's TCP state into events, and frees released streams TCP is done with.
     pub(super) fn update_streams(&mut self, events: &mut VecDeque<Event>) {
+        // Sockets reset over the per-peer cap: their RST went out in the poll before this.
+        for h in std::mem::take(&mut self.resetting) {
+            self.sockets.remove(h);
+        }
         // Listeners: hand established connections over, keep LISTEN sockets available.
         let ports: Vec<u16> = self.listeners.keys().copied().collect();
         for port in ports {
@@ -233,6 +248,16 @@ impl Stack {
                     Some(IpAddress::Ipv4(ip)) => ip,
                     _ => Ipv4Addr::UNSPECIFIED,
                 };
+                let held = self.streams.values().filter(|m| m.remote == remote).count();
+                if held >= MAX_STREAMS_PER_PEER {
+                    // Over the cap: reset now (the RST goes out on the next poll, after which
+                    // the socket and its buffers are freed); never handed to the application.
+                    self.sockets.get_mut::<tcp::Socket>(h).abort();
+                    self.resetting.push(h);
+                    self.refused_over_cap += 1;
+                    self.dirty = true;
+                    continue;
+                }
                 let id = StreamId(self.next_stream);
                 self.next_stream += 1;
                 self.streams

@@ -756,3 +756,43 @@ fn measure_stream_buffer_sizes_on_a_wan_link() {
         );
     }
 }
+
+/// A peer cannot pin unbounded streams (and their 2 × 256 KiB buffers) on a node: incoming
+/// streams over MAX_STREAMS_PER_PEER are reset and never reach the application, and a
+/// released stream's buffers are freed once TCP is done, so the peer can open new ones.
+#[test]
+fn streams_per_peer_are_capped_and_released_ones_are_freed() {
+    use tether_tunnel::MAX_STREAMS_PER_PEER;
+    let (mut sim, ..) = hub_and_target(23, Faults::clean());
+    sim.node(0).listen(22).unwrap();
+    let mut opened = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_PEER + 8 {
+        let id = sim.node(1).connect(overlay(0), 22).unwrap();
+        opened.push(id);
+        sim.run_until(Duration::from_millis(200), |_| false);
+        while sim.node(0).accept(22).is_some() {}
+    }
+    sim.run_until(Duration::from_secs(3), |_| false);
+    let held: Vec<_> = opened
+        .iter()
+        .filter(|id| !sim.node(1).readiness(**id).closed)
+        .copied()
+        .collect();
+    assert_eq!(
+        held.len(),
+        MAX_STREAMS_PER_PEER,
+        "the ones over the cap were reset"
+    );
+    let refused = sim.node(0).streams_refused_over_cap();
+    assert!((1..=8).contains(&refused), "{refused}");
+    assert!(sim.node(0).stream_count() <= MAX_STREAMS_PER_PEER + 8);
+    // the target closes its streams: the hub frees them, and new ones are accepted again
+    for id in &opened {
+        sim.node(1).release(*id);
+    }
+    sim.run_until(Duration::from_secs(5), |_| false);
+    let hub_held = sim.node(0).stream_count();
+    // the hub's application never released its accepted streams: they are closed by the
+    // remote and freed when the application drops them; the reset ones are freed already
+    assert!(hub_held <= MAX_STREAMS_PER_PEER, "{hub_held}");
+}

@@ -1,4 +1,5 @@
 //! Every escape class on a real directory tree.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 

@@ -9,6 +9,7 @@
 mod alerts;
 mod error;
 mod file;
+mod files;
 mod load;
 mod locate;
 mod metrics;
@@ -21,6 +22,7 @@ mod vault;
 pub use alerts::{AlertRoute, AlertsSection};
 pub use error::{ConfigError, Problem};
 pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
+pub use files::FilesSection;
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;
 pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};

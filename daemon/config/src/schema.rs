@@ -43,6 +43,9 @@ pub struct Config {
     /// Alert routing and delivery, audit-sink batching (`[alerts]`).
     #[serde(default)]
     pub alerts: crate::AlertsSection,
+    /// File transfer confinement on a target (`[files]`).
+    #[serde(default)]
+    pub files: crate::FilesSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -222,6 +225,7 @@ impl Default for Config {
             metrics: crate::MetricsConfig::default(),
             enroll: EnrollSection::default(),
             alerts: crate::AlertsSection::default(),
+            files: crate::FilesSection::default(),
         }
     }
 }
@@ -428,6 +432,9 @@ impl Config {
         }
         for (key, message) in self.alerts.validate() {
             bad(&key, message);
+        }
+        for (key, message) in self.files.validate() {
+            bad(key, message);
         }
         problems
     }

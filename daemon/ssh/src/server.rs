@@ -75,6 +75,8 @@ pub struct ServerSettings {
     pub env_allow: Vec<String>,
     /// Policy and audit.
     pub gate: Arc<dyn ExecGate>,
+    /// The `sftp` subsystem (confined file access); `None`: refused.
+    pub sftp: Option<crate::sftp::SftpService>,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -98,6 +100,7 @@ struct Shared {
     env_allow: Vec<String>,
     gate: Arc<dyn ExecGate>,
     base_env: Vec<(String, String)>,
+    sftp: Option<crate::sftp::SftpService>,
 }
 
 impl SshServer {
@@ -126,6 +129,7 @@ impl SshServer {
                 env_allow: settings.env_allow,
                 gate: settings.gate,
                 base_env: base_env(),
+                sftp: settings.sftp,
             }),
         }
     }
@@ -139,6 +143,7 @@ impl SshServer {
         let handler = Conn {
             shared: Arc::clone(&self.shared),
             channels: HashMap::new(),
+            opened: HashMap::new(),
             procs: Arc::new(Mutex::new(HashMap::new())),
         };
         let session = russh::server::run_stream(Arc::clone(&self.config), stream, handler)
@@ -208,6 +213,8 @@ struct Conn {
     shared: Arc<Shared>,
     /// Session channels and the environment their client asked for.
     channels: HashMap<ChannelId, Vec<(String, String)>>,
+    /// Session channels not yet given an `exec` or a subsystem (a subsystem needs the channel).
+    opened: HashMap<ChannelId, Channel<Msg>>,
     procs: Procs,
 }
 
@@ -272,6 +279,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.insert(channel.id(), Vec::new());
+        self.opened.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
     }
@@ -306,6 +314,7 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.opened.remove(&channel);
         let Some(env) = self.channels.get(&channel).cloned() else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -479,12 +488,29 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match (name, self.opened.remove(&channel), &self.shared.sftp) {
+            ("sftp", Some(ch), Some(sftp)) => {
+                session.channel_success(channel)?;
+                sftp.serve(ch.into_stream());
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.opened.remove(&channel);
         if let Some(pgid) = lock(&self.procs).remove(&channel) {
             terminate(pgid);
         }

@@ -750,15 +750,29 @@ impl SftpClient {
         Ok(out)
     }
 
-    /// Downloads `path`, sending its bytes to `out`; the target's digest of the file must
-    /// match the bytes received. Stops (and fails) when `out` is closed.
-    pub async fn get(&self, path: &str, out: mpsc::Sender<Bytes>) -> Result<Transferred, SshError> {
+    /// Downloads `path`: its size when opened goes to `opened`, then its bytes to `out`; the
+    /// target's digest of the file must match the bytes received. Stops (and fails) when
+    /// `out` is closed.
+    pub async fn get(
+        &self,
+        path: &str,
+        opened: tokio::sync::oneshot::Sender<u64>,
+        out: mpsc::Sender<Bytes>,
+    ) -> Result<Transferred, SshError> {
         let h = self
             .raw
             .open(path, OpenFlags::READ, FileAttributes::empty())
             .await
             .map_err(|e| self.err(e))?
             .handle;
+        let size = match self.raw.fstat(h.as_str()).await {
+            Ok(a) => a.attrs.size.unwrap_or(0),
+            Err(e) => {
+                let _ = self.raw.close(h).await;
+                return Err(self.err(e));
+            }
+        };
+        let _ = opened.send(size);
         let mut hasher = Sha256::new();
         let mut offset = 0u64;
         let result = async {

@@ -424,7 +424,8 @@ mod sftp {
             }
             v
         });
-        let r = c.get(path, tx).await;
+        let (otx, _orx) = tokio::sync::oneshot::channel();
+        let r = c.get(path, otx, tx).await;
         let data = collect.await.unwrap();
         r.map(|t| {
             assert_eq!(t.size, data.len() as u64);

@@ -5,7 +5,7 @@ macro_rules! endpoint {
     (
         #[doc = $summary:literal]
         $name:ident: $method:ident $path:literal, $req:ty => $resp:ty
-        $(, response = $enc:ident)? $(, raw_body = $raw:literal)?;
+        $(, response = $enc:ident)? $(, raw_body = $raw:literal)? $(, streamed_body = $streamed:literal)?;
     ) => {
         #[doc = $summary]
         #[derive(Debug, Clone, Copy)]
@@ -17,6 +17,8 @@ macro_rules! endpoint {
             const SUMMARY: &'static str = $summary.trim_ascii();
             $(const RESPONSE: crate::Encoding = crate::Encoding::$enc;)?
             $(const RAW_BODY: bool = $raw;)?
+            $(const RAW_BODY: bool = $streamed;
+            const STREAMED_BODY: bool = $streamed;)?
             type Request = $req;
             type Response = $resp;
         }
@@ -26,6 +28,7 @@ macro_rules! endpoint {
 mod alerts;
 mod audit;
 mod exec;
+mod fs;
 mod hosts;
 mod plugins;
 mod policy;
@@ -36,6 +39,7 @@ mod vpn;
 pub use alerts::*;
 pub use audit::*;
 pub use exec::*;
+pub use fs::*;
 pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;

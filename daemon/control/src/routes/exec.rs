@@ -129,7 +129,7 @@ fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
 }
 
 /// The active hosts `selector` picks, or the `400`/`404`.
-fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
+pub(super) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
     let hub = hub(ctx)?;
     if selector.trim().is_empty() {
         return Err(bad(

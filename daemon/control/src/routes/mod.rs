@@ -22,6 +22,7 @@ mod alerts;
 mod audit;
 mod config;
 mod exec;
+mod fs;
 mod health;
 mod hosts;
 mod metrics;
@@ -71,6 +72,9 @@ pub struct RouteInfo {
     pub encoding: Encoding,
     /// The body is raw bytes rather than JSON.
     pub raw_body: bool,
+    /// The raw body is streamed to the handler, exempt from the 1 MiB limit (the handler
+    /// bounds it).
+    pub streamed_body: bool,
     /// The request and response schemas (for the OpenAPI document).
     pub(crate) schemas: fn() -> crate::openapi::RouteSchemas,
     pub(crate) handler: Handler,
@@ -115,6 +119,10 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
         stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),
+        stream::<a::FsGet, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::get),
+        streamed::<a::FsPut, _, _>(OPERATORS, &[404, HUB, AUDITED], fs::put),
+        json::<a::FsListDir, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::list),
+        json::<a::FsStatPath, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::stat),
         json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),
         json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
         json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),
@@ -163,6 +171,7 @@ fn info<E: Endpoint + 'static>(
         statuses: statuses::<E>(errors),
         encoding: E::RESPONSE,
         raw_body: E::RAW_BODY,
+        streamed_body: E::STREAMED_BODY,
         schemas: crate::openapi::route_schemas::<E>,
         handler,
     }
@@ -279,6 +288,30 @@ where
             };
             match http::read_body(req, ctx.state.idle_timeout()).await {
                 Ok(body) => answer::<E>(f(ctx, request, body).await),
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// A route whose raw body is streamed to the handler as it arrives (not read whole, not bound
+/// by the 1 MiB limit: the handler bounds it); the request type carries the path and query
+/// fields.
+fn streamed<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request, Incoming) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<E::Response, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |req, ctx, params| {
+        Box::pin(async move {
+            let query = req.uri().query().map(str::to_owned);
+            let request = tether_api::decode::<E>(&params, query.as_deref(), b"").map_err(|e| {
+                Fail::bad_request(e.code(), e.to_string(), "see daemon/control/openapi.yaml")
+            });
+            match request {
+                Ok(r) => answer::<E>(f(ctx, r, req.into_body()).await),
                 Err(fail) => fail.into_response(),
             }
         })

@@ -45,6 +45,9 @@ pub enum Command {
     /// Recent alerts and their delivery state; send a test alert through a sink.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
+    /// Files on targets over SFTP, confined below each target's allowed roots: get, put, ls, stat.
+    #[command(subcommand)]
+    Fs(cmd::fs::FsCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
     /// Print a shell completion script: bash, zsh or fish.
@@ -70,6 +73,7 @@ impl Cli {
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
+            Command::Fs(c) => cmd::fs::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

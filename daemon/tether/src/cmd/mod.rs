@@ -6,6 +6,7 @@ pub mod completions;
 pub mod config;
 pub mod demo;
 pub mod exec;
+pub mod fs;
 pub mod hosts;
 pub mod man;
 pub mod plugin;

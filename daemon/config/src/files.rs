@@ -41,6 +41,14 @@ impl FilesSection {
                 ));
             }
         }
+        for p in &self.deny_paths {
+            if let Err(e) = regex::Regex::new(p) {
+                out.push((
+                    "files.deny_paths",
+                    format!("{p:?} is not a valid regex: {e}"),
+                ));
+            }
+        }
         if self.max_file_size == 0 {
             out.push((
                 "files.max_file_size",

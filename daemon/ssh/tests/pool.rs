@@ -534,4 +534,58 @@ mod sftp {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
+
+    #[tokio::test]
+    async fn interrupted_uploads_and_dropped_connections_leave_the_old_file() {
+        let e = env().await;
+        let dest = format!("{}/old", e.root);
+        let leftovers = |root: &str| -> Vec<String> {
+            std::fs::read_dir(root)
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(tether_files::TEMP_PREFIX))
+                .collect()
+        };
+        // The sender aborts after the first chunk (a client that went away, an oversized body).
+        let c = client(&e).await;
+        let (tx, rx) = mpsc::channel(1);
+        let abort = CancellationToken::new();
+        let put = {
+            let abort = abort.clone();
+            let dest = dest.clone();
+            async move { c.put(&dest, None, rx, None, abort).await }
+        };
+        let driver = async {
+            tx.send(bytes::Bytes::from(vec![5u8; 10_000]))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !leftovers(&e.root).is_empty(),
+                "the temp file exists mid-upload"
+            );
+            abort.cancel();
+        };
+        let (r, ()) = tokio::join!(put, driver);
+        assert!(matches!(r, Err(SshError::Cancelled)), "{r:?}");
+        // The whole connection goes away mid-upload (revoke, a dead hub).
+        let c = client(&e).await;
+        let (tx2, rx2) = mpsc::channel(1);
+        let dest2 = dest.clone();
+        let task = tokio::spawn(async move {
+            c.put(&dest2, None, rx2, None, CancellationToken::new())
+                .await
+        });
+        tx2.send(bytes::Bytes::from(vec![6u8; 10_000]))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        e.s.pool.close_host("web1", "test").await;
+        drop(tx2);
+        let _ = task.await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old content");
+        assert!(leftovers(&e.root).is_empty(), "{:?}", leftovers(&e.root));
+    }
 }

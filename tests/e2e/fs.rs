@@ -84,10 +84,13 @@ fn target(hub: &Daemon, name: &str, roots: &[&Path], max: u64) -> Daemon {
     }
 }
 
-fn hub() -> Daemon {
+/// A hub whose policy denies paths containing `hub-denied`, with upload limit `max`.
+fn hub(max: u64) -> Daemon {
     Daemon::start(
         "hub",
-        "\n[[policy.deny_paths]]\nid = \"no-hub-secrets\"\npattern = 'hub-denied'\nmessage = \"not through tether\"\n",
+        &format!(
+            "\n[files]\nmax_file_size = {max}\n\n[[policy.deny_paths]]\nid = \"no-hub-secrets\"\npattern = 'hub-denied'\nmessage = \"not through tether\"\n"
+        ),
     )
 }
 
@@ -112,7 +115,7 @@ fn bytes(n: usize, seed: u32) -> Vec<u8> {
 
 #[test]
 fn get_put_ls_stat_round_trip_escapes_policy_and_oversized_uploads() {
-    let hub = hub();
+    let hub = hub(2 * 1024 * 1024);
     let area = tempfile::tempdir().unwrap();
     let root = area.path().join("root");
     let outside = area.path().join("outside");
@@ -287,6 +290,16 @@ fn get_put_ls_stat_round_trip_escapes_policy_and_oversized_uploads() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(temp_files(&root.join("sub")).is_empty());
 
+    // Over the hub's own limit (2 MiB): refused with 413 while streaming; nothing replaced.
+    let huge_src = local.path().join("huge.bin");
+    std::fs::write(&huge_src, bytes(3_000_000, 11)).unwrap();
+    let out = hub.tether(&["fs", "put", huge_src.to_str().unwrap(), &r("sub/app.bin")]);
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("max_file_size"), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read(root.join("sub/app.bin")).unwrap(), data);
+    assert!(temp_files(&root.join("sub")).is_empty());
+
     // Bad input: a relative path, an unknown host.
     let out = hub.tether(&["fs", "stat", "t1:relative"]);
     assert_eq!(code(&out), 2);
@@ -322,7 +335,7 @@ fn an_upload_that_fills_the_disk_leaves_the_old_file() {
     let _mount = Mount(small.clone());
     let old = bytes(200_000, 3);
     std::fs::write(small.join("data.bin"), &old).unwrap();
-    let hub = hub();
+    let hub = hub(10 * 1024 * 1024);
     let _t1 = target(&hub, "t1", &[&small], 10 * 1024 * 1024);
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("big.bin");

@@ -402,9 +402,28 @@ impl Confined {
     /// Opens a regular file for reading. Refuses other kinds and files with several links.
     pub fn open_read(&self, path: &str) -> Result<(File, Meta), FilesError> {
         let (root, rel, shown) = self.locate(path)?;
-        // O_NONBLOCK: a FIFO must not block the open; it is refused right after.
+        // Look first through an O_PATH descriptor, so a device or FIFO is never opened.
+        let probe = self.open_beneath(root, &rel, &shown, OFlag::O_PATH)?;
+        let before = Self::fstat(&probe, &shown)?;
+        let kind = Kind::of(&before);
+        if kind != Kind::File {
+            return Err(FilesError::WrongType {
+                path: shown,
+                found: kind.article(),
+                wanted: "a regular file",
+            });
+        }
+        // O_NONBLOCK: should the path have been swapped for a FIFO meanwhile, the open must
+        // not block; the identity check below refuses it.
         let fd = self.open_beneath(root, &rel, &shown, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
         let st = Self::fstat(&fd, &shown)?;
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
+            return Err(FilesError::Io {
+                what: "changed while it was opened:",
+                path: shown,
+                source: std::io::Error::other("retry"),
+            });
+        }
         let meta = Meta::from_stat(shown.clone(), &st);
         if meta.kind != Kind::File {
             return Err(FilesError::WrongType {

@@ -10,6 +10,7 @@ mod firsthour;
 mod layout;
 mod lifecycle;
 mod limits;
+mod mcp;
 mod membership;
 mod plugin_cli;
 mod plugins;

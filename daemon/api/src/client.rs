@@ -78,6 +78,7 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    via: &'static str,
 }
 
 impl Client {
@@ -85,7 +86,15 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
+            via: "cli",
         }
+    }
+
+    /// The same client, saying it is `via` (`cli` by default, `mcp` for `tether mcp serve`). The
+    /// daemon believes the claim only from the installed `tether` binary; anyone else is `api`.
+    pub fn with_via(mut self, via: &'static str) -> Self {
+        self.via = via;
+        self
     }
 
     /// The socket this client talks to.
@@ -244,7 +253,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header(HOST, "tetherd")
-            .header(crate::VIA_HEADER, "cli");
+            .header(crate::VIA_HEADER, self.via);
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header(CONTENT_TYPE, content_type);

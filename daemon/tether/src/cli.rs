@@ -45,6 +45,9 @@ pub enum Command {
     /// Recent alerts and their delivery state; send a test alert through a sink.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
+    /// Serve the control API's tools to AI agents over MCP (stdio): `tether mcp serve`.
+    #[command(subcommand)]
+    Mcp(cmd::mcp::McpCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
     /// Print a shell completion script: bash, zsh or fish.
@@ -70,6 +73,7 @@ impl Cli {
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
+            Command::Mcp(c) => cmd::mcp::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod exec;
 pub mod hosts;
 pub mod man;
+pub mod mcp;
 pub mod plugin;
 pub mod policy;
 pub mod secret;

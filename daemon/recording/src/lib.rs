@@ -16,11 +16,13 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod file;
 mod format;
 mod recorder;
 mod verify;
 
 pub use error::RecordingError;
+pub use file::{MAX_LAG_EVENTS, RecordingFile};
 pub use format::{Event, EventKind, Header, TetherMeta, parse_event, valid_id};
 pub use recorder::{CHUNK_BYTES, CHUNK_SECS, Chunk, Recorder, Summary};
 pub use verify::{Player, Verdict, Verifier};

@@ -17,5 +17,6 @@ mod plugins;
 mod policy;
 mod rbac;
 mod schemathesis;
+mod sessions;
 mod state;
 mod vault;

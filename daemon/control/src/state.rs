@@ -55,6 +55,8 @@ pub struct AppState {
     pub commit: &'static str,
     /// The hub's SSH pool, for `POST /v1/exec` (hub only).
     pub remote: Option<Arc<dyn RemoteExec>>,
+    /// Hub: where session recordings live (`state_dir/recordings`); `None` on targets.
+    pub recordings: Option<std::path::PathBuf>,
     /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
     pub alert_service: Option<tether_alerts::AlertService>,
     /// Caps on concurrent control connections.
@@ -231,6 +233,7 @@ impl AppState {
             plugins: None,
             commit: "unknown",
             remote: None,
+            recordings: None,
             alert_service: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),

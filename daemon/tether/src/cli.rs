@@ -45,6 +45,9 @@ pub enum Command {
     /// Recent alerts and their delivery state; send a test alert through a sink.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
+    /// Recorded sessions: list, show (verify), play, export (admin, auditor).
+    #[command(subcommand)]
+    Sessions(cmd::sessions::SessionsCommand),
     /// Serve the control API's tools to AI agents over MCP (stdio): `tether mcp serve`.
     #[command(subcommand)]
     Mcp(cmd::mcp::McpCommand),
@@ -74,6 +77,7 @@ impl Cli {
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
             Command::Mcp(c) => cmd::mcp::run(&cli.global, c).await,
+            Command::Sessions(c) => cmd::sessions::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

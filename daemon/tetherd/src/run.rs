@@ -110,7 +110,10 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         &registry,
         &shutdown,
     )?;
+    let recordings = (config.daemon_role() == tether_model::DaemonRole::Hub)
+        .then(|| config.state_dir.join("recordings"));
     let mut state = AppState::new(config, source, registry)?;
+    state.recordings = recordings;
     state.commit = env!("TETHER_COMMIT");
     state.alert_service = Some(alert_service);
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);

@@ -30,6 +30,7 @@ mod hosts;
 mod plugins;
 mod policy;
 mod secrets;
+mod sessions;
 mod status;
 mod vpn;
 
@@ -40,6 +41,7 @@ pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;
 pub use secrets::*;
+pub use sessions::*;
 pub use status::*;
 pub use vpn::*;
 

@@ -29,6 +29,7 @@ mod plugins;
 mod policy;
 mod reload;
 mod secrets;
+mod sessions;
 mod status;
 mod vpn;
 
@@ -105,6 +106,9 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         stream::<a::AuditFollow, _, _>(AUDIT_READERS, &[500, AUDITED], audit::follow),
         stream::<a::AuditExport, _, _>(AUDIT_READERS, &[500, AUDITED], audit::export),
         json::<a::AuditCheckpoint, _, _>(AUDIT_READERS, &[500, AUDITED], audit::checkpoint),
+        json::<a::SessionsList, _, _>(AUDIT_READERS, &[404, 500], sessions::list),
+        json::<a::SessionsShow, _, _>(AUDIT_READERS, &[404, 500, AUDITED], sessions::show),
+        stream::<a::SessionsRecording, _, _>(AUDIT_READERS, &[404, AUDITED], sessions::recording),
         json::<a::PolicyGet, _, _>(ANY, &[503], policy::show),
         json::<a::PolicyCheck, _, _>(ANY, &[500, 503], policy::check),
         json::<a::PolicyTest, _, _>(ANY, &[500, 503], policy::test),

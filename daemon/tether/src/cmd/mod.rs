@@ -12,6 +12,7 @@ pub mod mcp;
 pub mod plugin;
 pub mod policy;
 pub mod secret;
+pub mod sessions;
 pub mod status;
 pub mod vpn;
 

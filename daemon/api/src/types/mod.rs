@@ -5,7 +5,7 @@ macro_rules! endpoint {
     (
         #[doc = $summary:literal]
         $name:ident: $method:ident $path:literal, $req:ty => $resp:ty
-        $(, response = $enc:ident)? $(, raw_body = $raw:literal)?;
+        $(, response = $enc:ident $(($proto:literal))?)? $(, raw_body = $raw:literal)?;
     ) => {
         #[doc = $summary]
         #[derive(Debug, Clone, Copy)]
@@ -15,7 +15,7 @@ macro_rules! endpoint {
             const METHOD: crate::Method = crate::Method::$method;
             const PATH: &'static str = $path;
             const SUMMARY: &'static str = $summary.trim_ascii();
-            $(const RESPONSE: crate::Encoding = crate::Encoding::$enc;)?
+            $(const RESPONSE: crate::Encoding = crate::Encoding::$enc $(($proto))?;)?
             $(const RAW_BODY: bool = $raw;)?
             type Request = $req;
             type Response = $resp;
@@ -30,6 +30,7 @@ mod hosts;
 mod plugins;
 mod policy;
 mod secrets;
+mod session;
 mod status;
 mod vpn;
 
@@ -40,6 +41,7 @@ pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;
 pub use secrets::*;
+pub use session::*;
 pub use status::*;
 pub use vpn::*;
 

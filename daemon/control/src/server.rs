@@ -164,7 +164,9 @@ async fn serve_connection(stream: UnixStream, state: Arc<AppState>, shutdown: Ca
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(state.idle_timeout())
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // `tether proxy` and `tether ssh` switch the connection to SSH or session frames.
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

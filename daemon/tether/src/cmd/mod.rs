@@ -10,7 +10,10 @@ pub mod hosts;
 pub mod man;
 pub mod plugin;
 pub mod policy;
+pub mod proxy;
 pub mod secret;
+pub mod ssh;
+pub mod ssh_config;
 pub mod status;
 pub mod vpn;
 

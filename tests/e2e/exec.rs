@@ -12,7 +12,7 @@ use tether_e2e::{Daemon, bin, code, stderr, stdout};
 
 use crate::membership::{enroll, invite, target_dir};
 
-fn enrolled(hub: &Daemon, name: &str) -> Daemon {
+pub(crate) fn enrolled(hub: &Daemon, name: &str) -> Daemon {
     let token = invite(hub, name, &["--group", "web"]);
     let (dir, config) = target_dir();
     let out = enroll(&config, &token, &[]);
@@ -23,7 +23,7 @@ fn enrolled(hub: &Daemon, name: &str) -> Daemon {
 }
 
 /// Waits until `hosts list` says every one of `names` is online.
-fn wait_online(hub: &Daemon, names: &[&str]) {
+pub(crate) fn wait_online(hub: &Daemon, names: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = hub.tether(&["--json", "hosts", "list"]);
@@ -66,7 +66,7 @@ fn of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 /// Audit records of `kind` in a daemon's audit log.
-fn audit_records(d: &Daemon, kind: &str) -> Vec<Value> {
+pub(crate) fn audit_records(d: &Daemon, kind: &str) -> Vec<Value> {
     let dir = d.dir.path().join("state/audit");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -11,6 +11,7 @@ mod layout;
 mod lifecycle;
 mod limits;
 mod membership;
+mod openssh;
 mod plugin_cli;
 mod plugins;
 mod policy;

@@ -124,6 +124,7 @@ impl Pty {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::Pty;
 

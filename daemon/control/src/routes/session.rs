@@ -92,7 +92,7 @@ async fn serve(io: Box<dyn UpgradedIo>, session: ProxySession, spec: SessionSpec
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = tokio::select! {
-                    r = rd.read(&mut buf) => match r { Ok(n) => n, Err(_) => 0 },
+                    r = rd.read(&mut buf) => r.unwrap_or(0),
                     () = cancel.cancelled() => return,
                 };
                 if n == 0 {

@@ -308,3 +308,31 @@ fn a_caller_without_a_role_is_refused_at_the_proxy() {
     );
     assert!(audit_records(&hub, "proxy.open").is_empty());
 }
+
+#[test]
+fn a_policy_scope_with_an_allow_list_denies_shells_but_not_its_commands() {
+    if !have("ssh") {
+        eprintln!(
+            "SKIP: the OpenSSH client (ssh) is not installed (apt-get install openssh-client)"
+        );
+        return;
+    }
+    let policy = "\n[policy]\nmode = \"enforce\"\n\n[[policy.scope]]\nid = \"admins-listed\"\nroles = [\"admin\"]\n\n  [[policy.scope.allow_commands]]\n  id = \"uptime-only\"\n  pattern = 'uptime'\n";
+    let hub = Daemon::start("hub", policy);
+    let t1 = enrolled(&hub, "t1");
+    wait_online(&hub, &["t1"]);
+    let config = client_config(&hub);
+    let out = ssh(&config, &["t1", "uptime"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = ssh(&config, &["-tt", "t1"], b"echo should-not-run; exit 0\n");
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("interactive session"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("should-not-run"));
+    assert_eq!(audit_records(&hub, "session.denied").len(), 1);
+    assert!(audit_records(&hub, "session.open").is_empty());
+    assert!(audit_records(&t1, "session.open").is_empty());
+}

@@ -186,6 +186,15 @@ fn tether_ssh_returns_the_remote_exit_code_and_gives_a_terminal_in_tmux() {
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     assert_eq!(stdout(&out), "hello\n");
     assert!(stderr(&out).contains("oops"), "{}", stderr(&out));
+    // ...decided and recorded exactly like `tether exec`.
+    let requested = audit_records(&hub, "exec.requested");
+    assert!(requested.iter().any(|r| r["data"]["via"] == "tether-ssh"));
+    let result = audit_records(&hub, "exec.result");
+    assert!(
+        result
+            .iter()
+            .any(|r| r["data"]["exit_code"] == 5 && r["data"]["stdout_bytes"] == 6)
+    );
     // No shell without a terminal; unknown hosts are refused before anything runs.
     let out = hub.tether(&["ssh", "t1"]);
     assert_eq!(code(&out), 2);

@@ -189,7 +189,8 @@ impl ProxySession {
         })
     }
 
-    /// Runs an interactive session (a pty shell, or a command with or without a pty).
+    /// Runs an interactive session: a pty shell, or a command on a pty. Without a pty the
+    /// command is run by [`ProxySession::exec`] (its input is not used).
     pub async fn session(
         &self,
         spec: SessionSpec,
@@ -197,6 +198,16 @@ impl ProxySession {
         out: mpsc::Sender<RemoteOutput>,
         cancel: CancellationToken,
     ) -> Result<RemoteExit, Refusal> {
+        // A command without a terminal is an exec like any other: same checks, same records.
+        if spec.pty.is_none() {
+            let Some(command) = spec.command else {
+                return Err(Refusal::refused(
+                    "a shell needs a terminal; give a command to run without one".to_owned(),
+                ));
+            };
+            drop(input);
+            return self.exec(command, out, cancel).await;
+        }
         if let Some(c) = &spec.command {
             check_command(c)?;
         }
@@ -210,15 +221,10 @@ impl ProxySession {
         let record = self.record()?;
         let remote = self.remote()?;
         let ctx = &self.ctx;
-        let kind = if spec.pty.is_none() {
-            RequestKind::Exec
-        } else {
-            RequestKind::Session
-        };
         check_policy(
             ctx,
             std::slice::from_ref(&record),
-            kind,
+            RequestKind::Session,
             spec.command.as_deref(),
             None,
         )

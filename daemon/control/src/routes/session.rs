@@ -4,7 +4,8 @@
 //! both sides speak [`tether_api::frame`]: `Stdin`/`Resize`/`Eof` in, `Stdout`/`Stderr` out,
 //! then one `Exit` (or `Error` + `Exit` with status 2 or 255 when the policy refused the
 //! session or the host could not be reached). The session goes through a [`ProxySession`]:
-//! policy as an interactive session, `session.open`/`session.close`. The client hanging up
+//! with a pty, policy as an interactive session and `session.open`/`session.close`; without
+//! one, the command is an exec (`exec.requested`, `exec.result`). The client hanging up
 //! cancels it (the target kills its processes).
 
 use hyper::StatusCode;

@@ -337,6 +337,11 @@ where
                 .into_response();
             }
             let on = hyper::upgrade::on(&mut req);
+            // The connection's place under the caps, held for as long as the session runs.
+            let slot = req
+                .extensions()
+                .get::<Arc<crate::connlimit::Slot>>()
+                .cloned();
             let request = match decode::<E>(req, &ctx, &params).await {
                 Ok(r) => r,
                 Err(fail) => return fail.into_response(),
@@ -348,6 +353,7 @@ where
                             Ok(up) => takeover(Box::new(hyper_util::rt::TokioIo::new(up))).await,
                             Err(e) => tracing::debug!("a control connection upgrade failed: {e}"),
                         }
+                        drop(slot);
                     });
                     let mut resp = Response::new(http::full(Bytes::new()));
                     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod mcp;
 mod membership;
+mod openssh;
 mod plugin_cli;
 mod plugins;
 mod policy;

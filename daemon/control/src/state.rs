@@ -57,6 +57,8 @@ pub struct AppState {
     pub remote: Option<Arc<dyn RemoteExec>>,
     /// Hub: where session recordings live (`state_dir/recordings`); `None` on targets.
     pub recordings: Option<std::path::PathBuf>,
+    /// The hub's operator SSH endpoint, for `POST /v1/proxy/{host}` (hub only).
+    pub operator: Option<Arc<dyn OperatorSsh>>,
     /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
     pub alert_service: Option<tether_alerts::AlertService>,
     /// Caps on concurrent control connections.
@@ -116,6 +118,41 @@ pub trait RemoteExec: Send + Sync {
     ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
     /// Closes `host`'s pooled connection (revoke, `hosts rm`); its running commands end.
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
+    /// Runs an interactive session (a pty shell, or a command with or without a pty) on
+    /// `host`: `input` is typed into it, its output goes to `out`, until it ends or `cancel`
+    /// fires (then the channel is closed and the target kills the session's processes).
+    fn session(
+        &self,
+        host: ExecHost,
+        spec: tether_model::session::SessionSpec,
+        connect_timeout: Duration,
+        input: tokio::sync::mpsc::Receiver<tether_model::session::SessionInput>,
+        out: tokio::sync::mpsc::Sender<RemoteOutput>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
+}
+
+/// A connection taken over by an upgrade route (`101 Switching Protocols`).
+pub trait UpgradedIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> UpgradedIo for T {}
+
+/// The hub's operator-facing SSH endpoint (`tether proxy`). Implemented by `tetherd` with
+/// `tether-ssh`, so this crate never links russh: it hands over the upgraded connection and a
+/// [`crate::ProxySession`] that decides, audits and runs each request.
+pub trait OperatorSsh: Send + Sync {
+    /// The endpoint's host key, an OpenSSH public key line.
+    fn host_key(&self) -> String;
+    /// Its SHA-256 fingerprint.
+    fn fingerprint(&self) -> String;
+    /// Speaks SSH on `io` until the client goes, every channel request going to `session`.
+    fn serve(
+        &self,
+        io: Box<dyn UpgradedIo>,
+        session: crate::ProxySession,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// A target, as [`RemoteExec`] needs it.
@@ -234,6 +271,7 @@ impl AppState {
             commit: "unknown",
             remote: None,
             recordings: None,
+            operator: None,
             alert_service: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),

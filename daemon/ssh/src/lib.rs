@@ -20,8 +20,11 @@
 pub mod algorithms;
 pub mod breaker;
 mod error;
+mod interactive;
 pub mod keys;
+pub mod operator;
 pub mod pool;
+pub mod pty;
 pub mod server;
 
 pub use error::SshError;

@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use tether_model::session::{PtyRequest, SessionInput, SessionSpec};
+
 use crate::SshError;
 use crate::breaker::{Breaker, BreakerConfig};
 
@@ -517,6 +519,120 @@ impl Pool {
                 }
             }
         })
+    }
+
+    /// Runs an interactive session on `target`: with [`SessionSpec::pty`] a pty (`pty-req`),
+    /// then the login shell, or [`SessionSpec::command`] (`exec`). `input` is typed into it
+    /// (data, resizes, end of input); its output goes to `out`. Cancelling `cancel` or dropping
+    /// `out`'s receiver closes the channel, and the target kills the session's processes.
+    pub async fn session(
+        &self,
+        target: &Target,
+        spec: &SessionSpec,
+        connect_timeout: Duration,
+        mut input: mpsc::Receiver<SessionInput>,
+        out: mpsc::Sender<Output>,
+        cancel: CancellationToken,
+    ) -> Result<Exit, SshError> {
+        let conn = tokio::select! {
+            c = self.connection(target, connect_timeout) => c?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        let host = || target.name.clone();
+        let proto = |e: russh::Error| SshError::Protocol {
+            host: target.name.clone(),
+            reason: e.to_string(),
+        };
+        let result = async {
+            let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
+            if let Some(pty) = &spec.pty {
+                channel
+                    .request_pty(true, &pty.term, pty.cols, pty.rows, 0, 0, &[])
+                    .await
+                    .map_err(proto)?;
+            }
+            match (&spec.command, &spec.pty) {
+                (Some(c), _) => channel.exec(true, c.as_bytes()).await.map_err(proto)?,
+                (None, Some(_)) => channel.request_shell(true).await.map_err(proto)?,
+                (None, None) => {
+                    return Err(SshError::Refused {
+                        host: host(),
+                        reason: "a shell needs a terminal; give a command to run without one"
+                            .to_owned(),
+                    });
+                }
+            }
+            let mut exit = None;
+            let mut input_open = true;
+            loop {
+                tokio::select! {
+                    m = channel.wait() => match m {
+                        Some(ChannelMsg::Data { data }) => {
+                            let _ = out.send(Output::Stdout(Bytes::copy_from_slice(&data))).await;
+                        }
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            let _ = out.send(Output::Stderr(Bytes::copy_from_slice(&data))).await;
+                        }
+                        Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(Exit::Code(exit_status)),
+                        Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                            exit = Some(Exit::Signal(format!("{signal_name:?}")));
+                        }
+                        Some(ChannelMsg::Failure) => {
+                            return Err(SshError::Refused {
+                                host: host(),
+                                reason: "the target refused the session (no pty or shell there)".to_owned(),
+                            });
+                        }
+                        Some(ChannelMsg::Close) | None => break,
+                        Some(_) => {}
+                    },
+                    i = input.recv(), if input_open => match i {
+                        Some(SessionInput::Data(d)) => channel.data(&d[..]).await.map_err(proto)?,
+                        Some(SessionInput::Resize { cols, rows }) => {
+                            channel.window_change(cols, rows, 0, 0).await.map_err(proto)?;
+                        }
+                        Some(SessionInput::Eof) | None => {
+                            input_open = false;
+                            let _ = channel.eof().await;
+                        }
+                    },
+                    () = cancel.cancelled() => {
+                        let _ = channel.signal(Sig::HUP).await;
+                        let _ = channel.close().await;
+                        return Err(SshError::Cancelled);
+                    }
+                    () = out.closed() => {
+                        let _ = channel.signal(Sig::HUP).await;
+                        let _ = channel.close().await;
+                        return Err(SshError::Cancelled);
+                    }
+                    () = conn.closed.cancelled() => {
+                        let why = conn.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                        return Err(SshError::Closed { host: host(), why });
+                    }
+                }
+            }
+            exit.ok_or_else(|| SshError::Protocol {
+                host: host(),
+                reason: "the session ended without an exit status".to_owned(),
+            })
+        }
+        .await;
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        conn.touch(Instant::now());
+        drop(permit);
+        result
     }
 
     /// Closes `host`'s connection (revoke, `hosts rm`): its running commands fail with

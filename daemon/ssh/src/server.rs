@@ -42,6 +42,9 @@ pub trait ExecGate: Send + Sync + 'static {
     /// Whether `command` may run; `Err(reason)` refuses it (the reason goes back to the hub).
     /// Called before anything runs; the implementation audits its decision.
     fn admit<'a>(&'a self, command: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Whether an interactive session on a pty (the login shell, or `command`) may start;
+    /// `Err(reason)` refuses it. Called before anything runs; the implementation audits it.
+    fn admit_session<'a>(&'a self, command: Option<&'a str>) -> BoxFuture<'a, Result<(), String>>;
     /// A command that ran has finished (or was killed).
     fn finished(&self, report: ExecReport) -> BoxFuture<'_, ()>;
 }
@@ -63,6 +66,8 @@ pub struct ExecReport {
     pub stdout_bytes: u64,
     /// Bytes it wrote to stderr.
     pub stderr_bytes: u64,
+    /// It was an interactive session on a pty (`command` is empty for the login shell).
+    pub interactive: bool,
 }
 
 /// What the server needs to run.
@@ -93,11 +98,11 @@ pub struct SshServer {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     hub_key: PublicKey,
     env_allow: Vec<String>,
-    gate: Arc<dyn ExecGate>,
-    base_env: Vec<(String, String)>,
+    pub(crate) gate: Arc<dyn ExecGate>,
+    pub(crate) base_env: Vec<(String, String)>,
 }
 
 impl SshServer {
@@ -140,6 +145,7 @@ impl SshServer {
             shared: Arc::clone(&self.shared),
             channels: HashMap::new(),
             procs: Arc::new(Mutex::new(HashMap::new())),
+            ptys: HashMap::new(),
         };
         let session = russh::server::run_stream(Arc::clone(&self.config), stream, handler)
             .await
@@ -186,9 +192,9 @@ pub fn env_allowed(allow: &[String], name: &str) -> bool {
 }
 
 /// Running commands of one connection: channel → process group.
-type Procs = Arc<Mutex<HashMap<ChannelId, Pid>>>;
+pub(crate) type Procs = Arc<Mutex<HashMap<ChannelId, Pid>>>;
 
-fn lock(procs: &Procs) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Pid>> {
+pub(crate) fn lock(procs: &Procs) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Pid>> {
     procs
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -204,11 +210,13 @@ fn terminate(pgid: Pid) {
 }
 
 /// One connection's handler.
-struct Conn {
-    shared: Arc<Shared>,
+pub(crate) struct Conn {
+    pub(crate) shared: Arc<Shared>,
     /// Session channels and the environment their client asked for.
-    channels: HashMap<ChannelId, Vec<(String, String)>>,
-    procs: Procs,
+    pub(crate) channels: HashMap<ChannelId, Vec<(String, String)>>,
+    pub(crate) procs: Procs,
+    /// Channels that asked for a pty, and the pty sessions running.
+    pub(crate) ptys: HashMap<ChannelId, crate::interactive::PtyState>,
 }
 
 impl Drop for Conn {
@@ -312,6 +320,11 @@ impl russh::server::Handler for Conn {
         };
         let handle = session.handle();
         let command = String::from_utf8_lossy(data).into_owned();
+        if self.ptys.contains_key(&channel) {
+            return self
+                .start_interactive(channel, Some(command), session)
+                .await;
+        }
         if let Err(reason) = self.shared.gate.admit(&command).await {
             session.channel_success(channel)?;
             session.extended_data(
@@ -452,6 +465,7 @@ impl russh::server::Handler for Conn {
                 duration: started.elapsed(),
                 stdout_bytes,
                 stderr_bytes,
+                interactive: false,
             })
             .await;
         });
@@ -479,12 +493,58 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pty_requested(channel, term, col_width, row_height, session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start_interactive(channel, None, session).await
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.resize(channel, col_width, row_height);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.input(channel, data).await;
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.ptys.remove(&channel);
         if let Some(pgid) = lock(&self.procs).remove(&channel) {
             terminate(pgid);
         }

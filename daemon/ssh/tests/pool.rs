@@ -42,6 +42,18 @@ impl ExecGate for Gate {
             Ok(())
         })
     }
+    fn admit_session<'a>(&'a self, command: Option<&'a str>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if command.is_some_and(|c| c.contains("forbidden")) {
+                return Err("rule no-forbidden".to_owned());
+            }
+            self.admitted
+                .lock()
+                .unwrap()
+                .push(format!("session:{}", command.unwrap_or("")));
+            Ok(())
+        })
+    }
     fn finished(&self, report: ExecReport) -> BoxFuture<'_, ()> {
         Box::pin(async move { self.finished.lock().unwrap().push(report) })
     }
@@ -322,4 +334,71 @@ async fn cancelling_kills_the_remote_process_and_close_host_kills_the_rest() {
     s.pool.shutdown().await;
     let (r, _, _) = run(&s, "true").await;
     assert!(matches!(r, Err(SshError::ShutDown)));
+}
+
+async fn session(
+    s: &Setup,
+    command: Option<&str>,
+    typed: &[&str],
+) -> (Result<Exit, SshError>, String) {
+    use tether_ssh::pool::{PtyRequest, SessionInput, SessionSpec};
+    let (tx, mut rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::channel(8);
+    for t in typed {
+        in_tx
+            .send(SessionInput::Data(t.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    in_tx
+        .send(SessionInput::Resize { cols: 90, rows: 33 })
+        .await
+        .unwrap();
+    let collect = tokio::spawn(async move {
+        let mut o = Vec::new();
+        while let Some(x) = rx.recv().await {
+            let (Output::Stdout(b) | Output::Stderr(b)) = x;
+            o.extend_from_slice(&b);
+        }
+        String::from_utf8_lossy(&o).into_owned()
+    });
+    let spec = SessionSpec {
+        pty: Some(PtyRequest {
+            term: "xterm".to_owned(),
+            cols: 80,
+            rows: 24,
+        }),
+        command: command.map(str::to_owned),
+    };
+    let r = s
+        .pool
+        .session(
+            &s.target,
+            &spec,
+            Duration::from_secs(5),
+            in_rx,
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    drop(in_tx);
+    (r, collect.await.unwrap())
+}
+
+#[tokio::test]
+async fn pty_sessions_run_a_command_or_the_shell_on_a_real_terminal() {
+    let s = setup(1, 1).await;
+    let (r, out) = session(&s, Some("test -t 1 && echo hi; exit 3"), &[]).await;
+    assert_eq!(r.unwrap(), Exit::Code(3));
+    assert!(out.contains("hi"), "{out}");
+    // The login shell, typed into; the resize reaches the terminal.
+    let (r, out) = session(&s, None, &["sleep 0.3; stty size; echo $((6*7)); exit 4\n"]).await;
+    assert_eq!(r.unwrap(), Exit::Code(4), "{out}");
+    assert!(out.contains("42"), "{out}");
+    assert!(out.contains("33 90"), "{out}");
+    let (r, out) = session(&s, Some("echo forbidden"), &[]).await;
+    assert_eq!(r.unwrap(), Exit::Code(126));
+    assert!(out.contains("refused by the target's policy"), "{out}");
+    let reports = s.gate.finished.lock().unwrap().clone();
+    assert_eq!(reports.iter().filter(|r| r.interactive).count(), 2);
 }

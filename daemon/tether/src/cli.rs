@@ -24,6 +24,15 @@ pub enum Command {
     /// Run a command on the selected hosts (policy-checked and audited), e.g.
     /// `tether exec -H group:web -- uptime`.
     Exec(cmd::exec::ExecArgs),
+    /// An interactive shell (or one command) on a host through the hub, without OpenSSH:
+    /// `tether ssh web1`, `tether ssh web1 -- uptime`. `~.` after a newline disconnects.
+    Ssh(cmd::ssh::SshArgs),
+    /// For OpenSSH's ProxyCommand: joins stdin/stdout to the hub's SSH endpoint for a host
+    /// (set up by `tether ssh-config`).
+    Proxy(cmd::proxy::ProxyArgs),
+    /// Print an OpenSSH client config for the enrolled hosts: `tether ssh-config >> ~/.ssh/config`,
+    /// then `ssh web1 uname -a` works with the stock client.
+    SshConfig(cmd::ssh_config::SshConfigArgs),
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
@@ -74,6 +83,9 @@ impl Cli {
             Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
+            Command::Ssh(args) => cmd::ssh::run(&cli.global, args).await,
+            Command::Proxy(args) => cmd::proxy::run(&cli.global, args).await,
+            Command::SshConfig(args) => cmd::ssh_config::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
             Command::Mcp(c) => cmd::mcp::run(&cli.global, c).await,

@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tether_control::AppState;
+use tether_control::ProxySession;
 use tether_control::audit::daemon_actor;
 use tether_control::state::{
-    BoxFuture, ExecHost, RemoteCommand, RemoteError, RemoteExec, RemoteExit, RemoteOutput,
+    BoxFuture, ExecHost, OperatorSsh, RemoteCommand, RemoteError, RemoteExec, RemoteExit,
+    RemoteOutput, UpgradedIo,
 };
 use tether_model::{Alert, AlertSink, Severity};
 use tether_policy::Verdict;
+use tether_ssh::operator::{OperatorBackend, OperatorEndpoint, Refusal};
 use tether_ssh::pool::{self, Dialer, Pool, PoolConfig, PoolEvents, Stream};
 use tether_ssh::server::{ExecGate, ExecReport, ServerSettings, SshServer};
 use tether_ssh::{SSH_PORT, SshError};
@@ -38,7 +41,12 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 
 /// This daemon's SSH key (hub: client key; target: host key) from the vault.
 fn ssh_key(vault: &Vault) -> Result<tether_ssh::keys::PrivateKey, DaemonError> {
-    let seed = vault.get_or_generate(identity::SSH_KEY, tether_vault::key_len::ED25519_SEED)?;
+    ssh_key_named(vault, identity::SSH_KEY)
+}
+
+/// The Ed25519 SSH key whose seed the vault keeps under `name` (generated on first use).
+fn ssh_key_named(vault: &Vault, name: &str) -> Result<tether_ssh::keys::PrivateKey, DaemonError> {
+    let seed = vault.get_or_generate(name, tether_vault::key_len::ED25519_SEED)?;
     seed.expose(tether_ssh::keys::from_seed)
         .map_err(|e| DaemonError::Membership(format!("the SSH key in the vault: {e}")))
 }
@@ -160,6 +168,34 @@ impl RemoteExec for HubSsh {
         })
     }
 
+    fn session(
+        &self,
+        host: ExecHost,
+        spec: tether_model::session::SessionSpec,
+        connect_timeout: Duration,
+        input: mpsc::Receiver<tether_model::session::SessionInput>,
+        out: mpsc::Sender<RemoteOutput>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>> {
+        Box::pin(async move {
+            let target = pool::Target {
+                name: host.name,
+                ip: host.ip,
+                host_key: host.host_key,
+            };
+            let (tx, rx) = mpsc::channel(32);
+            let run = self
+                .pool
+                .session(&target, &spec, connect_timeout, input, tx, cancel);
+            let (r, ()) = tokio::join!(run, to_remote(rx, out));
+            match r {
+                Ok(pool::Exit::Code(c)) => Ok(RemoteExit::Code(c)),
+                Ok(pool::Exit::Signal(s)) => Ok(RemoteExit::Signal(s)),
+                Err(e) => Err(remote_error(e)),
+            }
+        })
+    }
+
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if self.pool.close_host(host, why).await {
@@ -170,10 +206,127 @@ impl RemoteExec for HubSsh {
     }
 }
 
+/// Forwards the pool's output to the control API's channel.
+async fn to_remote(mut rx: mpsc::Receiver<pool::Output>, out: mpsc::Sender<RemoteOutput>) {
+    while let Some(o) = rx.recv().await {
+        let o = match o {
+            pool::Output::Stdout(b) => RemoteOutput::Stdout(b),
+            pool::Output::Stderr(b) => RemoteOutput::Stderr(b),
+        };
+        if out.send(o).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Forwards the control API's output to the operator endpoint's channel.
+async fn to_pool(mut rx: mpsc::Receiver<RemoteOutput>, out: mpsc::Sender<pool::Output>) {
+    while let Some(o) = rx.recv().await {
+        let o = match o {
+            RemoteOutput::Stdout(b) => pool::Output::Stdout(b),
+            RemoteOutput::Stderr(b) => pool::Output::Stderr(b),
+        };
+        if out.send(o).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn refusal(r: tether_control::Refusal) -> Refusal {
+    Refusal {
+        message: r.message,
+        exit_status: r.exit_status,
+    }
+}
+
+fn exit_of(e: RemoteExit) -> pool::Exit {
+    match e {
+        RemoteExit::Code(c) => pool::Exit::Code(c),
+        RemoteExit::Signal(s) => pool::Exit::Signal(s),
+    }
+}
+
+/// The operator endpoint's requests, decided and run by the control API's [`ProxySession`].
+struct Backend(ProxySession);
+
+impl OperatorBackend for Backend {
+    fn exec(
+        &self,
+        command: String,
+        out: mpsc::Sender<pool::Output>,
+        cancel: CancellationToken,
+    ) -> pool::BoxFuture<'static, Result<pool::Exit, Refusal>> {
+        let session = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(32);
+            let (r, ()) = tokio::join!(session.exec(command, tx, cancel), to_pool(rx, out));
+            r.map(exit_of).map_err(refusal)
+        })
+    }
+
+    fn session(
+        &self,
+        spec: tether_model::session::SessionSpec,
+        input: mpsc::Receiver<tether_model::session::SessionInput>,
+        out: mpsc::Sender<pool::Output>,
+        cancel: CancellationToken,
+    ) -> pool::BoxFuture<'static, Result<pool::Exit, Refusal>> {
+        let session = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(32);
+            let (r, ()) = tokio::join!(session.session(spec, input, tx, cancel), to_pool(rx, out));
+            r.map(exit_of).map_err(refusal)
+        })
+    }
+}
+
+/// The hub's operator SSH endpoint as the control API sees it.
+pub struct HubOperator {
+    endpoint: OperatorEndpoint,
+    public: String,
+    fingerprint: String,
+}
+
+impl HubOperator {
+    /// The endpoint with the hub's operator host key from the vault (created on first start).
+    pub fn new(vault: &Vault) -> Result<Self, DaemonError> {
+        let key = ssh_key_named(vault, identity::OPERATOR_SSH_KEY)?;
+        let public = identity::ssh_public_key_named(vault, identity::OPERATOR_SSH_KEY)?;
+        let fingerprint = tether_ssh::keys::fingerprint(key.public_key());
+        Ok(HubOperator {
+            endpoint: OperatorEndpoint::new(key),
+            public,
+            fingerprint,
+        })
+    }
+}
+
+impl OperatorSsh for HubOperator {
+    fn host_key(&self) -> String {
+        self.public.clone()
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    fn serve(&self, io: Box<dyn UpgradedIo>, session: ProxySession) -> BoxFuture<'static, ()> {
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            let host = session.host().to_owned();
+            if let Err(e) = endpoint.serve(io, Arc::new(Backend(session))).await {
+                tracing::debug!(host, "an operator SSH connection ended: {e}");
+            }
+        })
+    }
+}
+
 /// The hub's SSH side: the pool and its reaper.
 pub struct HubSide {
     /// The pool, for the control API.
     pub remote: Arc<HubSsh>,
+    /// The operator SSH endpoint, for `tether proxy`.
+    pub operator: Arc<HubOperator>,
     reaper: JoinHandle<()>,
 }
 
@@ -201,6 +354,7 @@ pub fn start_hub(
         PoolConfig::default(),
     );
     let remote = Arc::new(HubSsh { pool });
+    let operator = Arc::new(HubOperator::new(vault)?);
     let reaper = tokio::spawn({
         let remote = Arc::clone(&remote);
         async move {
@@ -215,7 +369,11 @@ pub fn start_hub(
             }
         }
     });
-    Ok(HubSide { remote, reaper })
+    Ok(HubSide {
+        remote,
+        operator,
+        reaper,
+    })
 }
 
 /// The target's policy and audit, asked by its SSH server.
@@ -270,8 +428,57 @@ impl ExecGate for TargetGate {
         })
     }
 
+    fn admit_session<'a>(
+        &'a self,
+        command: Option<&'a str>,
+    ) -> tether_ssh::server::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let request = tether_policy::Request {
+                kind: tether_policy::RequestKind::Session,
+                command: command.map(str::to_owned),
+                path: None,
+                user: "hub".to_owned(),
+                role: tether_model::Role::Operator,
+                host: self.facts.clone(),
+                ticket: None,
+            };
+            let state = Arc::clone(&self.state);
+            let checked = tokio::task::spawn_blocking(move || {
+                let hooks = state
+                    .plugins
+                    .as_deref()
+                    .map(|h| h as &dyn tether_policy::PolicyHooks);
+                state.policy.as_ref().map(|e| e.check(&request, hooks))
+            })
+            .await
+            .map_err(|_| "the policy check failed".to_owned())?
+            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
+            let d = &checked.decision;
+            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
+            let kind = if denied {
+                "session.denied"
+            } else {
+                "session.open"
+            };
+            let data = json!({"command": command, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
+            self.state
+                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
+                .await
+                .map_err(|e| format!("its audit record could not be written: {e}"))?;
+            if denied {
+                return Err(format!("{} ({})", d.reason, d.verdict));
+            }
+            Ok(())
+        })
+    }
+
     fn finished(&self, report: ExecReport) -> tether_ssh::server::BoxFuture<'_, ()> {
         Box::pin(async move {
+            let kind = if report.interactive {
+                "session.close"
+            } else {
+                "exec.result"
+            };
             let data = json!({
                 "command": report.command,
                 "exit_code": report.exit_code,
@@ -283,7 +490,7 @@ impl ExecGate for TargetGate {
             });
             if let Err(e) = self
                 .state
-                .audit("exec.result", daemon_actor(), Some(&self.facts.name), data)
+                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
                 .await
             {
                 tracing::error!("could not audit an exec result: {e}");

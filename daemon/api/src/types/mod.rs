@@ -5,7 +5,7 @@ macro_rules! endpoint {
     (
         #[doc = $summary:literal]
         $name:ident: $method:ident $path:literal, $req:ty => $resp:ty
-        $(, response = $enc:ident)? $(, raw_body = $raw:literal)?;
+        $(, response = $enc:ident $(($proto:literal))?)? $(, raw_body = $raw:literal)?;
     ) => {
         #[doc = $summary]
         #[derive(Debug, Clone, Copy)]
@@ -15,7 +15,7 @@ macro_rules! endpoint {
             const METHOD: crate::Method = crate::Method::$method;
             const PATH: &'static str = $path;
             const SUMMARY: &'static str = $summary.trim_ascii();
-            $(const RESPONSE: crate::Encoding = crate::Encoding::$enc;)?
+            $(const RESPONSE: crate::Encoding = crate::Encoding::$enc $(($proto))?;)?
             $(const RAW_BODY: bool = $raw;)?
             type Request = $req;
             type Response = $resp;
@@ -31,6 +31,7 @@ mod plugins;
 mod policy;
 mod secrets;
 mod sessions;
+mod session;
 mod status;
 mod vpn;
 
@@ -42,6 +43,7 @@ pub use plugins::*;
 pub use policy::*;
 pub use secrets::*;
 pub use sessions::*;
+pub use session::*;
 pub use status::*;
 pub use vpn::*;
 

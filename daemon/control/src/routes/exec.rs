@@ -34,7 +34,7 @@ use crate::stream;
 const DEFAULT_CONCURRENCY: u32 = 10;
 const MAX_CONCURRENCY: u32 = 1000;
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_OUTPUT_LIMIT: u64 = 1024 * 1024;
 
 fn bad(code: &str, message: String, hint: &str) -> Fail {
@@ -129,7 +129,7 @@ fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
 }
 
 /// The active hosts `selector` picks, or the `400`/`404`.
-fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
+pub(crate) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
     let hub = hub(ctx)?;
     if selector.trim().is_empty() {
         return Err(bad(
@@ -163,10 +163,15 @@ fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
 }
 
 /// Checks the policy for every host before anything leaves; records and refuses denials.
-async fn check_policy(
+/// `kind` is [`RequestKind::Exec`] for commands (`POST /v1/exec`, `exec` through the operator
+/// SSH endpoint) or [`RequestKind::Session`] for interactive sessions (with their command, if
+/// any); a denial is recorded as `exec.denied` or `session.denied`. Returns the hosts that only
+/// warned.
+pub(crate) async fn check_policy(
     ctx: &Ctx,
     hosts: &[HostRecord],
-    command: &str,
+    kind: RequestKind,
+    command: Option<&str>,
     ticket: Option<&str>,
 ) -> Result<Vec<String>, Fail> {
     if ctx.state.policy.is_none() {
@@ -185,8 +190,8 @@ async fn check_policy(
     let requests: Vec<tether_policy::Request> = hosts
         .iter()
         .map(|h| tether_policy::Request {
-            kind: RequestKind::Exec,
-            command: Some(command.to_owned()),
+            kind,
+            command: command.map(str::to_owned),
             path: None,
             user: user.clone(),
             role: ctx.role,
@@ -226,8 +231,13 @@ async fn check_policy(
                     "reason": c.decision.reason,
                     "plugin_votes": c.plugin_votes,
                 });
+                let denied = if kind == RequestKind::Session {
+                    "session.denied"
+                } else {
+                    "exec.denied"
+                };
                 ctx.state
-                    .audit_or_refuse("exec.denied", ctx.actor(), Some(&host.name), data)
+                    .audit_or_refuse(denied, ctx.actor(), Some(&host.name), data)
                     .await?;
                 refused.push((host.name.clone(), c.decision.reason.to_string(), v));
             }
@@ -272,7 +282,14 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
             "start tetherd normally (tetherd run --role hub)",
         ));
     };
-    let warned = check_policy(&ctx, &hosts, &plan.command, req.ticket.as_deref()).await?;
+    let warned = check_policy(
+        &ctx,
+        &hosts,
+        RequestKind::Exec,
+        Some(&plan.command),
+        req.ticket.as_deref(),
+    )
+    .await?;
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     ctx.state
         .audit_or_refuse(
@@ -432,7 +449,7 @@ async fn run_all(
 
 /// What one host's output stream came to.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     bytes: u64,
     kept: u64,
     hash: Sha256,
@@ -442,7 +459,7 @@ struct Tally {
 
 impl Tally {
     /// Counts and hashes `chunk`; returns the text to forward (within `limit`).
-    fn take(&mut self, chunk: &[u8], limit: u64) -> Option<String> {
+    pub(crate) fn take(&mut self, chunk: &[u8], limit: u64) -> Option<String> {
         self.bytes += chunk.len() as u64;
         self.hash.update(chunk);
         let room = limit.saturating_sub(self.kept) as usize;
@@ -462,12 +479,17 @@ impl Tally {
         (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
     }
 
-    fn flush(&mut self) -> Option<String> {
+    /// Bytes seen (kept or not).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub(crate) fn flush(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.carry);
         (!rest.is_empty()).then(|| String::from_utf8_lossy(&rest).into_owned())
     }
 
-    fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         hex::encode(self.hash.clone().finalize())
     }
 }
@@ -589,35 +611,62 @@ async fn run_host(
         }
     };
     emit(&tx, &event).await;
+    let outcome = Outcome {
+        duration_ms,
+        stdout: &stdout,
+        stderr: &stderr,
+        dropped,
+        result: audit_outcome,
+        failure: (!success).then(|| describe(&event)),
+    };
+    record_result(&ctx, &name, &plan.command, outcome).await;
+    (name.clone(), success)
+}
+
+/// How one host's command went, for its `exec.result` record.
+pub(crate) struct Outcome<'a> {
+    pub duration_ms: u64,
+    pub stdout: &'a Tally,
+    pub stderr: &'a Tally,
+    /// Bytes beyond the output limit.
+    pub dropped: u64,
+    /// `{"exit_code", "signal"}` or `{"error", "message"}`.
+    pub result: serde_json::Value,
+    /// Why it failed (raises `exec_failure`), `None` when it exited 0.
+    pub failure: Option<String>,
+}
+
+/// Writes one host's `exec.result` (and raises `exec_failure` when it failed): the same record
+/// for `POST /v1/exec` and for `exec` through the operator SSH endpoint.
+pub(crate) async fn record_result(ctx: &Ctx, name: &str, command: &str, o: Outcome<'_>) {
     let mut data = json!({
-        "command": plan.command,
-        "duration_ms": duration_ms,
-        "stdout_bytes": stdout.bytes,
-        "stderr_bytes": stderr.bytes,
-        "dropped_bytes": dropped,
-        "stdout_sha256": stdout.digest(),
-        "stderr_sha256": stderr.digest(),
+        "command": command,
+        "duration_ms": o.duration_ms,
+        "stdout_bytes": o.stdout.bytes,
+        "stderr_bytes": o.stderr.bytes,
+        "dropped_bytes": o.dropped,
+        "stdout_sha256": o.stdout.digest(),
+        "stderr_sha256": o.stderr.digest(),
     });
-    if let (Some(d), Some(o)) = (data.as_object_mut(), audit_outcome.as_object()) {
-        d.extend(o.clone());
+    if let (Some(d), Some(r)) = (data.as_object_mut(), o.result.as_object()) {
+        d.extend(r.clone());
     }
     if let Err(e) = ctx
         .state
-        .audit("exec.result", ctx.actor(), Some(&name), data)
+        .audit("exec.result", ctx.actor(), Some(name), data)
         .await
     {
         tracing::error!(host = %name, "could not audit an exec result: {e}");
     }
-    if !success {
+    if let Some(why) = o.failure {
         let mut alert = Alert::new(
             "exec_failure",
             Severity::Warning,
-            format!("exec failed on {name}: {}", describe(&event)),
+            format!("exec failed on {name}: {why}"),
         );
-        alert.host = Some(name.clone());
+        alert.host = Some(name.to_owned());
         ctx.state.alerts.raise(alert);
     }
-    (name.clone(), success)
 }
 
 fn describe(event: &ExecEvent) -> String {

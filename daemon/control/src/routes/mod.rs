@@ -24,14 +24,20 @@ mod config;
 mod exec;
 mod health;
 mod hosts;
+mod interactive;
 mod metrics;
 mod plugins;
 mod policy;
+mod proxy;
 mod reload;
 mod secrets;
 mod sessions;
+mod session;
+mod ssh_config;
 mod status;
 mod vpn;
+
+pub use interactive::{ProxySession, REFUSED_STATUS, Refusal, UNREACHABLE_STATUS};
 
 /// What a handler gets besides its typed request.
 #[derive(Clone)]
@@ -119,6 +125,9 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
         stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),
+        upgrade::<a::Proxy, _, _>(OPERATORS, &[404, HUB, AUDITED], proxy::handle),
+        upgrade::<a::Session, _, _>(OPERATORS, &[404, HUB, AUDITED], session::handle),
+        json::<a::SshConfig, _, _>(ANY, &[HUB, AUDITED], ssh_config::handle),
         json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),
         json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
         json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),
@@ -133,9 +142,13 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
     ]
 });
 
-/// The statuses every route of endpoint `E` can answer with, before its handler's own.
+/// The statuses every route of endpoint `E` can answer with, before its handler's own: `200`
+/// (`101` and `426` for an upgrade), `400`, `403`, and for a body `408`/`413`.
 fn statuses<E: Endpoint>(handler: &[u16]) -> Vec<u16> {
-    let mut s = vec![200, 400, 403];
+    let mut s = match E::RESPONSE {
+        Encoding::Upgrade(_) => vec![101, 400, 403, 426],
+        _ => vec![200, 400, 403],
+    };
     if !E::METHOD.uses_query() {
         s.extend([408, 413]);
     }
@@ -205,7 +218,7 @@ fn answer<E: Endpoint>(result: Result<E::Response, Fail>) -> Response<Body> {
             Ok(_) => Err("a text answer is not a string".to_owned()),
             Err(e) => Err(e.to_string()),
         },
-        Encoding::Json | Encoding::NdJson => serde_json::to_vec(&value)
+        Encoding::Json | Encoding::NdJson | Encoding::Upgrade(_) => serde_json::to_vec(&value)
             .map(|mut b| {
                 b.push(b'\n');
                 b
@@ -283,6 +296,81 @@ where
             };
             match http::read_body(req, ctx.state.idle_timeout()).await {
                 Ok(body) => answer::<E>(f(ctx, request, body).await),
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// What an upgrade route does with the connection once the `101` has gone out.
+pub(crate) type Takeover = Box<
+    dyn FnOnce(Box<dyn crate::state::UpgradedIo>) -> crate::state::BoxFuture<'static, ()> + Send,
+>;
+
+/// A route that switches the connection to another protocol ([`Encoding::Upgrade`]): the
+/// request must say `Connection: upgrade` and `Upgrade: <protocol>` (else `426`); its JSON body
+/// (or path) is decoded as usual and the handler decides; on success the answer is `101` and
+/// the handler's [`Takeover`] gets the connection.
+fn upgrade<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Takeover, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |mut req, ctx, params| {
+        Box::pin(async move {
+            let Encoding::Upgrade(protocol) = E::RESPONSE else {
+                return Fail::internal(format!("{} is not an upgrade endpoint", E::PATH))
+                    .into_response();
+            };
+            let asked = req
+                .headers()
+                .get(hyper::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
+            if !asked {
+                return Fail::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "upgrade_required",
+                    format!(
+                        "this route switches the connection to {protocol}; send `Connection: upgrade` and `Upgrade: {protocol}`"
+                    ),
+                    "use `tether proxy HOST` (for ssh's ProxyCommand) or `tether ssh HOST`",
+                )
+                .into_response();
+            }
+            let on = hyper::upgrade::on(&mut req);
+            // The connection's place under the caps, held for as long as the session runs.
+            let slot = req
+                .extensions()
+                .get::<Arc<crate::connlimit::Slot>>()
+                .cloned();
+            let request = match decode::<E>(req, &ctx, &params).await {
+                Ok(r) => r,
+                Err(fail) => return fail.into_response(),
+            };
+            match f(ctx, request).await {
+                Ok(takeover) => {
+                    tokio::spawn(async move {
+                        match on.await {
+                            Ok(up) => takeover(Box::new(hyper_util::rt::TokioIo::new(up))).await,
+                            Err(e) => tracing::debug!("a control connection upgrade failed: {e}"),
+                        }
+                        drop(slot);
+                    });
+                    let mut resp = Response::new(http::full(Bytes::new()));
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("upgrade"),
+                    );
+                    resp.headers_mut().insert(
+                        hyper::header::UPGRADE,
+                        hyper::header::HeaderValue::from_static(protocol),
+                    );
+                    resp
+                }
                 Err(fail) => fail.into_response(),
             }
         })
@@ -385,7 +473,12 @@ mod tests {
                 "{} twice",
                 r.path
             );
-            for s in [200, 400, 403] {
+            let ok = if matches!(r.encoding, Encoding::Upgrade(_)) {
+                101
+            } else {
+                200
+            };
+            for s in [ok, 400, 403] {
                 assert!(r.statuses.contains(&s), "{} {} lacks {s}", r.method, r.path);
             }
         }

@@ -11,8 +11,11 @@ pub mod man;
 pub mod mcp;
 pub mod plugin;
 pub mod policy;
+pub mod proxy;
 pub mod secret;
 pub mod sessions;
+pub mod ssh;
+pub mod ssh_config;
 pub mod status;
 pub mod vpn;
 

@@ -30,8 +30,8 @@ mod hosts;
 mod plugins;
 mod policy;
 mod secrets;
-mod sessions;
 mod session;
+mod sessions;
 mod status;
 mod vpn;
 
@@ -42,8 +42,8 @@ pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;
 pub use secrets::*;
-pub use sessions::*;
 pub use session::*;
+pub use sessions::*;
 pub use status::*;
 pub use vpn::*;
 

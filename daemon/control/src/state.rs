@@ -114,6 +114,10 @@ pub trait RemoteExec: Send + Sync {
     ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
     /// Closes `host`'s pooled connection (revoke, `hosts rm`); its running commands end.
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
+    /// The connect timeout of requests that name none (the hub's `[ssh] connect_timeout`).
+    fn default_connect_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// A target, as [`RemoteExec`] needs it.
@@ -125,6 +129,9 @@ pub struct ExecHost {
     pub ip: std::net::Ipv4Addr,
     /// SSH host key pinned at enrollment (OpenSSH line).
     pub host_key: String,
+    /// The account to log in as (a forward-mode target's sshd account); `None`: Tether's own
+    /// SSH server.
+    pub user: Option<String>,
 }
 
 /// One command for [`RemoteExec::run`].

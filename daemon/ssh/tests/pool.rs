@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tether_ssh::pool::{
     BoxFuture, Command, Dialer, Exit, Output, Pool, PoolConfig, PoolEvents, Stream, Target,
 };
-use tether_ssh::server::{ExecGate, ExecReport, ServerSettings, SshServer};
+use tether_ssh::server::{ExecGate, ExecReport, RunAs, ServerSettings, SshServer};
 use tether_ssh::{SshError, keys};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
         host_key,
         hub_key: hub_pub,
         env_allow: vec!["LANG".to_owned()],
+        run_as: RunAs::resolve(None).unwrap(),
         gate: Arc::clone(&gate) as Arc<dyn ExecGate>,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,6 +112,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
             name: "web1".to_owned(),
             ip: Ipv4Addr::new(10, 0, 0, 2),
             host_key: host_pub,
+            user: None,
         },
         gate,
         events,

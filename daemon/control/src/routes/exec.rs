@@ -53,7 +53,7 @@ struct Plan {
     output_limit: u64,
 }
 
-fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
+fn plan(req: &ExecRequest, hosts: usize, default_connect_ms: u64) -> Result<Plan, Fail> {
     if req.command.trim().is_empty() {
         return Err(bad(
             "empty_command",
@@ -119,7 +119,7 @@ fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
         timeout: ms(req.timeout_ms, DEFAULT_TIMEOUT_MS, "timeout")?,
         connect_timeout: ms(
             req.connect_timeout_ms,
-            DEFAULT_CONNECT_TIMEOUT_MS,
+            default_connect_ms,
             "connect timeout",
         )?,
         canary: req.canary.unwrap_or(0) as usize,
@@ -263,7 +263,15 @@ async fn check_policy(
 /// `POST /v1/exec`.
 pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
     let hosts = resolve(&ctx, &req.selector)?;
-    let plan = plan(&req, hosts.len())?;
+    // `[ssh] connect_timeout` on the hub, when the request names none.
+    let default_connect_ms = ctx
+        .state
+        .remote
+        .as_ref()
+        .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |r| {
+            r.default_connect_timeout().as_millis() as u64
+        });
+    let plan = plan(&req, hosts.len(), default_connect_ms)?;
     let Some(remote) = ctx.state.remote.clone() else {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -489,6 +497,7 @@ async fn run_host(
         name: name.clone(),
         ip: host.overlay_ip,
         host_key: host.ssh_host_key.clone(),
+        user: host.ssh_user.clone(),
     };
     let command = RemoteCommand {
         line: plan.command.clone(),

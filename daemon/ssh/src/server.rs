@@ -103,6 +103,8 @@ struct Shared {
     gate: Arc<dyn ExecGate>,
     run_as: RunAs,
     base_env: Vec<(String, String)>,
+    /// The user's home, or `/` when it does not exist (`nobody`'s `/nonexistent`).
+    cwd: std::path::PathBuf,
 }
 
 impl SshServer {
@@ -131,6 +133,9 @@ impl SshServer {
                 env_allow: settings.env_allow,
                 gate: settings.gate,
                 base_env: base_env(&settings.run_as),
+                cwd: Some(std::path::PathBuf::from(&settings.run_as.home))
+                    .filter(|h| h.is_dir())
+                    .unwrap_or_else(|| "/".into()),
                 run_as: settings.run_as,
             }),
         }
@@ -332,13 +337,7 @@ impl russh::server::Handler for Conn {
             .env_clear()
             .envs(self.shared.base_env.iter().cloned())
             .envs(env)
-            .current_dir(
-                self.shared
-                    .base_env
-                    .iter()
-                    .find(|(k, _)| k == "HOME")
-                    .map_or("/", |(_, v)| v.as_str()),
-            )
+            .current_dir(&self.shared.cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

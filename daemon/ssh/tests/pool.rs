@@ -71,6 +71,10 @@ struct Setup {
 }
 
 async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
+    setup_as(hub_seed, accepted_seed, RunAs::resolve(None).unwrap()).await
+}
+
+async fn setup_as(hub_seed: u8, accepted_seed: u8, run_as: RunAs) -> Setup {
     let host_key = keys::from_seed(&[9u8; 32]).unwrap();
     let host_pub = host_key.public_key().to_openssh().unwrap();
     let hub_pub = keys::from_seed(&[accepted_seed; 32])
@@ -82,7 +86,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
         host_key,
         hub_key: hub_pub,
         env_allow: vec!["LANG".to_owned()],
-        run_as: RunAs::resolve(None).unwrap(),
+        run_as,
         gate: Arc::clone(&gate) as Arc<dyn ExecGate>,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -324,4 +328,34 @@ async fn cancelling_kills_the_remote_process_and_close_host_kills_the_rest() {
     s.pool.shutdown().await;
     let (r, _, _) = run(&s, "true").await;
     assert!(matches!(r, Err(SshError::ShutDown)));
+}
+
+/// `ssh.run_as`: as root, commands run as `nobody` (uid 65534) with nobody's groups only and
+/// its environment; `nobody`'s missing home falls back to `/`.
+#[tokio::test]
+async fn commands_run_as_the_run_as_user_with_its_groups() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: run_as to another user needs root (CI runs the suite as root)");
+        return;
+    }
+    let nobody = RunAs::resolve(Some("nobody")).unwrap();
+    assert!(nobody.drop);
+    let s = setup_as(1, 1, nobody).await;
+    let (r, out, err) = run(&s, "id -u; id -g; id -G; echo \"$USER $HOME\"; pwd").await;
+    assert_eq!(
+        r.unwrap(),
+        Exit::Code(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "65534", "{out}");
+    assert_eq!(lines[1], "65534", "{out}");
+    assert!(
+        lines[2].split(' ').all(|g| g != "0"),
+        "no root group survives: {out}"
+    );
+    assert!(lines[3].starts_with("nobody "), "{out}");
+    assert_eq!(lines[4], "/", "{out}");
 }

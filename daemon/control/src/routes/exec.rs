@@ -351,10 +351,16 @@ async fn run_all(
     let mut queue = hosts.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let (mut launched, mut ok, mut failed) = (0usize, 0u32, 0u32);
+    // Canary hosts that have finished: the rest start only once every canary has.
+    let mut canaries_done = 0usize;
     let mut canary_failed: Vec<String> = Vec::new();
     let mut aborted: Option<String> = None;
     loop {
-        let limit = if launched < canary { canary } else { total };
+        let limit = if canaries_done < canary {
+            canary
+        } else {
+            total
+        };
         while aborted.is_none()
             && !cancel.is_cancelled()
             && running.len() < plan.concurrency
@@ -374,7 +380,11 @@ async fn run_all(
             running.spawn(async move { (task.await, is_canary) });
         }
         let Some(done) = running.join_next().await else {
-            if launched == canary && canary > 0 && !canary_failed.is_empty() && aborted.is_none() {
+            if canaries_done == canary
+                && canary > 0
+                && !canary_failed.is_empty()
+                && aborted.is_none()
+            {
                 aborted = Some(format!("the canary failed on {}", canary_failed.join(", ")));
                 continue;
             }
@@ -385,8 +395,12 @@ async fn run_all(
         };
         let (host, success, is_canary) = match done {
             Ok(((host, success), is_canary)) => (host, success, is_canary),
-            Err(_) => (String::new(), false, false),
+            // A task that panicked: during the canary phase only canaries run.
+            Err(_) => (String::new(), false, canaries_done < canary),
         };
+        if is_canary {
+            canaries_done += 1;
+        }
         if success {
             ok += 1;
         } else {
@@ -401,12 +415,7 @@ async fn run_all(
                 aborted = Some(format!("{failed} hosts failed (max failures {max})"));
             }
         }
-        if launched == canary
-            && canary > 0
-            && running.is_empty()
-            && !canary_failed.is_empty()
-            && aborted.is_none()
-        {
+        if canaries_done == canary && canary > 0 && !canary_failed.is_empty() && aborted.is_none() {
             aborted = Some(format!("the canary failed on {}", canary_failed.join(", ")));
         }
     }

@@ -377,6 +377,59 @@ fn fleet(hub: &Daemon, names: &[String], extra: &str) -> Vec<Daemon> {
     started
 }
 
+/// On a terminal (tmux), `tether exec` over 20 hosts draws a progress bar on stderr while it
+/// runs and clears it before the summary.
+fn progress_bar_on_a_terminal(hub: &Daemon) {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipped the progress bar check: tmux is missing (apt-get install tmux)");
+        return;
+    }
+    let server = format!("tether-e2e-bar-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &server])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!(
+        "{} --socket {} exec --concurrency 4 -- sleep 1; sleep 30",
+        bin("tether").display(),
+        hub.socket.display()
+    );
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "bar",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &cmd,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "bar"]).stdout).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_bar = false;
+    loop {
+        let text = screen();
+        saw_bar |= text.contains("/20 hosts");
+        if text.contains("20 ok, 0 failed, 0 skipped of 20 hosts") {
+            assert!(saw_bar, "no progress bar was drawn:\n{text}");
+            assert!(
+                !text.contains("/20 hosts"),
+                "the bar was not cleared:\n{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec did not finish:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = tmux(&["kill-server"]);
+}
+
 /// Exit codes per host from `exit` events.
 fn exit_codes(events: &[Value]) -> std::collections::BTreeMap<String, i64> {
     of(events, "exit")
@@ -461,6 +514,12 @@ fn fan_out_to_twenty_targets_with_mixed_exits_timeouts_canary_and_max_failures()
         "{}",
         stderr(&out)
     );
+    assert!(
+        !stderr(&out).contains("/20 hosts"),
+        "no progress bar into a pipe: {}",
+        stderr(&out)
+    );
+    progress_bar_on_a_terminal(&hub);
 
     // Timeouts: even slots sleep past the 2 s limit and are cancelled; odd ones finish.
     let sleepy = script("sleepy", "[ $((i % 2)) = 0 ] && exec sleep 30; echo quick");

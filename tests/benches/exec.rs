@@ -40,14 +40,37 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// `VmRSS` of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// A field of `/proc/PID/FILE` in kB, as MiB.
+fn proc_kb(pid: u32, file: &str, field: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `VmRSS` of a process, MiB (includes the binary's file pages, shared by every daemon).
+fn rss_mib(pid: u32) -> f64 {
+    proc_kb(pid, "status", "VmRSS:")
+}
+
+/// `RssAnon`: the process's own memory (heap, stacks), MiB.
+fn anon_mib(pid: u32) -> f64 {
+    proc_kb(pid, "status", "RssAnon:")
+}
+
+/// Proportional set size: shared pages divided among the processes sharing them, MiB.
+fn pss_mib(pid: u32) -> f64 {
+    proc_kb(pid, "smaps_rollup", "Pss:")
+}
+
+fn mem(pid: u32) -> String {
+    format!(
+        "RSS {:.1} MiB (anon {:.1}, PSS {:.1})",
+        rss_mib(pid),
+        anon_mib(pid),
+        pss_mib(pid)
+    )
 }
 
 fn ensure_user() {
@@ -270,8 +293,8 @@ fn main() {
         format!("{:.3} s", percentile(&warm100, 0.5)),
     );
     row(
-        &format!("RSS hub holding {n} pooled connections"),
-        format!("{:.1} MiB", rss_mib(hub.pid())),
+        &format!("hub holding {n} pooled connections"),
+        mem(hub.pid()),
     );
 
     // Warm-pool `exec true` latency through the control API (one request per sample).

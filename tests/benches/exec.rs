@@ -255,20 +255,21 @@ fn main() {
         format!("{n} up in {:.1} s", t0.elapsed().as_secs_f64()),
     );
     std::thread::sleep(Duration::from_secs(2));
-    let mut idle: Vec<f64> = targets.iter().map(|t| rss_mib(t.pid())).collect();
-    idle.sort_by(f64::total_cmp);
+    let median = |f: fn(u32) -> f64| {
+        let mut v: Vec<f64> = targets.iter().map(|t| f(t.pid())).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
     row(
-        "RSS idle target (median / max)",
+        "idle target, median",
         format!(
-            "{:.1} / {:.1} MiB",
-            percentile(&idle, 0.5),
-            idle[idle.len() - 1]
+            "RSS {:.1} MiB (anon {:.1}, PSS {:.1})",
+            median(rss_mib),
+            median(anon_mib),
+            median(pss_mib)
         ),
     );
-    row(
-        "RSS hub, no pooled connections",
-        format!("{:.1} MiB", rss_mib(hub.pid())),
-    );
+    row("hub, no pooled connections", mem(hub.pid()));
 
     // Cold: no pooled SSH connection yet (tunnels up).
     let cold100 = tether_fan_out(&hub, 100, "uname -a");

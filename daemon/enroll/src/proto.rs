@@ -668,6 +668,47 @@ mod tests {
 
     /// A hub of this release and a target, in process (no sockets): the hub, a fresh token's
     /// target session and its Hello.
+    /// A forward-mode target's `ssh_user` reaches the inventory, is covered by the proof (a
+    /// changed name is refused), and must be an account name.
+    #[test]
+    fn the_forward_mode_login_is_recorded_and_covered_by_the_proof() {
+        let (_dir, hub, _session, _hello) = exchange();
+        let now = crate::unix_now();
+        let hello_as = |name: &str, user: &str| {
+            let req = crate::InviteRequest {
+                name: name.into(),
+                tags: BTreeMap::new(),
+                groups: vec![],
+                ttl_secs: crate::DEFAULT_TTL_SECS,
+            };
+            let (token, _) = hub.invite(&req, now).unwrap();
+            let keys = TargetKeys {
+                wg_public: [name.len() as u8 + 40; 32],
+                ssh_host_key: TARGET_SSH.into(),
+                hostname: "fwd.local".into(),
+                ssh_user: Some(user.into()),
+            };
+            let (_s, frame) = TargetSession::start(&token, &keys, now, MAX_FRAME, None).unwrap();
+            let Message::Hello(hello) = serde_json::from_slice(&frame[4..]).unwrap() else {
+                panic!("not a hello")
+            };
+            hello
+        };
+        let hello = hello_as("fwd1", "deploy");
+        hub.handle_hello(&hello, None, now).unwrap();
+        assert_eq!(
+            hub.inventory().get("fwd1").unwrap().ssh_user.as_deref(),
+            Some("deploy")
+        );
+        let mut forged = hello_as("fwd22", "deploy");
+        forged.ssh_user = Some("root".into());
+        assert!(hub.handle_hello(&forged, None, now).is_err());
+        assert!(hub.inventory().get("fwd22").is_none());
+        let bad = hello_as("fwd333", "a b");
+        let e = hub.handle_hello(&bad, None, now).unwrap_err();
+        assert!(e.to_string().contains("ssh_user"), "{e}");
+    }
+
     fn exchange() -> (tempfile::TempDir, crate::Hub, TargetSession, Hello) {
         let dir = tempfile::tempdir().unwrap();
         let identity = crate::HubIdentity {

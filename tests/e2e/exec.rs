@@ -586,6 +586,20 @@ fn fan_out_to_twenty_targets_with_mixed_exits_timeouts_canary_and_max_failures()
 #[test]
 fn run_as_drops_to_the_user_and_an_unknown_user_refuses_to_start() {
     let hub = Daemon::start("hub", "");
+    // [ssh] is applied at start: a reload that changes it says a restart is needed.
+    std::fs::write(
+        &hub.config,
+        config_text("hub", hub.dir.path(), "\n[ssh]\nidle_timeout = \"1m\"\n"),
+    )
+    .unwrap();
+    let out = hub.tether(&["config", "reload"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("take effect: ssh"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let token = invite(&hub, "r1", &[]);
     let dir = tempfile::Builder::new()
         .prefix("tether-e2e-")

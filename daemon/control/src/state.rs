@@ -385,6 +385,10 @@ impl AppState {
         if old.metrics != new.metrics {
             report.needs_restart.push("metrics".to_owned());
         }
+        // The SSH server or relay, run_as and the hub's pool are built at start.
+        if old.ssh != new.ssh {
+            report.needs_restart.push("ssh".to_owned());
+        }
         Ok(PreparedReload {
             config: new,
             policy,

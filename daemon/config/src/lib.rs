@@ -16,6 +16,7 @@ mod paths;
 mod principal;
 mod redact;
 mod schema;
+mod ssh;
 mod vault;
 
 pub use alerts::{AlertRoute, AlertsSection};
@@ -30,6 +31,7 @@ pub use schema::{
     Config, ControlConfig, EnrollSection, LogConfig, PolicyFileError, PolicySource, RolesConfig,
     TunnelSection, parse_duration_secs, parse_subnet,
 };
+pub use ssh::{DEFAULT_ENV_ALLOW, SshMode, SshSection, SshTimes};
 pub use vault::{BackendChoice, VaultConfig};
 
 /// Where `tetherd` looks for its config when `--config` is not given.

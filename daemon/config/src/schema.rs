@@ -43,6 +43,10 @@ pub struct Config {
     /// Alert routing and delivery, audit-sink batching (`[alerts]`).
     #[serde(default)]
     pub alerts: crate::AlertsSection,
+    /// SSH inside the tunnel: the target's server or forward mode, `run_as`, the hub's pool
+    /// (`[ssh]`).
+    #[serde(default)]
+    pub ssh: crate::SshSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -222,6 +226,7 @@ impl Default for Config {
             metrics: crate::MetricsConfig::default(),
             enroll: EnrollSection::default(),
             alerts: crate::AlertsSection::default(),
+            ssh: crate::SshSection::default(),
         }
     }
 }
@@ -427,6 +432,9 @@ impl Config {
             bad(key, message);
         }
         for (key, message) in self.alerts.validate() {
+            bad(&key, message);
+        }
+        for (key, message) in self.ssh.validate(self.role) {
             bad(&key, message);
         }
         problems

@@ -118,6 +118,10 @@ pub trait RemoteExec: Send + Sync {
     ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
     /// Closes `host`'s pooled connection (revoke, `hosts rm`); its running commands end.
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
+    /// The connect timeout of requests that name none (the hub's `[ssh] connect_timeout`).
+    fn default_connect_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
     /// Runs an interactive session (a pty shell, or a command with or without a pty) on
     /// `host`: `input` is typed into it, its output goes to `out`, until it ends or `cancel`
     /// fires (then the channel is closed and the target kills the session's processes).
@@ -164,6 +168,9 @@ pub struct ExecHost {
     pub ip: std::net::Ipv4Addr,
     /// SSH host key pinned at enrollment (OpenSSH line).
     pub host_key: String,
+    /// The account to log in as (a forward-mode target's sshd account); `None`: Tether's own
+    /// SSH server.
+    pub user: Option<String>,
 }
 
 /// One command for [`RemoteExec::run`].
@@ -418,6 +425,10 @@ impl AppState {
         }
         if old.metrics != new.metrics {
             report.needs_restart.push("metrics".to_owned());
+        }
+        // The SSH server or relay, run_as and the hub's pool are built at start.
+        if old.ssh != new.ssh {
+            report.needs_restart.push("ssh".to_owned());
         }
         Ok(PreparedReload {
             config: new,

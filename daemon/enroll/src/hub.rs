@@ -475,6 +475,7 @@ impl Hub {
             last_seen: Some(now),
             state: HostState::Active,
             revoked_at: None,
+            ssh_user: hello.ssh_user.clone(),
         };
         {
             // Check + consume + record under the store lock: of two racing enrollments with one

@@ -76,6 +76,10 @@ pub struct HostRecord {
     /// When it was revoked, unix seconds.
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// The account the hub logs in as over SSH (a target in forward mode names its sshd
+    /// account at enrollment); `None`: Tether's own SSH server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 impl HostRecord {

@@ -118,6 +118,10 @@ pub struct Hello {
     /// can check it requires it from every target that names a version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wg_proof: Option<String>,
+    /// The account the hub logs in as over SSH: set by a target in forward mode (its sshd's
+    /// `ssh.run_as`); absent for Tether's own SSH server. Covered by `proof`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 /// X25519 key agreement with this side's WireGuard private key (which stays in the vault):
@@ -356,6 +360,9 @@ fn hello_transcript(h: &Hello) -> Transcript {
     if let Some(v) = h.version {
         t.field(b"version").field(&v.to_be_bytes());
     }
+    if let Some(u) = &h.ssh_user {
+        t.field(b"ssh_user").field(u.as_bytes());
+    }
     t
 }
 
@@ -406,6 +413,21 @@ pub struct TargetKeys {
     pub ssh_host_key: String,
     /// The target's hostname (informational).
     pub hostname: String,
+    /// Forward mode: the sshd account the hub logs in as; `None` for Tether's own SSH server.
+    pub ssh_user: Option<String>,
+}
+
+/// Longest SSH user name a target may name.
+pub const MAX_SSH_USER_LEN: usize = 32;
+
+/// Whether `user` is a plausible POSIX account name for the hub to log in as.
+pub fn valid_ssh_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= MAX_SSH_USER_LEN
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Checks the fields of a Hello that the target supplies (hub side).
@@ -417,6 +439,13 @@ pub(crate) fn check_hello_fields(h: &Hello) -> Result<[u8; 32]> {
     if h.hostname.len() > MAX_HOSTNAME_LEN || h.hostname.chars().any(|c| c.is_control()) {
         return Err(EnrollError::Protocol {
             what: "hostname is too long or has control characters".into(),
+        });
+    }
+    if let Some(u) = &h.ssh_user
+        && !valid_ssh_user(u)
+    {
+        return Err(EnrollError::Protocol {
+            what: "ssh_user is not an account name (letters, digits, _ - . ; at most 32)".into(),
         });
     }
     decode_tag(&h.client_nonce, "client nonce")?;
@@ -483,6 +512,7 @@ impl TargetSession {
             proof: String::new(),
             version: Some(PROTOCOL_VERSION),
             wg_proof: None,
+            ssh_user: keys.ssh_user.clone(),
         };
         hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&k, &hello));
         if let Some(prover) = prover {
@@ -638,6 +668,47 @@ mod tests {
 
     /// A hub of this release and a target, in process (no sockets): the hub, a fresh token's
     /// target session and its Hello.
+    /// A forward-mode target's `ssh_user` reaches the inventory, is covered by the proof (a
+    /// changed name is refused), and must be an account name.
+    #[test]
+    fn the_forward_mode_login_is_recorded_and_covered_by_the_proof() {
+        let (_dir, hub, _session, _hello) = exchange();
+        let now = crate::unix_now();
+        let hello_as = |name: &str, user: &str| {
+            let req = crate::InviteRequest {
+                name: name.into(),
+                tags: BTreeMap::new(),
+                groups: vec![],
+                ttl_secs: crate::DEFAULT_TTL_SECS,
+            };
+            let (token, _) = hub.invite(&req, now).unwrap();
+            let keys = TargetKeys {
+                wg_public: [name.len() as u8 + 40; 32],
+                ssh_host_key: TARGET_SSH.into(),
+                hostname: "fwd.local".into(),
+                ssh_user: Some(user.into()),
+            };
+            let (_s, frame) = TargetSession::start(&token, &keys, now, MAX_FRAME, None).unwrap();
+            let Message::Hello(hello) = serde_json::from_slice(&frame[4..]).unwrap() else {
+                panic!("not a hello")
+            };
+            hello
+        };
+        let hello = hello_as("fwd1", "deploy");
+        hub.handle_hello(&hello, None, now).unwrap();
+        assert_eq!(
+            hub.inventory().get("fwd1").unwrap().ssh_user.as_deref(),
+            Some("deploy")
+        );
+        let mut forged = hello_as("fwd22", "deploy");
+        forged.ssh_user = Some("root".into());
+        assert!(hub.handle_hello(&forged, None, now).is_err());
+        assert!(hub.inventory().get("fwd22").is_none());
+        let bad = hello_as("fwd333", "a b");
+        let e = hub.handle_hello(&bad, None, now).unwrap_err();
+        assert!(e.to_string().contains("ssh_user"), "{e}");
+    }
+
     fn exchange() -> (tempfile::TempDir, crate::Hub, TargetSession, Hello) {
         let dir = tempfile::tempdir().unwrap();
         let identity = crate::HubIdentity {
@@ -661,6 +732,7 @@ mod tests {
             wg_public: [3u8; 32],
             ssh_host_key: TARGET_SSH.into(),
             hostname: "old.local".into(),
+            ssh_user: None,
         };
         let (session, frame) = TargetSession::start(&token, &keys, now, MAX_FRAME, None).unwrap();
         let Message::Hello(hello) = serde_json::from_slice(&frame[4..]).unwrap() else {
@@ -738,6 +810,7 @@ mod tests {
                 wg_public: public,
                 ssh_host_key: TARGET_SSH.into(),
                 hostname: "t.local".into(),
+                ssh_user: None,
             };
             let (s, frame) = TargetSession::start_proving(
                 token,

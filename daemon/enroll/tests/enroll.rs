@@ -80,6 +80,7 @@ fn keys(ssh: &str) -> TargetKeys {
         wg_public: random32(),
         ssh_host_key: ssh.into(),
         hostname: "target.local".into(),
+        ssh_user: None,
     }
 }
 
@@ -982,6 +983,7 @@ mod inventory_tests {
             last_seen: None,
             state: HostState::Active,
             revoked_at: None,
+            ssh_user: None,
         }
     }
 
@@ -1127,6 +1129,7 @@ mod durability {
                 last_seen: None,
                 state: HostState::Active,
                 revoked_at: None,
+                ssh_user: None,
             })
             .unwrap();
             i += 1;
@@ -1464,6 +1467,7 @@ mod identity_rules {
             last_seen: None,
             state: HostState::Active,
             revoked_at: None,
+            ssh_user: None,
         };
         inv.insert(h.clone()).unwrap();
         assert_eq!(inv.admit("a1", "key-1", |_| 7).unwrap(), 7);

@@ -143,17 +143,21 @@ impl Conn {
         full_env.push(("SHELL".to_owned(), shell.clone()));
         full_env.extend(env.into_iter().filter(|(k, _)| k != "TERM"));
         full_env.push(("TERM".to_owned(), term));
-        let cwd = self
-            .shared
-            .base_env
-            .iter()
-            .find(|(k, _)| k == "HOME")
-            .map_or("/".to_owned(), |(_, v)| v.clone());
+        // The same user, home and privilege drop as exec commands (`ssh.run_as`).
+        let cwd = self.shared.cwd.to_string_lossy().into_owned();
         let args: Vec<&str> = match &command {
             Some(c) => vec!["-c", c.as_str()],
             None => vec!["-l"],
         };
-        let (pty, mut child) = match Pty::spawn(&shell, &args, &full_env, &cwd, cols, rows) {
+        let (pty, mut child) = match Pty::spawn(
+            &shell,
+            &args,
+            &full_env,
+            &cwd,
+            cols,
+            rows,
+            &self.shared.run_as,
+        ) {
             Ok(p) => p,
             Err(e) => return refuse(session, format!("tether: cannot start a pty: {e}\r\n"), 127),
         };

@@ -88,6 +88,9 @@ pub struct Target {
     pub ip: Ipv4Addr,
     /// Its SSH host key pinned at enrollment (OpenSSH line).
     pub host_key: String,
+    /// The account to log in as: `None` for Tether's own SSH server (which runs commands as its
+    /// `ssh.run_as` whatever the name), the target's `ssh.run_as` for a target in forward mode.
+    pub user: Option<String>,
 }
 
 /// One command to run.
@@ -375,7 +378,7 @@ impl Pool {
             };
         let auth = handle
             .authenticate_publickey(
-                crate::HUB_USER,
+                target.user.as_deref().unwrap_or(crate::HUB_USER),
                 PrivateKeyWithHashAlg::new(Arc::clone(&self.inner.key), None),
             )
             .await

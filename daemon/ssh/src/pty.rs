@@ -33,8 +33,9 @@ fn clamp(v: u32) -> u16 {
 
 impl Pty {
     /// Opens a pty of `cols`×`rows` and runs `program args` on it as a session leader, with
-    /// exactly `env` and working directory `cwd`. Returns the master and the child (its pid is
-    /// also its process group).
+    /// exactly `env` and working directory `cwd`, as `run_as` (`ssh.run_as`: the same privilege
+    /// drop as exec commands). Returns the master and the child (its pid is also its process
+    /// group).
     pub fn spawn(
         program: &str,
         args: &[&str],
@@ -42,6 +43,7 @@ impl Pty {
         cwd: &str,
         cols: u32,
         rows: u32,
+        run_as: &crate::run_as::RunAs,
     ) -> io::Result<(Pty, Child)> {
         let size = nix::pty::Winsize {
             ws_row: clamp(rows),
@@ -67,6 +69,7 @@ impl Pty {
             .stdout(Stdio::from(pair.slave.try_clone()?))
             .stderr(Stdio::from(pair.slave))
             .kill_on_drop(true);
+        run_as.apply(&mut cmd);
         let child = cmd.spawn().map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -138,6 +141,7 @@ mod tests {
             "/",
             100,
             30,
+            &crate::run_as::RunAs::resolve(None).unwrap(),
         )
         .unwrap();
         let mut out = Vec::new();
@@ -164,6 +168,7 @@ mod tests {
             "/",
             80,
             24,
+            &crate::run_as::RunAs::resolve(None).unwrap(),
         )
         .unwrap();
         pty.resize(132, 50).unwrap();

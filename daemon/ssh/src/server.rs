@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::process::Command;
 
 use crate::SshError;
+pub use crate::run_as::RunAs;
 
 /// How long a signalled command may take to exit before its process group gets `SIGKILL`.
 pub const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -78,6 +79,8 @@ pub struct ServerSettings {
     pub hub_key: PublicKey,
     /// Variables a client may set (`*` ends a prefix); see [`DEFAULT_ENV_ALLOW`].
     pub env_allow: Vec<String>,
+    /// The user commands run as ([`RunAs::resolve`]).
+    pub run_as: RunAs,
     /// Policy and audit.
     pub gate: Arc<dyn ExecGate>,
 }
@@ -87,6 +90,7 @@ impl std::fmt::Debug for ServerSettings {
         f.debug_struct("ServerSettings")
             .field("hub_key", &crate::keys::fingerprint(&self.hub_key))
             .field("env_allow", &self.env_allow)
+            .field("run_as", &self.run_as.name)
             .finish_non_exhaustive()
     }
 }
@@ -102,7 +106,10 @@ pub(crate) struct Shared {
     hub_key: PublicKey,
     env_allow: Vec<String>,
     pub(crate) gate: Arc<dyn ExecGate>,
+    pub(crate) run_as: RunAs,
     pub(crate) base_env: Vec<(String, String)>,
+    /// The user's home, or `/` when it does not exist (`nobody`'s `/nonexistent`).
+    pub(crate) cwd: std::path::PathBuf,
 }
 
 impl SshServer {
@@ -130,7 +137,11 @@ impl SshServer {
                 hub_key: settings.hub_key,
                 env_allow: settings.env_allow,
                 gate: settings.gate,
-                base_env: base_env(),
+                base_env: base_env(&settings.run_as),
+                cwd: Some(std::path::PathBuf::from(&settings.run_as.home))
+                    .filter(|h| h.is_dir())
+                    .unwrap_or_else(|| "/".into()),
+                run_as: settings.run_as,
             }),
         }
     }
@@ -161,16 +172,10 @@ fn protocol(e: &russh::Error) -> SshError {
     }
 }
 
-/// The environment every command starts with: a fixed `PATH`, the daemon user's `HOME`,
+/// The environment every command starts with: a fixed `PATH`, the `run_as` user's `HOME`,
 /// `USER`/`LOGNAME` and `SHELL=/bin/sh`.
-fn base_env() -> Vec<(String, String)> {
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten();
-    let (name, home) = match user {
-        Some(u) => (u.name, u.dir.to_string_lossy().into_owned()),
-        None => ("nobody".to_owned(), "/".to_owned()),
-    };
+fn base_env(run_as: &RunAs) -> Vec<(String, String)> {
+    let (name, home) = (run_as.name.clone(), run_as.home.clone());
     vec![
         (
             "PATH".to_owned(),
@@ -345,18 +350,13 @@ impl russh::server::Handler for Conn {
             .env_clear()
             .envs(self.shared.base_env.iter().cloned())
             .envs(env)
-            .current_dir(
-                self.shared
-                    .base_env
-                    .iter()
-                    .find(|(k, _)| k == "HOME")
-                    .map_or("/", |(_, v)| v.as_str()),
-            )
+            .current_dir(&self.shared.cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        self.shared.run_as.apply(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

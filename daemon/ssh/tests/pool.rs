@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tether_ssh::pool::{
     BoxFuture, Command, Dialer, Exit, Output, Pool, PoolConfig, PoolEvents, Stream, Target,
 };
-use tether_ssh::server::{ExecGate, ExecReport, ServerSettings, SshServer};
+use tether_ssh::server::{ExecGate, ExecReport, RunAs, ServerSettings, SshServer};
 use tether_ssh::{SshError, keys};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,10 @@ struct Setup {
 }
 
 async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
+    setup_as(hub_seed, accepted_seed, RunAs::resolve(None).unwrap()).await
+}
+
+async fn setup_as(hub_seed: u8, accepted_seed: u8, run_as: RunAs) -> Setup {
     let host_key = keys::from_seed(&[9u8; 32]).unwrap();
     let host_pub = host_key.public_key().to_openssh().unwrap();
     let hub_pub = keys::from_seed(&[accepted_seed; 32])
@@ -94,6 +98,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
         host_key,
         hub_key: hub_pub,
         env_allow: vec!["LANG".to_owned()],
+        run_as,
         gate: Arc::clone(&gate) as Arc<dyn ExecGate>,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -123,6 +128,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
             name: "web1".to_owned(),
             ip: Ipv4Addr::new(10, 0, 0, 2),
             host_key: host_pub,
+            user: None,
         },
         gate,
         events,
@@ -401,4 +407,38 @@ async fn pty_sessions_run_a_command_or_the_shell_on_a_real_terminal() {
     assert!(out.contains("refused by the target's policy"), "{out}");
     let reports = s.gate.finished.lock().unwrap().clone();
     assert_eq!(reports.iter().filter(|r| r.interactive).count(), 2);
+}
+
+/// `ssh.run_as`: as root, commands run as `nobody` (uid 65534) with nobody's groups only and
+/// its environment; `nobody`'s missing home falls back to `/`.
+#[tokio::test]
+async fn commands_run_as_the_run_as_user_with_its_groups() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: run_as to another user needs root (CI runs the suite as root)");
+        return;
+    }
+    let nobody = RunAs::resolve(Some("nobody")).unwrap();
+    assert!(nobody.drop);
+    let s = setup_as(1, 1, nobody).await;
+    let (r, out, err) = run(&s, "id -u; id -g; id -G; echo \"$USER $HOME\"; pwd").await;
+    assert_eq!(
+        r.unwrap(),
+        Exit::Code(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "65534", "{out}");
+    assert_eq!(lines[1], "65534", "{out}");
+    assert!(
+        lines[2].split(' ').all(|g| g != "0"),
+        "no root group survives: {out}"
+    );
+    assert!(lines[3].starts_with("nobody "), "{out}");
+    assert_eq!(lines[4], "/", "{out}");
+    // A pty session drops to the same user: shells are no way around run_as.
+    let (r, out) = session(&s, Some("id -u; pwd"), &[]).await;
+    assert_eq!(r.unwrap(), Exit::Code(0), "{out}");
+    assert!(out.contains("65534"), "the pty session did not drop: {out}");
 }

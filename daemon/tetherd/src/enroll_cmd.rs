@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use serde_json::json;
-use tether_config::Overrides;
+use tether_config::{Overrides, SshMode};
 use tether_enroll::{ClientOptions, TargetKeys, Token, enroll_client};
 use tether_model::DaemonRole;
 
@@ -55,10 +55,16 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             }
         }
         let wg = identity::wireguard_key_named(&vault, &name(identity::WIREGUARD))?;
+        // Forward mode: the hub pins sshd's host key and logs in as run_as.
+        let (ssh_host_key, ssh_user) = match config.ssh.mode {
+            SshMode::Server => (identity::ssh_public_key_named(&vault, &name(identity::SSH_KEY))?, None),
+            SshMode::Forward => (sshd_host_key(&config.ssh.host_key_file)?, config.ssh.run_as.clone()),
+        };
         let keys = TargetKeys {
             wg_public: wg.public_key().0,
-            ssh_host_key: identity::ssh_public_key_named(&vault, &name(identity::SSH_KEY))?,
+            ssh_host_key,
             hostname: identity::hostname(),
+            ssh_user,
         };
         let opts = ClientOptions {
             endpoint: args.endpoint.clone(),
@@ -89,6 +95,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             tags: welcome.tags.clone(),
             groups: welcome.groups.clone(),
             enrolled_at: tether_enroll::unix_now(),
+            ssh_user: keys.ssh_user.clone(),
         };
         if staged {
             identity::promote_staged(&vault, identity::WIREGUARD)?;
@@ -99,12 +106,37 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             println!("{}", json!({"enrolled": true, "name": enrollment.name, "overlay_ip": enrollment.overlay_ip, "hub": enrollment.hub_wg_endpoint}));
         } else {
             println!(
-                "enrolled as {} ({}) with the hub at {}\nnext: start the daemon (systemctl start tetherd, or tetherd run)",
+                "enrolled as {} ({}) with the hub at {}",
                 enrollment.name, enrollment.overlay_ip, enrollment.hub_wg_endpoint
             );
+            if let Some(user) = &enrollment.ssh_user {
+                println!(
+                    "forward mode: the hub logs in to sshd as {user}; add its key to that user's authorized_keys:\n  {}",
+                    enrollment.hub_ssh_client_key
+                );
+            }
+            println!("next: start the daemon (systemctl start tetherd, or tetherd run)");
         }
         Ok(())
     })
+}
+
+/// Forward mode: sshd's Ed25519 host public key from `ssh.host_key_file` (what the hub pins).
+fn sshd_host_key(path: &Path) -> Result<String, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        DaemonError::Usage(format!(
+            "cannot read sshd's host key {} (ssh.host_key_file): {e}; point ssh.host_key_file at sshd's ssh_host_ed25519_key.pub",
+            path.display()
+        ))
+    })?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default();
+    tether_ssh::keys::parse_public(line, &format!("sshd host key in {}", path.display()))
+        .map_err(|e| DaemonError::Usage(format!("{e}; forward mode needs sshd's Ed25519 host key (ssh-keygen -t ed25519 -f /etc/ssh/ssh_host_ed25519_key)")))?;
+    Ok(line.to_owned())
 }
 
 /// The token from the argument, `-` (stdin) or `--token-file`. Prefer stdin or a file: command

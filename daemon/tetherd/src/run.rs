@@ -370,6 +370,7 @@ fn start_target_ssh(
         &tunnel.handle(),
         vault,
         enrollment,
+        &state.config().ssh,
         Arc::clone(state),
         shutdown.clone(),
     )?;

@@ -4,15 +4,18 @@
 //!   the transport, alerts for open breakers and wrong host keys) and gives the control API a
 //!   [`RemoteExec`] over it; a reaper task closes idle connections.
 //! * Target: [`start_target`] listens on overlay port 22 inside the tunnel (never on a host
-//!   interface), accepts connections only from the hub's overlay address, and serves them with
-//!   the vault's SSH host key, accepting only the hub's client key from the enrollment. Each
-//!   command passes the target's own policy and is audited here too.
+//!   interface) and accepts connections only from the hub's overlay address. In server mode it
+//!   serves them with the vault's SSH host key, accepting only the hub's client key from the
+//!   enrollment, running commands as `ssh.run_as`; each command passes the target's own policy
+//!   and is audited here too. In forward mode (`ssh.mode = "forward"`) it relays them to the
+//!   local sshd at `ssh.forward_to` and audits each relayed connection.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tether_config::SshMode;
 use tether_control::AppState;
 use tether_control::ProxySession;
 use tether_control::audit::daemon_actor;
@@ -24,7 +27,7 @@ use tether_model::{Alert, AlertSink, Severity};
 use tether_policy::Verdict;
 use tether_ssh::operator::{OperatorBackend, OperatorEndpoint, Refusal};
 use tether_ssh::pool::{self, Dialer, Pool, PoolConfig, PoolEvents, Stream};
-use tether_ssh::server::{ExecGate, ExecReport, ServerSettings, SshServer};
+use tether_ssh::server::{ExecGate, ExecReport, RunAs, ServerSettings, SshServer};
 use tether_ssh::{SSH_PORT, SshError};
 use tether_tunnel::TunnelHandle;
 use tether_vault::Vault;
@@ -109,6 +112,8 @@ impl PoolEvents for Events {
 /// The hub's pool as the control API sees it.
 pub struct HubSsh {
     pool: Pool,
+    /// `[ssh] connect_timeout`: for requests that name none.
+    connect_timeout: Duration,
 }
 
 fn remote_error(e: SshError) -> RemoteError {
@@ -141,6 +146,7 @@ impl RemoteExec for HubSsh {
                 name: host.name,
                 ip: host.ip,
                 host_key: host.host_key,
+                user: host.user,
             };
             let cmd = pool::Command {
                 line: command.line,
@@ -182,6 +188,7 @@ impl RemoteExec for HubSsh {
                 name: host.name,
                 ip: host.ip,
                 host_key: host.host_key,
+                user: host.user,
             };
             let (tx, rx) = mpsc::channel(32);
             let run = self
@@ -194,6 +201,10 @@ impl RemoteExec for HubSsh {
                 Err(e) => Err(remote_error(e)),
             }
         })
+    }
+
+    fn default_connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()> {
@@ -338,10 +349,25 @@ impl HubSide {
     }
 }
 
+/// The pool's settings from `[ssh]`.
+fn pool_config(config: &tether_config::SshSection) -> PoolConfig {
+    let times = config.times();
+    PoolConfig {
+        idle: times.idle_timeout,
+        max_channels: config.max_channels_per_conn,
+        keepalive: times.keepalive,
+        breaker: tether_ssh::breaker::BreakerConfig {
+            threshold: config.breaker_threshold,
+            cool_down: times.breaker_cool_down,
+        },
+    }
+}
+
 /// Builds the hub's pool over `tunnel`.
 pub fn start_hub(
     tunnel: TunnelHandle,
     vault: &Vault,
+    config: &tether_config::SshSection,
     alerts: Arc<dyn AlertSink>,
     audit: tether_audit::AuditLog,
     shutdown: CancellationToken,
@@ -351,9 +377,17 @@ pub fn start_hub(
         Arc::new(TunnelDialer(tunnel)),
         Arc::new(Events { alerts, audit }),
         key,
-        PoolConfig::default(),
+        pool_config(config),
     );
-    let remote = Arc::new(HubSsh { pool });
+    let times = config.times();
+    let remote = Arc::new(HubSsh {
+        pool,
+        connect_timeout: times.connect_timeout,
+    });
+    // Often enough that a short idle_timeout is honoured.
+    let reap_every = REAP_EVERY
+        .min(times.idle_timeout / 2)
+        .max(Duration::from_secs(1));
     let operator = Arc::new(HubOperator::new(vault)?);
     let reaper = tokio::spawn({
         let remote = Arc::clone(&remote);
@@ -361,7 +395,7 @@ pub fn start_hub(
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(REAP_EVERY) => {}
+                    () = tokio::time::sleep(reap_every) => {}
                 }
                 for host in remote.pool.reap(Instant::now()).await {
                     tracing::debug!(host, "closed an idle SSH connection");
@@ -499,35 +533,66 @@ impl ExecGate for TargetGate {
     }
 }
 
-/// Listens on overlay port 22 and serves the hub until `shutdown`.
+/// Listens on overlay port 22 and serves the hub until `shutdown`: with the SSH server, or
+/// (forward mode) by relaying to the local sshd.
 pub fn start_target(
     tunnel: &TunnelHandle,
     vault: &Vault,
     enrollment: &Enrollment,
+    config: &tether_config::SshSection,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, DaemonError> {
-    let hub_key = tether_ssh::keys::parse_public(
-        &enrollment.hub_ssh_client_key,
-        "the hub's SSH client key in enrollment.json",
-    )
-    .map_err(|e| DaemonError::Membership(e.to_string()))?;
-    let server = SshServer::new(ServerSettings {
-        host_key: ssh_key(vault)?,
-        hub_key,
-        env_allow: tether_ssh::server::DEFAULT_ENV_ALLOW
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-        gate: Arc::new(TargetGate {
-            state,
-            facts: tether_model::selector::HostFacts {
-                name: enrollment.name.clone(),
-                groups: enrollment.groups.clone(),
-                tags: enrollment.tags.clone(),
-            },
-        }),
-    });
+    let named = enrollment.ssh_user.as_deref();
+    let mismatch = match config.mode {
+        SshMode::Server => named.map(|u| format!("in forward mode (as {u})")),
+        SshMode::Forward if named != config.run_as.as_deref() => Some(named.map_or_else(
+            || "in server mode".to_owned(),
+            |u| format!("in forward mode as {u}"),
+        )),
+        SshMode::Forward => None,
+    };
+    if let Some(then) = mismatch {
+        return Err(DaemonError::Usage(format!(
+            "this target enrolled {then}, but [ssh] now says mode = {:?}{}; the hub pinned the host key and login of the enrollment. Restore the [ssh] settings, or re-enroll (tether vpn reinvite {} on the hub, then tetherd enroll --force TOKEN here)",
+            config.mode.as_str(),
+            config
+                .run_as
+                .as_deref()
+                .map(|u| format!(", run_as = {u:?}"))
+                .unwrap_or_default(),
+            enrollment.name
+        )));
+    }
+    let serve: Arc<dyn Fn(tether_tunnel::TunnelStream) -> BoxFuture<'static, ()> + Send + Sync> =
+        match config.mode {
+            SshMode::Server => {
+                let server = server(vault, enrollment, config, state)?;
+                Arc::new(move |stream| {
+                    let server = server.clone();
+                    Box::pin(async move {
+                        if let Err(e) = server.serve_connection(stream).await {
+                            tracing::debug!("SSH connection ended: {e}");
+                        }
+                    })
+                })
+            }
+            SshMode::Forward => {
+                let to: SocketAddr = config.forward_to.parse().map_err(|_| {
+                    DaemonError::Usage(format!(
+                        "ssh.forward_to {:?} is not an IP:port address",
+                        config.forward_to
+                    ))
+                })?;
+                let timeout = config.times().connect_timeout;
+                let host = enrollment.name.clone();
+                tracing::info!(%to, "SSH: forward mode, relaying the hub's SSH to the local sshd");
+                Arc::new(move |stream| {
+                    let (state, host) = (Arc::clone(&state), host.clone());
+                    Box::pin(relay(state, host, stream, to, timeout))
+                })
+            }
+        };
     let listener = tunnel
         .listen(SSH_PORT)
         .map_err(|source| DaemonError::Tunnel {
@@ -549,12 +614,10 @@ pub fn start_target(
                 tracing::warn!(from = %stream.peer_ip(), "SSH: refused a connection that is not from the hub");
                 continue;
             }
-            let (server, shutdown) = (server.clone(), shutdown.clone());
+            let (serve, shutdown) = (Arc::clone(&serve), shutdown.clone());
             conns.spawn(async move {
                 tokio::select! {
-                    r = server.serve_connection(stream) => if let Err(e) = r {
-                        tracing::debug!("SSH connection ended: {e}");
-                    },
+                    () = serve(stream) => {}
                     () = shutdown.cancelled() => {}
                 }
             });
@@ -562,4 +625,80 @@ pub fn start_target(
         conns.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
     }))
+}
+
+/// Server mode: the russh server with the vault's host key, the hub's client key, `run_as`
+/// (refused here, at startup, when this daemon cannot switch to it) and the target's gate.
+fn server(
+    vault: &Vault,
+    enrollment: &Enrollment,
+    config: &tether_config::SshSection,
+    state: Arc<AppState>,
+) -> Result<SshServer, DaemonError> {
+    let hub_key = tether_ssh::keys::parse_public(
+        &enrollment.hub_ssh_client_key,
+        "the hub's SSH client key in enrollment.json",
+    )
+    .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    let run_as = RunAs::resolve(config.run_as.as_deref())?;
+    if run_as.drop {
+        tracing::info!(user = %run_as.name, uid = %run_as.uid, "SSH: commands run as ssh.run_as");
+    }
+    Ok(SshServer::new(ServerSettings {
+        host_key: ssh_key(vault)?,
+        hub_key,
+        env_allow: config.env_allow.clone(),
+        run_as,
+        gate: Arc::new(TargetGate {
+            state,
+            facts: tether_model::selector::HostFacts {
+                name: enrollment.name.clone(),
+                groups: enrollment.groups.clone(),
+                tags: enrollment.tags.clone(),
+            },
+        }),
+    }))
+}
+
+/// Forward mode: one relayed connection, audited when it opens (before a byte goes to sshd)
+/// and when it ends. The session inside is end to end between the hub and sshd.
+async fn relay(
+    state: Arc<AppState>,
+    host: String,
+    stream: tether_tunnel::TunnelStream,
+    to: SocketAddr,
+    timeout: Duration,
+) {
+    let started = Instant::now();
+    if let Err(e) = state
+        .audit(
+            "ssh.forward.opened",
+            daemon_actor(),
+            Some(&host),
+            json!({"to": to.to_string(), "from": "hub"}),
+        )
+        .await
+    {
+        tracing::error!("SSH: not relaying to sshd, its audit record could not be written: {e}");
+        return;
+    }
+    let (data, level_error) = match tether_ssh::forward::relay(stream, to, timeout).await {
+        Ok(r) => (
+            json!({"to": to.to_string(), "to_sshd_bytes": r.to_sshd, "from_sshd_bytes": r.from_sshd, "duration_ms": started.elapsed().as_millis() as u64}),
+            None,
+        ),
+        Err(e) => (
+            json!({"to": to.to_string(), "error": e.to_string(), "duration_ms": started.elapsed().as_millis() as u64}),
+            Some(e),
+        ),
+    };
+    if let Some(e) = level_error {
+        tracing::warn!("SSH: {e}");
+    }
+    if let Err(e) = state
+        .audit("ssh.forward.closed", daemon_actor(), Some(&host), data)
+        .await
+    {
+        tracing::error!("could not audit the end of a relayed SSH connection: {e}");
+    }
 }

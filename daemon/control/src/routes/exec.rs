@@ -53,7 +53,7 @@ struct Plan {
     output_limit: u64,
 }
 
-fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
+fn plan(req: &ExecRequest, hosts: usize, default_connect_ms: u64) -> Result<Plan, Fail> {
     if req.command.trim().is_empty() {
         return Err(bad(
             "empty_command",
@@ -119,7 +119,7 @@ fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
         timeout: ms(req.timeout_ms, DEFAULT_TIMEOUT_MS, "timeout")?,
         connect_timeout: ms(
             req.connect_timeout_ms,
-            DEFAULT_CONNECT_TIMEOUT_MS,
+            default_connect_ms,
             "connect timeout",
         )?,
         canary: req.canary.unwrap_or(0) as usize,
@@ -273,7 +273,15 @@ pub(crate) async fn check_policy(
 /// `POST /v1/exec`.
 pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
     let hosts = resolve(&ctx, &req.selector)?;
-    let plan = plan(&req, hosts.len())?;
+    // `[ssh] connect_timeout` on the hub, when the request names none.
+    let default_connect_ms = ctx
+        .state
+        .remote
+        .as_ref()
+        .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |r| {
+            r.default_connect_timeout().as_millis() as u64
+        });
+    let plan = plan(&req, hosts.len(), default_connect_ms)?;
     let Some(remote) = ctx.state.remote.clone() else {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -360,10 +368,16 @@ async fn run_all(
     let mut queue = hosts.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let (mut launched, mut ok, mut failed) = (0usize, 0u32, 0u32);
+    // Canary hosts that have finished: the rest start only once every canary has.
+    let mut canaries_done = 0usize;
     let mut canary_failed: Vec<String> = Vec::new();
     let mut aborted: Option<String> = None;
     loop {
-        let limit = if launched < canary { canary } else { total };
+        let limit = if canaries_done < canary {
+            canary
+        } else {
+            total
+        };
         while aborted.is_none()
             && !cancel.is_cancelled()
             && running.len() < plan.concurrency
@@ -383,7 +397,11 @@ async fn run_all(
             running.spawn(async move { (task.await, is_canary) });
         }
         let Some(done) = running.join_next().await else {
-            if launched == canary && canary > 0 && !canary_failed.is_empty() && aborted.is_none() {
+            if canaries_done == canary
+                && canary > 0
+                && !canary_failed.is_empty()
+                && aborted.is_none()
+            {
                 aborted = Some(format!("the canary failed on {}", canary_failed.join(", ")));
                 continue;
             }
@@ -394,8 +412,12 @@ async fn run_all(
         };
         let (host, success, is_canary) = match done {
             Ok(((host, success), is_canary)) => (host, success, is_canary),
-            Err(_) => (String::new(), false, false),
+            // A task that panicked: during the canary phase only canaries run.
+            Err(_) => (String::new(), false, canaries_done < canary),
         };
+        if is_canary {
+            canaries_done += 1;
+        }
         if success {
             ok += 1;
         } else {
@@ -410,12 +432,7 @@ async fn run_all(
                 aborted = Some(format!("{failed} hosts failed (max failures {max})"));
             }
         }
-        if launched == canary
-            && canary > 0
-            && running.is_empty()
-            && !canary_failed.is_empty()
-            && aborted.is_none()
-        {
+        if canaries_done == canary && canary > 0 && !canary_failed.is_empty() && aborted.is_none() {
             aborted = Some(format!("the canary failed on {}", canary_failed.join(", ")));
         }
     }
@@ -511,6 +528,7 @@ async fn run_host(
         name: name.clone(),
         ip: host.overlay_ip,
         host_key: host.ssh_host_key.clone(),
+        user: host.ssh_user.clone(),
     };
     let command = RemoteCommand {
         line: plan.command.clone(),

@@ -106,6 +106,7 @@ impl ProxySession {
             name: record.name.clone(),
             ip: record.overlay_ip,
             host_key: record.ssh_host_key.clone(),
+            user: record.ssh_user.clone(),
         }
     }
 

@@ -508,6 +508,9 @@ pub struct Socket<'a> {
     remote_win_len: usize,
     /// The receive window scaling factor for remotes which support RFC 1323, None if unsupported.
     remote_win_scale: Option<u8>,
+    /// (tether patch) The window scale to advertise from the next listen/connect on, instead of
+    /// the one derived from the receive buffer's capacity (see `set_local_window_scale`).
+    local_win_scale: Option<u8>,
     /// Whether or not the remote supports selective ACK as described in RFC 2018.
     remote_has_sack: bool,
     /// The maximum number of data octets that the remote side may receive.
@@ -607,6 +610,7 @@ impl<'a> Socket<'a> {
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
+            local_win_scale: None,
             remote_has_sack: false,
             remote_mss: DEFAULT_MSS,
             remote_last_ts: None,
@@ -901,6 +905,100 @@ impl<'a> Socket<'a> {
         self.state
     }
 
+    /// (tether patch) Fix the window scale (RFC 7323 shift count, at most 14) this socket
+    /// offers, instead of deriving it from the receive buffer's capacity, so that the receive
+    /// buffer can later grow past what the initial capacity could advertise
+    /// (see [replace_recv_buffer](#method.replace_recv_buffer)).
+    ///
+    /// Takes effect at the next [listen](#method.listen) or [connect](#method.connect): the
+    /// scale is negotiated in the SYN and cannot change afterwards.
+    pub fn set_local_window_scale(&mut self, shift: u8) {
+        self.local_win_scale = Some(shift.min(14));
+    }
+
+    /// (tether patch) The window scale in effect for the receive window: `Some(shift)` when
+    /// both ends negotiated window scaling, `None` when the remote did not (or not yet), in
+    /// which case the advertised window is capped at 65535 bytes whatever the buffer size.
+    pub fn recv_window_scale(&self) -> Option<u8> {
+        self.remote_win_scale.map(|_| self.remote_win_shift)
+    }
+
+    /// (tether patch) Whether out-of-order data is held (received past a hole); the receive
+    /// buffer cannot be replaced until the hole is filled.
+    pub fn recv_out_of_order(&self) -> bool {
+        !self.assembler.is_empty()
+    }
+
+    /// (tether patch) The smoothed round-trip time measured on this connection's own data
+    /// (RFC 6298), or `None` before the first measurement. A socket that only receives never
+    /// measures one.
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        self.rtte
+            .have_measurement
+            .then(|| Duration::from_millis(self.rtte.srtt as u64))
+    }
+
+    /// (tether patch) Replace the receive buffer with `new`, moving the received but unread data
+    /// into it, and return the old one. The receive window follows the new capacity: growing
+    /// it lets the remote send more per round trip.
+    ///
+    /// Refused (`new` is handed back) while out-of-order data is held (the assembler is not
+    /// empty), when `new` cannot hold the unread data, or when it exceeds 1 GiB. Shrinking is
+    /// allowed: the window last advertised is then cut back to the new capacity, so that
+    /// segments beyond it are trimmed (and retransmitted by the remote) rather than written past
+    /// the buffer; it is meant for idle connections, with nothing in flight.
+    pub fn replace_recv_buffer<T>(&mut self, new: T) -> Result<SocketBuffer<'a>, SocketBuffer<'a>>
+    where
+        T: Into<SocketBuffer<'a>>,
+    {
+        let mut new = new.into();
+        if !self.assembler.is_empty()
+            || new.capacity() < self.rx_buffer.len()
+            || new.capacity() > (1 << 30)
+        {
+            return Err(new);
+        }
+        new.clear();
+        while !self.rx_buffer.is_empty() {
+            let chunk = self.rx_buffer.dequeue_many(usize::MAX);
+            let moved = new.enqueue_slice(chunk);
+            debug_assert_eq!(moved, chunk.len());
+        }
+        let old = mem::replace(&mut self.rx_buffer, new);
+        if let Some(last_ack) = self.remote_last_ack {
+            // last_ack <= remote_seq_no + rx_buffer.len() <= edge always holds (what was acked was
+            // received); the comparison guards the subtraction anyway.
+            let edge = self.remote_seq_no + self.rx_buffer.capacity();
+            let room = if edge >= last_ack { edge - last_ack } else { 0 };
+            let max_win = room >> self.remote_win_shift;
+            if usize::from(self.remote_last_win) > max_win {
+                self.remote_last_win = max_win as u16;
+            }
+        }
+        Ok(old)
+    }
+
+    /// (tether patch) Replace the transmit buffer with `new`, moving the queued data (sent but
+    /// unacknowledged, and not yet sent) into it in order, and return the old one.
+    ///
+    /// Refused (`new` is handed back) when `new` cannot hold the queued data.
+    pub fn replace_send_buffer<T>(&mut self, new: T) -> Result<SocketBuffer<'a>, SocketBuffer<'a>>
+    where
+        T: Into<SocketBuffer<'a>>,
+    {
+        let mut new = new.into();
+        if new.capacity() < self.tx_buffer.len() {
+            return Err(new);
+        }
+        new.clear();
+        while !self.tx_buffer.is_empty() {
+            let chunk = self.tx_buffer.dequeue_many(usize::MAX);
+            let moved = new.enqueue_slice(chunk);
+            debug_assert_eq!(moved, chunk.len());
+        }
+        Ok(mem::replace(&mut self.tx_buffer, new))
+    }
+
     fn reset(&mut self) {
         let rx_cap_log2 =
             mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
@@ -921,7 +1019,9 @@ impl<'a> Socket<'a> {
         self.remote_last_win = 0;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
-        self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
+        self.remote_win_shift = self
+            .local_win_scale
+            .unwrap_or(rx_cap_log2.saturating_sub(16) as u8);
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;

@@ -10,7 +10,12 @@
 //!
 //! Round trips are measured by the stack (the minimum of the samples it gets, see [`MinRtt`]):
 //! using the minimum keeps queueing delay out of the measurement, so a buffer that fills a
-//! bottleneck queue does not inflate its own target.
+//! bottleneck queue does not inflate its own target. The minimum is kept while the stream is
+//! busy (a standing queue would otherwise become the new minimum once an old sample expired, and
+//! the buffers would ratchet up) and forgotten when it goes idle, which is also when a changed
+//! path gets measured afresh. A path that gets longer in the middle of a transfer is thus
+//! measured with the old, shorter round trip until the next idle period: its buffers are sized
+//! for the old RTT (the growth factor's headroom absorbs up to that factor).
 //!
 //! Bounds: every buffer lives between `floor` (its size at creation) and `max`; the growth above
 //! the floors of all streams of a node shares one budget ([`grant`]); a direction that moved
@@ -20,33 +25,49 @@ use std::time::{Duration, Instant};
 
 /// A direction that moved no bytes for this long shrinks back to its floor.
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
-/// A round-trip minimum older than this may be replaced by a larger sample (the path changed).
-pub const RTT_WINDOW: Duration = Duration::from_secs(10);
+/// A receive buffer is sized to twice the most bytes read in one round trip (as Linux does): the
+/// window stays ahead of a sender that is still speeding up.
+pub const RX_GROWTH: Growth = Growth { num: 2, den: 1 };
+/// A send buffer (which bounds the bytes in flight) is sized to 1.5 times the most bytes
+/// acknowledged in one round trip: enough to keep a full path busy while the window grows,
+/// without queueing a whole extra bandwidth-delay product at the bottleneck (smoltcp recovers
+/// from a queue overflow by resending everything after the loss, so overflowing one costs
+/// dearly; measured in tests/tunnel/wan.rs).
+pub const TX_GROWTH: Growth = Growth { num: 3, den: 2 };
 /// Buffer sizes are multiples of this.
 const GRANULE: usize = 4096;
 
-/// A windowed minimum of round-trip samples.
+/// A buffer's size as a multiple (`num / den`) of the most bytes moved in one round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Growth {
+    /// Numerator.
+    pub num: u64,
+    /// Denominator (not zero).
+    pub den: u64,
+}
+
+/// The minimum of a stream's round-trip samples since it was last idle.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MinRtt {
-    best: Option<(Duration, Instant)>,
+    best: Option<Duration>,
 }
 
 impl MinRtt {
-    /// Records a sample taken at `now`: kept if it is the smallest, or if the current minimum is
-    /// older than [`RTT_WINDOW`].
-    pub fn sample(&mut self, rtt: Duration, now: Instant) {
-        if rtt.is_zero() {
-            return;
+    /// Records a sample (zero samples are ignored).
+    pub fn sample(&mut self, rtt: Duration) {
+        if !rtt.is_zero() && self.best.is_none_or(|b| rtt < b) {
+            self.best = Some(rtt);
         }
-        match self.best {
-            Some((best, at)) if rtt > best && now.saturating_duration_since(at) < RTT_WINDOW => {}
-            _ => self.best = Some((rtt, now)),
-        }
+    }
+
+    /// Forgets the samples (the stream went idle; the path may change before it resumes).
+    pub fn reset(&mut self) {
+        self.best = None;
     }
 
     /// The current minimum, if any sample was taken.
     pub fn get(&self) -> Option<Duration> {
-        self.best.map(|(d, _)| d)
+        self.best
     }
 }
 
@@ -66,6 +87,7 @@ pub enum Want {
 pub struct Tuner {
     floor: usize,
     max: usize,
+    growth: Growth,
     /// The buffer's current capacity (the stack reports what it applied).
     cap: usize,
     /// The capacity wanted (asked for until granted).
@@ -79,11 +101,13 @@ pub struct Tuner {
 }
 
 impl Tuner {
-    /// A tuner for a buffer created at `floor` bytes that may grow to `max`, at `now`.
-    pub fn new(floor: usize, max: usize, now: Instant) -> Self {
+    /// A tuner for a buffer created at `floor` bytes that may grow to `max`, sized `growth`
+    /// times what it moves per round trip, at `now`.
+    pub fn new(floor: usize, max: usize, growth: Growth, now: Instant) -> Self {
         Tuner {
             floor,
             max: max.max(floor),
+            growth,
             cap: floor,
             target: floor,
             space: 0,
@@ -134,11 +158,12 @@ impl Tuner {
             self.mark = (now, total);
             if moved > self.space {
                 self.space = moved;
-                let want = usize::try_from(moved.saturating_mul(2))
-                    .unwrap_or(usize::MAX)
-                    .div_ceil(GRANULE)
-                    .saturating_mul(GRANULE)
-                    .clamp(self.floor, self.max);
+                let want =
+                    usize::try_from(moved.saturating_mul(self.growth.num) / self.growth.den.max(1))
+                        .unwrap_or(usize::MAX)
+                        .div_ceil(GRANULE)
+                        .saturating_mul(GRANULE)
+                        .clamp(self.floor, self.max);
                 self.target = self.target.max(want);
             }
         }
@@ -180,7 +205,7 @@ mod tests {
     #[test]
     fn grows_to_twice_what_one_round_trip_moved_then_holds() {
         let t0 = Instant::now();
-        let mut t = Tuner::new(64 * K, 8192 * K, t0);
+        let mut t = Tuner::new(64 * K, 8192 * K, RX_GROWTH, t0);
         let rtt = Some(50 * MS);
         // Less than one round trip: nothing decided yet.
         assert_eq!(t.observe(t0 + 10 * MS, 30_000, rtt, false), Want::Keep);
@@ -215,9 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn the_send_side_grows_to_one_and_a_half_times_what_was_acknowledged() {
+        let t0 = Instant::now();
+        let mut t = Tuner::new(64 * K, 8192 * K, TX_GROWTH, t0);
+        assert_eq!(
+            t.observe(t0 + 50 * MS, 64 * K as u64, Some(50 * MS), false),
+            Want::Grow(96 * K)
+        );
+    }
+
+    #[test]
     fn an_application_limited_stream_does_not_grow() {
         let t0 = Instant::now();
-        let mut t = Tuner::new(64 * K, 8192 * K, t0);
+        let mut t = Tuner::new(64 * K, 8192 * K, RX_GROWTH, t0);
         let mut total = 0u64;
         for i in 1..=100u32 {
             total += 10 * K as u64; // 10 KiB per round trip: far below the window
@@ -232,7 +267,7 @@ mod tests {
     #[test]
     fn a_growth_not_granted_is_asked_for_again() {
         let t0 = Instant::now();
-        let mut t = Tuner::new(64 * K, 8192 * K, t0);
+        let mut t = Tuner::new(64 * K, 8192 * K, RX_GROWTH, t0);
         let rtt = Some(20 * MS);
         assert_eq!(
             t.observe(t0 + 20 * MS, 64 * K as u64, rtt, false),
@@ -258,7 +293,7 @@ mod tests {
     #[test]
     fn growth_is_capped_at_max() {
         let t0 = Instant::now();
-        let mut t = Tuner::new(64 * K, 1024 * K, t0);
+        let mut t = Tuner::new(64 * K, 1024 * K, RX_GROWTH, t0);
         assert_eq!(
             t.observe(t0 + 20 * MS, 100 * 1024 * K as u64, Some(20 * MS), false),
             Want::Grow(1024 * K)
@@ -268,14 +303,14 @@ mod tests {
     #[test]
     fn no_round_trip_known_means_no_growth() {
         let t0 = Instant::now();
-        let mut t = Tuner::new(64 * K, 8192 * K, t0);
+        let mut t = Tuner::new(64 * K, 8192 * K, RX_GROWTH, t0);
         assert_eq!(t.observe(t0 + 500 * MS, 10 << 20, None, false), Want::Keep);
     }
 
     #[test]
     fn idle_shrinks_to_the_floor_only_when_drained_and_measures_afresh() {
         let t0 = Instant::now();
-        let mut t = Tuner::new(64 * K, 8192 * K, t0);
+        let mut t = Tuner::new(64 * K, 8192 * K, RX_GROWTH, t0);
         let rtt = Some(10 * MS);
         assert_eq!(
             t.observe(t0 + 10 * MS, 1 << 20, rtt, false),
@@ -311,17 +346,17 @@ mod tests {
     }
 
     #[test]
-    fn min_rtt_keeps_the_smallest_sample_until_it_expires() {
-        let t0 = Instant::now();
+    fn min_rtt_keeps_the_smallest_sample_until_reset() {
         let mut m = MinRtt::default();
         assert_eq!(m.get(), None);
-        m.sample(Duration::ZERO, t0);
+        m.sample(Duration::ZERO);
         assert_eq!(m.get(), None);
-        m.sample(50 * MS, t0);
-        m.sample(80 * MS, t0 + 1000 * MS); // queueing: ignored
-        m.sample(45 * MS, t0 + 2000 * MS);
+        m.sample(50 * MS);
+        m.sample(80 * MS); // queueing: ignored
+        m.sample(45 * MS);
         assert_eq!(m.get(), Some(45 * MS));
-        m.sample(100 * MS, t0 + 2000 * MS + RTT_WINDOW); // the path changed
+        m.reset(); // idle; the path changed
+        m.sample(100 * MS);
         assert_eq!(m.get(), Some(100 * MS));
     }
 

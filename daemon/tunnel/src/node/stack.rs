@@ -97,18 +97,27 @@ struct Tuning {
     rcv_mark: Option<(Instant, u64)>,
     /// The received total last seen, and when it last changed.
     last_received: (u64, Instant),
+    /// The acknowledged total last seen.
+    last_acked: u64,
+    /// When bytes last moved either way.
+    last_active: Instant,
+    /// The sender's smoothed RTT last seen.
+    last_srtt: Option<Duration>,
 }
 
 impl Tuning {
     fn new(floor: usize, max: usize, now: Instant) -> Self {
         Tuning {
-            rx: Tuner::new(floor, max, now),
-            tx: Tuner::new(floor, max, now),
+            rx: Tuner::new(floor, max, autotune::RX_GROWTH, now),
+            tx: Tuner::new(floor, max, autotune::TX_GROWTH, now),
             rtt: MinRtt::default(),
             read_total: 0,
             written_total: 0,
             rcv_mark: None,
             last_received: (0, now),
+            last_acked: 0,
+            last_active: now,
+            last_srtt: None,
         }
     }
 }
@@ -318,20 +327,34 @@ impl Stack {
                 continue;
             }
             let tu = &mut m.tuning;
-            // Round trips: the sender's own estimate, and the receiver's "one window arrived".
-            if let Some(rtt) = s.smoothed_rtt() {
-                tu.rtt.sample(rtt.into(), now);
-            }
             let queued = s.recv_queue();
             let received = tu.read_total + queued as u64;
+            let acked = tu.written_total.saturating_sub(s.send_queue() as u64);
             if received != tu.last_received.0 {
                 tu.last_received = (received, now);
-            } else if now.saturating_duration_since(tu.last_received.1) >= autotune::IDLE_AFTER {
-                tu.rcv_mark = None; // a measurement across an idle gap means nothing
+                tu.last_active = now;
+            }
+            if acked != tu.last_acked {
+                tu.last_acked = acked;
+                tu.last_active = now;
+            }
+            if now.saturating_duration_since(tu.last_active) >= autotune::IDLE_AFTER {
+                // Idle both ways: measure afresh when traffic resumes (the path may change).
+                tu.rcv_mark = None;
+                tu.rtt.reset();
+            }
+            // Round trips: the sender's own estimate (each new value; smoltcp keeps the last one
+            // across idle periods), and the receiver's "one window arrived".
+            let srtt = s.smoothed_rtt().map(Duration::from);
+            if srtt != tu.last_srtt {
+                tu.last_srtt = srtt;
+                if let Some(rtt) = srtt {
+                    tu.rtt.sample(rtt);
+                }
             }
             match tu.rcv_mark {
                 Some((t0, until)) if received >= until => {
-                    tu.rtt.sample(now.saturating_duration_since(t0), now);
+                    tu.rtt.sample(now.saturating_duration_since(t0));
                     tu.rcv_mark = None;
                 }
                 _ => {}
@@ -373,7 +396,6 @@ impl Stack {
             let tx_cap = s.send_capacity();
             let unacked = s.send_queue();
             tu.tx.applied(tx_cap);
-            let acked = tu.written_total.saturating_sub(unacked as u64);
             let want = tu.tx.observe(now, acked, rtt, unacked == 0);
             let new = match want {
                 Want::Keep => tx_cap,

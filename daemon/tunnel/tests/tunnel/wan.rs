@@ -277,3 +277,86 @@ fn wan_measure() {
         }
     }
 }
+
+/// Shrinking an idle stream's buffers (the advertised window is cut back) and growing them again
+/// when it resumes loses and corrupts nothing, in both directions of use.
+#[test]
+fn a_stream_that_idles_shrinks_then_regrows_without_losing_a_byte() {
+    let d = tether_tunnel::DEFAULT_TCP_BUFFER;
+    let hk = SecretKey::generate().unwrap();
+    let tk = SecretKey::generate().unwrap();
+    let mut sim = Sim::new(
+        0x1d1e,
+        Faults {
+            latency: Duration::from_millis(25),
+            rate: 12_500_000,
+            ..Faults::clean()
+        },
+    );
+    sim.add_node(&hk, NodeRole::Hub);
+    sim.add_node(&tk, NodeRole::Target);
+    let now = sim.now;
+    let tp = sim.peer(&tk, 1, None);
+    let hp = sim.peer(&hk, 0, None);
+    sim.node(0).add_peer(tp, now).unwrap();
+    sim.node(1).add_peer(hp, now).unwrap();
+    sim.node(1).listen(22).unwrap();
+    let c = connect(&mut sim, 0, overlay(1), 22, Duration::from_secs(10)).expect("connect");
+    let mut server = None;
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut chunk = vec![0u8; 64 * KIB];
+    let mut buf = vec![0u8; 64 * KIB];
+    // Three bursts of 2 s, 5 s of silence after each; the stream direction flips each time.
+    for burst in 0..3 {
+        let t_end = sim.now + Duration::from_secs(2);
+        let (tx, rx) = if burst % 2 == 0 { (0, 1) } else { (1, 0) };
+        sim.run_until(Duration::from_secs(30), |s| {
+            if server.is_none() {
+                // The hub's client stream is `c`; the target's accepted one arrives once.
+                server = s.node(1).accept(22);
+            }
+            let Some(sv) = server else { return false };
+            let (ws, rs) = if tx == 0 { (c, sv) } else { (sv, c) };
+            while s.now < t_end {
+                for (k, b) in chunk.iter_mut().enumerate() {
+                    *b = pattern(sent + k);
+                }
+                match s.node(tx).send(ws, &chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
+            loop {
+                match s.node(rx).recv(rs, &mut buf) {
+                    Ok(0) => panic!("unexpected end of stream"),
+                    Ok(n) => {
+                        for (k, b) in buf[..n].iter().enumerate() {
+                            assert_eq!(*b, pattern(got + k), "corrupted byte at {}", got + k);
+                        }
+                        got += n;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+            s.now >= t_end && got == sent
+        });
+        assert_eq!(got, sent, "burst {burst}: not everything arrived");
+        let grown = sim.node(tx).stream_buffer_bytes();
+        assert!(
+            grown > 4 * d,
+            "burst {burst}: buffers did not grow ({grown})"
+        );
+        sim.run_until(Duration::from_secs(5), |_| false);
+        for n in 0..2 {
+            assert_eq!(
+                sim.node(n).stream_buffer_bytes(),
+                2 * d,
+                "burst {burst}, node {n}"
+            );
+            assert_eq!(sim.node(n).stream_buffer_bytes_grown(), 0);
+        }
+    }
+    assert!(sent > 8 << 20, "{sent}");
+}

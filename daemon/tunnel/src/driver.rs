@@ -262,7 +262,11 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
                 }
             });
             if let Some(m) = &mut g.metrics {
-                m.update(g.node.totals(), g.node.peer_count());
+                m.update(
+                    g.node.totals(),
+                    g.node.peer_count(),
+                    g.node.stream_buffer_bytes(),
+                );
             }
         }
         for t in out.drain(..) {
@@ -372,6 +376,11 @@ impl TunnelHandle {
     /// Per-peer status for `tether vpn status`.
     pub fn status(&self) -> Vec<PeerStatus> {
         self.shared.lock().node.status(Instant::now())
+    }
+
+    /// TCP buffer bytes held by the open overlay streams, both directions.
+    pub fn stream_buffer_bytes(&self) -> usize {
+        self.shared.lock().node.stream_buffer_bytes()
     }
 
     /// Opens an overlay TCP connection to `peer_ip:port`.

@@ -15,6 +15,7 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod rollout;
 mod schemathesis;
 mod state;
 mod vault;

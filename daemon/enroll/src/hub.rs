@@ -407,12 +407,20 @@ impl Hub {
         }
     }
 
-    fn handle_hello_inner(
+    /// Whether `hello` was made by a holder of a token this hub signed: the payload decodes,
+    /// names this hub, and the Hello's proof checks out under the token's MAC. Two HMACs and a
+    /// small JSON decode, no state read or written: the enrollment listener calls it before
+    /// any expensive or durable work, to charge the attempt to the budget of token holders
+    /// instead of the one for unauthenticated traffic. Says nothing about expiry or use.
+    pub fn authenticates(&self, hello: &Hello) -> bool {
+        self.authenticate(hello).is_ok()
+    }
+
+    /// The payload and session key of an authenticated Hello (see [`Hub::authenticates`]).
+    fn authenticate(
         &self,
         hello: &Hello,
-        peer: Option<IpAddr>,
-        now: u64,
-    ) -> Result<(Welcome, HostRecord)> {
+    ) -> Result<(token::CheckedPayload, zeroize::Zeroizing<[u8; 32]>)> {
         let json = URL_SAFE_NO_PAD
             .decode(&hello.payload)
             .map_err(|_| EnrollError::Malformed {
@@ -433,6 +441,17 @@ impl Hub {
         if !proto::proof_matches(&proto::hello_proof(&k, hello), &hello.proof) {
             return Err(EnrollError::Tampered);
         }
+        Ok((checked, k))
+    }
+
+    fn handle_hello_inner(
+        &self,
+        hello: &Hello,
+        peer: Option<IpAddr>,
+        now: u64,
+    ) -> Result<(Welcome, HostRecord)> {
+        let (checked, k) = self.authenticate(hello)?;
+        let p: &InvitePayload = &checked.payload;
         let version = proto::negotiate(hello)?;
         checked.check_expiry(now)?;
         self.check_wg_possession(&k, hello)?;

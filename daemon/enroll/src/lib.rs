@@ -33,7 +33,9 @@ pub use hub::{
 };
 pub use inventory::{HostRecord, HostState, Inventory, OverlayNet};
 pub use proto::{TargetKeys, TargetSession, Welcome, WgKeyAgreement, WgProver};
-pub use server::{ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client};
+pub use server::{
+    ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client, retry_delay,
+};
 pub use sshkey::{SshPublicKey, ssh_fingerprint};
 pub use store::InviteStore;
 pub use token::{

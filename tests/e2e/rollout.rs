@@ -24,6 +24,21 @@ fn garbage(endpoint: &str) -> Option<Value> {
     serde_json::from_slice(buf.get(4..)?).ok()
 }
 
+/// `n` garbage attempts at once (the hub lingers ~200 ms on each refusal, so sequential
+/// attempts would refill the 5/s bucket as fast as they drain it).
+fn flood(endpoint: &str, n: usize) -> Vec<Value> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let e = endpoint.to_owned();
+            std::thread::spawn(move || garbage(&e))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .filter_map(|h| h.join().unwrap())
+        .collect()
+}
+
 #[test]
 fn thirty_targets_behind_one_address_all_enroll_and_garbage_is_still_limited() {
     let hub = Daemon::start("hub", "");
@@ -64,7 +79,7 @@ fn thirty_targets_behind_one_address_all_enroll_and_garbage_is_still_limited() {
         .as_str()
         .unwrap()
         .to_owned();
-    let answers: Vec<Value> = (0..25).filter_map(|_| garbage(&endpoint)).collect();
+    let answers = flood(&endpoint, 25);
     let limited: Vec<&Value> = answers
         .iter()
         .filter(|v| v["code"] == "rate_limited")
@@ -89,20 +104,28 @@ fn thirty_targets_behind_one_address_all_enroll_and_garbage_is_still_limited() {
     // A valid token right after the flood still gets through: refused at first (the address's
     // unauthenticated budget is spent), `tetherd enroll` waits as told and retries.
     let token = invite(&hub, "after-flood", &[]);
-    for _ in 0..10 {
-        let _ = garbage(&endpoint);
-    }
+    flood(&endpoint, 15);
     let (dir, config) = target_dir();
     let out = enroll(&config, &token, &[]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     drop(dir);
     // With retries switched off, the refusal is reported at once and names the wait.
+    // (garbage keeps coming meanwhile, so the bucket cannot refill under the attempt)
     let token = invite(&hub, "no-retry", &[]);
-    for _ in 0..15 {
-        let _ = garbage(&endpoint);
-    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let (stop, endpoint) = (stop.clone(), endpoint.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                flood(&endpoint, 20);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let (dir, config) = target_dir();
     let out = enroll(&config, &token, &["--retry-for", "0"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().unwrap();
     assert_ne!(code(&out), 0, "{}", stdout(&out));
     assert!(
         stderr(&out).contains("too many enrollment attempts from this address")

@@ -17,6 +17,7 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod rollout;
 mod schemathesis;
 mod sessions;
 mod state;

@@ -215,6 +215,11 @@ pub struct ErrorFrame {
     pub code: String,
     /// [`EnrollError::wire_message`].
     pub message: String,
+    /// For `rate_limited`: when the hub expects to take the next attempt from this address, in
+    /// milliseconds. Optional and skipped when absent, so hubs and targets of earlier releases
+    /// (whose error frame accepts unknown fields) still read the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Encodes one message as a frame.
@@ -234,9 +239,14 @@ pub fn encode_frame(msg: &Message) -> Result<Vec<u8>> {
 
 /// The error frame the hub sends for `err`.
 pub fn error_frame(err: &EnrollError) -> Vec<u8> {
+    let retry_after_ms = match err {
+        EnrollError::RateLimited { retry_after_ms } => *retry_after_ms,
+        _ => None,
+    };
     encode_frame(&Message::Error(ErrorFrame {
         code: err.code().to_string(),
         message: err.wire_message(),
+        retry_after_ms,
     }))
     .unwrap_or_default()
 }
@@ -628,6 +638,7 @@ impl TargetSession {
                         expires_at: p.expires_at,
                         token_hub: &p.hub_id.0,
                         endpoint: &self.endpoint,
+                        retry_after_ms: e.retry_after_ms,
                     },
                 ))
             }
@@ -645,10 +656,51 @@ mod tests {
     use crate::first_release::{self, V1Message};
 
     #[test]
+    fn a_retry_after_reaches_current_targets_and_first_release_ones_still_read_the_refusal() {
+        let frame = error_frame(&EnrollError::RateLimited {
+            retry_after_ms: Some(1250),
+        });
+        let json = std::str::from_utf8(&frame[4..]).unwrap();
+        assert!(json.contains("\"retry_after_ms\":1250"), "{json}");
+        // A first-release target decodes it as its own error frame (two fields, unknown ones
+        // accepted: `git show eadd2dd^:daemon/enroll/src/proto.rs`), code and message intact.
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum V1Answer {
+            Error { code: String, message: String },
+        }
+        let V1Answer::Error { code, message } = serde_json::from_slice(&frame[4..])
+            .unwrap_or_else(|e| panic!("a first-release target could not read {json}: {e}"));
+        let old = ErrorFrame {
+            code,
+            message,
+            retry_after_ms: None,
+        };
+        assert_eq!(old.code, "rate_limited");
+        assert!(old.message.contains("1.250 s"), "{}", old.message);
+        // Other errors carry no retry-after at all (the frame is what earlier hubs sent).
+        let plain = error_frame(&EnrollError::Tampered);
+        assert!(
+            !std::str::from_utf8(&plain[4..])
+                .unwrap()
+                .contains("retry_after")
+        );
+        // A current target gets the value back in the error.
+        let (_dir, _hub, mut s, _) = exchange();
+        match s.receive(&frame) {
+            Err(EnrollError::RateLimited { retry_after_ms }) => {
+                assert_eq!(retry_after_ms, Some(1250))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn decoder_handles_split_and_oversize() {
         let f = encode_frame(&Message::Error(ErrorFrame {
             code: "x".into(),
             message: "y".into(),
+            retry_after_ms: None,
         }))
         .unwrap();
         let mut d = FrameDecoder::new(MAX_FRAME);
@@ -969,6 +1021,7 @@ mod tests {
             ErrorFrame {
                 code: "protocol".into(),
                 message: EnrollError::Tampered.wire_message(),
+                retry_after_ms: None,
             },
         ];
         for frame in &near_misses {

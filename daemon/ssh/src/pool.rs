@@ -66,11 +66,20 @@ pub struct PoolConfig {
     pub keepalive: Duration,
     /// The per-target circuit breaker.
     pub breaker: BreakerConfig,
+    /// Connections being opened (dial + SSH handshake) at once across all targets (default
+    /// 64). A fan-out to thousands of new targets otherwise starts every key exchange at once,
+    /// none finishes within its connect timeout, and all fail together; waiting for a slot does
+    /// not count against a target's connect timeout (its command's total timeout still applies).
+    pub max_handshakes: usize,
 }
+
+/// Default [`PoolConfig::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
             idle: Duration::from_secs(300),
             max_channels: 32,
             keepalive: Duration::from_secs(15),
@@ -135,6 +144,8 @@ struct Inner {
     client: Arc<client::Config>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     shutdown: CancellationToken,
+    /// Permits to open a connection ([`PoolConfig::max_handshakes`]).
+    handshakes: tokio::sync::Semaphore,
 }
 
 /// One target's connection and breaker.
@@ -239,6 +250,7 @@ impl Pool {
         };
         Pool {
             inner: Arc::new(Inner {
+                handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
                 dialer,
                 events,
                 key: Arc::new(key),
@@ -308,6 +320,12 @@ impl Pool {
                 failures: r.failures,
             });
         }
+        // Wait for a handshake slot first: the connect timeout bounds this target's own
+        // handshake, not the queue of others' in front of it.
+        let permit = tokio::select! {
+            p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
+            () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
+        };
         let opened = tokio::select! {
             r = tokio::time::timeout(timeout, self.open(target)) => match r {
                 Ok(r) => r,
@@ -315,6 +333,7 @@ impl Pool {
             },
             () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
         };
+        drop(permit);
         match opened {
             Ok(conn) => {
                 slot.breaker.success();

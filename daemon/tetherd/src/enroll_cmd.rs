@@ -72,6 +72,10 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             wg_key: Some(tether_enroll::WgProver(std::sync::Arc::new(identity::WgAgreement(
                 wg.clone(),
             )))),
+            // a fleet behind one NAT address: the hub says when to come back; back off with
+            // jitter within this budget instead of failing
+            retry_rate_limited_for: (args.retry_for > 0)
+                .then(|| std::time::Duration::from_secs(args.retry_for)),
             ..ClientOptions::default()
         };
         let welcome = enroll_client(&token, &keys, &opts).await.map_err(DaemonError::Enroll)?;

@@ -360,6 +360,7 @@ fn pool_config(config: &tether_config::SshSection) -> PoolConfig {
             threshold: config.breaker_threshold,
             cool_down: times.breaker_cool_down,
         },
+        max_handshakes: tether_ssh::pool::DEFAULT_MAX_HANDSHAKES,
     }
 }
 

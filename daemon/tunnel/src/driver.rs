@@ -279,13 +279,9 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
 }
 
 fn on_event(shared: &Shared, node: &Node, ev: Event) {
-    let name = |id: PeerId| {
-        node.status(Instant::now())
-            .into_iter()
-            .find(|s| s.id == id)
-            .map(|s| s.name)
-            .unwrap_or_default()
-    };
+    // One lookup, not every peer's status: at 10,000 peers a burst of PeerUp events (a hub
+    // restart) would otherwise cost O(peers) each.
+    let name = |id: PeerId| node.peer_name(id).unwrap_or_default().to_owned();
     match ev {
         Event::PeerUnhealthy(id) => {
             let host = name(id);

@@ -346,6 +346,11 @@ impl Node {
         &self.totals
     }
 
+    /// A peer's name (O(1); [`Node::status`] builds every peer's status).
+    pub fn peer_name(&self, id: PeerId) -> Option<&str> {
+        self.peers.get(&id).map(|p| p.cfg.name.as_str())
+    }
+
     /// Number of peers.
     pub fn peer_count(&self) -> usize {
         self.peers.len()

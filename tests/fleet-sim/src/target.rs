@@ -41,6 +41,9 @@ impl ExecGate for CountingGate {
         self.0.admitted.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
+    fn admit_session<'a>(&'a self, _command: Option<&'a str>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
     fn finished(&self, _report: ExecReport) -> BoxFuture<'_, ()> {
         self.0.finished.fetch_add(1, Ordering::Relaxed);
         Box::pin(async {})
@@ -87,6 +90,7 @@ impl Identity {
             wg_public: self.wg.public_key().0,
             ssh_host_key: self.ssh_public.clone(),
             hostname: hostname.to_owned(),
+            ssh_user: None,
         };
         let opts = ClientOptions {
             wg_key: Some(WgProver(Arc::new(Agreement(self.wg.clone())))),
@@ -147,6 +151,7 @@ pub async fn start(
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
+        run_as: tether_ssh::run_as::RunAs::resolve(None).map_err(|e| e.to_string())?,
         gate: Arc::new(CountingGate(counters)),
     });
     let listener = handle

@@ -16,5 +16,6 @@ mod plugins;
 mod policy;
 mod rbac;
 mod schemathesis;
+mod siem;
 mod state;
 mod vault;

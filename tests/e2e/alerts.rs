@@ -663,3 +663,69 @@ fn a_receiver_down_for_seconds_then_back_gets_every_alert_in_order() {
     let audit = stdout(&d.tether(&["--json", "audit", "tail", "--type", "alert.dropped"]));
     assert!(audit.trim().is_empty(), "nothing may be dropped: {audit}");
 }
+
+#[test]
+fn a_config_reload_applies_alert_routes_cool_down_and_sinks_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    let wasm = plugin_component("alert_recorder").display().to_string();
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"rec1\"\nkind = \"alert_sink\"\npath = {wasm:?}\n\n[[plugin]]\nname = \"rec2\"\nkind = \"alert_sink\"\npath = {wasm:?}\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[alerts]\ncooldown_secs = 0\nqueue_capacity = 100\n[[alerts.route]]\ncategories = [\"config_change\", \"test\"]\nsinks = [\"rec1\"]\n",
+    );
+    let pid = d.pid();
+    // Only the routed sink has a queue.
+    assert_eq!(code(&d.tether(&["alerts", "test", "rec2"])), 2);
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let write = |t: &str| std::fs::write(&d.config, t).unwrap();
+
+    // 1: a change (queue size) while routed to rec1.
+    write(&text.replace("queue_capacity = 100", "queue_capacity = 101"));
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    wait_delivered(&d, &["config_change"]);
+
+    // 2: route to rec2 instead, with a long cool-down. The config_change this reload raises
+    // already follows the new route.
+    let moved = text
+        .replace("queue_capacity = 100", "queue_capacity = 102")
+        .replace("sinks = [\"rec1\"]", "sinks = [\"rec2\"]")
+        .replace("cooldown_secs = 0", "cooldown_secs = 3600");
+    write(&moved);
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let changes = loop {
+        let c = config_changes(&d);
+        if c.len() == 2 && c[1]["state"] == "delivered" {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(changes[0]["sinks"].get("rec1").is_some(), "{changes:?}");
+    assert!(changes[1]["sinks"].get("rec2").is_some(), "{changes:?}");
+    assert!(changes[1]["sinks"].get("rec1").is_none(), "{changes:?}");
+
+    // 3: another change inside the new cool-down is suppressed.
+    write(&moved.replace("queue_capacity = 102", "queue_capacity = 103"));
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let c = config_changes(&d);
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert_eq!(c[2]["state"], "suppressed", "{c:?}");
+
+    // The removed sink is gone, the added one works, and it is the same daemon.
+    let t = d.tether(&["alerts", "test", "rec1"]);
+    assert_eq!(code(&t), 2, "{}", stderr(&t));
+    let v = json(&d.tether(&["--json", "alerts", "test", "rec2", "--wait", "10"]));
+    assert_eq!(v["state"], "delivered", "{v}");
+    assert_eq!(d.pid(), pid);
+    let log = d.log();
+    assert!(log.contains("[alerts] applied"), "{log}");
+}

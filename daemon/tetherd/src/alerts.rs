@@ -6,11 +6,10 @@
 //! delivered before [`tether_alerts::AlertService::start`].
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use serde_json::json;
 use tether_alerts::{
-    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, RetryPolicy, Route,
+    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, RetryPolicy,
 };
 use tether_audit::{AuditLog, Event};
 use tether_config::AlertsSection;
@@ -107,29 +106,10 @@ impl BatchDeliver for Wiring {
 
 /// `[alerts]` as the alert service takes it.
 pub fn settings(a: &AlertsSection) -> AlertsSettings {
-    AlertsSettings {
-        routes: a
-            .routes
-            .iter()
-            .map(|r| Route {
-                categories: r.categories.clone(),
-                min_severity: r.min_severity,
-                sinks: r.sinks.clone(),
-            })
-            .collect(),
-        cooldown: Duration::from_secs(a.cooldown_secs),
-        queue_capacity: a.queue_capacity,
-        retry: retry(a),
-        history: 200,
-    }
+    AlertsSettings::from_section(a)
 }
 
 /// The retry timing of `[alerts]`.
 pub fn retry(a: &AlertsSection) -> RetryPolicy {
-    RetryPolicy {
-        retries: a.retries,
-        initial: Duration::from_millis(a.backoff_initial_ms),
-        max: Duration::from_millis(a.backoff_max_ms),
-        max_retry_after: Duration::from_secs(a.max_retry_after_secs),
-    }
+    RetryPolicy::from_section(a)
 }

@@ -729,3 +729,82 @@ fn a_config_reload_applies_alert_routes_cool_down_and_sinks_without_a_restart() 
     let log = d.log();
     assert!(log.contains("[alerts] applied"), "{log}");
 }
+
+#[test]
+fn a_target_that_goes_quiet_raises_host_offline_once_and_host_online_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"recorder\"\nkind = \"alert_sink\"\npath = {:?}\n",
+            plugin_component("alert_recorder").display().to_string()
+        ),
+    )
+    .unwrap();
+    let hub = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[alerts]\noffline_after_secs = 3\ncooldown_secs = 0\n",
+    );
+    // A target that sends a keepalive every second: alive means heard from within 3 s.
+    let token = crate::membership::invite(&hub, "q1", &[]);
+    let tdir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let config = tdir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        tether_e2e::config_text("target", tdir.path(), "").replace(
+            "listen = \"127.0.0.1:0\"\n\n[enroll]",
+            "listen = \"127.0.0.1:0\"\npersistent_keepalive_secs = 1\n\n[enroll]",
+        ),
+    )
+    .unwrap();
+    let out = crate::membership::enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut target = Daemon::spawn_in(tdir, config, &[]);
+    target.wait_ready();
+    let count = |kind: &str| {
+        json(&hub.tether(&["--json", "alerts", "list"]))["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == kind && a["host"] == "q1")
+            .count()
+    };
+    // Up and talking: nothing to report.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(count("host_offline"), 0, "{}", hub.log());
+    assert_eq!(count("host_online"), 0);
+
+    // Quiet (the target process stopped): one host_offline, however long it lasts.
+    target.signal(nix::sys::signal::Signal::SIGSTOP);
+    let list = wait_delivered(&hub, &["host_offline"]);
+    let off = list["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "host_offline")
+        .cloned()
+        .unwrap();
+    assert_eq!(off["host"], "q1", "{off}");
+    assert_eq!(off["severity"], "warning", "{off}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count("host_offline"), 1);
+
+    // Back: host_online.
+    target.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_delivered(&hub, &["host_online"]);
+    assert_eq!(count("host_offline"), 1);
+    let log = hub.log();
+    assert!(
+        log.contains("alert kind=host_offline severity=warning host=q1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("alert kind=host_online severity=info host=q1"),
+        "{log}"
+    );
+}

@@ -272,10 +272,11 @@ impl AlertService {
         *lock(&inner.default_sinks) = default_sinks.clone();
         *lock(&inner.shutdown) = Some(shutdown.clone());
         let settings = lock(&inner.settings).clone();
-        if settings.routes.is_empty() && !default_sinks.is_empty() {
-            if let Ok(r) = Router::new(default_route(default_sinks), settings.cooldown) {
-                *lock(&inner.router) = r;
-            }
+        if settings.routes.is_empty()
+            && !default_sinks.is_empty()
+            && let Ok(r) = Router::new(default_route(default_sinks), settings.cooldown)
+        {
+            *lock(&inner.router) = r;
         }
         let sinks = lock(&inner.router).sinks();
         let mut tasks = Vec::new();

@@ -1,5 +1,6 @@
 //! The renderers against expected JSON and golden lines, and the outputs validated against the
 //! OCSF 1.3 required attributes and the ECS allowed values (test data under `tests/data/`).
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use serde_json::{Value, json};
 use tether_siem::{Context, Format, Record, cef, ecs, hec, ocsf, syslog};

@@ -5,15 +5,18 @@
 //! start), so its adapters are bound to them once they are up ([`Wiring::bind`]); nothing is
 //! delivered before [`tether_alerts::AlertService::start`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tether_alerts::{
-    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, RetryPolicy,
+    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, Presence,
+    RetryPolicy,
 };
 use tether_audit::{AuditLog, Event};
 use tether_config::AlertsSection;
-use tether_model::Alert;
+use tether_model::{Alert, AlertSink};
+use tokio_util::sync::CancellationToken;
 
 use crate::plugins::Plugins;
 
@@ -112,4 +115,71 @@ pub fn settings(a: &AlertsSection) -> AlertsSettings {
 /// The retry timing of `[alerts]`.
 pub fn retry(a: &AlertsSection) -> RetryPolicy {
     RetryPolicy::from_section(a)
+}
+
+/// The alert sink the tunnel raises into: passes everything on, except a `vpn_peer_unhealthy`
+/// for a host whose outage `host_offline` already reported (see [`Presence`]).
+pub struct PresenceFilter {
+    inner: Arc<dyn AlertSink>,
+    presence: Arc<Mutex<Presence>>,
+}
+
+impl PresenceFilter {
+    /// Filters `inner` through `presence`.
+    pub fn new(inner: Arc<dyn AlertSink>, presence: Arc<Mutex<Presence>>) -> PresenceFilter {
+        PresenceFilter { inner, presence }
+    }
+}
+
+impl AlertSink for PresenceFilter {
+    fn raise(&self, alert: Alert) {
+        if alert.kind == "vpn_peer_unhealthy"
+            && let Some(host) = &alert.host
+            && self
+                .presence
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .peer_unhealthy(host, Instant::now())
+        {
+            tracing::info!(
+                host,
+                "vpn_peer_unhealthy held back: host_offline already reported this outage"
+            );
+            return;
+        }
+        self.inner.raise(alert);
+    }
+}
+
+/// Watches the hub's tunnel peers every `every` and raises `host_offline` / `host_online`
+/// through `alerts` until `shutdown`.
+pub fn spawn_presence(
+    tunnel: tether_tunnel::TunnelHandle,
+    presence: Arc<Mutex<Presence>>,
+    alerts: Arc<dyn AlertSink>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let peers = tunnel.status();
+            let raised: Vec<Alert> = {
+                let mut p = presence.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let names: Vec<&str> = peers.iter().map(|s| s.name.as_str()).collect();
+                p.retain(&names);
+                peers
+                    .iter()
+                    .filter_map(|s| p.observe(&s.name, s.last_handshake_secs, s.rx_bytes, now))
+                    .collect()
+            };
+            for a in raised {
+                alerts.raise(a);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    })
 }

@@ -147,12 +147,12 @@ fn render(
 
 /// Runs `tether audit export`.
 pub async fn run(global: &Global, a: ExportArgs) -> Result<u8, CliError> {
-    if let (Some(f), Some(t)) = (a.from, a.to) {
-        if f > t {
-            return Err(CliError::Usage(format!(
-                "--from {f} is after --to {t}: nothing to export"
-            )));
-        }
+    if let (Some(f), Some(t)) = (a.from, a.to)
+        && f > t
+    {
+        return Err(CliError::Usage(format!(
+            "--from {f} is after --to {t}: nothing to export"
+        )));
     }
     let since = match &a.since {
         Some(s) => Some(since(s, OffsetDateTime::now_utc())?.to_offset(time::UtcOffset::UTC)),
@@ -221,6 +221,7 @@ pub async fn run(global: &Global, a: ExportArgs) -> Result<u8, CliError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -20,5 +20,6 @@ mod rbac;
 mod rollout;
 mod schemathesis;
 mod sessions;
+mod siem;
 mod state;
 mod vault;

@@ -166,6 +166,8 @@ impl Client {
             while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
                 let end = start + i + 1;
                 if !on_line(&pending[start..end]) {
+                    // Stopped: nothing more goes to `on_line`, not even the lines buffered.
+                    pending.clear();
                     break 'frames;
                 }
                 start = end;

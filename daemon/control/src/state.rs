@@ -430,6 +430,16 @@ impl AppState {
         if old.ssh != new.ssh {
             report.needs_restart.push("ssh".to_owned());
         }
+        // The rest of [alerts] (routes, cool-down, sinks, queues, retries) applies live.
+        if old.alerts.audit_batch_max != new.alerts.audit_batch_max
+            || old.alerts.audit_poll_ms != new.alerts.audit_poll_ms
+            || old.alerts.offline_after_secs != new.alerts.offline_after_secs
+        {
+            report.needs_restart.push(
+                "alerts.audit_batch_max / alerts.audit_poll_ms / alerts.offline_after_secs"
+                    .to_owned(),
+            );
+        }
         Ok(PreparedReload {
             config: new,
             policy,
@@ -440,6 +450,19 @@ impl AppState {
     fn apply(&self, prepared: PreparedReload) -> ReloadReport {
         if let (Some(engine), Some(policy)) = (&self.policy, prepared.policy) {
             engine.swap(policy);
+        }
+        if let Some(service) = &self.alert_service
+            && self.config().alerts != prepared.config.alerts
+        {
+            let settings = tether_alerts::AlertsSettings::from_section(&prepared.config.alerts);
+            match service.reconfigure(settings) {
+                Ok((added, removed)) => tracing::info!(
+                    ?added,
+                    ?removed,
+                    "[alerts] applied: routes, cool-down, queues and retries"
+                ),
+                Err(e) => tracing::error!("[alerts] not applied, keeping the previous: {e}"),
+            }
         }
         let roles = RoleMap::new(
             &prepared.config.control.roles,

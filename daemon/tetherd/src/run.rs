@@ -90,18 +90,27 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
     let plugins = start_plugins(&config, &vault, &alerts, &registry, &audit).await?;
     let shutdown = CancellationToken::new();
+    // host_online / host_offline (hub): the tunnel's vpn_peer_unhealthy goes through the same
+    // tracker so one outage raises one down alert.
+    let offline_after = Duration::from_secs(config.alerts.offline_after_secs);
+    let presence = Arc::new(std::sync::Mutex::new(tether_alerts::Presence::new(
+        offline_after,
+    )));
+    let tunnel_alerts: Arc<dyn tether_model::AlertSink> = Arc::new(
+        crate::alerts::PresenceFilter::new(alerts.clone(), presence.clone()),
+    );
     let mut membership = start_membership(
         &config,
         &vault,
         &registry,
-        &alerts,
+        &tunnel_alerts,
         &audit,
         &plugins,
         shutdown.clone(),
     )
     .await?;
     wiring.bind(plugins.clone(), audit.clone());
-    let sink_tasks = start_alerts(
+    let mut sink_tasks = start_alerts(
         &config,
         &alert_service,
         &wiring,
@@ -112,6 +121,19 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     )?;
     let recordings = (config.daemon_role() == tether_model::DaemonRole::Hub)
         .then(|| config.state_dir.join("recordings"));
+    if let (tether_model::DaemonRole::Hub, Some(tunnel), false) = (
+        config.daemon_role(),
+        membership.tunnel.as_ref(),
+        offline_after.is_zero(),
+    ) {
+        sink_tasks.push(crate::alerts::spawn_presence(
+            tunnel.handle(),
+            presence,
+            alerts.clone(),
+            (offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+            shutdown.clone(),
+        ));
+    }
     let mut state = AppState::new(config, source, registry)?;
     state.recordings = recordings;
     state.commit = env!("TETHER_COMMIT");

@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use tether_api::{
-    AuditCheckpoint, AuditExport, AuditExportQuery, AuditFollow, AuditFollowQuery, AuditRecord,
-    AuditRecords, AuditRecordsQuery, AuditVerify, Empty, VerifyRequest,
+    AuditCheckpoint, AuditFollow, AuditFollowQuery, AuditRecord, AuditRecords, AuditRecordsQuery,
+    AuditVerify, Empty, VerifyRequest,
 };
 
 use crate::error::CliError;
@@ -31,34 +31,14 @@ pub enum AuditCommand {
     },
     /// Print recent records; with -f keep printing new ones until Ctrl-C.
     Tail(TailArgs),
-    /// Export the log (as written, one JSON record per line).
-    Export {
-        /// Output format. More (ocsf, ecs, cef, syslog) arrive with SIEM export.
-        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-        format: Format,
-        /// From this UTC date on (YYYY-MM-DD).
-        #[arg(long, value_name = "DATE")]
-        from: Option<String>,
-        /// Only these event types (repeatable; `enroll.*` matches a prefix).
-        #[arg(long = "type", value_name = "TYPE")]
-        types: Vec<String>,
-        /// Write to this file instead of stdout.
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
+    /// Export the log: as written (jsonl) or rendered for a SIEM (ocsf, ecs, cef, syslog).
+    Export(crate::cmd::audit_export::ExportArgs),
     /// Print a fresh signed checkpoint (seq, hash, signature) to store off the box.
     Checkpoint {
         /// Print the portable text form (the default and only form today).
         #[arg(long)]
         export: bool,
     },
-}
-
-/// Export formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    /// One JSON record per line, byte for byte as in the log.
-    Jsonl,
 }
 
 /// Arguments of `tether audit tail`.
@@ -185,44 +165,7 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        AuditCommand::Export {
-            format: Format::Jsonl,
-            from,
-            types,
-            output,
-        } => {
-            let q = AuditExportQuery {
-                format: Some("jsonl".to_owned()),
-                types,
-                host: None,
-                from,
-            };
-            let mut sink: Box<dyn Write> =
-                match &output {
-                    Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-                        CliError::Usage(format!("cannot create {}: {e}", p.display()))
-                    })?),
-                    None => Box::new(std::io::stdout().lock()),
-                };
-            let mut write_err = None;
-            client
-                .stream_lines::<AuditExport>(&q, |chunk| match sink.write_all(chunk) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        write_err = Some(e);
-                        false
-                    }
-                })
-                .await?;
-            if let Some(e) = write_err {
-                return Err(CliError::Internal(format!(
-                    "writing the export failed: {e}"
-                )));
-            }
-            sink.flush()
-                .map_err(|e| CliError::Internal(format!("writing the export failed: {e}")))?;
-            Ok(0)
-        }
+        AuditCommand::Export(args) => crate::cmd::audit_export::run(global, args).await,
         AuditCommand::Checkpoint { export: _ } => {
             let text = client.call::<AuditCheckpoint>(&Empty {}).await?;
             print!("{text}");

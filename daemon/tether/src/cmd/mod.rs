@@ -2,6 +2,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod audit_export;
 pub mod completions;
 pub mod config;
 pub mod demo;

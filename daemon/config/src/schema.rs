@@ -43,6 +43,9 @@ pub struct Config {
     /// Alert routing and delivery, audit-sink batching (`[alerts]`).
     #[serde(default)]
     pub alerts: crate::AlertsSection,
+    /// Approvals and just-in-time access (`[approvals]`).
+    #[serde(default)]
+    pub approvals: crate::ApprovalsSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -222,6 +225,7 @@ impl Default for Config {
             metrics: crate::MetricsConfig::default(),
             enroll: EnrollSection::default(),
             alerts: crate::AlertsSection::default(),
+            approvals: crate::ApprovalsSection::default(),
         }
     }
 }
@@ -427,6 +431,9 @@ impl Config {
             bad(key, message);
         }
         for (key, message) in self.alerts.validate() {
+            bad(&key, message);
+        }
+        for (key, message) in self.approvals.validate() {
             bad(&key, message);
         }
         problems

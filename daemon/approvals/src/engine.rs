@@ -649,6 +649,22 @@ impl Approvals {
         })
     }
 
+    /// Whether [`Approvals::sweep`] at `now` would change anything.
+    pub fn due(&self, now: u64) -> bool {
+        let retain = self.settings.retain_ms;
+        self.records.values().any(|r| match r.state {
+            State::Pending => now >= r.expires_at_ms,
+            State::Granted => match r.subject {
+                Subject::Access { .. } => r.grant_expires_at_ms.is_none_or(|t| now >= t),
+                Subject::Exec { .. } => now >= r.expires_at_ms,
+            },
+            _ => {
+                r.decided_at_ms.or(r.used_at_ms).unwrap_or(r.created_at_ms) + retain <= now
+                    && r.allowance.as_ref().is_none_or(|a| a.expires_at_ms <= now)
+            }
+        })
+    }
+
     /// Expires what is due at `now` (pending or unused requests past their expiry, access grants
     /// past theirs) and returns the changes; forgets final records older than the retention
     /// (returned as ids to delete).

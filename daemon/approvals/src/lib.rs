@@ -38,7 +38,7 @@ pub use engine::{Approvals, Change, MAX_PATTERN_BYTES, MAX_TEXT_BYTES, Requested
 pub use error::ApprovalError;
 pub use record::{
     Allowance, AllowanceSpec, Principal, QuorumRule, Record, Review, State, Subject, binding,
-    new_id, subject_key, valid_id,
+    exact_pattern, new_id, subject_key, valid_id,
 };
 pub use store::{ApprovalStore, FileStore, MAX_RECORD_BYTES};
 

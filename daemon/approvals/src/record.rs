@@ -272,3 +272,8 @@ pub fn new_id() -> Result<String, ApprovalError> {
     getrandom::fill(&mut b).map_err(|e| ApprovalError::Random(e.to_string()))?;
     Ok(format!("apr-{}", hex::encode(b)))
 }
+
+/// The allowance pattern that matches exactly `command` and nothing else.
+pub fn exact_pattern(command: &str) -> String {
+    regex::escape(command)
+}

@@ -45,6 +45,12 @@ pub enum Command {
     /// Recent alerts and their delivery state; send a test alert through a sink.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
+    /// Approval requests made by `require-approval` verdicts: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
+    /// Just-in-time roles: request, approve, list, revoke.
+    #[command(subcommand)]
+    Access(cmd::access::AccessCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
     /// Print a shell completion script: bash, zsh or fish.
@@ -70,6 +76,8 @@ impl Cli {
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
+            Command::Approvals(c) => cmd::approvals::run(&cli.global, c).await,
+            Command::Access(c) => cmd::access::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

@@ -2,8 +2,10 @@
 //!
 //! Order of events, each step before the next: the selector is resolved against the inventory
 //! (active hosts only); the policy (regex rules, then plugin votes) is checked for every host —
-//! a deny or an approval verdict on any host refuses the whole request and records
-//! `exec.denied`, so nothing leaves the hub; `exec.requested` is written (durable) — a failed
+//! a deny on any host refuses the whole request and records `exec.denied`, so nothing leaves the
+//! hub; an approval verdict on any host sends the whole request through the approval gate
+//! ([`super::approvals::exec_gate`]: use a granted approval or an allowance, or ask for one);
+//! `exec.requested` is written (durable) — a failed
 //! write refuses the request; only then does the stream start and the first byte go to a
 //! target. Each host ends with one `exec.result` record (exit code, duration, byte counts,
 //! SHA-256 of its full stdout and stderr). A client that goes away cancels every remote
@@ -163,12 +165,13 @@ fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
 }
 
 /// Checks the policy for every host before anything leaves; records and refuses denials.
+/// Returns the hosts with a warning and, when any host needs an approval, the policy's reason.
 async fn check_policy(
     ctx: &Ctx,
     hosts: &[HostRecord],
     command: &str,
     ticket: Option<&str>,
-) -> Result<Vec<String>, Fail> {
+) -> Result<(Vec<String>, Option<String>), Fail> {
     if ctx.state.policy.is_none() {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,14 +214,17 @@ async fn check_policy(
     .await?
     .unwrap_or_default();
     let mut refused = Vec::new();
-    let mut approval = false;
+    let mut approval: Option<String> = None;
     let mut warned = Vec::new();
     for (host, c) in hosts.iter().zip(&checked) {
         match c.decision.verdict {
             Verdict::Allow => {}
             Verdict::Warn => warned.push(host.name.clone()),
-            v @ (Verdict::Deny | Verdict::RequireApproval) => {
-                approval |= v == Verdict::RequireApproval;
+            // Approvals are the approval gate's to record (approval.requested / .used).
+            Verdict::RequireApproval => {
+                approval.get_or_insert_with(|| c.decision.reason.to_string());
+            }
+            v @ Verdict::Deny => {
                 let data = json!({
                     "command": command,
                     "verdict": v,
@@ -229,35 +235,24 @@ async fn check_policy(
                 ctx.state
                     .audit_or_refuse("exec.denied", ctx.actor(), Some(&host.name), data)
                     .await?;
-                refused.push((host.name.clone(), c.decision.reason.to_string(), v));
+                refused.push((host.name.clone(), c.decision.reason.to_string()));
             }
         }
     }
     if refused.is_empty() {
-        return Ok(warned);
+        return Ok((warned, approval));
     }
-    let names: Vec<&str> = refused.iter().map(|(h, _, _)| h.as_str()).collect();
+    let names: Vec<&str> = refused.iter().map(|(h, _)| h.as_str()).collect();
     let reason = &refused[0].1;
-    let (code, message, hint) = if approval {
-        (
-            "approval_required",
-            format!(
-                "an approval is needed to run this on {}: {reason}",
-                names.join(", ")
-            ),
-            "approvals are not available yet; ask an admin to adjust the policy, or run something else",
-        )
-    } else {
-        (
-            "policy_denied",
-            format!(
-                "the policy denies this on {}: {reason}; nothing was run",
-                names.join(", ")
-            ),
-            "`tether policy check -H HOST -- COMMAND` explains the decision",
-        )
-    };
-    Err(Fail::new(StatusCode::FORBIDDEN, code, message, hint))
+    Err(Fail::new(
+        StatusCode::FORBIDDEN,
+        "policy_denied",
+        format!(
+            "the policy denies this on {}: {reason}; nothing was run",
+            names.join(", ")
+        ),
+        "`tether policy check -H HOST -- COMMAND` explains the decision",
+    ))
 }
 
 /// `POST /v1/exec`.
@@ -272,8 +267,17 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
             "start tetherd normally (tetherd run --role hub)",
         ));
     };
-    let warned = check_policy(&ctx, &hosts, &plan.command, req.ticket.as_deref()).await?;
+    let (warned, approval) =
+        check_policy(&ctx, &hosts, &plan.command, req.ticket.as_deref()).await?;
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    super::approvals::exec_gate(
+        &ctx,
+        &plan.command,
+        &names,
+        req.approval.as_deref(),
+        approval.as_deref(),
+    )
+    .await?;
     ctx.state
         .audit_or_refuse(
             "exec.requested",
@@ -291,6 +295,7 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
                 "max_failures": plan.max_failures,
                 "output_limit": plan.output_limit,
                 "ticket": req.ticket,
+                "approval": req.approval,
             }),
         )
         .await?;

@@ -35,6 +35,9 @@ pub struct Settings {
     pub max_access_ms: u64,
     /// How long final records are kept for `approvals list`, milliseconds.
     pub retain_ms: u64,
+    /// Most final records kept (the oldest go first beyond it), so withdrawn or denied requests
+    /// can't pile up within the retention.
+    pub max_final: usize,
 }
 
 impl Default for Settings {
@@ -50,6 +53,7 @@ impl Default for Settings {
             max_allowance_ms: 8 * 3600 * 1000,
             max_access_ms: 12 * 3600 * 1000,
             retain_ms: 24 * 3600 * 1000,
+            max_final: 10_000,
         }
     }
 }
@@ -652,6 +656,9 @@ impl Approvals {
     /// Whether [`Approvals::sweep`] at `now` would change anything.
     pub fn due(&self, now: u64) -> bool {
         let retain = self.settings.retain_ms;
+        if self.final_ids().len() > self.settings.max_final {
+            return true;
+        }
         self.records.values().any(|r| match r.state {
             State::Pending => now >= r.expires_at_ms,
             State::Granted => match r.subject {
@@ -702,6 +709,25 @@ impl Approvals {
         for id in &old {
             self.records.remove(id);
         }
+        let mut old = old;
+        let finals = self.final_ids();
+        let excess = finals.len().saturating_sub(self.settings.max_final);
+        for id in finals.into_iter().take(excess) {
+            self.records.remove(&id);
+            old.push(id);
+        }
         (changes, old)
+    }
+
+    /// Ids of final records whose allowance (if any) has ended, oldest decision first.
+    fn final_ids(&self) -> Vec<String> {
+        let mut finals: Vec<(u64, String)> = self
+            .records
+            .values()
+            .filter(|r| r.state.is_final() && r.allowance.is_none())
+            .map(|r| (r.decided_at_ms.unwrap_or(r.created_at_ms), r.id.clone()))
+            .collect();
+        finals.sort();
+        finals.into_iter().map(|(_, id)| id).collect()
     }
 }

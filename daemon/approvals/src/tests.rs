@@ -529,3 +529,29 @@ fn the_file_store_survives_a_reopen_and_refuses_odd_ids() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[test]
+fn final_records_are_capped_oldest_first() {
+    let settings = Settings {
+        max_final: 2,
+        ..Settings::default()
+    };
+    let mut a = Approvals::new(settings, []);
+    for n in 1..=4u8 {
+        let r = new(
+            &mut a,
+            alice(),
+            exec(&format!("c{n}"), &["h"]),
+            n,
+            u64::from(n),
+        );
+        a.deny(&r.id, alice(), Role::Operator, None, u64::from(n))
+            .unwrap();
+    }
+    assert!(a.due(10));
+    let (changes, gone) = a.sweep(10);
+    assert!(changes.is_empty());
+    assert_eq!(gone, vec![id(1), id(2)]);
+    assert_eq!(a.records().count(), 2);
+    assert!(!a.due(10));
+}

@@ -368,9 +368,27 @@ fn a_quorum_of_two_expiry_and_a_restart_between_request_and_approval() {
     let second = hub.tether_as(4243, 0, &["--json", "approvals", "approve", &id]);
     assert_eq!(code(&second), 0, "{}", stderr(&second));
     assert_eq!(json_of(&second)["state"], "granted");
-    let run = hub.tether(&["exec", "--approval", &id, "-H", "t1", "--", &cmd]);
-    assert_eq!(code(&run), 0, "{}", stderr(&run));
-    assert_eq!(lines(&f), 1);
+    // Four clients race to use it at once: exactly one runs.
+    let racers: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new(bin("tether"))
+                .arg("--socket")
+                .arg(&hub.socket)
+                .args(["exec", "--approval", &id, "-H", "t1", "--", &cmd])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<i32> = racers
+        .into_iter()
+        .map(|c| code(&c.wait_with_output().unwrap()))
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 2).count(), 3, "{codes:?}");
+    assert_eq!(lines(&f), 1, "ran exactly once");
 
     // Approving after expiry is refused; the sweeper records the expiry.
     let id2 = ask(&hub, "t1", &format!("echo gated late >> {}", f.display()));

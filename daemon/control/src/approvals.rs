@@ -168,15 +168,37 @@ impl ApprovalService {
                 .audit_or_refuse(c.event, actor.clone(), None, audit_data(&c.record))
                 .await?;
         }
-        for c in &changes {
-            self.store.put(&c.record).map_err(|e| {
-                tracing::error!("could not persist approval {}: {e}", c.record.id);
-                fail(e)
-            })?;
-        }
+        self.persist(
+            changes.iter().map(|c| c.record.clone()).collect(),
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!("could not persist an approval change: {e}");
+            fail(e)
+        })?;
         *engine = next;
         self.refresh(&engine);
         Ok((changes, value))
+    }
+
+    /// Writes `records` and deletes `gone` on a blocking thread (each write is fsynced).
+    async fn persist(&self, records: Vec<Record>, gone: Vec<String>) -> Result<(), ApprovalError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            for r in &records {
+                store.put(r)?;
+            }
+            for id in &gone {
+                store.remove(id)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApprovalError::Store {
+            path: "approvals".to_owned(),
+            reason: format!("the writer panicked: {e}"),
+        })?
     }
 
     /// Expires what is due and forgets old final records; audited as the daemon.
@@ -203,15 +225,9 @@ impl ApprovalService {
                 return;
             }
         }
-        for c in &changes {
-            if let Err(e) = self.store.put(&c.record) {
-                tracing::error!("could not persist approval {}: {e}", c.record.id);
-            }
-        }
-        for id in &gone {
-            if let Err(e) = self.store.remove(id) {
-                tracing::error!("could not forget approval {id}: {e}");
-            }
+        let records = changes.iter().map(|c| c.record.clone()).collect();
+        if let Err(e) = self.persist(records, gone).await {
+            tracing::error!("could not persist expired approvals: {e}");
         }
         *engine = next;
         self.refresh(&engine);
@@ -437,4 +453,85 @@ pub(crate) fn fail(e: ApprovalError) -> Fail {
         ),
     };
     Fail::new(status, code, e.to_string(), hint)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tether_approvals::{Principal, Requested};
+
+    fn state() -> AppState {
+        AppState::new(
+            tether_config::Config::default(),
+            crate::state::ConfigSource::default(),
+            prometheus::Registry::new(),
+        )
+        .unwrap()
+    }
+
+    fn actor() -> Actor {
+        crate::audit::daemon_actor()
+    }
+
+    #[tokio::test]
+    async fn changes_persist_and_grants_are_read_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let section = ApprovalsSection::default();
+        let svc = ApprovalService::open(&section, dir.path()).unwrap();
+        let st = state();
+        let alice = Principal {
+            uid: 4244,
+            name: "alice".into(),
+        };
+        let subject = Subject::Access {
+            role: Role::Operator,
+            duration_secs: 3600,
+        };
+        let id = tether_approvals::new_id().unwrap();
+        let (changes, ()) = svc
+            .transact(&st, &actor(), |e| {
+                match e.request(alice, subject, "on call", id.clone(), now_ms())? {
+                    Requested::New(c) => Ok((vec![c], ())),
+                    Requested::Existing(_) => Ok((Vec::new(), ())),
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(changes[0].event, "access.requested");
+        assert!(dir.path().join(format!("approvals/{id}.json")).is_file());
+        // A refused change leaves everything as it was.
+        let refused = svc
+            .transact(&st, &actor(), |e| {
+                let bob = Principal {
+                    uid: 4244,
+                    name: "alice".into(),
+                };
+                Ok((
+                    vec![e.approve(&id, bob, Role::Admin, None, None, now_ms())?],
+                    (),
+                ))
+            })
+            .await;
+        assert_eq!(refused.err().unwrap().error.code, "self_approval");
+        assert_eq!(svc.granted_role(4244), None);
+        svc.transact(&st, &actor(), |e| {
+            let root = Principal {
+                uid: 0,
+                name: "root".into(),
+            };
+            Ok((
+                vec![e.approve(&id, root, Role::Admin, None, None, now_ms())?],
+                (),
+            ))
+        })
+        .await
+        .unwrap();
+        assert_eq!(svc.granted_role(4244), Some(Role::Operator));
+        assert_eq!(svc.grant_list().len(), 1);
+        // A restart reads the grant back.
+        let again = ApprovalService::open(&section, dir.path()).unwrap();
+        assert_eq!(again.granted_role(4244), Some(Role::Operator));
+        assert_eq!(again.granted_role(4242), None);
+    }
 }

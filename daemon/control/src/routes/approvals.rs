@@ -215,7 +215,15 @@ pub(super) async fn exec_gate(
         }
         return used.map(|_| ());
     }
-    let reason = reason.unwrap_or_default();
+    // The policy's reason, cut to what a record keeps (at a character boundary).
+    let mut reason = reason.unwrap_or_default();
+    if reason.len() > tether_approvals::MAX_TEXT_BYTES {
+        let mut cut = tether_approvals::MAX_TEXT_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason = &reason[..cut];
+    }
     let allowance = svc
         .read(|e| e.allowance_for(&who, &subject, now).map(|r| r.id.clone()))
         .await;

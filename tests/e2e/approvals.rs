@@ -448,7 +448,11 @@ fn a_just_in_time_role_granted_for_2s_is_gone_at_3s_without_any_action() {
     if !can_switch_uid() {
         return;
     }
-    let hub = Daemon::start("hub", ROLES);
+    // 4245 is read-only too here.
+    let hub = Daemon::start(
+        "hub",
+        &ROLES.replace("[\"uid:4244\"]", "[\"uid:4244\", \"uid:4245\"]"),
+    );
     let role =
         |d: &Daemon| json_of(&d.tether_as(4244, 0, &["--json", "status"]))["caller_role"].clone();
     assert_eq!(role(&hub), "read_only");
@@ -540,6 +544,23 @@ fn a_just_in_time_role_granted_for_2s_is_gone_at_3s_without_any_action() {
     let id = json_of(&out)["id"].as_str().unwrap().to_owned();
     assert_eq!(code(&hub.tether(&["access", "approve", &id])), 0);
     assert_eq!(role(&hub), "operator");
+    // A just-in-time operator can't grant operator to someone else (no chains).
+    let out = hub.tether_as(
+        4245,
+        0,
+        &[
+            "--json", "access", "request", "--role", "operator", "--for", "1h", "--reason", "x",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let other_id = json_of(&out)["id"].as_str().unwrap().to_owned();
+    let chain = hub.tether_as(4244, 0, &["access", "approve", &other_id]);
+    assert_eq!(code(&chain), 2, "{}", stderr(&chain));
+    assert!(
+        stderr(&chain).contains("role read_only cannot review"),
+        "{}",
+        stderr(&chain)
+    );
     let other = hub.tether_as(4243, 0, &["access", "revoke", &id]);
     assert_eq!(code(&other), 2, "only the holder or an admin");
     let rv = hub.tether_as(4244, 0, &["access", "revoke", &id]);
@@ -547,5 +568,5 @@ fn a_just_in_time_role_granted_for_2s_is_gone_at_3s_without_any_action() {
     assert_eq!(role(&hub), "read_only");
     assert_eq!(audit_records(&hub, "access.revoked").len(), 1);
     let list = json_of(&hub.tether(&["--json", "access", "list"]));
-    assert_eq!(list["approvals"].as_array().unwrap().len(), 2);
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 3);
 }

@@ -139,7 +139,25 @@ async fn allowance(
 pub(crate) async fn approve(ctx: Ctx, req: ApproveRequest) -> Result<ApprovalInfo, Fail> {
     let svc = service(&ctx)?;
     let allowance = allowance(&ctx, &svc, &req).await?;
-    let (who, role, now) = (principal(&ctx), ctx.role, now_ms());
+    // A just-in-time role never approves another just-in-time request: access requests are
+    // reviewed with the reviewer's configured role, so grants can't be chained.
+    let access = svc
+        .read(|e| {
+            e.get(&req.id)
+                .is_ok_and(|r| matches!(r.subject, Subject::Access { .. }))
+        })
+        .await;
+    let role = if access {
+        ctx.state.roles().role_of(&ctx.caller).ok_or_else(|| {
+            fail(ApprovalError::Forbidden(format!(
+                "{} holds no configured role, so it cannot grant access",
+                ctx.caller.describe()
+            )))
+        })?
+    } else {
+        ctx.role
+    };
+    let (who, now) = (principal(&ctx), now_ms());
     let (changes, ()) = svc
         .transact(&ctx.state, &ctx.actor(), |e| {
             let c = e.approve(&req.id, who, role, req.comment.clone(), allowance, now)?;

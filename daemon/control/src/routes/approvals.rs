@@ -138,6 +138,15 @@ async fn allowance(
 /// `POST /v1/approvals/{id}/approve`.
 pub(crate) async fn approve(ctx: Ctx, req: ApproveRequest) -> Result<ApprovalInfo, Fail> {
     let svc = service(&ctx)?;
+    // An answer that comes back over an AI agent's channel is not a person's approval.
+    if ctx.via == tether_audit::Via::Mcp {
+        return Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            "approval_via_mcp",
+            "approvals are not accepted from the MCP server: an agent cannot approve anything",
+            "a person approves with `tether approvals approve ID` from their own shell",
+        ));
+    }
     let allowance = allowance(&ctx, &svc, &req).await?;
     // A just-in-time role never approves another just-in-time request: access requests are
     // reviewed with the reviewer's configured role, so grants can't be chained.

@@ -253,10 +253,12 @@ fn a_denied_command_never_reaches_the_target_and_approval_verdicts_refuse() {
     assert!(audit_records(&t1, "exec.received").is_empty());
     assert!(audit_records(&t1, "exec.denied").is_empty());
 
-    let out = hub.tether(&["exec", "-H", "t1", "--", "reboot"]);
+    // An approval verdict holds the request (tests/e2e/approvals.rs follows it further).
+    let out = hub.tether(&["exec", "--no-wait", "-H", "t1", "--", "reboot"]);
     assert_eq!(code(&out), 2);
+    assert!(stdout(&out).starts_with("apr-"), "{}", stdout(&out));
     assert!(
-        stderr(&out).contains("approval is needed"),
+        stderr(&out).contains("approval") && stderr(&out).contains("pending"),
         "{}",
         stderr(&out)
     );

@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod alerts;
+mod approvals;
 mod audit;
 mod config;
 mod demo;

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod approvals;
 mod error;
 mod file;
 mod load;
@@ -20,6 +21,7 @@ mod ssh;
 mod vault;
 
 pub use alerts::{AlertRoute, AlertsSection};
+pub use approvals::{ApprovalsSection, QuorumCondition};
 pub use error::{ConfigError, Problem};
 pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};

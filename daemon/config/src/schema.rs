@@ -47,6 +47,9 @@ pub struct Config {
     /// (`[ssh]`).
     #[serde(default)]
     pub ssh: crate::SshSection,
+    /// Approvals and just-in-time access (`[approvals]`).
+    #[serde(default)]
+    pub approvals: crate::ApprovalsSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -227,6 +230,7 @@ impl Default for Config {
             enroll: EnrollSection::default(),
             alerts: crate::AlertsSection::default(),
             ssh: crate::SshSection::default(),
+            approvals: crate::ApprovalsSection::default(),
         }
     }
 }
@@ -435,6 +439,9 @@ impl Config {
             bad(&key, message);
         }
         for (key, message) in self.ssh.validate(self.role) {
+            bad(&key, message);
+        }
+        for (key, message) in self.approvals.validate() {
             bad(&key, message);
         }
         problems

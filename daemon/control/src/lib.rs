@@ -7,6 +7,7 @@
 //! `tether-api`; `openapi.yaml` is generated from them and [`routes`] (see [`openapi`]).
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit;
 pub mod connlimit;
 mod convert;

@@ -247,7 +247,7 @@ async fn route(
     path: &str,
 ) -> (&'static str, Response<Body>) {
     let via = crate::audit::via_of(&req, &caller);
-    let Some(role) = state.roles().role_of(&caller) else {
+    let Some(role) = state.role_of(&caller) else {
         record_denial(
             state,
             &caller,

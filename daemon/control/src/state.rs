@@ -61,6 +61,9 @@ pub struct AppState {
     pub operator: Option<Arc<dyn OperatorSsh>>,
     /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
     pub alert_service: Option<tether_alerts::AlertService>,
+    /// Approval requests and just-in-time role grants (`None` in tools and tests without a
+    /// state directory: then a `require-approval` verdict refuses).
+    pub approvals: Option<Arc<crate::approvals::ApprovalService>>,
     /// Caps on concurrent control connections.
     pub connections: crate::connlimit::ConnLimits,
     /// Rate limits for `auth.denied` records, per uid.
@@ -280,6 +283,7 @@ impl AppState {
             recordings: None,
             operator: None,
             alert_service: None,
+            approvals: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),
             source,
@@ -302,6 +306,18 @@ impl AppState {
             Ok(r) => Arc::clone(&r),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// The role `caller` holds now: the strongest of its `[control.roles]` role and any
+    /// just-in-time grant in force (checked against the clock on every call, so a lapsed grant
+    /// is gone at once). `None` → 403.
+    pub fn role_of(&self, caller: &crate::Caller) -> Option<tether_model::Role> {
+        let base = self.roles().role_of(caller);
+        let granted = self
+            .approvals
+            .as_ref()
+            .and_then(|a| a.granted_role(caller.uid));
+        base.max(granted)
     }
 
     /// How long a connection may idle or dawdle over a request.

@@ -60,6 +60,12 @@ pub enum Command {
     /// Serve the control API's tools to AI agents over MCP (stdio): `tether mcp serve`.
     #[command(subcommand)]
     Mcp(cmd::mcp::McpCommand),
+    /// Approval requests made by `require-approval` verdicts: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
+    /// Just-in-time roles: request, approve, list, revoke.
+    #[command(subcommand)]
+    Access(cmd::access::AccessCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
     /// Print a shell completion script: bash, zsh or fish.
@@ -90,6 +96,8 @@ impl Cli {
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
             Command::Mcp(c) => cmd::mcp::run(&cli.global, c).await,
             Command::Sessions(c) => cmd::sessions::run(&cli.global, c).await,
+            Command::Approvals(c) => cmd::approvals::run(&cli.global, c).await,
+            Command::Access(c) => cmd::access::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

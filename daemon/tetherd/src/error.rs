@@ -84,6 +84,11 @@ pub enum DaemonError {
     /// Alert routing or an audit sink's cursor could not be set up.
     #[error(transparent)]
     Alerts(#[from] tether_alerts::AlertsError),
+    /// The approval store (`state_dir/approvals`) could not be opened or read.
+    #[error(
+        "approvals: {0}\nhint: check that state_dir/approvals is a directory tetherd may write"
+    )]
+    Approvals(#[from] tether_approvals::ApprovalError),
     /// The command line is wrong.
     #[error("{0}")]
     Usage(String),

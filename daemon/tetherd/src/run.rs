@@ -134,7 +134,9 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
             shutdown.clone(),
         ));
     }
+    let approvals = start_approvals(&config).await?;
     let mut state = AppState::new(config, source, registry)?;
+    state.approvals = Some(approvals);
     state.recordings = recordings;
     state.commit = env!("TETHER_COMMIT");
     state.alert_service = Some(alert_service);
@@ -164,6 +166,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         .await?;
     let state = Arc::new(state);
     start_target_ssh(&mut membership, &vault, &state, &shutdown)?;
+    let sweeper = tether_control::approvals::spawn_sweeper(Arc::clone(&state), shutdown.clone());
 
     // Install every signal handler before announcing readiness, so no signal is missed.
     let mut signals = Signals::install()?;
@@ -187,12 +190,27 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
     }
     membership.shutdown().await;
+    if let Some(task) = sweeper {
+        let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
+    }
     for t in sink_tasks {
         let _ = tokio::time::timeout(SHUTDOWN_BUDGET, t).await;
     }
     stop_audit(&state, audit).await;
     tracing::info!("tetherd stopped");
     Ok(())
+}
+
+/// Opens the approval store (`state_dir/approvals`) and loads the records, so pending approvals
+/// and access grants survive a restart.
+async fn start_approvals(
+    config: &Config,
+) -> Result<Arc<tether_control::approvals::ApprovalService>, DaemonError> {
+    let (section, state_dir) = (config.approvals.clone(), config.state_dir.clone());
+    let service =
+        blocking(move || tether_control::approvals::ApprovalService::open(&section, &state_dir))
+            .await?;
+    Ok(Arc::new(service))
 }
 
 /// Runs start-up work that blocks (file IO, key loading, compiling plugins) off the runtime's

@@ -24,6 +24,7 @@ macro_rules! endpoint {
 }
 
 mod alerts;
+mod approvals;
 mod audit;
 mod exec;
 mod hosts;
@@ -36,6 +37,7 @@ mod status;
 mod vpn;
 
 pub use alerts::*;
+pub use approvals::*;
 pub use audit::*;
 pub use exec::*;
 pub use hosts::*;

@@ -165,7 +165,6 @@ pub(crate) async fn follow(ctx: Ctx, q: AuditFollowQuery) -> Result<Body, Fail> 
             // Re-authorized on every batch (at least every 200 ms), so a reload that takes the
             // caller's role away ends the stream.
             if !state
-                .roles()
                 .role_of(&caller)
                 .is_some_and(|r| super::AUDIT_READERS.contains(&r))
             {

@@ -2,8 +2,10 @@
 //!
 //! Order of events, each step before the next: the selector is resolved against the inventory
 //! (active hosts only); the policy (regex rules, then plugin votes) is checked for every host —
-//! a deny or an approval verdict on any host refuses the whole request and records
-//! `exec.denied`, so nothing leaves the hub; `exec.requested` is written (durable) — a failed
+//! a deny on any host refuses the whole request and records `exec.denied`, so nothing leaves the
+//! hub; an approval verdict on any host sends the whole request through the approval gate
+//! ([`super::approvals::exec_gate`]: use a granted approval or an allowance, or ask for one);
+//! `exec.requested` is written (durable) — a failed
 //! write refuses the request; only then does the stream start and the first byte go to a
 //! target. Each host ends with one `exec.result` record (exit code, duration, byte counts,
 //! SHA-256 of its full stdout and stderr). A client that goes away cancels every remote
@@ -163,10 +165,9 @@ pub(crate) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail
 }
 
 /// Checks the policy for every host before anything leaves; records and refuses denials.
-/// `kind` is [`RequestKind::Exec`] for commands (`POST /v1/exec`, `exec` through the operator
-/// SSH endpoint) or [`RequestKind::Session`] for interactive sessions (with their command, if
-/// any); a denial is recorded as `exec.denied` or `session.denied`. Returns the hosts that only
-/// warned.
+/// [`check_policy_or_approval`] for paths that cannot wait for an approval (the operator SSH
+/// endpoint, `tether ssh`): a `require-approval` verdict refuses, is recorded like a denial, and
+/// says how to ask for the approval. Returns the hosts that only warned.
 pub(crate) async fn check_policy(
     ctx: &Ctx,
     hosts: &[HostRecord],
@@ -174,6 +175,45 @@ pub(crate) async fn check_policy(
     command: Option<&str>,
     ticket: Option<&str>,
 ) -> Result<Vec<String>, Fail> {
+    let (warned, approval) = check_policy_or_approval(ctx, hosts, kind, command, ticket).await?;
+    let Some(reason) = approval else {
+        return Ok(warned);
+    };
+    let denied = if kind == RequestKind::Session {
+        "session.denied"
+    } else {
+        "exec.denied"
+    };
+    for host in hosts {
+        ctx.state
+            .audit_or_refuse(
+                denied,
+                ctx.actor(),
+                Some(&host.name),
+                json!({"command": command, "verdict": Verdict::RequireApproval, "reason": reason}),
+            )
+            .await?;
+    }
+    Err(Fail::new(
+        StatusCode::FORBIDDEN,
+        "approval_required",
+        format!("an approval is needed to run this: {reason}"),
+        "this path cannot wait for one: run it with `tether exec -H HOST -- COMMAND`, which asks for the approval and waits",
+    ))
+}
+
+/// `kind` is [`RequestKind::Exec`] for commands (`POST /v1/exec`, `exec` through the operator
+/// SSH endpoint) or [`RequestKind::Session`] for interactive sessions (with their command, if
+/// any); a denial is recorded as `exec.denied` or `session.denied`. Returns the hosts that only
+/// warned and, when any host needs an approval, the policy's reason (the approval gate records
+/// that case: `approval.requested` / `.used`).
+pub(crate) async fn check_policy_or_approval(
+    ctx: &Ctx,
+    hosts: &[HostRecord],
+    kind: RequestKind,
+    command: Option<&str>,
+    ticket: Option<&str>,
+) -> Result<(Vec<String>, Option<String>), Fail> {
     if ctx.state.policy.is_none() {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -216,14 +256,17 @@ pub(crate) async fn check_policy(
     .await?
     .unwrap_or_default();
     let mut refused = Vec::new();
-    let mut approval = false;
+    let mut approval: Option<String> = None;
     let mut warned = Vec::new();
     for (host, c) in hosts.iter().zip(&checked) {
         match c.decision.verdict {
             Verdict::Allow => {}
             Verdict::Warn => warned.push(host.name.clone()),
-            v @ (Verdict::Deny | Verdict::RequireApproval) => {
-                approval |= v == Verdict::RequireApproval;
+            // Approvals are the approval gate's to record (approval.requested / .used).
+            Verdict::RequireApproval => {
+                approval.get_or_insert_with(|| c.decision.reason.to_string());
+            }
+            v @ Verdict::Deny => {
                 let data = json!({
                     "command": command,
                     "verdict": v,
@@ -239,35 +282,24 @@ pub(crate) async fn check_policy(
                 ctx.state
                     .audit_or_refuse(denied, ctx.actor(), Some(&host.name), data)
                     .await?;
-                refused.push((host.name.clone(), c.decision.reason.to_string(), v));
+                refused.push((host.name.clone(), c.decision.reason.to_string()));
             }
         }
     }
     if refused.is_empty() {
-        return Ok(warned);
+        return Ok((warned, approval));
     }
-    let names: Vec<&str> = refused.iter().map(|(h, _, _)| h.as_str()).collect();
+    let names: Vec<&str> = refused.iter().map(|(h, _)| h.as_str()).collect();
     let reason = &refused[0].1;
-    let (code, message, hint) = if approval {
-        (
-            "approval_required",
-            format!(
-                "an approval is needed to run this on {}: {reason}",
-                names.join(", ")
-            ),
-            "approvals are not available yet; ask an admin to adjust the policy, or run something else",
-        )
-    } else {
-        (
-            "policy_denied",
-            format!(
-                "the policy denies this on {}: {reason}; nothing was run",
-                names.join(", ")
-            ),
-            "`tether policy check -H HOST -- COMMAND` explains the decision",
-        )
-    };
-    Err(Fail::new(StatusCode::FORBIDDEN, code, message, hint))
+    Err(Fail::new(
+        StatusCode::FORBIDDEN,
+        "policy_denied",
+        format!(
+            "the policy denies this on {}: {reason}; nothing was run",
+            names.join(", ")
+        ),
+        "`tether policy check -H HOST -- COMMAND` explains the decision",
+    ))
 }
 
 /// `POST /v1/exec`.
@@ -290,7 +322,7 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
             "start tetherd normally (tetherd run --role hub)",
         ));
     };
-    let warned = check_policy(
+    let (warned, approval) = check_policy_or_approval(
         &ctx,
         &hosts,
         RequestKind::Exec,
@@ -299,6 +331,14 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
     )
     .await?;
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    super::approvals::exec_gate(
+        &ctx,
+        &plan.command,
+        &names,
+        req.approval.as_deref(),
+        approval.as_deref(),
+    )
+    .await?;
     ctx.state
         .audit_or_refuse(
             "exec.requested",
@@ -316,6 +356,7 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
                 "max_failures": plan.max_failures,
                 "output_limit": plan.output_limit,
                 "ticket": req.ticket,
+                "approval": req.approval,
             }),
         )
         .await?;

@@ -18,7 +18,9 @@ use tether_model::Role;
 use crate::http::{self, Body, Fail};
 use crate::{AppState, Caller};
 
+mod access;
 mod alerts;
+mod approvals;
 mod audit;
 mod config;
 mod exec;
@@ -124,10 +126,17 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnRevoke, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::revoke),
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
-        stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),
+        stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, 409, 429, 500, AUDITED], exec::exec),
         upgrade::<a::Proxy, _, _>(OPERATORS, &[404, HUB, AUDITED], proxy::handle),
         upgrade::<a::Session, _, _>(OPERATORS, &[404, HUB, AUDITED], session::handle),
         json::<a::SshConfig, _, _>(ANY, &[HUB, AUDITED], ssh_config::handle),
+        json::<a::ApprovalsList, _, _>(ANY, &[503], approvals::list),
+        json::<a::ApprovalsShow, _, _>(ANY, &[404, 503], approvals::show),
+        json::<a::ApprovalsApprove, _, _>(ANY, &[404, HUB, 500, AUDITED], approvals::approve),
+        json::<a::ApprovalsDeny, _, _>(ANY, &[404, 409, 500, AUDITED], approvals::deny),
+        json::<a::AccessRequest, _, _>(ANY, &[409, 429, 500, AUDITED], access::request),
+        json::<a::AccessList, _, _>(ANY, &[503], access::list),
+        json::<a::AccessRevoke, _, _>(ANY, &[404, 409, 500, AUDITED], access::revoke),
         json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),
         json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
         json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),

@@ -5,8 +5,15 @@
 //! output under one compact host list (`web[01-16]`). `--json` prints the daemon's NDJSON events
 //! as they arrive. A summary table (host, exit, duration, bytes) goes to stderr. Exit code 0
 //! when every host exited 0, 1 when any failed or was skipped, 2 when the request was refused
-//! (usage, unknown hosts, policy), 130 on Ctrl-C (the remote commands are cancelled: closing
-//! the request makes the hub signal them and close their channels).
+//! (usage, unknown hosts, policy, an approval denied or expired, or still pending with
+//! `--no-wait`), 130 on Ctrl-C (the remote commands are cancelled: closing the request makes the
+//! hub signal them and close their channels).
+//!
+//! When the policy says `require-approval`, the hub answers with an approval request's id; `exec`
+//! then waits for the decision with a live status line on stderr and, once it is granted, sends
+//! the same request again with the id (it runs exactly once). `--no-wait` prints the id on stdout
+//! (`{"approval":ID,"state":"pending"}` with `--json`) and exits 2; run the same command later
+//! with `--approval ID`.
 //!
 //! With more than one host and stderr a terminal, a progress bar on stderr counts finished
 //! hosts (ok / failed / skipped so far); output lines are printed above it, and it is cleared
@@ -21,6 +28,7 @@ use tether_api::{Exec, ExecEvent, ExecRequest, ExecStream, ExecSummary};
 
 use crate::error::CliError;
 use crate::global::Global;
+use crate::output;
 
 /// `tether exec` arguments.
 #[derive(Debug, Args)]
@@ -51,6 +59,12 @@ pub struct ExecArgs {
     /// A change/ticket id for policy plugins.
     #[arg(long, value_name = "ID")]
     pub ticket: Option<String>,
+    /// Use this granted approval (apr-…): the command and hosts must be exactly as approved.
+    #[arg(long, value_name = "ID")]
+    pub approval: Option<String>,
+    /// When an approval is needed, print its id and exit 2 instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
     /// Fold hosts with identical output into one block (like `dshbak -c`).
     #[arg(long)]
     pub group: bool,
@@ -138,6 +152,7 @@ fn request(args: &ExecArgs) -> Result<ExecRequest, CliError> {
         max_failures_percent,
         output_limit: args.output_limit,
         ticket: args.ticket.clone(),
+        approval: args.approval.clone(),
     })
 }
 
@@ -464,7 +479,69 @@ pub(crate) fn compact_hosts(hosts: &[String]) -> String {
 }
 
 pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
-    let req = request(&args)?;
+    let mut req = request(&args)?;
+    let id = match run_once(global, &args, &req).await {
+        Err(CliError::Client(tether_api::ClientError::Api { error, .. }))
+            if error.code == "approval_required" && error.approval.is_some() =>
+        {
+            error.approval.unwrap_or_default()
+        }
+        other => return other,
+    };
+    if args.no_wait {
+        if global.json {
+            output::json(&serde_json::json!({"approval": id, "state": "pending"}));
+        } else {
+            println!("{id}");
+            eprintln!(
+                "tether: approval {id} is pending; once another user approved it (`tether approvals approve {id}`), run the same command with --approval {id}"
+            );
+        }
+        return Ok(2);
+    }
+    eprintln!(
+        "tether: the policy needs an approval for this; another user can approve it with `tether approvals approve {id}`"
+    );
+    let decision = tokio::select! {
+        d = super::approvals::wait(global, &id) => d?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: approval {id} stays pending; run the same command with --approval {id} once it is granted");
+            return Ok(130);
+        }
+    };
+    match decision {
+        super::approvals::Decision::Granted => {
+            req.approval = Some(id);
+            run_once(global, &args, &req).await
+        }
+        super::approvals::Decision::Refused(a) => {
+            let by = a
+                .reviews
+                .iter()
+                .rev()
+                .find(|r| r.decision == "deny")
+                .map(|r| {
+                    format!(
+                        " by {}{}",
+                        r.reviewer.user,
+                        r.comment
+                            .as_deref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "tether: approval {} was {}{by}; nothing was run",
+                a.id, a.state
+            );
+            Ok(2)
+        }
+    }
+}
+
+/// Sends `req` once and shows its events.
+async fn run_once(global: &Global, args: &ExecArgs, req: &ExecRequest) -> Result<u8, CliError> {
     let client = global.client();
     let mut printer = Printer {
         group: args.group,
@@ -485,7 +562,7 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
     let streamed = async {
         if json {
             client
-                .stream_lines::<Exec>(&req, |line| {
+                .stream_lines::<Exec>(req, |line| {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(line);
                     let _ = out.flush();
@@ -497,7 +574,7 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
                 .await
         } else {
             client
-                .stream::<Exec>(&req, |event| {
+                .stream::<Exec>(req, |event| {
                     printer.event(event);
                     true
                 })

@@ -1,6 +1,8 @@
 //! One file per command.
 
+pub mod access;
 pub mod alerts;
+pub mod approvals;
 pub mod audit;
 pub mod audit_export;
 pub mod completions;

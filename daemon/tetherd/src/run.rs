@@ -69,7 +69,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     ))?;
     let socket = config.control.socket.clone();
     let role = config.daemon_role();
-    let vault = start_vault(&config).await?;
+    let vault = start_vault(&config, source.file.as_deref()).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
     // The metrics port before the socket: a missing token or a taken port leaves nothing behind.
     let metrics_listener =
@@ -182,8 +182,13 @@ where
 }
 
 /// Opens the secret vault on the configured backend.
-async fn start_vault(config: &Config) -> Result<tether_vault::Vault, DaemonError> {
-    let vault_config = config.vault.clone();
+/// The file backend's key defaults to a place outside `state_dir` (see [`crate::vault_key`]).
+async fn start_vault(
+    config: &Config,
+    config_file: Option<&Path>,
+) -> Result<tether_vault::Vault, DaemonError> {
+    let file = crate::vault_key::config_file_in_use(config_file);
+    let vault_config = crate::vault_key::vault_config(config, file.as_deref());
     let state_dir = config.state_dir.clone();
     let vault = blocking(move || tether_vault::Vault::open(&vault_config, &state_dir)).await?;
     tracing::info!(backend = %vault.backend(), "vault ready");

@@ -490,6 +490,12 @@ fn a_key_left_in_state_dir_is_used_with_a_warning_never_replaced() {
     let list = d.tether(&["secret", "list"]);
     assert_eq!(code(&list), 0, "{}", stderr(&list));
     assert!(stdout(&list).contains("legacy-probe"), "{}", stdout(&list));
+    // The chain verifies, but with the key inside state_dir nothing there can anchor it.
     let verify = d.tether(&["audit", "verify"]);
-    assert_eq!(code(&verify), 0, "{}{}", stdout(&verify), stderr(&verify));
+    assert_eq!(code(&verify), 1, "{}{}", stdout(&verify), stderr(&verify));
+    assert!(
+        stdout(&verify).contains("UNANCHORED") && stdout(&verify).contains("inside state_dir"),
+        "{}",
+        stdout(&verify)
+    );
 }

@@ -14,7 +14,9 @@ use crate::error::{AuditError, Result};
 use crate::files::list_day_files;
 use crate::keys::{ChainKeys, KeySource};
 
-pub use tether_model::audit::{Break, BreakKind, VerifyReport};
+pub use tether_model::audit::{Break, BreakKind, Verdict, VerifyReport};
+
+use crate::anchor::{Anchor as Counter, HeadAnchor};
 
 /// One line, checked on its own (hash, HMAC), in file order.
 struct Checked {
@@ -204,14 +206,43 @@ struct SeqOnly {
 ///
 /// `from` starts at the first day file on or after that date (the first record read is then
 /// trusted as the start of the chain). Returns `Err` only when the log cannot be read at all;
-/// breaks are reported in [`VerifyReport::broken`].
+/// breaks are reported in [`VerifyReport::broken`]. Nothing outside the directory is consulted,
+/// so the verdict is at best [`Verdict::Unanchored`]; see [`verify_anchored`].
 pub fn verify(
     dir: &Path,
     keys: &dyn KeySource,
     from: Option<Date>,
     against: Option<&Checkpoint>,
 ) -> Result<VerifyReport> {
+    verify_anchored(dir, keys, from, against, None)
+}
+
+/// Like [`verify`], and holds the log up to the head counter kept outside `state_dir`: a log
+/// that ends before it, or has another record at its seq, is a [`BreakKind::RolledBack`]
+/// break naming the seqs. With no counter to compare with (`anchor` is `None`, cannot be read,
+/// or holds none yet) an intact chain gets [`Verdict::Unanchored`] and the reason, never
+/// [`Verdict::Ok`].
+pub fn verify_anchored(
+    dir: &Path,
+    keys: &dyn KeySource,
+    from: Option<Date>,
+    against: Option<&Checkpoint>,
+    anchor: Option<&dyn HeadAnchor>,
+) -> Result<VerifyReport> {
     let start = Instant::now();
+    // Read before the files (like the head): a concurrent writer only moves the log ahead.
+    let anchored: std::result::Result<(Counter, String), String> = match anchor {
+        None => Err("no head counter outside state_dir is configured for this verify".into()),
+        Some(a) => match a.load() {
+            Ok(Some(found)) => Ok((found, a.location())),
+            Ok(None) => Err(format!(
+                "the head counter ({}) holds nothing yet: it is written with the first signed head, so the log was never anchored or the counter was removed",
+                a.location()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let anchor_seq = anchored.as_ref().ok().map(|(a, _)| a.seq);
     let keys = ChainKeys::load(keys)?;
     let vk = keys.verifying.to_bytes();
     let mut rep = VerifyReport {
@@ -225,6 +256,9 @@ pub fn verify(
         torn_tail_bytes: 0,
         elapsed_secs: 0.0,
         broken: None,
+        anchor_seq,
+        verdict: Verdict::Unanchored,
+        unanchored: None,
     };
     // The head is read before the files, so a concurrent writer can only make the log longer
     // than the head, never shorter.
@@ -243,6 +277,7 @@ pub fn verify(
     let cp_seq = against.map(|c| c.seq);
     let mut head_hash_seen: Option<[u8; 32]> = None;
     let mut cp_hash_seen: Option<[u8; 32]> = None;
+    let mut anchor_hash_seen: Option<[u8; 32]> = None;
 
     let mut expected: Option<u64> = if from.is_none() { Some(1) } else { None };
     let mut prev = [0u8; 32];
@@ -369,6 +404,9 @@ pub fn verify(
             if Some(info.seq) == cp_seq {
                 cp_hash_seen = Some(info.hash);
             }
+            if Some(info.seq) == anchor_seq {
+                anchor_hash_seen = Some(info.hash);
+            }
             rep.records += 1;
             rep.last_seq = info.seq;
             prev = info.hash;
@@ -386,8 +424,60 @@ pub fn verify(
             cp_hash_seen,
         );
     }
+    match (&rep.broken, anchored) {
+        (Some(_), _) => rep.verdict = Verdict::Broken,
+        // An exported checkpoint kept off the box anchors the log as well.
+        (None, Err(_)) if against.is_some() => rep.verdict = Verdict::Ok,
+        (None, Err(why)) => rep.unanchored = Some(why),
+        (None, Ok((a, location))) => match check_counter(&rep, &a, &location, anchor_hash_seen) {
+            Some(b) => {
+                rep.broken = Some(b);
+                rep.verdict = Verdict::Broken;
+            }
+            None => rep.verdict = Verdict::Ok,
+        },
+    }
     rep.elapsed_secs = start.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// Holds the walked log up to the head counter kept outside `state_dir`.
+fn check_counter(
+    rep: &VerifyReport,
+    a: &Counter,
+    location: &str,
+    seen: Option<[u8; 32]>,
+) -> Option<Break> {
+    let last = rep.last_seq;
+    let first = rep.first_seq.unwrap_or(1);
+    let (seq, detail) = if a.seq > last {
+        (
+            last + 1,
+            format!(
+                "the log ends at seq {last} but the head counter kept outside state_dir ({location}) records seq {}: records {}..{} were removed, or log and head were rolled back together",
+                a.seq,
+                last + 1,
+                a.seq
+            ),
+        )
+    } else if a.seq >= first && a.seq > 0 && seen != Some(a.hash) {
+        (
+            a.seq,
+            format!(
+                "record {} differs from the one the head counter kept outside state_dir ({location}) records: the log was rewritten from there on",
+                a.seq
+            ),
+        )
+    } else {
+        return None;
+    };
+    Some(Break {
+        kind: BreakKind::RolledBack,
+        seq,
+        file: None,
+        line: None,
+        detail,
+    })
 }
 
 /// Holds the signed head and the optional `against` checkpoint up to the walked log.

@@ -14,6 +14,7 @@ use tether_model::{Alert, AlertSink, Severity};
 use time::Date;
 use tokio::sync::oneshot;
 
+use crate::anchor::{Anchor, HeadAnchor};
 use crate::chain::{LineFault, LineInfo, check_line, hash_body, mac};
 use crate::checkpoint::{Checkpoint, read_head};
 use crate::clock::{Clock, SystemClock};
@@ -48,6 +49,9 @@ pub struct Options {
     /// on ext4 that makes each group commit several times cheaper (see BENCHMARKS.md). Skipped
     /// while the file system has less than 4 times this free. Zero turns it off.
     pub prealloc: u64,
+    /// The head counter kept outside `state_dir`: raised after every signed head is written,
+    /// and checked at open (a log behind it is refused with [`AuditError::RolledBack`]).
+    pub anchor: Option<Arc<dyn HeadAnchor>>,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             head_interval: Duration::from_millis(100),
             gather: Duration::ZERO,
             prealloc: 1 << 20,
+            anchor: None,
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Options {
             .field("head_interval", &self.head_interval)
             .field("gather", &self.gather)
             .field("prealloc", &self.prealloc)
+            .field("anchor", &self.anchor.as_ref().map(|a| a.location()))
             .finish_non_exhaustive()
     }
 }
@@ -168,7 +174,7 @@ impl AuditLog {
             })?;
         let keys = ChainKeys::load(keys)?;
         let metrics = Metrics::register(registry)?;
-        let (tail, recovery) = recover(&dir, &keys)?;
+        let (tail, recovery) = recover(&dir, &keys, opts.anchor.as_deref())?;
         let last_seq = Arc::new(AtomicU64::new(tail.next_seq - 1));
         let head_dirty = recovery
             .head
@@ -182,6 +188,7 @@ impl AuditLog {
             metrics.clone(),
             alerts.clone(),
             opts.head_interval,
+            opts.anchor.clone(),
         ));
         if head_dirty {
             // A fresh log gets its head at once; a stale one is brought up to date. A failure is
@@ -680,7 +687,19 @@ fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
 /// the chain, data hidden behind NUL bytes, a damaged or unlinked older day file, or a head
 /// that disagrees with the log all refuse the start ([`AuditError::Damaged`],
 /// [`AuditError::HeadMismatch`]) with the file and seq named, and nothing is changed.
-fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
+fn recover(
+    dir: &Path,
+    keys: &ChainKeys,
+    anchor: Option<&dyn HeadAnchor>,
+) -> Result<(Tail, Recovery)> {
+    let counter: Option<(Anchor, String)> = match anchor.map(|a| (a.load(), a.location())) {
+        Some((Ok(Some(a)), location)) => Some((a, location)),
+        Some((Ok(None), _)) | None => None,
+        Some((Err(e), location)) => {
+            tracing::warn!(%location, error = %e, "cannot read the audit head counter kept outside state_dir; a rollback of log and head together cannot be detected at this start");
+            None
+        }
+    };
     let head = read_head(dir)?;
     if let Some(h) = &head {
         h.verify_signature(&keys.verifying.to_bytes())
@@ -705,6 +724,7 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
     let mut torn: Option<TornTail> = None;
     let mut found: Option<(Date, PathBuf, u64, u64, LineInfo)> = None;
     let mut head_hash_seen = None;
+    let mut counter_hash_seen = None;
     // The first record of the newer file already walked, which the older file must chain to.
     let mut successor: Option<(PathBuf, LineInfo)> = None;
     let mut newest = true;
@@ -744,6 +764,12 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
         {
             // The head's record is in this file: find its hash.
             head_hash_seen = head_hash_of(keys, &data, h.seq).or(head_hash_seen);
+        }
+        if let (Some((a, _)), Some(last)) = (&counter, w.last)
+            && a.seq <= last.seq
+            && w.first.is_some_and(|f| f.seq <= a.seq)
+        {
+            counter_hash_seen = head_hash_of(keys, &data, a.seq).or(counter_hash_seen);
         }
         if let Some((newer, first)) = &successor {
             let Some(last) = w.last else {
@@ -839,6 +865,26 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             && want != Some(seen)
         {
             return Err(mismatch(true));
+        }
+    }
+    if let Some((a, location)) = &counter {
+        let rolled_back = |hash_mismatch| AuditError::RolledBack {
+            dir: dir.to_path_buf(),
+            location: location.clone(),
+            log_seq: last_seq,
+            anchor_seq: a.seq,
+            hash_mismatch,
+        };
+        if a.seq > last_seq {
+            return Err(rolled_back(false));
+        }
+        if a.seq == last_seq && a.seq > 0 && a.hash != prev {
+            return Err(rolled_back(true));
+        }
+        if let Some(seen) = counter_hash_seen
+            && seen != a.hash
+        {
+            return Err(rolled_back(true));
         }
     }
     if let Some(t) = &torn {

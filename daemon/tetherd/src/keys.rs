@@ -1,7 +1,9 @@
 //! The audit chain's keys, kept in the vault (never beside the log): an HMAC key for record
 //! MACs and an Ed25519 seed for the signed head. Generated on first start.
 
-use tether_audit::{AuditError, KeySource};
+use std::sync::Mutex;
+
+use tether_audit::{Anchor, AuditError, HeadAnchor, KeySource};
 use tether_vault::{Vault, key_len};
 use zeroize::Zeroizing;
 
@@ -57,5 +59,72 @@ impl KeySource for VaultKeys {
         }
         out.copy_from_slice(&seed);
         Ok(out)
+    }
+}
+
+/// Where the audit head counter is kept outside `state_dir` (see [`VaultAnchor`]).
+pub const AUDIT_ANCHOR: &str = "tetherd.audit-anchor";
+
+/// [`HeadAnchor`] kept by the vault outside `state_dir`: a keyring entry, or a sealed file
+/// beside the file backend's key. Unavailable with the read-only credentials backend or a key
+/// left inside `state_dir` (verify then says `unanchored`, and why).
+pub struct VaultAnchor {
+    vault: Vault,
+    /// The highest seq stored by this process, so a raise needs no read first.
+    stored: Mutex<Option<u64>>,
+}
+
+impl VaultAnchor {
+    /// Wraps a vault.
+    pub fn new(vault: Vault) -> Self {
+        VaultAnchor {
+            vault,
+            stored: Mutex::new(None),
+        }
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> AuditError {
+        AuditError::AnchorUnavailable {
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl HeadAnchor for VaultAnchor {
+    fn location(&self) -> String {
+        self.vault
+            .outside_location(AUDIT_ANCHOR)
+            .unwrap_or_else(|why| format!("nowhere: {why}"))
+    }
+
+    fn load(&self) -> Result<Option<Anchor>, AuditError> {
+        let Some(value) = self
+            .vault
+            .outside_get(AUDIT_ANCHOR)
+            .map_err(Self::unavailable)?
+        else {
+            return Ok(None);
+        };
+        let location = self.location();
+        value.expose(|b| Anchor::parse(b, &location)).map(Some)
+    }
+
+    fn store(&self, anchor: &Anchor) -> Result<(), AuditError> {
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let current = match *stored {
+            Some(seq) => Some(seq),
+            None => self.load()?.map(|a| a.seq),
+        };
+        if current.is_some_and(|seq| seq >= anchor.seq) {
+            *stored = current;
+            return Ok(());
+        }
+        let value =
+            tether_vault::SecretBox::from_slice(&anchor.to_bytes()).map_err(Self::unavailable)?;
+        self.vault
+            .outside_set(AUDIT_ANCHOR, &value)
+            .map_err(Self::unavailable)?;
+        *stored = Some(anchor.seq);
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tether_model::Role;
-pub use tether_model::audit::{Break, BreakKind, VerifyReport};
+pub use tether_model::audit::{Break, BreakKind, Verdict, VerifyReport};
 
 use super::Empty;
 
@@ -22,7 +22,8 @@ pub struct VerifyRequest {
 /// Answer of `POST /v1/audit/verify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyResponse {
-    /// True when no break was found.
+    /// True when no break was found and the log reaches the head counter kept outside
+    /// `state_dir` (`report.verdict` is `ok`); false when broken or unanchored.
     pub ok: bool,
     /// Read throughput in MB/s (10^6 bytes).
     pub mb_per_s: f64,

@@ -1,6 +1,7 @@
 //! Integration tests of the audit chain: real files, real processes, real tmpfs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anchor;
 mod crash;
 mod enospc;
 mod props;

@@ -18,8 +18,10 @@ use crate::table::Table;
 /// `tether audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain, HMACs and the signed head. Exit 0 when intact, 1 when broken
-    /// (the first broken seq and the kind of break are printed).
+    /// Verify the hash chain, HMACs, the signed head and the head counter kept outside
+    /// state_dir. Exit 0 when intact and anchored; 1 when broken (the first broken seq and the
+    /// kind of break are printed) or unanchored (intact, but nothing outside state_dir vouches
+    /// for the log's length: a rollback of log and head together cannot be ruled out).
     Verify {
         /// Only verify day files from this UTC date on (YYYY-MM-DD).
         #[arg(long, value_name = "DATE")]
@@ -108,14 +110,26 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                 );
                 println!("  {}", b.detail);
             } else {
+                let verdict = if out.ok { "OK" } else { "UNANCHORED" };
                 println!(
-                    "audit log OK: {} records in {} files (seq {}..{}), {:.1} MB/s",
+                    "audit log {verdict}: {} records in {} files (seq {}..{}), {:.1} MB/s",
                     r.records,
                     r.files,
                     r.first_seq.unwrap_or(0),
                     r.last_seq,
                     out.mb_per_s
                 );
+                if let Some(seq) = r.anchor_seq {
+                    println!("  reaches the head counter kept outside state_dir (seq {seq})");
+                }
+                if let Some(why) = &r.unanchored {
+                    println!(
+                        "  the chain is intact, but nothing outside state_dir vouches for its length: {why}"
+                    );
+                    println!(
+                        "  keep `tether audit checkpoint --export` output off the box and pass it with --against"
+                    );
+                }
                 if let Some(seq) = r.checkpoint_seq {
                     println!("  contains the given checkpoint (seq {seq})");
                 }

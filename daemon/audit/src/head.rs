@@ -21,7 +21,8 @@ use crate::record::format_ts;
 
 pub(crate) struct HeadWriter {
     dir: PathBuf,
-    keys: ChainKeys,
+    /// The current key epoch's keys (replaced by a rotation).
+    keys: Mutex<ChainKeys>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     alerts: Arc<dyn AlertSink>,
@@ -57,7 +58,7 @@ impl HeadWriter {
     ) -> Self {
         HeadWriter {
             dir,
-            keys,
+            keys: Mutex::new(keys),
             clock,
             metrics,
             alerts,
@@ -89,7 +90,7 @@ impl HeadWriter {
         if let Some(cp) = last.as_ref().filter(|cp| cp.seq > seq) {
             return Ok(cp.clone());
         }
-        let cp = Checkpoint::sign(&self.keys, seq, hash, format_ts(self.clock.now()));
+        let cp = Checkpoint::sign(&lock(&self.keys), seq, hash, format_ts(self.clock.now()));
         match write_head(&self.dir, &cp) {
             Ok(()) => {
                 *last = Some(cp.clone());
@@ -132,6 +133,11 @@ impl HeadWriter {
                 msg,
             ));
         }
+    }
+
+    /// Signs later heads with `keys` (after a key rotation).
+    pub(crate) fn set_keys(&self, keys: ChainKeys) {
+        *lock(&self.keys) = keys;
     }
 
     /// Makes [`HeadWriter::run`] write what is pending and return.

@@ -37,7 +37,7 @@ pub use checkpoint::{Checkpoint, read_head};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuditError, Result};
 pub use files::{HEAD_FILE, day_path, list_day_files};
-pub use keys::{KeyFile, KeySource, StaticKeys};
+pub use keys::{EpochKeys, KeyFile, KeySource, StaticKeys};
 pub use reader::{
     ExportStats, Filter, Follower, Records, count_records, export_jsonl, read_records,
     tail_records, tail_records_with,
@@ -45,4 +45,4 @@ pub use reader::{
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
 pub use seq_reader::SeqReader;
 pub use verify::{Break, BreakKind, Verdict, VerifyReport, verify, verify_anchored};
-pub use writer::{AuditLog, Options, Receipt, Recovery, TornTail};
+pub use writer::{AuditLog, Options, Receipt, Recovery, Rotated, TornTail};

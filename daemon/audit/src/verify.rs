@@ -8,11 +8,11 @@ use std::time::Instant;
 use serde::Deserialize;
 use time::Date;
 
-use crate::chain::{LineFault, LineInfo, check_line};
+use crate::chain::{LineFault, LineInfo, check_line, check_rotation};
 use crate::checkpoint::{Checkpoint, read_head};
 use crate::error::{AuditError, Result};
 use crate::files::list_day_files;
-use crate::keys::{ChainKeys, KeySource};
+use crate::keys::{KeyRing, KeySource};
 
 pub use tether_model::audit::{Break, BreakKind, Verdict, VerifyReport};
 
@@ -31,7 +31,7 @@ struct Checked {
 /// caller then walks the results in order for the links between records (cheap, sequential).
 struct ChunkReader<'k> {
     f: std::fs::File,
-    keys: &'k ChainKeys,
+    keys: &'k KeyRing,
     carry: Vec<u8>,
     queue: VecDeque<Checked>,
     eof: bool,
@@ -47,7 +47,7 @@ const CHUNK: usize = 8 << 20;
 const PARALLEL_MIN: usize = 256 << 10;
 
 impl<'k> ChunkReader<'k> {
-    fn new(f: std::fs::File, keys: &'k ChainKeys) -> Self {
+    fn new(f: std::fs::File, keys: &'k KeyRing) -> Self {
         ChunkReader {
             f,
             keys,
@@ -163,8 +163,8 @@ impl ChunkReader<'_> {
 }
 
 /// Checks every line of `data` (which ends with a newline), in order, into `out`.
-fn check_chunk(keys: &ChainKeys, data: &[u8], out: &mut VecDeque<Checked>) {
-    fn run(keys: &ChainKeys, data: &[u8]) -> Vec<Checked> {
+fn check_chunk(keys: &KeyRing, data: &[u8], out: &mut VecDeque<Checked>) {
+    fn run(keys: &KeyRing, data: &[u8]) -> Vec<Checked> {
         data.split_inclusive(|&b| b == b'\n')
             .map(|l| Checked {
                 n: l.len(),
@@ -243,8 +243,8 @@ pub fn verify_anchored(
         },
     };
     let anchor_seq = anchored.as_ref().ok().map(|(a, _)| a.seq);
-    let keys = ChainKeys::load(keys)?;
-    let vk = keys.verifying.to_bytes();
+    let keys = KeyRing::load(keys)?;
+    let vk = keys.verifying_keys();
     let mut rep = VerifyReport {
         records: 0,
         files: 0,
@@ -280,6 +280,8 @@ pub fn verify_anchored(
     let mut anchor_hash_seen: Option<[u8; 32]> = None;
 
     let mut expected: Option<u64> = if from.is_none() { Some(1) } else { None };
+    // The key epoch the next record must carry (a partial verify trusts the first one read).
+    let mut want_epoch: Option<u32> = if from.is_none() { Some(0) } else { None };
     let mut prev = [0u8; 32];
     let nfiles = files.len();
     'files: for (fi, (_, path)) in files.iter().enumerate() {
@@ -336,6 +338,11 @@ pub fn verify_anchored(
                             seq.unwrap_or(e),
                             "the hash matches the content but the HMAC does not (forged or wrong key)"
                                 .into(),
+                        ),
+                        LineFault::UnknownEpoch(k) => at(
+                            BreakKind::BadHmac,
+                            seq.unwrap_or(e),
+                            format!("the record names key epoch {k}, for which this installation holds no key (forged, or the vault lost that epoch's keys)"),
                         ),
                     });
                     break 'files;
@@ -395,6 +402,24 @@ pub fn verify_anchored(
                     break 'files;
                 }
             }
+            if let Some(want) = want_epoch
+                && info.epoch != want
+            {
+                rep.broken = Some(at(
+                    BreakKind::BadHmac,
+                    info.seq,
+                    format!(
+                        "record {} is MACed with the key of epoch {} but the chain is at key epoch {want}: forged with a retired key, or the key.rotated record before it was removed",
+                        info.seq, info.epoch
+                    ),
+                ));
+                break 'files;
+            }
+            if let Err(why) = check_rotation(&keys, &info) {
+                rep.broken = Some(at(BreakKind::BadHmac, info.seq, why));
+                break 'files;
+            }
+            want_epoch = Some(info.next_epoch());
             if rep.first_seq.is_none() {
                 rep.first_seq = Some(info.seq);
             }
@@ -485,7 +510,7 @@ fn check_heads(
     rep: &VerifyReport,
     head: std::result::Result<Option<Checkpoint>, String>,
     head_path: &Path,
-    vk: &[u8; 32],
+    vk: &[[u8; 32]],
     head_hash_seen: Option<[u8; 32]>,
     against: Option<&Checkpoint>,
     cp_hash_seen: Option<[u8; 32]>,
@@ -602,9 +627,9 @@ fn check_anchor(
     cp: &Checkpoint,
     file: PathBuf,
     log: LogSpan,
-    vk: &[u8; 32],
+    vk: &[[u8; 32]],
 ) -> Option<Break> {
-    let (kind, seq, detail) = if let Err(e) = cp.verify_signature(vk) {
+    let (kind, seq, detail) = if let Err(e) = cp.verify_any(vk) {
         let detail = format!("{}: {}", anchor.label(), e.checkpoint_fault());
         (BreakKind::BadSignature, cp.seq, detail)
     } else if cp.seq > log.last {
@@ -677,7 +702,7 @@ mod tests {
 
     #[test]
     fn head_and_checkpoint_name_their_breaks_apart() {
-        let vk = key();
+        let vk = [key()];
         let bad = unsigned(5);
         let h = check_anchor(Anchor::Head, &bad, "h".into(), span(1, 9), &vk).unwrap();
         assert_eq!((h.kind, h.seq), (BreakKind::BadSignature, 5));

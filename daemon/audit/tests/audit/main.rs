@@ -6,6 +6,7 @@ mod crash;
 mod enospc;
 mod props;
 mod recovery;
+mod rotation;
 mod tamper;
 mod writer;
 

@@ -587,3 +587,74 @@ fn a_rollback_of_log_and_head_together_is_caught_by_the_counter_outside_state_di
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("ends at seq 0"), "{err}");
 }
+
+/// Issue 14 §1: the audit keys rotate only through the dedicated, audited command, and the
+/// chain keeps verifying across the epochs and a restart; old keys stay in the vault.
+#[test]
+fn audit_keys_rotate_mid_log_and_the_chain_verifies_across_epochs_and_restarts() {
+    let mut d = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let out = d.tether(&["--json", "audit", "rotate-key"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["epoch"], 1, "{r}");
+    assert_eq!(r["rotated"], serde_json::json!(["hmac", "signing"]));
+    let rot_seq = r["seq"].as_u64().unwrap();
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    // HMAC only, after a restart.
+    d.restart();
+    let out = d.tether(&["audit", "rotate-key", "--hmac"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("key epoch 2"), "{}", stdout(&out));
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    d.restart();
+
+    let v = d.tether(&["--json", "audit", "verify"]);
+    assert_eq!(code(&v), 0, "{}{}", stdout(&v), stderr(&v));
+    let recs = records(&d, &["--type", "key.rotated"]);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["seq"].as_u64(), Some(rot_seq));
+    assert_eq!(recs[0]["data"]["epoch"], 1);
+    assert_eq!(recs[1]["data"]["rotated"], serde_json::json!(["hmac"]));
+    // Requested and done are both audited, with the caller.
+    assert_eq!(
+        records(&d, &["--type", "audit.rotate_key_requested"]).len(),
+        2
+    );
+    // Old keys are retained under the reserved namespace.
+    let list = stdout(&d.tether(&["secret", "list"]));
+    for name in [
+        "tetherd.audit-hmac",
+        "tetherd.audit-hmac.e1",
+        "tetherd.audit-hmac.e2",
+        "tetherd.audit-signing.e2",
+    ] {
+        assert!(list.contains(name), "{name} missing: {list}");
+    }
+    assert!(
+        d.log().contains("audit keys rotated"),
+        "no key_rotation alert logged: {}",
+        d.log()
+    );
+
+    // An edit after the rotation is found with its seq.
+    let f = day_files(&d).pop().unwrap();
+    let text = std::fs::read_to_string(&f).unwrap();
+    let target = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"key_epoch\":2") && l.contains("config.change"))
+        .or_else(|| text.lines().rev().find(|l| l.contains("\"key_epoch\":2")))
+        .unwrap()
+        .to_owned();
+    let seq = serde_json::from_str::<serde_json::Value>(&target).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let edited = target.replacen("\"uid\":", "\"uid\":1", 1);
+    std::fs::write(&f, text.replacen(&target, &edited, 1)).unwrap();
+    let v = d.tether(&["--json", "audit", "verify"]);
+    assert_eq!(code(&v), 1, "{}", stdout(&v));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&v)).unwrap();
+    assert_eq!(rep["report"]["broken"]["seq"].as_u64(), Some(seq), "{rep}");
+    assert_eq!(rep["report"]["verdict"], "broken");
+}

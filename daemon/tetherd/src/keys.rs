@@ -40,7 +40,103 @@ impl VaultKeys {
     }
 }
 
+/// The vault entry of epoch `epoch`'s copy of `base` (epoch 0 is `base` itself): epoch entries
+/// are made by a rotation and never removed (the reserved `tetherd.` namespace keeps them out of
+/// `tether secret`).
+pub fn epoch_name(base: &str, epoch: u32) -> String {
+    if epoch == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}.e{epoch}")
+    }
+}
+
+impl VaultKeys {
+    fn get(
+        &self,
+        name: &str,
+        which: &'static str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, AuditError> {
+        let found = self
+            .vault
+            .get(name)
+            .map_err(|e| AuditError::KeyUnavailable {
+                which,
+                reason: format!("{e}; the audit key lives in the vault entry {name}"),
+            })?;
+        Ok(found.map(|s| s.expose(|b| Zeroizing::new(b.to_vec()))))
+    }
+}
+
+fn seed32(name: &str, v: &[u8]) -> Result<Zeroizing<[u8; 32]>, AuditError> {
+    if v.len() != 32 {
+        return Err(AuditError::KeyUnavailable {
+            which: "signing",
+            reason: format!("vault entry {name} holds {} bytes, expected 32", v.len()),
+        });
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(v);
+    Ok(out)
+}
+
 impl KeySource for VaultKeys {
+    fn epoch_keys(&self, epoch: u32) -> Result<Option<tether_audit::EpochKeys>, AuditError> {
+        if epoch == 0 {
+            return Ok(Some((self.hmac_key()?, self.signing_key()?)));
+        }
+        let (hn, sn) = (
+            epoch_name(AUDIT_HMAC, epoch),
+            epoch_name(AUDIT_SIGNING, epoch),
+        );
+        match (self.get(&hn, "hmac")?, self.get(&sn, "signing")?) {
+            (None, None) => Ok(None),
+            (Some(h), Some(s)) => Ok(Some((h, seed32(&sn, &s)?))),
+            _ => Err(AuditError::KeyUnavailable {
+                which: "rotation",
+                reason: format!(
+                    "the vault holds only one of {hn} and {sn}; restore the other from backup"
+                ),
+            }),
+        }
+    }
+
+    fn create_epoch(&self, epoch: u32, hmac: bool, signing: bool) -> Result<(), AuditError> {
+        let prev = self.epoch_keys(epoch.saturating_sub(1))?.ok_or_else(|| {
+            AuditError::KeyUnavailable {
+                which: "rotation",
+                reason: format!(
+                    "the vault has no audit keys for epoch {}",
+                    epoch.saturating_sub(1)
+                ),
+            }
+        })?;
+        let fail = |name: &str, e: tether_vault::VaultError| AuditError::KeyUnavailable {
+            which: "rotation",
+            reason: format!("cannot store the new audit key {name}: {e}"),
+        };
+        for (base, fresh, old) in [
+            (AUDIT_HMAC, hmac, prev.0.to_vec()),
+            (AUDIT_SIGNING, signing, prev.1.to_vec()),
+        ] {
+            let name = epoch_name(base, epoch);
+            let old = Zeroizing::new(old);
+            // Keys left by an interrupted rotation are kept: no record names them yet.
+            if self.get(&name, "rotation")?.is_some() {
+                continue;
+            }
+            if fresh {
+                self.vault
+                    .get_or_generate(&name, old.len())
+                    .map_err(|e| fail(&name, e))?;
+            } else {
+                let copy = tether_vault::SecretBox::from_slice(&old).map_err(|e| fail(&name, e))?;
+                self.vault.set(&name, copy).map_err(|e| fail(&name, e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn hmac_key(&self) -> Result<Zeroizing<Vec<u8>>, AuditError> {
         self.key(AUDIT_HMAC, "hmac", key_len::HMAC_SHA256)
     }

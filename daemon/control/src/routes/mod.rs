@@ -20,6 +20,7 @@ use crate::{AppState, Caller};
 
 mod alerts;
 mod audit;
+mod audit_keys;
 mod config;
 mod exec;
 mod health;
@@ -105,6 +106,7 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         stream::<a::AuditFollow, _, _>(AUDIT_READERS, &[500, AUDITED], audit::follow),
         stream::<a::AuditExport, _, _>(AUDIT_READERS, &[500, AUDITED], audit::export),
         json::<a::AuditCheckpoint, _, _>(AUDIT_READERS, &[500, AUDITED], audit::checkpoint),
+        json::<a::AuditRotateKey, _, _>(ADMIN, &[409, 500, AUDITED], audit_keys::rotate),
         json::<a::PolicyGet, _, _>(ANY, &[503], policy::show),
         json::<a::PolicyCheck, _, _>(ANY, &[500, 503], policy::check),
         json::<a::PolicyTest, _, _>(ANY, &[500, 503], policy::test),

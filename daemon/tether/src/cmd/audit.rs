@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use tether_api::{
     AuditCheckpoint, AuditExport, AuditExportQuery, AuditFollow, AuditFollowQuery, AuditRecord,
-    AuditRecords, AuditRecordsQuery, AuditVerify, Empty, VerifyRequest,
+    AuditRecords, AuditRecordsQuery, AuditRotateKey, AuditVerify, Empty, RotateKeyRequest,
+    VerifyRequest,
 };
 
 use crate::error::CliError;
@@ -53,6 +54,17 @@ pub enum AuditCommand {
         /// Print the portable text form (the default and only form today).
         #[arg(long)]
         export: bool,
+    },
+    /// Rotate the audit keys (admin): a new key epoch. A `key.rotated` record, MACed with the
+    /// old key, names the new keys; later records use them; old keys stay in the vault so the
+    /// whole chain keeps verifying. Without a flag both keys rotate.
+    RotateKey {
+        /// Rotate the HMAC key that MACs every record.
+        #[arg(long)]
+        hmac: bool,
+        /// Rotate the Ed25519 key that signs the head.
+        #[arg(long)]
+        signing: bool,
     },
 }
 
@@ -235,6 +247,24 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
             }
             sink.flush()
                 .map_err(|e| CliError::Internal(format!("writing the export failed: {e}")))?;
+            Ok(0)
+        }
+        AuditCommand::RotateKey { hmac, signing } => {
+            let out = client
+                .call::<AuditRotateKey>(&RotateKeyRequest { hmac, signing })
+                .await?;
+            if global.json {
+                output::json(&out);
+            } else {
+                println!(
+                    "audit keys rotated ({}): key epoch {} from the key.rotated record at seq {}",
+                    out.rotated.join(" and "),
+                    out.epoch,
+                    out.seq
+                );
+                println!("  hmac key id:      {}", out.hmac_key_id);
+                println!("  head signing key: {}", out.signing_key);
+            }
             Ok(0)
         }
         AuditCommand::Checkpoint { export: _ } => {

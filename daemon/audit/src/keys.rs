@@ -128,11 +128,10 @@ impl ChainKeys {
                 ),
             });
         }
-        let hmac =
-            Hmac::<Sha256>::new_from_slice(&key).map_err(|_| AuditError::KeyUnavailable {
-                which: "hmac",
-                reason: "the key was rejected by HMAC-SHA256".into(),
-            })?;
+        let hmac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| AuditError::KeyUnavailable {
+            which: "hmac",
+            reason: "the key was rejected by HMAC-SHA256".into(),
+        })?;
         let signing = SigningKey::from_bytes(&material.1);
         let verifying = signing.verifying_key();
         Ok(ChainKeys {

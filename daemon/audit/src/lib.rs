@@ -9,7 +9,7 @@
 //! * [`read_records`], [`tail_records`], [`Follower`], [`export_jsonl`] — reading.
 //! * [`KeySource`] / [`KeyFile`] — where the HMAC and Ed25519 keys come from (never the audit dir).
 //! * [`HeadAnchor`] — where the head counter outside `state_dir` is kept (catches a rollback of
-//!   log and head together; without one, verify says [`Verdict::Unanchored`]).
+//!   log and head together; without one, verify says [`VerifyVerdict::Unanchored`]).
 //!
 //! Layout: `AUDIT_DIR/YYYY-MM-DD.jsonl` (one per UTC day, the chain continues across files) and
 //! `AUDIT_DIR/head` (signed checkpoint). See [`record`] for the byte format. The day file being
@@ -44,5 +44,5 @@ pub use reader::{
 };
 pub use record::{Actor, Event, MAX_RECORD_BYTES, Record, Via, canonical_json, parse_date};
 pub use seq_reader::SeqReader;
-pub use verify::{Break, BreakKind, Verdict, VerifyReport, verify, verify_anchored};
+pub use verify::{Break, BreakKind, VerifyReport, VerifyVerdict, verify, verify_anchored};
 pub use writer::{AuditLog, Options, Receipt, Recovery, Rotated, TornTail};

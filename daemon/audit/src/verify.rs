@@ -14,7 +14,7 @@ use crate::error::{AuditError, Result};
 use crate::files::list_day_files;
 use crate::keys::{KeyRing, KeySource};
 
-pub use tether_model::audit::{Break, BreakKind, Verdict, VerifyReport};
+pub use tether_model::audit::{Break, BreakKind, VerifyReport, VerifyVerdict};
 
 use crate::anchor::{Anchor as Counter, HeadAnchor};
 
@@ -207,7 +207,7 @@ struct SeqOnly {
 /// `from` starts at the first day file on or after that date (the first record read is then
 /// trusted as the start of the chain). Returns `Err` only when the log cannot be read at all;
 /// breaks are reported in [`VerifyReport::broken`]. Nothing outside the directory is consulted,
-/// so the verdict is at best [`Verdict::Unanchored`]; see [`verify_anchored`].
+/// so the verdict is at best [`VerifyVerdict::Unanchored`]; see [`verify_anchored`].
 pub fn verify(
     dir: &Path,
     keys: &dyn KeySource,
@@ -220,8 +220,8 @@ pub fn verify(
 /// Like [`verify`], and holds the log up to the head counter kept outside `state_dir`: a log
 /// that ends before it, or has another record at its seq, is a [`BreakKind::RolledBack`]
 /// break naming the seqs. With no counter to compare with (`anchor` is `None`, cannot be read,
-/// or holds none yet) an intact chain gets [`Verdict::Unanchored`] and the reason, never
-/// [`Verdict::Ok`].
+/// or holds none yet) an intact chain gets [`VerifyVerdict::Unanchored`] and the reason, never
+/// [`VerifyVerdict::Ok`].
 pub fn verify_anchored(
     dir: &Path,
     keys: &dyn KeySource,
@@ -257,7 +257,7 @@ pub fn verify_anchored(
         elapsed_secs: 0.0,
         broken: None,
         anchor_seq,
-        verdict: Verdict::Unanchored,
+        verdict: VerifyVerdict::Unanchored,
         unanchored: None,
     };
     // The head is read before the files, so a concurrent writer can only make the log longer
@@ -450,16 +450,16 @@ pub fn verify_anchored(
         );
     }
     match (&rep.broken, anchored) {
-        (Some(_), _) => rep.verdict = Verdict::Broken,
+        (Some(_), _) => rep.verdict = VerifyVerdict::Broken,
         // An exported checkpoint kept off the box anchors the log as well.
-        (None, Err(_)) if against.is_some() => rep.verdict = Verdict::Ok,
+        (None, Err(_)) if against.is_some() => rep.verdict = VerifyVerdict::Ok,
         (None, Err(why)) => rep.unanchored = Some(why),
         (None, Ok((a, location))) => match check_counter(&rep, &a, &location, anchor_hash_seen) {
             Some(b) => {
                 rep.broken = Some(b);
-                rep.verdict = Verdict::Broken;
+                rep.verdict = VerifyVerdict::Broken;
             }
-            None => rep.verdict = Verdict::Ok,
+            None => rep.verdict = VerifyVerdict::Ok,
         },
     }
     rep.elapsed_secs = start.elapsed().as_secs_f64();

@@ -57,7 +57,7 @@ impl std::fmt::Display for BreakKind {
 )]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
-pub enum Verdict {
+pub enum VerifyVerdict {
     /// The chain is intact and reaches the head counter kept outside `state_dir`.
     Ok,
     /// No break was found, but nothing outside `state_dir` vouches for the log's length (no
@@ -70,13 +70,13 @@ pub enum Verdict {
     Broken,
 }
 
-impl Verdict {
+impl VerifyVerdict {
     /// The snake_case name used in JSON output.
     pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Ok => "ok",
-            Verdict::Unanchored => "unanchored",
-            Verdict::Broken => "broken",
+            VerifyVerdict::Ok => "ok",
+            VerifyVerdict::Unanchored => "unanchored",
+            VerifyVerdict::Broken => "broken",
         }
     }
 }
@@ -142,21 +142,21 @@ pub struct VerifyReport {
     pub anchor_seq: Option<u64>,
     /// Ok, unanchored or broken.
     #[serde(default)]
-    pub verdict: Verdict,
+    pub verdict: VerifyVerdict,
     /// Why the verdict is `unanchored` (none otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unanchored: Option<String>,
 }
 
 impl VerifyReport {
-    /// True when no break was found (the verdict may still be [`Verdict::Unanchored`]).
+    /// True when no break was found (the verdict may still be [`VerifyVerdict::Unanchored`]).
     pub fn is_ok(&self) -> bool {
         self.broken.is_none()
     }
 
     /// True when the chain is intact and anchored outside `state_dir`.
     pub fn is_anchored_ok(&self) -> bool {
-        self.verdict == Verdict::Ok
+        self.verdict == VerifyVerdict::Ok
     }
 
     /// Read throughput in MB/s (10^6 bytes).

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tether_model::Role;
-pub use tether_model::audit::{Break, BreakKind, Verdict, VerifyReport};
+pub use tether_model::audit::{Break, BreakKind, VerifyReport, VerifyVerdict};
 
 use super::Empty;
 

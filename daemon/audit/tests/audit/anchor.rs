@@ -80,7 +80,7 @@ async fn an_older_log_and_head_restored_together_are_caught_by_the_counter() {
     append(&log, 5..10).await;
     log.close().await;
     let rep = check(&dir, &k, &counter);
-    assert_eq!(rep.verdict, Verdict::Ok, "{rep:?}");
+    assert_eq!(rep.verdict, VerifyVerdict::Ok, "{rep:?}");
     assert_eq!(rep.anchor_seq, Some(10));
 
     // The attacker restores the older log and its (validly signed) head.
@@ -89,11 +89,11 @@ async fn an_older_log_and_head_restored_together_are_caught_by_the_counter() {
     // The directory alone says ok: that is what the counter is for.
     let plain = verify(&dir, &k, None, None).unwrap();
     assert!(plain.is_ok(), "{plain:?}");
-    assert_eq!(plain.verdict, Verdict::Unanchored);
+    assert_eq!(plain.verdict, VerifyVerdict::Unanchored);
     assert!(plain.unanchored.is_some());
 
     let rep = check(&dir, &k, &counter);
-    assert_eq!(rep.verdict, Verdict::Broken);
+    assert_eq!(rep.verdict, VerifyVerdict::Broken);
     let b = rep.broken.expect("a rollback must be a break");
     assert_eq!((b.kind, b.seq), (BreakKind::RolledBack, 6), "{b:?}");
     assert!(
@@ -152,7 +152,7 @@ async fn deleting_every_day_file_and_the_head_is_never_ok() {
     }
     // Without the counter the empty directory is at best unanchored.
     let plain = verify(&dir, &k, None, None).unwrap();
-    assert_eq!(plain.verdict, Verdict::Unanchored, "{plain:?}");
+    assert_eq!(plain.verdict, VerifyVerdict::Unanchored, "{plain:?}");
     let rep = check(&dir, &k, &counter);
     let b = rep.broken.expect("deleting the whole log is a break");
     assert_eq!((b.kind, b.seq), (BreakKind::RolledBack, 1), "{b:?}");
@@ -171,7 +171,7 @@ async fn a_counter_that_holds_nothing_gives_unanchored_with_the_reason() {
     let counter = FileCounter(tmp.path().join("never-written"));
     let rep = check(&dir, &k, &counter);
     assert!(rep.is_ok());
-    assert_eq!(rep.verdict, Verdict::Unanchored);
+    assert_eq!(rep.verdict, VerifyVerdict::Unanchored);
     assert!(
         rep.unanchored
             .as_deref()

@@ -250,15 +250,20 @@ fn audit_sinks_get_every_record_in_order_and_resume_from_the_acknowledged_seq_af
     )
     .unwrap();
     let top = format!("plugins_manifest = {:?}\n", manifest.display().to_string());
-    let extra = "\n[alerts]\naudit_batch_max = 3\naudit_poll_ms = 50\n";
-    // Both runs share one state_dir (audit log, cursor); each has its own socket and log.
+    // Both runs share one state_dir (audit log, cursor) and so one vault key (kept outside
+    // state_dir; by default it would sit beside each run's own config); each has its own socket
+    // and log.
+    let extra = format!(
+        "\n[alerts]\naudit_batch_max = 3\naudit_poll_ms = 50\n\n[vault]\nkey_file = {:?}\n",
+        dir.path().join("vault.key").display().to_string()
+    );
     let state = dir.path().join("state");
     let spawn = || {
         let own = tempfile::Builder::new()
             .prefix("tether-e2e-")
             .tempdir()
             .unwrap();
-        let text = tether_e2e::config_text_top("hub", own.path(), &top, extra).replace(
+        let text = tether_e2e::config_text_top("hub", own.path(), &top, &extra).replace(
             &format!("state_dir = \"{}\"", own.path().join("state").display()),
             &format!("state_dir = \"{}\"", state.display()),
         );

@@ -159,6 +159,12 @@ impl Daemon {
             "tetherd did not stop:\n{}",
             self.log()
         );
+        self.restart_stopped();
+    }
+
+    /// Starts a daemon that was stopped again on the same dir and config (its log keeps
+    /// growing), waiting until it is ready.
+    pub fn restart_stopped(&mut self) {
         let out = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)

@@ -412,6 +412,7 @@ mod fuzz {
             t::AuditFollow,
             t::AuditExport,
             t::AuditCheckpoint,
+            t::AuditRotateKey,
             t::PolicyGet,
             t::PolicyCheck,
             t::PolicyTest,

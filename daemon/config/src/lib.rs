@@ -26,7 +26,10 @@ pub use error::{ConfigError, Problem};
 pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;
-pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};
+pub use paths::{
+    default_socket_path, default_state_dir, default_vault_key_file, system_socket_path,
+    user_socket_path,
+};
 pub use principal::{ParsePrincipalError, Principal};
 pub use redact::redacted_json;
 pub use schema::{

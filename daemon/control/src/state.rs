@@ -40,6 +40,9 @@ pub struct AppState {
     pub audit: Option<tether_audit::AuditLog>,
     /// The keys that verify the audit log (the same the writer uses).
     pub audit_keys: Option<Arc<dyn tether_audit::KeySource>>,
+    /// The head counter kept outside `state_dir` that verify holds the log up to (`None`:
+    /// verify says `unanchored`).
+    pub audit_anchor: Option<Arc<dyn tether_audit::HeadAnchor>>,
     /// The userspace WireGuard tunnel (absent on a target that has not enrolled).
     pub tunnel: Option<tether_tunnel::TunnelHandle>,
     /// The hub's enrollment core and host inventory (hub only).
@@ -273,6 +276,7 @@ impl AppState {
             alerts: Arc::new(NoAlerts),
             audit: None,
             audit_keys: None,
+            audit_anchor: None,
             tunnel: None,
             hub: None,
             enrollment: None,

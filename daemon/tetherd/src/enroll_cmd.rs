@@ -22,6 +22,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         control: None,
     };
     let config = tether_config::load(args.config.as_deref(), &overrides)?;
+    let config_file = args.config.clone();
     // A one-shot command: only warnings and errors, unless RUST_LOG asks for more.
     crate::logging::init("warn");
     tether_vault::harden_process()?;
@@ -42,7 +43,9 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
                     old.name, old.hub_wg_endpoint
                 )));
             }
-        let vault = tether_vault::Vault::open(&config.vault, &config.state_dir)?;
+        let file = crate::vault_key::config_file_in_use(config_file.as_deref());
+        let vault_config = crate::vault_key::vault_config(&config, file.as_deref());
+        let vault = tether_vault::Vault::open(&vault_config, &config.state_dir)?;
         // A re-enrollment is a new identity: fresh keys, staged until the hub accepts them so a
         // refused attempt (used or expired token, hub down) leaves the working identity intact.
         let staged = args.force && vault.info(identity::WIREGUARD)?.is_some();

@@ -69,7 +69,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     ))?;
     let socket = config.control.socket.clone();
     let role = config.daemon_role();
-    let vault = start_vault(&config).await?;
+    let vault = start_vault(&config, source.file.as_deref()).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
     // The metrics port before the socket: a missing token or a taken port leaves nothing behind.
     let metrics_listener =
@@ -86,7 +86,9 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     let engine = start_policy(&config, &registry, &alerts)?;
     let keys: Arc<dyn tether_audit::KeySource> =
         Arc::new(crate::keys::VaultKeys::new(vault.clone()));
-    let audit = start_audit(&config, &keys, &registry, &alerts).await?;
+    let anchor: Arc<dyn tether_audit::HeadAnchor> =
+        Arc::new(crate::keys::VaultAnchor::new(vault.clone()));
+    let audit = start_audit(&config, &keys, &vault, &anchor, &registry, &alerts).await?;
     // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
     let plugins = start_plugins(&config, &vault, &alerts, &registry, &audit).await?;
     let shutdown = CancellationToken::new();
@@ -156,6 +158,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     state.alerts = alerts;
     state.audit = Some(audit.clone());
     state.audit_keys = Some(keys);
+    state.audit_anchor = Some(anchor);
     state
         .audit(
             "daemon.start",
@@ -229,8 +232,13 @@ where
 }
 
 /// Opens the secret vault on the configured backend.
-async fn start_vault(config: &Config) -> Result<tether_vault::Vault, DaemonError> {
-    let vault_config = config.vault.clone();
+/// The file backend's key defaults to a place outside `state_dir` (see [`crate::vault_key`]).
+async fn start_vault(
+    config: &Config,
+    config_file: Option<&Path>,
+) -> Result<tether_vault::Vault, DaemonError> {
+    let file = crate::vault_key::config_file_in_use(config_file);
+    let vault_config = crate::vault_key::vault_config(config, file.as_deref());
     let state_dir = config.state_dir.clone();
     let vault = blocking(move || tether_vault::Vault::open(&vault_config, &state_dir)).await?;
     tracing::info!(backend = %vault.backend(), "vault ready");
@@ -263,13 +271,32 @@ fn start_policy(
 async fn start_audit(
     config: &Config,
     keys: &Arc<dyn tether_audit::KeySource>,
+    vault: &tether_vault::Vault,
+    anchor: &Arc<dyn tether_audit::HeadAnchor>,
     registry: &Registry,
     alerts: &Arc<dyn tether_model::AlertSink>,
 ) -> Result<tether_audit::AuditLog, DaemonError> {
     let audit_dir = config.state_dir.join("audit");
+    // The head counter outside state_dir, when the vault has a place for it.
+    let anchor = match vault.outside_location(crate::keys::AUDIT_ANCHOR) {
+        Ok(location) => {
+            tracing::info!(%location, "audit head counter kept outside state_dir");
+            Some(Arc::clone(anchor))
+        }
+        Err(why) => {
+            tracing::warn!(
+                "no audit head counter outside state_dir ({why}): `tether audit verify` will say unanchored, and a rollback of log and head together goes unnoticed"
+            );
+            None
+        }
+    };
+    let opts = tether_audit::Options {
+        anchor,
+        ..tether_audit::Options::default()
+    };
     let (keys, registry, alerts) = (Arc::clone(keys), registry.clone(), Arc::clone(alerts));
     let (audit, recovery) = blocking(move || {
-        tether_audit::AuditLog::open(&audit_dir, keys.as_ref(), &registry, alerts)
+        tether_audit::AuditLog::open_with(&audit_dir, keys.as_ref(), &registry, alerts, opts)
     })
     .await?;
     if let Some(torn) = &recovery.torn {

@@ -22,6 +22,7 @@ mod access;
 mod alerts;
 mod approvals;
 mod audit;
+mod audit_keys;
 mod config;
 mod exec;
 mod health;
@@ -117,6 +118,7 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::SessionsList, _, _>(AUDIT_READERS, &[404, 500], sessions::list),
         json::<a::SessionsShow, _, _>(AUDIT_READERS, &[404, 500, AUDITED], sessions::show),
         stream::<a::SessionsRecording, _, _>(AUDIT_READERS, &[404, AUDITED], sessions::recording),
+        json::<a::AuditRotateKey, _, _>(ADMIN, &[409, 500, AUDITED], audit_keys::rotate),
         json::<a::PolicyGet, _, _>(ANY, &[503], policy::show),
         json::<a::PolicyCheck, _, _>(ANY, &[500, 503], policy::check),
         json::<a::PolicyTest, _, _>(ANY, &[500, 503], policy::test),

@@ -61,6 +61,14 @@ impl From<wit::Alert> for Alert {
     }
 }
 
+/// The alert's structured fields (host-provided during `deliver` as one JSON object), as a JSON
+/// object; empty when there are none.
+pub fn fields() -> serde_json::Map<String, serde_json::Value> {
+    crate::host::config::get("tether.alert.fields")
+        .and_then(|f| serde_json::from_str(&f).ok())
+        .unwrap_or_default()
+}
+
 #[doc(hidden)]
 pub fn __adapt<T: AlertSink>(alert: wit::Alert) -> Result<(), String> {
     T::deliver(alert.into())

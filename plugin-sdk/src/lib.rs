@@ -33,6 +33,9 @@
 //! export_policy!(NoFridayDeploys);
 //! ```
 //!
+//! Sink plugins share the delivery contract's helpers in [`sink`] (failure texts, HTTP status
+//! mapping, batching, signatures) and the SIEM renderers in [`siem`].
+//!
 //! What the host lets a plugin do is in [`host`]: log, read the clock, read its own config, read
 //! granted secrets, and send HTTP requests or open TCP connections (sinks) through the host
 //! (which checks the destination).
@@ -50,7 +53,12 @@ pub mod audit;
 pub mod enroll;
 pub mod host;
 pub mod policy;
+pub mod sink;
 pub mod time;
+
+/// The SIEM renderers (OCSF, ECS, CEF, RFC 5424, Splunk HEC) the daemon's `audit export` uses,
+/// so a sink plugin sends exactly what an export would contain. See [`audit::AuditEvent::record`].
+pub use tether_siem as siem;
 
 /// Glue used by the export macros. Not part of the public API; may change in any release.
 #[doc(hidden)]

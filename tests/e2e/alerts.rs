@@ -250,15 +250,20 @@ fn audit_sinks_get_every_record_in_order_and_resume_from_the_acknowledged_seq_af
     )
     .unwrap();
     let top = format!("plugins_manifest = {:?}\n", manifest.display().to_string());
-    let extra = "\n[alerts]\naudit_batch_max = 3\naudit_poll_ms = 50\n";
-    // Both runs share one state_dir (audit log, cursor); each has its own socket and log.
+    // Both runs share one state_dir (audit log, cursor) and so one vault key (kept outside
+    // state_dir; by default it would sit beside each run's own config); each has its own socket
+    // and log.
+    let extra = format!(
+        "\n[alerts]\naudit_batch_max = 3\naudit_poll_ms = 50\n\n[vault]\nkey_file = {:?}\n",
+        dir.path().join("vault.key").display().to_string()
+    );
     let state = dir.path().join("state");
     let spawn = || {
         let own = tempfile::Builder::new()
             .prefix("tether-e2e-")
             .tempdir()
             .unwrap();
-        let text = tether_e2e::config_text_top("hub", own.path(), &top, extra).replace(
+        let text = tether_e2e::config_text_top("hub", own.path(), &top, &extra).replace(
             &format!("state_dir = \"{}\"", own.path().join("state").display()),
             &format!("state_dir = \"{}\"", state.display()),
         );
@@ -662,4 +667,149 @@ fn a_receiver_down_for_seconds_then_back_gets_every_alert_in_order() {
     assert_eq!(hosts, names, "lost or reordered");
     let audit = stdout(&d.tether(&["--json", "audit", "tail", "--type", "alert.dropped"]));
     assert!(audit.trim().is_empty(), "nothing may be dropped: {audit}");
+}
+
+#[test]
+fn a_config_reload_applies_alert_routes_cool_down_and_sinks_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    let wasm = plugin_component("alert_recorder").display().to_string();
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"rec1\"\nkind = \"alert_sink\"\npath = {wasm:?}\n\n[[plugin]]\nname = \"rec2\"\nkind = \"alert_sink\"\npath = {wasm:?}\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[alerts]\ncooldown_secs = 0\nqueue_capacity = 100\n[[alerts.route]]\ncategories = [\"config_change\", \"test\"]\nsinks = [\"rec1\"]\n",
+    );
+    let pid = d.pid();
+    // Only the routed sink has a queue.
+    assert_eq!(code(&d.tether(&["alerts", "test", "rec2"])), 2);
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let write = |t: &str| std::fs::write(&d.config, t).unwrap();
+
+    // 1: a change (queue size) while routed to rec1.
+    write(&text.replace("queue_capacity = 100", "queue_capacity = 101"));
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    wait_delivered(&d, &["config_change"]);
+
+    // 2: route to rec2 instead, with a long cool-down. The config_change this reload raises
+    // already follows the new route.
+    let moved = text
+        .replace("queue_capacity = 100", "queue_capacity = 102")
+        .replace("sinks = [\"rec1\"]", "sinks = [\"rec2\"]")
+        .replace("cooldown_secs = 0", "cooldown_secs = 3600");
+    write(&moved);
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let changes = loop {
+        let c = config_changes(&d);
+        if c.len() == 2 && c[1]["state"] == "delivered" {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(changes[0]["sinks"].get("rec1").is_some(), "{changes:?}");
+    assert!(changes[1]["sinks"].get("rec2").is_some(), "{changes:?}");
+    assert!(changes[1]["sinks"].get("rec1").is_none(), "{changes:?}");
+
+    // 3: another change inside the new cool-down is suppressed.
+    write(&moved.replace("queue_capacity = 102", "queue_capacity = 103"));
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let c = config_changes(&d);
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert_eq!(c[2]["state"], "suppressed", "{c:?}");
+
+    // The removed sink is gone, the added one works, and it is the same daemon.
+    let t = d.tether(&["alerts", "test", "rec1"]);
+    assert_eq!(code(&t), 2, "{}", stderr(&t));
+    let v = json(&d.tether(&["--json", "alerts", "test", "rec2", "--wait", "10"]));
+    assert_eq!(v["state"], "delivered", "{v}");
+    assert_eq!(d.pid(), pid);
+    let log = d.log();
+    assert!(log.contains("[alerts] applied"), "{log}");
+}
+
+#[test]
+fn a_target_that_goes_quiet_raises_host_offline_once_and_host_online_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "allow_unsigned = true\n\n[[plugin]]\nname = \"recorder\"\nkind = \"alert_sink\"\npath = {:?}\n",
+            plugin_component("alert_recorder").display().to_string()
+        ),
+    )
+    .unwrap();
+    let hub = Daemon::start_top(
+        "hub",
+        &format!("plugins_manifest = {:?}\n", manifest.display().to_string()),
+        "\n[alerts]\noffline_after_secs = 3\ncooldown_secs = 0\n",
+    );
+    // A target that sends a keepalive every second: alive means heard from within 3 s.
+    let token = crate::membership::invite(&hub, "q1", &[]);
+    let tdir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let config = tdir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        tether_e2e::config_text("target", tdir.path(), "").replace(
+            "listen = \"127.0.0.1:0\"\n\n[enroll]",
+            "listen = \"127.0.0.1:0\"\npersistent_keepalive_secs = 1\n\n[enroll]",
+        ),
+    )
+    .unwrap();
+    let out = crate::membership::enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut target = Daemon::spawn_in(tdir, config, &[]);
+    target.wait_ready();
+    let count = |kind: &str| {
+        json(&hub.tether(&["--json", "alerts", "list"]))["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == kind && a["host"] == "q1")
+            .count()
+    };
+    // Up and talking: nothing to report.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(count("host_offline"), 0, "{}", hub.log());
+    assert_eq!(count("host_online"), 0);
+
+    // Quiet (the target process stopped): one host_offline, however long it lasts.
+    target.signal(nix::sys::signal::Signal::SIGSTOP);
+    let list = wait_delivered(&hub, &["host_offline"]);
+    let off = list["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "host_offline")
+        .cloned()
+        .unwrap();
+    assert_eq!(off["host"], "q1", "{off}");
+    assert_eq!(off["severity"], "warning", "{off}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count("host_offline"), 1);
+
+    // Back: host_online.
+    target.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_delivered(&hub, &["host_online"]);
+    assert_eq!(count("host_offline"), 1);
+    let log = hub.log();
+    assert!(
+        log.contains("alert kind=host_offline severity=warning host=q1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("alert kind=host_online severity=info host=q1"),
+        "{log}"
+    );
 }

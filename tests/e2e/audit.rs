@@ -511,3 +511,150 @@ fn tail_on_a_damaged_log_names_the_file_line_and_seq() {
         "says what to do: {err}"
     );
 }
+
+/// Copies the regular files of `src` into `dst` (created).
+fn copy_files(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Issue 14 §2: an older copy of the log *and* its signed head restored over the directory is
+/// caught by the head counter kept outside `state_dir`; so is deleting every day file and the
+/// head. `verify` says ok only when the log reaches the counter.
+#[test]
+fn a_rollback_of_log_and_head_together_is_caught_by_the_counter_outside_state_dir() {
+    let mut d = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    let v = d.tether(&["--json", "audit", "verify"]);
+    assert_eq!(code(&v), 0, "{}{}", stdout(&v), stderr(&v));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&v)).unwrap();
+    assert_eq!(rep["report"]["verdict"], "ok", "{rep}");
+    assert!(rep["report"]["anchor_seq"].as_u64().is_some(), "{rep}");
+    // The counter lives beside the vault key, outside state_dir.
+    let counters: Vec<_> = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vault.key.tetherd.audit-anchor-"))
+        .collect();
+    assert_eq!(counters.len(), 1, "{counters:?}");
+
+    let audit = d.dir.path().join("state/audit");
+    let old = d.dir.path().join("old-audit");
+    // A consistent older copy: log and head as of now (the daemon stopped cleanly).
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+    copy_files(&audit, &old);
+    d.restart_stopped();
+    for _ in 0..3 {
+        assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    }
+    let newer: serde_json::Value =
+        serde_json::from_str(&stdout(&d.tether(&["--json", "audit", "verify"]))).unwrap();
+    let last = newer["report"]["last_seq"].as_u64().unwrap();
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+
+    std::fs::remove_dir_all(&audit).unwrap();
+    copy_files(&old, &audit);
+    let out = Command::new(tether_e2e::bin("tetherd"))
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("head counter kept outside state_dir") && err.contains("rolled back"),
+        "{err}"
+    );
+    // The counter reached the last record before the stop: the `daemon.stop` after `last`.
+    let want = format!("records seq {}", last + 1);
+    assert!(err.contains(&want), "want {want}: {err}");
+
+    // Every day file and the head deleted: refused the same way.
+    std::fs::remove_dir_all(&audit).unwrap();
+    std::fs::create_dir_all(&audit).unwrap();
+    let out = Command::new(tether_e2e::bin("tetherd"))
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("ends at seq 0"), "{err}");
+}
+
+/// Issue 14 §1: the audit keys rotate only through the dedicated, audited command, and the
+/// chain keeps verifying across the epochs and a restart; old keys stay in the vault.
+#[test]
+fn audit_keys_rotate_mid_log_and_the_chain_verifies_across_epochs_and_restarts() {
+    let mut d = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    let out = d.tether(&["--json", "audit", "rotate-key"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["epoch"], 1, "{r}");
+    assert_eq!(r["rotated"], serde_json::json!(["hmac", "signing"]));
+    let rot_seq = r["seq"].as_u64().unwrap();
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    // HMAC only, after a restart.
+    d.restart();
+    let out = d.tether(&["audit", "rotate-key", "--hmac"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("key epoch 2"), "{}", stdout(&out));
+    assert_eq!(code(&d.tether(&["config", "reload"])), 0);
+    d.restart();
+
+    let v = d.tether(&["--json", "audit", "verify"]);
+    assert_eq!(code(&v), 0, "{}{}", stdout(&v), stderr(&v));
+    let recs = records(&d, &["--type", "key.rotated"]);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["seq"].as_u64(), Some(rot_seq));
+    assert_eq!(recs[0]["data"]["epoch"], 1);
+    assert_eq!(recs[1]["data"]["rotated"], serde_json::json!(["hmac"]));
+    // Requested and done are both audited, with the caller.
+    assert_eq!(
+        records(&d, &["--type", "audit.rotate_key_requested"]).len(),
+        2
+    );
+    // Old keys are retained under the reserved namespace.
+    let list = stdout(&d.tether(&["secret", "list"]));
+    for name in [
+        "tetherd.audit-hmac",
+        "tetherd.audit-hmac.e1",
+        "tetherd.audit-hmac.e2",
+        "tetherd.audit-signing.e2",
+    ] {
+        assert!(list.contains(name), "{name} missing: {list}");
+    }
+    assert!(
+        d.log().contains("audit keys rotated"),
+        "no key_rotation alert logged: {}",
+        d.log()
+    );
+
+    // An edit after the rotation is found with its seq.
+    let f = day_files(&d).pop().unwrap();
+    let text = std::fs::read_to_string(&f).unwrap();
+    let target = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"key_epoch\":2") && l.contains("config.change"))
+        .or_else(|| text.lines().rev().find(|l| l.contains("\"key_epoch\":2")))
+        .unwrap()
+        .to_owned();
+    let seq = serde_json::from_str::<serde_json::Value>(&target).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let edited = target.replacen("\"uid\":", "\"uid\":1", 1);
+    std::fs::write(&f, text.replacen(&target, &edited, 1)).unwrap();
+    let v = d.tether(&["--json", "audit", "verify"]);
+    assert_eq!(code(&v), 1, "{}", stdout(&v));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&v)).unwrap();
+    assert_eq!(rep["report"]["broken"]["seq"].as_u64(), Some(seq), "{rep}");
+    assert_eq!(rep["report"]["verdict"], "broken");
+}

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tether_e2e::{Daemon, bin, code, stderr, stdout};
+use tether_e2e::{Daemon, bin, code, config_text, stderr, stdout};
 
 use crate::membership::{enroll, invite, target_dir};
 
-fn enrolled(hub: &Daemon, name: &str) -> Daemon {
+pub(crate) fn enrolled(hub: &Daemon, name: &str) -> Daemon {
     let token = invite(hub, name, &["--group", "web"]);
     let (dir, config) = target_dir();
     let out = enroll(&config, &token, &[]);
@@ -23,7 +23,7 @@ fn enrolled(hub: &Daemon, name: &str) -> Daemon {
 }
 
 /// Waits until `hosts list` says every one of `names` is online.
-fn wait_online(hub: &Daemon, names: &[&str]) {
+pub(crate) fn wait_online(hub: &Daemon, names: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = hub.tether(&["--json", "hosts", "list"]);
@@ -66,7 +66,7 @@ fn of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 /// Audit records of `kind` in a daemon's audit log.
-fn audit_records(d: &Daemon, kind: &str) -> Vec<Value> {
+pub(crate) fn audit_records(d: &Daemon, kind: &str) -> Vec<Value> {
     let dir = d.dir.path().join("state/audit");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -253,10 +253,12 @@ fn a_denied_command_never_reaches_the_target_and_approval_verdicts_refuse() {
     assert!(audit_records(&t1, "exec.received").is_empty());
     assert!(audit_records(&t1, "exec.denied").is_empty());
 
-    let out = hub.tether(&["exec", "-H", "t1", "--", "reboot"]);
+    // An approval verdict holds the request (tests/e2e/approvals.rs follows it further).
+    let out = hub.tether(&["exec", "--no-wait", "-H", "t1", "--", "reboot"]);
     assert_eq!(code(&out), 2);
+    assert!(stdout(&out).starts_with("apr-"), "{}", stdout(&out));
     assert!(
-        stderr(&out).contains("approval is needed"),
+        stderr(&out).contains("approval") && stderr(&out).contains("pending"),
         "{}",
         stderr(&out)
     );
@@ -344,4 +346,554 @@ fn ctrl_c_cancels_the_remote_command_and_revoke_kills_it_mid_command() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Enrolls targets `names` (config `extra` appended to each), then starts them all and waits
+/// until each is ready and online at the hub.
+fn fleet(hub: &Daemon, names: &[String], extra: &str) -> Vec<Daemon> {
+    let mut started: Vec<Daemon> = names
+        .iter()
+        .map(|name| {
+            let token = invite(hub, name, &["--group", "web"]);
+            let dir = tempfile::Builder::new()
+                .prefix("tether-e2e-")
+                .tempdir()
+                .unwrap();
+            let config = dir.path().join("tetherd.toml");
+            std::fs::write(&config, config_text("target", dir.path(), extra)).unwrap();
+            // The hub allows a burst of 10 enrollments per address, then 5 a second.
+            let mut out = enroll(&config, &token, &[]);
+            while code(&out) != 0 && stderr(&out).contains("too many enrollment attempts") {
+                std::thread::sleep(Duration::from_millis(250));
+                out = enroll(&config, &token, &[]);
+            }
+            assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+            Daemon::spawn_in(dir, config, &[])
+        })
+        .collect();
+    for t in &mut started {
+        t.wait_ready();
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_online(hub, &refs);
+    started
+}
+
+/// On a terminal (tmux), `tether exec` over 20 hosts draws a progress bar on stderr while it
+/// runs and clears it before the summary.
+fn progress_bar_on_a_terminal(hub: &Daemon) {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipped the progress bar check: tmux is missing (apt-get install tmux)");
+        return;
+    }
+    let server = format!("tether-e2e-bar-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &server])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!(
+        "{} --socket {} exec --concurrency 4 -- sleep 1; sleep 30",
+        bin("tether").display(),
+        hub.socket.display()
+    );
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "bar",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &cmd,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "bar"]).stdout).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_bar = false;
+    loop {
+        let text = screen();
+        saw_bar |= text.contains("/20 hosts");
+        if text.contains("20 ok, 0 failed, 0 skipped of 20 hosts") {
+            assert!(saw_bar, "no progress bar was drawn:\n{text}");
+            assert!(
+                !text.contains("/20 hosts"),
+                "the bar was not cleared:\n{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec did not finish:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = tmux(&["kill-server"]);
+}
+
+/// Exit codes per host from `exit` events.
+fn exit_codes(events: &[Value]) -> std::collections::BTreeMap<String, i64> {
+    of(events, "exit")
+        .iter()
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap().to_owned(),
+                e["code"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+/// Twenty real target daemons: mixed exit codes, per-host timeouts, canaries and
+/// max-failures, all through the real CLI.
+#[test]
+fn fan_out_to_twenty_targets_with_mixed_exits_timeouts_canary_and_max_failures() {
+    let t0 = Instant::now();
+    let hub = Daemon::start("hub", "");
+    let names: Vec<String> = (1..=20).map(|i| format!("n{i:02}")).collect();
+    let _targets = fleet(&hub, &names, "");
+    eprintln!("20 targets up in {:?}", t0.elapsed());
+
+    // Each host takes a unique slot 1..=20 (mkdir is atomic) and exits slot % 4: exactly five
+    // hosts each exit 0, 1, 2 and 3. (A script: the hub's policy refuses `$((…))` inline.)
+    let scripts = tempfile::tempdir().unwrap();
+    let script = |name: &str, body: &str| {
+        let slots = scripts.path().join(format!("{name}.d"));
+        std::fs::create_dir(&slots).unwrap();
+        let path = scripts.path().join(format!("{name}.sh"));
+        std::fs::write(
+            &path,
+            format!(
+                "i=0\nwhile [ $i -lt 20 ]; do i=$((i+1)); mkdir {}/$i 2>/dev/null && break; done\n{body}\n",
+                slots.display()
+            ),
+        )
+        .unwrap();
+        format!("sh {}", path.display())
+    };
+    let (c, events, err) = exec_json(
+        &hub,
+        &[
+            "-H",
+            "group:web",
+            "--concurrency",
+            "20",
+            "--",
+            &script("mixed", "echo slot $i; exit $((i % 4))"),
+        ],
+    );
+    assert_eq!(c, 1, "some failed: {err}");
+    let codes = exit_codes(&events);
+    assert_eq!(codes.len(), 20, "{events:?}");
+    for want in 0..4 {
+        assert_eq!(
+            codes.values().filter(|c| **c == want).count(),
+            5,
+            "exit {want}: {codes:?}"
+        );
+    }
+    let s = summary(&events);
+    assert_eq!(
+        (s["ok"].as_u64(), s["failed"].as_u64()),
+        (Some(5), Some(15)),
+        "{s}"
+    );
+    assert_eq!(of(&events, "started").len(), 20);
+
+    // The text view: one summary line, exit 1, every host's output prefixed by its name.
+    let out = hub.tether(&["exec", "--concurrency", "20", "--", "echo hi-from-all"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for n in &names {
+        assert!(
+            stdout(&out).contains(&format!("{n} | hi-from-all")),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert!(
+        stderr(&out).contains("20 ok, 0 failed, 0 skipped of 20 hosts"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("/20 hosts"),
+        "no progress bar into a pipe: {}",
+        stderr(&out)
+    );
+    progress_bar_on_a_terminal(&hub);
+
+    // Timeouts: even slots sleep past the 2 s limit and are cancelled; odd ones finish.
+    let sleepy = script("sleepy", "[ $((i % 2)) = 0 ] && exec sleep 30; echo quick");
+    let started = Instant::now();
+    let (c, events, _) = exec_json(
+        &hub,
+        &["--concurrency", "20", "--timeout", "2s", "--", &sleepy],
+    );
+    assert_eq!(c, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let errors = of(&events, "error");
+    assert_eq!(errors.len(), 10, "{events:?}");
+    assert!(errors.iter().all(|e| e["kind"] == "timeout"), "{errors:?}");
+    assert_eq!(summary(&events)["ok"], 10);
+
+    // A canary of 3 that fails: 3 ran, 17 skipped. A passing canary lets the rest run.
+    let (c, events, _) = exec_json(&hub, &["--canary", "3", "--", "false"]);
+    assert_eq!(c, 1);
+    let s = summary(&events);
+    assert_eq!(
+        (s["failed"].as_u64(), s["skipped"].as_u64()),
+        (Some(3), Some(17)),
+        "{s}"
+    );
+    let (c, events, _) = exec_json(
+        &hub,
+        &["--canary", "2", "--concurrency", "20", "--", "true"],
+    );
+    assert_eq!(c, 0);
+    assert_eq!(summary(&events)["ok"], 20);
+
+    // Max failures, as a count and as a percentage (10% of 20 = 2), one host at a time.
+    let (c, events, _) = exec_json(
+        &hub,
+        &["--concurrency", "1", "--max-failures", "3", "--", "false"],
+    );
+    assert_eq!(c, 1);
+    let s = summary(&events);
+    assert_eq!(
+        (s["failed"].as_u64(), s["skipped"].as_u64()),
+        (Some(3), Some(17)),
+        "{s}"
+    );
+    let (c, events, _) = exec_json(
+        &hub,
+        &["--concurrency", "1", "--max-failures", "10%", "--", "false"],
+    );
+    assert_eq!(c, 1);
+    let s = summary(&events);
+    assert_eq!(
+        (s["failed"].as_u64(), s["skipped"].as_u64()),
+        (Some(2), Some(18)),
+        "{s}"
+    );
+    eprintln!("whole test {:?}", t0.elapsed());
+}
+
+/// `ssh.run_as`: a user that does not exist stops the target at start with exit 2 and the key
+/// to fix; as root, `nobody` runs the commands (uid 65534).
+#[test]
+fn run_as_drops_to_the_user_and_an_unknown_user_refuses_to_start() {
+    let hub = Daemon::start("hub", "");
+    // [ssh] is applied at start: a reload that changes it says a restart is needed.
+    std::fs::write(
+        &hub.config,
+        config_text("hub", hub.dir.path(), "\n[ssh]\nidle_timeout = \"1m\"\n"),
+    )
+    .unwrap();
+    let out = hub.tether(&["config", "reload"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("take effect: ssh"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let token = invite(&hub, "r1", &[]);
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("tetherd.toml");
+    let write = |run_as: &str| {
+        std::fs::write(
+            &config,
+            config_text(
+                "target",
+                dir.path(),
+                &format!("\n[ssh]\nrun_as = \"{run_as}\"\n"),
+            ),
+        )
+        .unwrap()
+    };
+    write("no-such-user-tether");
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let run = Command::new(bin("tetherd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("ssh.run_as = \"no-such-user-tether\"") && err.contains("no such user"),
+        "{err}"
+    );
+    if !tether_e2e::is_root() {
+        eprintln!("skipped the privilege drop: it needs root (CI runs the suite as root)");
+        return;
+    }
+    write("nobody");
+    let mut t = Daemon::spawn_in(dir, config.clone(), &[]);
+    t.wait_ready();
+    wait_online(&hub, &["r1"]);
+    let out = hub.tether(&["exec", "-H", "r1", "--", "id -u; id -un"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("r1 | 65534"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("r1 | nobody"), "{}", stdout(&out));
+}
+
+/// A real OpenSSH `sshd` on a loopback port with its own config, host key and
+/// `authorized_keys`, run in the foreground (`-D -e`) as the current user.
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Sshd {
+    const BIN: &'static str = "/usr/sbin/sshd";
+
+    fn available() -> bool {
+        std::path::Path::new(Self::BIN).exists()
+    }
+
+    /// Its directory, Ed25519 host key and config (allowing only `user`); not started.
+    fn prepare(user: &str) -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-sshd-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path();
+        let keygen = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "sshd-host", "-f"])
+            .arg(p.join("host"))
+            .output()
+            .unwrap();
+        assert!(keygen.status.success(), "{keygen:?}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            p.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel VERBOSE\n",
+                d = p.display()
+            ),
+        )
+        .unwrap();
+        Sshd {
+            dir,
+            port,
+            child: None,
+        }
+    }
+
+    /// Authorizes `key` and starts sshd, waiting until it listens.
+    fn start(&mut self, key: &str) {
+        let p = self.dir.path();
+        std::fs::write(p.join("authorized_keys"), format!("{key}\n")).unwrap();
+        if tether_e2e::is_root() {
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let log = std::fs::File::create(p.join("sshd.log")).unwrap();
+        self.child = Some(
+            Command::new(Self::BIN)
+                .args(["-D", "-e", "-f"])
+                .arg(p.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    fn host_pub(&self) -> std::path::PathBuf {
+        self.dir.path().join("host.pub")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `TYPE BASE64` of an OpenSSH public key line (the comment dropped).
+fn key_only(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Forward mode: the target relays its overlay port 22 to a real sshd; the hub pins sshd's host
+/// key at enrollment, logs in as run_as with its client key from authorized_keys, and a
+/// fan-out over a forward-mode and a server-mode target works the same way.
+#[test]
+fn forward_mode_relays_to_a_real_sshd_with_its_host_key_pinned() {
+    if !Sshd::available() {
+        eprintln!(
+            "skipped: {} is missing (apt-get install openssh-server)",
+            Sshd::BIN
+        );
+        return;
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let hub = Daemon::start("hub", "");
+    let mut sshd = Sshd::prepare(&user);
+    let token = invite(&hub, "fwd1", &["--group", "web"]);
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("tetherd.toml");
+    let fwd = |key: &std::path::Path| {
+        format!(
+            "\n[ssh]\nmode = \"forward\"\nforward_to = \"127.0.0.1:{}\"\nhost_key_file = \"{}\"\nrun_as = \"{user}\"\n",
+            sshd.port,
+            key.display()
+        )
+    };
+    // A host key file that is not an Ed25519 key is refused before the hub is contacted.
+    let rsa = dir.path().join("rsa.pub");
+    std::fs::write(&rsa, "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 x\n").unwrap();
+    std::fs::write(&config, config_text("target", dir.path(), &fwd(&rsa))).unwrap();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("Ed25519"), "{}", stderr(&out));
+
+    // With sshd's key the enrollment goes through and prints the hub's key to authorize.
+    std::fs::write(
+        &config,
+        config_text("target", dir.path(), &fwd(&sshd.host_pub())),
+    )
+    .unwrap();
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("authorized_keys"), "{}", stdout(&out));
+    let e: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/enrollment.json")).unwrap())
+            .unwrap();
+    assert_eq!(e["ssh_user"], user.as_str());
+    sshd.start(e["hub_ssh_client_key"].as_str().unwrap());
+    let t = {
+        let mut t = Daemon::spawn_in(dir, config, &[]);
+        t.wait_ready();
+        t
+    };
+    let _server_mode = enrolled(&hub, "srv1");
+    wait_online(&hub, &["fwd1", "srv1"]);
+
+    // The hub pinned sshd's host key and knows whom to log in as.
+    let out = hub.tether(&["--json", "hosts", "show", "fwd1"]);
+    let show: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        key_only(show["ssh_host_key"].as_str().unwrap_or_default()),
+        key_only(&std::fs::read_to_string(sshd.host_pub()).unwrap()),
+        "{show}"
+    );
+    assert_eq!(show["ssh_user"], user.as_str(), "{show}");
+
+    // sshd runs the command as run_as; exit codes come back; both modes in one fan-out.
+    let out = hub.tether(&["exec", "-H", "fwd1", "--", "id -un; echo via-sshd; exit 4"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("fwd1 | {user}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("fwd1 | via-sshd"), "{}", stdout(&out));
+    let (c, events, err) = exec_json(&hub, &["-H", "group:web", "--", "printf abc"]);
+    assert_eq!(c, 0, "{err} {events:?}");
+    assert_eq!(
+        exit_codes(&events).keys().cloned().collect::<Vec<_>>(),
+        ["fwd1", "srv1"]
+    );
+    assert!(
+        of(&events, "exit").iter().all(|e| e["stdout_bytes"] == 3),
+        "{events:?}"
+    );
+    assert!(
+        sshd.log().contains("Accepted publickey for"),
+        "{}",
+        sshd.log()
+    );
+    // The target audited the relayed connection (it cannot see the commands inside).
+    assert!(!audit_records(&t, "ssh.forward.opened").is_empty());
+    assert!(audit_records(&t, "exec.received").is_empty());
+
+    // Ctrl-C on a forward-mode command: the client exits 130 and sshd's command is gone.
+    let mut cli = Command::new(bin("tether"))
+        .arg("--socket")
+        .arg(&hub.socket)
+        .args(["exec", "-H", "fwd1", "--", "echo $$; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(cli.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: i32 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(alive(pid));
+    kill(Pid::from_raw(cli.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(cli.wait().unwrap().code(), Some(130));
+    if user == "root" {
+        // sshd honours the SSH `signal` request only in privilege-separated sessions, which a
+        // root login is not ("session signalling requires privilege separation"), and a
+        // session without a pty gets no SIGHUP when its channel closes: the command runs on.
+        // (README: forward mode, cancelling.) Non-root run_as users are signalled.
+        let t0 = Instant::now();
+        while !sshd
+            .log()
+            .contains("session signalling requires privilege separation")
+        {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{}", sshd.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        return;
+    }
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "sshd's command {pid} still runs:\n{}",
+            sshd.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod alerts;
+mod approvals;
 mod audit;
 mod config;
 mod demo;
@@ -11,11 +12,16 @@ mod fs;
 mod layout;
 mod lifecycle;
 mod limits;
+mod mcp;
 mod membership;
+mod openssh;
 mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod rollout;
 mod schemathesis;
+mod sessions;
+mod siem;
 mod state;
 mod vault;

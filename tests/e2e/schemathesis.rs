@@ -7,46 +7,15 @@
 //! cannot be installed, or socat is missing, the test says `SKIP:` and why.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tether_e2e::*;
 
-/// The venv with schemathesis, created on first use; `None` (with the reason) if it can't be.
+/// The venv with schemathesis, created on first use; `Err` (with the reason) if it can't be.
 fn schemathesis() -> Result<PathBuf, String> {
-    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
-    let venv = Path::new(&home).join(".cache/tether-schemathesis");
-    let st = venv.join("bin/st");
-    if st.is_file() {
-        return Ok(st);
-    }
-    let python = ["/usr/bin/python3", "python3"]
-        .into_iter()
-        .find(|p| {
-            Command::new(p)
-                .args(["-c", "import venv, ensurepip"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .ok_or("no python3 with venv + ensurepip (apt-get install python3-venv)")?;
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let o = cmd.output().map_err(|e| e.to_string())?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr)
-                .chars()
-                .take(600)
-                .collect())
-        }
-    };
-    run(Command::new(python).args(["-m", "venv"]).arg(&venv))
-        .map_err(|e| format!("python3 -m venv failed: {e}"))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "schemathesis>=4,<5"]))
-        .map_err(|e| format!("pip install schemathesis failed: {e}"))?;
+    let st = python_venv("tether-schemathesis", "schemathesis>=4,<5")?.join("bin/st");
     if st.is_file() {
         Ok(st)
     } else {

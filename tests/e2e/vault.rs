@@ -437,3 +437,65 @@ fn the_daemon_keys_cannot_be_set_removed_or_rotated_through_the_secrets_api() {
     let ok = set_secret(&d, "my-tetherd.token", b"v");
     assert_eq!(code(&ok), 0, "{}", stderr(&ok));
 }
+
+/// Issue 14 §2: the file backend's key is never kept in `state_dir` (beside the audit log) by
+/// default: it sits beside the config file.
+#[test]
+fn the_file_backend_key_is_kept_outside_state_dir() {
+    let d = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    let set = set_secret(&d, "outside-key-probe", b"v");
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    let state = d.dir.path().join("state");
+    let inside: Vec<_> = walk(&state)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "vault.key"))
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "a vault key inside state_dir: {inside:?}"
+    );
+    let key = d.dir.path().join("vault.key");
+    let meta = std::fs::metadata(&key).expect("the key beside tetherd.toml");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o400
+    );
+}
+
+/// An install whose key is still in the old place keeps working: the key is used (never
+/// regenerated elsewhere) and the daemon says how to move it.
+#[test]
+fn a_key_left_in_state_dir_is_used_with_a_warning_never_replaced() {
+    let mut d = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    let set = set_secret(&d, "legacy-probe", b"kept-value");
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    // What older releases did: the key inside state_dir/vault (the running daemon holds it
+    // in memory already; the restart reads it from the old place).
+    let fresh = d.dir.path().join("vault.key");
+    let legacy = d.dir.path().join("state/vault/vault.key");
+    std::fs::rename(&fresh, &legacy).unwrap();
+
+    d.restart();
+    assert!(
+        d.wait_log("the vault key sits inside state_dir"),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("mv "), "{}", d.log());
+    assert!(
+        !fresh.exists(),
+        "a new key was generated beside the old one"
+    );
+    // Old secrets still decrypt, and the audit keys still verify the old records.
+    let list = d.tether(&["secret", "list"]);
+    assert_eq!(code(&list), 0, "{}", stderr(&list));
+    assert!(stdout(&list).contains("legacy-probe"), "{}", stdout(&list));
+    // The chain verifies, but with the key inside state_dir nothing there can anchor it.
+    let verify = d.tether(&["audit", "verify"]);
+    assert_eq!(code(&verify), 1, "{}{}", stdout(&verify), stderr(&verify));
+    assert!(
+        stdout(&verify).contains("UNANCHORED") && stdout(&verify).contains("inside state_dir"),
+        "{}",
+        stdout(&verify)
+    );
+}

@@ -159,6 +159,12 @@ impl Daemon {
             "tetherd did not stop:\n{}",
             self.log()
         );
+        self.restart_stopped();
+    }
+
+    /// Starts a daemon that was stopped again on the same dir and config (its log keeps
+    /// growing), waiting until it is ready.
+    pub fn restart_stopped(&mut self) {
         let out = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)
@@ -374,4 +380,50 @@ pub fn plugin_component(crate_name: &str) -> PathBuf {
         assert!(st.success(), "plugins/build.sh failed");
     }
     path
+}
+
+/// A Python venv in `$HOME/.cache/NAME` with `requirement` pip-installed, created on first use
+/// and kept between runs; returns the venv's directory. `Err` says why it can't be made (no
+/// `python3-venv`, no package index), so a test can say `SKIP:` and why.
+pub fn python_venv(name: &str, requirement: &str) -> Result<PathBuf, String> {
+    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+    let venv = Path::new(&home).join(".cache").join(name);
+    let marker = venv.join(format!(
+        ".installed-{}",
+        requirement.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    ));
+    if marker.is_file() {
+        return Ok(venv);
+    }
+    // /usr/bin first: root's `python3` may be a pyenv shim other uids can't run.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import venv, ensurepip"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .ok_or("no python3 with venv + ensurepip (apt-get install python3-venv)")?;
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let o = cmd.output().map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr)
+                .chars()
+                .take(600)
+                .collect())
+        }
+    };
+    if !venv.join("bin/pip").is_file() {
+        run(Command::new(python).args(["-m", "venv"]).arg(&venv))
+            .map_err(|e| format!("python3 -m venv failed: {e}"))?;
+    }
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", requirement]))
+        .map_err(|e| format!("pip install {requirement} failed: {e}"))?;
+    std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+    Ok(venv)
 }

@@ -27,6 +27,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The retry timing of an `[alerts]` section.
+    pub fn from_section(a: &tether_config::AlertsSection) -> RetryPolicy {
+        RetryPolicy {
+            retries: a.retries,
+            initial: Duration::from_millis(a.backoff_initial_ms),
+            max: Duration::from_millis(a.backoff_max_ms),
+            max_retry_after: Duration::from_secs(a.max_retry_after_secs),
+        }
+    }
+
     /// The delay before retry number `retry` (1 = the first retry), with `jitter` in `[0, 1)`:
     /// half the exponential delay plus a random part of the other half ("equal jitter"), so
     /// retries from many alerts spread out but never come sooner than half the backoff.

@@ -6,6 +6,8 @@
 //!   (category, host) that counts the suppressed repeats), [`SinkQueue`] (one bounded queue per
 //!   sink; [`RetryPolicy`]: retries with exponential backoff and jitter, honouring a sink's
 //!   `retry-after=SECS`; then a [`DropReason`]).
+//!   [`Presence`] (`host_online` / `host_offline` from tunnel handshake ages, without doubling
+//!   the tunnel's `vpn_peer_unhealthy`).
 //! * Thin tokio drivers: [`AlertService`] (the daemon's [`tether_model::AlertSink`]: one task per
 //!   sink, dead letters through [`DeadLetter`], `tether_alerts_*` metrics, recent alerts for
 //!   `tether alerts list`) and [`AuditStreamer`] (one task per audit sink: reads the log from
@@ -19,6 +21,7 @@
 mod backoff;
 mod cursor;
 mod error;
+mod presence;
 mod queue;
 mod route;
 mod service;
@@ -27,6 +30,7 @@ mod stream;
 pub use backoff::{Failure, RetryPolicy};
 pub use cursor::Cursor;
 pub use error::{AlertsError, Result};
+pub use presence::Presence;
 pub use queue::{Completed, DropReason, Next, SinkQueue};
 pub use route::{Admission, Route, Router};
 pub use service::{

@@ -112,6 +112,13 @@ impl<T: Clone> SinkQueue<T> {
         }
     }
 
+    /// Applies new limits (a live reload): `capacity` to the next pushes (what is queued stays),
+    /// `policy` to the next retry delays.
+    pub fn set_limits(&mut self, capacity: usize, policy: RetryPolicy) {
+        self.capacity = capacity.max(1);
+        self.policy = policy;
+    }
+
     /// Items queued, the one being delivered included.
     pub fn len(&self) -> usize {
         self.waiting.len() + usize::from(self.current.is_some())

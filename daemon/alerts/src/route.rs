@@ -94,6 +94,16 @@ impl Router {
         })
     }
 
+    /// Replaces the routes and the cool-down (a live reload), checked like [`Router::new`]; on
+    /// an error nothing changes. The cool-down windows and their suppressed counts are kept, so
+    /// a reload neither re-sends a repeat nor loses a count.
+    pub fn reconfigure(&mut self, routes: Vec<Route>, cooldown: Duration) -> Result<()> {
+        let checked = Router::new(routes, cooldown)?;
+        self.routes = checked.routes;
+        self.cooldown = cooldown;
+        Ok(())
+    }
+
     /// The configured routes.
     pub fn routes(&self) -> &[Route] {
         &self.routes
@@ -253,5 +263,45 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("prefix ending in *"), "{e}");
+    }
+
+    #[test]
+    fn reconfigure_swaps_routes_keeps_cool_down_windows_and_refuses_bad_routes() {
+        let t0 = Instant::now();
+        let mut r = Router::new(
+            vec![route(&[], Severity::Info, &["a"])],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let alert = Alert::new("host_offline", Severity::Warning, "down");
+        assert!(matches!(r.admit(&alert, t0), Admission::Send { .. }));
+        assert!(matches!(
+            r.admit(&alert, t0),
+            Admission::Suppressed { repeats: 1 }
+        ));
+        let bad = r.reconfigure(
+            vec![route(&["x*y"], Severity::Info, &["b"])],
+            Duration::ZERO,
+        );
+        assert!(bad.is_err());
+        assert_eq!(r.sinks(), ["a"], "a refused reconfigure changes nothing");
+        r.reconfigure(
+            vec![route(&["host_*"], Severity::Info, &["b"])],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(r.sinks(), ["b"]);
+        // The window survived and now lasts 20 s.
+        assert!(matches!(
+            r.admit(&alert, t0 + Duration::from_secs(15)),
+            Admission::Suppressed { repeats: 2 }
+        ));
+        assert_eq!(
+            r.admit(&alert, t0 + Duration::from_secs(21)),
+            Admission::Send {
+                sinks: vec!["b".into()],
+                suppressed: 2
+            }
+        );
     }
 }

@@ -48,6 +48,27 @@ pub struct AlertsSettings {
     pub history: usize,
 }
 
+impl AlertsSettings {
+    /// The settings of an `[alerts]` section (at start and on a live reload).
+    pub fn from_section(a: &tether_config::AlertsSection) -> AlertsSettings {
+        AlertsSettings {
+            routes: a
+                .routes
+                .iter()
+                .map(|r| Route {
+                    categories: r.categories.clone(),
+                    min_severity: r.min_severity,
+                    sinks: r.sinks.clone(),
+                })
+                .collect(),
+            cooldown: Duration::from_secs(a.cooldown_secs),
+            queue_capacity: a.queue_capacity,
+            retry: RetryPolicy::from_section(a),
+            history: 200,
+        }
+    }
+}
+
 impl Default for AlertsSettings {
     fn default() -> Self {
         AlertsSettings {
@@ -111,6 +132,8 @@ struct Item {
 struct Slot {
     queue: Mutex<SinkQueue<Item>>,
     wake: Notify,
+    /// Stops this sink's task (a reload removed the sink) or the daemon's shutdown.
+    stop: CancellationToken,
 }
 
 struct Metrics {
@@ -173,7 +196,11 @@ impl Metrics {
 }
 
 struct Inner {
-    settings: AlertsSettings,
+    settings: Mutex<AlertsSettings>,
+    /// The sinks every alert goes to when no route is configured (set by `start`).
+    default_sinks: Mutex<Vec<String>>,
+    /// The daemon's shutdown (set by `start`); sink tasks started later stop on it too.
+    shutdown: Mutex<Option<CancellationToken>>,
     router: Mutex<Router>,
     /// Filled by [`AlertService::start`]; alerts raised before wait in `early`.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
@@ -218,7 +245,9 @@ impl AlertService {
         Ok(AlertService {
             inner: Arc::new(Inner {
                 router: Mutex::new(router),
-                settings,
+                settings: Mutex::new(settings),
+                default_sinks: Mutex::new(Vec::new()),
+                shutdown: Mutex::new(None),
                 slots: Mutex::new(HashMap::new()),
                 early: Mutex::new(Some(VecDeque::new())),
                 history: Mutex::new(VecDeque::new()),
@@ -240,43 +269,23 @@ impl AlertService {
         shutdown: CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let inner = &self.inner;
-        if inner.settings.routes.is_empty() && !default_sinks.is_empty() {
-            let route = Route {
-                categories: Vec::new(),
-                min_severity: Severity::Info,
-                sinks: default_sinks,
-            };
-            if let Ok(r) = Router::new(vec![route], inner.settings.cooldown) {
-                *lock(&inner.router) = r;
-            }
+        *lock(&inner.default_sinks) = default_sinks.clone();
+        *lock(&inner.shutdown) = Some(shutdown.clone());
+        let settings = lock(&inner.settings).clone();
+        if settings.routes.is_empty()
+            && !default_sinks.is_empty()
+            && let Ok(r) = Router::new(default_route(default_sinks), settings.cooldown)
+        {
+            *lock(&inner.router) = r;
         }
         let sinks = lock(&inner.router).sinks();
         let mut tasks = Vec::new();
         {
             let mut slots = lock(&inner.slots);
             for sink in sinks {
-                for reason in DropReason::ALL {
-                    inner
-                        .metrics
-                        .dropped
-                        .with_label_values(&[sink.as_str(), reason.as_str()]);
-                }
-                inner.metrics.delivered.with_label_values(&[&sink]);
-                inner.metrics.depth.with_label_values(&[&sink]).set(0);
-                let slot = Arc::new(Slot {
-                    queue: Mutex::new(SinkQueue::new(
-                        inner.settings.queue_capacity,
-                        inner.settings.retry,
-                    )),
-                    wake: Notify::new(),
-                });
-                slots.insert(sink.clone(), slot.clone());
-                tasks.push(tokio::spawn(run_sink(
-                    self.inner.clone(),
-                    sink,
-                    slot,
-                    shutdown.clone(),
-                )));
+                let (slot, task) = self.spawn_sink(&sink, &settings, &shutdown);
+                slots.insert(sink, slot);
+                tasks.push(task);
             }
         }
         let early = lock(&inner.early).take().unwrap_or_default();
@@ -284,6 +293,84 @@ impl AlertService {
             self.route(alert);
         }
         tasks
+    }
+
+    fn spawn_sink(
+        &self,
+        sink: &str,
+        settings: &AlertsSettings,
+        shutdown: &CancellationToken,
+    ) -> (Arc<Slot>, tokio::task::JoinHandle<()>) {
+        let inner = &self.inner;
+        for reason in DropReason::ALL {
+            inner
+                .metrics
+                .dropped
+                .with_label_values(&[sink, reason.as_str()]);
+        }
+        inner.metrics.delivered.with_label_values(&[sink]);
+        inner.metrics.depth.with_label_values(&[sink]).set(0);
+        let slot = Arc::new(Slot {
+            queue: Mutex::new(SinkQueue::new(settings.queue_capacity, settings.retry)),
+            wake: Notify::new(),
+            stop: shutdown.child_token(),
+        });
+        let task = tokio::spawn(run_sink(
+            self.inner.clone(),
+            sink.to_owned(),
+            slot.clone(),
+            slot.stop.clone(),
+        ));
+        (slot, task)
+    }
+
+    /// Applies changed `[alerts]` settings without a restart (`tether config reload`, SIGHUP):
+    /// routes and cool-down (the cool-down windows are kept), queue capacity and retry timing
+    /// for every sink, and the sink list: a sink a route now names gets its queue and task; a
+    /// sink no route names any more stops, dead-lettering what it still held (`alert.dropped`,
+    /// reason `shutdown`). Invalid routes change nothing and return the error. Must run inside
+    /// the tokio runtime, after [`AlertService::start`] (before it, the settings are only
+    /// stored). Returns the sinks (added, removed).
+    pub fn reconfigure(&self, settings: AlertsSettings) -> Result<(Vec<String>, Vec<String>)> {
+        let inner = &self.inner;
+        let defaults = lock(&inner.default_sinks).clone();
+        let routes = if settings.routes.is_empty() && !defaults.is_empty() {
+            default_route(defaults)
+        } else {
+            settings.routes.clone()
+        };
+        lock(&inner.router).reconfigure(routes, settings.cooldown)?;
+        *lock(&inner.settings) = settings.clone();
+        let Some(shutdown) = lock(&inner.shutdown).clone() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let wanted = lock(&inner.router).sinks();
+        let mut slots = lock(&inner.slots);
+        let removed: Vec<String> = slots
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for name in &removed {
+            if let Some(slot) = slots.remove(name) {
+                slot.stop.cancel();
+            }
+        }
+        let mut added = Vec::new();
+        for name in wanted {
+            match slots.get(&name) {
+                Some(slot) => {
+                    lock(&slot.queue).set_limits(settings.queue_capacity, settings.retry);
+                    slot.wake.notify_one();
+                }
+                None => {
+                    let (slot, _task) = self.spawn_sink(&name, &settings, &shutdown);
+                    slots.insert(name.clone(), slot);
+                    added.push(name);
+                }
+            }
+        }
+        Ok((added, removed))
     }
 
     /// The configured sink names (after [`AlertService::start`]).
@@ -366,7 +453,8 @@ impl AlertService {
                 .collect(),
         };
         let mut h = lock(&self.inner.history);
-        while h.len() >= self.inner.settings.history.max(1) {
+        let keep = lock(&self.inner.settings).history.max(1);
+        while h.len() >= keep {
             h.pop_front();
         }
         h.push_back(entry);
@@ -468,6 +556,15 @@ impl AlertSink for AlertService {
         }
         self.route(alert);
     }
+}
+
+/// Every alert to `sinks` (no routes configured).
+fn default_route(sinks: Vec<String>) -> Vec<Route> {
+    vec![Route {
+        categories: Vec::new(),
+        min_severity: Severity::Info,
+        sinks,
+    }]
 }
 
 fn update(inner: &Inner, id: u64, sink: &str, f: impl FnOnce(&mut SinkProgress)) {
@@ -596,14 +693,15 @@ async fn run_sink(inner: Arc<Inner>, sink: String, slot: Arc<Slot>, shutdown: Ca
         }
     }
     let left = lock(&slot.queue).drain();
+    let why = if lock(&inner.shutdown)
+        .as_ref()
+        .is_some_and(CancellationToken::is_cancelled)
+    {
+        "the daemon stopped"
+    } else {
+        "a config reload removed this sink from [alerts]"
+    };
     for item in left {
-        dead_letter(
-            &inner,
-            &sink,
-            &item,
-            DropReason::Shutdown,
-            0,
-            "the daemon stopped",
-        );
+        dead_letter(&inner, &sink, &item, DropReason::Shutdown, 0, why);
     }
 }

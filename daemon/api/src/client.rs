@@ -8,7 +8,7 @@ use crate::{ApiError, Encoding, Endpoint, ErrorBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -78,6 +78,7 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    via: &'static str,
 }
 
 impl Client {
@@ -85,7 +86,15 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
+            via: "cli",
         }
+    }
+
+    /// The same client, saying it is `via` (`cli` by default, `mcp` for `tether mcp serve`). The
+    /// daemon believes the claim only from the installed `tether` binary; anyone else is `api`.
+    pub fn with_via(mut self, via: &'static str) -> Self {
+        self.via = via;
+        self
     }
 
     /// The socket this client talks to.
@@ -205,6 +214,8 @@ impl Client {
             while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
                 let end = start + i + 1;
                 if !on_line(&pending[start..end]) {
+                    // Stopped: nothing more goes to `on_line`, not even the lines buffered.
+                    pending.clear();
                     break 'frames;
                 }
                 start = end;
@@ -242,6 +253,52 @@ impl Client {
             Some(e) => Err(ClientError::Protocol(format!("invalid NDJSON line: {e}"))),
             None => Ok(()),
         }
+    }
+
+    /// Calls upgrade endpoint `E` ([`Encoding::Upgrade`]): on `101 Switching Protocols` returns
+    /// the connection, on which the endpoint's protocol now runs; any other answer is the
+    /// daemon's error.
+    pub async fn upgrade<E: Endpoint>(
+        &self,
+        req: &E::Request,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let Encoding::Upgrade(protocol) = E::RESPONSE else {
+            return Err(ClientError::Protocol(format!(
+                "{} is not an upgrade endpoint",
+                E::PATH
+            )));
+        };
+        let enc = crate::encode::<E>(req)?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(&enc.path_and_query)
+            .header(HOST, "tetherd")
+            .header(crate::VIA_HEADER, "cli")
+            .header(CONNECTION, "upgrade")
+            .header(UPGRADE, protocol)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(enc.body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("request failed: {e}")))?;
+        let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = collect(resp.into_body()).await?;
+            return Err(api_error(status, &bytes));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("the upgrade failed: {e}")))?;
+        Ok(TokioIo::new(upgraded))
     }
 
     async fn send(
@@ -292,7 +349,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header(HOST, "tetherd")
-            .header(crate::VIA_HEADER, "cli");
+            .header(crate::VIA_HEADER, self.via);
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header(CONTENT_TYPE, content_type);
@@ -341,7 +398,7 @@ fn parse<E: Endpoint>(bytes: &[u8]) -> Result<E::Response, ClientError> {
                 .map_err(|e| ClientError::Protocol(format!("the answer is not UTF-8: {e}")))?;
             serde_json::from_value(serde_json::Value::String(text))
         }
-        Encoding::Json | Encoding::NdJson => serde_json::from_slice(bytes),
+        Encoding::Json | Encoding::NdJson | Encoding::Upgrade(_) => serde_json::from_slice(bytes),
     };
     parsed.map_err(|e| {
         ClientError::Protocol(format!(

@@ -49,6 +49,11 @@ pub enum Encoding {
     NdJson,
     /// Plain text (`text/plain`); [`Endpoint::Response`] is `String`.
     Text,
+    /// The connection switches protocols: the server answers `101 Switching Protocols` with
+    /// `Upgrade: <the protocol named here>` and both sides then speak that protocol on the
+    /// socket (SSH for `tether proxy`, the [`crate::frame`] protocol for `tether ssh`).
+    /// [`Endpoint::Response`] is unused ([`crate::Empty`]); refusals are JSON errors as usual.
+    Upgrade(&'static str),
 }
 
 impl Encoding {
@@ -58,6 +63,7 @@ impl Encoding {
             Encoding::Json => "application/json",
             Encoding::NdJson => "application/x-ndjson",
             Encoding::Text => "text/plain; charset=utf-8",
+            Encoding::Upgrade(_) => "application/octet-stream",
         }
     }
 }
@@ -410,6 +416,7 @@ mod fuzz {
             t::AuditFollow,
             t::AuditExport,
             t::AuditCheckpoint,
+            t::AuditRotateKey,
             t::PolicyGet,
             t::PolicyCheck,
             t::PolicyTest,

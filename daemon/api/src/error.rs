@@ -20,6 +20,10 @@ pub struct ApiError {
     /// What to do next, for a human. Empty when there is nothing useful to say.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hint: String,
+    /// With code `approval_required`: the approval request this refusal created or found
+    /// (`apr-…`); wait for it with `GET /v1/approvals/{id}`, then send the request again with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 impl ApiError {
@@ -33,6 +37,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             hint: hint.into(),
+            approval: None,
         }
     }
 }

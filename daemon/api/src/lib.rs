@@ -12,6 +12,7 @@ pub mod client;
 pub mod de;
 mod endpoint;
 mod error;
+pub mod frame;
 pub mod types;
 
 pub use client::{Client, ClientError};

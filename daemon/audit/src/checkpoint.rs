@@ -64,6 +64,22 @@ impl Checkpoint {
         .map_err(|_| fault("signature does not verify with this installation's audit key"))
     }
 
+    /// Like [`Checkpoint::verify_signature`], accepting a signature by any of `keys` (one per
+    /// key epoch: a head is signed with the epoch current when it was written). The error is
+    /// the one for the newest key.
+    pub(crate) fn verify_any(&self, keys: &[[u8; 32]]) -> Result<()> {
+        let mut last = Err(AuditError::CheckpointSignature {
+            reason: "no key to check the signature with",
+        });
+        for k in keys.iter().rev() {
+            last = self.verify_signature(k);
+            if last.is_ok() {
+                return last;
+            }
+        }
+        last
+    }
+
     /// The raw hash.
     pub fn hash_bytes(&self) -> Option<[u8; 32]> {
         unhex32(self.hash.as_bytes())

@@ -157,6 +157,46 @@ pub enum AuditError {
         reason: &'static str,
     },
 
+    /// There is no head counter outside `state_dir` to read or raise (the vault backend has no
+    /// place for it).
+    #[error("the audit head counter outside state_dir is unavailable: {reason}")]
+    AnchorUnavailable {
+        /// Why, and what to do.
+        reason: String,
+    },
+
+    /// The head counter outside `state_dir` could not be parsed.
+    #[error(
+        "invalid audit head counter in {origin}: {reason}; it is written by tetherd only: find out who changed it"
+    )]
+    BadAnchor {
+        /// Where it was read.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The head counter kept outside `state_dir` is ahead of the log, or names a different record
+    /// at its seq: log and head were rolled back together (or records removed). The writer
+    /// refuses to continue such a log and changed nothing on disk.
+    #[error(
+        "the audit log in {} ends at seq {log_seq} but the head counter kept outside state_dir ({location}) records seq {anchor_seq}{}; the log was rolled back or records were removed; tetherd changed nothing on disk; run `tether audit verify`, investigate, then move the damaged log aside",
+        dir.display(),
+        if *hash_mismatch { " with a different hash" } else { "" }
+    )]
+    RolledBack {
+        /// The audit directory.
+        dir: PathBuf,
+        /// Where the counter lives.
+        location: String,
+        /// The seq of the last record in the log.
+        log_seq: u64,
+        /// The seq the counter records.
+        anchor_seq: u64,
+        /// True when the log holds that seq but with another hash.
+        hash_mismatch: bool,
+    },
+
     /// The key file has permissions looser than 0600.
     #[error(
         "audit key file {} has mode {mode:04o}, readable or writable by group/others; run `chmod 600 {}` (and check who could have copied it)",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tether_model::{Alert, AlertSink, Severity};
 
+use crate::anchor::{Anchor, HeadAnchor};
 use crate::checkpoint::{Checkpoint, write_head};
 use crate::clock::Clock;
 use crate::error::{AuditError, Result};
@@ -20,7 +21,8 @@ use crate::record::format_ts;
 
 pub(crate) struct HeadWriter {
     dir: PathBuf,
-    keys: ChainKeys,
+    /// The current key epoch's keys (replaced by a rotation).
+    keys: Mutex<ChainKeys>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     alerts: Arc<dyn AlertSink>,
@@ -29,6 +31,8 @@ pub(crate) struct HeadWriter {
     cv: Condvar,
     /// Serializes writes of the head file; holds the last head written.
     last: Mutex<Option<Checkpoint>>,
+    /// The head counter outside `state_dir`, raised after each head written.
+    anchor: Option<Arc<dyn HeadAnchor>>,
 }
 
 struct State {
@@ -50,10 +54,11 @@ impl HeadWriter {
         metrics: Metrics,
         alerts: Arc<dyn AlertSink>,
         interval: Duration,
+        anchor: Option<Arc<dyn HeadAnchor>>,
     ) -> Self {
         HeadWriter {
             dir,
-            keys,
+            keys: Mutex::new(keys),
             clock,
             metrics,
             alerts,
@@ -65,6 +70,7 @@ impl HeadWriter {
             }),
             cv: Condvar::new(),
             last: Mutex::new(None),
+            anchor,
         }
     }
 
@@ -84,10 +90,11 @@ impl HeadWriter {
         if let Some(cp) = last.as_ref().filter(|cp| cp.seq > seq) {
             return Ok(cp.clone());
         }
-        let cp = Checkpoint::sign(&self.keys, seq, hash, format_ts(self.clock.now()));
+        let cp = Checkpoint::sign(&lock(&self.keys), seq, hash, format_ts(self.clock.now()));
         match write_head(&self.dir, &cp) {
             Ok(()) => {
                 *last = Some(cp.clone());
+                self.raise_anchor(seq, hash);
                 Ok(cp)
             }
             Err(e) => {
@@ -108,6 +115,29 @@ impl HeadWriter {
                 })
             }
         }
+    }
+
+    /// Raises the counter outside `state_dir` to the head just written. A failure is logged and
+    /// alerted (the next head retries); the record is durable either way.
+    fn raise_anchor(&self, seq: u64, hash: &[u8; 32]) {
+        let Some(anchor) = &self.anchor else { return };
+        if let Err(e) = anchor.store(&Anchor { seq, hash: *hash }) {
+            let msg = format!(
+                "cannot raise the audit head counter kept outside state_dir ({}) to seq {seq}: {e}; a rollback of log and head together after this seq may go unnoticed until it succeeds",
+                anchor.location()
+            );
+            tracing::warn!("{msg}");
+            self.alerts.raise(Alert::new(
+                "audit_checkpoint_failed",
+                Severity::Warning,
+                msg,
+            ));
+        }
+    }
+
+    /// Signs later heads with `keys` (after a key rotation).
+    pub(crate) fn set_keys(&self, keys: ChainKeys) {
+        *lock(&self.keys) = keys;
     }
 
     /// Makes [`HeadWriter::run`] write what is pending and return.

@@ -24,12 +24,82 @@ pub trait KeySource: Send + Sync {
         let seed = self.signing_key()?;
         Ok(SigningKey::from_bytes(&seed).verifying_key().to_bytes())
     }
+
+    /// The (HMAC key, signing seed) of key epoch `epoch`, or `None` when that epoch has no keys.
+    /// Epoch 0 is [`KeySource::hmac_key`] and [`KeySource::signing_key`]; later epochs are made
+    /// by [`KeySource::create_epoch`] and must be kept for good (old records verify with them).
+    fn epoch_keys(&self, epoch: u32) -> Result<Option<EpochKeys>> {
+        if epoch == 0 {
+            Ok(Some((self.hmac_key()?, self.signing_key()?)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Makes the keys of `epoch` (one more than the log's current epoch): a fresh HMAC key if
+    /// `hmac`, else a copy of epoch `epoch - 1`'s; likewise the signing seed. Keys an
+    /// interrupted rotation left for `epoch` are kept as they are. The default cannot rotate.
+    fn create_epoch(&self, epoch: u32, hmac: bool, signing: bool) -> Result<()> {
+        let _ = (epoch, hmac, signing);
+        Err(AuditError::KeyUnavailable {
+            which: "rotation",
+            reason: "this key source cannot make new key epochs; keep the keys in the vault".into(),
+        })
+    }
+}
+
+/// One epoch's (HMAC key, Ed25519 seed).
+pub type EpochKeys = (Zeroizing<Vec<u8>>, Zeroizing<[u8; 32]>);
+
+/// The most key epochs a log may have (a bound for loops over them).
+pub(crate) const MAX_EPOCHS: u32 = 100_000;
+
+/// The public id of an HMAC key: SHA-256 over a domain tag and the key (the key cannot be
+/// recovered from it). A `key.rotated` record names the new key by it.
+pub(crate) fn hmac_key_id(key: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = Sha256::new();
+    h.update(b"tether-audit-hmac-key-id-v1\n");
+    h.update(key);
+    h.finalize().into()
+}
+
+/// Every epoch's keys, loaded once: epoch `i` at index `i`.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyRing {
+    epochs: Vec<ChainKeys>,
+}
+
+impl KeyRing {
+    /// Loads epoch 0 and every later epoch the source has, in order, stopping at the first gap.
+    pub fn load(src: &dyn KeySource) -> Result<KeyRing> {
+        let mut epochs = vec![ChainKeys::load(src)?];
+        for e in 1..MAX_EPOCHS {
+            match src.epoch_keys(e)? {
+                Some(material) => epochs.push(ChainKeys::from_material(&material)?),
+                None => break,
+            }
+        }
+        Ok(KeyRing { epochs })
+    }
+
+    /// The keys of `epoch`, if the source has them.
+    pub fn get(&self, epoch: u32) -> Option<&ChainKeys> {
+        self.epochs.get(epoch as usize)
+    }
+
+    /// Every epoch's head-verifying key.
+    pub fn verifying_keys(&self) -> Vec<[u8; 32]> {
+        self.epochs.iter().map(|k| k.verifying.to_bytes()).collect()
+    }
 }
 
 /// Keys loaded for use: a pre-keyed HMAC state and the Ed25519 pair. Debug shows nothing secret.
 #[derive(Clone)]
 pub(crate) struct ChainKeys {
     pub hmac: Hmac<Sha256>,
+    /// [`hmac_key_id`] of the HMAC key.
+    pub hmac_id: [u8; 32],
     pub signing: SigningKey,
     pub verifying: VerifyingKey,
 }
@@ -44,7 +114,11 @@ impl std::fmt::Debug for ChainKeys {
 
 impl ChainKeys {
     pub fn load(src: &dyn KeySource) -> Result<ChainKeys> {
-        let key = src.hmac_key()?;
+        Self::from_material(&(src.hmac_key()?, src.signing_key()?))
+    }
+
+    pub fn from_material(material: &EpochKeys) -> Result<ChainKeys> {
+        let key = &material.0;
         if key.len() < 32 {
             return Err(AuditError::KeyUnavailable {
                 which: "hmac",
@@ -54,16 +128,15 @@ impl ChainKeys {
                 ),
             });
         }
-        let hmac =
-            Hmac::<Sha256>::new_from_slice(&key).map_err(|_| AuditError::KeyUnavailable {
-                which: "hmac",
-                reason: "the key was rejected by HMAC-SHA256".into(),
-            })?;
-        let seed = src.signing_key()?;
-        let signing = SigningKey::from_bytes(&seed);
+        let hmac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| AuditError::KeyUnavailable {
+            which: "hmac",
+            reason: "the key was rejected by HMAC-SHA256".into(),
+        })?;
+        let signing = SigningKey::from_bytes(&material.1);
         let verifying = signing.verifying_key();
         Ok(ChainKeys {
             hmac,
+            hmac_id: hmac_key_id(key),
             signing,
             verifying,
         })
@@ -228,12 +301,18 @@ fn absolutize(p: &Path) -> PathBuf {
 pub struct StaticKeys {
     hmac: Zeroizing<Vec<u8>>,
     signing: Zeroizing<[u8; 32]>,
+    /// Epochs 1.. made by [`KeySource::create_epoch`].
+    later: std::sync::Mutex<Vec<EpochKeys>>,
 }
 
 impl StaticKeys {
     /// Keys from raw material.
     pub fn new(hmac: Zeroizing<Vec<u8>>, signing: Zeroizing<[u8; 32]>) -> Self {
-        StaticKeys { hmac, signing }
+        StaticKeys {
+            hmac,
+            signing,
+            later: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Fresh random keys.
@@ -258,5 +337,40 @@ impl KeySource for StaticKeys {
     }
     fn signing_key(&self) -> Result<Zeroizing<[u8; 32]>> {
         Ok(self.signing.clone())
+    }
+    fn epoch_keys(&self, epoch: u32) -> Result<Option<EpochKeys>> {
+        if epoch == 0 {
+            return Ok(Some((self.hmac.clone(), self.signing.clone())));
+        }
+        let later = self.later.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(later.get(epoch as usize - 1).cloned())
+    }
+    fn create_epoch(&self, epoch: u32, hmac: bool, signing: bool) -> Result<()> {
+        if epoch == 0 {
+            return Err(AuditError::KeyUnavailable {
+                which: "rotation",
+                reason: "epoch 0 is the first key set".into(),
+            });
+        }
+        let prev = self
+            .epoch_keys(epoch - 1)?
+            .ok_or_else(|| AuditError::KeyUnavailable {
+                which: "rotation",
+                reason: format!("epoch {} has no keys", epoch - 1),
+            })?;
+        let mut later = self.later.lock().unwrap_or_else(|p| p.into_inner());
+        if later.len() >= epoch as usize {
+            return Ok(());
+        }
+        let fresh = StaticKeys::generate()?;
+        later.push((
+            if hmac { fresh.hmac.clone() } else { prev.0 },
+            if signing {
+                fresh.signing.clone()
+            } else {
+                prev.1
+            },
+        ));
+        Ok(())
     }
 }

@@ -119,6 +119,10 @@ pub struct Record {
     pub host: Option<String>,
     /// Event details.
     pub data: Value,
+    /// The key epoch whose HMAC key made `hmac` (absent: epoch 0). It changes only right after
+    /// a `key.rotated` record, which names the new epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_epoch: u32,
     /// Hex SHA-256 of the previous record (64 zeros for the first).
     pub prev: String,
     /// Hex SHA-256 of `prev || canonical JSON without hash/hmac`.
@@ -135,6 +139,10 @@ impl Record {
             reason: format!("not an audit record: {e}"),
         })
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `data` key that marks a record whose data was too large and was replaced by a digest.
@@ -166,7 +174,7 @@ fn digest_of(data: &Value) -> Result<Value> {
 /// splice in `prev`, `seq` and `ts` and hash.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    /// `{"actor":..,"data":..,("host":..,)"prev":"`
+    /// `{"actor":..,"data":..(,"host":..)`: `key_epoch` and `prev` are spliced in after it
     pub pre: Vec<u8>,
     /// `,"type":"..."}`
     pub post: Vec<u8>,
@@ -220,7 +228,6 @@ impl Prepared {
             pre.extend_from_slice(b",\"host\":");
             write_str(&mut pre, h);
         }
-        pre.extend_from_slice(b",\"prev\":\"");
         let mut post = Vec::with_capacity(ev.kind.len() + 12);
         post.extend_from_slice(b",\"type\":\"");
         post.extend_from_slice(ev.kind.as_bytes());
@@ -240,8 +247,15 @@ impl Prepared {
     }
 
     /// Appends the canonical body (without hash/hmac) to `out`.
-    pub fn write_body(&self, out: &mut Vec<u8>, prev: &[u8; 32], seq: u64, ts: &str) {
+    /// `key_epoch` is written only when it is not 0, so logs from before key epochs keep
+    /// their exact bytes (and a record without it belongs to epoch 0).
+    pub fn write_body(&self, out: &mut Vec<u8>, prev: &[u8; 32], seq: u64, ts: &str, epoch: u32) {
         out.extend_from_slice(&self.pre);
+        if epoch > 0 {
+            out.extend_from_slice(b",\"key_epoch\":");
+            let _ = write!(DisplayBuf(out), "{epoch}");
+        }
+        out.extend_from_slice(b",\"prev\":\"");
         push_hex(out, prev);
         out.extend_from_slice(b"\",\"seq\":");
         let _ = write!(DisplayBuf(out), "{seq}");

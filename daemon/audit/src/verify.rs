@@ -8,13 +8,15 @@ use std::time::Instant;
 use serde::Deserialize;
 use time::Date;
 
-use crate::chain::{LineFault, LineInfo, check_line};
+use crate::chain::{LineFault, LineInfo, check_line, check_rotation};
 use crate::checkpoint::{Checkpoint, read_head};
 use crate::error::{AuditError, Result};
 use crate::files::list_day_files;
-use crate::keys::{ChainKeys, KeySource};
+use crate::keys::{KeyRing, KeySource};
 
-pub use tether_model::audit::{Break, BreakKind, VerifyReport};
+pub use tether_model::audit::{Break, BreakKind, VerifyReport, VerifyVerdict};
+
+use crate::anchor::{Anchor as Counter, HeadAnchor};
 
 /// One line, checked on its own (hash, HMAC), in file order.
 struct Checked {
@@ -29,7 +31,7 @@ struct Checked {
 /// caller then walks the results in order for the links between records (cheap, sequential).
 struct ChunkReader<'k> {
     f: std::fs::File,
-    keys: &'k ChainKeys,
+    keys: &'k KeyRing,
     carry: Vec<u8>,
     queue: VecDeque<Checked>,
     eof: bool,
@@ -45,7 +47,7 @@ const CHUNK: usize = 8 << 20;
 const PARALLEL_MIN: usize = 256 << 10;
 
 impl<'k> ChunkReader<'k> {
-    fn new(f: std::fs::File, keys: &'k ChainKeys) -> Self {
+    fn new(f: std::fs::File, keys: &'k KeyRing) -> Self {
         ChunkReader {
             f,
             keys,
@@ -161,8 +163,8 @@ impl ChunkReader<'_> {
 }
 
 /// Checks every line of `data` (which ends with a newline), in order, into `out`.
-fn check_chunk(keys: &ChainKeys, data: &[u8], out: &mut VecDeque<Checked>) {
-    fn run(keys: &ChainKeys, data: &[u8]) -> Vec<Checked> {
+fn check_chunk(keys: &KeyRing, data: &[u8], out: &mut VecDeque<Checked>) {
+    fn run(keys: &KeyRing, data: &[u8]) -> Vec<Checked> {
         data.split_inclusive(|&b| b == b'\n')
             .map(|l| Checked {
                 n: l.len(),
@@ -204,16 +206,45 @@ struct SeqOnly {
 ///
 /// `from` starts at the first day file on or after that date (the first record read is then
 /// trusted as the start of the chain). Returns `Err` only when the log cannot be read at all;
-/// breaks are reported in [`VerifyReport::broken`].
+/// breaks are reported in [`VerifyReport::broken`]. Nothing outside the directory is consulted,
+/// so the verdict is at best [`VerifyVerdict::Unanchored`]; see [`verify_anchored`].
 pub fn verify(
     dir: &Path,
     keys: &dyn KeySource,
     from: Option<Date>,
     against: Option<&Checkpoint>,
 ) -> Result<VerifyReport> {
+    verify_anchored(dir, keys, from, against, None)
+}
+
+/// Like [`verify`], and holds the log up to the head counter kept outside `state_dir`: a log
+/// that ends before it, or has another record at its seq, is a [`BreakKind::RolledBack`]
+/// break naming the seqs. With no counter to compare with (`anchor` is `None`, cannot be read,
+/// or holds none yet) an intact chain gets [`VerifyVerdict::Unanchored`] and the reason, never
+/// [`VerifyVerdict::Ok`].
+pub fn verify_anchored(
+    dir: &Path,
+    keys: &dyn KeySource,
+    from: Option<Date>,
+    against: Option<&Checkpoint>,
+    anchor: Option<&dyn HeadAnchor>,
+) -> Result<VerifyReport> {
     let start = Instant::now();
-    let keys = ChainKeys::load(keys)?;
-    let vk = keys.verifying.to_bytes();
+    // Read before the files (like the head): a concurrent writer only moves the log ahead.
+    let anchored: std::result::Result<(Counter, String), String> = match anchor {
+        None => Err("no head counter outside state_dir is configured for this verify".into()),
+        Some(a) => match a.load() {
+            Ok(Some(found)) => Ok((found, a.location())),
+            Ok(None) => Err(format!(
+                "the head counter ({}) holds nothing yet: it is written with the first signed head, so the log was never anchored or the counter was removed",
+                a.location()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let anchor_seq = anchored.as_ref().ok().map(|(a, _)| a.seq);
+    let keys = KeyRing::load(keys)?;
+    let vk = keys.verifying_keys();
     let mut rep = VerifyReport {
         records: 0,
         files: 0,
@@ -225,6 +256,9 @@ pub fn verify(
         torn_tail_bytes: 0,
         elapsed_secs: 0.0,
         broken: None,
+        anchor_seq,
+        verdict: VerifyVerdict::Unanchored,
+        unanchored: None,
     };
     // The head is read before the files, so a concurrent writer can only make the log longer
     // than the head, never shorter.
@@ -243,8 +277,11 @@ pub fn verify(
     let cp_seq = against.map(|c| c.seq);
     let mut head_hash_seen: Option<[u8; 32]> = None;
     let mut cp_hash_seen: Option<[u8; 32]> = None;
+    let mut anchor_hash_seen: Option<[u8; 32]> = None;
 
     let mut expected: Option<u64> = if from.is_none() { Some(1) } else { None };
+    // The key epoch the next record must carry (a partial verify trusts the first one read).
+    let mut want_epoch: Option<u32> = if from.is_none() { Some(0) } else { None };
     let mut prev = [0u8; 32];
     let nfiles = files.len();
     'files: for (fi, (_, path)) in files.iter().enumerate() {
@@ -301,6 +338,11 @@ pub fn verify(
                             seq.unwrap_or(e),
                             "the hash matches the content but the HMAC does not (forged or wrong key)"
                                 .into(),
+                        ),
+                        LineFault::UnknownEpoch(k) => at(
+                            BreakKind::BadHmac,
+                            seq.unwrap_or(e),
+                            format!("the record names key epoch {k}, for which this installation holds no key (forged, or the vault lost that epoch's keys)"),
                         ),
                     });
                     break 'files;
@@ -360,6 +402,24 @@ pub fn verify(
                     break 'files;
                 }
             }
+            if let Some(want) = want_epoch
+                && info.epoch != want
+            {
+                rep.broken = Some(at(
+                    BreakKind::BadHmac,
+                    info.seq,
+                    format!(
+                        "record {} is MACed with the key of epoch {} but the chain is at key epoch {want}: forged with a retired key, or the key.rotated record before it was removed",
+                        info.seq, info.epoch
+                    ),
+                ));
+                break 'files;
+            }
+            if let Err(why) = check_rotation(&keys, &info) {
+                rep.broken = Some(at(BreakKind::BadHmac, info.seq, why));
+                break 'files;
+            }
+            want_epoch = Some(info.next_epoch());
             if rep.first_seq.is_none() {
                 rep.first_seq = Some(info.seq);
             }
@@ -368,6 +428,9 @@ pub fn verify(
             }
             if Some(info.seq) == cp_seq {
                 cp_hash_seen = Some(info.hash);
+            }
+            if Some(info.seq) == anchor_seq {
+                anchor_hash_seen = Some(info.hash);
             }
             rep.records += 1;
             rep.last_seq = info.seq;
@@ -386,8 +449,60 @@ pub fn verify(
             cp_hash_seen,
         );
     }
+    match (&rep.broken, anchored) {
+        (Some(_), _) => rep.verdict = VerifyVerdict::Broken,
+        // An exported checkpoint kept off the box anchors the log as well.
+        (None, Err(_)) if against.is_some() => rep.verdict = VerifyVerdict::Ok,
+        (None, Err(why)) => rep.unanchored = Some(why),
+        (None, Ok((a, location))) => match check_counter(&rep, &a, &location, anchor_hash_seen) {
+            Some(b) => {
+                rep.broken = Some(b);
+                rep.verdict = VerifyVerdict::Broken;
+            }
+            None => rep.verdict = VerifyVerdict::Ok,
+        },
+    }
     rep.elapsed_secs = start.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// Holds the walked log up to the head counter kept outside `state_dir`.
+fn check_counter(
+    rep: &VerifyReport,
+    a: &Counter,
+    location: &str,
+    seen: Option<[u8; 32]>,
+) -> Option<Break> {
+    let last = rep.last_seq;
+    let first = rep.first_seq.unwrap_or(1);
+    let (seq, detail) = if a.seq > last {
+        (
+            last + 1,
+            format!(
+                "the log ends at seq {last} but the head counter kept outside state_dir ({location}) records seq {}: records {}..{} were removed, or log and head were rolled back together",
+                a.seq,
+                last + 1,
+                a.seq
+            ),
+        )
+    } else if a.seq >= first && a.seq > 0 && seen != Some(a.hash) {
+        (
+            a.seq,
+            format!(
+                "record {} differs from the one the head counter kept outside state_dir ({location}) records: the log was rewritten from there on",
+                a.seq
+            ),
+        )
+    } else {
+        return None;
+    };
+    Some(Break {
+        kind: BreakKind::RolledBack,
+        seq,
+        file: None,
+        line: None,
+        detail,
+    })
 }
 
 /// Holds the signed head and the optional `against` checkpoint up to the walked log.
@@ -395,7 +510,7 @@ fn check_heads(
     rep: &VerifyReport,
     head: std::result::Result<Option<Checkpoint>, String>,
     head_path: &Path,
-    vk: &[u8; 32],
+    vk: &[[u8; 32]],
     head_hash_seen: Option<[u8; 32]>,
     against: Option<&Checkpoint>,
     cp_hash_seen: Option<[u8; 32]>,
@@ -512,9 +627,9 @@ fn check_anchor(
     cp: &Checkpoint,
     file: PathBuf,
     log: LogSpan,
-    vk: &[u8; 32],
+    vk: &[[u8; 32]],
 ) -> Option<Break> {
-    let (kind, seq, detail) = if let Err(e) = cp.verify_signature(vk) {
+    let (kind, seq, detail) = if let Err(e) = cp.verify_any(vk) {
         let detail = format!("{}: {}", anchor.label(), e.checkpoint_fault());
         (BreakKind::BadSignature, cp.seq, detail)
     } else if cp.seq > log.last {
@@ -587,7 +702,7 @@ mod tests {
 
     #[test]
     fn head_and_checkpoint_name_their_breaks_apart() {
-        let vk = key();
+        let vk = [key()];
         let bad = unsigned(5);
         let h = check_anchor(Anchor::Head, &bad, "h".into(), span(1, 9), &vk).unwrap();
         assert_eq!((h.kind, h.seq), (BreakKind::BadSignature, 5));

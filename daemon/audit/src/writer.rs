@@ -5,7 +5,7 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,14 @@ use tether_model::{Alert, AlertSink, Severity};
 use time::Date;
 use tokio::sync::oneshot;
 
-use crate::chain::{LineFault, LineInfo, check_line, hash_body, mac};
+use crate::anchor::{Anchor, HeadAnchor};
+use crate::chain::{LineFault, LineInfo, check_line, check_rotation, hash_body, mac};
 use crate::checkpoint::{Checkpoint, read_head};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuditError, Result};
 use crate::files::{day_path, list_day_files, sync_dir};
 use crate::head::HeadWriter;
-use crate::keys::{ChainKeys, KeySource};
+use crate::keys::{ChainKeys, KeyRing, KeySource};
 use crate::metrics::Metrics;
 use crate::record::{Event, Prepared, finish_line, format_ts};
 
@@ -48,6 +49,9 @@ pub struct Options {
     /// on ext4 that makes each group commit several times cheaper (see BENCHMARKS.md). Skipped
     /// while the file system has less than 4 times this free. Zero turns it off.
     pub prealloc: u64,
+    /// The head counter kept outside `state_dir`: raised after every signed head is written,
+    /// and checked at open (a log behind it is refused with [`AuditError::RolledBack`]).
+    pub anchor: Option<Arc<dyn HeadAnchor>>,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             head_interval: Duration::from_millis(100),
             gather: Duration::ZERO,
             prealloc: 1 << 20,
+            anchor: None,
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Options {
             .field("head_interval", &self.head_interval)
             .field("gather", &self.gather)
             .field("prealloc", &self.prealloc)
+            .field("anchor", &self.anchor.as_ref().map(|a| a.location()))
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +93,28 @@ impl Receipt {
     pub fn hash_hex(&self) -> String {
         hex::encode(self.hash)
     }
+}
+
+/// What [`AuditLog::rotate_keys`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new key epoch.
+    pub epoch: u32,
+    /// Seq of the `key.rotated` record (MACed with the old key); later records use the new one.
+    pub seq: u64,
+    /// Hex id of the new HMAC key (SHA-256 over a domain tag and the key; not the key).
+    pub hmac_key_id: String,
+    /// Hex Ed25519 public key that verifies heads from now on.
+    pub signing_key: String,
+    /// Which keys are new: `hmac`, `signing` or both.
+    pub rotated: Vec<String>,
+}
+
+struct RotateCmd {
+    epoch: u32,
+    keys: ChainKeys,
+    record: Prepared,
+    rotated: Vec<String>,
 }
 
 /// A partial tail that [`AuditLog::open`] cut off (left by a crash mid-write).
@@ -116,6 +144,7 @@ pub struct Recovery {
 enum Cmd {
     Append(Prepared, oneshot::Sender<Result<Receipt>>),
     Checkpoint(oneshot::Sender<Result<Checkpoint>>),
+    Rotate(Box<RotateCmd>, oneshot::Sender<Result<Rotated>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -126,6 +155,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
     dir: Arc<PathBuf>,
     last_seq: Arc<AtomicU64>,
+    /// The key epoch new records are MACed with.
+    epoch: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -166,9 +197,20 @@ impl AuditLog {
                 path: dir.clone(),
                 source,
             })?;
-        let keys = ChainKeys::load(keys)?;
+        let ring = KeyRing::load(keys)?;
         let metrics = Metrics::register(registry)?;
-        let (tail, recovery) = recover(&dir, &keys)?;
+        let (tail, recovery) = recover(&dir, &ring, opts.anchor.as_deref())?;
+        let keys = ring
+            .get(tail.epoch)
+            .cloned()
+            .ok_or_else(|| AuditError::KeyUnavailable {
+                which: "hmac",
+                reason: format!(
+                    "the log is at key epoch {} but the key source has no keys for it; restore the vault entries of that epoch",
+                    tail.epoch
+                ),
+            })?;
+        let epoch = Arc::new(AtomicU32::new(tail.epoch));
         let last_seq = Arc::new(AtomicU64::new(tail.next_seq - 1));
         let head_dirty = recovery
             .head
@@ -182,6 +224,7 @@ impl AuditLog {
             metrics.clone(),
             alerts.clone(),
             opts.head_interval,
+            opts.anchor.clone(),
         ));
         if head_dirty {
             // A fresh log gets its head at once; a stale one is brought up to date. A failure is
@@ -208,6 +251,7 @@ impl AuditLog {
             metrics,
             alerts,
             cur: tail.file,
+            epoch: epoch.clone(),
             next_seq: tail.next_seq,
             prev: tail.prev,
             head,
@@ -230,6 +274,7 @@ impl AuditLog {
                 tx,
                 dir: Arc::new(dir),
                 last_seq,
+                epoch,
             },
             recovery,
         ))
@@ -263,6 +308,66 @@ impl AuditLog {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Checkpoint(tx))
+            .map_err(|_| AuditError::WriterStopped)?;
+        rx.await.map_err(|_| AuditError::WriterStopped)?
+    }
+
+    /// The key epoch new records are MACed with (0 until the first rotation).
+    pub fn key_epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Rotates the audit keys: makes the next epoch's keys in `keys` (a fresh HMAC key if
+    /// `hmac`, a fresh signing key if `signing`; the other one carried over), then appends a
+    /// `key.rotated` record — MACed with the *old* key, naming the new epoch, the new HMAC key's
+    /// id and the new head-verifying key — and MACs every later record with the new key.
+    /// `verify` and recovery follow the epochs, so the chain stays verifiable; the old keys must
+    /// be kept. Raises a `key_rotation` alert.
+    pub async fn rotate_keys(
+        &self,
+        keys: Arc<dyn KeySource>,
+        actor: crate::record::Actor,
+        hmac: bool,
+        signing: bool,
+    ) -> Result<Rotated> {
+        let (hmac, signing) = if hmac || signing {
+            (hmac, signing)
+        } else {
+            (true, true)
+        };
+        let epoch = self.key_epoch() + 1;
+        let material = tokio::task::spawn_blocking(move || {
+            keys.create_epoch(epoch, hmac, signing)?;
+            keys.epoch_keys(epoch)?
+                .ok_or_else(|| AuditError::KeyUnavailable {
+                    which: "rotation",
+                    reason: format!("the key source made no keys for epoch {epoch}"),
+                })
+        })
+        .await
+        .map_err(|_| AuditError::WriterStopped)??;
+        let new = ChainKeys::from_material(&material)?;
+        let rotated: Vec<String> = [(hmac, "hmac"), (signing, "signing")]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n.to_owned())
+            .collect();
+        let event = Event::new(crate::chain::KEY_ROTATED, actor).data(serde_json::json!({
+            "epoch": epoch,
+            "previous_epoch": epoch - 1,
+            "hmac_key_id": hex::encode(new.hmac_id),
+            "signing_key": hex::encode(new.verifying.to_bytes()),
+            "rotated": rotated,
+        }));
+        let cmd = RotateCmd {
+            epoch,
+            keys: new,
+            record: Prepared::new(&event)?,
+            rotated,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Rotate(Box::new(cmd), tx))
             .map_err(|_| AuditError::WriterStopped)?;
         rx.await.map_err(|_| AuditError::WriterStopped)?
     }
@@ -334,6 +439,8 @@ struct Tail {
     file: Option<DayFile>,
     next_seq: u64,
     prev: [u8; 32],
+    /// The key epoch the next record carries.
+    epoch: u32,
 }
 
 struct Writer {
@@ -343,6 +450,8 @@ struct Writer {
     metrics: Metrics,
     alerts: Arc<dyn AlertSink>,
     cur: Option<DayFile>,
+    /// The key epoch of `keys`, shared with the handles.
+    epoch: Arc<AtomicU32>,
     next_seq: u64,
     prev: [u8; 32],
     /// Writes the signed head off the append path.
@@ -404,6 +513,9 @@ impl Writer {
                     Cmd::Checkpoint(tx) => {
                         let _ = tx.send(self.head.write(self.next_seq - 1, &self.prev));
                     }
+                    Cmd::Rotate(cmd, tx) => {
+                        let _ = tx.send(self.rotate(*cmd));
+                    }
                     Cmd::Close(tx) => {
                         self.finish();
                         let _ = tx.send(());
@@ -450,7 +562,13 @@ impl Writer {
         let mut receipts = Vec::with_capacity(n);
         for (p, _) in &batch {
             let start = self.buf.len();
-            p.write_body(&mut self.buf, &prev, seq, &ts);
+            p.write_body(
+                &mut self.buf,
+                &prev,
+                seq,
+                &ts,
+                self.epoch.load(Ordering::Acquire),
+            );
             let hash = hash_body(&prev, &self.buf[start..], false);
             let m = mac(&self.keys, &hash);
             finish_line(&mut self.buf, &hash, &m);
@@ -505,6 +623,51 @@ impl Writer {
                 self.fail(batch, &e);
             }
         }
+    }
+
+    /// Appends the `key.rotated` record under the current keys, then switches to the new ones
+    /// (and signs a head with them at once).
+    fn rotate(&mut self, cmd: RotateCmd) -> Result<Rotated> {
+        let current = self.epoch.load(Ordering::Acquire);
+        if cmd.epoch != current + 1 {
+            return Err(AuditError::KeyUnavailable {
+                which: "rotation",
+                reason: format!(
+                    "another rotation moved the log to epoch {current} meanwhile; run it again"
+                ),
+            });
+        }
+        let (tx, mut rx) = oneshot::channel();
+        self.commit(vec![(cmd.record, tx)]);
+        let receipt = match rx.try_recv() {
+            Ok(r) => r?,
+            Err(_) => return Err(AuditError::WriterStopped),
+        };
+        let signing_key = hex::encode(cmd.keys.verifying.to_bytes());
+        let hmac_key_id = hex::encode(cmd.keys.hmac_id);
+        self.keys = cmd.keys.clone();
+        self.epoch.store(cmd.epoch, Ordering::Release);
+        self.head.set_keys(cmd.keys);
+        // A failure is alerted and retried by the head thread.
+        if self.head.write(receipt.seq, &receipt.hash).is_err() {
+            self.head.mark(receipt.seq, receipt.hash);
+        }
+        let msg = format!(
+            "audit keys rotated ({}): records after seq {} are MACed with key epoch {}",
+            cmd.rotated.join(" and "),
+            receipt.seq,
+            cmd.epoch
+        );
+        tracing::info!("{msg}");
+        self.alerts
+            .raise(Alert::new("key_rotation", Severity::Info, msg));
+        Ok(Rotated {
+            epoch: cmd.epoch,
+            seq: receipt.seq,
+            hmac_key_id,
+            signing_key,
+            rotated: cmd.rotated,
+        })
     }
 
     /// Makes sure the right day file is open and any earlier failed rollback is done.
@@ -606,7 +769,7 @@ struct Walk {
 }
 
 /// Walks the records of one day file, checking each line and the links between them.
-fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
+fn walk(keys: &KeyRing, data: &[u8]) -> Walk {
     // The records end at the first NUL: after it comes the writer's zero tail, if any.
     let records_end = crate::files::logical_len(data);
     let content_end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
@@ -622,6 +785,11 @@ fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
         let end = pos + off;
         let expected = w.last.map(|l| l.seq + 1);
         match check_line(keys, &data[pos..end]) {
+            Ok(info) if check_rotation(keys, &info).is_err() => {
+                let why = check_rotation(keys, &info).err().unwrap_or_default();
+                w.fault = Some((info.seq, format!("{why} (at byte {pos})")));
+                return w;
+            }
             Ok(info) => match &w.last {
                 Some(l) if info.seq != l.seq + 1 || info.prev != l.hash => {
                     w.fault = Some((
@@ -629,6 +797,18 @@ fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
                         format!(
                             "record {} does not chain onto record {} at byte {pos}",
                             info.seq, l.seq
+                        ),
+                    ));
+                    return w;
+                }
+                Some(l) if info.epoch != l.next_epoch() => {
+                    w.fault = Some((
+                        info.seq,
+                        format!(
+                            "record {} at byte {pos} is MACed with the key of epoch {} but the chain is at key epoch {}: forged with a retired key, or a key.rotated record was removed",
+                            info.seq,
+                            info.epoch,
+                            l.next_epoch()
                         ),
                     ));
                     return w;
@@ -645,6 +825,9 @@ fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
                     LineFault::BadHmac => {
                         "its HMAC is wrong (edited, forged, or read with another key)".into()
                     }
+                    LineFault::UnknownEpoch(k) => format!(
+                        "it names key epoch {k}, for which the key source holds no key (forged, or that epoch's vault entries are missing)"
+                    ),
                 };
                 w.fault = Some((
                     expected.or(seq).unwrap_or(1),
@@ -680,10 +863,22 @@ fn walk(keys: &ChainKeys, data: &[u8]) -> Walk {
 /// the chain, data hidden behind NUL bytes, a damaged or unlinked older day file, or a head
 /// that disagrees with the log all refuse the start ([`AuditError::Damaged`],
 /// [`AuditError::HeadMismatch`]) with the file and seq named, and nothing is changed.
-fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
+fn recover(
+    dir: &Path,
+    keys: &KeyRing,
+    anchor: Option<&dyn HeadAnchor>,
+) -> Result<(Tail, Recovery)> {
+    let counter: Option<(Anchor, String)> = match anchor.map(|a| (a.load(), a.location())) {
+        Some((Ok(Some(a)), location)) => Some((a, location)),
+        Some((Ok(None), _)) | None => None,
+        Some((Err(e), location)) => {
+            tracing::warn!(%location, error = %e, "cannot read the audit head counter kept outside state_dir; a rollback of log and head together cannot be detected at this start");
+            None
+        }
+    };
     let head = read_head(dir)?;
     if let Some(h) = &head {
-        h.verify_signature(&keys.verifying.to_bytes())
+        h.verify_any(&keys.verifying_keys())
             .map_err(|e| AuditError::BadCheckpoint {
                 origin: dir.join(crate::files::HEAD_FILE).display().to_string(),
                 reason: e.checkpoint_fault(),
@@ -705,6 +900,7 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
     let mut torn: Option<TornTail> = None;
     let mut found: Option<(Date, PathBuf, u64, u64, LineInfo)> = None;
     let mut head_hash_seen = None;
+    let mut counter_hash_seen = None;
     // The first record of the newer file already walked, which the older file must chain to.
     let mut successor: Option<(PathBuf, LineInfo)> = None;
     let mut newest = true;
@@ -745,6 +941,12 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             // The head's record is in this file: find its hash.
             head_hash_seen = head_hash_of(keys, &data, h.seq).or(head_hash_seen);
         }
+        if let (Some((a, _)), Some(last)) = (&counter, w.last)
+            && a.seq <= last.seq
+            && w.first.is_some_and(|f| f.seq <= a.seq)
+        {
+            counter_hash_seen = head_hash_of(keys, &data, a.seq).or(counter_hash_seen);
+        }
         if let Some((newer, first)) = &successor {
             let Some(last) = w.last else {
                 return Err(damaged(
@@ -756,7 +958,10 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
                     ),
                 ));
             };
-            if first.seq != last.seq + 1 || first.prev != last.hash {
+            if first.seq != last.seq + 1
+                || first.prev != last.hash
+                || first.epoch != last.next_epoch()
+            {
                 return Err(damaged(
                     path,
                     last.seq + 1,
@@ -797,6 +1002,7 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             ),
         ));
     }
+    let epoch = found.as_ref().map_or(0, |f| f.4.next_epoch());
     let (last_seq, prev, file) = match found {
         Some((date, path, len, alloc, info)) => {
             let file = OpenOptions::new()
@@ -841,6 +1047,26 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             return Err(mismatch(true));
         }
     }
+    if let Some((a, location)) = &counter {
+        let rolled_back = |hash_mismatch| AuditError::RolledBack {
+            dir: dir.to_path_buf(),
+            location: location.clone(),
+            log_seq: last_seq,
+            anchor_seq: a.seq,
+            hash_mismatch,
+        };
+        if a.seq > last_seq {
+            return Err(rolled_back(false));
+        }
+        if a.seq == last_seq && a.seq > 0 && a.hash != prev {
+            return Err(rolled_back(true));
+        }
+        if let Some(seen) = counter_hash_seen
+            && seen != a.hash
+        {
+            return Err(rolled_back(true));
+        }
+    }
     if let Some(t) = &torn {
         let f = OpenOptions::new()
             .write(true)
@@ -862,6 +1088,7 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
             file,
             next_seq: last_seq + 1,
             prev,
+            epoch,
         },
         Recovery {
             last_seq,
@@ -873,7 +1100,7 @@ fn recover(dir: &Path, keys: &ChainKeys) -> Result<(Tail, Recovery)> {
 }
 
 /// The hash of record `seq` in `data`, if a verified line holds it.
-fn head_hash_of(keys: &ChainKeys, data: &[u8], seq: u64) -> Option<[u8; 32]> {
+fn head_hash_of(keys: &KeyRing, data: &[u8], seq: u64) -> Option<[u8; 32]> {
     let end = crate::files::logical_len(data);
     data[..end]
         .split(|&b| b == b'\n')

@@ -8,6 +8,7 @@
 //! retries = 3                  # after the first attempt, exponential backoff with jitter
 //! backoff_initial_ms = 500
 //! backoff_max_ms = 30000
+//! offline_after_secs = 180    # host_offline after this long without a tunnel handshake (0: off)
 //! [[alerts.route]]
 //! categories = ["host_*", "exec_failure"]   # kinds, prefixes ending in *, or empty for all
 //! min_severity = "warning"                  # info | warning | critical
@@ -38,6 +39,9 @@ pub struct AlertsSection {
     pub audit_batch_max: usize,
     /// Audit sinks: how often to look for new records when caught up, milliseconds.
     pub audit_poll_ms: u64,
+    /// Hub: a host whose tunnel peer has had no handshake for this long is reported
+    /// `host_offline` (and `host_online` at its next one); 0 turns these alerts off.
+    pub offline_after_secs: u64,
     /// Routes; empty: every alert to every alert_sink plugin.
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<AlertRoute>,
@@ -54,6 +58,7 @@ impl Default for AlertsSection {
             max_retry_after_secs: 300,
             audit_batch_max: 100,
             audit_poll_ms: 200,
+            offline_after_secs: 180,
             routes: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod approvals;
 mod error;
 mod file;
 mod files;
@@ -17,21 +18,27 @@ mod paths;
 mod principal;
 mod redact;
 mod schema;
+mod ssh;
 mod vault;
 
 pub use alerts::{AlertRoute, AlertsSection};
+pub use approvals::{ApprovalsSection, QuorumCondition};
 pub use error::{ConfigError, Problem};
 pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
 pub use files::FilesSection;
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;
-pub use paths::{default_socket_path, default_state_dir, system_socket_path, user_socket_path};
+pub use paths::{
+    default_socket_path, default_state_dir, default_vault_key_file, system_socket_path,
+    user_socket_path,
+};
 pub use principal::{ParsePrincipalError, Principal};
 pub use redact::redacted_json;
 pub use schema::{
     Config, ControlConfig, EnrollSection, LogConfig, PolicyFileError, PolicySource, RolesConfig,
     TunnelSection, parse_duration_secs, parse_subnet,
 };
+pub use ssh::{DEFAULT_ENV_ALLOW, SshMode, SshSection, SshTimes};
 pub use vault::{BackendChoice, VaultConfig};
 
 /// Where `tetherd` looks for its config when `--config` is not given.

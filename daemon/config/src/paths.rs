@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The control socket of a system-wide `tetherd` (run by systemd as root or the `tether` user).
 pub fn system_socket_path() -> PathBuf {
@@ -40,5 +40,55 @@ fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("tether"),
         None => PathBuf::from(format!("/tmp/tether-{}", nix::unistd::getuid())),
+    }
+}
+
+/// Where the file backend's key lives when `vault.key_file` is not set: always outside
+/// `state_dir`, so that whoever can read the state directory (audit log, vault files) cannot
+/// read the key too.
+///
+/// In order: `$CREDENTIALS_DIRECTORY/vault.key` when systemd passed a credential of that name;
+/// the directory of the config file in use (`/etc/tether/` for `/etc/tether/tetherd.toml`);
+/// `/etc/tether` for root; `$XDG_CONFIG_HOME/tether` (or `~/.config/tether`) for everyone else.
+pub fn default_vault_key_file(config_file: Option<&Path>) -> PathBuf {
+    if let Some(creds) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+        let p = PathBuf::from(creds).join("vault.key");
+        if p.is_file() {
+            return p;
+        }
+    }
+    if let Some(dir) = config_file
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        return absolute(dir).join("vault.key");
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/etc/tether/vault.key");
+    }
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("tether/vault.key");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".config/tether/vault.key");
+    }
+    runtime_dir().join("vault.key")
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_vault_key_sits_beside_the_config_file_never_in_state_dir() {
+        let key = default_vault_key_file(Some(Path::new("/srv/tether/hub/tetherd.toml")));
+        assert_eq!(key, PathBuf::from("/srv/tether/hub/vault.key"));
+        let key = default_vault_key_file(None);
+        assert!(!key.starts_with(default_state_dir()), "{}", key.display());
+        assert!(key.ends_with("vault.key"));
     }
 }

@@ -43,6 +43,13 @@ pub struct Config {
     /// Alert routing and delivery, audit-sink batching (`[alerts]`).
     #[serde(default)]
     pub alerts: crate::AlertsSection,
+    /// SSH inside the tunnel: the target's server or forward mode, `run_as`, the hub's pool
+    /// (`[ssh]`).
+    #[serde(default)]
+    pub ssh: crate::SshSection,
+    /// Approvals and just-in-time access (`[approvals]`).
+    #[serde(default)]
+    pub approvals: crate::ApprovalsSection,
     /// File transfer confinement on a target (`[files]`).
     #[serde(default)]
     pub files: crate::FilesSection,
@@ -225,6 +232,8 @@ impl Default for Config {
             metrics: crate::MetricsConfig::default(),
             enroll: EnrollSection::default(),
             alerts: crate::AlertsSection::default(),
+            ssh: crate::SshSection::default(),
+            approvals: crate::ApprovalsSection::default(),
             files: crate::FilesSection::default(),
         }
     }
@@ -431,6 +440,12 @@ impl Config {
             bad(key, message);
         }
         for (key, message) in self.alerts.validate() {
+            bad(&key, message);
+        }
+        for (key, message) in self.ssh.validate(self.role) {
+            bad(&key, message);
+        }
+        for (key, message) in self.approvals.validate() {
             bad(&key, message);
         }
         for (key, message) in self.files.validate() {

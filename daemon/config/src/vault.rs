@@ -28,8 +28,11 @@ pub struct VaultConfig {
     pub backend: BackendChoice,
     /// Refuse to start when secret memory cannot be locked into RAM (default `true`).
     pub secure_memory_required: bool,
-    /// File backend: the 32-byte key file. Default `STATE_DIR/vault/vault.key`, created (0400)
-    /// on first use. Must not be readable or writable by group/others.
+    /// File backend: the 32-byte key file, created (0400) on first use. Must not be readable or
+    /// writable by group/others. Default: outside `state_dir` (see
+    /// [`crate::default_vault_key_file`]: `$CREDENTIALS_DIRECTORY/vault.key`, else beside the
+    /// config file, else `/etc/tether/vault.key` for root or `~/.config/tether/vault.key`). A key
+    /// left in the old default `STATE_DIR/vault/vault.key` is still used, with a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// File backend: take the key from this systemd credential instead of `key_file`

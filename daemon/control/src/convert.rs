@@ -45,6 +45,7 @@ pub(crate) fn host(
         endpoint: p.and_then(|p| p.endpoint).map(|e| e.to_string()),
         rx_bytes: p.map_or(0, |p| p.rx_bytes),
         tx_bytes: p.map_or(0, |p| p.tx_bytes),
+        ssh_user: h.ssh_user.clone(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! `tether-api`; `openapi.yaml` is generated from them and [`routes`] (see [`openapi`]).
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit;
 pub mod connlimit;
 mod convert;
@@ -25,7 +26,7 @@ mod stream;
 pub use error::ControlError;
 pub use metrics::ControlMetrics;
 pub use peer::{Caller, RoleMap};
-pub use routes::{RouteInfo, routes};
+pub use routes::{ProxySession, REFUSED_STATUS, Refusal, RouteInfo, UNREACHABLE_STATUS, routes};
 pub use state::AppState;
 
 pub use tether_api::MAX_BODY_BYTES;

@@ -57,6 +57,9 @@ fn schema_or_ref(name: &str, schema: &RefOr<Schema>, components: &mut Map<String
 
 fn status_text(code: u16) -> &'static str {
     match code {
+        101 => {
+            "switching protocols: the connection now carries the protocol named in the `Upgrade` header"
+        }
         200 => "success",
         400 => {
             "bad input: malformed JSON, unknown field, bad query parameter or value (`invalid_json`, `bad_query`, or the route's own code)"
@@ -68,6 +71,9 @@ fn status_text(code: u16) -> &'static str {
             "not possible in this state: a target asked for hub-only work, a name taken, nothing to reload"
         }
         413 => "the request body is over the 1 MiB limit (`body_too_large`)",
+        426 => {
+            "the request lacks `Connection: upgrade` and the route's `Upgrade` token (`upgrade_required`)"
+        }
         422 => {
             "the new configuration, policy or plugin set is invalid; the old one stays (`invalid_config`, `invalid_policy`, `invalid_plugins`)"
         }
@@ -167,10 +173,13 @@ fn operation(r: &RouteInfo, components: &mut Map<String, Value>) -> Value {
             json!({"application/x-ndjson": {"schema": {"type": "string", "description": "one JSON document per line, each as x-item-schema"}, "x-item-schema": answer}})
         }
         Encoding::Text => json!({"text/plain": {"schema": {"type": "string"}}}),
+        Encoding::Upgrade(_) => json!({}),
     };
     let mut responses = Map::new();
     for code in &r.statuses {
-        let resp = if *code == 200 {
+        let resp = if let (101, Encoding::Upgrade(protocol)) = (*code, r.encoding) {
+            json!({"description": status_text(101), "headers": {"Upgrade": {"required": true, "schema": {"type": "string", "enum": [protocol]}}}})
+        } else if *code == 200 {
             json!({"description": status_text(200), "content": content})
         } else {
             json!({"description": status_text(*code), "content": {"application/json": {"schema": reference("ErrorBody")}}})

@@ -117,7 +117,10 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>, shutdown: Cance
                     };
                     let (st, sd) = (Arc::clone(&state), shutdown.clone());
                     tracker.spawn(async move {
-                        serve_connection(stream, st, sd).await;
+                        // Shared with requests, so a connection upgraded to a session (tether
+                        // proxy, tether ssh) keeps its place under the caps while it lasts.
+                        let slot = Arc::new(slot);
+                        serve_connection(stream, st, sd, Arc::clone(&slot)).await;
                         drop(slot);
                     });
                 }
@@ -141,7 +144,12 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>, shutdown: Cance
     }
 }
 
-async fn serve_connection(stream: UnixStream, state: Arc<AppState>, shutdown: CancellationToken) {
+async fn serve_connection(
+    stream: UnixStream,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    slot: Arc<crate::connlimit::Slot>,
+) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -156,7 +164,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<AppState>, shutdown: Ca
         Err(_) => return,
     };
     let svc_state = Arc::clone(&state);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(Arc::clone(&slot));
         let state = Arc::clone(&svc_state);
         let caller = Arc::clone(&caller);
         async move { Ok::<_, Infallible>(handle(req, caller, state).await) }
@@ -164,7 +173,9 @@ async fn serve_connection(stream: UnixStream, state: Arc<AppState>, shutdown: Ca
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(state.idle_timeout())
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // `tether proxy` and `tether ssh` switch the connection to SSH or session frames.
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -236,7 +247,7 @@ async fn route(
     path: &str,
 ) -> (&'static str, Response<Body>) {
     let via = crate::audit::via_of(&req, &caller);
-    let Some(role) = state.roles().role_of(&caller) else {
+    let Some(role) = state.role_of(&caller) else {
         record_denial(
             state,
             &caller,

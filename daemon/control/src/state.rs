@@ -40,6 +40,9 @@ pub struct AppState {
     pub audit: Option<tether_audit::AuditLog>,
     /// The keys that verify the audit log (the same the writer uses).
     pub audit_keys: Option<Arc<dyn tether_audit::KeySource>>,
+    /// The head counter kept outside `state_dir` that verify holds the log up to (`None`:
+    /// verify says `unanchored`).
+    pub audit_anchor: Option<Arc<dyn tether_audit::HeadAnchor>>,
     /// The userspace WireGuard tunnel (absent on a target that has not enrolled).
     pub tunnel: Option<tether_tunnel::TunnelHandle>,
     /// The hub's enrollment core and host inventory (hub only).
@@ -55,10 +58,17 @@ pub struct AppState {
     pub commit: &'static str,
     /// The hub's SSH pool, for `POST /v1/exec` (hub only).
     pub remote: Option<Arc<dyn RemoteExec>>,
+    /// Hub: where session recordings live (`state_dir/recordings`); `None` on targets.
+    pub recordings: Option<std::path::PathBuf>,
+    /// The hub's operator SSH endpoint, for `POST /v1/proxy/{host}` (hub only).
+    pub operator: Option<Arc<dyn OperatorSsh>>,
     /// Files on targets over the hub's SSH pool, for `/v1/fs` (hub only).
     pub files: Option<Arc<dyn RemoteFiles>>,
     /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
     pub alert_service: Option<tether_alerts::AlertService>,
+    /// Approval requests and just-in-time role grants (`None` in tools and tests without a
+    /// state directory: then a `require-approval` verdict refuses).
+    pub approvals: Option<Arc<crate::approvals::ApprovalService>>,
     /// Caps on concurrent control connections.
     pub connections: crate::connlimit::ConnLimits,
     /// Rate limits for `auth.denied` records, per uid.
@@ -116,6 +126,45 @@ pub trait RemoteExec: Send + Sync {
     ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
     /// Closes `host`'s pooled connection (revoke, `hosts rm`); its running commands end.
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
+    /// The connect timeout of requests that name none (the hub's `[ssh] connect_timeout`).
+    fn default_connect_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+    /// Runs an interactive session (a pty shell, or a command with or without a pty) on
+    /// `host`: `input` is typed into it, its output goes to `out`, until it ends or `cancel`
+    /// fires (then the channel is closed and the target kills the session's processes).
+    fn session(
+        &self,
+        host: ExecHost,
+        spec: tether_model::session::SessionSpec,
+        connect_timeout: Duration,
+        input: tokio::sync::mpsc::Receiver<tether_model::session::SessionInput>,
+        out: tokio::sync::mpsc::Sender<RemoteOutput>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
+}
+
+/// A connection taken over by an upgrade route (`101 Switching Protocols`).
+pub trait UpgradedIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> UpgradedIo for T {}
+
+/// The hub's operator-facing SSH endpoint (`tether proxy`). Implemented by `tetherd` with
+/// `tether-ssh`, so this crate never links russh: it hands over the upgraded connection and a
+/// [`crate::ProxySession`] that decides, audits and runs each request.
+pub trait OperatorSsh: Send + Sync {
+    /// The endpoint's host key, an OpenSSH public key line.
+    fn host_key(&self) -> String;
+    /// Its SHA-256 fingerprint.
+    fn fingerprint(&self) -> String;
+    /// Speaks SSH on `io` until the client goes, every channel request going to `session`.
+    fn serve(
+        &self,
+        io: Box<dyn UpgradedIo>,
+        session: crate::ProxySession,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// A target, as [`RemoteExec`] needs it.
@@ -127,6 +176,9 @@ pub struct ExecHost {
     pub ip: std::net::Ipv4Addr,
     /// SSH host key pinned at enrollment (OpenSSH line).
     pub host_key: String,
+    /// The account to log in as (a forward-mode target's sshd account); `None`: Tether's own
+    /// SSH server.
+    pub user: Option<String>,
 }
 
 /// One command for [`RemoteExec::run`].
@@ -297,6 +349,7 @@ impl AppState {
             alerts: Arc::new(NoAlerts),
             audit: None,
             audit_keys: None,
+            audit_anchor: None,
             tunnel: None,
             hub: None,
             enrollment: None,
@@ -304,8 +357,11 @@ impl AppState {
             plugins: None,
             commit: "unknown",
             remote: None,
+            recordings: None,
+            operator: None,
             files: None,
             alert_service: None,
+            approvals: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),
             source,
@@ -328,6 +384,18 @@ impl AppState {
             Ok(r) => Arc::clone(&r),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// The role `caller` holds now: the strongest of its `[control.roles]` role and any
+    /// just-in-time grant in force (checked against the clock on every call, so a lapsed grant
+    /// is gone at once). `None` → 403.
+    pub fn role_of(&self, caller: &crate::Caller) -> Option<tether_model::Role> {
+        let base = self.roles().role_of(caller);
+        let granted = self
+            .approvals
+            .as_ref()
+            .and_then(|a| a.granted_role(caller.uid));
+        base.max(granted)
     }
 
     /// How long a connection may idle or dawdle over a request.
@@ -452,6 +520,20 @@ impl AppState {
         if old.metrics != new.metrics {
             report.needs_restart.push("metrics".to_owned());
         }
+        // The SSH server or relay, run_as and the hub's pool are built at start.
+        if old.ssh != new.ssh {
+            report.needs_restart.push("ssh".to_owned());
+        }
+        // The rest of [alerts] (routes, cool-down, sinks, queues, retries) applies live.
+        if old.alerts.audit_batch_max != new.alerts.audit_batch_max
+            || old.alerts.audit_poll_ms != new.alerts.audit_poll_ms
+            || old.alerts.offline_after_secs != new.alerts.offline_after_secs
+        {
+            report.needs_restart.push(
+                "alerts.audit_batch_max / alerts.audit_poll_ms / alerts.offline_after_secs"
+                    .to_owned(),
+            );
+        }
         Ok(PreparedReload {
             config: new,
             policy,
@@ -462,6 +544,19 @@ impl AppState {
     fn apply(&self, prepared: PreparedReload) -> ReloadReport {
         if let (Some(engine), Some(policy)) = (&self.policy, prepared.policy) {
             engine.swap(policy);
+        }
+        if let Some(service) = &self.alert_service
+            && self.config().alerts != prepared.config.alerts
+        {
+            let settings = tether_alerts::AlertsSettings::from_section(&prepared.config.alerts);
+            match service.reconfigure(settings) {
+                Ok((added, removed)) => tracing::info!(
+                    ?added,
+                    ?removed,
+                    "[alerts] applied: routes, cool-down, queues and retries"
+                ),
+                Err(e) => tracing::error!("[alerts] not applied, keeping the previous: {e}"),
+            }
         }
         let roles = RoleMap::new(
             &prepared.config.control.roles,

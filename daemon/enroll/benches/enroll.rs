@@ -55,6 +55,7 @@ fn keys() -> TargetKeys {
         wg_public: [3u8; 32],
         ssh_host_key: TARGET_SSH.into(),
         hostname: "bench".into(),
+        ssh_user: None,
     }
 }
 
@@ -103,6 +104,7 @@ fn benches(c: &mut Criterion) {
         last_seen: None,
         state: HostState::Active,
         revoked_at: None,
+        ssh_user: None,
     })
     .unwrap();
     g.bench_function("inventory_rewrite", |b| {

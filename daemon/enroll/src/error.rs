@@ -202,9 +202,17 @@ pub enum EnrollError {
         /// The version the other side announced or chose.
         theirs: u16,
     },
-    /// The hub refused the connection because this address made too many attempts.
-    #[error("too many enrollment attempts from this address; wait a few seconds and retry")]
-    RateLimited,
+    /// The hub refused the connection because this address made too many attempts (or the hub
+    /// was at its connection cap). `tetherd enroll` retries by itself within its deadline.
+    #[error(
+        "too many enrollment attempts from this address; {}",
+        crate::util::fmt_retry_after(*retry_after_ms)
+    )]
+    RateLimited {
+        /// When the hub expects to take the next attempt from this address, in milliseconds
+        /// (sent in the error frame's `retry_after_ms`; absent from hubs before it).
+        retry_after_ms: Option<u64>,
+    },
     /// Connecting to the hub failed.
     #[error(
         "could not connect to the hub's enrollment endpoint {endpoint}: {source}; check the \
@@ -300,7 +308,7 @@ impl EnrollError {
             EnrollError::Timeout { .. } => "timeout",
             EnrollError::Protocol { .. } => "protocol",
             EnrollError::UnsupportedVersion { .. } => "unsupported_version",
-            EnrollError::RateLimited => "rate_limited",
+            EnrollError::RateLimited { .. } => "rate_limited",
             EnrollError::Connect { .. } => "connect",
             EnrollError::Bind { .. } => "bind",
             EnrollError::Io { .. } | EnrollError::CorruptState { .. } => "internal",
@@ -350,7 +358,9 @@ impl EnrollError {
             "denied" => EnrollError::Denied {
                 reason: clip(message),
             },
-            "rate_limited" => EnrollError::RateLimited,
+            "rate_limited" => EnrollError::RateLimited {
+                retry_after_ms: ctx.retry_after_ms,
+            },
             "frame_too_large" => EnrollError::Protocol {
                 what: format!("the hub refused a message as too large: {}", clip(message)),
             },
@@ -381,6 +391,8 @@ pub struct RemoteContext<'a> {
     pub token_hub: &'a str,
     /// The endpoint contacted.
     pub endpoint: &'a str,
+    /// The error frame's retry-after, when the hub sent one.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Keeps remote-supplied text short and printable.

@@ -93,6 +93,7 @@ pub(crate) fn answer(hub: &Hub, json: &[u8], peer: Option<std::net::IpAddr>) -> 
         proof: hello.proof,
         version: None,
         wg_proof: None,
+        ssh_user: None,
     };
     match hub.handle_hello(&hello, peer, unix_now()) {
         Ok(w) => {
@@ -192,6 +193,7 @@ mod tests {
             wg_public: [3u8; 32],
             ssh_host_key: TARGET_SSH.into(),
             hostname: "new.local".into(),
+            ssh_user: None,
         }
     }
 

@@ -13,7 +13,7 @@ use tether_vault::SecretBox;
 use crate::error::{EnrollError, Result};
 use crate::inventory::{HostRecord, HostState, Inventory, OverlayNet};
 use crate::proto::{self, Hello, Welcome};
-use crate::store::InviteStore;
+use crate::store::{FileInviteStore, InviteStore};
 use crate::token::{self, HubId, HubIdentity, InvitePayload, InviteRecord, InviteSpec, Token};
 use crate::util::{hmac, validate_group, validate_host_name, validate_tag};
 
@@ -149,7 +149,7 @@ pub struct Hub {
     identity: HubIdentity,
     hub_id: HubId,
     invite_key: SecretBox,
-    invites: Mutex<InviteStore>,
+    invites: Mutex<Box<dyn InviteStore>>,
     inventory: Arc<Inventory>,
     hook: Option<Arc<dyn EnrollHook>>,
     observer: Option<Arc<dyn EnrollObserver>>,
@@ -182,8 +182,25 @@ impl Hub {
             });
         }
         let inventory = Arc::new(Inventory::open_with(state_dir, net)?);
-        let invites = InviteStore::open(state_dir)?;
-        Ok(Hub {
+        let invites = FileInviteStore::open(state_dir)?;
+        Ok(Self::with_stores(
+            identity,
+            invite_key,
+            Box::new(invites),
+            inventory,
+        ))
+    }
+
+    /// A hub whose invites and inventory live in the given stores (see [`InviteStore`] and
+    /// [`crate::inventory::InventoryStore`]; [`Hub::open`] uses the file backends). The invite
+    /// key must be the one every hub sharing the stores holds.
+    pub fn with_stores(
+        identity: HubIdentity,
+        invite_key: SecretBox,
+        invites: Box<dyn InviteStore>,
+        inventory: Arc<Inventory>,
+    ) -> Hub {
+        Hub {
             hub_id: identity.hub_id(),
             identity,
             invite_key,
@@ -192,7 +209,7 @@ impl Hub {
             hook: None,
             observer: None,
             wg_key: None,
-        })
+        }
     }
 
     /// Sets the enrollment hook.
@@ -231,13 +248,13 @@ impl Hub {
         &self.inventory
     }
 
-    fn invites(&self) -> MutexGuard<'_, InviteStore> {
+    fn invites(&self) -> MutexGuard<'_, Box<dyn InviteStore>> {
         self.invites.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Pending invites at `now` (for `vpn status` / listing; no secrets in them).
     pub fn pending_invites(&self, now: u64) -> Vec<InviteRecord> {
-        self.invites().pending(now).cloned().collect()
+        self.invites().pending(now)
     }
 
     /// Issues an invite: checks the name is free (no active host, no pending invite), allocates
@@ -276,12 +293,12 @@ impl Hub {
 
     fn issue_locked(
         &self,
-        store: &mut InviteStore,
+        store: &mut Box<dyn InviteStore>,
         req: &InviteRequest,
         ip: Option<Ipv4Addr>,
         now: u64,
     ) -> Result<(Token, InviteRecord)> {
-        if store.pending(now).any(|r| r.name == req.name) {
+        if store.has_pending_name(&req.name, now) {
             return Err(EnrollError::NameTaken {
                 name: req.name.clone(),
                 by: "a pending invite (revoke it with `tether vpn revoke NAME` or reinvite)",
@@ -296,8 +313,7 @@ impl Hub {
         let ip = match ip {
             Some(ip) => ip,
             None => {
-                let reserved: HashSet<Ipv4Addr> =
-                    store.pending(now).map(|r| r.overlay_ip).collect();
+                let reserved: HashSet<Ipv4Addr> = store.pending_ips(now).into_iter().collect();
                 self.inventory.allocate_ip(&reserved)?
             }
         };
@@ -341,7 +357,7 @@ impl Hub {
     pub fn revoke_all(&self, now: u64) -> Result<Vec<HostRecord>> {
         let names: Vec<String> = {
             let store = self.invites();
-            store.pending(now).map(|r| r.name.clone()).collect()
+            store.pending(now).into_iter().map(|r| r.name).collect()
         };
         for n in names {
             self.revoke_invites(&n, now)?;
@@ -407,12 +423,20 @@ impl Hub {
         }
     }
 
-    fn handle_hello_inner(
+    /// Whether `hello` was made by a holder of a token this hub signed: the payload decodes,
+    /// names this hub, and the Hello's proof checks out under the token's MAC. Two HMACs and a
+    /// small JSON decode, no state read or written: the enrollment listener calls it before
+    /// any expensive or durable work, to charge the attempt to the budget of token holders
+    /// instead of the one for unauthenticated traffic. Says nothing about expiry or use.
+    pub fn authenticates(&self, hello: &Hello) -> bool {
+        self.authenticate(hello).is_ok()
+    }
+
+    /// The payload and session key of an authenticated Hello (see [`Hub::authenticates`]).
+    fn authenticate(
         &self,
         hello: &Hello,
-        peer: Option<IpAddr>,
-        now: u64,
-    ) -> Result<(Welcome, HostRecord)> {
+    ) -> Result<(token::CheckedPayload, zeroize::Zeroizing<[u8; 32]>)> {
         let json = URL_SAFE_NO_PAD
             .decode(&hello.payload)
             .map_err(|_| EnrollError::Malformed {
@@ -433,6 +457,17 @@ impl Hub {
         if !proto::proof_matches(&proto::hello_proof(&k, hello), &hello.proof) {
             return Err(EnrollError::Tampered);
         }
+        Ok((checked, k))
+    }
+
+    fn handle_hello_inner(
+        &self,
+        hello: &Hello,
+        peer: Option<IpAddr>,
+        now: u64,
+    ) -> Result<(Welcome, HostRecord)> {
+        let (checked, k) = self.authenticate(hello)?;
+        let p: &InvitePayload = &checked.payload;
         let version = proto::negotiate(hello)?;
         checked.check_expiry(now)?;
         self.check_wg_possession(&k, hello)?;
@@ -475,6 +510,7 @@ impl Hub {
             last_seen: Some(now),
             state: HostState::Active,
             revoked_at: None,
+            ssh_user: hello.ssh_user.clone(),
         };
         {
             // Check + consume + record under the store lock: of two racing enrollments with one

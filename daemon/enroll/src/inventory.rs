@@ -1,6 +1,11 @@
-//! The host inventory: `STATE_DIR/hosts.json`, rewritten atomically (tmp + fsync + rename + dir
-//! fsync) on every change, so it survives `kill -9` and power loss holding either the previous or
-//! the new list.
+//! The host inventory: the hub's list of hosts, kept in memory and made durable through an
+//! [`InventoryStore`] before any change is visible.
+//!
+//! The embedded default is [`FileInventoryStore`]: `STATE_DIR/hosts.json`, rewritten atomically
+//! (tmp + fsync + rename + dir fsync) on every change, so it survives `kill -9` and power loss
+//! holding either the previous or the new list. A shared store for several hubs (PostgreSQL,
+//! see `docs/scale.md`) is another implementation of the same trait: it gets each change as
+//! well as the whole list, and applies the change in one transaction.
 //!
 //! One process owns a state directory; within it, [`Inventory`] is shared (`&self` methods, an
 //! internal mutex).
@@ -76,6 +81,10 @@ pub struct HostRecord {
     /// When it was revoked, unix seconds.
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// The account the hub logs in as over SSH (a target in forward mode names its sshd
+    /// account at enrollment); `None`: Tether's own SSH server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 impl HostRecord {
@@ -184,6 +193,79 @@ struct File {
     hosts: Vec<HostRecord>,
 }
 
+/// One change to the inventory, as handed to [`InventoryStore::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostChange<'a> {
+    /// Insert this record, or replace the record of the same name.
+    Put(&'a HostRecord),
+    /// Delete the record of this name.
+    Remove(&'a str),
+}
+
+/// Where the inventory is kept durably. [`Inventory`] holds the records in memory, checks every
+/// rule (unique names, addresses and keys) under its lock, and calls [`InventoryStore::commit`]
+/// before it makes a change visible: memory never runs ahead of the store.
+///
+/// Backends: [`FileInventoryStore`] (`hosts.json`, the embedded default); a row store (e.g. a
+/// PostgreSQL table `hosts` keyed by name, with unique indexes on overlay address and keys,
+/// `docs/scale.md`) applies `changes` in one transaction and may ignore `all`.
+pub trait InventoryStore: Send + Sync + fmt::Debug {
+    /// Every record, at open.
+    fn load(&self) -> Result<Vec<HostRecord>>;
+    /// Makes `changes` durable; `all` is the complete list after them (sorted by name). Return
+    /// only once the changes survive a crash; on error nothing must have changed.
+    fn commit(&self, changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()>;
+}
+
+/// The embedded backend: `STATE_DIR/hosts.json`, rewritten atomically on every commit.
+#[derive(Debug)]
+pub struct FileInventoryStore {
+    path: PathBuf,
+    loaded: Mutex<Option<Vec<HostRecord>>>,
+}
+
+impl FileInventoryStore {
+    /// Opens (or starts empty) `state_dir/hosts.json`; a file that does not parse is an error
+    /// naming it.
+    pub fn open(state_dir: &Path) -> Result<FileInventoryStore> {
+        let (path, file) = open_state::<File>(state_dir, HOSTS_FILE)?;
+        Ok(FileInventoryStore {
+            path,
+            loaded: Mutex::new(Some(file.map(|f| f.hosts).unwrap_or_default())),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl InventoryStore for FileInventoryStore {
+    fn load(&self) -> Result<Vec<HostRecord>> {
+        let cached = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match cached {
+            Some(hosts) => Ok(hosts),
+            None => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                let (_, file) = open_state::<File>(dir, HOSTS_FILE)?;
+                Ok(file.map(|f| f.hosts).unwrap_or_default())
+            }
+        }
+    }
+
+    fn commit(&self, _changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&File {
+            version: 1,
+            hosts: all.to_vec(),
+        })
+        .map_err(|e| EnrollError::Internal {
+            what: format!("encode inventory: {e}"),
+        })?;
+        atomic_write(&self.path, &bytes)
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     hosts: Vec<HostRecord>,
@@ -194,7 +276,7 @@ struct Inner {
 /// The host inventory. See the module docs.
 #[derive(Debug)]
 pub struct Inventory {
-    path: PathBuf,
+    store: Box<dyn InventoryStore>,
     net: OverlayNet,
     inner: Mutex<Inner>,
 }
@@ -207,14 +289,18 @@ impl Inventory {
 
     /// Opens with a given overlay subnet.
     pub fn open_with(state_dir: &Path, net: OverlayNet) -> Result<Inventory> {
-        let (path, file) = open_state::<File>(state_dir, HOSTS_FILE)?;
-        let hosts = file.map(|f| f.hosts).unwrap_or_default();
+        Self::with_store(Box::new(FileInventoryStore::open(state_dir)?), net)
+    }
+
+    /// An inventory kept in `store` (see [`InventoryStore`]).
+    pub fn with_store(store: Box<dyn InventoryStore>, net: OverlayNet) -> Result<Inventory> {
+        let hosts = store.load()?;
         let persisted_seen = hosts
             .iter()
             .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
             .collect();
         Ok(Inventory {
-            path,
+            store,
             net,
             inner: Mutex::new(Inner {
                 hosts,
@@ -226,11 +312,6 @@ impl Inventory {
     /// The overlay subnet.
     pub fn net(&self) -> OverlayNet {
         self.net
-    }
-
-    /// The file path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -283,8 +364,8 @@ impl Inventory {
         check_insertable(&g.hosts, &self.net, &record)?;
         let mut next = g.hosts.clone();
         next.retain(|h| h.name != record.name);
-        next.push(record);
-        self.commit(&mut g, next)
+        next.push(record.clone());
+        self.commit(&mut g, &[HostChange::Put(&record)], next)
     }
 
     /// Removes a host (active or revoked) and persists; returns it.
@@ -297,7 +378,7 @@ impl Inventory {
             .cloned()
             .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
         let next = g.hosts.iter().filter(|h| h.name != name).cloned().collect();
-        self.commit(&mut g, next)?;
+        self.commit(&mut g, &[HostChange::Remove(name)], next)?;
         Ok(old)
     }
 
@@ -320,7 +401,7 @@ impl Inventory {
             .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
         h.wg_public_key = wg_public_key.to_owned();
         let out = h.clone();
-        self.commit(&mut g, next)?;
+        self.commit(&mut g, &[HostChange::Put(&out)], next)?;
         Ok(out)
     }
 
@@ -361,7 +442,7 @@ impl Inventory {
             h.revoked_at = Some(now);
         }
         let out = h.clone();
-        self.commit(&mut g, next)?;
+        self.commit(&mut g, &[HostChange::Put(&out)], next)?;
         Ok(out)
     }
 
@@ -378,10 +459,11 @@ impl Inventory {
             return Ok(());
         }
         h.last_seen = Some(when);
+        let touched = h.clone();
         let persisted = g.persisted_seen.get(name).copied().unwrap_or(0);
         if when.saturating_sub(persisted) >= TOUCH_PERSIST_SECS {
             let next = g.hosts.clone();
-            self.commit(&mut g, next)?;
+            self.commit(&mut g, &[HostChange::Put(&touched)], next)?;
         }
         Ok(())
     }
@@ -399,18 +481,16 @@ impl Inventory {
             })
     }
 
-    /// Writes `next` durably, then makes it the in-memory state (memory never runs ahead of the
-    /// file).
-    fn commit(&self, g: &mut MutexGuard<'_, Inner>, mut next: Vec<HostRecord>) -> Result<()> {
+    /// Makes `changes` durable through the store (with `next`, the whole list after them),
+    /// then makes `next` the in-memory state (memory never runs ahead of the store).
+    fn commit(
+        &self,
+        g: &mut MutexGuard<'_, Inner>,
+        changes: &[HostChange<'_>],
+        mut next: Vec<HostRecord>,
+    ) -> Result<()> {
         next.sort_by(|a, b| a.name.cmp(&b.name));
-        let bytes = serde_json::to_vec_pretty(&File {
-            version: 1,
-            hosts: next.clone(),
-        })
-        .map_err(|e| EnrollError::Internal {
-            what: format!("encode inventory: {e}"),
-        })?;
-        atomic_write(&self.path, &bytes)?;
+        self.store.commit(changes, &next)?;
         g.persisted_seen = next
             .iter()
             .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))

@@ -5,8 +5,9 @@
 //!   expiry, hub id), parsed without a key on the target.
 //! * [`proto`]: the sans-IO exchange (frames, Hello/Welcome, transcript MACs keyed from the token)
 //!   and the target's [`TargetSession`].
-//! * [`Hub`]: the hub's core: issue/revoke invites ([`InviteStore`], `invites.json`), answer a
-//!   Hello, record the host in the [`Inventory`] (`hosts.json`), enrollment hooks and observers.
+//! * [`Hub`]: the hub's core: issue/revoke invites ([`InviteStore`]; embedded backend
+//!   [`FileInviteStore`], `invites.json`), answer a Hello, record the host in the [`Inventory`]
+//!   ([`InventoryStore`]; embedded backend [`FileInventoryStore`], `hosts.json`), enrollment hooks and observers.
 //! * [`EnrollServer`] / [`enroll_client`]: thin tokio drivers with rate limit, frame limit and
 //!   deadline; metrics into a caller-provided prometheus registry.
 #![forbid(unsafe_code)]
@@ -31,11 +32,15 @@ pub use hub::{
     DEFAULT_TTL_SECS, EnrollEvent, EnrollHook, EnrollObserver, EnrollRequest, HookDecision, Hub,
     InviteRequest, RevokeOutcome,
 };
-pub use inventory::{HostRecord, HostState, Inventory, OverlayNet};
+pub use inventory::{
+    FileInventoryStore, HostChange, HostRecord, HostState, Inventory, InventoryStore, OverlayNet,
+};
 pub use proto::{TargetKeys, TargetSession, Welcome, WgKeyAgreement, WgProver};
-pub use server::{ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client};
+pub use server::{
+    ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client, retry_delay,
+};
 pub use sshkey::{SshPublicKey, ssh_fingerprint};
-pub use store::InviteStore;
+pub use store::{FileInviteStore, InviteStore};
 pub use token::{
     HubId, HubIdentity, InvitePayload, InviteRecord, InviteSpec, InviteState, ParsedToken, Token,
     issue, parse_token,

@@ -118,6 +118,10 @@ pub struct Hello {
     /// can check it requires it from every target that names a version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wg_proof: Option<String>,
+    /// The account the hub logs in as over SSH: set by a target in forward mode (its sshd's
+    /// `ssh.run_as`); absent for Tether's own SSH server. Covered by `proof`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 /// X25519 key agreement with this side's WireGuard private key (which stays in the vault):
@@ -211,6 +215,11 @@ pub struct ErrorFrame {
     pub code: String,
     /// [`EnrollError::wire_message`].
     pub message: String,
+    /// For `rate_limited`: when the hub expects to take the next attempt from this address, in
+    /// milliseconds. Optional and skipped when absent, so hubs and targets of earlier releases
+    /// (whose error frame accepts unknown fields) still read the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Encodes one message as a frame.
@@ -230,9 +239,14 @@ pub fn encode_frame(msg: &Message) -> Result<Vec<u8>> {
 
 /// The error frame the hub sends for `err`.
 pub fn error_frame(err: &EnrollError) -> Vec<u8> {
+    let retry_after_ms = match err {
+        EnrollError::RateLimited { retry_after_ms } => *retry_after_ms,
+        _ => None,
+    };
     encode_frame(&Message::Error(ErrorFrame {
         code: err.code().to_string(),
         message: err.wire_message(),
+        retry_after_ms,
     }))
     .unwrap_or_default()
 }
@@ -356,6 +370,9 @@ fn hello_transcript(h: &Hello) -> Transcript {
     if let Some(v) = h.version {
         t.field(b"version").field(&v.to_be_bytes());
     }
+    if let Some(u) = &h.ssh_user {
+        t.field(b"ssh_user").field(u.as_bytes());
+    }
     t
 }
 
@@ -406,6 +423,21 @@ pub struct TargetKeys {
     pub ssh_host_key: String,
     /// The target's hostname (informational).
     pub hostname: String,
+    /// Forward mode: the sshd account the hub logs in as; `None` for Tether's own SSH server.
+    pub ssh_user: Option<String>,
+}
+
+/// Longest SSH user name a target may name.
+pub const MAX_SSH_USER_LEN: usize = 32;
+
+/// Whether `user` is a plausible POSIX account name for the hub to log in as.
+pub fn valid_ssh_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= MAX_SSH_USER_LEN
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Checks the fields of a Hello that the target supplies (hub side).
@@ -417,6 +449,13 @@ pub(crate) fn check_hello_fields(h: &Hello) -> Result<[u8; 32]> {
     if h.hostname.len() > MAX_HOSTNAME_LEN || h.hostname.chars().any(|c| c.is_control()) {
         return Err(EnrollError::Protocol {
             what: "hostname is too long or has control characters".into(),
+        });
+    }
+    if let Some(u) = &h.ssh_user
+        && !valid_ssh_user(u)
+    {
+        return Err(EnrollError::Protocol {
+            what: "ssh_user is not an account name (letters, digits, _ - . ; at most 32)".into(),
         });
     }
     decode_tag(&h.client_nonce, "client nonce")?;
@@ -483,6 +522,7 @@ impl TargetSession {
             proof: String::new(),
             version: Some(PROTOCOL_VERSION),
             wg_proof: None,
+            ssh_user: keys.ssh_user.clone(),
         };
         hello.proof = URL_SAFE_NO_PAD.encode(hello_proof(&k, &hello));
         if let Some(prover) = prover {
@@ -598,6 +638,7 @@ impl TargetSession {
                         expires_at: p.expires_at,
                         token_hub: &p.hub_id.0,
                         endpoint: &self.endpoint,
+                        retry_after_ms: e.retry_after_ms,
                     },
                 ))
             }
@@ -615,10 +656,51 @@ mod tests {
     use crate::first_release::{self, V1Message};
 
     #[test]
+    fn a_retry_after_reaches_current_targets_and_first_release_ones_still_read_the_refusal() {
+        let frame = error_frame(&EnrollError::RateLimited {
+            retry_after_ms: Some(1250),
+        });
+        let json = std::str::from_utf8(&frame[4..]).unwrap();
+        assert!(json.contains("\"retry_after_ms\":1250"), "{json}");
+        // A first-release target decodes it as its own error frame (two fields, unknown ones
+        // accepted: `git show eadd2dd^:daemon/enroll/src/proto.rs`), code and message intact.
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum V1Answer {
+            Error { code: String, message: String },
+        }
+        let V1Answer::Error { code, message } = serde_json::from_slice(&frame[4..])
+            .unwrap_or_else(|e| panic!("a first-release target could not read {json}: {e}"));
+        let old = ErrorFrame {
+            code,
+            message,
+            retry_after_ms: None,
+        };
+        assert_eq!(old.code, "rate_limited");
+        assert!(old.message.contains("1.250 s"), "{}", old.message);
+        // Other errors carry no retry-after at all (the frame is what earlier hubs sent).
+        let plain = error_frame(&EnrollError::Tampered);
+        assert!(
+            !std::str::from_utf8(&plain[4..])
+                .unwrap()
+                .contains("retry_after")
+        );
+        // A current target gets the value back in the error.
+        let (_dir, _hub, mut s, _) = exchange();
+        match s.receive(&frame) {
+            Err(EnrollError::RateLimited { retry_after_ms }) => {
+                assert_eq!(retry_after_ms, Some(1250))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn decoder_handles_split_and_oversize() {
         let f = encode_frame(&Message::Error(ErrorFrame {
             code: "x".into(),
             message: "y".into(),
+            retry_after_ms: None,
         }))
         .unwrap();
         let mut d = FrameDecoder::new(MAX_FRAME);
@@ -638,6 +720,47 @@ mod tests {
 
     /// A hub of this release and a target, in process (no sockets): the hub, a fresh token's
     /// target session and its Hello.
+    /// A forward-mode target's `ssh_user` reaches the inventory, is covered by the proof (a
+    /// changed name is refused), and must be an account name.
+    #[test]
+    fn the_forward_mode_login_is_recorded_and_covered_by_the_proof() {
+        let (_dir, hub, _session, _hello) = exchange();
+        let now = crate::unix_now();
+        let hello_as = |name: &str, user: &str| {
+            let req = crate::InviteRequest {
+                name: name.into(),
+                tags: BTreeMap::new(),
+                groups: vec![],
+                ttl_secs: crate::DEFAULT_TTL_SECS,
+            };
+            let (token, _) = hub.invite(&req, now).unwrap();
+            let keys = TargetKeys {
+                wg_public: [name.len() as u8 + 40; 32],
+                ssh_host_key: TARGET_SSH.into(),
+                hostname: "fwd.local".into(),
+                ssh_user: Some(user.into()),
+            };
+            let (_s, frame) = TargetSession::start(&token, &keys, now, MAX_FRAME, None).unwrap();
+            let Message::Hello(hello) = serde_json::from_slice(&frame[4..]).unwrap() else {
+                panic!("not a hello")
+            };
+            hello
+        };
+        let hello = hello_as("fwd1", "deploy");
+        hub.handle_hello(&hello, None, now).unwrap();
+        assert_eq!(
+            hub.inventory().get("fwd1").unwrap().ssh_user.as_deref(),
+            Some("deploy")
+        );
+        let mut forged = hello_as("fwd22", "deploy");
+        forged.ssh_user = Some("root".into());
+        assert!(hub.handle_hello(&forged, None, now).is_err());
+        assert!(hub.inventory().get("fwd22").is_none());
+        let bad = hello_as("fwd333", "a b");
+        let e = hub.handle_hello(&bad, None, now).unwrap_err();
+        assert!(e.to_string().contains("ssh_user"), "{e}");
+    }
+
     fn exchange() -> (tempfile::TempDir, crate::Hub, TargetSession, Hello) {
         let dir = tempfile::tempdir().unwrap();
         let identity = crate::HubIdentity {
@@ -661,6 +784,7 @@ mod tests {
             wg_public: [3u8; 32],
             ssh_host_key: TARGET_SSH.into(),
             hostname: "old.local".into(),
+            ssh_user: None,
         };
         let (session, frame) = TargetSession::start(&token, &keys, now, MAX_FRAME, None).unwrap();
         let Message::Hello(hello) = serde_json::from_slice(&frame[4..]).unwrap() else {
@@ -738,6 +862,7 @@ mod tests {
                 wg_public: public,
                 ssh_host_key: TARGET_SSH.into(),
                 hostname: "t.local".into(),
+                ssh_user: None,
             };
             let (s, frame) = TargetSession::start_proving(
                 token,
@@ -896,6 +1021,7 @@ mod tests {
             ErrorFrame {
                 code: "protocol".into(),
                 message: EnrollError::Tampered.wire_message(),
+                retry_after_ms: None,
             },
         ];
         for frame in &near_misses {

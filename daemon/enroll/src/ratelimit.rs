@@ -4,10 +4,16 @@
 //! bounded: when it is full, buckets that have refilled completely are dropped; if it is still
 //! full, new sources share one overflow bucket (so a flood from many addresses is limited as one
 //! source instead of growing memory or disabling the limit).
+//!
+//! The enrollment listener keeps two of these: one charged at accept for every connection
+//! (flood protection against unauthenticated garbage), and a higher one charged once a Hello's
+//! token MAC has checked out (a fleet behind one NAT address enrolling at rollout speed); an
+//! authenticated attempt gets its accept-time token back ([`RateLimiter::refund`]). A refusal
+//! says when a token is due ([`RateLimiter::check`]), which the hub sends as a retry-after.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Default rate: 5 attempts per second per source.
 pub const DEFAULT_RATE_PER_SEC: f64 = 5.0;
@@ -73,6 +79,34 @@ impl RateLimiter {
         }
     }
 
+    /// How long until a bucket at `tokens` holds a whole token again.
+    fn wait(&self, tokens: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - tokens).max(0.0) / self.rate).min(3600.0))
+    }
+
+    /// Like [`RateLimiter::allow`], and on refusal how long until the next attempt from `ip`
+    /// would be allowed (the retry-after to tell the client).
+    pub fn check(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.allow(ip, now) {
+            return Ok(());
+        }
+        let tokens = self
+            .buckets
+            .get(&key(ip))
+            .or(self.overflow.as_ref())
+            .map_or(0.0, |b| b.tokens);
+        Err(self.wait(tokens))
+    }
+
+    /// Gives back one token taken from `ip` (the attempt turned out to be one another limiter
+    /// accounts for). Never above the burst; a source no longer tracked gets nothing.
+    pub fn refund(&mut self, ip: IpAddr) {
+        let burst = self.burst;
+        if let Some(b) = self.buckets.get_mut(&key(ip)) {
+            b.tokens = (b.tokens + 1.0).min(burst);
+        }
+    }
+
     /// Whether one more attempt from `ip` is allowed at `now` (and takes a token if so).
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let k = key(ip);
@@ -134,6 +168,31 @@ mod tests {
             assert!(l.allow(ip, t2));
         }
         assert!(!l.allow(ip, t2));
+    }
+
+    #[test]
+    fn a_refusal_says_when_to_retry_and_refunds_come_back() {
+        let mut l = RateLimiter::new(5.0, 2, 100);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(l.check(ip, t0).is_ok());
+        assert!(l.check(ip, t0).is_ok());
+        let wait = l.check(ip, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(200), "one token at 5/s");
+        // 100 ms later half a token has come back: 100 ms to go.
+        let wait = l.check(ip, t0 + Duration::from_millis(100)).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        // Refunds give tokens back, never beyond the burst.
+        l.refund(ip);
+        l.refund(ip);
+        l.refund(ip);
+        let t = t0 + Duration::from_millis(100);
+        assert!(l.check(ip, t).is_ok());
+        assert!(l.check(ip, t).is_ok());
+        assert!(l.check(ip, t).is_err());
+        // An unknown source gets nothing from a refund (and is not tracked by it).
+        l.refund("192.0.2.8".parse().unwrap());
+        assert_eq!(l.tracked(), 1);
     }
 
     #[test]

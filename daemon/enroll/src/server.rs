@@ -23,6 +23,27 @@ use crate::util::unix_now;
 /// Default per-connection deadline (10 s).
 pub use crate::limits::DEFAULT_DEADLINE;
 
+/// Default per-source rate of attempts with an authenticated token (100/s).
+pub const DEFAULT_TOKEN_RATE_PER_SEC: f64 = 100.0;
+/// Default per-source burst of attempts with an authenticated token (500).
+pub const DEFAULT_TOKEN_BURST: u32 = 500;
+/// The retry-after sent when the connection cap (not the rate) refused a connection.
+const CAP_RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// The listener's two per-source budgets (see [`crate::ratelimit`]).
+#[derive(Debug)]
+struct Budgets {
+    /// Charged at accept for every connection.
+    any: RateLimiter,
+    /// Charged once a Hello's token MAC checked out (the accept-time token is refunded).
+    authenticated: RateLimiter,
+}
+
+fn millis(d: Duration) -> u64 {
+    // Round up: a client retrying exactly then finds the token there.
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 /// Refused connections that are answered with an error frame at the same time; beyond this
 /// they are closed without waiting.
 const MAX_LINGERING_REFUSALS: usize = 64;
@@ -41,6 +62,13 @@ pub struct ServerConfig {
     pub burst: u32,
     /// Most sources tracked by the rate limiter.
     pub max_sources: usize,
+    /// Per-source refill rate for attempts whose token MAC checked out (default 100/s): a fleet
+    /// enrolling through one NAT address. Such an attempt gets its token of the
+    /// unauthenticated budget (`rate_per_sec`/`burst`) back and is charged here instead,
+    /// before the hub reads or writes any state.
+    pub token_rate_per_sec: f64,
+    /// Per-source burst of authenticated attempts (default 500).
+    pub token_burst: u32,
     /// Most connections handled at once (default 256); more are refused.
     pub max_connections: usize,
 }
@@ -53,6 +81,8 @@ impl Default for ServerConfig {
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             burst: DEFAULT_BURST,
             max_sources: DEFAULT_MAX_SOURCES,
+            token_rate_per_sec: DEFAULT_TOKEN_RATE_PER_SEC,
+            token_burst: DEFAULT_TOKEN_BURST,
             max_connections: 256,
         }
     }
@@ -179,11 +209,14 @@ impl EnrollServer {
             metrics,
         } = self;
         let config = Arc::new(config);
-        let limiter = Mutex::new(RateLimiter::new(
-            config.rate_per_sec,
-            config.burst,
-            config.max_sources,
-        ));
+        let budgets = Arc::new(Mutex::new(Budgets {
+            any: RateLimiter::new(config.rate_per_sec, config.burst, config.max_sources),
+            authenticated: RateLimiter::new(
+                config.token_rate_per_sec,
+                config.token_burst,
+                config.max_sources,
+            ),
+        }));
         let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
         let tracker = TaskTracker::new();
@@ -199,46 +232,61 @@ impl EnrollServer {
                     }
                 },
             };
-            let allowed = limiter
+            let allowed = budgets
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .allow(peer.ip(), std::time::Instant::now());
-            let permit = if allowed {
-                slots.clone().try_acquire_owned().ok()
-            } else {
-                None
+                .any
+                .check(peer.ip(), std::time::Instant::now());
+            let permit = match allowed {
+                Ok(()) => slots.clone().try_acquire_owned().map_err(|_| {
+                    // Not this source's fault: give its token back.
+                    budgets
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .any
+                        .refund(peer.ip());
+                    CAP_RETRY_AFTER
+                }),
+                Err(wait) => Err(wait),
             };
-            let Some(permit) = permit else {
-                metrics.rate_limited.inc();
-                tracing::debug!(%peer, allowed, "enrollment connection refused (rate limit / cap)");
-                // Tell the client why, then close. A few refusals linger briefly (so the client
-                // reads the error rather than a reset); under a flood the rest are just dropped.
-                let frame = proto::error_frame(&EnrollError::RateLimited);
-                match refusals.clone().try_acquire_owned() {
-                    Ok(p) => {
-                        tracker.spawn(async move {
-                            let mut stream = stream;
-                            let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                                stream.write_all(&frame).await?;
-                                stream.shutdown().await
-                            })
-                            .await;
-                            linger_drain(&mut stream).await;
-                            drop(p);
-                        });
+            let permit = match permit {
+                Ok(p) => p,
+                Err(wait) => {
+                    metrics.rate_limited.inc();
+                    tracing::debug!(%peer, retry_after_ms = millis(wait), "enrollment connection refused (rate limit / cap)");
+                    // Tell the client why and when to come back, then close. A few refusals linger
+                    // briefly (so the client reads the error rather than a reset); under a flood
+                    // the rest are just dropped.
+                    let frame = proto::error_frame(&EnrollError::RateLimited {
+                        retry_after_ms: Some(millis(wait)),
+                    });
+                    match refusals.clone().try_acquire_owned() {
+                        Ok(p) => {
+                            tracker.spawn(async move {
+                                let mut stream = stream;
+                                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                                    stream.write_all(&frame).await?;
+                                    stream.shutdown().await
+                                })
+                                .await;
+                                linger_drain(&mut stream).await;
+                                drop(p);
+                            });
+                        }
+                        Err(_) => {
+                            let _ = stream.try_write(&frame);
+                            drop(stream);
+                        }
                     }
-                    Err(_) => {
-                        let _ = stream.try_write(&frame);
-                        drop(stream);
-                    }
+                    continue;
                 }
-                continue;
             };
             let hub = hub.clone();
             let config = config.clone();
             let metrics = metrics.clone();
+            let budgets = budgets.clone();
             tracker.spawn(async move {
-                handle_connection(stream, peer, hub, &config, &metrics).await;
+                handle_connection(stream, peer, hub, &config, &metrics, &budgets).await;
                 drop(permit);
             });
         }
@@ -283,6 +331,7 @@ async fn handle_connection(
     hub: Arc<Hub>,
     config: &ServerConfig,
     metrics: &EnrollMetrics,
+    budgets: &Mutex<Budgets>,
 ) {
     let started = tokio::time::Instant::now();
     let hello = match tokio::time::timeout(
@@ -296,6 +345,24 @@ async fn handle_connection(
             what: "hello",
             after_ms: u64::try_from(config.deadline.as_millis()).unwrap_or(u64::MAX),
         }),
+    };
+    // A token holder's attempt: back from the unauthenticated budget to the token holders'
+    // one, before the hub reads or writes any state.
+    let hello = match hello {
+        Ok(hello) if hub.authenticates(&hello) => {
+            let mut b = budgets.lock().unwrap_or_else(|e| e.into_inner());
+            b.any.refund(peer.ip());
+            match b.authenticated.check(peer.ip(), std::time::Instant::now()) {
+                Ok(()) => Ok(hello),
+                Err(wait) => {
+                    metrics.rate_limited.inc();
+                    Err(EnrollError::RateLimited {
+                        retry_after_ms: Some(millis(wait)),
+                    })
+                }
+            }
+        }
+        other => other,
     };
     let result = match hello {
         Ok(hello) => {
@@ -369,6 +436,12 @@ pub struct ClientOptions {
     /// The target's WireGuard private key (through the vault), to prove it holds the key it
     /// enrolls with ([`crate::proto::wg_possession_proof`]). `None`: no proof is sent.
     pub wg_key: Option<crate::proto::WgProver>,
+    /// Retry refusals for too many attempts from this address (the hub's rate limit or
+    /// connection cap) for up to this long from the start, each time after the hub's
+    /// retry-after plus an exponential backoff with full jitter (250 ms doubling to 8 s), so a
+    /// fleet behind one NAT address spreads out instead of failing. `None` (the default):
+    /// the refusal is returned at once. Each attempt still has its own `deadline`.
+    pub retry_rate_limited_for: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -378,6 +451,7 @@ impl Default for ClientOptions {
             max_frame: MAX_FRAME,
             endpoint: None,
             wg_key: None,
+            retry_rate_limited_for: None,
         }
     }
 }
@@ -388,11 +462,52 @@ impl Default for ClientOptions {
 ///
 /// A first-release hub refuses the versioned Hello in its own way; the exchange is then tried
 /// once more in v1 on a new connection, within the same deadline (see [`crate::proto`]).
+/// With [`ClientOptions::retry_rate_limited_for`], a rate-limit refusal is retried after a
+/// backoff (a refused attempt consumed nothing on the hub).
 pub async fn enroll_client(
     token: &Token,
     keys: &TargetKeys,
     opts: &ClientOptions,
 ) -> Result<Welcome> {
+    let started = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match enroll_once(token, keys, opts).await {
+            Err(EnrollError::RateLimited { retry_after_ms }) => {
+                let budget = opts.retry_rate_limited_for.unwrap_or(Duration::ZERO);
+                let delay = retry_delay(attempt, retry_after_ms);
+                if started.elapsed() + delay >= budget {
+                    return Err(EnrollError::RateLimited { retry_after_ms });
+                }
+                tracing::info!(
+                    attempt,
+                    delay_ms = millis(delay),
+                    "the hub is busy with enrollments from this address; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                attempt = attempt.saturating_add(1);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The wait before retry number `attempt` (0-based) after a rate-limit refusal: the hub's
+/// retry-after, plus a uniformly random share of an exponential backoff (250 ms × 2^attempt,
+/// at most 8 s), so clients refused together come back spread out.
+pub fn retry_delay(attempt: u32, retry_after_ms: Option<u64>) -> Duration {
+    let cap_ms = 250u64.saturating_mul(1u64 << attempt.min(5)).min(8_000);
+    let mut r = [0u8; 8];
+    // Without OS randomness the whole backoff is used (still bounded, just not spread).
+    let jitter_ms = match getrandom::fill(&mut r) {
+        Ok(()) => u64::from_le_bytes(r) % (cap_ms + 1),
+        Err(_) => cap_ms,
+    };
+    Duration::from_millis(retry_after_ms.unwrap_or(0).min(60_000) + jitter_ms)
+}
+
+/// One enrollment within `opts.deadline`, with the v1 fallback.
+async fn enroll_once(token: &Token, keys: &TargetKeys, opts: &ClientOptions) -> Result<Welcome> {
     let (mut session, hello) = TargetSession::start_proving(
         token,
         keys,

@@ -198,6 +198,18 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
         })
 }
 
+/// The advice of a rate-limit refusal: when to retry (the hub's retry-after when known).
+pub(crate) fn fmt_retry_after(retry_after_ms: Option<u64>) -> String {
+    match retry_after_ms {
+        Some(ms) => format!(
+            "the hub takes the next attempt in {}.{:03} s (`tetherd enroll` retries by itself)",
+            ms / 1000,
+            ms % 1000
+        ),
+        None => "wait a few seconds and retry".to_string(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -80,6 +80,7 @@ fn keys(ssh: &str) -> TargetKeys {
         wg_public: random32(),
         ssh_host_key: ssh.into(),
         hostname: "target.local".into(),
+        ssh_user: None,
     }
 }
 
@@ -653,13 +654,92 @@ mod hardening {
         c.write_all(b"\0\0\0\x02{}").await.unwrap();
         assert_eq!(error_code(read_message(&mut c).await), "protocol");
         let e = enroll_client(&t, &keys(TARGET_SSH_A), &ClientOptions::default()).await;
-        assert!(matches!(e, Err(EnrollError::RateLimited)), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(EnrollError::RateLimited {
+                    retry_after_ms: Some(1..)
+                })
+            ),
+            "{e:?}"
+        );
         assert_eq!(th.metrics.rate_limited(), 1);
         // Tokens come back at 5/s.
         tokio::time::sleep(Duration::from_millis(250)).await;
         let w = enroll_client(&t, &keys(TARGET_SSH_A), &ClientOptions::default()).await;
         assert!(w.is_ok(), "{w:?}");
         th.stop().await;
+    }
+
+    #[tokio::test]
+    async fn token_holders_get_their_own_budget_and_the_client_waits_as_told() {
+        let th = start_hub_with(
+            ServerConfig {
+                rate_per_sec: 2.0,
+                burst: 2,
+                token_rate_per_sec: 2.0,
+                token_burst: 25,
+                ..ServerConfig::default()
+            },
+            None,
+            None,
+            None,
+        )
+        .await;
+        // 20 enrollments from one address, far beyond the unauthenticated burst of 2: each
+        // valid Hello gets its accept-time token back and is charged to the token budget.
+        for i in 0..20 {
+            let name = format!("fleet{i}");
+            let (t, _) = th.hub.invite(&req(&name), unix_now()).unwrap();
+            let ssh = ssh_key_for(&name);
+            let w = enroll_client(&t, &keys(&ssh), &ClientOptions::default()).await;
+            assert!(w.is_ok(), "{name}: {w:?}");
+        }
+        assert_eq!(th.metrics.attempts("enrolled"), 20);
+        assert_eq!(th.metrics.rate_limited(), 0);
+        // Garbage still spends the unauthenticated budget: the third is refused at accept,
+        // with a retry-after of at most 1/rate.
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(th.addr).await.unwrap();
+            c.write_all(b"\0\0\0\x02{}").await.unwrap();
+            assert_eq!(error_code(read_message(&mut c).await), "protocol");
+        }
+        let (t, _) = th.hub.invite(&req("late"), unix_now()).unwrap();
+        let e = enroll_client(&t, &keys(TARGET_SSH_A), &ClientOptions::default()).await;
+        match e {
+            Err(EnrollError::RateLimited {
+                retry_after_ms: Some(ms),
+            }) => assert!((1..=500).contains(&ms), "{ms}"),
+            other => panic!("{other:?}"),
+        }
+        // With a retry budget the client waits as told (plus jitter) and gets through.
+        let opts = ClientOptions {
+            retry_rate_limited_for: Some(Duration::from_secs(5)),
+            ..ClientOptions::default()
+        };
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(th.addr).await.unwrap();
+            let _ = c.write_all(b"\0\0\0\x02{}").await;
+            let _ = read_message(&mut c).await;
+        }
+        let w = enroll_client(&t, &keys(TARGET_SSH_A), &opts).await;
+        assert!(w.is_ok(), "{w:?}");
+        assert!(th.metrics.rate_limited() >= 2);
+        th.stop().await;
+    }
+
+    #[test]
+    fn retry_delays_follow_the_hub_and_back_off_with_jitter() {
+        for attempt in 0..10u32 {
+            let cap = (250u64 << attempt.min(5)).min(8_000);
+            for _ in 0..50 {
+                let d = retry_delay(attempt, Some(300)).as_millis() as u64;
+                assert!((300..=300 + cap).contains(&d), "attempt {attempt}: {d}");
+            }
+        }
+        // Jitter spreads clients refused together.
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| retry_delay(3, None)).collect();
+        assert!(spread.len() > 10, "{spread:?}");
     }
 
     #[tokio::test]
@@ -982,6 +1062,7 @@ mod inventory_tests {
             last_seen: None,
             state: HostState::Active,
             revoked_at: None,
+            ssh_user: None,
         }
     }
 
@@ -1127,6 +1208,7 @@ mod durability {
                 last_seen: None,
                 state: HostState::Active,
                 revoked_at: None,
+                ssh_user: None,
             })
             .unwrap();
             i += 1;
@@ -1464,6 +1546,7 @@ mod identity_rules {
             last_seen: None,
             state: HostState::Active,
             revoked_at: None,
+            ssh_user: None,
         };
         inv.insert(h.clone()).unwrap();
         assert_eq!(inv.admit("a1", "key-1", |_| 7).unwrap(), 7);

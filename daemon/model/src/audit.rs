@@ -51,6 +51,36 @@ impl std::fmt::Display for BreakKind {
     }
 }
 
+/// The overall answer of `verify`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum VerifyVerdict {
+    /// The chain is intact and reaches the head counter kept outside `state_dir`.
+    Ok,
+    /// No break was found, but nothing outside `state_dir` vouches for the log's length (no
+    /// head counter is available or none was stored yet): a rollback of log and head together
+    /// cannot be ruled out. Keep an exported checkpoint off the box, or use a backend that
+    /// holds the counter.
+    #[default]
+    Unanchored,
+    /// A break was found (see [`VerifyReport::broken`]).
+    Broken,
+}
+
+impl VerifyVerdict {
+    /// The snake_case name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyVerdict::Ok => "ok",
+            VerifyVerdict::Unanchored => "unanchored",
+            VerifyVerdict::Broken => "broken",
+        }
+    }
+}
+
 /// The first break in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Break {
@@ -107,12 +137,26 @@ pub struct VerifyReport {
     pub elapsed_secs: f64,
     /// The first break, or None when the chain is intact.
     pub broken: Option<Break>,
+    /// Seq of the head counter kept outside `state_dir`, if one was found.
+    #[serde(default)]
+    pub anchor_seq: Option<u64>,
+    /// Ok, unanchored or broken.
+    #[serde(default)]
+    pub verdict: VerifyVerdict,
+    /// Why the verdict is `unanchored` (none otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unanchored: Option<String>,
 }
 
 impl VerifyReport {
-    /// True when no break was found.
+    /// True when no break was found (the verdict may still be [`VerifyVerdict::Unanchored`]).
     pub fn is_ok(&self) -> bool {
         self.broken.is_none()
+    }
+
+    /// True when the chain is intact and anchored outside `state_dir`.
+    pub fn is_anchored_ok(&self) -> bool {
+        self.verdict == VerifyVerdict::Ok
     }
 
     /// Read throughput in MB/s (10^6 bytes).

@@ -10,6 +10,7 @@ pub mod policy;
 mod role;
 mod secret_name;
 pub mod selector;
+pub mod session;
 
 pub use alert::{Alert, AlertSink, NoAlerts, Severity};
 pub use role::{DaemonRole, ParseRoleError, Role};

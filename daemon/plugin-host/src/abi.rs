@@ -67,15 +67,17 @@ impl Pre {
 }
 
 impl Bindings {
-    /// Calls a policy hook's `evaluate`.
+    /// Calls a policy hook's `evaluate`. `parse` is the policy's own parser (0.2.0 guests get
+    /// its parse; `None`: the built-in wrapper table).
     pub fn evaluate(
         &self,
         store: &mut wasmtime::Store<StoreState>,
         req: &tether_policy::Request,
+        parse: Option<tether_policy::CommandParser<'_>>,
     ) -> Called<tether_policy::Vote> {
         match self {
             Bindings::V1(b) => b.evaluate(store, req),
-            Bindings::V2(b) => b.evaluate(store, req),
+            Bindings::V2(b) => b.evaluate(store, req, parse),
         }
     }
 

@@ -647,6 +647,16 @@ impl PluginHost {
     /// never reaches a plugin: every policy plugin votes `Deny` without being called, and no
     /// failure is counted.
     pub fn evaluate(&self, req: &Request) -> Vec<PluginVote> {
+        self.evaluate_parsed(req, None)
+    }
+
+    /// Like [`evaluate`](Self::evaluate); `parse` is the policy in force's parser, so 0.2.0
+    /// guests see the command split with its `[[policy.wrappers]]` (`None`: built-ins only).
+    pub fn evaluate_parsed(
+        &self,
+        req: &Request,
+        parse: Option<tether_policy::CommandParser<'_>>,
+    ) -> Vec<PluginVote> {
         let set = self.snapshot();
         let over = over_hard_limits(req);
         let caller = Caller::User(req.user.clone());
@@ -662,7 +672,8 @@ impl PluginHost {
                         error: None,
                     };
                 }
-                let (vote, error) = match self.invoke(p, &caller, |b, s| b.evaluate(s, req)) {
+                let (vote, error) = match self.invoke(p, &caller, |b, s| b.evaluate(s, req, parse))
+                {
                     Ok(v) => (v, None),
                     Err(e) => {
                         let fallback = match p.spec.on_error {
@@ -900,6 +911,14 @@ impl PluginHost {
 impl tether_policy::PolicyHooks for PluginHost {
     fn vote(&self, req: &Request) -> Vec<PluginVote> {
         self.evaluate(req)
+    }
+
+    fn vote_parsed(
+        &self,
+        req: &Request,
+        parse: tether_policy::CommandParser<'_>,
+    ) -> Vec<PluginVote> {
+        self.evaluate_parsed(req, Some(parse))
     }
 }
 

@@ -1444,6 +1444,32 @@ mod v0_2 {
         assert_eq!(r, "parsed:  | ticket= | unparsable=");
     }
 
+    /// A wrapper declared in the policy file (`[[policy.wrappers]]`) is unwrapped for 0.2.0
+    /// guests exactly as the regex rules saw it, when the policy asks the plugins: before, the
+    /// plugins got the built-in table only and saw `with-lock …` as one opaque command.
+    #[test]
+    fn plugins_see_the_policys_own_wrappers() {
+        let f = Fixture::new();
+        f.plugin("parse_probe", true);
+        let host = f.host(&entry("parse_probe", "policy", "")).unwrap();
+        let policy = tether_policy::Policy::from_toml_str(
+            "[policy]\nmode = \"enforce\"\n[[policy.wrappers]]\nname = \"with-lock\"\n\
+             value_options = [\"-t\"]\noperands = 1\n",
+        )
+        .unwrap();
+        let req = Request::exec("with-lock -t 5 /run/x.lock systemctl restart nginx");
+        let checked = policy.check(&req, Some(&host));
+        assert_eq!(checked.plugin_votes.len(), 1, "{checked:?}");
+        let r = reason(&checked.plugin_votes[0]);
+        assert!(
+            r.contains("; systemctl restart nginx (via wrapper: with-lock)"),
+            "the wrapped command must be listed with its wrapper: {r}"
+        );
+        // Without the policy's parser (built-ins only) the wrapper stays opaque.
+        let r = reason(&host.evaluate(&req)[0]);
+        assert!(!r.contains("with-lock)"), "{r}");
+    }
+
     /// Delivers one alert (`hello`) to the tcp probe; `extra` holds its limits and
     /// capabilities, `config` extra lines of its config.
     fn tcp_probe_with(

@@ -24,13 +24,16 @@ pub fn with_votes(
     mut decision: Decision,
     req: &Request,
     hooks: Option<&dyn PolicyHooks>,
+    policy: &Policy,
 ) -> Checked {
     let hard = decision
         .rule_ids
         .iter()
         .any(|id| id == crate::builtin::INPUT_TOO_LONG || id == crate::builtin::INVALID_REQUEST);
     let plugin_votes = match hooks {
-        Some(h) if decision.takes_votes() && !hard => h.vote(req),
+        Some(h) if decision.takes_votes() && !hard => {
+            h.vote_parsed(req, &|cmd, cwd| policy.parse_commands(cmd, cwd))
+        }
         _ => Vec::new(),
     };
     decision.apply_votes(&plugin_votes);
@@ -44,7 +47,7 @@ impl Policy {
     /// What `policy check` says about `req`: [`evaluate`](Self::evaluate), then the plugins'
     /// votes combined by [`Decision::apply_votes`]. Blocks while the plugins run.
     pub fn check(&self, req: &Request, hooks: Option<&dyn PolicyHooks>) -> Checked {
-        with_votes(self.evaluate(req), req, hooks)
+        with_votes(self.evaluate(req), req, hooks, self)
     }
 }
 
@@ -52,7 +55,8 @@ impl PolicyEngine {
     /// Like [`Policy::check`] against the policy in force, recording the regex evaluation's
     /// metrics like [`evaluate`](Self::evaluate). Blocks while the plugins run.
     pub fn check(&self, req: &Request, hooks: Option<&dyn PolicyHooks>) -> Checked {
-        with_votes(self.evaluate(req), req, hooks)
+        let decision = self.evaluate(req);
+        with_votes(decision, req, hooks, &self.policy())
     }
 }
 

@@ -5,7 +5,12 @@
 //! calling) lives in `tether-plugin-host`, which answers with these types; this crate never
 //! links wasmtime.
 
-use crate::{PluginVote, Request};
+use crate::{ParsedCommand, PluginVote, Request};
+
+/// The policy's own shell parse, handed to the plugins: `(command, cwd)` → the simple commands
+/// the engine saw (with the policy's wrapper table, built-ins plus `[[policy.wrappers]]`), or why
+/// the command can't be split. See [`crate::Policy::parse_commands`].
+pub type CommandParser<'a> = &'a dyn Fn(&str, Option<&str>) -> Result<Vec<ParsedCommand>, String>;
 
 /// Asks the loaded policy plugins about a request. Implemented in `tetherd` over
 /// `tether-plugin-host`; a call blocks for at most the plugins' time limits (from async code run
@@ -15,4 +20,12 @@ pub trait PolicyHooks: Send + Sync {
     /// (its `on_error` fallback, with [`PluginVote::error`] set), so the caller never has to
     /// guess what a missing vote means.
     fn vote(&self, req: &Request) -> Vec<PluginVote>;
+
+    /// Like [`vote`](Self::vote), with the parse of the policy in force, so plugins that read the
+    /// host's parse (`tether:plugin@0.2.0`) see wrappers from `[[policy.wrappers]]` unwrapped
+    /// exactly as the regex rules did. The default ignores `parse`.
+    fn vote_parsed(&self, req: &Request, parse: CommandParser<'_>) -> Vec<PluginVote> {
+        let _ = parse;
+        self.vote(req)
+    }
 }

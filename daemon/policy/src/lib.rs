@@ -44,7 +44,7 @@ pub use combine::with_votes;
 pub use engine::{ALERT_REBUILD_FAILED, PolicyEngine};
 pub use error::PolicyError;
 pub use fixture::{run_fixtures, run_fixtures_with};
-pub use hooks::PolicyHooks;
+pub use hooks::{CommandParser, PolicyHooks};
 pub use policy::{
     MAX_INPUT_BYTES, MAX_PATTERN_BYTES, MAX_RULES, Policy, RULE_SIZE_LIMIT, SET_SIZE_LIMIT,
     builtin, parse_commands,

@@ -379,8 +379,9 @@ impl Policy {
 }
 
 /// The simple commands of `cmd` as the policy engine sees them (argv after quote removal,
-/// redirections, paths), with the built-in wrapper table; for policy plugins
-/// (`tether:plugin@0.2.0`). `cwd` is the request's working directory, if any. An error is the
+/// redirections, paths), with the built-in wrapper table. Policy plugins
+/// (`tether:plugin@0.2.0`) get [`Policy::parse_commands`] instead (through
+/// [`crate::PolicyHooks::vote_parsed`]), so they see the policy file's wrappers too. `cwd` is the request's working directory, if any. An error is the
 /// reason the command can't be split (the engine denies such a command in enforce mode).
 pub fn parse_commands(cmd: &str, cwd: Option<&str>) -> Result<Vec<ParsedCommand>, String> {
     static BUILTIN: std::sync::OnceLock<Option<Wrappers>> = std::sync::OnceLock::new();

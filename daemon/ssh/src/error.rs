@@ -102,6 +102,24 @@ pub enum SshError {
     /// signalled and its channel closed.
     #[error("cancelled")]
     Cancelled,
+    /// `ssh.run_as` names a user commands cannot run as.
+    #[error("ssh.run_as = {user:?}: {reason}")]
+    RunAs {
+        /// The configured user.
+        user: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// Forward mode: the local sshd could not be reached.
+    #[error(
+        "cannot reach the local sshd at {addr} (ssh.forward_to): {reason}; is sshd running and listening there?"
+    )]
+    Forward {
+        /// `ssh.forward_to`.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The pool has been shut down.
     #[error("the SSH pool is shut down (the daemon is stopping)")]
     ShutDown,

@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use tether_model::session::{PtyRequest, SessionInput, SessionSpec};
+
 use crate::SshError;
 use crate::breaker::{Breaker, BreakerConfig};
 
@@ -64,11 +66,20 @@ pub struct PoolConfig {
     pub keepalive: Duration,
     /// The per-target circuit breaker.
     pub breaker: BreakerConfig,
+    /// Connections being opened (dial + SSH handshake) at once across all targets (default
+    /// 64). A fan-out to thousands of new targets otherwise starts every key exchange at once,
+    /// none finishes within its connect timeout, and all fail together; waiting for a slot does
+    /// not count against a target's connect timeout (its command's total timeout still applies).
+    pub max_handshakes: usize,
 }
+
+/// Default [`PoolConfig::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
             idle: Duration::from_secs(300),
             max_channels: 32,
             keepalive: Duration::from_secs(15),
@@ -86,6 +97,9 @@ pub struct Target {
     pub ip: Ipv4Addr,
     /// Its SSH host key pinned at enrollment (OpenSSH line).
     pub host_key: String,
+    /// The account to log in as: `None` for Tether's own SSH server (which runs commands as its
+    /// `ssh.run_as` whatever the name), the target's `ssh.run_as` for a target in forward mode.
+    pub user: Option<String>,
 }
 
 /// One command to run.
@@ -130,6 +144,8 @@ struct Inner {
     client: Arc<client::Config>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     shutdown: CancellationToken,
+    /// Permits to open a connection ([`PoolConfig::max_handshakes`]).
+    handshakes: tokio::sync::Semaphore,
 }
 
 /// One target's connection and breaker.
@@ -234,6 +250,7 @@ impl Pool {
         };
         Pool {
             inner: Arc::new(Inner {
+                handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
                 dialer,
                 events,
                 key: Arc::new(key),
@@ -303,6 +320,12 @@ impl Pool {
                 failures: r.failures,
             });
         }
+        // Wait for a handshake slot first: the connect timeout bounds this target's own
+        // handshake, not the queue of others' in front of it.
+        let permit = tokio::select! {
+            p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
+            () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
+        };
         let opened = tokio::select! {
             r = tokio::time::timeout(timeout, self.open(target)) => match r {
                 Ok(r) => r,
@@ -310,6 +333,7 @@ impl Pool {
             },
             () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
         };
+        drop(permit);
         match opened {
             Ok(conn) => {
                 slot.breaker.success();
@@ -373,7 +397,7 @@ impl Pool {
             };
         let auth = handle
             .authenticate_publickey(
-                crate::HUB_USER,
+                target.user.as_deref().unwrap_or(crate::HUB_USER),
                 PrivateKeyWithHashAlg::new(Arc::clone(&self.inner.key), None),
             )
             .await
@@ -517,6 +541,120 @@ impl Pool {
                 }
             }
         })
+    }
+
+    /// Runs an interactive session on `target`: with [`SessionSpec::pty`] a pty (`pty-req`),
+    /// then the login shell, or [`SessionSpec::command`] (`exec`). `input` is typed into it
+    /// (data, resizes, end of input); its output goes to `out`. Cancelling `cancel` or dropping
+    /// `out`'s receiver closes the channel, and the target kills the session's processes.
+    pub async fn session(
+        &self,
+        target: &Target,
+        spec: &SessionSpec,
+        connect_timeout: Duration,
+        mut input: mpsc::Receiver<SessionInput>,
+        out: mpsc::Sender<Output>,
+        cancel: CancellationToken,
+    ) -> Result<Exit, SshError> {
+        let conn = tokio::select! {
+            c = self.connection(target, connect_timeout) => c?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        let host = || target.name.clone();
+        let proto = |e: russh::Error| SshError::Protocol {
+            host: target.name.clone(),
+            reason: e.to_string(),
+        };
+        let result = async {
+            let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
+            if let Some(pty) = &spec.pty {
+                channel
+                    .request_pty(true, &pty.term, pty.cols, pty.rows, 0, 0, &[])
+                    .await
+                    .map_err(proto)?;
+            }
+            match (&spec.command, &spec.pty) {
+                (Some(c), _) => channel.exec(true, c.as_bytes()).await.map_err(proto)?,
+                (None, Some(_)) => channel.request_shell(true).await.map_err(proto)?,
+                (None, None) => {
+                    return Err(SshError::Refused {
+                        host: host(),
+                        reason: "a shell needs a terminal; give a command to run without one"
+                            .to_owned(),
+                    });
+                }
+            }
+            let mut exit = None;
+            let mut input_open = true;
+            loop {
+                tokio::select! {
+                    m = channel.wait() => match m {
+                        Some(ChannelMsg::Data { data }) => {
+                            let _ = out.send(Output::Stdout(Bytes::copy_from_slice(&data))).await;
+                        }
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            let _ = out.send(Output::Stderr(Bytes::copy_from_slice(&data))).await;
+                        }
+                        Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(Exit::Code(exit_status)),
+                        Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                            exit = Some(Exit::Signal(format!("{signal_name:?}")));
+                        }
+                        Some(ChannelMsg::Failure) => {
+                            return Err(SshError::Refused {
+                                host: host(),
+                                reason: "the target refused the session (no pty or shell there)".to_owned(),
+                            });
+                        }
+                        Some(ChannelMsg::Close) | None => break,
+                        Some(_) => {}
+                    },
+                    i = input.recv(), if input_open => match i {
+                        Some(SessionInput::Data(d)) => channel.data(&d[..]).await.map_err(proto)?,
+                        Some(SessionInput::Resize { cols, rows }) => {
+                            channel.window_change(cols, rows, 0, 0).await.map_err(proto)?;
+                        }
+                        Some(SessionInput::Eof) | None => {
+                            input_open = false;
+                            let _ = channel.eof().await;
+                        }
+                    },
+                    () = cancel.cancelled() => {
+                        let _ = channel.signal(Sig::HUP).await;
+                        let _ = channel.close().await;
+                        return Err(SshError::Cancelled);
+                    }
+                    () = out.closed() => {
+                        let _ = channel.signal(Sig::HUP).await;
+                        let _ = channel.close().await;
+                        return Err(SshError::Cancelled);
+                    }
+                    () = conn.closed.cancelled() => {
+                        let why = conn.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                        return Err(SshError::Closed { host: host(), why });
+                    }
+                }
+            }
+            exit.ok_or_else(|| SshError::Protocol {
+                host: host(),
+                reason: "the session ended without an exit status".to_owned(),
+            })
+        }
+        .await;
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        conn.touch(Instant::now());
+        drop(permit);
+        result
     }
 
     /// Opens a channel on `target`'s pooled connection and starts subsystem `name` on it

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::process::Command;
 
 use crate::SshError;
+pub use crate::run_as::RunAs;
 
 /// How long a signalled command may take to exit before its process group gets `SIGKILL`.
 pub const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -42,6 +43,9 @@ pub trait ExecGate: Send + Sync + 'static {
     /// Whether `command` may run; `Err(reason)` refuses it (the reason goes back to the hub).
     /// Called before anything runs; the implementation audits its decision.
     fn admit<'a>(&'a self, command: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Whether an interactive session on a pty (the login shell, or `command`) may start;
+    /// `Err(reason)` refuses it. Called before anything runs; the implementation audits it.
+    fn admit_session<'a>(&'a self, command: Option<&'a str>) -> BoxFuture<'a, Result<(), String>>;
     /// A command that ran has finished (or was killed).
     fn finished(&self, report: ExecReport) -> BoxFuture<'_, ()>;
 }
@@ -63,6 +67,8 @@ pub struct ExecReport {
     pub stdout_bytes: u64,
     /// Bytes it wrote to stderr.
     pub stderr_bytes: u64,
+    /// It was an interactive session on a pty (`command` is empty for the login shell).
+    pub interactive: bool,
 }
 
 /// What the server needs to run.
@@ -73,6 +79,8 @@ pub struct ServerSettings {
     pub hub_key: PublicKey,
     /// Variables a client may set (`*` ends a prefix); see [`DEFAULT_ENV_ALLOW`].
     pub env_allow: Vec<String>,
+    /// The user commands run as ([`RunAs::resolve`]).
+    pub run_as: RunAs,
     /// Policy and audit.
     pub gate: Arc<dyn ExecGate>,
     /// The `sftp` subsystem (confined file access); `None`: refused.
@@ -84,6 +92,7 @@ impl std::fmt::Debug for ServerSettings {
         f.debug_struct("ServerSettings")
             .field("hub_key", &crate::keys::fingerprint(&self.hub_key))
             .field("env_allow", &self.env_allow)
+            .field("run_as", &self.run_as.name)
             .finish_non_exhaustive()
     }
 }
@@ -95,12 +104,15 @@ pub struct SshServer {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     hub_key: PublicKey,
     env_allow: Vec<String>,
-    gate: Arc<dyn ExecGate>,
-    base_env: Vec<(String, String)>,
-    sftp: Option<crate::sftp::SftpService>,
+    pub(crate) gate: Arc<dyn ExecGate>,
+    pub(crate) run_as: RunAs,
+    pub(crate) base_env: Vec<(String, String)>,
+    /// The user's home, or `/` when it does not exist (`nobody`'s `/nonexistent`).
+    pub(crate) cwd: std::path::PathBuf,
+    pub(crate) sftp: Option<crate::sftp::SftpService>,
 }
 
 impl SshServer {
@@ -128,7 +140,11 @@ impl SshServer {
                 hub_key: settings.hub_key,
                 env_allow: settings.env_allow,
                 gate: settings.gate,
-                base_env: base_env(),
+                base_env: base_env(&settings.run_as),
+                cwd: Some(std::path::PathBuf::from(&settings.run_as.home))
+                    .filter(|h| h.is_dir())
+                    .unwrap_or_else(|| "/".into()),
+                run_as: settings.run_as,
                 sftp: settings.sftp,
             }),
         }
@@ -145,6 +161,7 @@ impl SshServer {
             channels: HashMap::new(),
             opened: HashMap::new(),
             procs: Arc::new(Mutex::new(HashMap::new())),
+            ptys: HashMap::new(),
         };
         let session = russh::server::run_stream(Arc::clone(&self.config), stream, handler)
             .await
@@ -160,16 +177,10 @@ fn protocol(e: &russh::Error) -> SshError {
     }
 }
 
-/// The environment every command starts with: a fixed `PATH`, the daemon user's `HOME`,
+/// The environment every command starts with: a fixed `PATH`, the `run_as` user's `HOME`,
 /// `USER`/`LOGNAME` and `SHELL=/bin/sh`.
-fn base_env() -> Vec<(String, String)> {
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten();
-    let (name, home) = match user {
-        Some(u) => (u.name, u.dir.to_string_lossy().into_owned()),
-        None => ("nobody".to_owned(), "/".to_owned()),
-    };
+fn base_env(run_as: &RunAs) -> Vec<(String, String)> {
+    let (name, home) = (run_as.name.clone(), run_as.home.clone());
     vec![
         (
             "PATH".to_owned(),
@@ -191,9 +202,9 @@ pub fn env_allowed(allow: &[String], name: &str) -> bool {
 }
 
 /// Running commands of one connection: channel → process group.
-type Procs = Arc<Mutex<HashMap<ChannelId, Pid>>>;
+pub(crate) type Procs = Arc<Mutex<HashMap<ChannelId, Pid>>>;
 
-fn lock(procs: &Procs) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Pid>> {
+pub(crate) fn lock(procs: &Procs) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Pid>> {
     procs
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -209,13 +220,15 @@ fn terminate(pgid: Pid) {
 }
 
 /// One connection's handler.
-struct Conn {
-    shared: Arc<Shared>,
+pub(crate) struct Conn {
+    pub(crate) shared: Arc<Shared>,
     /// Session channels and the environment their client asked for.
-    channels: HashMap<ChannelId, Vec<(String, String)>>,
+    pub(crate) channels: HashMap<ChannelId, Vec<(String, String)>>,
+    pub(crate) procs: Procs,
+    /// Channels that asked for a pty, and the pty sessions running.
+    pub(crate) ptys: HashMap<ChannelId, crate::interactive::PtyState>,
     /// Session channels not yet given an `exec` or a subsystem (a subsystem needs the channel).
-    opened: HashMap<ChannelId, Channel<Msg>>,
-    procs: Procs,
+    pub(crate) opened: HashMap<ChannelId, Channel<Msg>>,
 }
 
 impl Drop for Conn {
@@ -321,6 +334,11 @@ impl russh::server::Handler for Conn {
         };
         let handle = session.handle();
         let command = String::from_utf8_lossy(data).into_owned();
+        if self.ptys.contains_key(&channel) {
+            return self
+                .start_interactive(channel, Some(command), session)
+                .await;
+        }
         if let Err(reason) = self.shared.gate.admit(&command).await {
             session.channel_success(channel)?;
             session.extended_data(
@@ -341,18 +359,13 @@ impl russh::server::Handler for Conn {
             .env_clear()
             .envs(self.shared.base_env.iter().cloned())
             .envs(env)
-            .current_dir(
-                self.shared
-                    .base_env
-                    .iter()
-                    .find(|(k, _)| k == "HOME")
-                    .map_or("/", |(_, v)| v.as_str()),
-            )
+            .current_dir(&self.shared.cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        self.shared.run_as.apply(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -461,6 +474,7 @@ impl russh::server::Handler for Conn {
                 duration: started.elapsed(),
                 stdout_bytes,
                 stderr_bytes,
+                interactive: false,
             })
             .await;
         });
@@ -488,6 +502,51 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pty_requested(channel, term, col_width, row_height, session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start_interactive(channel, None, session).await
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.resize(channel, col_width, row_height);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.input(channel, data).await;
+        Ok(())
+    }
+
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
@@ -510,6 +569,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.ptys.remove(&channel);
         self.opened.remove(&channel);
         if let Some(pgid) = lock(&self.procs).remove(&channel) {
             terminate(pgid);

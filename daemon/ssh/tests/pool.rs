@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tether_ssh::pool::{
     BoxFuture, Command, Dialer, Exit, Output, Pool, PoolConfig, PoolEvents, Stream, Target,
 };
-use tether_ssh::server::{ExecGate, ExecReport, ServerSettings, SshServer};
+use tether_ssh::server::{ExecGate, ExecReport, RunAs, ServerSettings, SshServer};
 use tether_ssh::{SshError, keys};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,18 @@ impl ExecGate for Gate {
             Ok(())
         })
     }
+    fn admit_session<'a>(&'a self, command: Option<&'a str>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if command.is_some_and(|c| c.contains("forbidden")) {
+                return Err("rule no-forbidden".to_owned());
+            }
+            self.admitted
+                .lock()
+                .unwrap()
+                .push(format!("session:{}", command.unwrap_or("")));
+            Ok(())
+        })
+    }
     fn finished(&self, report: ExecReport) -> BoxFuture<'_, ()> {
         Box::pin(async move { self.finished.lock().unwrap().push(report) })
     }
@@ -77,6 +89,10 @@ struct Setup {
 }
 
 async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
+    setup_as(hub_seed, accepted_seed, RunAs::resolve(None).unwrap()).await
+}
+
+async fn setup_as(hub_seed: u8, accepted_seed: u8, run_as: RunAs) -> Setup {
     let host_key = keys::from_seed(&[9u8; 32]).unwrap();
     let host_pub = host_key.public_key().to_openssh().unwrap();
     let hub_pub = keys::from_seed(&[accepted_seed; 32])
@@ -88,6 +104,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
         host_key,
         hub_key: hub_pub,
         env_allow: vec!["LANG".to_owned()],
+        run_as,
         gate: Arc::clone(&gate) as Arc<dyn ExecGate>,
         sftp: SFTP.with(|s| s.borrow().clone()),
     });
@@ -118,6 +135,7 @@ async fn setup(hub_seed: u8, accepted_seed: u8) -> Setup {
             name: "web1".to_owned(),
             ip: Ipv4Addr::new(10, 0, 0, 2),
             host_key: host_pub,
+            user: None,
         },
         gate,
         events,
@@ -329,6 +347,107 @@ async fn cancelling_kills_the_remote_process_and_close_host_kills_the_rest() {
     s.pool.shutdown().await;
     let (r, _, _) = run(&s, "true").await;
     assert!(matches!(r, Err(SshError::ShutDown)));
+}
+
+async fn session(
+    s: &Setup,
+    command: Option<&str>,
+    typed: &[&str],
+) -> (Result<Exit, SshError>, String) {
+    use tether_ssh::pool::{PtyRequest, SessionInput, SessionSpec};
+    let (tx, mut rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::channel(8);
+    for t in typed {
+        in_tx
+            .send(SessionInput::Data(t.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    in_tx
+        .send(SessionInput::Resize { cols: 90, rows: 33 })
+        .await
+        .unwrap();
+    let collect = tokio::spawn(async move {
+        let mut o = Vec::new();
+        while let Some(x) = rx.recv().await {
+            let (Output::Stdout(b) | Output::Stderr(b)) = x;
+            o.extend_from_slice(&b);
+        }
+        String::from_utf8_lossy(&o).into_owned()
+    });
+    let spec = SessionSpec {
+        pty: Some(PtyRequest {
+            term: "xterm".to_owned(),
+            cols: 80,
+            rows: 24,
+        }),
+        command: command.map(str::to_owned),
+    };
+    let r = s
+        .pool
+        .session(
+            &s.target,
+            &spec,
+            Duration::from_secs(5),
+            in_rx,
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    drop(in_tx);
+    (r, collect.await.unwrap())
+}
+
+#[tokio::test]
+async fn pty_sessions_run_a_command_or_the_shell_on_a_real_terminal() {
+    let s = setup(1, 1).await;
+    let (r, out) = session(&s, Some("test -t 1 && echo hi; exit 3"), &[]).await;
+    assert_eq!(r.unwrap(), Exit::Code(3));
+    assert!(out.contains("hi"), "{out}");
+    // The login shell, typed into; the resize reaches the terminal.
+    let (r, out) = session(&s, None, &["sleep 0.3; stty size; echo $((6*7)); exit 4\n"]).await;
+    assert_eq!(r.unwrap(), Exit::Code(4), "{out}");
+    assert!(out.contains("42"), "{out}");
+    assert!(out.contains("33 90"), "{out}");
+    let (r, out) = session(&s, Some("echo forbidden"), &[]).await;
+    assert_eq!(r.unwrap(), Exit::Code(126));
+    assert!(out.contains("refused by the target's policy"), "{out}");
+    let reports = s.gate.finished.lock().unwrap().clone();
+    assert_eq!(reports.iter().filter(|r| r.interactive).count(), 2);
+}
+
+/// `ssh.run_as`: as root, commands run as `nobody` (uid 65534) with nobody's groups only and
+/// its environment; `nobody`'s missing home falls back to `/`.
+#[tokio::test]
+async fn commands_run_as_the_run_as_user_with_its_groups() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: run_as to another user needs root (CI runs the suite as root)");
+        return;
+    }
+    let nobody = RunAs::resolve(Some("nobody")).unwrap();
+    assert!(nobody.drop);
+    let s = setup_as(1, 1, nobody).await;
+    let (r, out, err) = run(&s, "id -u; id -g; id -G; echo \"$USER $HOME\"; pwd").await;
+    assert_eq!(
+        r.unwrap(),
+        Exit::Code(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "65534", "{out}");
+    assert_eq!(lines[1], "65534", "{out}");
+    assert!(
+        lines[2].split(' ').all(|g| g != "0"),
+        "no root group survives: {out}"
+    );
+    assert!(lines[3].starts_with("nobody "), "{out}");
+    assert_eq!(lines[4], "/", "{out}");
+    // A pty session drops to the same user: shells are no way around run_as.
+    let (r, out) = session(&s, Some("id -u; pwd"), &[]).await;
+    assert_eq!(r.unwrap(), Exit::Code(0), "{out}");
+    assert!(out.contains("65534"), "the pty session did not drop: {out}");
 }
 
 mod sftp {

@@ -24,6 +24,15 @@ pub enum Command {
     /// Run a command on the selected hosts (policy-checked and audited), e.g.
     /// `tether exec -H group:web -- uptime`.
     Exec(cmd::exec::ExecArgs),
+    /// An interactive shell (or one command) on a host through the hub, without OpenSSH:
+    /// `tether ssh web1`, `tether ssh web1 -- uptime`. `~.` after a newline disconnects.
+    Ssh(cmd::ssh::SshArgs),
+    /// For OpenSSH's ProxyCommand: joins stdin/stdout to the hub's SSH endpoint for a host
+    /// (set up by `tether ssh-config`).
+    Proxy(cmd::proxy::ProxyArgs),
+    /// Print an OpenSSH client config for the enrolled hosts: `tether ssh-config >> ~/.ssh/config`,
+    /// then `ssh web1 uname -a` works with the stock client.
+    SshConfig(cmd::ssh_config::SshConfigArgs),
     /// Enrolled hosts: list (with selectors), show, rm.
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
@@ -45,6 +54,18 @@ pub enum Command {
     /// Recent alerts and their delivery state; send a test alert through a sink.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
+    /// Recorded sessions: list, show (verify), play, export (admin, auditor).
+    #[command(subcommand)]
+    Sessions(cmd::sessions::SessionsCommand),
+    /// Serve the control API's tools to AI agents over MCP (stdio): `tether mcp serve`.
+    #[command(subcommand)]
+    Mcp(cmd::mcp::McpCommand),
+    /// Approval requests made by `require-approval` verdicts: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
+    /// Just-in-time roles: request, approve, list, revoke.
+    #[command(subcommand)]
+    Access(cmd::access::AccessCommand),
     /// Files on targets over SFTP, confined below each target's allowed roots: get, put, ls, stat.
     #[command(subcommand)]
     Fs(cmd::fs::FsCommand),
@@ -71,8 +92,15 @@ impl Cli {
             Command::Vpn(c) => cmd::vpn::run(&cli.global, c).await,
             Command::Hosts(c) => cmd::hosts::run(&cli.global, c).await,
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
+            Command::Ssh(args) => cmd::ssh::run(&cli.global, args).await,
+            Command::Proxy(args) => cmd::proxy::run(&cli.global, args).await,
+            Command::SshConfig(args) => cmd::ssh_config::run(&cli.global, args).await,
             Command::Plugin(c) => cmd::plugin::run(&cli.global, c).await,
             Command::Alerts(c) => cmd::alerts::run(&cli.global, c).await,
+            Command::Mcp(c) => cmd::mcp::run(&cli.global, c).await,
+            Command::Sessions(c) => cmd::sessions::run(&cli.global, c).await,
+            Command::Approvals(c) => cmd::approvals::run(&cli.global, c).await,
+            Command::Access(c) => cmd::access::run(&cli.global, c).await,
             Command::Fs(c) => cmd::fs::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),

@@ -5,16 +5,18 @@
 //! start), so its adapters are bound to them once they are up ([`Wiring::bind`]); nothing is
 //! delivered before [`tether_alerts::AlertService::start`].
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tether_alerts::{
-    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, RetryPolicy, Route,
+    AlertDeliver, AlertsSettings, Batch, BatchDeliver, DeadLetter, DropReason, Presence,
+    RetryPolicy,
 };
 use tether_audit::{AuditLog, Event};
 use tether_config::AlertsSection;
-use tether_model::Alert;
+use tether_model::{Alert, AlertSink};
+use tokio_util::sync::CancellationToken;
 
 use crate::plugins::Plugins;
 
@@ -107,29 +109,77 @@ impl BatchDeliver for Wiring {
 
 /// `[alerts]` as the alert service takes it.
 pub fn settings(a: &AlertsSection) -> AlertsSettings {
-    AlertsSettings {
-        routes: a
-            .routes
-            .iter()
-            .map(|r| Route {
-                categories: r.categories.clone(),
-                min_severity: r.min_severity,
-                sinks: r.sinks.clone(),
-            })
-            .collect(),
-        cooldown: Duration::from_secs(a.cooldown_secs),
-        queue_capacity: a.queue_capacity,
-        retry: retry(a),
-        history: 200,
-    }
+    AlertsSettings::from_section(a)
 }
 
 /// The retry timing of `[alerts]`.
 pub fn retry(a: &AlertsSection) -> RetryPolicy {
-    RetryPolicy {
-        retries: a.retries,
-        initial: Duration::from_millis(a.backoff_initial_ms),
-        max: Duration::from_millis(a.backoff_max_ms),
-        max_retry_after: Duration::from_secs(a.max_retry_after_secs),
+    RetryPolicy::from_section(a)
+}
+
+/// The alert sink the tunnel raises into: passes everything on, except a `vpn_peer_unhealthy`
+/// for a host whose outage `host_offline` already reported (see [`Presence`]).
+pub struct PresenceFilter {
+    inner: Arc<dyn AlertSink>,
+    presence: Arc<Mutex<Presence>>,
+}
+
+impl PresenceFilter {
+    /// Filters `inner` through `presence`.
+    pub fn new(inner: Arc<dyn AlertSink>, presence: Arc<Mutex<Presence>>) -> PresenceFilter {
+        PresenceFilter { inner, presence }
     }
+}
+
+impl AlertSink for PresenceFilter {
+    fn raise(&self, alert: Alert) {
+        if alert.kind == "vpn_peer_unhealthy"
+            && let Some(host) = &alert.host
+            && self
+                .presence
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .peer_unhealthy(host, Instant::now())
+        {
+            tracing::info!(
+                host,
+                "vpn_peer_unhealthy held back: host_offline already reported this outage"
+            );
+            return;
+        }
+        self.inner.raise(alert);
+    }
+}
+
+/// Watches the hub's tunnel peers every `every` and raises `host_offline` / `host_online`
+/// through `alerts` until `shutdown`.
+pub fn spawn_presence(
+    tunnel: tether_tunnel::TunnelHandle,
+    presence: Arc<Mutex<Presence>>,
+    alerts: Arc<dyn AlertSink>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let peers = tunnel.status();
+            let raised: Vec<Alert> = {
+                let mut p = presence.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let names: Vec<&str> = peers.iter().map(|s| s.name.as_str()).collect();
+                p.retain(&names);
+                peers
+                    .iter()
+                    .filter_map(|s| p.observe(&s.name, s.last_handshake_secs, s.rx_bytes, now))
+                    .collect()
+            };
+            for a in raised {
+                alerts.raise(a);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    })
 }

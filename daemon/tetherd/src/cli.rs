@@ -38,6 +38,11 @@ pub struct EnrollArgs {
     /// Enroll again with a new identity even if this machine is already enrolled.
     #[arg(long)]
     pub force: bool,
+    /// How long to keep retrying when the hub says it is busy with enrollments from this
+    /// address (a fleet behind one NAT address), in seconds; retries back off with jitter.
+    /// 0: fail at the first refusal.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub retry_for: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use serde_json::json;
-use tether_config::Overrides;
+use tether_config::{Overrides, SshMode};
 use tether_enroll::{ClientOptions, TargetKeys, Token, enroll_client};
 use tether_model::DaemonRole;
 
@@ -22,6 +22,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         control: None,
     };
     let config = tether_config::load(args.config.as_deref(), &overrides)?;
+    let config_file = args.config.clone();
     // A one-shot command: only warnings and errors, unless RUST_LOG asks for more.
     crate::logging::init("warn");
     tether_vault::harden_process()?;
@@ -42,7 +43,9 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
                     old.name, old.hub_wg_endpoint
                 )));
             }
-        let vault = tether_vault::Vault::open(&config.vault, &config.state_dir)?;
+        let file = crate::vault_key::config_file_in_use(config_file.as_deref());
+        let vault_config = crate::vault_key::vault_config(&config, file.as_deref());
+        let vault = tether_vault::Vault::open(&vault_config, &config.state_dir)?;
         // A re-enrollment is a new identity: fresh keys, staged until the hub accepts them so a
         // refused attempt (used or expired token, hub down) leaves the working identity intact.
         let staged = args.force && vault.info(identity::WIREGUARD)?.is_some();
@@ -55,10 +58,16 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             }
         }
         let wg = identity::wireguard_key_named(&vault, &name(identity::WIREGUARD))?;
+        // Forward mode: the hub pins sshd's host key and logs in as run_as.
+        let (ssh_host_key, ssh_user) = match config.ssh.mode {
+            SshMode::Server => (identity::ssh_public_key_named(&vault, &name(identity::SSH_KEY))?, None),
+            SshMode::Forward => (sshd_host_key(&config.ssh.host_key_file)?, config.ssh.run_as.clone()),
+        };
         let keys = TargetKeys {
             wg_public: wg.public_key().0,
-            ssh_host_key: identity::ssh_public_key_named(&vault, &name(identity::SSH_KEY))?,
+            ssh_host_key,
             hostname: identity::hostname(),
+            ssh_user,
         };
         let opts = ClientOptions {
             endpoint: args.endpoint.clone(),
@@ -66,6 +75,10 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             wg_key: Some(tether_enroll::WgProver(std::sync::Arc::new(identity::WgAgreement(
                 wg.clone(),
             )))),
+            // a fleet behind one NAT address: the hub says when to come back; back off with
+            // jitter within this budget instead of failing
+            retry_rate_limited_for: (args.retry_for > 0)
+                .then(|| std::time::Duration::from_secs(args.retry_for)),
             ..ClientOptions::default()
         };
         let welcome = enroll_client(&token, &keys, &opts).await.map_err(DaemonError::Enroll)?;
@@ -89,6 +102,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             tags: welcome.tags.clone(),
             groups: welcome.groups.clone(),
             enrolled_at: tether_enroll::unix_now(),
+            ssh_user: keys.ssh_user.clone(),
         };
         if staged {
             identity::promote_staged(&vault, identity::WIREGUARD)?;
@@ -99,12 +113,37 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             println!("{}", json!({"enrolled": true, "name": enrollment.name, "overlay_ip": enrollment.overlay_ip, "hub": enrollment.hub_wg_endpoint}));
         } else {
             println!(
-                "enrolled as {} ({}) with the hub at {}\nnext: start the daemon (systemctl start tetherd, or tetherd run)",
+                "enrolled as {} ({}) with the hub at {}",
                 enrollment.name, enrollment.overlay_ip, enrollment.hub_wg_endpoint
             );
+            if let Some(user) = &enrollment.ssh_user {
+                println!(
+                    "forward mode: the hub logs in to sshd as {user}; add its key to that user's authorized_keys:\n  {}",
+                    enrollment.hub_ssh_client_key
+                );
+            }
+            println!("next: start the daemon (systemctl start tetherd, or tetherd run)");
         }
         Ok(())
     })
+}
+
+/// Forward mode: sshd's Ed25519 host public key from `ssh.host_key_file` (what the hub pins).
+fn sshd_host_key(path: &Path) -> Result<String, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        DaemonError::Usage(format!(
+            "cannot read sshd's host key {} (ssh.host_key_file): {e}; point ssh.host_key_file at sshd's ssh_host_ed25519_key.pub",
+            path.display()
+        ))
+    })?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default();
+    tether_ssh::keys::parse_public(line, &format!("sshd host key in {}", path.display()))
+        .map_err(|e| DaemonError::Usage(format!("{e}; forward mode needs sshd's Ed25519 host key (ssh-keygen -t ed25519 -f /etc/ssh/ssh_host_ed25519_key)")))?;
+    Ok(line.to_owned())
 }
 
 /// The token from the argument, `-` (stdin) or `--token-file`. Prefer stdin or a file: command

@@ -84,9 +84,20 @@ pub enum DaemonError {
     /// Alert routing or an audit sink's cursor could not be set up.
     #[error(transparent)]
     Alerts(#[from] tether_alerts::AlertsError),
+    /// The approval store (`state_dir/approvals`) could not be opened or read.
+    #[error(
+        "approvals: {0}\nhint: check that state_dir/approvals is a directory tetherd may write"
+    )]
+    Approvals(#[from] tether_approvals::ApprovalError),
     /// The command line is wrong.
     #[error("{0}")]
     Usage(String),
+    /// `[ssh]` cannot be applied on this machine (`run_as` needs root or names no user; the
+    /// forward-mode host key file is unreadable).
+    #[error(
+        "{0}\nhint: fix [ssh] in the config (`tether config check FILE`), or run tetherd as root"
+    )]
+    Ssh(#[from] tether_ssh::SshError),
     /// Metrics registration failed (a bug: duplicate metric names).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -104,6 +115,7 @@ impl DaemonError {
                 | tether_control::ControlError::MetricsAddress { .. },
             ) => 2,
             DaemonError::StateDirInUse { .. } | DaemonError::StateDirIncomplete { .. } => 2,
+            DaemonError::Ssh(_) => 2,
             _ => 3,
         }
     }

@@ -10,6 +10,9 @@ use tether_vault::{Vault, VaultError, key_len};
 pub const WIREGUARD: &str = "tetherd.wireguard";
 /// Vault entry of this daemon's SSH key seed (Ed25519).
 pub const SSH_KEY: &str = "tetherd.ssh-ed25519";
+/// Vault entry of the hub's operator-facing SSH host key seed (Ed25519): the key `tether proxy`
+/// clients see, published by `tether ssh-config`. Created on the hub's first start.
+pub const OPERATOR_SSH_KEY: &str = "tetherd.operator-ssh-ed25519";
 /// Vault entry of the hub's invite HMAC key.
 pub const INVITE_KEY: &str = "tetherd.invite-key";
 

@@ -20,6 +20,7 @@ mod plugins;
 mod run;
 mod ssh;
 mod state_dir;
+mod vault_key;
 
 /// `tetherd --version`: the release and the git commit it was built from (see build.rs).
 const VERSION_LINE: &str = concat!(

@@ -55,6 +55,10 @@ pub struct Enrollment {
     pub groups: Vec<String>,
     /// When, unix seconds.
     pub enrolled_at: u64,
+    /// Forward mode: the sshd account the hub was told to log in as (and sshd's host key was
+    /// sent instead of this daemon's); `None`: enrolled with Tether's own SSH server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 /// `STATE_DIR/enrollment.json`.
@@ -352,6 +356,7 @@ pub async fn start_hub(
     let ssh = crate::ssh::start_hub(
         handle.clone(),
         vault,
+        &config.ssh,
         Arc::clone(&alerts_for_ssh),
         audit.clone(),
         shutdown.clone(),

@@ -260,6 +260,14 @@ impl tether_policy::PolicyHooks for Plugins {
     fn vote(&self, req: &Request) -> Vec<PluginVote> {
         self.host.evaluate(req)
     }
+
+    fn vote_parsed(
+        &self,
+        req: &Request,
+        parse: tether_policy::CommandParser<'_>,
+    ) -> Vec<PluginVote> {
+        self.host.evaluate_parsed(req, Some(parse))
+    }
 }
 
 impl PluginAdmin for Plugins {

@@ -69,7 +69,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     ))?;
     let socket = config.control.socket.clone();
     let role = config.daemon_role();
-    let vault = start_vault(&config).await?;
+    let vault = start_vault(&config, source.file.as_deref()).await?;
     // The socket comes last, so a daemon that fails to start leaves no socket behind.
     // The metrics port before the socket: a missing token or a taken port leaves nothing behind.
     let metrics_listener =
@@ -86,22 +86,33 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     let engine = start_policy(&config, &registry, &alerts)?;
     let keys: Arc<dyn tether_audit::KeySource> =
         Arc::new(crate::keys::VaultKeys::new(vault.clone()));
-    let audit = start_audit(&config, &keys, &registry, &alerts).await?;
+    let anchor: Arc<dyn tether_audit::HeadAnchor> =
+        Arc::new(crate::keys::VaultAnchor::new(vault.clone()));
+    let audit = start_audit(&config, &keys, &vault, &anchor, &registry, &alerts).await?;
     // Plugins before membership: the hub's enrollment review asks the enrollment hooks.
     let plugins = start_plugins(&config, &vault, &alerts, &registry, &audit).await?;
     let shutdown = CancellationToken::new();
+    // host_online / host_offline (hub): the tunnel's vpn_peer_unhealthy goes through the same
+    // tracker so one outage raises one down alert.
+    let offline_after = Duration::from_secs(config.alerts.offline_after_secs);
+    let presence = Arc::new(std::sync::Mutex::new(tether_alerts::Presence::new(
+        offline_after,
+    )));
+    let tunnel_alerts: Arc<dyn tether_model::AlertSink> = Arc::new(
+        crate::alerts::PresenceFilter::new(alerts.clone(), presence.clone()),
+    );
     let mut membership = start_membership(
         &config,
         &vault,
         &registry,
-        &alerts,
+        &tunnel_alerts,
         &audit,
         &plugins,
         shutdown.clone(),
     )
     .await?;
     wiring.bind(plugins.clone(), audit.clone());
-    let sink_tasks = start_alerts(
+    let mut sink_tasks = start_alerts(
         &config,
         &alert_service,
         &wiring,
@@ -110,7 +121,25 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         &registry,
         &shutdown,
     )?;
+    let recordings = (config.daemon_role() == tether_model::DaemonRole::Hub)
+        .then(|| config.state_dir.join("recordings"));
+    if let (tether_model::DaemonRole::Hub, Some(tunnel), false) = (
+        config.daemon_role(),
+        membership.tunnel.as_ref(),
+        offline_after.is_zero(),
+    ) {
+        sink_tasks.push(crate::alerts::spawn_presence(
+            tunnel.handle(),
+            presence,
+            alerts.clone(),
+            (offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+            shutdown.clone(),
+        ));
+    }
+    let approvals = start_approvals(&config).await?;
     let mut state = AppState::new(config, source, registry)?;
+    state.approvals = Some(approvals);
+    state.recordings = recordings;
     state.commit = env!("TETHER_COMMIT");
     state.alert_service = Some(alert_service);
     state.plugins = plugins.map(|p| p as Arc<dyn tether_control::state::PluginAdmin>);
@@ -120,6 +149,10 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         .ssh
         .as_ref()
         .map(|s| Arc::clone(&s.remote) as Arc<dyn tether_control::state::RemoteExec>);
+    state.operator = membership
+        .ssh
+        .as_ref()
+        .map(|s| Arc::clone(&s.operator) as Arc<dyn tether_control::state::OperatorSsh>);
     state.files = membership
         .ssh
         .as_ref()
@@ -129,6 +162,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
     state.alerts = alerts;
     state.audit = Some(audit.clone());
     state.audit_keys = Some(keys);
+    state.audit_anchor = Some(anchor);
     state
         .audit(
             "daemon.start",
@@ -139,6 +173,7 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         .await?;
     let state = Arc::new(state);
     start_target_ssh(&mut membership, &vault, &state, &shutdown)?;
+    let sweeper = tether_control::approvals::spawn_sweeper(Arc::clone(&state), shutdown.clone());
 
     // Install every signal handler before announcing readiness, so no signal is missed.
     let mut signals = Signals::install()?;
@@ -162,12 +197,27 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
     }
     membership.shutdown().await;
+    if let Some(task) = sweeper {
+        let _ = tokio::time::timeout(SHUTDOWN_BUDGET, task).await;
+    }
     for t in sink_tasks {
         let _ = tokio::time::timeout(SHUTDOWN_BUDGET, t).await;
     }
     stop_audit(&state, audit).await;
     tracing::info!("tetherd stopped");
     Ok(())
+}
+
+/// Opens the approval store (`state_dir/approvals`) and loads the records, so pending approvals
+/// and access grants survive a restart.
+async fn start_approvals(
+    config: &Config,
+) -> Result<Arc<tether_control::approvals::ApprovalService>, DaemonError> {
+    let (section, state_dir) = (config.approvals.clone(), config.state_dir.clone());
+    let service =
+        blocking(move || tether_control::approvals::ApprovalService::open(&section, &state_dir))
+            .await?;
+    Ok(Arc::new(service))
 }
 
 /// Runs start-up work that blocks (file IO, key loading, compiling plugins) off the runtime's
@@ -186,8 +236,13 @@ where
 }
 
 /// Opens the secret vault on the configured backend.
-async fn start_vault(config: &Config) -> Result<tether_vault::Vault, DaemonError> {
-    let vault_config = config.vault.clone();
+/// The file backend's key defaults to a place outside `state_dir` (see [`crate::vault_key`]).
+async fn start_vault(
+    config: &Config,
+    config_file: Option<&Path>,
+) -> Result<tether_vault::Vault, DaemonError> {
+    let file = crate::vault_key::config_file_in_use(config_file);
+    let vault_config = crate::vault_key::vault_config(config, file.as_deref());
     let state_dir = config.state_dir.clone();
     let vault = blocking(move || tether_vault::Vault::open(&vault_config, &state_dir)).await?;
     tracing::info!(backend = %vault.backend(), "vault ready");
@@ -220,13 +275,32 @@ fn start_policy(
 async fn start_audit(
     config: &Config,
     keys: &Arc<dyn tether_audit::KeySource>,
+    vault: &tether_vault::Vault,
+    anchor: &Arc<dyn tether_audit::HeadAnchor>,
     registry: &Registry,
     alerts: &Arc<dyn tether_model::AlertSink>,
 ) -> Result<tether_audit::AuditLog, DaemonError> {
     let audit_dir = config.state_dir.join("audit");
+    // The head counter outside state_dir, when the vault has a place for it.
+    let anchor = match vault.outside_location(crate::keys::AUDIT_ANCHOR) {
+        Ok(location) => {
+            tracing::info!(%location, "audit head counter kept outside state_dir");
+            Some(Arc::clone(anchor))
+        }
+        Err(why) => {
+            tracing::warn!(
+                "no audit head counter outside state_dir ({why}): `tether audit verify` will say unanchored, and a rollback of log and head together goes unnoticed"
+            );
+            None
+        }
+    };
+    let opts = tether_audit::Options {
+        anchor,
+        ..tether_audit::Options::default()
+    };
     let (keys, registry, alerts) = (Arc::clone(keys), registry.clone(), Arc::clone(alerts));
     let (audit, recovery) = blocking(move || {
-        tether_audit::AuditLog::open(&audit_dir, keys.as_ref(), &registry, alerts)
+        tether_audit::AuditLog::open_with(&audit_dir, keys.as_ref(), &registry, alerts, opts)
     })
     .await?;
     if let Some(torn) = &recovery.torn {
@@ -367,6 +441,7 @@ fn start_target_ssh(
         &tunnel.handle(),
         vault,
         enrollment,
+        &state.config().ssh,
         Arc::clone(state),
         shutdown.clone(),
     )?;

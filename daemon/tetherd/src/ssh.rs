@@ -4,25 +4,30 @@
 //!   the transport, alerts for open breakers and wrong host keys) and gives the control API a
 //!   [`RemoteExec`] over it; a reaper task closes idle connections.
 //! * Target: [`start_target`] listens on overlay port 22 inside the tunnel (never on a host
-//!   interface), accepts connections only from the hub's overlay address, and serves them with
-//!   the vault's SSH host key, accepting only the hub's client key from the enrollment. Each
-//!   command passes the target's own policy and is audited here too.
+//!   interface) and accepts connections only from the hub's overlay address. In server mode it
+//!   serves them with the vault's SSH host key, accepting only the hub's client key from the
+//!   enrollment, running commands as `ssh.run_as`; each command passes the target's own policy
+//!   and is audited here too. In forward mode (`ssh.mode = "forward"`) it relays them to the
+//!   local sshd at `ssh.forward_to` and audits each relayed connection.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tether_config::SshMode;
 use tether_control::AppState;
+use tether_control::ProxySession;
 use tether_control::audit::daemon_actor;
 use tether_control::state::{
-    BoxFuture, ExecHost, FileDone, FileError, FileMeta, RemoteCommand, RemoteError, RemoteExec,
-    RemoteExit, RemoteFiles, RemoteOutput,
+    BoxFuture, ExecHost, FileDone, FileError, FileMeta, OperatorSsh, RemoteCommand, RemoteError,
+    RemoteExec, RemoteExit, RemoteFiles, RemoteOutput, UpgradedIo,
 };
 use tether_model::{Alert, AlertSink, Severity};
 use tether_policy::Verdict;
+use tether_ssh::operator::{OperatorBackend, OperatorEndpoint, Refusal};
 use tether_ssh::pool::{self, Dialer, Pool, PoolConfig, PoolEvents, Stream};
-use tether_ssh::server::{ExecGate, ExecReport, ServerSettings, SshServer};
+use tether_ssh::server::{ExecGate, ExecReport, RunAs, ServerSettings, SshServer};
 use tether_ssh::{SSH_PORT, SshError};
 use tether_tunnel::TunnelHandle;
 use tether_vault::Vault;
@@ -39,7 +44,12 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 
 /// This daemon's SSH key (hub: client key; target: host key) from the vault.
 fn ssh_key(vault: &Vault) -> Result<tether_ssh::keys::PrivateKey, DaemonError> {
-    let seed = vault.get_or_generate(identity::SSH_KEY, tether_vault::key_len::ED25519_SEED)?;
+    ssh_key_named(vault, identity::SSH_KEY)
+}
+
+/// The Ed25519 SSH key whose seed the vault keeps under `name` (generated on first use).
+fn ssh_key_named(vault: &Vault, name: &str) -> Result<tether_ssh::keys::PrivateKey, DaemonError> {
+    let seed = vault.get_or_generate(name, tether_vault::key_len::ED25519_SEED)?;
     seed.expose(tether_ssh::keys::from_seed)
         .map_err(|e| DaemonError::Membership(format!("the SSH key in the vault: {e}")))
 }
@@ -102,6 +112,8 @@ impl PoolEvents for Events {
 /// The hub's pool as the control API sees it.
 pub struct HubSsh {
     pool: Pool,
+    /// `[ssh] connect_timeout`: for requests that name none.
+    connect_timeout: Duration,
 }
 
 fn remote_error(e: SshError) -> RemoteError {
@@ -134,6 +146,7 @@ impl RemoteExec for HubSsh {
                 name: host.name,
                 ip: host.ip,
                 host_key: host.host_key,
+                user: host.user,
             };
             let cmd = pool::Command {
                 line: command.line,
@@ -161,6 +174,39 @@ impl RemoteExec for HubSsh {
         })
     }
 
+    fn session(
+        &self,
+        host: ExecHost,
+        spec: tether_model::session::SessionSpec,
+        connect_timeout: Duration,
+        input: mpsc::Receiver<tether_model::session::SessionInput>,
+        out: mpsc::Sender<RemoteOutput>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>> {
+        Box::pin(async move {
+            let target = pool::Target {
+                name: host.name,
+                ip: host.ip,
+                host_key: host.host_key,
+                user: host.user,
+            };
+            let (tx, rx) = mpsc::channel(32);
+            let run = self
+                .pool
+                .session(&target, &spec, connect_timeout, input, tx, cancel);
+            let (r, ()) = tokio::join!(run, to_remote(rx, out));
+            match r {
+                Ok(pool::Exit::Code(c)) => Ok(RemoteExit::Code(c)),
+                Ok(pool::Exit::Signal(s)) => Ok(RemoteExit::Signal(s)),
+                Err(e) => Err(remote_error(e)),
+            }
+        })
+    }
+
+    fn default_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if self.pool.close_host(host, why).await {
@@ -169,6 +215,417 @@ impl RemoteExec for HubSsh {
             }
         })
     }
+}
+
+/// Forwards the pool's output to the control API's channel.
+async fn to_remote(mut rx: mpsc::Receiver<pool::Output>, out: mpsc::Sender<RemoteOutput>) {
+    while let Some(o) = rx.recv().await {
+        let o = match o {
+            pool::Output::Stdout(b) => RemoteOutput::Stdout(b),
+            pool::Output::Stderr(b) => RemoteOutput::Stderr(b),
+        };
+        if out.send(o).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Forwards the control API's output to the operator endpoint's channel.
+async fn to_pool(mut rx: mpsc::Receiver<RemoteOutput>, out: mpsc::Sender<pool::Output>) {
+    while let Some(o) = rx.recv().await {
+        let o = match o {
+            RemoteOutput::Stdout(b) => pool::Output::Stdout(b),
+            RemoteOutput::Stderr(b) => pool::Output::Stderr(b),
+        };
+        if out.send(o).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn refusal(r: tether_control::Refusal) -> Refusal {
+    Refusal {
+        message: r.message,
+        exit_status: r.exit_status,
+    }
+}
+
+fn exit_of(e: RemoteExit) -> pool::Exit {
+    match e {
+        RemoteExit::Code(c) => pool::Exit::Code(c),
+        RemoteExit::Signal(s) => pool::Exit::Signal(s),
+    }
+}
+
+/// The operator endpoint's requests, decided and run by the control API's [`ProxySession`].
+struct Backend(ProxySession);
+
+impl OperatorBackend for Backend {
+    fn exec(
+        &self,
+        command: String,
+        out: mpsc::Sender<pool::Output>,
+        cancel: CancellationToken,
+    ) -> pool::BoxFuture<'static, Result<pool::Exit, Refusal>> {
+        let session = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(32);
+            let (r, ()) = tokio::join!(session.exec(command, tx, cancel), to_pool(rx, out));
+            r.map(exit_of).map_err(refusal)
+        })
+    }
+
+    fn session(
+        &self,
+        spec: tether_model::session::SessionSpec,
+        input: mpsc::Receiver<tether_model::session::SessionInput>,
+        out: mpsc::Sender<pool::Output>,
+        cancel: CancellationToken,
+    ) -> pool::BoxFuture<'static, Result<pool::Exit, Refusal>> {
+        let session = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(32);
+            let (r, ()) = tokio::join!(session.session(spec, input, tx, cancel), to_pool(rx, out));
+            r.map(exit_of).map_err(refusal)
+        })
+    }
+}
+
+/// The hub's operator SSH endpoint as the control API sees it.
+pub struct HubOperator {
+    endpoint: OperatorEndpoint,
+    public: String,
+    fingerprint: String,
+}
+
+impl HubOperator {
+    /// The endpoint with the hub's operator host key from the vault (created on first start).
+    pub fn new(vault: &Vault) -> Result<Self, DaemonError> {
+        let key = ssh_key_named(vault, identity::OPERATOR_SSH_KEY)?;
+        let public = identity::ssh_public_key_named(vault, identity::OPERATOR_SSH_KEY)?;
+        let fingerprint = tether_ssh::keys::fingerprint(key.public_key());
+        Ok(HubOperator {
+            endpoint: OperatorEndpoint::new(key),
+            public,
+            fingerprint,
+        })
+    }
+}
+
+impl OperatorSsh for HubOperator {
+    fn host_key(&self) -> String {
+        self.public.clone()
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    fn serve(&self, io: Box<dyn UpgradedIo>, session: ProxySession) -> BoxFuture<'static, ()> {
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            let host = session.host().to_owned();
+            if let Err(e) = endpoint.serve(io, Arc::new(Backend(session))).await {
+                tracing::debug!(host, "an operator SSH connection ended: {e}");
+            }
+        })
+    }
+}
+
+/// The hub's SSH side: the pool and its reaper.
+pub struct HubSide {
+    /// The pool, for the control API.
+    pub remote: Arc<HubSsh>,
+    /// The operator SSH endpoint, for `tether proxy`.
+    pub operator: Arc<HubOperator>,
+    reaper: JoinHandle<()>,
+}
+
+impl HubSide {
+    /// Closes every pooled connection, once.
+    pub async fn shutdown(self) {
+        self.reaper.abort();
+        self.remote.pool.shutdown().await;
+    }
+}
+
+/// The pool's settings from `[ssh]`.
+fn pool_config(config: &tether_config::SshSection) -> PoolConfig {
+    let times = config.times();
+    PoolConfig {
+        idle: times.idle_timeout,
+        max_channels: config.max_channels_per_conn,
+        keepalive: times.keepalive,
+        breaker: tether_ssh::breaker::BreakerConfig {
+            threshold: config.breaker_threshold,
+            cool_down: times.breaker_cool_down,
+        },
+        max_handshakes: tether_ssh::pool::DEFAULT_MAX_HANDSHAKES,
+    }
+}
+
+/// Builds the hub's pool over `tunnel`.
+pub fn start_hub(
+    tunnel: TunnelHandle,
+    vault: &Vault,
+    config: &tether_config::SshSection,
+    alerts: Arc<dyn AlertSink>,
+    audit: tether_audit::AuditLog,
+    shutdown: CancellationToken,
+) -> Result<HubSide, DaemonError> {
+    let key = ssh_key(vault)?;
+    let pool = Pool::new(
+        Arc::new(TunnelDialer(tunnel)),
+        Arc::new(Events { alerts, audit }),
+        key,
+        pool_config(config),
+    );
+    let times = config.times();
+    let remote = Arc::new(HubSsh {
+        pool,
+        connect_timeout: times.connect_timeout,
+    });
+    // Often enough that a short idle_timeout is honoured.
+    let reap_every = REAP_EVERY
+        .min(times.idle_timeout / 2)
+        .max(Duration::from_secs(1));
+    let operator = Arc::new(HubOperator::new(vault)?);
+    let reaper = tokio::spawn({
+        let remote = Arc::clone(&remote);
+        async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(reap_every) => {}
+                }
+                for host in remote.pool.reap(Instant::now()).await {
+                    tracing::debug!(host, "closed an idle SSH connection");
+                }
+            }
+        }
+    });
+    Ok(HubSide {
+        remote,
+        operator,
+        reaper,
+    })
+}
+
+/// The target's policy and audit, asked by its SSH server.
+struct TargetGate {
+    state: Arc<AppState>,
+    facts: tether_model::selector::HostFacts,
+}
+
+impl ExecGate for TargetGate {
+    fn admit<'a>(
+        &'a self,
+        command: &'a str,
+    ) -> tether_ssh::server::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let request = tether_policy::Request {
+                kind: tether_policy::RequestKind::Exec,
+                command: Some(command.to_owned()),
+                path: None,
+                user: "hub".to_owned(),
+                role: tether_model::Role::Operator,
+                host: self.facts.clone(),
+                ticket: None,
+            };
+            let state = Arc::clone(&self.state);
+            let req = request.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                let hooks = state
+                    .plugins
+                    .as_deref()
+                    .map(|h| h as &dyn tether_policy::PolicyHooks);
+                state.policy.as_ref().map(|e| e.check(&req, hooks))
+            })
+            .await
+            .map_err(|_| "the policy check failed".to_owned())?
+            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
+            let d = &checked.decision;
+            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
+            let kind = if denied {
+                "exec.denied"
+            } else {
+                "exec.received"
+            };
+            let data = json!({"command": command, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
+            self.state
+                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
+                .await
+                .map_err(|e| format!("its audit record could not be written: {e}"))?;
+            if denied {
+                return Err(format!("{} ({})", d.reason, d.verdict));
+            }
+            Ok(())
+        })
+    }
+
+    fn admit_session<'a>(
+        &'a self,
+        command: Option<&'a str>,
+    ) -> tether_ssh::server::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let request = tether_policy::Request {
+                kind: tether_policy::RequestKind::Session,
+                command: command.map(str::to_owned),
+                path: None,
+                user: "hub".to_owned(),
+                role: tether_model::Role::Operator,
+                host: self.facts.clone(),
+                ticket: None,
+            };
+            let state = Arc::clone(&self.state);
+            let checked = tokio::task::spawn_blocking(move || {
+                let hooks = state
+                    .plugins
+                    .as_deref()
+                    .map(|h| h as &dyn tether_policy::PolicyHooks);
+                state.policy.as_ref().map(|e| e.check(&request, hooks))
+            })
+            .await
+            .map_err(|_| "the policy check failed".to_owned())?
+            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
+            let d = &checked.decision;
+            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
+            let kind = if denied {
+                "session.denied"
+            } else {
+                "session.open"
+            };
+            let data = json!({"command": command, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
+            self.state
+                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
+                .await
+                .map_err(|e| format!("its audit record could not be written: {e}"))?;
+            if denied {
+                return Err(format!("{} ({})", d.reason, d.verdict));
+            }
+            Ok(())
+        })
+    }
+
+    fn finished(&self, report: ExecReport) -> tether_ssh::server::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let kind = if report.interactive {
+                "session.close"
+            } else {
+                "exec.result"
+            };
+            let data = json!({
+                "command": report.command,
+                "exit_code": report.exit_code,
+                "signal": report.signal,
+                "killed": report.killed,
+                "duration_ms": report.duration.as_millis() as u64,
+                "stdout_bytes": report.stdout_bytes,
+                "stderr_bytes": report.stderr_bytes,
+            });
+            if let Err(e) = self
+                .state
+                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
+                .await
+            {
+                tracing::error!("could not audit an exec result: {e}");
+            }
+        })
+    }
+}
+
+/// Listens on overlay port 22 and serves the hub until `shutdown`: with the SSH server, or
+/// (forward mode) by relaying to the local sshd.
+pub fn start_target(
+    tunnel: &TunnelHandle,
+    vault: &Vault,
+    enrollment: &Enrollment,
+    config: &tether_config::SshSection,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, DaemonError> {
+    let named = enrollment.ssh_user.as_deref();
+    let mismatch = match config.mode {
+        SshMode::Server => named.map(|u| format!("in forward mode (as {u})")),
+        SshMode::Forward if named != config.run_as.as_deref() => Some(named.map_or_else(
+            || "in server mode".to_owned(),
+            |u| format!("in forward mode as {u}"),
+        )),
+        SshMode::Forward => None,
+    };
+    if let Some(then) = mismatch {
+        return Err(DaemonError::Usage(format!(
+            "this target enrolled {then}, but [ssh] now says mode = {:?}{}; the hub pinned the host key and login of the enrollment. Restore the [ssh] settings, or re-enroll (tether vpn reinvite {} on the hub, then tetherd enroll --force TOKEN here)",
+            config.mode.as_str(),
+            config
+                .run_as
+                .as_deref()
+                .map(|u| format!(", run_as = {u:?}"))
+                .unwrap_or_default(),
+            enrollment.name
+        )));
+    }
+    let serve: Arc<dyn Fn(tether_tunnel::TunnelStream) -> BoxFuture<'static, ()> + Send + Sync> =
+        match config.mode {
+            SshMode::Server => {
+                let server = server(vault, enrollment, config, state)?;
+                Arc::new(move |stream| {
+                    let server = server.clone();
+                    Box::pin(async move {
+                        if let Err(e) = server.serve_connection(stream).await {
+                            tracing::debug!("SSH connection ended: {e}");
+                        }
+                    })
+                })
+            }
+            SshMode::Forward => {
+                let to: SocketAddr = config.forward_to.parse().map_err(|_| {
+                    DaemonError::Usage(format!(
+                        "ssh.forward_to {:?} is not an IP:port address",
+                        config.forward_to
+                    ))
+                })?;
+                let timeout = config.times().connect_timeout;
+                let host = enrollment.name.clone();
+                tracing::info!(%to, "SSH: forward mode, relaying the hub's SSH to the local sshd");
+                Arc::new(move |stream| {
+                    let (state, host) = (Arc::clone(&state), host.clone());
+                    Box::pin(relay(state, host, stream, to, timeout))
+                })
+            }
+        };
+    let listener = tunnel
+        .listen(SSH_PORT)
+        .map_err(|source| DaemonError::Tunnel {
+            what: format!("cannot listen on the SSH port {SSH_PORT} inside the tunnel"),
+            source,
+        })?;
+    let hub_ip = enrollment.hub_overlay_ip;
+    Ok(tokio::spawn(async move {
+        let conns = tokio_util::task::TaskTracker::new();
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => break,
+                s = listener.accept() => match s {
+                    Ok(s) => s,
+                    Err(e) => { tracing::error!("SSH listener stopped: {e}"); break; }
+                },
+            };
+            if stream.peer_ip() != hub_ip {
+                tracing::warn!(from = %stream.peer_ip(), "SSH: refused a connection that is not from the hub");
+                continue;
+            }
+            let (serve, shutdown) = (Arc::clone(&serve), shutdown.clone());
+            conns.spawn(async move {
+                tokio::select! {
+                    () = serve(stream) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+        conns.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+    }))
 }
 
 /// How long opening a pooled connection for a file operation may take.
@@ -210,6 +667,7 @@ impl HubSsh {
             name: host.name.clone(),
             ip: host.ip,
             host_key: host.host_key,
+            user: host.user,
         };
         let stream = self
             .pool
@@ -281,128 +739,6 @@ impl RemoteFiles for HubSsh {
                     sha256: t.sha256,
                 })
                 .map_err(file_error)
-        })
-    }
-}
-
-/// The hub's SSH side: the pool and its reaper.
-pub struct HubSide {
-    /// The pool, for the control API.
-    pub remote: Arc<HubSsh>,
-    reaper: JoinHandle<()>,
-}
-
-impl HubSide {
-    /// Closes every pooled connection, once.
-    pub async fn shutdown(self) {
-        self.reaper.abort();
-        self.remote.pool.shutdown().await;
-    }
-}
-
-/// Builds the hub's pool over `tunnel`.
-pub fn start_hub(
-    tunnel: TunnelHandle,
-    vault: &Vault,
-    alerts: Arc<dyn AlertSink>,
-    audit: tether_audit::AuditLog,
-    shutdown: CancellationToken,
-) -> Result<HubSide, DaemonError> {
-    let key = ssh_key(vault)?;
-    let pool = Pool::new(
-        Arc::new(TunnelDialer(tunnel)),
-        Arc::new(Events { alerts, audit }),
-        key,
-        PoolConfig::default(),
-    );
-    let remote = Arc::new(HubSsh { pool });
-    let reaper = tokio::spawn({
-        let remote = Arc::clone(&remote);
-        async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(REAP_EVERY) => {}
-                }
-                for host in remote.pool.reap(Instant::now()).await {
-                    tracing::debug!(host, "closed an idle SSH connection");
-                }
-            }
-        }
-    });
-    Ok(HubSide { remote, reaper })
-}
-
-/// The target's policy and audit, asked by its SSH server.
-struct TargetGate {
-    state: Arc<AppState>,
-    facts: tether_model::selector::HostFacts,
-}
-
-impl ExecGate for TargetGate {
-    fn admit<'a>(
-        &'a self,
-        command: &'a str,
-    ) -> tether_ssh::server::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let request = tether_policy::Request {
-                kind: tether_policy::RequestKind::Exec,
-                command: Some(command.to_owned()),
-                path: None,
-                user: "hub".to_owned(),
-                role: tether_model::Role::Operator,
-                host: self.facts.clone(),
-                ticket: None,
-            };
-            let state = Arc::clone(&self.state);
-            let req = request.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                let hooks = state
-                    .plugins
-                    .as_deref()
-                    .map(|h| h as &dyn tether_policy::PolicyHooks);
-                state.policy.as_ref().map(|e| e.check(&req, hooks))
-            })
-            .await
-            .map_err(|_| "the policy check failed".to_owned())?
-            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
-            let d = &checked.decision;
-            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
-            let kind = if denied {
-                "exec.denied"
-            } else {
-                "exec.received"
-            };
-            let data = json!({"command": command, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
-            self.state
-                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
-                .await
-                .map_err(|e| format!("its audit record could not be written: {e}"))?;
-            if denied {
-                return Err(format!("{} ({})", d.reason, d.verdict));
-            }
-            Ok(())
-        })
-    }
-
-    fn finished(&self, report: ExecReport) -> tether_ssh::server::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let data = json!({
-                "command": report.command,
-                "exit_code": report.exit_code,
-                "signal": report.signal,
-                "killed": report.killed,
-                "duration_ms": report.duration.as_millis() as u64,
-                "stdout_bytes": report.stdout_bytes,
-                "stderr_bytes": report.stderr_bytes,
-            });
-            if let Err(e) = self
-                .state
-                .audit("exec.result", daemon_actor(), Some(&self.facts.name), data)
-                .await
-            {
-                tracing::error!("could not audit an exec result: {e}");
-            }
         })
     }
 }
@@ -505,74 +841,78 @@ fn sftp_service(
     ))
 }
 
-/// Listens on overlay port 22 and serves the hub until `shutdown`.
-pub fn start_target(
-    tunnel: &TunnelHandle,
+/// Server mode: the russh server with the vault's host key, the hub's client key, `run_as`
+/// (refused here, at startup, when this daemon cannot switch to it) and the target's gate.
+fn server(
     vault: &Vault,
     enrollment: &Enrollment,
+    config: &tether_config::SshSection,
     state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> Result<JoinHandle<()>, DaemonError> {
+) -> Result<SshServer, DaemonError> {
     let hub_key = tether_ssh::keys::parse_public(
         &enrollment.hub_ssh_client_key,
         "the hub's SSH client key in enrollment.json",
     )
     .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    let run_as = RunAs::resolve(config.run_as.as_deref())?;
+    if run_as.drop {
+        tracing::info!(user = %run_as.name, uid = %run_as.uid, "SSH: commands run as ssh.run_as");
+    }
     let facts = tether_model::selector::HostFacts {
         name: enrollment.name.clone(),
         groups: enrollment.groups.clone(),
         tags: enrollment.tags.clone(),
     };
     let sftp = sftp_service(&state, &facts)?;
-    let server = SshServer::new(ServerSettings {
-        sftp: Some(sftp),
+    Ok(SshServer::new(ServerSettings {
         host_key: ssh_key(vault)?,
         hub_key,
-        env_allow: tether_ssh::server::DEFAULT_ENV_ALLOW
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-        gate: Arc::new(TargetGate {
-            state,
-            facts: tether_model::selector::HostFacts {
-                name: enrollment.name.clone(),
-                groups: enrollment.groups.clone(),
-                tags: enrollment.tags.clone(),
-            },
-        }),
-    });
-    let listener = tunnel
-        .listen(SSH_PORT)
-        .map_err(|source| DaemonError::Tunnel {
-            what: format!("cannot listen on the SSH port {SSH_PORT} inside the tunnel"),
-            source,
-        })?;
-    let hub_ip = enrollment.hub_overlay_ip;
-    Ok(tokio::spawn(async move {
-        let conns = tokio_util::task::TaskTracker::new();
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => break,
-                s = listener.accept() => match s {
-                    Ok(s) => s,
-                    Err(e) => { tracing::error!("SSH listener stopped: {e}"); break; }
-                },
-            };
-            if stream.peer_ip() != hub_ip {
-                tracing::warn!(from = %stream.peer_ip(), "SSH: refused a connection that is not from the hub");
-                continue;
-            }
-            let (server, shutdown) = (server.clone(), shutdown.clone());
-            conns.spawn(async move {
-                tokio::select! {
-                    r = server.serve_connection(stream) => if let Err(e) = r {
-                        tracing::debug!("SSH connection ended: {e}");
-                    },
-                    () = shutdown.cancelled() => {}
-                }
-            });
-        }
-        conns.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+        env_allow: config.env_allow.clone(),
+        run_as,
+        gate: Arc::new(TargetGate { state, facts }),
+        sftp: Some(sftp),
     }))
+}
+
+/// Forward mode: one relayed connection, audited when it opens (before a byte goes to sshd)
+/// and when it ends. The session inside is end to end between the hub and sshd.
+async fn relay(
+    state: Arc<AppState>,
+    host: String,
+    stream: tether_tunnel::TunnelStream,
+    to: SocketAddr,
+    timeout: Duration,
+) {
+    let started = Instant::now();
+    if let Err(e) = state
+        .audit(
+            "ssh.forward.opened",
+            daemon_actor(),
+            Some(&host),
+            json!({"to": to.to_string(), "from": "hub"}),
+        )
+        .await
+    {
+        tracing::error!("SSH: not relaying to sshd, its audit record could not be written: {e}");
+        return;
+    }
+    let (data, level_error) = match tether_ssh::forward::relay(stream, to, timeout).await {
+        Ok(r) => (
+            json!({"to": to.to_string(), "to_sshd_bytes": r.to_sshd, "from_sshd_bytes": r.from_sshd, "duration_ms": started.elapsed().as_millis() as u64}),
+            None,
+        ),
+        Err(e) => (
+            json!({"to": to.to_string(), "error": e.to_string(), "duration_ms": started.elapsed().as_millis() as u64}),
+            Some(e),
+        ),
+    };
+    if let Some(e) = level_error {
+        tracing::warn!("SSH: {e}");
+    }
+    if let Err(e) = state
+        .audit("ssh.forward.closed", daemon_actor(), Some(&host), data)
+        .await
+    {
+        tracing::error!("could not audit the end of a relayed SSH connection: {e}");
+    }
 }

@@ -33,14 +33,18 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-async fn pair(buf: usize) -> (Tunnel, Tunnel) {
+/// Two connected tunnels; stream buffers start at `buf` and may grow to `max` (fixed when
+/// `max <= buf`).
+async fn pair(buf: usize, max: usize) -> (Tunnel, Tunnel) {
     let hk = SecretKey::generate().unwrap();
     let tk = SecretKey::generate().unwrap();
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut hn = NodeConfig::new(hk.clone(), DEFAULT_HUB_IP, NodeRole::Hub);
     hn.tcp_buffer = buf;
+    hn.tcp_buffer_max = max;
     let mut tn = NodeConfig::new(tk.clone(), TARGET_IP, NodeRole::Target);
     tn.tcp_buffer = buf;
+    tn.tcp_buffer_max = max;
     let hub = Tunnel::start(TunnelConfig::new(hn, lo)).await.unwrap();
     let target = Tunnel::start(TunnelConfig::new(tn, lo)).await.unwrap();
     hub.handle()
@@ -66,8 +70,8 @@ async fn pair(buf: usize) -> (Tunnel, Tunnel) {
 }
 
 /// Returns (Gbit/s, CPU s per GB).
-async fn tether_throughput(buf: usize, total: usize) -> (f64, f64) {
-    let (hub, target) = pair(buf).await;
+async fn tether_throughput(buf: usize, max: usize, total: usize) -> (f64, f64) {
+    let (hub, target) = pair(buf, max).await;
     let listener = target.handle().listen(5201).unwrap();
     let reader = tokio::spawn(async move {
         let mut s = listener.accept().await.unwrap();
@@ -86,10 +90,26 @@ async fn tether_throughput(buf: usize, total: usize) -> (f64, f64) {
     let cpu0 = cpu_secs(UsageWho::RUSAGE_SELF);
     let t0 = Instant::now();
     let mut sent = 0;
+    let mut peak = (0, 0);
+    let mut k = 0u32;
     while sent < total {
         let n = chunk.len().min(total - sent);
         c.write_all(&chunk[..n]).await.unwrap();
         sent += n;
+        k += 1;
+        if k.is_multiple_of(64) {
+            peak.0 = peak.0.max(hub.handle().stream_buffer_bytes());
+            peak.1 = peak.1.max(target.handle().stream_buffer_bytes());
+        }
+    }
+    if std::env::var_os("TETHER_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "  buffers {}..{} KiB: peak stream buffers sender {} KiB, receiver {} KiB",
+            buf / 1024,
+            max / 1024,
+            peak.0 / 1024,
+            peak.1 / 1024
+        );
     }
     c.shutdown().await.unwrap();
     let (n, t1) = reader.await.unwrap();
@@ -287,7 +307,11 @@ fn wireguard_go_baseline(secs: u32) -> Result<(f64, f64), String> {
 }
 
 async fn idle_cpu(secs: u64) -> f64 {
-    let (hub, target) = pair(64 * 1024).await;
+    let (hub, target) = pair(
+        tether_tunnel::DEFAULT_TCP_BUFFER,
+        tether_tunnel::DEFAULT_TCP_BUFFER_MAX,
+    )
+    .await;
     let l = target.handle().listen(22).unwrap();
     let _c = hub.handle().connect(TARGET_IP, 22).await.unwrap();
     let _s = l.accept().await.unwrap();
@@ -349,19 +373,57 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("# tunnel bench {date}");
+    let (floor, max) = (
+        tether_tunnel::DEFAULT_TCP_BUFFER,
+        tether_tunnel::DEFAULT_TCP_BUFFER_MAX,
+    );
+    // Before/after the buffer autotuning, interleaved so that both see the same machine load:
+    // fixed 256 KiB buffers (the old default) against the autotuned default.
+    let rounds = 3;
+    let total_cmp = 256 * 1024 * 1024;
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        before.push(rt.block_on(tether_throughput(256 * 1024, 256 * 1024, total_cmp)));
+        after.push(rt.block_on(tether_throughput(floor, max, total_cmp)));
+    }
+    let show = |label: &str, v: &[(f64, f64)]| {
+        let g: Vec<String> = v.iter().map(|(g, _)| format!("{g:.3}")).collect();
+        let mean_g = v.iter().map(|(g, _)| g).sum::<f64>() / v.len() as f64;
+        let mean_c = v.iter().map(|(_, c)| c).sum::<f64>() / v.len() as f64;
+        println!(
+            "{label}, {} MiB x {rounds}: [{}] Gbit/s, mean {mean_g:.3} Gbit/s, {mean_c:.2} CPU-s/GB",
+            total_cmp >> 20,
+            g.join(", ")
+        );
+        mean_g
+    };
+    let b = show("tether fixed 256 KiB (before autotuning)", &before);
+    let a = show(
+        &format!(
+            "tether autotuned {}..{} KiB (default)",
+            floor / 1024,
+            max / 1024
+        ),
+        &after,
+    );
+    println!("ratio autotuned / fixed 256 KiB: {:.3}", a / b);
+    if std::env::args().any(|a| a == "loopback") {
+        return; // cargo bench -p tether-tunnel --bench tunnel -- loopback
+    }
     let total_small = 128 * 1024 * 1024;
     for buf in [64 * 1024, 256 * 1024, 1024 * 1024] {
-        let (gbps, cpu) = rt.block_on(tether_throughput(buf, total_small));
+        let (gbps, cpu) = rt.block_on(tether_throughput(buf, buf, total_small));
         println!(
-            "tether buffer {:>5} KiB: {gbps:.3} Gbit/s, {cpu:.2} CPU-s/GB",
+            "tether fixed buffer {:>5} KiB: {gbps:.3} Gbit/s, {cpu:.2} CPU-s/GB",
             buf / 1024
         );
     }
     let total = 512 * 1024 * 1024;
-    let (t_gbps, t_cpu) = rt.block_on(tether_throughput(tether_tunnel::DEFAULT_TCP_BUFFER, total));
+    let (t_gbps, t_cpu) = rt.block_on(tether_throughput(floor, max, total));
     println!(
-        "tether default ({} KiB), {} MiB: {t_gbps:.3} Gbit/s, {t_cpu:.2} CPU-s/GB",
-        tether_tunnel::DEFAULT_TCP_BUFFER / 1024,
+        "tether default (autotuned {}..{} KiB), {} MiB: {t_gbps:.3} Gbit/s, {t_cpu:.2} CPU-s/GB",
+        floor / 1024,
+        max / 1024,
         total >> 20
     );
     match wireguard_go_baseline(8) {
@@ -389,7 +451,7 @@ fn main() {
         per / 1024.0
     );
     println!(
-        "memory per stream: 2 x tcp_buffer = {} KiB at the default",
-        2 * tether_tunnel::DEFAULT_TCP_BUFFER / 1024
+        "stream buffers per open idle stream: 2 x {} KiB (the floor; growth is given back after 2 s idle)",
+        tether_tunnel::DEFAULT_TCP_BUFFER / 1024
     );
 }

@@ -262,7 +262,11 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
                 }
             });
             if let Some(m) = &mut g.metrics {
-                m.update(g.node.totals(), g.node.peer_count());
+                m.update(
+                    g.node.totals(),
+                    g.node.peer_count(),
+                    g.node.stream_buffer_bytes(),
+                );
             }
         }
         for t in out.drain(..) {
@@ -275,13 +279,9 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
 }
 
 fn on_event(shared: &Shared, node: &Node, ev: Event) {
-    let name = |id: PeerId| {
-        node.status(Instant::now())
-            .into_iter()
-            .find(|s| s.id == id)
-            .map(|s| s.name)
-            .unwrap_or_default()
-    };
+    // One lookup, not every peer's status: at 10,000 peers a burst of PeerUp events (a hub
+    // restart) would otherwise cost O(peers) each.
+    let name = |id: PeerId| node.peer_name(id).unwrap_or_default().to_owned();
     match ev {
         Event::PeerUnhealthy(id) => {
             let host = name(id);
@@ -372,6 +372,11 @@ impl TunnelHandle {
     /// Per-peer status for `tether vpn status`.
     pub fn status(&self) -> Vec<PeerStatus> {
         self.shared.lock().node.status(Instant::now())
+    }
+
+    /// TCP buffer bytes held by the open overlay streams, both directions.
+    pub fn stream_buffer_bytes(&self) -> usize {
+        self.shared.lock().node.stream_buffer_bytes()
     }
 
     /// Opens an overlay TCP connection to `peer_ip:port`.

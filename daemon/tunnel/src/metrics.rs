@@ -6,10 +6,12 @@ use crate::TunnelError;
 use crate::node::{DropReason, Totals};
 
 /// The tunnel's metrics: `tether_vpn_peers`, `tether_vpn_handshakes_total`,
-/// `tether_vpn_bytes_total{dir}`, `tether_vpn_dropped_total{reason}`.
+/// `tether_vpn_bytes_total{dir}`, `tether_vpn_dropped_total{reason}`,
+/// `tether_vpn_stream_buffer_bytes`.
 #[derive(Debug, Clone)]
 pub struct TunnelMetrics {
     peers: IntGauge,
+    stream_buffers: IntGauge,
     handshakes: IntCounter,
     bytes: IntCounterVec,
     dropped: IntCounterVec,
@@ -26,6 +28,12 @@ impl TunnelMetrics {
         let peers = IntGauge::new(
             "tether_vpn_peers",
             "WireGuard peers configured on this node",
+        )
+        .map_err(reg_err)?;
+        let stream_buffers = IntGauge::new(
+            "tether_vpn_stream_buffer_bytes",
+            "TCP buffer bytes held by open overlay streams (both directions; they grow with each \
+             stream's bandwidth-delay product and shrink when it is idle)",
         )
         .map_err(reg_err)?;
         let handshakes = IntCounter::new(
@@ -53,6 +61,9 @@ impl TunnelMetrics {
             .register(Box::new(peers.clone()))
             .map_err(reg_err)?;
         registry
+            .register(Box::new(stream_buffers.clone()))
+            .map_err(reg_err)?;
+        registry
             .register(Box::new(handshakes.clone()))
             .map_err(reg_err)?;
         registry
@@ -69,6 +80,7 @@ impl TunnelMetrics {
         }
         Ok(TunnelMetrics {
             peers,
+            stream_buffers,
             handshakes,
             bytes,
             dropped,
@@ -76,9 +88,11 @@ impl TunnelMetrics {
         })
     }
 
-    /// Brings the metrics up to date with the node's monotonic counters.
-    pub(crate) fn update(&mut self, totals: &Totals, peers: usize) {
+    /// Brings the metrics up to date with the node's monotonic counters and gauges.
+    pub(crate) fn update(&mut self, totals: &Totals, peers: usize, stream_buffers: usize) {
         self.peers.set(peers as i64);
+        self.stream_buffers
+            .set(i64::try_from(stream_buffers).unwrap_or(i64::MAX));
         let d = totals.handshakes.saturating_sub(self.last.handshakes);
         if d > 0 {
             self.handshakes.inc_by(d);

@@ -205,6 +205,16 @@ pub enum VaultError {
         /// The parse error.
         detail: String,
     },
+    /// The backend offers no place outside `state_dir` for a value that must survive a
+    /// rollback of `state_dir` (e.g. the audit head counter).
+    #[error("no place outside state_dir to keep {name:?}: {reason}")]
+    NoOutsideStore {
+        /// The value's name.
+        name: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// A file system operation failed.
     #[error("vault: {operation} {path}: {source}")]
     Io {

@@ -17,6 +17,7 @@ mod harden;
 mod index;
 mod memlock;
 mod name;
+mod outside;
 mod secret;
 mod vault;
 

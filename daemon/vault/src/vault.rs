@@ -158,6 +158,19 @@ impl Vault {
         Ok(self.inner.file.path(&SecretName::parse(name)?))
     }
 
+    /// The state directory this vault belongs to.
+    pub(crate) fn state_dir(&self) -> &Path {
+        self.inner.dir.parent().unwrap_or(&self.inner.dir)
+    }
+
+    pub(crate) fn file_backend(&self) -> &FileBackend {
+        &self.inner.file
+    }
+
+    pub(crate) fn keyring_backend(&self) -> std::result::Result<&KeyringBackend, String> {
+        self.inner.keyring.as_ref().map_err(Clone::clone)
+    }
+
     /// The file backend's key location (key file or credential path).
     pub fn key_location(&self) -> PathBuf {
         self.inner.file.key_location()

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value, json};
 use tether_plugin_sdk::alerts::{Alert, AlertSink, export_alert_sink};
 use tether_plugin_sdk::host::{config, http, secrets};
+use tether_plugin_sdk::sink;
 
 /// Slack Block Kit alerts.
 pub struct Slack;
@@ -64,37 +65,21 @@ pub fn payload(
     json!({"text": escape(&fallback), "blocks": blocks})
 }
 
-/// Maps an HTTP answer onto the daemon's retry rules (see the crate docs).
-pub fn outcome(resp: &http::Response) -> Result<(), String> {
-    match resp.status {
-        200..=299 => Ok(()),
-        429 | 503 => {
-            let after = resp
-                .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            Err(match after {
-                Some(s) => format!("http {} retry-after={s}", resp.status),
-                None => format!("http {}", resp.status),
-            })
-        }
-        400..=499 => Err(format!("permanent: slack answered http {}", resp.status)),
-        s => Err(format!("slack answered http {s}")),
-    }
-}
-
 impl AlertSink for Slack {
     fn deliver(alert: Alert) -> Result<(), String> {
         let name = config::get_or("secret", "slack-webhook-url");
         let secret = secrets::get(&name).ok_or_else(|| {
-            format!("permanent: slack: secret {name:?} (the webhook URL) is not granted or not set")
+            sink::permanent(format_args!(
+                "slack: secret {name:?} (the webhook URL) is not granted or not set"
+            ))
         })?;
         let url = std::str::from_utf8(secret.expose())
-            .map_err(|_| format!("permanent: slack: secret {name:?} is not a UTF-8 URL"))?
+            .map_err(|_| {
+                sink::permanent(format_args!("slack: secret {name:?} is not a UTF-8 URL"))
+            })?
             .trim()
             .to_owned();
-        let fields = config::get("tether.alert.fields")
-            .and_then(|f| serde_json::from_str::<Map<String, Value>>(&f).ok())
-            .unwrap_or_default();
+        let fields = tether_plugin_sdk::alerts::fields();
         let body = payload(
             &alert.kind,
             alert.severity.as_str(),
@@ -105,8 +90,8 @@ impl AlertSink for Slack {
         let req = http::Request::post(&url, body.to_string().into_bytes())
             .header("content-type", "application/json");
         // The error names neither the URL nor the secret: the URL is the credential.
-        let resp = http::send(&req).map_err(|e| format!("slack: {e:?}"))?;
-        outcome(&resp)
+        let resp = http::send(&req).map_err(|e| format!("slack: {e}"))?;
+        sink::http_outcome(&resp, "slack")
     }
 }
 

@@ -8,25 +8,12 @@
 //! the manifest. Answers map onto the daemon's retry rules: 2xx delivered; 429/503 retried after
 //! the receiver's `Retry-After`; other 4xx rejected for good (`permanent:`); anything else retried
 //! with backoff.
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use tether_plugin_sdk::alerts::{Alert, AlertSink, export_alert_sink};
 use tether_plugin_sdk::host::{clock, config, http, secrets};
+use tether_plugin_sdk::sink::{self, signature};
 
 /// Signed JSON webhooks.
 pub struct Webhook;
-
-/// `sha256=<hex>` of HMAC-SHA256(secret, "timestamp.body").
-pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret) else {
-        // HMAC accepts keys of any length; this branch cannot be taken.
-        return String::new();
-    };
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 /// Escapes a string as a JSON string literal.
 pub fn json_str(s: &str) -> String {
@@ -47,30 +34,14 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
-/// Maps an HTTP answer onto the daemon's retry rules (see the crate docs).
-pub fn outcome(resp: &http::Response) -> Result<(), String> {
-    match resp.status {
-        200..=299 => Ok(()),
-        429 | 503 => {
-            let after = resp
-                .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            Err(match after {
-                Some(s) => format!("http {} retry-after={s}", resp.status),
-                None => format!("http {}", resp.status),
-            })
-        }
-        400..=499 => Err(format!("permanent: http {}", resp.status)),
-        s => Err(format!("http {s}")),
-    }
-}
-
 impl AlertSink for Webhook {
     fn deliver(alert: Alert) -> Result<(), String> {
         let url = config::get("url").ok_or("webhook: set url in [plugin.config]")?;
         let secret_name = config::get_or("secret", "webhook-secret");
         let secret = secrets::get(&secret_name).ok_or_else(|| {
-            format!("permanent: webhook: secret {secret_name:?} is not granted or not set")
+            sink::permanent(format_args!(
+                "webhook: secret {secret_name:?} is not granted or not set"
+            ))
         })?;
         let fields = config::get("tether.alert.fields").unwrap_or_else(|| "{}".into());
         let body = format!(
@@ -87,8 +58,8 @@ impl AlertSink for Webhook {
             .header("content-type", "application/json")
             .header("x-tether-timestamp", &ts)
             .header("x-tether-signature", &sig);
-        let resp = http::send(&req).map_err(|e| format!("webhook: {e:?}"))?;
-        outcome(&resp)
+        let resp = http::send(&req).map_err(|e| format!("webhook: {e}"))?;
+        sink::http_outcome(&resp, "webhook")
     }
 }
 
@@ -99,11 +70,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_matches_rfc4231_style_vector() {
-        // HMAC-SHA256(key = "key", "The quick brown fox jumps over the lazy dog")
-        let s = signature(b"key", "The quick brown fox jumps over the lazy dog", b"");
-        assert!(s.starts_with("sha256="));
-        assert_eq!(s.len(), 7 + 64);
+    fn json_strings_are_escaped() {
         assert_eq!(json_str("a\"b\n"), "\"a\\\"b\\n\"");
     }
 }

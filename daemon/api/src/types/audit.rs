@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tether_model::Role;
-pub use tether_model::audit::{Break, BreakKind, VerifyReport};
+pub use tether_model::audit::{Break, BreakKind, VerifyReport, VerifyVerdict};
 
 use super::Empty;
 
@@ -22,7 +22,8 @@ pub struct VerifyRequest {
 /// Answer of `POST /v1/audit/verify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyResponse {
-    /// True when no break was found.
+    /// True when no break was found and the log reaches the head counter kept outside
+    /// `state_dir` (`report.verdict` is `ok`); false when broken or unanchored.
     pub ok: bool,
     /// Read throughput in MB/s (10^6 bytes).
     pub mb_per_s: f64,
@@ -75,6 +76,10 @@ pub struct AuditRecord {
     /// Event details (a JSON object).
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
+    /// The key epoch whose HMAC key made `hmac` (absent: 0); it changes only right after a
+    /// `key.rotated` record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_epoch: u32,
     /// Hex SHA-256 of the previous record.
     pub prev: String,
     /// Hex SHA-256 of `prev || canonical JSON without hash/hmac`.
@@ -150,6 +155,41 @@ pub struct AuditExportQuery {
     pub from: Option<String>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Body of `POST /v1/audit/rotate-key`. With neither flag set, both keys rotate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    /// Rotate the HMAC key that MACs every record.
+    #[serde(default)]
+    pub hmac: bool,
+    /// Rotate the Ed25519 key that signs the head.
+    #[serde(default)]
+    pub signing: bool,
+}
+
+/// Answer of `POST /v1/audit/rotate-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RotateKeyResponse {
+    /// The new key epoch.
+    pub epoch: u32,
+    /// Seq of the `key.rotated` record (MACed with the old key); later records use the new one.
+    pub seq: u64,
+    /// Hex id of the new HMAC key (SHA-256 over a domain tag and the key; never the key).
+    pub hmac_key_id: String,
+    /// Hex Ed25519 public key that verifies heads from now on.
+    pub signing_key: String,
+    /// Which keys are new: `hmac`, `signing`, or both.
+    pub rotated: Vec<String>,
+}
+
+endpoint! {
+    /// rotate the audit HMAC and/or signing key (a new key epoch; the chain stays verifiable)
+    AuditRotateKey: Post "/v1/audit/rotate-key", RotateKeyRequest => RotateKeyResponse;
+}
 endpoint! {
     /// verify the audit chain (optionally against an exported checkpoint)
     AuditVerify: Post "/v1/audit/verify", VerifyRequest => VerifyResponse;

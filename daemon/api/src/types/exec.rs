@@ -39,6 +39,10 @@ pub struct ExecRequest {
     /// A change/ticket id for policy plugins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// A granted approval (`apr-…`) for exactly this request: the same caller, command and
+    /// resolved targets. It is used up before anything runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// Which output stream a chunk came from.

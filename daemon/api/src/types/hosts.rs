@@ -57,6 +57,10 @@ pub struct Host {
     pub rx_bytes: u64,
     /// Bytes sent to it.
     pub tx_bytes: u64,
+    /// The account the hub logs in as: set for a target in forward mode (its sshd's
+    /// `ssh.run_as`), absent for Tether's own SSH server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 /// Answer of `GET /v1/hosts`.

@@ -5,7 +5,7 @@ macro_rules! endpoint {
     (
         #[doc = $summary:literal]
         $name:ident: $method:ident $path:literal, $req:ty => $resp:ty
-        $(, response = $enc:ident)? $(, raw_body = $raw:literal)? $(, streamed_body = $streamed:literal)?;
+        $(, response = $enc:ident $(($proto:literal))?)? $(, raw_body = $raw:literal)? $(, streamed_body = $streamed:literal)?;
     ) => {
         #[doc = $summary]
         #[derive(Debug, Clone, Copy)]
@@ -15,7 +15,7 @@ macro_rules! endpoint {
             const METHOD: crate::Method = crate::Method::$method;
             const PATH: &'static str = $path;
             const SUMMARY: &'static str = $summary.trim_ascii();
-            $(const RESPONSE: crate::Encoding = crate::Encoding::$enc;)?
+            $(const RESPONSE: crate::Encoding = crate::Encoding::$enc $(($proto))?;)?
             $(const RAW_BODY: bool = $raw;)?
             $(const RAW_BODY: bool = $streamed;
             const STREAMED_BODY: bool = $streamed;)?
@@ -26,6 +26,7 @@ macro_rules! endpoint {
 }
 
 mod alerts;
+mod approvals;
 mod audit;
 mod exec;
 mod fs;
@@ -33,10 +34,13 @@ mod hosts;
 mod plugins;
 mod policy;
 mod secrets;
+mod session;
+mod sessions;
 mod status;
 mod vpn;
 
 pub use alerts::*;
+pub use approvals::*;
 pub use audit::*;
 pub use exec::*;
 pub use fs::*;
@@ -44,6 +48,8 @@ pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;
 pub use secrets::*;
+pub use session::*;
+pub use sessions::*;
 pub use status::*;
 pub use vpn::*;
 

@@ -29,8 +29,11 @@ pub struct StatusReport {
     pub pid: u32,
     /// Hosts in the inventory (0 on a target).
     pub hosts: u64,
-    /// The role the caller was granted for this request.
+    /// The role the caller was granted for this request (a just-in-time grant included).
     pub caller_role: Role,
+    /// Just-in-time roles in force (`tether access`), soonest to lapse first.
+    #[serde(default)]
+    pub access_grants: Vec<super::RoleGrant>,
 }
 
 fn unknown_commit() -> String {

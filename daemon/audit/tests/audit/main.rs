@@ -1,10 +1,12 @@
 //! Integration tests of the audit chain: real files, real processes, real tmpfs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anchor;
 mod crash;
 mod enospc;
 mod props;
 mod recovery;
+mod rotation;
 mod tamper;
 mod writer;
 

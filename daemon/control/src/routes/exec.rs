@@ -2,8 +2,10 @@
 //!
 //! Order of events, each step before the next: the selector is resolved against the inventory
 //! (active hosts only); the policy (regex rules, then plugin votes) is checked for every host —
-//! a deny or an approval verdict on any host refuses the whole request and records
-//! `exec.denied`, so nothing leaves the hub; `exec.requested` is written (durable) — a failed
+//! a deny on any host refuses the whole request and records `exec.denied`, so nothing leaves the
+//! hub; an approval verdict on any host sends the whole request through the approval gate
+//! ([`super::approvals::exec_gate`]: use a granted approval or an allowance, or ask for one);
+//! `exec.requested` is written (durable) — a failed
 //! write refuses the request; only then does the stream start and the first byte go to a
 //! target. Each host ends with one `exec.result` record (exit code, duration, byte counts,
 //! SHA-256 of its full stdout and stderr). A client that goes away cancels every remote
@@ -34,7 +36,7 @@ use crate::stream;
 const DEFAULT_CONCURRENCY: u32 = 10;
 const MAX_CONCURRENCY: u32 = 1000;
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_OUTPUT_LIMIT: u64 = 1024 * 1024;
 
 fn bad(code: &str, message: String, hint: &str) -> Fail {
@@ -53,7 +55,7 @@ struct Plan {
     output_limit: u64,
 }
 
-fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
+fn plan(req: &ExecRequest, hosts: usize, default_connect_ms: u64) -> Result<Plan, Fail> {
     if req.command.trim().is_empty() {
         return Err(bad(
             "empty_command",
@@ -119,7 +121,7 @@ fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
         timeout: ms(req.timeout_ms, DEFAULT_TIMEOUT_MS, "timeout")?,
         connect_timeout: ms(
             req.connect_timeout_ms,
-            DEFAULT_CONNECT_TIMEOUT_MS,
+            default_connect_ms,
             "connect timeout",
         )?,
         canary: req.canary.unwrap_or(0) as usize,
@@ -129,7 +131,7 @@ fn plan(req: &ExecRequest, hosts: usize) -> Result<Plan, Fail> {
 }
 
 /// The active hosts `selector` picks, or the `400`/`404`.
-pub(super) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
+pub(crate) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail> {
     let hub = hub(ctx)?;
     if selector.trim().is_empty() {
         return Err(bad(
@@ -163,12 +165,55 @@ pub(super) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail
 }
 
 /// Checks the policy for every host before anything leaves; records and refuses denials.
-async fn check_policy(
+/// [`check_policy_or_approval`] for paths that cannot wait for an approval (the operator SSH
+/// endpoint, `tether ssh`): a `require-approval` verdict refuses, is recorded like a denial, and
+/// says how to ask for the approval. Returns the hosts that only warned.
+pub(crate) async fn check_policy(
     ctx: &Ctx,
     hosts: &[HostRecord],
-    command: &str,
+    kind: RequestKind,
+    command: Option<&str>,
     ticket: Option<&str>,
 ) -> Result<Vec<String>, Fail> {
+    let (warned, approval) = check_policy_or_approval(ctx, hosts, kind, command, ticket).await?;
+    let Some(reason) = approval else {
+        return Ok(warned);
+    };
+    let denied = if kind == RequestKind::Session {
+        "session.denied"
+    } else {
+        "exec.denied"
+    };
+    for host in hosts {
+        ctx.state
+            .audit_or_refuse(
+                denied,
+                ctx.actor(),
+                Some(&host.name),
+                json!({"command": command, "verdict": Verdict::RequireApproval, "reason": reason}),
+            )
+            .await?;
+    }
+    Err(Fail::new(
+        StatusCode::FORBIDDEN,
+        "approval_required",
+        format!("an approval is needed to run this: {reason}"),
+        "this path cannot wait for one: run it with `tether exec -H HOST -- COMMAND`, which asks for the approval and waits",
+    ))
+}
+
+/// `kind` is [`RequestKind::Exec`] for commands (`POST /v1/exec`, `exec` through the operator
+/// SSH endpoint) or [`RequestKind::Session`] for interactive sessions (with their command, if
+/// any); a denial is recorded as `exec.denied` or `session.denied`. Returns the hosts that only
+/// warned and, when any host needs an approval, the policy's reason (the approval gate records
+/// that case: `approval.requested` / `.used`).
+pub(crate) async fn check_policy_or_approval(
+    ctx: &Ctx,
+    hosts: &[HostRecord],
+    kind: RequestKind,
+    command: Option<&str>,
+    ticket: Option<&str>,
+) -> Result<(Vec<String>, Option<String>), Fail> {
     if ctx.state.policy.is_none() {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,8 +230,8 @@ async fn check_policy(
     let requests: Vec<tether_policy::Request> = hosts
         .iter()
         .map(|h| tether_policy::Request {
-            kind: RequestKind::Exec,
-            command: Some(command.to_owned()),
+            kind,
+            command: command.map(str::to_owned),
             path: None,
             user: user.clone(),
             role: ctx.role,
@@ -211,14 +256,17 @@ async fn check_policy(
     .await?
     .unwrap_or_default();
     let mut refused = Vec::new();
-    let mut approval = false;
+    let mut approval: Option<String> = None;
     let mut warned = Vec::new();
     for (host, c) in hosts.iter().zip(&checked) {
         match c.decision.verdict {
             Verdict::Allow => {}
             Verdict::Warn => warned.push(host.name.clone()),
-            v @ (Verdict::Deny | Verdict::RequireApproval) => {
-                approval |= v == Verdict::RequireApproval;
+            // Approvals are the approval gate's to record (approval.requested / .used).
+            Verdict::RequireApproval => {
+                approval.get_or_insert_with(|| c.decision.reason.to_string());
+            }
+            v @ Verdict::Deny => {
                 let data = json!({
                     "command": command,
                     "verdict": v,
@@ -226,44 +274,46 @@ async fn check_policy(
                     "reason": c.decision.reason,
                     "plugin_votes": c.plugin_votes,
                 });
+                let denied = if kind == RequestKind::Session {
+                    "session.denied"
+                } else {
+                    "exec.denied"
+                };
                 ctx.state
-                    .audit_or_refuse("exec.denied", ctx.actor(), Some(&host.name), data)
+                    .audit_or_refuse(denied, ctx.actor(), Some(&host.name), data)
                     .await?;
-                refused.push((host.name.clone(), c.decision.reason.to_string(), v));
+                refused.push((host.name.clone(), c.decision.reason.to_string()));
             }
         }
     }
     if refused.is_empty() {
-        return Ok(warned);
+        return Ok((warned, approval));
     }
-    let names: Vec<&str> = refused.iter().map(|(h, _, _)| h.as_str()).collect();
+    let names: Vec<&str> = refused.iter().map(|(h, _)| h.as_str()).collect();
     let reason = &refused[0].1;
-    let (code, message, hint) = if approval {
-        (
-            "approval_required",
-            format!(
-                "an approval is needed to run this on {}: {reason}",
-                names.join(", ")
-            ),
-            "approvals are not available yet; ask an admin to adjust the policy, or run something else",
-        )
-    } else {
-        (
-            "policy_denied",
-            format!(
-                "the policy denies this on {}: {reason}; nothing was run",
-                names.join(", ")
-            ),
-            "`tether policy check -H HOST -- COMMAND` explains the decision",
-        )
-    };
-    Err(Fail::new(StatusCode::FORBIDDEN, code, message, hint))
+    Err(Fail::new(
+        StatusCode::FORBIDDEN,
+        "policy_denied",
+        format!(
+            "the policy denies this on {}: {reason}; nothing was run",
+            names.join(", ")
+        ),
+        "`tether policy check -H HOST -- COMMAND` explains the decision",
+    ))
 }
 
 /// `POST /v1/exec`.
 pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
     let hosts = resolve(&ctx, &req.selector)?;
-    let plan = plan(&req, hosts.len())?;
+    // `[ssh] connect_timeout` on the hub, when the request names none.
+    let default_connect_ms = ctx
+        .state
+        .remote
+        .as_ref()
+        .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |r| {
+            r.default_connect_timeout().as_millis() as u64
+        });
+    let plan = plan(&req, hosts.len(), default_connect_ms)?;
     let Some(remote) = ctx.state.remote.clone() else {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -272,8 +322,23 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
             "start tetherd normally (tetherd run --role hub)",
         ));
     };
-    let warned = check_policy(&ctx, &hosts, &plan.command, req.ticket.as_deref()).await?;
+    let (warned, approval) = check_policy_or_approval(
+        &ctx,
+        &hosts,
+        RequestKind::Exec,
+        Some(&plan.command),
+        req.ticket.as_deref(),
+    )
+    .await?;
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    super::approvals::exec_gate(
+        &ctx,
+        &plan.command,
+        &names,
+        req.approval.as_deref(),
+        approval.as_deref(),
+    )
+    .await?;
     ctx.state
         .audit_or_refuse(
             "exec.requested",
@@ -291,6 +356,7 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
                 "max_failures": plan.max_failures,
                 "output_limit": plan.output_limit,
                 "ticket": req.ticket,
+                "approval": req.approval,
             }),
         )
         .await?;
@@ -343,10 +409,16 @@ async fn run_all(
     let mut queue = hosts.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let (mut launched, mut ok, mut failed) = (0usize, 0u32, 0u32);
+    // Canary hosts that have finished: the rest start only once every canary has.
+    let mut canaries_done = 0usize;
     let mut canary_failed: Vec<String> = Vec::new();
     let mut aborted: Option<String> = None;
     loop {
-        let limit = if launched < canary { canary } else { total };
+        let limit = if canaries_done < canary {
+            canary
+        } else {
+            total
+        };
         while aborted.is_none()
             && !cancel.is_cancelled()
             && running.len() < plan.concurrency
@@ -366,7 +438,11 @@ async fn run_all(
             running.spawn(async move { (task.await, is_canary) });
         }
         let Some(done) = running.join_next().await else {
-            if launched == canary && canary > 0 && !canary_failed.is_empty() && aborted.is_none() {
+            if canaries_done == canary
+                && canary > 0
+                && !canary_failed.is_empty()
+                && aborted.is_none()
+            {
                 aborted = Some(format!("the canary failed on {}", canary_failed.join(", ")));
                 continue;
             }
@@ -377,8 +453,12 @@ async fn run_all(
         };
         let (host, success, is_canary) = match done {
             Ok(((host, success), is_canary)) => (host, success, is_canary),
-            Err(_) => (String::new(), false, false),
+            // A task that panicked: during the canary phase only canaries run.
+            Err(_) => (String::new(), false, canaries_done < canary),
         };
+        if is_canary {
+            canaries_done += 1;
+        }
         if success {
             ok += 1;
         } else {
@@ -393,12 +473,7 @@ async fn run_all(
                 aborted = Some(format!("{failed} hosts failed (max failures {max})"));
             }
         }
-        if launched == canary
-            && canary > 0
-            && running.is_empty()
-            && !canary_failed.is_empty()
-            && aborted.is_none()
-        {
+        if canaries_done == canary && canary > 0 && !canary_failed.is_empty() && aborted.is_none() {
             aborted = Some(format!("the canary failed on {}", canary_failed.join(", ")));
         }
     }
@@ -432,7 +507,7 @@ async fn run_all(
 
 /// What one host's output stream came to.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     bytes: u64,
     kept: u64,
     hash: Sha256,
@@ -442,7 +517,7 @@ struct Tally {
 
 impl Tally {
     /// Counts and hashes `chunk`; returns the text to forward (within `limit`).
-    fn take(&mut self, chunk: &[u8], limit: u64) -> Option<String> {
+    pub(crate) fn take(&mut self, chunk: &[u8], limit: u64) -> Option<String> {
         self.bytes += chunk.len() as u64;
         self.hash.update(chunk);
         let room = limit.saturating_sub(self.kept) as usize;
@@ -462,12 +537,17 @@ impl Tally {
         (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
     }
 
-    fn flush(&mut self) -> Option<String> {
+    /// Bytes seen (kept or not).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub(crate) fn flush(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.carry);
         (!rest.is_empty()).then(|| String::from_utf8_lossy(&rest).into_owned())
     }
 
-    fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         hex::encode(self.hash.clone().finalize())
     }
 }
@@ -489,6 +569,7 @@ async fn run_host(
         name: name.clone(),
         ip: host.overlay_ip,
         host_key: host.ssh_host_key.clone(),
+        user: host.ssh_user.clone(),
     };
     let command = RemoteCommand {
         line: plan.command.clone(),
@@ -589,35 +670,62 @@ async fn run_host(
         }
     };
     emit(&tx, &event).await;
+    let outcome = Outcome {
+        duration_ms,
+        stdout: &stdout,
+        stderr: &stderr,
+        dropped,
+        result: audit_outcome,
+        failure: (!success).then(|| describe(&event)),
+    };
+    record_result(&ctx, &name, &plan.command, outcome).await;
+    (name.clone(), success)
+}
+
+/// How one host's command went, for its `exec.result` record.
+pub(crate) struct Outcome<'a> {
+    pub duration_ms: u64,
+    pub stdout: &'a Tally,
+    pub stderr: &'a Tally,
+    /// Bytes beyond the output limit.
+    pub dropped: u64,
+    /// `{"exit_code", "signal"}` or `{"error", "message"}`.
+    pub result: serde_json::Value,
+    /// Why it failed (raises `exec_failure`), `None` when it exited 0.
+    pub failure: Option<String>,
+}
+
+/// Writes one host's `exec.result` (and raises `exec_failure` when it failed): the same record
+/// for `POST /v1/exec` and for `exec` through the operator SSH endpoint.
+pub(crate) async fn record_result(ctx: &Ctx, name: &str, command: &str, o: Outcome<'_>) {
     let mut data = json!({
-        "command": plan.command,
-        "duration_ms": duration_ms,
-        "stdout_bytes": stdout.bytes,
-        "stderr_bytes": stderr.bytes,
-        "dropped_bytes": dropped,
-        "stdout_sha256": stdout.digest(),
-        "stderr_sha256": stderr.digest(),
+        "command": command,
+        "duration_ms": o.duration_ms,
+        "stdout_bytes": o.stdout.bytes,
+        "stderr_bytes": o.stderr.bytes,
+        "dropped_bytes": o.dropped,
+        "stdout_sha256": o.stdout.digest(),
+        "stderr_sha256": o.stderr.digest(),
     });
-    if let (Some(d), Some(o)) = (data.as_object_mut(), audit_outcome.as_object()) {
-        d.extend(o.clone());
+    if let (Some(d), Some(r)) = (data.as_object_mut(), o.result.as_object()) {
+        d.extend(r.clone());
     }
     if let Err(e) = ctx
         .state
-        .audit("exec.result", ctx.actor(), Some(&name), data)
+        .audit("exec.result", ctx.actor(), Some(name), data)
         .await
     {
         tracing::error!(host = %name, "could not audit an exec result: {e}");
     }
-    if !success {
+    if let Some(why) = o.failure {
         let mut alert = Alert::new(
             "exec_failure",
             Severity::Warning,
-            format!("exec failed on {name}: {}", describe(&event)),
+            format!("exec failed on {name}: {why}"),
         );
-        alert.host = Some(name.clone());
+        alert.host = Some(name.to_owned());
         ctx.state.alerts.raise(alert);
     }
-    (name.clone(), success)
 }
 
 fn describe(event: &ExecEvent) -> String {

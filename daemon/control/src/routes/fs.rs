@@ -67,6 +67,7 @@ fn target(h: &HostRecord) -> ExecHost {
         name: h.name.clone(),
         ip: h.overlay_ip,
         host_key: h.ssh_host_key.clone(),
+        user: h.ssh_user.clone(),
     }
 }
 

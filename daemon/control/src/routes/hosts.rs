@@ -18,12 +18,11 @@ fn with_live_state(ctx: &Ctx, hosts: &[HostRecord]) -> Vec<Host> {
         .as_ref()
         .map(|t| t.status())
         .unwrap_or_default();
+    // One map, not a scan of every peer per host (quadratic at thousands of hosts).
+    let by_ip: std::collections::HashMap<_, _> = peers.iter().map(|p| (p.overlay_ip, p)).collect();
     hosts
         .iter()
-        .map(|h| {
-            let peer = peers.iter().find(|p| p.overlay_ip == h.overlay_ip);
-            crate::convert::host(h, peer)
-        })
+        .map(|h| crate::convert::host(h, by_ip.get(&h.overlay_ip).copied()))
         .collect()
 }
 

@@ -18,20 +18,30 @@ use tether_model::Role;
 use crate::http::{self, Body, Fail};
 use crate::{AppState, Caller};
 
+mod access;
 mod alerts;
+mod approvals;
 mod audit;
+mod audit_keys;
 mod config;
 mod exec;
 mod fs;
 mod health;
 mod hosts;
+mod interactive;
 mod metrics;
 mod plugins;
 mod policy;
+mod proxy;
 mod reload;
 mod secrets;
+mod session;
+mod sessions;
+mod ssh_config;
 mod status;
 mod vpn;
+
+pub use interactive::{ProxySession, REFUSED_STATUS, Refusal, UNREACHABLE_STATUS};
 
 /// What a handler gets besides its typed request.
 #[derive(Clone)]
@@ -109,6 +119,10 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         stream::<a::AuditFollow, _, _>(AUDIT_READERS, &[500, AUDITED], audit::follow),
         stream::<a::AuditExport, _, _>(AUDIT_READERS, &[500, AUDITED], audit::export),
         json::<a::AuditCheckpoint, _, _>(AUDIT_READERS, &[500, AUDITED], audit::checkpoint),
+        json::<a::SessionsList, _, _>(AUDIT_READERS, &[404, 500], sessions::list),
+        json::<a::SessionsShow, _, _>(AUDIT_READERS, &[404, 500, AUDITED], sessions::show),
+        stream::<a::SessionsRecording, _, _>(AUDIT_READERS, &[404, AUDITED], sessions::recording),
+        json::<a::AuditRotateKey, _, _>(ADMIN, &[409, 500, AUDITED], audit_keys::rotate),
         json::<a::PolicyGet, _, _>(ANY, &[503], policy::show),
         json::<a::PolicyCheck, _, _>(ANY, &[500, 503], policy::check),
         json::<a::PolicyTest, _, _>(ANY, &[500, 503], policy::test),
@@ -118,7 +132,17 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnRevoke, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::revoke),
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
-        stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, AUDITED], exec::exec),
+        stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, 409, 429, 500, AUDITED], exec::exec),
+        upgrade::<a::Proxy, _, _>(OPERATORS, &[404, HUB, AUDITED], proxy::handle),
+        upgrade::<a::Session, _, _>(OPERATORS, &[404, HUB, AUDITED], session::handle),
+        json::<a::SshConfig, _, _>(ANY, &[HUB, AUDITED], ssh_config::handle),
+        json::<a::ApprovalsList, _, _>(ANY, &[503], approvals::list),
+        json::<a::ApprovalsShow, _, _>(ANY, &[404, 503], approvals::show),
+        json::<a::ApprovalsApprove, _, _>(ANY, &[404, HUB, 500, AUDITED], approvals::approve),
+        json::<a::ApprovalsDeny, _, _>(ANY, &[404, 409, 500, AUDITED], approvals::deny),
+        json::<a::AccessRequest, _, _>(ANY, &[409, 429, 500, AUDITED], access::request),
+        json::<a::AccessList, _, _>(ANY, &[503], access::list),
+        json::<a::AccessRevoke, _, _>(ANY, &[404, 409, 500, AUDITED], access::revoke),
         stream::<a::FsGet, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::get),
         streamed::<a::FsPut, _, _>(OPERATORS, &[404, HUB, AUDITED], fs::put),
         json::<a::FsListDir, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::list),
@@ -137,9 +161,13 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
     ]
 });
 
-/// The statuses every route of endpoint `E` can answer with, before its handler's own.
+/// The statuses every route of endpoint `E` can answer with, before its handler's own: `200`
+/// (`101` and `426` for an upgrade), `400`, `403`, and for a body `408`/`413`.
 fn statuses<E: Endpoint>(handler: &[u16]) -> Vec<u16> {
-    let mut s = vec![200, 400, 403];
+    let mut s = match E::RESPONSE {
+        Encoding::Upgrade(_) => vec![101, 400, 403, 426],
+        _ => vec![200, 400, 403],
+    };
     if !E::METHOD.uses_query() {
         s.extend([408, 413]);
     }
@@ -210,7 +238,7 @@ fn answer<E: Endpoint>(result: Result<E::Response, Fail>) -> Response<Body> {
             Ok(_) => Err("a text answer is not a string".to_owned()),
             Err(e) => Err(e.to_string()),
         },
-        Encoding::Json | Encoding::NdJson => serde_json::to_vec(&value)
+        Encoding::Json | Encoding::NdJson | Encoding::Upgrade(_) => serde_json::to_vec(&value)
             .map(|mut b| {
                 b.push(b'\n');
                 b
@@ -288,6 +316,81 @@ where
             };
             match http::read_body(req, ctx.state.idle_timeout()).await {
                 Ok(body) => answer::<E>(f(ctx, request, body).await),
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// What an upgrade route does with the connection once the `101` has gone out.
+pub(crate) type Takeover = Box<
+    dyn FnOnce(Box<dyn crate::state::UpgradedIo>) -> crate::state::BoxFuture<'static, ()> + Send,
+>;
+
+/// A route that switches the connection to another protocol ([`Encoding::Upgrade`]): the
+/// request must say `Connection: upgrade` and `Upgrade: <protocol>` (else `426`); its JSON body
+/// (or path) is decoded as usual and the handler decides; on success the answer is `101` and
+/// the handler's [`Takeover`] gets the connection.
+fn upgrade<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Takeover, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |mut req, ctx, params| {
+        Box::pin(async move {
+            let Encoding::Upgrade(protocol) = E::RESPONSE else {
+                return Fail::internal(format!("{} is not an upgrade endpoint", E::PATH))
+                    .into_response();
+            };
+            let asked = req
+                .headers()
+                .get(hyper::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
+            if !asked {
+                return Fail::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "upgrade_required",
+                    format!(
+                        "this route switches the connection to {protocol}; send `Connection: upgrade` and `Upgrade: {protocol}`"
+                    ),
+                    "use `tether proxy HOST` (for ssh's ProxyCommand) or `tether ssh HOST`",
+                )
+                .into_response();
+            }
+            let on = hyper::upgrade::on(&mut req);
+            // The connection's place under the caps, held for as long as the session runs.
+            let slot = req
+                .extensions()
+                .get::<Arc<crate::connlimit::Slot>>()
+                .cloned();
+            let request = match decode::<E>(req, &ctx, &params).await {
+                Ok(r) => r,
+                Err(fail) => return fail.into_response(),
+            };
+            match f(ctx, request).await {
+                Ok(takeover) => {
+                    tokio::spawn(async move {
+                        match on.await {
+                            Ok(up) => takeover(Box::new(hyper_util::rt::TokioIo::new(up))).await,
+                            Err(e) => tracing::debug!("a control connection upgrade failed: {e}"),
+                        }
+                        drop(slot);
+                    });
+                    let mut resp = Response::new(http::full(Bytes::new()));
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("upgrade"),
+                    );
+                    resp.headers_mut().insert(
+                        hyper::header::UPGRADE,
+                        hyper::header::HeaderValue::from_static(protocol),
+                    );
+                    resp
+                }
                 Err(fail) => fail.into_response(),
             }
         })
@@ -414,7 +517,12 @@ mod tests {
                 "{} twice",
                 r.path
             );
-            for s in [200, 400, 403] {
+            let ok = if matches!(r.encoding, Encoding::Upgrade(_)) {
+                101
+            } else {
+                200
+            };
+            for s in [ok, 400, 403] {
                 assert!(r.statuses.contains(&s), "{} {} lacks {s}", r.method, r.path);
             }
         }

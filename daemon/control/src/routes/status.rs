@@ -26,5 +26,10 @@ pub(crate) async fn handle(ctx: Ctx, _req: Empty) -> Result<StatusReport, Fail> 
             None => s.hosts.load(Ordering::Relaxed),
         },
         caller_role: ctx.role,
+        access_grants: s
+            .approvals
+            .as_ref()
+            .map(|a| a.grant_list())
+            .unwrap_or_default(),
     })
 }

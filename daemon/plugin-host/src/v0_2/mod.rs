@@ -167,8 +167,12 @@ fn tcp_error(e: TcpError) -> wit::tcp::Error {
     }
 }
 
-/// The host's parse of the request's command, as this WIT version spells it.
-fn parsed(req: &tether_policy::Request) -> wit::types::Parsed {
+/// The host's parse of the request's command, as this WIT version spells it: by `parse` (the
+/// policy in force) when given, else with the built-in wrapper table.
+fn parsed(
+    req: &tether_policy::Request,
+    parse: Option<tether_policy::CommandParser<'_>>,
+) -> wit::types::Parsed {
     use wit::types as t;
     let Some(cmd) = req.command.as_deref() else {
         return t::Parsed::None;
@@ -177,7 +181,11 @@ fn parsed(req: &tether_policy::Request) -> wit::types::Parsed {
         tether_policy::RequestKind::Exec => req.path.as_deref(),
         _ => None,
     };
-    match tether_policy::parse_commands(cmd, cwd) {
+    let cmds = match parse {
+        Some(p) => p(cmd, cwd),
+        None => tether_policy::parse_commands(cmd, cwd),
+    };
+    match cmds {
         Ok(cmds) => t::Parsed::Commands(
             cmds.into_iter()
                 .map(|c| t::Command {
@@ -198,7 +206,10 @@ fn parsed(req: &tether_policy::Request) -> wit::types::Parsed {
 
 /// The policy's request as this WIT version spells it: the one place a
 /// [`tether_policy::Request`] becomes a guest's `request` record.
-fn policy_request(req: &tether_policy::Request) -> wit::types::Request {
+fn policy_request(
+    req: &tether_policy::Request,
+    parse: Option<tether_policy::CommandParser<'_>>,
+) -> wit::types::Request {
     use tether_policy::RequestKind as K;
     use wit::types as t;
     t::Request {
@@ -223,7 +234,7 @@ fn policy_request(req: &tether_policy::Request) -> wit::types::Request {
                 .collect(),
         },
         ticket: req.ticket.clone(),
-        parsed: parsed(req),
+        parsed: parsed(req, parse),
     }
 }
 
@@ -281,6 +292,7 @@ impl Bindings {
         &self,
         store: &mut wasmtime::Store<StoreState>,
         req: &tether_policy::Request,
+        parse: Option<tether_policy::CommandParser<'_>>,
     ) -> Called<tether_policy::Vote> {
         let Bindings::Policy(b) = self else {
             return Ok(None);
@@ -288,7 +300,7 @@ impl Bindings {
         use tether_policy::Vote;
         use wit::types::Verdict;
         Ok(Some(
-            match b.call_evaluate(&mut *store, &policy_request(req))? {
+            match b.call_evaluate(&mut *store, &policy_request(req, parse))? {
                 Verdict::Allow => (Vote::Allow, 0),
                 Verdict::Abstain => (Vote::Abstain, 0),
                 Verdict::Deny(s) => {

@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use tether_api::{
-    AuditCheckpoint, AuditExport, AuditExportQuery, AuditFollow, AuditFollowQuery, AuditRecord,
-    AuditRecords, AuditRecordsQuery, AuditVerify, Empty, VerifyRequest,
+    AuditCheckpoint, AuditFollow, AuditFollowQuery, AuditRecord, AuditRecords, AuditRecordsQuery,
+    AuditRotateKey, AuditVerify, Empty, RotateKeyRequest, VerifyRequest,
 };
 
 use crate::error::CliError;
@@ -18,8 +18,10 @@ use crate::table::Table;
 /// `tether audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain, HMACs and the signed head. Exit 0 when intact, 1 when broken
-    /// (the first broken seq and the kind of break are printed).
+    /// Verify the hash chain, HMACs, the signed head and the head counter kept outside
+    /// state_dir. Exit 0 when intact and anchored; 1 when broken (the first broken seq and the
+    /// kind of break are printed) or unanchored (intact, but nothing outside state_dir vouches
+    /// for the log's length: a rollback of log and head together cannot be ruled out).
     Verify {
         /// Only verify day files from this UTC date on (YYYY-MM-DD).
         #[arg(long, value_name = "DATE")]
@@ -31,34 +33,25 @@ pub enum AuditCommand {
     },
     /// Print recent records; with -f keep printing new ones until Ctrl-C.
     Tail(TailArgs),
-    /// Export the log (as written, one JSON record per line).
-    Export {
-        /// Output format. More (ocsf, ecs, cef, syslog) arrive with SIEM export.
-        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-        format: Format,
-        /// From this UTC date on (YYYY-MM-DD).
-        #[arg(long, value_name = "DATE")]
-        from: Option<String>,
-        /// Only these event types (repeatable; `enroll.*` matches a prefix).
-        #[arg(long = "type", value_name = "TYPE")]
-        types: Vec<String>,
-        /// Write to this file instead of stdout.
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
+    /// Export the log: as written (jsonl) or rendered for a SIEM (ocsf, ecs, cef, syslog).
+    Export(crate::cmd::audit_export::ExportArgs),
     /// Print a fresh signed checkpoint (seq, hash, signature) to store off the box.
     Checkpoint {
         /// Print the portable text form (the default and only form today).
         #[arg(long)]
         export: bool,
     },
-}
-
-/// Export formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    /// One JSON record per line, byte for byte as in the log.
-    Jsonl,
+    /// Rotate the audit keys (admin): a new key epoch. A `key.rotated` record, MACed with the
+    /// old key, names the new keys; later records use them; old keys stay in the vault so the
+    /// whole chain keeps verifying. Without a flag both keys rotate.
+    RotateKey {
+        /// Rotate the HMAC key that MACs every record.
+        #[arg(long)]
+        hmac: bool,
+        /// Rotate the Ed25519 key that signs the head.
+        #[arg(long)]
+        signing: bool,
+    },
 }
 
 /// Arguments of `tether audit tail`.
@@ -108,14 +101,26 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
                 );
                 println!("  {}", b.detail);
             } else {
+                let verdict = if out.ok { "OK" } else { "UNANCHORED" };
                 println!(
-                    "audit log OK: {} records in {} files (seq {}..{}), {:.1} MB/s",
+                    "audit log {verdict}: {} records in {} files (seq {}..{}), {:.1} MB/s",
                     r.records,
                     r.files,
                     r.first_seq.unwrap_or(0),
                     r.last_seq,
                     out.mb_per_s
                 );
+                if let Some(seq) = r.anchor_seq {
+                    println!("  reaches the head counter kept outside state_dir (seq {seq})");
+                }
+                if let Some(why) = &r.unanchored {
+                    println!(
+                        "  the chain is intact, but nothing outside state_dir vouches for its length: {why}"
+                    );
+                    println!(
+                        "  keep `tether audit checkpoint --export` output off the box and pass it with --against"
+                    );
+                }
                 if let Some(seq) = r.checkpoint_seq {
                     println!("  contains the given checkpoint (seq {seq})");
                 }
@@ -185,42 +190,23 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        AuditCommand::Export {
-            format: Format::Jsonl,
-            from,
-            types,
-            output,
-        } => {
-            let q = AuditExportQuery {
-                format: Some("jsonl".to_owned()),
-                types,
-                host: None,
-                from,
-            };
-            let mut sink: Box<dyn Write> =
-                match &output {
-                    Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-                        CliError::Usage(format!("cannot create {}: {e}", p.display()))
-                    })?),
-                    None => Box::new(std::io::stdout().lock()),
-                };
-            let mut write_err = None;
-            client
-                .stream_lines::<AuditExport>(&q, |chunk| match sink.write_all(chunk) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        write_err = Some(e);
-                        false
-                    }
-                })
+        AuditCommand::Export(args) => crate::cmd::audit_export::run(global, args).await,
+        AuditCommand::RotateKey { hmac, signing } => {
+            let out = client
+                .call::<AuditRotateKey>(&RotateKeyRequest { hmac, signing })
                 .await?;
-            if let Some(e) = write_err {
-                return Err(CliError::Internal(format!(
-                    "writing the export failed: {e}"
-                )));
+            if global.json {
+                output::json(&out);
+            } else {
+                println!(
+                    "audit keys rotated ({}): key epoch {} from the key.rotated record at seq {}",
+                    out.rotated.join(" and "),
+                    out.epoch,
+                    out.seq
+                );
+                println!("  hmac key id:      {}", out.hmac_key_id);
+                println!("  head signing key: {}", out.signing_key);
             }
-            sink.flush()
-                .map_err(|e| CliError::Internal(format!("writing the export failed: {e}")))?;
             Ok(0)
         }
         AuditCommand::Checkpoint { export: _ } => {

@@ -5,8 +5,20 @@
 //! output under one compact host list (`web[01-16]`). `--json` prints the daemon's NDJSON events
 //! as they arrive. A summary table (host, exit, duration, bytes) goes to stderr. Exit code 0
 //! when every host exited 0, 1 when any failed or was skipped, 2 when the request was refused
-//! (usage, unknown hosts, policy), 130 on Ctrl-C (the remote commands are cancelled: closing
-//! the request makes the hub signal them and close their channels).
+//! (usage, unknown hosts, policy, an approval denied or expired, or still pending with
+//! `--no-wait`), 130 on Ctrl-C (the remote commands are cancelled: closing the request makes the
+//! hub signal them and close their channels).
+//!
+//! When the policy says `require-approval`, the hub answers with an approval request's id; `exec`
+//! then waits for the decision with a live status line on stderr and, once it is granted, sends
+//! the same request again with the id (it runs exactly once). `--no-wait` prints the id on stdout
+//! (`{"approval":ID,"state":"pending"}` with `--json`) and exits 2; run the same command later
+//! with `--approval ID`.
+//!
+//! With more than one host and stderr a terminal, a progress bar on stderr counts finished
+//! hosts (ok / failed / skipped so far); output lines are printed above it, and it is cleared
+//! before the summary. It is never drawn with `--json`, for one host, or when stderr is a pipe
+//! or file.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -16,6 +28,7 @@ use tether_api::{Exec, ExecEvent, ExecRequest, ExecStream, ExecSummary};
 
 use crate::error::CliError;
 use crate::global::Global;
+use crate::output;
 
 /// `tether exec` arguments.
 #[derive(Debug, Args)]
@@ -30,9 +43,10 @@ pub struct ExecArgs {
     /// Per host: the longest the command may run before it is cancelled (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub timeout: String,
-    /// Per host: the longest opening its SSH connection may take when none is pooled.
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    /// Per host: the longest opening its SSH connection may take when none is pooled
+    /// (default: the hub's `[ssh] connect_timeout`, 5s unless configured).
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
     /// Run on this many hosts first; stop if any of them fails.
     #[arg(long, value_name = "N")]
     pub canary: Option<u32>,
@@ -45,6 +59,12 @@ pub struct ExecArgs {
     /// A change/ticket id for policy plugins.
     #[arg(long, value_name = "ID")]
     pub ticket: Option<String>,
+    /// Use this granted approval (apr-…): the command and hosts must be exactly as approved.
+    #[arg(long, value_name = "ID")]
+    pub approval: Option<String>,
+    /// When an approval is needed, print its id and exit 2 instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
     /// Fold hosts with identical output into one block (like `dshbak -c`).
     #[arg(long)]
     pub group: bool,
@@ -122,12 +142,17 @@ fn request(args: &ExecArgs) -> Result<ExecRequest, CliError> {
         command: args.command.join(" "),
         concurrency: Some(args.concurrency),
         timeout_ms: Some(ms(&args.timeout, "--timeout")?),
-        connect_timeout_ms: Some(ms(&args.connect_timeout, "--connect-timeout")?),
+        connect_timeout_ms: args
+            .connect_timeout
+            .as_deref()
+            .map(|v| ms(v, "--connect-timeout"))
+            .transpose()?,
         canary: args.canary,
         max_failures,
         max_failures_percent,
         output_limit: args.output_limit,
         ticket: args.ticket.clone(),
+        approval: args.approval.clone(),
     })
 }
 
@@ -152,6 +177,31 @@ struct Printer {
     rows: BTreeMap<String, Row>,
     order: Vec<String>,
     summary: Option<ExecSummary>,
+    /// Whether stderr is a terminal (a progress bar may be drawn there).
+    tty: bool,
+    /// The progress bar, once the hosts are known ([`progress_bar`]).
+    bar: indicatif::ProgressBar,
+    /// Finished hosts so far: ok, failed, skipped.
+    tally: (u64, u64, u64),
+}
+
+/// A progress bar over `hosts` hosts on stderr: drawn only when there is more than one host and
+/// stderr is a terminal, hidden otherwise.
+fn progress_bar(hosts: usize, tty: bool) -> indicatif::ProgressBar {
+    if hosts < 2 || !tty {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(hosts as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{bar:30}] {pos}/{len} hosts  {msg}  {elapsed}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 const COLOURS: [&str; 6] = ["36", "33", "35", "32", "34", "31"];
@@ -172,13 +222,29 @@ impl Printer {
 
     fn line(&self, host: &str, stderr: bool, text: &str) {
         let line = format!("{}{text}\n", self.prefix(host));
-        if stderr {
-            let _ = std::io::stderr().write_all(line.as_bytes());
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
+        // Above the bar (a no-op wrapper when it is hidden).
+        self.bar.suspend(|| {
+            if stderr {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.flush();
+            }
+        });
+    }
+
+    /// One more host finished: `0` ok, `1` failed, `2` skipped.
+    fn finished(&mut self, how: usize) {
+        match how {
+            0 => self.tally.0 += 1,
+            1 => self.tally.1 += 1,
+            _ => self.tally.2 += 1,
         }
+        self.bar.inc(1);
+        let (ok, failed, skipped) = self.tally;
+        self.bar
+            .set_message(format!("{ok} ok, {failed} failed, {skipped} skipped"));
     }
 
     fn output(&mut self, host: &str, stream: ExecStream, data: &str) {
@@ -217,6 +283,7 @@ impl Printer {
         match event {
             ExecEvent::Accepted { hosts } => {
                 self.width = hosts.iter().map(String::len).max().unwrap_or(0);
+                self.bar = progress_bar(hosts.len(), self.tty);
                 self.order = hosts;
             }
             ExecEvent::Started { .. } => {}
@@ -234,6 +301,7 @@ impl Printer {
                 if dropped_bytes > 0 && !self.group {
                     self.line(&host, true, &format!("[tether: {dropped_bytes} bytes of output dropped beyond the output limit]"));
                 }
+                self.finished(usize::from(code != Some(0)));
                 let exit = match (code, signal) {
                     (Some(c), _) => c.to_string(),
                     (None, Some(s)) => format!("signal {s}"),
@@ -256,6 +324,7 @@ impl Printer {
                 duration_ms,
             } => {
                 self.flush(&host);
+                self.finished(1);
                 self.line(&host, true, &format!("[tether: {message}]"));
                 self.rows.insert(
                     host,
@@ -267,6 +336,7 @@ impl Printer {
                 );
             }
             ExecEvent::Skipped { host, reason: _ } => {
+                self.finished(2);
                 self.rows.insert(
                     host,
                     Row {
@@ -280,6 +350,7 @@ impl Printer {
     }
 
     fn finish(&mut self) {
+        self.bar.finish_and_clear();
         if self.group {
             let mut blocks: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
             for host in &self.order {
@@ -408,7 +479,69 @@ pub(crate) fn compact_hosts(hosts: &[String]) -> String {
 }
 
 pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
-    let req = request(&args)?;
+    let mut req = request(&args)?;
+    let id = match run_once(global, &args, &req).await {
+        Err(CliError::Client(tether_api::ClientError::Api { error, .. }))
+            if error.code == "approval_required" && error.approval.is_some() =>
+        {
+            error.approval.unwrap_or_default()
+        }
+        other => return other,
+    };
+    if args.no_wait {
+        if global.json {
+            output::json(&serde_json::json!({"approval": id, "state": "pending"}));
+        } else {
+            println!("{id}");
+            eprintln!(
+                "tether: approval {id} is pending; once another user approved it (`tether approvals approve {id}`), run the same command with --approval {id}"
+            );
+        }
+        return Ok(2);
+    }
+    eprintln!(
+        "tether: the policy needs an approval for this; another user can approve it with `tether approvals approve {id}`"
+    );
+    let decision = tokio::select! {
+        d = super::approvals::wait(global, &id) => d?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: approval {id} stays pending; run the same command with --approval {id} once it is granted");
+            return Ok(130);
+        }
+    };
+    match decision {
+        super::approvals::Decision::Granted => {
+            req.approval = Some(id);
+            run_once(global, &args, &req).await
+        }
+        super::approvals::Decision::Refused(a) => {
+            let by = a
+                .reviews
+                .iter()
+                .rev()
+                .find(|r| r.decision == "deny")
+                .map(|r| {
+                    format!(
+                        " by {}{}",
+                        r.reviewer.user,
+                        r.comment
+                            .as_deref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "tether: approval {} was {}{by}; nothing was run",
+                a.id, a.state
+            );
+            Ok(2)
+        }
+    }
+}
+
+/// Sends `req` once and shows its events.
+async fn run_once(global: &Global, args: &ExecArgs, req: &ExecRequest) -> Result<u8, CliError> {
     let client = global.client();
     let mut printer = Printer {
         group: args.group,
@@ -419,6 +552,9 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
         rows: BTreeMap::new(),
         order: Vec::new(),
         summary: None,
+        tty: std::io::stderr().is_terminal(),
+        bar: indicatif::ProgressBar::hidden(),
+        tally: (0, 0, 0),
     };
     let json = global.json;
     let mut summary: Option<ExecSummary> = None;
@@ -426,7 +562,7 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
     let streamed = async {
         if json {
             client
-                .stream_lines::<Exec>(&req, |line| {
+                .stream_lines::<Exec>(req, |line| {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(line);
                     let _ = out.flush();
@@ -438,7 +574,7 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
                 .await
         } else {
             client
-                .stream::<Exec>(&req, |event| {
+                .stream::<Exec>(req, |event| {
                     printer.event(event);
                     true
                 })
@@ -448,6 +584,7 @@ pub async fn run(global: &Global, args: ExecArgs) -> Result<u8, CliError> {
     tokio::select! {
         r = streamed => r?,
         _ = interrupt => {
+            printer.bar.finish_and_clear();
             eprintln!("\ninterrupted: the remote commands are being cancelled");
             return Ok(130);
         }
@@ -488,6 +625,13 @@ mod tests {
         assert_eq!(compact_hosts(&hosts), "db1,web[01-16,20]");
         assert_eq!(compact_hosts(&["a".to_owned()]), "a");
         assert_eq!(compact_hosts(&["t1".to_owned(), "t3".to_owned()]), "t[1,3]");
+    }
+
+    #[test]
+    fn the_bar_is_drawn_only_for_several_hosts_on_a_terminal() {
+        assert!(progress_bar(5, false).is_hidden());
+        assert!(progress_bar(1, true).is_hidden());
+        assert!(progress_bar(0, true).is_hidden());
     }
 
     #[test]

@@ -143,6 +143,13 @@ fn show(h: &tether_api::Host, now: u64) -> String {
         ),
         ("wireguard key", h.wg_public_key.clone()),
         ("ssh host key", h.ssh_host_key.clone()),
+        (
+            "ssh",
+            h.ssh_user.as_ref().map_or_else(
+                || "tether's own server".to_owned(),
+                |u| format!("forward mode to sshd, as {u}"),
+            ),
+        ),
     ]);
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     lines
@@ -172,6 +179,7 @@ mod tests {
             endpoint: Some("127.0.0.1:4000".to_owned()),
             rx_bytes: 10,
             tx_bytes: 20,
+            ssh_user: None,
         };
         let text = super::show(&h, 1_795_785_010 + 7200);
         assert!(

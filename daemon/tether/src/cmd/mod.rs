@@ -1,7 +1,10 @@
 //! One file per command.
 
+pub mod access;
 pub mod alerts;
+pub mod approvals;
 pub mod audit;
+pub mod audit_export;
 pub mod completions;
 pub mod config;
 pub mod demo;
@@ -9,9 +12,14 @@ pub mod exec;
 pub mod fs;
 pub mod hosts;
 pub mod man;
+pub mod mcp;
 pub mod plugin;
 pub mod policy;
+pub mod proxy;
 pub mod secret;
+pub mod sessions;
+pub mod ssh;
+pub mod ssh_config;
 pub mod status;
 pub mod vpn;
 

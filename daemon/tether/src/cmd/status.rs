@@ -30,6 +30,15 @@ pub async fn run(global: &Global, _args: StatusArgs) -> Result<u8, CliError> {
         println!("  socket:    {}", client.socket().display());
         println!("  hosts:     {}", s.hosts);
         println!("  your role: {}", s.caller_role);
+        for g in &s.access_grants {
+            println!(
+                "  granted:   {} to {} until {} ({})",
+                g.role,
+                g.holder.user,
+                output::when(g.expires_at),
+                g.id
+            );
+        }
         println!("  cli:       tether {VERSION} (commit {})", crate::COMMIT);
     }
     // On stderr, so `--json` output stays one parseable object.

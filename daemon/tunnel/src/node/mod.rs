@@ -9,6 +9,7 @@
 //! run for it; `stack` the smoltcp TCP/IP stack and its streams; `types` the ids and outputs
 //! all three share.
 
+mod autotune;
 mod peer;
 mod stack;
 mod types;
@@ -25,8 +26,11 @@ use boringtun::x25519;
 
 use self::peer::{Control, Peer, msg_type};
 pub use self::peer::{PeerConfig, PeerStatus};
-use self::stack::Stack;
-pub use self::stack::{DEFAULT_TCP_BUFFER, MAX_STREAMS_PER_PEER, Readiness};
+use self::stack::{BufferLimits, Stack};
+pub use self::stack::{
+    DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET, MAX_STREAMS_PER_PEER,
+    Readiness,
+};
 pub use self::types::{DropReason, Event, PeerId, StreamId, Totals, Transmit};
 use crate::health::{HealthConfig, Verdict};
 use crate::{PublicKey, SecretKey, TunnelError};
@@ -62,8 +66,13 @@ pub struct NodeConfig {
     pub prefix_len: u8,
     /// Hub or target.
     pub role: NodeRole,
-    /// Per-direction TCP buffer for each stream.
+    /// Per-direction TCP buffer each stream starts with and shrinks back to when idle.
     pub tcp_buffer: usize,
+    /// Most a stream's buffer may grow to per direction with its bandwidth-delay product
+    /// (autotuning); at or below `tcp_buffer`, buffers stay fixed at `tcp_buffer`.
+    pub tcp_buffer_max: usize,
+    /// Most bytes all streams may hold above `tcp_buffer` together (their growth).
+    pub tcp_memory_budget: usize,
     /// Inner IP MTU.
     pub mtu: usize,
     /// Health / watchdog settings.
@@ -71,7 +80,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A config with the defaults: subnet /16, 256 KiB stream buffers, MTU 1420.
+    /// A config with the defaults: subnet /16, stream buffers from 64 KiB growing up to 8 MiB
+    /// within a 128 MiB node budget, MTU 1420.
     pub fn new(private_key: SecretKey, overlay_ip: Ipv4Addr, role: NodeRole) -> Self {
         NodeConfig {
             private_key,
@@ -79,6 +89,8 @@ impl NodeConfig {
             prefix_len: DEFAULT_PREFIX_LEN,
             role,
             tcp_buffer: DEFAULT_TCP_BUFFER,
+            tcp_buffer_max: DEFAULT_TCP_BUFFER_MAX,
+            tcp_memory_budget: DEFAULT_TCP_MEMORY_BUDGET,
             mtu: DEFAULT_MTU,
             health: HealthConfig::default(),
         }
@@ -158,7 +170,11 @@ impl Node {
             cfg.overlay_ip,
             cfg.prefix_len,
             cfg.mtu,
-            cfg.tcp_buffer,
+            BufferLimits {
+                floor: cfg.tcp_buffer,
+                max: cfg.tcp_buffer_max,
+                budget: cfg.tcp_memory_budget,
+            },
             seed,
             random_u64()?,
             now,
@@ -328,6 +344,11 @@ impl Node {
     /// Node-wide monotonic counters.
     pub fn totals(&self) -> &Totals {
         &self.totals
+    }
+
+    /// A peer's name (O(1); [`Node::status`] builds every peer's status).
+    pub fn peer_name(&self, id: PeerId) -> Option<&str> {
+        self.peers.get(&id).map(|p| p.cfg.name.as_str())
     }
 
     /// Number of peers.
@@ -572,6 +593,7 @@ impl Node {
         self.stack.poll(self.now);
         self.route_outbound();
         self.stack.update_streams(&mut self.events);
+        self.stack.tune(self.now);
     }
 
     fn route_outbound(&mut self) {
@@ -685,6 +707,17 @@ impl Node {
     /// Open streams (for tests and metrics).
     pub fn stream_count(&self) -> usize {
         self.stack.stream_count()
+    }
+
+    /// Bytes of TCP buffers the open streams hold, both directions (for tests and metrics).
+    pub fn stream_buffer_bytes(&self) -> usize {
+        self.stack.buffer_bytes()
+    }
+
+    /// Bytes the streams hold above their floors: the part of
+    /// [`NodeConfig::tcp_memory_budget`] in use.
+    pub fn stream_buffer_bytes_grown(&self) -> usize {
+        self.stack.buffer_bytes_grown()
     }
 
     /// Incoming streams reset because their peer already held

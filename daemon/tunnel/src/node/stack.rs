@@ -14,13 +14,23 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
+use super::autotune::{self, MinRtt, Tuner, Want};
 use super::types::{Event, StreamId};
 use crate::TunnelError;
 use crate::device::QueueDevice;
 
-/// Per-direction TCP socket buffer of an overlay stream. Chosen by measurement (BENCHMARKS.md,
-/// "Tunnel"): 256 KiB reached the loopback plateau; 1 MiB gained nothing and quadruples memory.
-pub const DEFAULT_TCP_BUFFER: usize = 256 * 1024;
+/// Per-direction TCP socket buffer an overlay stream starts with, and shrinks back to when idle
+/// (its floor). On loopback 64 KiB is as fast as bigger buffers (BENCHMARKS.md, "Tunnel"); over a
+/// WAN the buffers grow with the stream's bandwidth-delay product (see [`DEFAULT_TCP_BUFFER_MAX`]).
+pub const DEFAULT_TCP_BUFFER: usize = 64 * 1024;
+/// Most a stream's buffer may grow to, per direction: 8 MiB is twice the bandwidth-delay product
+/// of 1 Gbit/s at 33 ms (or 100 Mbit/s at 330 ms), the window one stream needs to fill such a path.
+/// The window scale is chosen so that this much can be advertised.
+pub const DEFAULT_TCP_BUFFER_MAX: usize = 8 * 1024 * 1024;
+/// Most bytes all streams of a node may hold above their floors together: 128 MiB is 16
+/// directions grown to the 8 MiB cap. Growth past it is refused (streams keep what they have and
+/// still work, at a rate bounded by their window).
+pub const DEFAULT_TCP_MEMORY_BUDGET: usize = 128 * 1024 * 1024;
 
 /// A released stream that the remote never finishes closing is aborted after this long.
 const LINGER: Duration = Duration::from_secs(60);
@@ -30,9 +40,10 @@ const LISTEN_BACKLOG: usize = 2;
 const MAX_PENDING: usize = 8;
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 /// Most streams one peer may have open towards this node's listeners, released-but-lingering
-/// ones included (each holds two [`DEFAULT_TCP_BUFFER`]s, so one peer pins at most
-/// 64 × 512 KiB = 32 MiB). A connection over the cap is reset at once and never reaches the
-/// application; streams this node opened itself are not limited.
+/// ones included (each holds two buffers at their floor, [`DEFAULT_TCP_BUFFER`], so one peer
+/// pins at most 64 × 128 KiB = 8 MiB of floors; growth above the floors comes out of the node's
+/// [`DEFAULT_TCP_MEMORY_BUDGET`]). A connection over the cap is reset at once and never reaches
+/// the application; streams this node opened itself are not limited.
 pub const MAX_STREAMS_PER_PEER: usize = 64;
 
 /// Readiness of a stream, for drivers that park tasks.
@@ -55,6 +66,62 @@ enum Phase {
     Closed,
 }
 
+/// Buffer sizes of the streams: floor, cap, node budget. `max <= floor` turns autotuning off
+/// (fixed buffers of `floor` bytes, window scale derived from them, as smoltcp does by default).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BufferLimits {
+    /// Per-direction size at creation and after an idle shrink.
+    pub(super) floor: usize,
+    /// Per-direction cap.
+    pub(super) max: usize,
+    /// Bytes all streams may hold above their floors together.
+    pub(super) budget: usize,
+}
+
+impl BufferLimits {
+    fn autotune(&self) -> bool {
+        self.max > self.floor
+    }
+}
+
+/// Autotuning state of one stream (see `autotune`).
+struct Tuning {
+    rx: Tuner,
+    tx: Tuner,
+    rtt: MinRtt,
+    /// Bytes the application read / wrote (monotonic).
+    read_total: u64,
+    written_total: u64,
+    /// Receive-side round-trip measurement (Linux's `tcp_rcv_rtt_measure`): when it started and
+    /// the received total at which one full window has arrived since.
+    rcv_mark: Option<(Instant, u64)>,
+    /// The received total last seen, and when it last changed.
+    last_received: (u64, Instant),
+    /// The acknowledged total last seen.
+    last_acked: u64,
+    /// When bytes last moved either way.
+    last_active: Instant,
+    /// The sender's smoothed RTT last seen.
+    last_srtt: Option<Duration>,
+}
+
+impl Tuning {
+    fn new(floor: usize, max: usize, now: Instant) -> Self {
+        Tuning {
+            rx: Tuner::new(floor, max, autotune::RX_GROWTH, now),
+            tx: Tuner::new(floor, max, autotune::TX_GROWTH, now),
+            rtt: MinRtt::default(),
+            read_total: 0,
+            written_total: 0,
+            rcv_mark: None,
+            last_received: (0, now),
+            last_acked: 0,
+            last_active: now,
+            last_srtt: None,
+        }
+    }
+}
+
 struct StreamMeta {
     handle: SocketHandle,
     remote: Ipv4Addr,
@@ -63,10 +130,17 @@ struct StreamMeta {
     aborted: bool,
     released_at: Option<Instant>,
     last_state: tcp::State,
+    tuning: Tuning,
 }
 
 impl StreamMeta {
-    fn new(handle: SocketHandle, remote: Ipv4Addr, phase: Phase, last_state: tcp::State) -> Self {
+    fn new(
+        handle: SocketHandle,
+        remote: Ipv4Addr,
+        phase: Phase,
+        last_state: tcp::State,
+        tuning: Tuning,
+    ) -> Self {
         StreamMeta {
             handle,
             remote,
@@ -75,6 +149,7 @@ impl StreamMeta {
             aborted: false,
             released_at: None,
             last_state,
+            tuning,
         }
     }
 }
@@ -92,11 +167,15 @@ pub(super) struct Stack {
     sockets: SocketSet<'static>,
     streams: HashMap<StreamId, StreamMeta>,
     listeners: HashMap<u16, Listener>,
-    tcp_buffer: usize,
+    limits: BufferLimits,
+    /// Bytes the streams hold above their floors (counted against `limits.budget`).
+    grown: usize,
     next_port: u16,
     next_stream: u64,
     /// The injected time smoltcp's clock starts at.
     epoch: Instant,
+    /// The time of the last stack run (new streams start their tuning clock there).
+    last_now: Instant,
     /// Inbound packets or socket calls are waiting for a [`Stack::poll`].
     dirty: bool,
     /// Incoming streams reset because their peer was at [`MAX_STREAMS_PER_PEER`].
@@ -112,7 +191,7 @@ impl Stack {
         ip: Ipv4Addr,
         prefix_len: u8,
         mtu: usize,
-        tcp_buffer: usize,
+        limits: BufferLimits,
         seed: u64,
         port_seed: u64,
         epoch: Instant,
@@ -131,10 +210,12 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             streams: HashMap::new(),
             listeners: HashMap::new(),
-            tcp_buffer,
+            limits,
+            grown: 0,
             next_port: *EPHEMERAL_PORTS.start() + (port_seed % 16000) as u16,
             next_stream: 1,
             epoch,
+            last_now: epoch,
             dirty: false,
             refused_over_cap: 0,
             resetting: Vec::new(),
@@ -175,6 +256,7 @@ impl Stack {
 
     /// Runs smoltcp over queued inbound packets and socket writes at `now`.
     pub(super) fn poll(&mut self, now: Instant) {
+        self.last_now = now;
         let ts = self.smol_now(now);
         self.iface.poll(ts, &mut self.device, &mut self.sockets);
     }
@@ -206,12 +288,152 @@ impl Stack {
     }
 
     fn new_socket(&self) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]);
+        let rx = tcp::SocketBuffer::new(vec![0u8; self.limits.floor]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; self.limits.floor]);
         let mut s = tcp::Socket::new(rx, tx);
         s.set_nagle_enabled(false);
         s.set_congestion_control(tcp::CongestionControl::Cubic);
+        if self.limits.autotune() {
+            // Offered in the SYN, fixed for the connection: large enough for the cap.
+            s.set_local_window_scale(autotune::window_shift(self.limits.max));
+        }
         s
+    }
+
+    fn new_tuning(&self, now: Instant) -> Tuning {
+        Tuning::new(self.limits.floor, self.limits.max, now)
+    }
+
+    /// Grows or shrinks each open stream's buffers per its tuners, within the per-stream cap and
+    /// the node budget (see `autotune`). Called after every stack run and at least once a second.
+    pub(super) fn tune(&mut self, now: Instant) {
+        if !self.limits.autotune() {
+            return;
+        }
+        let limits = self.limits;
+        let mut changed = false;
+        for m in self.streams.values_mut() {
+            if m.aborted || m.reset {
+                continue;
+            }
+            let s = self.sockets.get_mut::<tcp::Socket>(m.handle);
+            if !matches!(
+                s.state(),
+                tcp::State::Established
+                    | tcp::State::FinWait1
+                    | tcp::State::FinWait2
+                    | tcp::State::CloseWait
+            ) {
+                continue;
+            }
+            let tu = &mut m.tuning;
+            let queued = s.recv_queue();
+            let received = tu.read_total + queued as u64;
+            let acked = tu.written_total.saturating_sub(s.send_queue() as u64);
+            if received != tu.last_received.0 {
+                tu.last_received = (received, now);
+                tu.last_active = now;
+            }
+            if acked != tu.last_acked {
+                tu.last_acked = acked;
+                tu.last_active = now;
+            }
+            if now.saturating_duration_since(tu.last_active) >= autotune::IDLE_AFTER {
+                // Idle both ways: measure afresh when traffic resumes (the path may change).
+                tu.rcv_mark = None;
+                tu.rtt.reset();
+            }
+            // Round trips: the sender's own estimate (each new value; smoltcp keeps the last one
+            // across idle periods), and the receiver's "one window arrived".
+            let srtt = s.smoothed_rtt().map(Duration::from);
+            if srtt != tu.last_srtt {
+                tu.last_srtt = srtt;
+                if let Some(rtt) = srtt {
+                    tu.rtt.sample(rtt);
+                }
+            }
+            match tu.rcv_mark {
+                Some((t0, until)) if received >= until => {
+                    tu.rtt.sample(now.saturating_duration_since(t0));
+                    tu.rcv_mark = None;
+                }
+                _ => {}
+            }
+            if tu.rcv_mark.is_none() && tu.last_received.1 == now {
+                let window = s.recv_capacity().saturating_sub(queued) as u64;
+                tu.rcv_mark = Some((now, received + window));
+            }
+            let rtt = tu.rtt.get();
+
+            // Receive buffer: bytes the application read per round trip.
+            let rx_cap = s.recv_capacity();
+            tu.rx.applied(rx_cap);
+            let drained = queued == 0 && !s.recv_out_of_order();
+            let want = tu.rx.observe(now, tu.read_total, rtt, drained);
+            // Without window scaling (a peer that did not offer it) the window cannot pass 64 KiB.
+            let ceiling = match s.recv_window_scale() {
+                Some(_) => limits.max,
+                None => limits.floor.max(65535),
+            };
+            let new = match want {
+                Want::Keep => rx_cap,
+                Want::Grow(c) => autotune::grant(rx_cap, c.min(ceiling), self.grown, limits.budget),
+                Want::Shrink(c) => c,
+            };
+            if new != rx_cap
+                && !s.recv_out_of_order()
+                && new >= queued
+                && s.replace_recv_buffer(tcp::SocketBuffer::new(vec![0u8; new]))
+                    .is_ok()
+            {
+                self.grown = (self.grown + new.saturating_sub(limits.floor))
+                    .saturating_sub(rx_cap.saturating_sub(limits.floor));
+                tu.rx.applied(new);
+                changed = true;
+            }
+
+            // Send buffer: bytes the peer acknowledged per round trip.
+            let tx_cap = s.send_capacity();
+            let unacked = s.send_queue();
+            tu.tx.applied(tx_cap);
+            let want = tu.tx.observe(now, acked, rtt, unacked == 0);
+            let new = match want {
+                Want::Keep => tx_cap,
+                Want::Grow(c) => autotune::grant(tx_cap, c, self.grown, limits.budget),
+                Want::Shrink(c) => c,
+            };
+            if new != tx_cap
+                && new >= unacked
+                && s.replace_send_buffer(tcp::SocketBuffer::new(vec![0u8; new]))
+                    .is_ok()
+            {
+                self.grown = (self.grown + new.saturating_sub(limits.floor))
+                    .saturating_sub(tx_cap.saturating_sub(limits.floor));
+                tu.tx.applied(new);
+                changed = true;
+            }
+        }
+        if changed {
+            // A grown window is advertised (and grown room refilled) at the next stack run.
+            self.dirty = true;
+        }
+    }
+
+    /// Bytes of socket buffers held by open streams (both directions; listening sockets not
+    /// counted).
+    pub(super) fn buffer_bytes(&self) -> usize {
+        self.streams
+            .values()
+            .map(|m| {
+                let s = self.sockets.get::<tcp::Socket>(m.handle);
+                s.recv_capacity() + s.send_capacity()
+            })
+            .sum()
+    }
+
+    /// Bytes held above the floors, counted against the node budget.
+    pub(super) fn buffer_bytes_grown(&self) -> usize {
+        self.grown
     }
 
     /// Hands established connections to their listeners (keeping LISTEN sockets available),
@@ -260,8 +482,10 @@ impl Stack {
                 }
                 let id = StreamId(self.next_stream);
                 self.next_stream += 1;
+                let state = s.state();
+                let tuning = self.new_tuning(self.last_now);
                 self.streams
-                    .insert(id, StreamMeta::new(h, remote, Phase::Open, s.state()));
+                    .insert(id, StreamMeta::new(h, remote, Phase::Open, state, tuning));
                 if let Some(l) = self.listeners.get_mut(&port) {
                     l.ready.push_back(id);
                 }
@@ -337,7 +561,12 @@ impl Stack {
         }
         for id in remove {
             if let Some(m) = self.streams.remove(&id) {
-                self.sockets.remove(m.handle);
+                let s = self.sockets.remove(m.handle);
+                if let smoltcp::socket::Socket::Tcp(s) = s {
+                    let extra = s.recv_capacity().saturating_sub(self.limits.floor)
+                        + s.send_capacity().saturating_sub(self.limits.floor);
+                    self.grown = self.grown.saturating_sub(extra);
+                }
             }
         }
     }
@@ -397,9 +626,10 @@ impl Stack {
         let h = self.sockets.add(s);
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
+        let tuning = self.new_tuning(self.last_now);
         self.streams.insert(
             id,
-            StreamMeta::new(h, peer_ip, Phase::Connecting, tcp::State::SynSent),
+            StreamMeta::new(h, peer_ip, Phase::Connecting, tcp::State::SynSent, tuning),
         );
         self.dirty = true;
         Ok(id)
@@ -469,6 +699,9 @@ impl Stack {
                 .recv_slice(buf)
                 .map_err(|e| io::Error::other(e.to_string()))?;
             self.dirty = true; // window update
+            if let Some(m) = self.streams.get_mut(&id) {
+                m.tuning.read_total += n as u64;
+            }
             return Ok(n);
         }
         let st = s.state();
@@ -530,6 +763,9 @@ impl Stack {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.dirty = true;
+        if let Some(m) = self.streams.get_mut(&id) {
+            m.tuning.written_total += n as u64;
+        }
         Ok(n)
     }
 

@@ -156,6 +156,11 @@ async fn tcp_echo_through_the_tunnel_with_status_and_metrics() {
         text.contains("tether_vpn_bytes_total{dir=\"rx\"}"),
         "{text}"
     );
+    // The echo stream is still open (its writer half-closed): its buffers are counted, at
+    // least both floors.
+    let held = hub.stream_buffer_bytes();
+    assert!(held >= 2 * tether_tunnel::DEFAULT_TCP_BUFFER, "{held}");
+    assert!(text.contains("tether_vpn_stream_buffer_bytes "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

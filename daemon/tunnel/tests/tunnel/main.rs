@@ -4,3 +4,4 @@
 mod driver;
 mod interop;
 mod sim;
+mod wan;

@@ -326,6 +326,64 @@ impl Backend for FileBackend {
 }
 
 impl FileBackend {
+    /// Where a value kept outside `state_dir` is stored: a file beside the key file,
+    /// `KEYFILE.NAME-INSTANCE` (INSTANCE from `state_dir`, so daemons sharing a key never share
+    /// it). `Err` says why there is no such place (a credential key, a key inside `state_dir`).
+    pub(crate) fn outside_path(
+        &self,
+        name: &SecretName,
+        state_dir: &Path,
+    ) -> std::result::Result<PathBuf, String> {
+        let KeySource::File(key) = &self.key_source else {
+            return Err("the file backend's key is a read-only systemd credential; set vault.key_file (outside state_dir) or use the keyring backend".into());
+        };
+        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let key_dir = key.parent().map(abs).unwrap_or_default();
+        if key_dir.starts_with(abs(state_dir)) {
+            return Err(format!(
+                "the file backend's key {} is inside state_dir; move it out (see the warning at start)",
+                key.display()
+            ));
+        }
+        let file = key
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vault.key".into());
+        Ok(key.with_file_name(format!(
+            "{file}.{name}-{}",
+            crate::backend::keyring::instance_id(state_dir)
+        )))
+    }
+
+    /// Reads a value kept at [`FileBackend::outside_path`] (sealed with the vault key).
+    pub(crate) fn outside_read(&self, name: &SecretName, path: &Path) -> Result<Option<SecretBox>> {
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(VaultError::io("read", path, e)),
+        };
+        if data.len() > HEADER + MAX_SECRET_LEN + TAG {
+            return Err(VaultError::CorruptFile {
+                path: path.to_owned(),
+                detail: format!("{} bytes is larger than any vault file", data.len()),
+            });
+        }
+        let key = self.key(false)?;
+        Ok(Some(open(&key, name, path, &data)?.0))
+    }
+
+    /// Replaces the value kept at [`FileBackend::outside_path`] (atomic, 0600).
+    pub(crate) fn outside_write(
+        &self,
+        name: &SecretName,
+        path: &Path,
+        value: &SecretBox,
+    ) -> Result<()> {
+        let key = self.key(true)?;
+        let data = seal(&key, name, 0, value)?;
+        atomic_write(path, &data, 0o600)
+    }
+
     /// The key file or credential path (for messages).
     pub(crate) fn key_location(&self) -> PathBuf {
         self.key_path()

@@ -1,0 +1,332 @@
+//! One host's interactive access as the operator SSH endpoint (`tether proxy`) and
+//! `tether ssh` use it: [`ProxySession`] decides, audits and runs each request with the exec
+//! route's own steps, so a command typed into `ssh web1 CMD` meets exactly the policy and
+//! audit of `tether exec -H web1 -- CMD`:
+//!
+//! * `exec` without a pty: the host must still be enrolled and active; the policy (regex rules,
+//!   then plugin votes) is checked by [`super::exec::check_policy`] — a denial writes
+//!   `exec.denied` and nothing leaves the hub; `exec.requested` is written (durable); the command
+//!   runs through the pool; [`super::exec::record_result`] writes `exec.result`.
+//! * interactive sessions (a pty shell, or a command on a pty): checked as
+//!   [`RequestKind::Session`] (a scope with an allow list denies shells; a denial writes
+//!   `session.denied`), then `session.open` before anything leaves and `session.close` (exit,
+//!   duration, bytes and SHA-256 of the output) when it ends.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tether_api::MAX_COMMAND_BYTES;
+use tether_enroll::HostRecord;
+use tether_model::session::{SessionInput, SessionSpec};
+use tether_policy::RequestKind;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use super::exec::{DEFAULT_CONNECT_TIMEOUT_MS, Outcome, Tally, check_policy, record_result};
+use crate::http::Fail;
+use crate::state::{ExecHost, RemoteExit, RemoteOutput};
+
+/// Exit status an SSH client sees for a refused request (policy, bad input): the CLI's
+/// "usage or denied" code.
+pub const REFUSED_STATUS: u32 = 2;
+/// Exit status for a request that could not reach or finish on the host (as OpenSSH's 255).
+pub const UNREACHABLE_STATUS: u32 = 255;
+
+/// Why a request through a [`ProxySession`] did not run (or broke).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What happened and what to do.
+    pub message: String,
+    /// [`REFUSED_STATUS`] or [`UNREACHABLE_STATUS`].
+    pub exit_status: u32,
+}
+
+impl Refusal {
+    fn from_fail(fail: &Fail) -> Refusal {
+        let mut message = fail.error.message.clone();
+        if !fail.error.hint.is_empty() {
+            message.push_str("\nhint: ");
+            message.push_str(&fail.error.hint);
+        }
+        Refusal {
+            message,
+            exit_status: if fail.status.is_client_error() {
+                REFUSED_STATUS
+            } else {
+                UNREACHABLE_STATUS
+            },
+        }
+    }
+
+    fn refused(message: String) -> Refusal {
+        Refusal {
+            message,
+            exit_status: REFUSED_STATUS,
+        }
+    }
+}
+
+/// One caller's access to one host, behind an upgraded control connection. Cheap to clone.
+#[derive(Clone)]
+pub struct ProxySession {
+    ctx: Ctx,
+    host: String,
+    /// `ssh` (the operator SSH endpoint) or `tether-ssh` (the framed CLI session), in records.
+    via: &'static str,
+}
+
+impl std::fmt::Debug for ProxySession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySession")
+            .field("host", &self.host)
+            .field("via", &self.via)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxySession {
+    pub(crate) fn new(ctx: Ctx, host: String, via: &'static str) -> Self {
+        ProxySession { ctx, host, via }
+    }
+
+    /// The host this session is for.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The host's record, if it is still enrolled and active (checked for every request, so a
+    /// revoke ends access through a connection that was already open).
+    fn record(&self) -> Result<HostRecord, Refusal> {
+        active_host(&self.ctx, &self.host).map_err(|f| Refusal::from_fail(&f))
+    }
+
+    fn target(record: &HostRecord) -> ExecHost {
+        ExecHost {
+            name: record.name.clone(),
+            ip: record.overlay_ip,
+            host_key: record.ssh_host_key.clone(),
+            user: record.ssh_user.clone(),
+        }
+    }
+
+    fn remote(&self) -> Result<std::sync::Arc<dyn crate::state::RemoteExec>, Refusal> {
+        self.ctx.state.remote.clone().ok_or_else(|| Refusal {
+            message: "this hub runs without its SSH pool".to_owned(),
+            exit_status: UNREACHABLE_STATUS,
+        })
+    }
+
+    /// Runs `command` (no pty) like `POST /v1/exec` for this one host. Output is forwarded
+    /// byte for byte (no limit: the client reads it as it comes).
+    pub async fn exec(
+        &self,
+        command: String,
+        out: mpsc::Sender<RemoteOutput>,
+        cancel: CancellationToken,
+    ) -> Result<RemoteExit, Refusal> {
+        check_command(&command)?;
+        let record = self.record()?;
+        let remote = self.remote()?;
+        let ctx = &self.ctx;
+        let warned = check_policy(
+            ctx,
+            std::slice::from_ref(&record),
+            RequestKind::Exec,
+            Some(&command),
+            None,
+        )
+        .await
+        .map_err(|f| Refusal::from_fail(&f))?;
+        ctx.state
+            .audit_or_refuse(
+                "exec.requested",
+                ctx.actor(),
+                None,
+                json!({
+                    "command": command,
+                    "selector": self.host,
+                    "hosts": [self.host],
+                    "warned": warned,
+                    "via": self.via,
+                }),
+            )
+            .await
+            .map_err(|f| Refusal::from_fail(&f))?;
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel(32);
+        let line = crate::state::RemoteCommand {
+            line: command.clone(),
+            connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+        };
+        let run = remote.run(Self::target(&record), line, tx, cancel);
+        let ((stdout, stderr), result) = tokio::join!(tally(rx, out), run);
+        let (result_json, failure) = match &result {
+            Ok(RemoteExit::Code(c)) => (
+                json!({"exit_code": *c as i32, "signal": null}),
+                (*c != 0).then(|| format!("exit code {c}")),
+            ),
+            Ok(RemoteExit::Signal(s)) => (
+                json!({"exit_code": null, "signal": s}),
+                Some(format!("killed by {s}")),
+            ),
+            Err(e) => (
+                json!({"error": e.kind, "message": e.message}),
+                Some(e.message.clone()),
+            ),
+        };
+        let outcome = Outcome {
+            duration_ms: started.elapsed().as_millis() as u64,
+            stdout: &stdout,
+            stderr: &stderr,
+            dropped: 0,
+            result: result_json,
+            failure,
+        };
+        record_result(ctx, &self.host, &command, outcome).await;
+        result.map_err(|e| Refusal {
+            message: e.message,
+            exit_status: UNREACHABLE_STATUS,
+        })
+    }
+
+    /// Runs an interactive session: a pty shell, or a command on a pty. Without a pty the
+    /// command is run by [`ProxySession::exec`] (its input is not used).
+    pub async fn session(
+        &self,
+        spec: SessionSpec,
+        input: mpsc::Receiver<SessionInput>,
+        out: mpsc::Sender<RemoteOutput>,
+        cancel: CancellationToken,
+    ) -> Result<RemoteExit, Refusal> {
+        // A command without a terminal is an exec like any other: same checks, same records.
+        if spec.pty.is_none() {
+            let Some(command) = spec.command else {
+                return Err(Refusal::refused(
+                    "a shell needs a terminal; give a command to run without one".to_owned(),
+                ));
+            };
+            drop(input);
+            return self.exec(command, out, cancel).await;
+        }
+        if let Some(c) = &spec.command {
+            check_command(c)?;
+        }
+        if let Some(p) = &spec.pty
+            && (p.term.len() > 64 || p.term.contains(['\0', '\n']))
+        {
+            return Err(Refusal::refused(
+                "the terminal type is over 64 bytes or has control characters".to_owned(),
+            ));
+        }
+        let record = self.record()?;
+        let remote = self.remote()?;
+        let ctx = &self.ctx;
+        check_policy(
+            ctx,
+            std::slice::from_ref(&record),
+            RequestKind::Session,
+            spec.command.as_deref(),
+            None,
+        )
+        .await
+        .map_err(|f| Refusal::from_fail(&f))?;
+        let pty = spec
+            .pty
+            .as_ref()
+            .map(|p| json!({"term": p.term, "cols": p.cols, "rows": p.rows}));
+        ctx.state
+            .audit_or_refuse(
+                "session.open",
+                ctx.actor(),
+                Some(&self.host),
+                json!({"command": spec.command, "pty": pty, "via": self.via}),
+            )
+            .await
+            .map_err(|f| Refusal::from_fail(&f))?;
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel(32);
+        let command = spec.command.clone();
+        let run = remote.session(
+            Self::target(&record),
+            spec,
+            Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+            input,
+            tx,
+            cancel,
+        );
+        let ((stdout, stderr), result) = tokio::join!(tally(rx, out), run);
+        let mut data = json!({
+            "command": command,
+            "via": self.via,
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "stdout_bytes": stdout.bytes(),
+            "stderr_bytes": stderr.bytes(),
+            "stdout_sha256": stdout.digest(),
+            "stderr_sha256": stderr.digest(),
+        });
+        let outcome = match &result {
+            Ok(RemoteExit::Code(c)) => json!({"exit_code": *c as i32}),
+            Ok(RemoteExit::Signal(s)) => json!({"signal": s}),
+            Err(e) => json!({"error": e.kind, "message": e.message}),
+        };
+        if let (Some(d), Some(o)) = (data.as_object_mut(), outcome.as_object()) {
+            d.extend(o.clone());
+        }
+        if let Err(e) = ctx
+            .state
+            .audit("session.close", ctx.actor(), Some(&self.host), data)
+            .await
+        {
+            tracing::error!(host = %self.host, "could not audit a session's end: {e}");
+        }
+        result.map_err(|e| Refusal {
+            message: e.message,
+            exit_status: UNREACHABLE_STATUS,
+        })
+    }
+}
+
+/// The enrolled, active host `name`, or the `404` (`409` on a target).
+pub(crate) fn active_host(ctx: &Ctx, name: &str) -> Result<HostRecord, Fail> {
+    let hub = super::vpn::hub(ctx)?;
+    match hub.inventory().get(name) {
+        Some(h) if h.is_active() => Ok(h),
+        _ => Err(Fail::new(
+            hyper::StatusCode::NOT_FOUND,
+            "no_such_host",
+            format!("no enrolled, active host is named {name:?}"),
+            "`tether hosts list` shows the names",
+        )),
+    }
+}
+
+fn check_command(command: &str) -> Result<(), Refusal> {
+    if command.len() > MAX_COMMAND_BYTES {
+        return Err(Refusal::refused(format!(
+            "the command is {} bytes; at most {MAX_COMMAND_BYTES} are accepted",
+            command.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Forwards output to `out` as it comes, counting and hashing each stream.
+async fn tally(
+    mut rx: mpsc::Receiver<RemoteOutput>,
+    out: mpsc::Sender<RemoteOutput>,
+) -> (Tally, Tally) {
+    let (mut stdout, mut stderr) = (Tally::default(), Tally::default());
+    let mut open = true;
+    while let Some(chunk) = rx.recv().await {
+        match &chunk {
+            RemoteOutput::Stdout(b) => stdout.take(b, 0),
+            RemoteOutput::Stderr(b) => stderr.take(b, 0),
+        };
+        // A client that went away stops getting output; the run ends through its cancel.
+        if open && out.send(chunk).await.is_err() {
+            open = false;
+        }
+    }
+    (stdout, stderr)
+}

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod exec;
 mod firsthour;
+mod fs;
 mod layout;
 mod lifecycle;
 mod limits;

@@ -134,6 +134,54 @@ impl Client {
         parse::<E>(&body)
     }
 
+    /// Calls endpoint `E` whose body is streamed ([`Endpoint::STREAMED_BODY`], e.g. an
+    /// upload): the chunks received from `body` are sent as they come; the sender closing the
+    /// channel ends the body. If the sender is dropped after an error of its own, the call
+    /// still waits for the daemon's answer (which then reports a short body).
+    pub async fn call_streamed<E: Endpoint>(
+        &self,
+        req: &E::Request,
+        body: tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> Result<E::Response, ClientError> {
+        let enc = crate::encode::<E>(req)?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let driver = tokio::spawn(conn);
+        let method = match E::METHOD {
+            crate::Method::Get => Method::GET,
+            crate::Method::Post => Method::POST,
+            crate::Method::Put => Method::PUT,
+            crate::Method::Delete => Method::DELETE,
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(&enc.path_and_query)
+            .header(HOST, "tetherd")
+            .header(crate::VIA_HEADER, "cli")
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(ChannelBody(body))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = match sender.send_request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                driver.abort();
+                return Err(ClientError::Protocol(format!("request failed: {e}")));
+            }
+        };
+        let status = resp.status();
+        let bytes = collect(resp.into_body()).await;
+        driver.abort();
+        let bytes = bytes?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        parse::<E>(&bytes)
+    }
+
     /// Calls streaming endpoint `E` (a POST sends its JSON body): `on_line` gets each complete NDJSON line (with its newline,
     /// byte for byte) as it arrives and returns `false` to stop early.
     pub async fn stream_lines<E: Endpoint>(
@@ -377,5 +425,22 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     ClientError::Api {
         status: status.as_u16(),
         error,
+    }
+}
+
+/// A request body fed from a channel (chunked transfer encoding).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }

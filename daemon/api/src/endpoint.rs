@@ -81,6 +81,10 @@ pub trait Endpoint {
     /// The body is raw bytes (`application/octet-stream`, e.g. a secret's value) instead of
     /// JSON; the request type then carries only path and query fields.
     const RAW_BODY: bool = false;
+    /// The raw body is streamed to the handler as it arrives, exempt from the control API's
+    /// 1 MiB body limit; the route bounds it itself (`POST /v1/fs/put`: `max_file_size`).
+    /// Implies [`Endpoint::RAW_BODY`].
+    const STREAMED_BODY: bool = false;
     /// Everything the caller says.
     type Request: Serialize + DeserializeOwned + utoipa::ToSchema + Send + 'static;
     /// What a successful call returns (per line for [`Encoding::NdJson`]).

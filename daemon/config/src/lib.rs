@@ -10,6 +10,7 @@ mod alerts;
 mod approvals;
 mod error;
 mod file;
+mod files;
 mod load;
 mod locate;
 mod metrics;
@@ -24,6 +25,7 @@ pub use alerts::{AlertRoute, AlertsSection};
 pub use approvals::{ApprovalsSection, QuorumCondition};
 pub use error::{ConfigError, Problem};
 pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
+pub use files::FilesSection;
 pub use load::{Overrides, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;
 pub use paths::{

@@ -350,6 +350,28 @@ mod tests {
     }
 
     #[test]
+    fn files_section_is_checked() {
+        let c = check_str(
+            "role = \"target\"\nstate_dir = \"/var/lib/t\"\n[control]\nsocket = \"/run/t.sock\"\n[files]\nallowed_roots = [\"/srv\"]\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(c.files.allowed_roots, ["/srv"]);
+        assert_eq!(c.files.max_file_size, 100 * 1024 * 1024);
+        let text = "role = \"target\"\nstate_dir = \"/var/lib/t\"\n[control]\nsocket = \"/run/t.sock\"\n[files]\nallowed_roots = [\"srv\", \"/a/../b\"]\ndeny_paths = [\"(\"]\nmax_file_size = 0\nroots = 1\n";
+        let err = check_str(text, "x").expect_err("invalid");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "files.allowed_roots",
+            "files.deny_paths",
+            "files.max_file_size",
+            "files.roots",
+        ] {
+            assert!(keys.contains(&k), "missing {k}: {:#?}", err.problems());
+        }
+    }
+
+    #[test]
     fn missing_role_is_reported() {
         let err = check_str("", "x").expect_err("role required");
         assert_eq!(err.problems()[0].key, "role");

@@ -50,6 +50,9 @@ pub struct Config {
     /// Approvals and just-in-time access (`[approvals]`).
     #[serde(default)]
     pub approvals: crate::ApprovalsSection,
+    /// File transfer confinement on a target (`[files]`).
+    #[serde(default)]
+    pub files: crate::FilesSection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -231,6 +234,7 @@ impl Default for Config {
             alerts: crate::AlertsSection::default(),
             ssh: crate::SshSection::default(),
             approvals: crate::ApprovalsSection::default(),
+            files: crate::FilesSection::default(),
         }
     }
 }
@@ -443,6 +447,9 @@ impl Config {
         }
         for (key, message) in self.approvals.validate() {
             bad(&key, message);
+        }
+        for (key, message) in self.files.validate() {
+            bad(key, message);
         }
         problems
     }

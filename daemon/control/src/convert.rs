@@ -114,3 +114,16 @@ pub(crate) fn alert_info(e: &tether_alerts::AlertEntry) -> api::AlertInfo {
             .collect(),
     }
 }
+
+/// A target's file metadata.
+pub(crate) fn fs_entry(m: &crate::state::FileMeta) -> api::FsEntry {
+    api::FsEntry {
+        name: m.name.clone(),
+        kind: m.kind.to_owned(),
+        size: m.size,
+        mode: format!("{:o}", m.mode),
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+    }
+}

@@ -139,6 +139,18 @@ fn operation(r: &RouteInfo, components: &mut Map<String, Value>) -> Value {
             }
             parameters.push(p);
         }
+    } else if r.raw_body && r.streamed_body {
+        op.insert(
+            "requestBody".into(),
+            json!({"required": true, "description": "streamed as it arrives; not bound by the control API's 1 MiB body limit, but by the hub's [files] max_file_size (default 100 MiB), checked while streaming (413)", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+        );
+        let mut params = Vec::new();
+        for (name, schema) in &props {
+            if !path_params.contains(&name.as_str()) {
+                params.push(json!({"name": name, "in": "query", "required": required.contains(name), "schema": schema}));
+            }
+        }
+        parameters.extend(params);
     } else if r.raw_body {
         op.insert(
             "requestBody".into(),

@@ -324,7 +324,9 @@ async fn route(
             )
         }
         Lookup::Found(r, params) => {
-            if http::declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            if !r.streamed_body
+                && http::declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64)
+            {
                 return (r.path, http::too_large().into_response());
             }
             let ctx = Ctx {

@@ -62,6 +62,8 @@ pub struct AppState {
     pub recordings: Option<std::path::PathBuf>,
     /// The hub's operator SSH endpoint, for `POST /v1/proxy/{host}` (hub only).
     pub operator: Option<Arc<dyn OperatorSsh>>,
+    /// Files on targets over the hub's SSH pool, for `/v1/fs` (hub only).
+    pub files: Option<Arc<dyn RemoteFiles>>,
     /// Alert routing and delivery (`tether alerts list|test`); `None` in tools and tests.
     pub alert_service: Option<tether_alerts::AlertService>,
     /// Approval requests and just-in-time role grants (`None` in tools and tests without a
@@ -216,6 +218,77 @@ pub struct RemoteError {
     pub message: String,
 }
 
+/// Files on targets over SFTP through the hub's SSH pool. Implemented by `tetherd` with
+/// `tether-ssh`; every path is confined again on the target.
+pub trait RemoteFiles: Send + Sync {
+    /// Metadata of `path` on `host`.
+    fn stat(&self, host: ExecHost, path: String) -> BoxFuture<'_, Result<FileMeta, FileError>>;
+    /// The entries of directory `path` on `host`.
+    fn list(&self, host: ExecHost, path: String)
+    -> BoxFuture<'_, Result<Vec<FileMeta>, FileError>>;
+    /// Downloads `path`: its size goes to `opened` once the file is open, then its bytes to
+    /// `out`; the result's digest was checked against the target's.
+    fn get(
+        &self,
+        host: ExecHost,
+        path: String,
+        opened: tokio::sync::oneshot::Sender<u64>,
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> BoxFuture<'_, Result<FileDone, FileError>>;
+    /// Uploads the chunks from `data` to `path` (the channel closing ends the file); the target
+    /// checks `sha256` (or the digest of what it was sent) before renaming it into place.
+    /// `abort` firing discards the upload.
+    fn put(
+        &self,
+        host: ExecHost,
+        path: String,
+        mode: Option<u32>,
+        data: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        sha256: Option<String>,
+        abort: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'_, Result<FileDone, FileError>>;
+}
+
+/// What the target says about a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Name (listing) or path (stat).
+    pub name: String,
+    /// `file`, `dir`, `symlink`, `other`.
+    pub kind: &'static str,
+    /// Bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: u64,
+}
+
+/// A finished transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDone {
+    /// Bytes moved.
+    pub size: u64,
+    /// Their SHA-256, hex.
+    pub sha256: String,
+}
+
+/// Why a file operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FileError {
+    /// The target's code (`escape`, `denied`, `outside_roots`, `hard_link`, `not_found`,
+    /// `too_large`, `no_space`, `hash_mismatch`, `policy`, `disabled`, ...) or the
+    /// connection's (`connect`, `timeout`, `closed`, `cancelled`, `ssh`).
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
 /// The daemon's loaded plugins as the control API manages them: they vote through
 /// [`tether_policy::PolicyHooks`] (the policy's seam; combine the votes with
 /// [`tether_policy::Decision::apply_votes`]), and are listed and reloaded here. Implemented by
@@ -286,6 +359,7 @@ impl AppState {
             remote: None,
             recordings: None,
             operator: None,
+            files: None,
             alert_service: None,
             approvals: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),

@@ -87,6 +87,17 @@ pub enum SshError {
         /// Why (`host revoked`, `daemon shutting down`).
         why: String,
     },
+    /// The target refused or failed a file operation (confinement, policy, size, digest, disk).
+    #[error("{host}: {message}")]
+    File {
+        /// The target.
+        host: String,
+        /// `escape`, `denied`, `outside_roots`, `hard_link`, `not_found`, `too_large`,
+        /// `hash_mismatch`, `no_space`, `policy`, `disabled`, ... (see `tether_files::FilesError::code`).
+        code: String,
+        /// The target's message.
+        message: String,
+    },
     /// The caller cancelled the command (client gone, timeout, Ctrl-C); the remote command was
     /// signalled and its channel closed.
     #[error("cancelled")]

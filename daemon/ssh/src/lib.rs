@@ -13,6 +13,9 @@
 //!   channels per connection, the target's host key checked against the key pinned at
 //!   enrollment (no trust on first use) and a per-target [`breaker::Breaker`].
 //!
+//! * **Files** ([`sftp`]): the target serves the `sftp` subsystem through the confinement of
+//!   `tether-files`; the hub's [`sftp::SftpClient`] runs over [`pool::Pool::subsystem`].
+//!
 //! Both sides negotiate only [`algorithms::preferred`]: curve25519-sha256, ssh-ed25519,
 //! chacha20-poly1305@openssh.com / aes256-gcm@openssh.com. No SHA-1, no CBC.
 //!
@@ -32,6 +35,7 @@ pub mod pool;
 pub mod pty;
 pub mod run_as;
 pub mod server;
+pub mod sftp;
 
 pub use error::SshError;
 

@@ -657,6 +657,54 @@ impl Pool {
         result
     }
 
+    /// Opens a channel on `target`'s pooled connection and starts subsystem `name` on it
+    /// (`sftp`). The channel counts against the connection's channel limit and keeps it from
+    /// idling out until the returned stream is dropped. Closing the hub's connection
+    /// ([`Pool::close_host`], shutdown) ends the stream.
+    pub async fn subsystem(
+        &self,
+        target: &Target,
+        name: &str,
+        connect_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<SubsystemStream, SshError> {
+        let conn = tokio::select! {
+            c = self.connection(target, connect_timeout) => c?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let proto = |e: russh::Error| SshError::Protocol {
+            host: target.name.clone(),
+            reason: e.to_string(),
+        };
+        let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
+        channel.request_subsystem(true, name).await.map_err(proto)?;
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => {
+                    return Err(SshError::Refused {
+                        host: target.name.clone(),
+                        reason: format!("it does not serve the {name} subsystem"),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        *conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        Ok(SubsystemStream {
+            stream: channel.into_stream(),
+            conn,
+            _permit: permit,
+        })
+    }
+
     /// Closes `host`'s connection (revoke, `hosts rm`): its running commands fail with
     /// [`SshError::Closed`] and the target kills them when the connection ends. Returns whether
     /// a connection was open.
@@ -737,5 +785,57 @@ impl Pool {
                 conn.close("the hub is shutting down").await;
             }
         }
+    }
+}
+
+/// A subsystem channel's byte stream (see [`Pool::subsystem`]).
+pub struct SubsystemStream {
+    stream: russh::ChannelStream<client::Msg>,
+    conn: Arc<Conn>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for SubsystemStream {
+    fn drop(&mut self) {
+        *self
+            .conn
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        self.conn.touch(Instant::now());
+    }
+}
+
+impl AsyncRead for SubsystemStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SubsystemStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

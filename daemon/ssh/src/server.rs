@@ -83,6 +83,8 @@ pub struct ServerSettings {
     pub run_as: RunAs,
     /// Policy and audit.
     pub gate: Arc<dyn ExecGate>,
+    /// The `sftp` subsystem (confined file access); `None`: refused.
+    pub sftp: Option<crate::sftp::SftpService>,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -110,6 +112,7 @@ pub(crate) struct Shared {
     pub(crate) base_env: Vec<(String, String)>,
     /// The user's home, or `/` when it does not exist (`nobody`'s `/nonexistent`).
     pub(crate) cwd: std::path::PathBuf,
+    pub(crate) sftp: Option<crate::sftp::SftpService>,
 }
 
 impl SshServer {
@@ -142,6 +145,7 @@ impl SshServer {
                     .filter(|h| h.is_dir())
                     .unwrap_or_else(|| "/".into()),
                 run_as: settings.run_as,
+                sftp: settings.sftp,
             }),
         }
     }
@@ -155,6 +159,7 @@ impl SshServer {
         let handler = Conn {
             shared: Arc::clone(&self.shared),
             channels: HashMap::new(),
+            opened: HashMap::new(),
             procs: Arc::new(Mutex::new(HashMap::new())),
             ptys: HashMap::new(),
         };
@@ -222,6 +227,8 @@ pub(crate) struct Conn {
     pub(crate) procs: Procs,
     /// Channels that asked for a pty, and the pty sessions running.
     pub(crate) ptys: HashMap<ChannelId, crate::interactive::PtyState>,
+    /// Session channels not yet given an `exec` or a subsystem (a subsystem needs the channel).
+    pub(crate) opened: HashMap<ChannelId, Channel<Msg>>,
 }
 
 impl Drop for Conn {
@@ -285,6 +292,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.insert(channel.id(), Vec::new());
+        self.opened.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
     }
@@ -319,6 +327,7 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.opened.remove(&channel);
         let Some(env) = self.channels.get(&channel).cloned() else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -538,6 +547,22 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match (name, self.opened.remove(&channel), &self.shared.sftp) {
+            ("sftp", Some(ch), Some(sftp)) => {
+                session.channel_success(channel)?;
+                sftp.serve(ch.into_stream());
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
@@ -545,6 +570,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         self.ptys.remove(&channel);
+        self.opened.remove(&channel);
         if let Some(pgid) = lock(&self.procs).remove(&channel) {
             terminate(pgid);
         }

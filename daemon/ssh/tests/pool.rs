@@ -15,6 +15,12 @@ use tether_ssh::{SshError, keys};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+thread_local! {
+    /// The SFTP service the next `setup` on this thread serves (the SFTP tests set it).
+    static SFTP: std::cell::RefCell<Option<tether_ssh::sftp::SftpService>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 struct Tcp(SocketAddr);
 
 impl Dialer for Tcp {
@@ -100,6 +106,7 @@ async fn setup_as(hub_seed: u8, accepted_seed: u8, run_as: RunAs) -> Setup {
         env_allow: vec!["LANG".to_owned()],
         run_as,
         gate: Arc::clone(&gate) as Arc<dyn ExecGate>,
+        sftp: SFTP.with(|s| s.borrow().clone()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -441,4 +448,263 @@ async fn commands_run_as_the_run_as_user_with_its_groups() {
     let (r, out) = session(&s, Some("id -u; pwd"), &[]).await;
     assert_eq!(r.unwrap(), Exit::Code(0), "{out}");
     assert!(out.contains("65534"), "the pty session did not drop: {out}");
+}
+
+mod sftp {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use tether_ssh::sftp::{FileGate, FileOp, FileReport, SftpClient, SftpService};
+
+    #[derive(Default)]
+    struct Files {
+        reports: Mutex<Vec<FileReport>>,
+    }
+
+    impl FileGate for Files {
+        fn admit<'a>(&'a self, _op: FileOp, path: &'a str) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                if path.contains("policy-denied") {
+                    return Err("rule no-policy-denied".to_owned());
+                }
+                Ok(())
+            })
+        }
+        fn finished(&self, report: FileReport) -> BoxFuture<'_, ()> {
+            Box::pin(async move { self.reports.lock().unwrap().push(report) })
+        }
+    }
+
+    struct Env {
+        s: Setup,
+        root: String,
+        _tmp: tempfile::TempDir,
+        files: Arc<Files>,
+    }
+
+    async fn env() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = format!("{}/root", tmp.path().display());
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(format!("{root}/old"), b"old content").unwrap();
+        std::fs::write(format!("{}/outside", tmp.path().display()), b"secret").unwrap();
+        let confined = tether_files::Confined::new(&tether_files::Settings {
+            allowed_roots: vec![root.clone()],
+            deny_paths: vec![],
+            max_file_size: 64 * 1024,
+        })
+        .unwrap();
+        let files = Arc::new(Files::default());
+        let svc = SftpService::new(Arc::new(confined), Arc::clone(&files) as Arc<dyn FileGate>);
+        SFTP.with(|s| *s.borrow_mut() = Some(svc));
+        let s = setup(1, 1).await;
+        SFTP.with(|s| *s.borrow_mut() = None);
+        Env {
+            s,
+            root,
+            _tmp: tmp,
+            files,
+        }
+    }
+
+    async fn client(e: &Env) -> SftpClient {
+        let stream =
+            e.s.pool
+                .subsystem(
+                    &e.s.target,
+                    "sftp",
+                    Duration::from_secs(5),
+                    CancellationToken::new(),
+                )
+                .await
+                .unwrap();
+        SftpClient::new("web1", stream).await.unwrap()
+    }
+
+    async fn put(c: &SftpClient, path: &str, chunks: Vec<Vec<u8>>) -> Result<String, SshError> {
+        let (tx, rx) = mpsc::channel(4);
+        let feed = tokio::spawn(async move {
+            for ch in chunks {
+                if tx.send(bytes::Bytes::from(ch)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let r = c.put(path, None, rx, None, CancellationToken::new()).await;
+        let _ = feed.await;
+        r.map(|t| t.sha256)
+    }
+
+    async fn get(c: &SftpClient, path: &str) -> Result<Vec<u8>, SshError> {
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(4);
+        let collect = tokio::spawn(async move {
+            let mut v = Vec::new();
+            while let Some(b) = rx.recv().await {
+                v.extend_from_slice(&b);
+            }
+            v
+        });
+        let (otx, _orx) = tokio::sync::oneshot::channel();
+        let r = c.get(path, otx, tx).await;
+        let data = collect.await.unwrap();
+        r.map(|t| {
+            assert_eq!(t.size, data.len() as u64);
+            assert_eq!(t.sha256, hex::encode(Sha256::digest(&data)));
+            data
+        })
+    }
+
+    #[tokio::test]
+    async fn put_get_list_stat_round_trip_over_a_pooled_connection() {
+        let e = env().await;
+        let c = client(&e).await;
+        let body: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let sha = put(
+            &c,
+            &format!("{}/new.bin", e.root),
+            vec![body[..20_000].to_vec(), body[20_000..].to_vec()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(sha, hex::encode(Sha256::digest(&body)));
+        assert_eq!(std::fs::read(format!("{}/new.bin", e.root)).unwrap(), body);
+        assert_eq!(get(&c, &format!("{}/new.bin", e.root)).await.unwrap(), body);
+        let st = c.stat(&format!("{}/new.bin", e.root)).await.unwrap();
+        assert_eq!((st.kind, st.size), ("file", 50_000));
+        let names: Vec<String> = c
+            .list(&e.root)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["new.bin", "old"]);
+        // The exec side of the same connection still works.
+        assert_eq!(e.s.pool.open_connections(), 1);
+        let reports = e.files.reports.lock().unwrap().clone();
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.op == FileOp::Put && r.sha256.as_deref() == Some(sha.as_str()))
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_come_back_with_their_code_and_change_nothing() {
+        let e = env().await;
+        let c = client(&e).await;
+        std::os::unix::fs::symlink("../outside", format!("{}/link", e.root)).unwrap();
+        let code = |r: Result<Vec<u8>, SshError>| match r {
+            Err(SshError::File { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(get(&c, &format!("{}/link", e.root)).await), "escape");
+        assert_eq!(
+            code(get(&c, &format!("{}/../outside", e.root)).await),
+            "escape"
+        );
+        assert_eq!(code(get(&c, "/etc/passwd").await), "outside_roots");
+        assert_eq!(
+            code(get(&c, &format!("{}/policy-denied", e.root)).await),
+            "policy"
+        );
+        // Oversized: refused mid-stream, the old file stays, no temp file.
+        let big = vec![vec![1u8; 40_000], vec![2u8; 40_000]];
+        match put(&c, &format!("{}/old", e.root), big).await {
+            Err(SshError::File { code, .. }) => assert_eq!(code, "too_large"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(format!("{}/old", e.root)).unwrap(),
+            b"old content"
+        );
+        let c = client(&e).await;
+        // A wrong announced digest: discarded.
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(bytes::Bytes::from_static(b"tampered"))
+            .await
+            .unwrap();
+        drop(tx);
+        match c
+            .put(
+                &format!("{}/old", e.root),
+                None,
+                rx,
+                Some("0".repeat(64)),
+                CancellationToken::new(),
+            )
+            .await
+        {
+            Err(SshError::File { code, .. }) => assert_eq!(code, "hash_mismatch"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(format!("{}/old", e.root)).unwrap(),
+            b"old content"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let leftovers: Vec<_> = std::fs::read_dir(&e.root)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|d| {
+                d.file_name()
+                    .to_string_lossy()
+                    .starts_with(tether_files::TEMP_PREFIX)
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn interrupted_uploads_and_dropped_connections_leave_the_old_file() {
+        let e = env().await;
+        let dest = format!("{}/old", e.root);
+        let leftovers = |root: &str| -> Vec<String> {
+            std::fs::read_dir(root)
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(tether_files::TEMP_PREFIX))
+                .collect()
+        };
+        // The sender aborts after the first chunk (a client that went away, an oversized body).
+        let c = client(&e).await;
+        let (tx, rx) = mpsc::channel(1);
+        let abort = CancellationToken::new();
+        let put = {
+            let abort = abort.clone();
+            let dest = dest.clone();
+            async move { c.put(&dest, None, rx, None, abort).await }
+        };
+        let driver = async {
+            tx.send(bytes::Bytes::from(vec![5u8; 10_000]))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !leftovers(&e.root).is_empty(),
+                "the temp file exists mid-upload"
+            );
+            abort.cancel();
+        };
+        let (r, ()) = tokio::join!(put, driver);
+        assert!(matches!(r, Err(SshError::Cancelled)), "{r:?}");
+        // The whole connection goes away mid-upload (revoke, a dead hub).
+        let c = client(&e).await;
+        let (tx2, rx2) = mpsc::channel(1);
+        let dest2 = dest.clone();
+        let task = tokio::spawn(async move {
+            c.put(&dest2, None, rx2, None, CancellationToken::new())
+                .await
+        });
+        tx2.send(bytes::Bytes::from(vec![6u8; 10_000]))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        e.s.pool.close_host("web1", "test").await;
+        drop(tx2);
+        let _ = task.await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old content");
+        assert!(leftovers(&e.root).is_empty(), "{:?}", leftovers(&e.root));
+    }
 }

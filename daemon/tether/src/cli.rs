@@ -66,6 +66,9 @@ pub enum Command {
     /// Just-in-time roles: request, approve, list, revoke.
     #[command(subcommand)]
     Access(cmd::access::AccessCommand),
+    /// Files on targets over SFTP, confined below each target's allowed roots: get, put, ls, stat.
+    #[command(subcommand)]
+    Fs(cmd::fs::FsCommand),
     /// Start a hub and targets on loopback in a temp dir (no root); Ctrl-C stops and cleans up.
     Demo(cmd::demo::DemoArgs),
     /// Print a shell completion script: bash, zsh or fish.
@@ -98,6 +101,7 @@ impl Cli {
             Command::Sessions(c) => cmd::sessions::run(&cli.global, c).await,
             Command::Approvals(c) => cmd::approvals::run(&cli.global, c).await,
             Command::Access(c) => cmd::access::run(&cli.global, c).await,
+            Command::Fs(c) => cmd::fs::run(&cli.global, c).await,
             Command::Completions(args) => cmd::completions::run(&cli.global, args, Cli::command()),
             Command::Man(args) => cmd::man::run(&cli.global, args, Cli::command()),
         }

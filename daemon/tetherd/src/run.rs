@@ -153,6 +153,10 @@ async fn daemon(config: Config, source: ConfigSource) -> Result<(), DaemonError>
         .ssh
         .as_ref()
         .map(|s| Arc::clone(&s.operator) as Arc<dyn tether_control::state::OperatorSsh>);
+    state.files = membership
+        .ssh
+        .as_ref()
+        .map(|s| Arc::clone(&s.remote) as Arc<dyn tether_control::state::RemoteFiles>);
     state.vault = Some(vault.clone());
     state.policy = Some(engine);
     state.alerts = alerts;

@@ -20,8 +20,8 @@ use tether_control::AppState;
 use tether_control::ProxySession;
 use tether_control::audit::daemon_actor;
 use tether_control::state::{
-    BoxFuture, ExecHost, OperatorSsh, RemoteCommand, RemoteError, RemoteExec, RemoteExit,
-    RemoteOutput, UpgradedIo,
+    BoxFuture, ExecHost, FileDone, FileError, FileMeta, OperatorSsh, RemoteCommand, RemoteError,
+    RemoteExec, RemoteExit, RemoteFiles, RemoteOutput, UpgradedIo,
 };
 use tether_model::{Alert, AlertSink, Severity};
 use tether_policy::Verdict;
@@ -628,6 +628,219 @@ pub fn start_target(
     }))
 }
 
+/// How long opening a pooled connection for a file operation may take.
+const FILES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn file_error(e: SshError) -> FileError {
+    match e {
+        SshError::File { code, message, .. } => FileError { code, message },
+        other => {
+            let r = remote_error(other);
+            FileError {
+                code: r.kind.to_owned(),
+                message: r.message,
+            }
+        }
+    }
+}
+
+fn file_meta(m: tether_ssh::sftp::RemoteMeta) -> FileMeta {
+    FileMeta {
+        name: m.name,
+        kind: m.kind,
+        size: m.size,
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+    }
+}
+
+impl HubSsh {
+    /// An SFTP session with `host` on a channel of its pooled connection.
+    async fn sftp(
+        &self,
+        host: ExecHost,
+        cancel: CancellationToken,
+    ) -> Result<tether_ssh::sftp::SftpClient, FileError> {
+        let target = pool::Target {
+            name: host.name.clone(),
+            ip: host.ip,
+            host_key: host.host_key,
+            user: host.user,
+        };
+        let stream = self
+            .pool
+            .subsystem(&target, "sftp", FILES_CONNECT_TIMEOUT, cancel)
+            .await
+            .map_err(file_error)?;
+        tether_ssh::sftp::SftpClient::new(&host.name, stream)
+            .await
+            .map_err(file_error)
+    }
+}
+
+impl RemoteFiles for HubSsh {
+    fn stat(&self, host: ExecHost, path: String) -> BoxFuture<'_, Result<FileMeta, FileError>> {
+        Box::pin(async move {
+            let c = self.sftp(host, CancellationToken::new()).await?;
+            c.stat(&path).await.map(file_meta).map_err(file_error)
+        })
+    }
+
+    fn list(
+        &self,
+        host: ExecHost,
+        path: String,
+    ) -> BoxFuture<'_, Result<Vec<FileMeta>, FileError>> {
+        Box::pin(async move {
+            let c = self.sftp(host, CancellationToken::new()).await?;
+            c.list(&path)
+                .await
+                .map(|l| l.into_iter().map(file_meta).collect())
+                .map_err(file_error)
+        })
+    }
+
+    fn get(
+        &self,
+        host: ExecHost,
+        path: String,
+        opened: tokio::sync::oneshot::Sender<u64>,
+        out: mpsc::Sender<bytes::Bytes>,
+    ) -> BoxFuture<'_, Result<FileDone, FileError>> {
+        Box::pin(async move {
+            let c = self.sftp(host, CancellationToken::new()).await?;
+            c.get(&path, opened, out)
+                .await
+                .map(|t| FileDone {
+                    size: t.size,
+                    sha256: t.sha256,
+                })
+                .map_err(file_error)
+        })
+    }
+
+    fn put(
+        &self,
+        host: ExecHost,
+        path: String,
+        mode: Option<u32>,
+        data: mpsc::Receiver<bytes::Bytes>,
+        sha256: Option<String>,
+        abort: CancellationToken,
+    ) -> BoxFuture<'_, Result<FileDone, FileError>> {
+        Box::pin(async move {
+            let c = self.sftp(host, abort.clone()).await?;
+            c.put(&path, mode, data, sha256, abort)
+                .await
+                .map(|t| FileDone {
+                    size: t.size,
+                    sha256: t.sha256,
+                })
+                .map_err(file_error)
+        })
+    }
+}
+
+/// The target's policy and audit for file operations, asked by its SFTP server.
+struct TargetFiles {
+    state: Arc<AppState>,
+    facts: tether_model::selector::HostFacts,
+}
+
+impl tether_ssh::sftp::FileGate for TargetFiles {
+    fn admit<'a>(
+        &'a self,
+        op: tether_ssh::sftp::FileOp,
+        path: &'a str,
+    ) -> tether_ssh::sftp::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let kind = match op {
+                tether_ssh::sftp::FileOp::Put => tether_policy::RequestKind::FileWrite,
+                _ => tether_policy::RequestKind::FileRead,
+            };
+            let request = tether_policy::Request {
+                kind,
+                command: None,
+                path: Some(path.to_owned()),
+                user: "hub".to_owned(),
+                role: tether_model::Role::Operator,
+                host: self.facts.clone(),
+                ticket: None,
+            };
+            let state = Arc::clone(&self.state);
+            let checked = tokio::task::spawn_blocking(move || {
+                let hooks = state
+                    .plugins
+                    .as_deref()
+                    .map(|h| h as &dyn tether_policy::PolicyHooks);
+                state.policy.as_ref().map(|e| e.check(&request, hooks))
+            })
+            .await
+            .map_err(|_| "the policy check failed".to_owned())?
+            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
+            let d = &checked.decision;
+            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
+            let kind = if denied { "fs.denied" } else { "fs.received" };
+            let data = json!({"op": op.as_str(), "path": path, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
+            self.state
+                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
+                .await
+                .map_err(|e| format!("its audit record could not be written: {e}"))?;
+            if denied {
+                return Err(format!("{} ({})", d.reason, d.verdict));
+            }
+            Ok(())
+        })
+    }
+
+    fn finished(
+        &self,
+        report: tether_ssh::sftp::FileReport,
+    ) -> tether_ssh::sftp::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let data = json!({
+                "op": report.op.as_str(),
+                "path": report.path,
+                "ok": report.error.is_none(),
+                "size": report.size,
+                "sha256": report.sha256,
+                "error": report.error,
+            });
+            let kind = format!("fs.{}", report.op.as_str());
+            if let Err(e) = self
+                .state
+                .audit(&kind, daemon_actor(), Some(&self.facts.name), data)
+                .await
+            {
+                tracing::error!("could not audit a file operation: {e}");
+            }
+        })
+    }
+}
+
+/// The target's SFTP service over its `[files]` confinement.
+fn sftp_service(
+    state: &Arc<AppState>,
+    facts: &tether_model::selector::HostFacts,
+) -> Result<tether_ssh::sftp::SftpService, DaemonError> {
+    let files = state.config().files.clone();
+    let confined = tether_files::Confined::new(&tether_files::Settings {
+        allowed_roots: files.allowed_roots,
+        deny_paths: files.deny_paths,
+        max_file_size: files.max_file_size,
+    })
+    .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    Ok(tether_ssh::sftp::SftpService::new(
+        Arc::new(confined),
+        Arc::new(TargetFiles {
+            state: Arc::clone(state),
+            facts: facts.clone(),
+        }),
+    ))
+}
+
 /// Server mode: the russh server with the vault's host key, the hub's client key, `run_as`
 /// (refused here, at startup, when this daemon cannot switch to it) and the target's gate.
 fn server(
@@ -645,19 +858,19 @@ fn server(
     if run_as.drop {
         tracing::info!(user = %run_as.name, uid = %run_as.uid, "SSH: commands run as ssh.run_as");
     }
+    let facts = tether_model::selector::HostFacts {
+        name: enrollment.name.clone(),
+        groups: enrollment.groups.clone(),
+        tags: enrollment.tags.clone(),
+    };
+    let sftp = sftp_service(&state, &facts)?;
     Ok(SshServer::new(ServerSettings {
         host_key: ssh_key(vault)?,
         hub_key,
         env_allow: config.env_allow.clone(),
         run_as,
-        gate: Arc::new(TargetGate {
-            state,
-            facts: tether_model::selector::HostFacts {
-                name: enrollment.name.clone(),
-                groups: enrollment.groups.clone(),
-                tags: enrollment.tags.clone(),
-            },
-        }),
+        gate: Arc::new(TargetGate { state, facts }),
+        sftp: Some(sftp),
     }))
 }
 

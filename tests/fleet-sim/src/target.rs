@@ -153,6 +153,7 @@ pub async fn start(
             .collect(),
         run_as: tether_ssh::run_as::RunAs::resolve(None).map_err(|e| e.to_string())?,
         gate: Arc::new(CountingGate(counters)),
+        sftp: None,
     });
     let listener = handle
         .listen(tether_ssh::SSH_PORT)

@@ -5,7 +5,7 @@ macro_rules! endpoint {
     (
         #[doc = $summary:literal]
         $name:ident: $method:ident $path:literal, $req:ty => $resp:ty
-        $(, response = $enc:ident $(($proto:literal))?)? $(, raw_body = $raw:literal)?;
+        $(, response = $enc:ident $(($proto:literal))?)? $(, raw_body = $raw:literal)? $(, streamed_body = $streamed:literal)?;
     ) => {
         #[doc = $summary]
         #[derive(Debug, Clone, Copy)]
@@ -17,6 +17,8 @@ macro_rules! endpoint {
             const SUMMARY: &'static str = $summary.trim_ascii();
             $(const RESPONSE: crate::Encoding = crate::Encoding::$enc $(($proto))?;)?
             $(const RAW_BODY: bool = $raw;)?
+            $(const RAW_BODY: bool = $streamed;
+            const STREAMED_BODY: bool = $streamed;)?
             type Request = $req;
             type Response = $resp;
         }
@@ -27,6 +29,7 @@ mod alerts;
 mod approvals;
 mod audit;
 mod exec;
+mod fs;
 mod hosts;
 mod plugins;
 mod policy;
@@ -40,6 +43,7 @@ pub use alerts::*;
 pub use approvals::*;
 pub use audit::*;
 pub use exec::*;
+pub use fs::*;
 pub use hosts::*;
 pub use plugins::*;
 pub use policy::*;

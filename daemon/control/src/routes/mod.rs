@@ -25,6 +25,7 @@ mod audit;
 mod audit_keys;
 mod config;
 mod exec;
+mod fs;
 mod health;
 mod hosts;
 mod interactive;
@@ -81,6 +82,9 @@ pub struct RouteInfo {
     pub encoding: Encoding,
     /// The body is raw bytes rather than JSON.
     pub raw_body: bool,
+    /// The raw body is streamed to the handler, exempt from the 1 MiB limit (the handler
+    /// bounds it).
+    pub streamed_body: bool,
     /// The request and response schemas (for the OpenAPI document).
     pub(crate) schemas: fn() -> crate::openapi::RouteSchemas,
     pub(crate) handler: Handler,
@@ -139,6 +143,10 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::AccessRequest, _, _>(ANY, &[409, 429, 500, AUDITED], access::request),
         json::<a::AccessList, _, _>(ANY, &[503], access::list),
         json::<a::AccessRevoke, _, _>(ANY, &[404, 409, 500, AUDITED], access::revoke),
+        stream::<a::FsGet, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::get),
+        streamed::<a::FsPut, _, _>(OPERATORS, &[404, HUB, AUDITED], fs::put),
+        json::<a::FsListDir, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::list),
+        json::<a::FsStatPath, _, _>(OPERATORS, &[404, HUB, 502, AUDITED], fs::stat),
         json::<a::HostsList, _, _>(ANY, &[HUB], hosts::list),
         json::<a::HostsShow, _, _>(ANY, &[404, HUB], hosts::show),
         json::<a::HostsRemove, _, _>(ADMIN, &[404, HUB, 500, AUDITED], hosts::remove),
@@ -191,6 +199,7 @@ fn info<E: Endpoint + 'static>(
         statuses: statuses::<E>(errors),
         encoding: E::RESPONSE,
         raw_body: E::RAW_BODY,
+        streamed_body: E::STREAMED_BODY,
         schemas: crate::openapi::route_schemas::<E>,
         handler,
     }
@@ -382,6 +391,30 @@ where
                     );
                     resp
                 }
+                Err(fail) => fail.into_response(),
+            }
+        })
+    });
+    info::<E>(roles, errors, handler)
+}
+
+/// A route whose raw body is streamed to the handler as it arrives (not read whole, not bound
+/// by the 1 MiB limit: the handler bounds it); the request type carries the path and query
+/// fields.
+fn streamed<E, F, Fut>(roles: &'static [Role], errors: &[u16], f: F) -> RouteInfo
+where
+    E: Endpoint + 'static,
+    F: Fn(Ctx, E::Request, Incoming) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<E::Response, Fail>> + Send + 'static,
+{
+    let handler: Handler = Box::new(move |req, ctx, params| {
+        Box::pin(async move {
+            let query = req.uri().query().map(str::to_owned);
+            let request = tether_api::decode::<E>(&params, query.as_deref(), b"").map_err(|e| {
+                Fail::bad_request(e.code(), e.to_string(), "see daemon/control/openapi.yaml")
+            });
+            match request {
+                Ok(r) => answer::<E>(f(ctx, r, req.into_body()).await),
                 Err(fail) => fail.into_response(),
             }
         })

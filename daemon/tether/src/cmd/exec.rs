@@ -93,7 +93,7 @@ pub(crate) fn parse_duration_ms(text: &str) -> Option<u64> {
 }
 
 /// A selector from `-H`: a bare name (or comma list of names) means `host:`.
-fn selector(s: &str) -> String {
+pub(crate) fn selector(s: &str) -> String {
     let bare = !s.is_empty()
         && s.split(',').all(|p| {
             !p.is_empty()

@@ -9,6 +9,7 @@ pub mod completions;
 pub mod config;
 pub mod demo;
 pub mod exec;
+pub mod fs;
 pub mod hosts;
 pub mod man;
 pub mod mcp;

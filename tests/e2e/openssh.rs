@@ -140,6 +140,57 @@ fn stock_ssh_through_tether_proxy_runs_commands_and_pty_sessions_under_policy_an
     assert_eq!(code(&out), 3, "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("hi"), "{}", stdout(&out));
 
+    // Both pty sessions were recorded on the hub: listed, their chains complete, and each
+    // vouched for by its session.close record (file SHA-256); playback shows what was shown.
+    let out = hub.tether(&["--json", "sessions", "list", "-H", "t1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let sessions = list["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2, "{list}");
+    let closes = audit_records(&hub, "session.close");
+    for s in &sessions {
+        let id = s["id"].as_str().unwrap();
+        let d: Value =
+            serde_json::from_str(&stdout(&hub.tether(&["--json", "sessions", "show", id])))
+                .unwrap();
+        assert_eq!(d["state"], "complete", "{d}");
+        assert!(
+            closes.iter().any(|c| c["data"]["recording"]["id"] == id
+                && c["data"]["recording"]["sha256"] == d["sha256"]),
+            "no session.close vouches for {id}: {closes:?}"
+        );
+    }
+    let one = sessions
+        .iter()
+        .find(|s| s["command"] == "echo hi; exit 3")
+        .expect("the command session is listed with its command");
+    let played = hub.tether(&[
+        "sessions",
+        "play",
+        one["id"].as_str().unwrap(),
+        "--speed",
+        "1000",
+    ]);
+    assert_eq!(code(&played), 0, "{}", stderr(&played));
+    assert!(stdout(&played).contains("hi"), "{}", stdout(&played));
+    // A session that can't be recorded does not run: the recordings directory replaced by a
+    // file makes the recorder fail, and the shell is refused with the reason.
+    let rec_dir = hub.dir.path().join("state/recordings");
+    let aside = hub.dir.path().join("recordings-aside");
+    std::fs::rename(&rec_dir, &aside).unwrap();
+    std::fs::write(&rec_dir, b"not a directory").unwrap();
+    let out = ssh(&config, &["-tt", "t1", "echo unrecorded"], b"");
+    assert_ne!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(!stdout(&out).contains("unrecorded"), "{}", stdout(&out));
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("can't be recorded"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    std::fs::remove_file(&rec_dir).unwrap();
+    std::fs::rename(&aside, &rec_dir).unwrap();
+
     // A denied command never leaves the hub: exit 2, the reason on stderr, exec.denied on the
     // hub, nothing on the target.
     let marker = t1.dir.path().join("touched");
@@ -165,10 +216,24 @@ fn stock_ssh_through_tether_proxy_runs_commands_and_pty_sessions_under_policy_an
     assert_eq!(results[0]["host"], "t1");
     assert_eq!(results[0]["data"]["exit_code"], 7);
     assert_eq!(results[0]["data"]["stdout_bytes"], 4);
-    assert_eq!(audit_records(&hub, "session.open").len(), 2);
+    // Two sessions ran; the third (unrecordable) was opened and closed without running.
+    assert_eq!(audit_records(&hub, "session.open").len(), 3);
     let closes = audit_records(&hub, "session.close");
-    assert_eq!(closes.len(), 2);
-    assert!(closes.iter().all(|c| c["data"]["exit_code"] == 3));
+    assert_eq!(closes.len(), 3);
+    assert_eq!(
+        closes
+            .iter()
+            .filter(|c| c["data"]["exit_code"] == 3)
+            .count(),
+        2
+    );
+    assert_eq!(
+        closes
+            .iter()
+            .filter(|c| c["data"]["error"] == "recording_failed")
+            .count(),
+        1
+    );
     assert!(audit_records(&hub, "proxy.open").len() >= 6);
     // The target audited its side too.
     assert_eq!(audit_records(&t1, "session.open").len(), 2);

@@ -78,6 +78,9 @@ pub struct SshSection {
     pub breaker_threshold: u32,
     /// Hub: how long an open breaker refuses at once before it lets one probe through.
     pub breaker_cool_down: String,
+    /// Hub: the largest recording of one interactive session, bytes (default 256 MiB; 4 KiB to
+    /// 64 GiB). Past it the recording ends with a note and the session goes on unrecorded.
+    pub recording_max_bytes: u64,
 }
 
 /// Environment variables a client may set by default.
@@ -97,6 +100,7 @@ impl Default for SshSection {
             max_channels_per_conn: 32,
             breaker_threshold: 5,
             breaker_cool_down: "30s".to_owned(),
+            recording_max_bytes: 256 << 20,
         }
     }
 }
@@ -145,6 +149,15 @@ impl SshSection {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut bad = |key: &str, message: String| out.push((format!("ssh.{key}"), message));
         let is_hub = role == Some(tether_model::DaemonRole::Hub);
+        if !(4096..=64 << 30).contains(&self.recording_max_bytes) {
+            bad(
+                "recording_max_bytes",
+                format!(
+                    "{} is out of range; give 4096 to 68719476736 bytes",
+                    self.recording_max_bytes
+                ),
+            );
+        }
         if is_hub && self.mode == SshMode::Forward {
             bad(
                 "mode",

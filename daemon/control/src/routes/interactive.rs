@@ -160,7 +160,7 @@ impl ProxySession {
             connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
         };
         let run = remote.run(Self::target(&record), line, tx, cancel);
-        let ((stdout, stderr), result) = tokio::join!(tally(rx, out), run);
+        let ((stdout, stderr), result) = tokio::join!(tally(rx, out, None), run);
         let (result_json, failure) = match &result {
             Ok(RemoteExit::Code(c)) => (
                 json!({"exit_code": *c as i32, "signal": null}),
@@ -244,6 +244,27 @@ impl ProxySession {
             )
             .await
             .map_err(|f| Refusal::from_fail(&f))?;
+        // Recorded on the hub before it starts; a session that can't be recorded is refused.
+        let recording = match self.start_recording(&spec).await {
+            Ok(r) => r,
+            Err(why) => {
+                let data = json!({"command": spec.command, "via": self.via, "error": "recording_failed", "message": why});
+                if let Err(e) = ctx
+                    .state
+                    .audit("session.close", ctx.actor(), Some(&self.host), data)
+                    .await
+                {
+                    tracing::error!(host = %self.host, "could not audit a session's end: {e}");
+                }
+                return Err(Refusal::refused(format!(
+                    "the session can't be recorded on the hub ({why}); sessions are only run recorded"
+                )));
+            }
+        };
+        let input = match &recording {
+            Some(r) => record_resizes(input, std::sync::Arc::downgrade(r)),
+            None => input,
+        };
         let started = Instant::now();
         let (tx, rx) = mpsc::channel(32);
         let command = spec.command.clone();
@@ -255,7 +276,11 @@ impl ProxySession {
             tx,
             cancel,
         );
-        let ((stdout, stderr), result) = tokio::join!(tally(rx, out), run);
+        let ((stdout, stderr), result) = tokio::join!(tally(rx, out, recording.clone()), run);
+        let recorded = match recording {
+            Some(r) => Some(finish_recording(r).await),
+            None => None,
+        };
         let mut data = json!({
             "command": command,
             "via": self.via,
@@ -264,6 +289,7 @@ impl ProxySession {
             "stderr_bytes": stderr.bytes(),
             "stdout_sha256": stdout.digest(),
             "stderr_sha256": stderr.digest(),
+            "recording": recorded,
         });
         let outcome = match &result {
             Ok(RemoteExit::Code(c)) => json!({"exit_code": *c as i32}),
@@ -285,6 +311,97 @@ impl ProxySession {
             exit_status: UNREACHABLE_STATUS,
         })
     }
+}
+
+/// A session's recording, shared by its output and input paths.
+type Recording = std::sync::Arc<tether_recording::RecordingFile>;
+
+impl ProxySession {
+    /// Starts the session's recording in `state_dir/recordings` (hub only; `None` where the
+    /// daemon keeps no recordings). `Err` says why it could not be started.
+    async fn start_recording(&self, spec: &SessionSpec) -> Result<Option<Recording>, String> {
+        let Some(dir) = self.ctx.state.recordings.clone() else {
+            return Ok(None);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut rand = [0u8; 4];
+        getrandom::fill(&mut rand).map_err(|e| e.to_string())?;
+        let id = format!("{now}-{}-{}", self.host, hex::encode(rand));
+        let (cols, rows) = spec.pty.as_ref().map_or((80, 24), |p| {
+            (
+                p.cols.min(u32::from(u16::MAX)) as u16,
+                p.rows.min(u32::from(u16::MAX)) as u16,
+            )
+        });
+        let actor = self.ctx.actor();
+        let header = tether_recording::Header::new(
+            cols,
+            rows,
+            now,
+            tether_recording::TetherMeta {
+                id,
+                host: self.host.clone(),
+                user: actor.user.clone(),
+                via: self.via.to_owned(),
+                command: spec.command.clone(),
+            },
+        );
+        let limit = self.ctx.state.config().ssh.recording_max_bytes;
+        tether_recording::RecordingFile::create(&dir, header, limit)
+            .await
+            .map(|r| Some(std::sync::Arc::new(r)))
+            .map_err(|e| format!("{}: {e}", dir.display()))
+    }
+}
+
+/// The `recording` field of `session.close`: id, file SHA-256 and size, or why it failed.
+async fn finish_recording(r: Recording) -> serde_json::Value {
+    let id = r
+        .path()
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match std::sync::Arc::try_unwrap(r) {
+        Ok(r) => match r.finish().await {
+            Ok(s) => {
+                json!({"id": id, "sha256": s.sha256, "size": s.size, "events": s.events, "truncated": s.truncated})
+            }
+            Err(e) => json!({"id": id, "error": e.to_string()}),
+        },
+        Err(_) => {
+            json!({"id": id, "error": "the recording was still in use at the end of the session"})
+        }
+    }
+}
+
+/// Passes the client's input on, recording its resizes (keystrokes are not recorded: they
+/// would keep typed passwords).
+fn record_resizes(
+    mut input: mpsc::Receiver<SessionInput>,
+    recording: std::sync::Weak<tether_recording::RecordingFile>,
+) -> mpsc::Receiver<SessionInput> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Some(i) = input.recv().await {
+            if let SessionInput::Resize { cols, rows } = &i
+                && let Some(recording) = recording.upgrade()
+            {
+                recording
+                    .record(
+                        tether_recording::EventKind::Resize,
+                        format!("{cols}x{rows}").as_bytes(),
+                    )
+                    .await;
+            }
+            if tx.send(i).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The enrolled, active host `name`, or the `404` (`409` on a target).
@@ -315,6 +432,7 @@ fn check_command(command: &str) -> Result<(), Refusal> {
 async fn tally(
     mut rx: mpsc::Receiver<RemoteOutput>,
     out: mpsc::Sender<RemoteOutput>,
+    recording: Option<Recording>,
 ) -> (Tally, Tally) {
     let (mut stdout, mut stderr) = (Tally::default(), Tally::default());
     let mut open = true;
@@ -323,6 +441,11 @@ async fn tally(
             RemoteOutput::Stdout(b) => stdout.take(b, 0),
             RemoteOutput::Stderr(b) => stderr.take(b, 0),
         };
+        // Written before the client sees it (bounded lag: see tether_recording::RecordingFile).
+        if let Some(r) = &recording {
+            let (RemoteOutput::Stdout(b) | RemoteOutput::Stderr(b)) = &chunk;
+            r.record(tether_recording::EventKind::Output, b).await;
+        }
         // A client that went away stops getting output; the run ends through its cancel.
         if open && out.send(chunk).await.is_err() {
             open = false;

@@ -10,30 +10,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tether_e2e::{Daemon, code, config_text, is_root, stderr, stdout};
 
+use crate::exec::audit_records;
 use crate::membership::{enroll, invite};
-
-/// Audit records of `kind` in a daemon's audit log.
-fn audit_records(d: &Daemon, kind: &str) -> Vec<Value> {
-    let dir = d.dir.path().join("state/audit");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            let text = std::fs::read(&path).unwrap();
-            for line in text.split(|b| *b == b'\n') {
-                if line.is_empty() || line[0] == 0 {
-                    continue;
-                }
-                if let Ok(v) = serde_json::from_slice::<Value>(line)
-                    && v["type"] == kind
-                {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    out
-}
 
 /// The whole audit log of a daemon as text.
 fn audit_text(d: &Daemon) -> String {

@@ -422,89 +422,36 @@ impl ExecGate for TargetGate {
         &'a self,
         command: &'a str,
     ) -> tether_ssh::server::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let request = tether_policy::Request {
-                kind: tether_policy::RequestKind::Exec,
-                command: Some(command.to_owned()),
-                path: None,
-                user: "hub".to_owned(),
-                role: tether_model::Role::Operator,
-                host: self.facts.clone(),
-                ticket: None,
-            };
-            let state = Arc::clone(&self.state);
-            let req = request.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                let hooks = state
-                    .plugins
-                    .as_deref()
-                    .map(|h| h as &dyn tether_policy::PolicyHooks);
-                state.policy.as_ref().map(|e| e.check(&req, hooks))
-            })
-            .await
-            .map_err(|_| "the policy check failed".to_owned())?
-            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
-            let d = &checked.decision;
-            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
-            let kind = if denied {
-                "exec.denied"
-            } else {
-                "exec.received"
-            };
-            let data = json!({"command": command, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
-            self.state
-                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
-                .await
-                .map_err(|e| format!("its audit record could not be written: {e}"))?;
-            if denied {
-                return Err(format!("{} ({})", d.reason, d.verdict));
-            }
-            Ok(())
-        })
+        Box::pin(target_check(
+            &self.state,
+            &self.facts,
+            from_hub(
+                &self.facts,
+                tether_policy::RequestKind::Exec,
+                Some(command),
+                None,
+            ),
+            ("exec.denied", "exec.received"),
+            json!({"command": command}),
+        ))
     }
 
     fn admit_session<'a>(
         &'a self,
         command: Option<&'a str>,
     ) -> tether_ssh::server::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let request = tether_policy::Request {
-                kind: tether_policy::RequestKind::Session,
-                command: command.map(str::to_owned),
-                path: None,
-                user: "hub".to_owned(),
-                role: tether_model::Role::Operator,
-                host: self.facts.clone(),
-                ticket: None,
-            };
-            let state = Arc::clone(&self.state);
-            let checked = tokio::task::spawn_blocking(move || {
-                let hooks = state
-                    .plugins
-                    .as_deref()
-                    .map(|h| h as &dyn tether_policy::PolicyHooks);
-                state.policy.as_ref().map(|e| e.check(&request, hooks))
-            })
-            .await
-            .map_err(|_| "the policy check failed".to_owned())?
-            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
-            let d = &checked.decision;
-            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
-            let kind = if denied {
-                "session.denied"
-            } else {
-                "session.open"
-            };
-            let data = json!({"command": command, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
-            self.state
-                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
-                .await
-                .map_err(|e| format!("its audit record could not be written: {e}"))?;
-            if denied {
-                return Err(format!("{} ({})", d.reason, d.verdict));
-            }
-            Ok(())
-        })
+        Box::pin(target_check(
+            &self.state,
+            &self.facts,
+            from_hub(
+                &self.facts,
+                tether_policy::RequestKind::Session,
+                command,
+                None,
+            ),
+            ("session.denied", "session.open"),
+            json!({"command": command}),
+        ))
     }
 
     fn finished(&self, report: ExecReport) -> tether_ssh::server::BoxFuture<'_, ()> {
@@ -743,6 +690,64 @@ impl RemoteFiles for HubSsh {
     }
 }
 
+/// The target's own policy check of a request from the hub, and its audit record: `denied` on
+/// a deny or require-approval verdict (then `Err` with the reason), `allowed` otherwise. `data`
+/// (an object) gets the verdict, rules and reason added.
+async fn target_check(
+    state: &Arc<AppState>,
+    facts: &tether_model::selector::HostFacts,
+    request: tether_policy::Request,
+    (denied, allowed): (&str, &str),
+    mut data: serde_json::Value,
+) -> Result<(), String> {
+    let st = Arc::clone(state);
+    let checked = tokio::task::spawn_blocking(move || {
+        let hooks = st
+            .plugins
+            .as_deref()
+            .map(|h| h as &dyn tether_policy::PolicyHooks);
+        st.policy.as_ref().map(|e| e.check(&request, hooks))
+    })
+    .await
+    .map_err(|_| "the policy check failed".to_owned())?
+    .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
+    let d = &checked.decision;
+    let is_denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
+    if let Some(o) = data.as_object_mut() {
+        o.insert("verdict".into(), json!(d.verdict));
+        o.insert("rules".into(), json!(d.rule_ids));
+        o.insert("reason".into(), json!(d.reason));
+        o.insert("from".into(), json!("hub"));
+    }
+    let kind = if is_denied { denied } else { allowed };
+    state
+        .audit(kind, daemon_actor(), Some(&facts.name), data)
+        .await
+        .map_err(|e| format!("its audit record could not be written: {e}"))?;
+    if is_denied {
+        return Err(format!("{} ({})", d.reason, d.verdict));
+    }
+    Ok(())
+}
+
+/// A request from the hub, as the target's policy sees it.
+fn from_hub(
+    facts: &tether_model::selector::HostFacts,
+    kind: tether_policy::RequestKind,
+    command: Option<&str>,
+    path: Option<&str>,
+) -> tether_policy::Request {
+    tether_policy::Request {
+        kind,
+        command: command.map(str::to_owned),
+        path: path.map(str::to_owned),
+        user: "hub".to_owned(),
+        role: tether_model::Role::Operator,
+        host: facts.clone(),
+        ticket: None,
+    }
+}
+
 /// The target's policy and audit for file operations, asked by its SFTP server.
 struct TargetFiles {
     state: Arc<AppState>,
@@ -755,44 +760,17 @@ impl tether_ssh::sftp::FileGate for TargetFiles {
         op: tether_ssh::sftp::FileOp,
         path: &'a str,
     ) -> tether_ssh::sftp::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let kind = match op {
-                tether_ssh::sftp::FileOp::Put => tether_policy::RequestKind::FileWrite,
-                _ => tether_policy::RequestKind::FileRead,
-            };
-            let request = tether_policy::Request {
-                kind,
-                command: None,
-                path: Some(path.to_owned()),
-                user: "hub".to_owned(),
-                role: tether_model::Role::Operator,
-                host: self.facts.clone(),
-                ticket: None,
-            };
-            let state = Arc::clone(&self.state);
-            let checked = tokio::task::spawn_blocking(move || {
-                let hooks = state
-                    .plugins
-                    .as_deref()
-                    .map(|h| h as &dyn tether_policy::PolicyHooks);
-                state.policy.as_ref().map(|e| e.check(&request, hooks))
-            })
-            .await
-            .map_err(|_| "the policy check failed".to_owned())?
-            .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
-            let d = &checked.decision;
-            let denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);
-            let kind = if denied { "fs.denied" } else { "fs.received" };
-            let data = json!({"op": op.as_str(), "path": path, "verdict": d.verdict, "rules": d.rule_ids, "reason": d.reason, "from": "hub"});
-            self.state
-                .audit(kind, daemon_actor(), Some(&self.facts.name), data)
-                .await
-                .map_err(|e| format!("its audit record could not be written: {e}"))?;
-            if denied {
-                return Err(format!("{} ({})", d.reason, d.verdict));
-            }
-            Ok(())
-        })
+        let kind = match op {
+            tether_ssh::sftp::FileOp::Put => tether_policy::RequestKind::FileWrite,
+            _ => tether_policy::RequestKind::FileRead,
+        };
+        Box::pin(target_check(
+            &self.state,
+            &self.facts,
+            from_hub(&self.facts, kind, None, Some(path)),
+            ("fs.denied", "fs.received"),
+            json!({"op": op.as_str(), "path": path}),
+        ))
     }
 
     fn finished(

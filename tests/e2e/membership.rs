@@ -620,3 +620,152 @@ fn a_restart_never_gives_one_key_to_two_hosts() {
     assert_eq!(peers.as_array().unwrap().len(), 0, "{peers}");
     assert!(hub2.wait_log("held by several hosts"), "{}", hub2.log());
 }
+
+/// The payload of a `tether1.` token, as JSON.
+fn token_payload(token: &str) -> Value {
+    use base64::Engine;
+    let b64 = token
+        .trim()
+        .strip_prefix("tether1.")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+/// A token with `payload`, MACed (HMAC-SHA256, as the hub does) with `key`.
+fn token_with(payload: &Value, key: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = serde_json::to_vec(payload).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(&json);
+    let tag = mac.finalize().into_bytes();
+    format!("tether1.{}.{}", b64.encode(&json), b64.encode(tag))
+}
+
+/// Issue 14 §1: the invite key rotates only through the dedicated, audited command. An invite
+/// issued before the rotation still enrolls a real target (whose tunnel comes up) after it, a new
+/// invite names the new epoch and enrolls, a token MACed with a key the vault does not hold is
+/// refused, and a restart keeps every epoch.
+#[test]
+fn invite_key_rotation_keeps_outstanding_invites_and_every_epoch_survives_a_restart() {
+    let mut hub = Daemon::start("hub", "\n[vault]\nbackend = \"file\"\n");
+    let pre1 = invite(&hub, "pre1", &[]);
+    let pre2 = invite(&hub, "pre2", &[]);
+    assert!(token_payload(&pre1).get("key_epoch").is_none());
+
+    let r = json(&hub.tether(&["--json", "vpn", "rotate-invite-key"]));
+    assert_eq!(r["epoch"], 1, "{r}");
+    assert_eq!(r["previous_epoch"], 0, "{r}");
+    assert_eq!(r["epochs"], serde_json::json!([0, 1]), "{r}");
+    assert_eq!(r["vault_entry"], "tetherd.invite-key.e1", "{r}");
+    let key_id1 = r["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(key_id1.len(), 16, "{r}");
+    let post1 = invite(&hub, "post1", &[]);
+    assert_eq!(token_payload(&post1)["key_epoch"], 1);
+
+    // The invite made before the rotation enrolls a real target, and its tunnel comes up.
+    let (dir, config) = target_dir();
+    let out = enroll(&config, &pre1, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut t = Daemon::spawn_in(dir, config, &[]);
+    t.wait_ready();
+    wait_status(&hub, "pre1 up", |v| peer_up(v, "pre1"));
+    drop(t);
+
+    // A restart loads every epoch: the newest still signs (the next rotation is epoch 2), and
+    // invites of epoch 0 and 1 both enroll.
+    hub.restart();
+    let out = hub.tether(&["vpn", "rotate-invite-key"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("epoch 2") && stdout(&out).contains("tetherd.invite-key.e2"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(token_payload(&invite(&hub, "post2", &[]))["key_epoch"], 2);
+    let endpoint = json(&hub.tether(&["--json", "vpn", "status"]))["enroll_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (name, token) in [("pre2", &pre2), ("post1", &post1)] {
+        let (_d, config) = target_dir();
+        let out = enroll(&config, token, &["--endpoint", &endpoint]);
+        assert_eq!(code(&out), 0, "{name}: {}{}", stdout(&out), stderr(&out));
+    }
+
+    // A token MACed with a key the vault does not hold (naming an epoch it has, or one it
+    // lacks) is refused, and enrolls nothing.
+    let mut forged = token_payload(&invite(&hub, "forged1", &[]));
+    for epoch in [2, 9] {
+        forged["key_epoch"] = epoch.into();
+        let (_d, config) = target_dir();
+        let out = enroll(&config, &token_with(&forged, &[7u8; 32]), &[]);
+        assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+        assert!(
+            stderr(&out).contains("failed authentication"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let hosts = json(&hub.tether(&["--json", "hosts", "list"]));
+    let names: Vec<&str> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"forged1"), "{names:?}");
+    assert!(
+        names.contains(&"pre2") && names.contains(&"post1"),
+        "{names:?}"
+    );
+
+    // Every epoch is kept in the vault; the rotations are audited with epoch and key id only,
+    // and alerted.
+    let list = stdout(&hub.tether(&["secret", "list"]));
+    for name in [
+        "tetherd.invite-key",
+        "tetherd.invite-key.e1",
+        "tetherd.invite-key.e2",
+    ] {
+        assert!(list.contains(name), "{name} missing: {list}");
+    }
+    let out = hub.tether(&[
+        "--json",
+        "audit",
+        "tail",
+        "-n",
+        "1000",
+        "--type",
+        "invite_key.rotated",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let recs: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["data"]["epoch"], 1);
+    assert_eq!(recs[0]["data"]["key_id"], key_id1.as_str());
+    assert_eq!(recs[1]["data"]["epoch"], 2);
+    let mut fields: Vec<&str> = recs[0]["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["epoch", "key_id", "previous_epoch", "vault_entry"]);
+    assert!(
+        hub.log().contains("invite key rotated to epoch 2"),
+        "no key_rotation alert logged: {}",
+        hub.log()
+    );
+}

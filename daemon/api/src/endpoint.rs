@@ -425,6 +425,7 @@ mod fuzz {
             t::VpnReinvite,
             t::VpnRevoke,
             t::VpnRotateKeys,
+            t::VpnRotateInviteKey,
             t::VpnStatusGet,
             t::HostsList,
             t::HostsShow,

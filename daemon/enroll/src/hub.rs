@@ -12,6 +12,7 @@ use tether_vault::SecretBox;
 
 use crate::error::{EnrollError, Result};
 use crate::inventory::{HostRecord, HostState, Inventory, OverlayNet};
+use crate::invite_keys::{InviteKeyRing, RotatedInviteKey};
 use crate::proto::{self, Hello, Welcome};
 use crate::store::{FileInviteStore, InviteStore};
 use crate::token::{self, HubId, HubIdentity, InvitePayload, InviteRecord, InviteSpec, Token};
@@ -148,7 +149,7 @@ pub struct InviteRequest {
 pub struct Hub {
     identity: HubIdentity,
     hub_id: HubId,
-    invite_key: SecretBox,
+    invite_keys: std::sync::RwLock<InviteKeyRing>,
     invites: Mutex<Box<dyn InviteStore>>,
     inventory: Arc<Inventory>,
     hook: Option<Arc<dyn EnrollHook>>,
@@ -161,22 +162,23 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("hub_id", &self.hub_id)
             .field("endpoint", &self.identity.enroll_endpoint)
-            .field("invite_key", &"[redacted]")
+            .field("invite_keys", &"[redacted]")
             .finish_non_exhaustive()
     }
 }
 
 impl Hub {
-    /// Opens the hub's state in `state_dir` (`invites.json`, `hosts.json`). `invite_key` comes
-    /// from the vault (`Vault::get_or_generate("enroll.invite_key", 32)`).
+    /// Opens the hub's state in `state_dir` (`invites.json`, `hosts.json`). The invite keys
+    /// come from the vault ([`InviteKeyRing::load`]); a single [`SecretBox`] is epoch 0.
     pub fn open(
         state_dir: &Path,
         identity: HubIdentity,
-        invite_key: SecretBox,
+        invite_keys: impl Into<InviteKeyRing>,
         net: OverlayNet,
     ) -> Result<Hub> {
         crate::sshkey::SshPublicKey::parse(&identity.ssh_client_public)?;
-        if invite_key.len() < 16 {
+        let invite_keys = invite_keys.into();
+        if invite_keys.key(0)?.len() < crate::invite_keys::MIN_INVITE_KEY_LEN {
             return Err(EnrollError::Internal {
                 what: "the invite key is shorter than 16 bytes".into(),
             });
@@ -185,7 +187,7 @@ impl Hub {
         let invites = FileInviteStore::open(state_dir)?;
         Ok(Self::with_stores(
             identity,
-            invite_key,
+            invite_keys,
             Box::new(invites),
             inventory,
         ))
@@ -193,17 +195,17 @@ impl Hub {
 
     /// A hub whose invites and inventory live in the given stores (see [`InviteStore`] and
     /// [`crate::inventory::InventoryStore`]; [`Hub::open`] uses the file backends). The invite
-    /// key must be the one every hub sharing the stores holds.
+    /// keys must be the ones every hub sharing the stores holds.
     pub fn with_stores(
         identity: HubIdentity,
-        invite_key: SecretBox,
+        invite_keys: impl Into<InviteKeyRing>,
         invites: Box<dyn InviteStore>,
         inventory: Arc<Inventory>,
     ) -> Hub {
         Hub {
             hub_id: identity.hub_id(),
             identity,
-            invite_key,
+            invite_keys: std::sync::RwLock::new(invite_keys.into()),
             invites: Mutex::new(invites),
             inventory,
             hook: None,
@@ -231,6 +233,50 @@ impl Hub {
     pub fn with_observer(mut self, observer: Arc<dyn EnrollObserver>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, InviteKeyRing> {
+        self.invite_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The epoch of the invite key new invites are MACed with, and the epochs held.
+    pub fn invite_key_epochs(&self) -> (u32, Vec<u32>) {
+        let keys = self.keys();
+        (keys.current().0, keys.epochs())
+    }
+
+    /// Starts MACing new invites with `key`, the key of a new `epoch` (the caller stored it in
+    /// the vault first, as [`crate::invite_keys::epoch_name`]). Older keys stay: invites they
+    /// signed keep working until they expire. Refuses an epoch that is not newer than the
+    /// current one.
+    pub fn add_invite_key(&self, epoch: u32, key: SecretBox) -> Result<RotatedInviteKey> {
+        let mut keys = self
+            .invite_keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous_epoch = keys.current().0;
+        if epoch <= previous_epoch {
+            return Err(EnrollError::Internal {
+                what: format!(
+                    "invite key epoch {epoch} is not newer than the current epoch {previous_epoch}"
+                ),
+            });
+        }
+        let key_id = crate::invite_keys::key_id(&key);
+        keys.insert(epoch, key)?;
+        Ok(RotatedInviteKey {
+            epoch,
+            key_id,
+            previous_epoch,
+        })
+    }
+
+    /// Verifies a whole token with the key of the epoch it names (see
+    /// [`ParsedToken::verify_with`]).
+    pub fn verify_token(&self, token: &token::ParsedToken, now: u64) -> Result<()> {
+        token.verify_with(&self.keys(), &self.hub_id, now)
     }
 
     /// This hub's id.
@@ -324,7 +370,11 @@ impl Hub {
             groups: req.groups.clone(),
             ttl_secs: req.ttl_secs,
         };
-        let (token, record) = token::issue(&self.invite_key, &self.identity, &spec, now)?;
+        let (token, record) = {
+            let keys = self.keys();
+            let (epoch, key) = keys.current();
+            token::issue_with_epoch(key, epoch, &self.identity, &spec, now)?
+        };
         store.add(record.clone(), now)?;
         Ok((token, record))
     }
@@ -450,9 +500,15 @@ impl Hub {
                 presented_to: format!("this hub ({})", self.hub_id),
             });
         }
-        // Recompute the token's MAC and the session key; the proof shows the target holds the
-        // whole token (and that the payload is the one this hub signed).
-        let token_mac = zeroize::Zeroizing::new(self.invite_key.expose(|k| hmac(k, &[&json])));
+        // Recompute the token's MAC (with the key of the epoch it names; a retired key still
+        // answers, and expiry is checked next by the caller) and the session key; the proof
+        // shows the target holds the whole token (and that the payload is the one this hub
+        // signed).
+        let token_mac = {
+            let keys = self.keys();
+            let key = keys.key(p.key_epoch)?;
+            zeroize::Zeroizing::new(key.expose(|k| hmac(k, &[&json])))
+        };
         let k = proto::session_key(&token_mac, &checked.nonce);
         if !proto::proof_matches(&proto::hello_proof(&k, hello), &hello.proof) {
             return Err(EnrollError::Tampered);

@@ -17,6 +17,7 @@ pub mod error;
 mod first_release;
 pub mod hub;
 pub mod inventory;
+pub mod invite_keys;
 mod limits;
 pub mod proto;
 pub mod ratelimit;
@@ -35,6 +36,7 @@ pub use hub::{
 pub use inventory::{
     FileInventoryStore, HostChange, HostRecord, HostState, Inventory, InventoryStore, OverlayNet,
 };
+pub use invite_keys::{InviteKeyRing, RotatedInviteKey};
 pub use proto::{TargetKeys, TargetSession, Welcome, WgKeyAgreement, WgProver};
 pub use server::{
     ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client, retry_delay,
@@ -43,6 +45,6 @@ pub use sshkey::{SshPublicKey, ssh_fingerprint};
 pub use store::{FileInviteStore, InviteStore};
 pub use token::{
     HubId, HubIdentity, InvitePayload, InviteRecord, InviteSpec, InviteState, ParsedToken, Token,
-    issue, parse_token,
+    issue, issue_with_epoch, parse_token,
 };
 pub use util::{unix_now, validate_group, validate_host_name, validate_tag};

@@ -101,6 +101,15 @@ pub struct InvitePayload {
     pub issued_at: u64,
     /// Expiry, unix seconds.
     pub expires_at: u64,
+    /// Epoch of the hub's invite key that MACed this token (see [`crate::InviteKeyRing`]).
+    /// Absent in tokens made before invite-key rotation existed (and omitted for epoch 0, so
+    /// such tokens are byte-for-byte what older hubs issued): those mean epoch 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_epoch: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A payload after its fields were checked, with the decoded binary fields.
@@ -254,8 +263,24 @@ impl ParsedToken {
         &self.checked.payload
     }
 
-    /// Hub-side check of the token itself: hub id, then MAC (constant-time), then expiry.
+    /// Hub-side check of the token itself: hub id, then MAC (constant-time), then expiry,
+    /// with one key (whatever epoch the token names).
     pub fn verify(&self, invite_key: &SecretBox, hub_id: &HubId, now: u64) -> Result<()> {
+        self.verify_mac(invite_key, hub_id)?;
+        self.checked.check_expiry(now)
+    }
+
+    /// Hub-side check against every invite key the hub holds: the key of the epoch the token
+    /// names (refused as [`EnrollError::UnknownInviteKey`] when the ring lacks it), then the MAC
+    /// (constant-time), then expiry — so a token of a retired key is accepted only until it
+    /// expires.
+    pub fn verify_with(&self, keys: &crate::InviteKeyRing, hub_id: &HubId, now: u64) -> Result<()> {
+        let key = keys.key(self.checked.payload.key_epoch)?;
+        self.verify_mac(key, hub_id)?;
+        self.checked.check_expiry(now)
+    }
+
+    fn verify_mac(&self, invite_key: &SecretBox, hub_id: &HubId) -> Result<()> {
         if &self.checked.payload.hub_id != hub_id {
             return Err(EnrollError::ForeignHub {
                 token_hub: self.checked.payload.hub_id.to_string(),
@@ -269,7 +294,7 @@ impl ParsedToken {
         if !bool::from(expect.ct_eq(&*self.mac)) {
             return Err(EnrollError::Tampered);
         }
-        self.checked.check_expiry(now)
+        Ok(())
     }
 }
 
@@ -352,9 +377,21 @@ pub struct InviteSpec {
     pub ttl_secs: u64,
 }
 
-/// Issues a token (low level: no IP allocation or storage; see [`crate::Hub::invite`]).
+/// Issues a token MACed with an epoch-0 invite key (low level: no IP allocation or storage;
+/// see [`crate::Hub::invite`]).
 pub fn issue(
     invite_key: &SecretBox,
+    hub: &HubIdentity,
+    spec: &InviteSpec,
+    now: u64,
+) -> Result<(Token, InviteRecord)> {
+    issue_with_epoch(invite_key, 0, hub, spec, now)
+}
+
+/// Issues a token MACed with `invite_key`, the key of epoch `key_epoch`, which the token names.
+pub fn issue_with_epoch(
+    invite_key: &SecretBox,
+    key_epoch: u32,
     hub: &HubIdentity,
     spec: &InviteSpec,
     now: u64,
@@ -387,6 +424,7 @@ pub fn issue(
         nonce: URL_SAFE_NO_PAD.encode(*nonce),
         issued_at: now,
         expires_at,
+        key_epoch,
     };
     let json = serde_json::to_vec(&payload).map_err(|e| EnrollError::Internal {
         what: format!("encode invite payload: {e}"),

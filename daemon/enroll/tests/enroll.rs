@@ -1562,3 +1562,190 @@ mod identity_rules {
         assert!(inv.admit("a1", "key-1", |_| ()).is_err());
     }
 }
+
+/// Invite key epochs: the token format both ways (tokens without `key_epoch` are epoch 0), and
+/// tokens of a retired key enrolling after a rotation, over real TCP.
+mod invite_key_rotation {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use tether_enroll::invite_keys::{epoch_name, key_id};
+    use tether_enroll::token::issue_with_epoch;
+
+    fn spec(name: &str) -> InviteSpec {
+        InviteSpec {
+            name: name.into(),
+            overlay_ip: "10.99.0.9".parse().unwrap(),
+            tags: BTreeMap::new(),
+            groups: vec![],
+            ttl_secs: 3600,
+        }
+    }
+
+    fn payload_json(t: &Token) -> serde_json::Value {
+        t.expose(|s| {
+            let b64 = s
+                .strip_prefix("tether1.")
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(b64).unwrap()).unwrap()
+        })
+    }
+
+    fn sb(k: &[u8]) -> SecretBox {
+        SecretBox::from_slice(k).unwrap()
+    }
+
+    fn ring(k0: &[u8], later: &[(u32, &[u8])]) -> InviteKeyRing {
+        let mut r = InviteKeyRing::from(sb(k0));
+        for (e, k) in later {
+            r.insert(*e, sb(k)).unwrap();
+        }
+        r
+    }
+
+    /// A token of epoch 0 carries no `key_epoch` (it is exactly what hubs issued before
+    /// rotation existed), reads back as epoch 0, and verifies against a ring with newer epochs.
+    #[test]
+    fn epoch_zero_tokens_have_no_epoch_field_and_verify_as_epoch_zero() {
+        let (k0, k1) = (random32(), random32());
+        let id = identity("127.0.0.1:1", random32());
+        let now = unix_now();
+        let (t, _) = issue(&sb(&k0), &id, &spec("old1"), now).unwrap();
+        let json = payload_json(&t);
+        assert!(json.get("key_epoch").is_none(), "{json}");
+        let p = t.parse(now).unwrap();
+        assert_eq!(p.payload().key_epoch, 0);
+        p.verify_with(&ring(&k0, &[(1, &k1)]), &id.hub_id(), now)
+            .unwrap();
+        // The same holds for a payload written by hand with an explicit `"key_epoch": 0`.
+        let mut explicit = json.clone();
+        explicit["key_epoch"] = 0.into();
+        let checked = token::decode_payload(&serde_json::to_vec(&explicit).unwrap()).unwrap();
+        assert_eq!(checked.payload.key_epoch, 0);
+    }
+
+    /// A token of epoch N names N, verifies only with N's key, and its epoch cannot be edited.
+    #[test]
+    fn tokens_name_their_epoch_and_verify_only_with_its_key() {
+        let (k0, k1, k2) = (random32(), random32(), random32());
+        let id = identity("127.0.0.1:1", random32());
+        let hub_id = id.hub_id();
+        let now = unix_now();
+        let (t, _) = issue_with_epoch(&sb(&k1), 1, &id, &spec("new1"), now).unwrap();
+        assert_eq!(payload_json(&t)["key_epoch"], 1);
+        let p = t.parse(now).unwrap();
+        assert_eq!(p.payload().key_epoch, 1);
+        p.verify_with(&ring(&k0, &[(1, &k1)]), &hub_id, now)
+            .unwrap();
+        // A hub that does not hold epoch 1 refuses it; so does one whose epoch 1 is another key.
+        assert!(matches!(
+            p.verify_with(&ring(&k0, &[]), &hub_id, now),
+            Err(EnrollError::Tampered)
+        ));
+        assert!(matches!(
+            p.verify_with(&ring(&k0, &[(1, &k2)]), &hub_id, now),
+            Err(EnrollError::Tampered)
+        ));
+        // Moving the token to another epoch (even one whose key the hub holds) breaks its MAC.
+        let moved = t.expose(|s| {
+            let mut parts = s.strip_prefix("tether1.").unwrap().split('.');
+            let (b64, mac) = (parts.next().unwrap(), parts.next().unwrap());
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(b64).unwrap()).unwrap();
+            json["key_epoch"] = 0.into();
+            let b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json).unwrap());
+            format!("tether1.{b64}.{mac}")
+        });
+        let p = parse_token(&moved).unwrap();
+        assert!(matches!(
+            p.verify_with(&ring(&k0, &[(1, &k1)]), &hub_id, now),
+            Err(EnrollError::Tampered)
+        ));
+    }
+
+    /// A retired key's token is accepted only until it expires.
+    #[test]
+    fn retired_key_tokens_verify_until_they_expire() {
+        let (k0, k1) = (random32(), random32());
+        let id = identity("127.0.0.1:1", random32());
+        let now = unix_now();
+        let (t, r) = issue(&sb(&k0), &id, &spec("old2"), now).unwrap();
+        let p = parse_token(&t.expose(str::to_owned)).unwrap();
+        let keys = ring(&k0, &[(1, &k1)]);
+        p.verify_with(&keys, &id.hub_id(), r.expires_at - 1)
+            .unwrap();
+        assert!(matches!(
+            p.verify_with(&keys, &id.hub_id(), r.expires_at),
+            Err(EnrollError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn ring_never_replaces_a_key_and_names_keys_without_showing_them() {
+        let (k0, k1) = (random32(), random32());
+        let mut r = ring(&k0, &[(1, &k1)]);
+        assert!(r.insert(1, sb(&random32())).is_err());
+        assert!(r.insert(0, sb(&random32())).is_err());
+        assert!(
+            r.insert(2, sb(&[7u8; 8])).is_err(),
+            "short keys are refused"
+        );
+        assert_eq!(r.epochs(), vec![0, 1]);
+        assert_eq!(r.current().0, 1);
+        let dbg = format!("{r:?}");
+        assert!(dbg.contains(&key_id(&sb(&k1))), "{dbg}");
+        assert!(!dbg.contains(&hex::encode(k1)), "{dbg}");
+        assert_eq!(epoch_name(0), "tetherd.invite-key");
+        assert_eq!(epoch_name(3), "tetherd.invite-key.e3");
+    }
+
+    /// Over real TCP: an invite made before the rotation still enrolls after it, a new invite
+    /// names the new epoch and enrolls, and a token MACed with a key the hub lacks is refused.
+    #[tokio::test]
+    async fn old_and_new_invites_enroll_after_a_rotation() {
+        let th = start_hub().await;
+        let now = unix_now();
+        let (before, _) = th.hub.invite(&req("pre1"), now).unwrap();
+        assert_eq!(payload_json(&before).get("key_epoch"), None);
+        let k1 = random32();
+        let r = th.hub.add_invite_key(1, sb(&k1)).unwrap();
+        assert_eq!((r.epoch, r.previous_epoch), (1, 0));
+        assert_eq!(r.key_id, key_id(&sb(&k1)));
+        assert!(th.hub.add_invite_key(1, sb(&random32())).is_err());
+        assert_eq!(th.hub.invite_key_epochs(), (1, vec![0, 1]));
+        let (after, _) = th.hub.invite(&req("post1"), now).unwrap();
+        assert_eq!(payload_json(&after)["key_epoch"], 1);
+
+        let w = enroll_client(&before, &keys(TARGET_SSH_A), &ClientOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(w.name, "pre1");
+        let w = enroll_client(&after, &keys(TARGET_SSH_B), &ClientOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(w.name, "post1");
+
+        // Epoch 2 with a key the hub never had: refused, nothing recorded.
+        let (forged, _) = issue_with_epoch(
+            &sb(&random32()),
+            2,
+            &identity(&th.addr.to_string(), th.wg),
+            &spec("forged1"),
+            now,
+        )
+        .unwrap();
+        let e = enroll_client(
+            &forged,
+            &keys(&ssh_key_for("forged1")),
+            &ClientOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, EnrollError::Tampered), "{e}");
+        assert!(th.hub.inventory().get("forged1").is_none());
+        th.stop().await;
+    }
+}

@@ -1,5 +1,6 @@
 //! The daemon's long-lived keys, all generated into the vault on first use: the WireGuard key,
-//! the SSH key (client key on the hub, host key on a target) and the hub's invite key.
+//! the SSH key (client key on the hub, host key on a target) and the hub's invite keys (see
+//! [`tether_enroll::InviteKeyRing`]).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -13,8 +14,6 @@ pub const SSH_KEY: &str = "tetherd.ssh-ed25519";
 /// Vault entry of the hub's operator-facing SSH host key seed (Ed25519): the key `tether proxy`
 /// clients see, published by `tether ssh-config`. Created on the hub's first start.
 pub const OPERATOR_SSH_KEY: &str = "tetherd.operator-ssh-ed25519";
-/// Vault entry of the hub's invite HMAC key.
-pub const INVITE_KEY: &str = "tetherd.invite-key";
 
 /// Suffix of staged keys: made by `tetherd enroll --force`, promoted only once the hub accepted
 /// them, so a failed re-enrollment leaves the working identity alone.

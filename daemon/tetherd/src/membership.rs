@@ -274,7 +274,11 @@ pub async fn start_hub(
         wg_endpoint,
         ssh_client_public: identity::ssh_public_key(vault)?,
     };
-    let invite_key = vault.get_or_generate(identity::INVITE_KEY, 32)?;
+    // Every invite key epoch (rotations add `tetherd.invite-key.eN` and never remove one):
+    // invites signed by a retired key keep working until they expire.
+    let invite_keys = tether_enroll::InviteKeyRing::load(vault)
+        .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    tracing::info!(keys = ?invite_keys, "invite keys loaded");
     let (tx, rx) = tokio::sync::mpsc::channel::<HubEvent>(EVENT_QUEUE);
     let observer = Arc::new(Observer {
         tx,
@@ -289,7 +293,7 @@ pub async fn start_hub(
     hooks.push(Arc::new(AuditHook {
         audit: audit.clone(),
     }));
-    let hub = Hub::open(&config.state_dir, identity, invite_key, net)
+    let hub = Hub::open(&config.state_dir, identity, invite_keys, net)
         .map_err(|e| DaemonError::Membership(format!("cannot open the inventory: {e}")))?
         .with_hook(Arc::new(ChainHook::new(hooks)))
         .with_wg_key(Arc::new(identity::WgAgreement(identity::wireguard_key(

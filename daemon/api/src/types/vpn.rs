@@ -107,6 +107,22 @@ pub struct RotateResponse {
     pub rotated: Vec<RotationOutcome>,
 }
 
+/// Answer of `POST /v1/vpn/rotate-invite-key`. Names keys by epoch and public id, never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RotateInviteKeyResponse {
+    /// The new epoch: new invites are MACed with its key and name it.
+    pub epoch: u32,
+    /// Public id of the new key (first 8 bytes of a SHA-256 over it, hex).
+    pub key_id: String,
+    /// The epoch that signed invites until now; its outstanding invites stay valid until they
+    /// expire.
+    pub previous_epoch: u32,
+    /// Every epoch the hub holds (all keep verifying the unexpired invites they signed).
+    pub epochs: Vec<u32>,
+    /// The vault entry holding the new key.
+    pub vault_entry: String,
+}
+
 /// One tunnel peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerInfo {
@@ -188,6 +204,10 @@ endpoint! {
 endpoint! {
     /// rotate WireGuard keys now over the tunnel (hub: one or all hosts; target: itself)
     VpnRotateKeys: Post "/v1/vpn/rotate-keys", RotateRequest => RotateResponse;
+}
+endpoint! {
+    /// a new invite key epoch: new invites use it, outstanding ones keep working until they expire
+    VpnRotateInviteKey: Post "/v1/vpn/rotate-invite-key", Empty => RotateInviteKeyResponse;
 }
 endpoint! {
     /// this node's tunnel and every peer: endpoint, handshake, traffic, health

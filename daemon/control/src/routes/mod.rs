@@ -29,6 +29,7 @@ mod fs;
 mod health;
 mod hosts;
 mod interactive;
+mod invite_key;
 mod metrics;
 mod plugins;
 mod policy;
@@ -131,6 +132,7 @@ static ROUTES: LazyLock<Vec<RouteInfo>> = LazyLock::new(|| {
         json::<a::VpnReinvite, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::reinvite),
         json::<a::VpnRevoke, _, _>(ADMIN, &[404, HUB, 500, AUDITED], vpn::revoke),
         json::<a::VpnRotateKeys, _, _>(ADMIN, &[404, HUB, AUDITED], vpn::rotate_keys),
+        json::<a::VpnRotateInviteKey, _, _>(ADMIN, &[HUB, 500, AUDITED], invite_key::rotate),
         json::<a::VpnStatusGet, _, _>(ANY, &[], vpn::status),
         stream::<a::Exec, _, _>(OPERATORS, &[404, HUB, 409, 429, 500, AUDITED], exec::exec),
         upgrade::<a::Proxy, _, _>(OPERATORS, &[404, HUB, AUDITED], proxy::handle),

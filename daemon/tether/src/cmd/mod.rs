@@ -22,6 +22,7 @@ pub mod ssh;
 pub mod ssh_config;
 pub mod status;
 pub mod vpn;
+pub mod vpn_invite_key;
 
 use std::collections::BTreeMap;
 

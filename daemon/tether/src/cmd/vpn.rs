@@ -1,4 +1,5 @@
-//! `tether vpn invite|reinvite|revoke|status`.
+//! `tether vpn invite|reinvite|revoke|status|rotate-keys` (`rotate-invite-key` is in
+//! [`super::vpn_invite_key`]).
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -42,6 +43,10 @@ pub enum VpnCommand {
         /// One host (hub only).
         name: Option<String>,
     },
+    /// Rotate the hub's invite key (admin, hub): a new key epoch, stored in the vault as
+    /// `tetherd.invite-key.eN` (older epochs are kept). New invites use it; invites already
+    /// issued keep working until they expire. Audited as `invite_key.rotated`.
+    RotateInviteKey,
 }
 
 /// Arguments of `tether vpn invite` and `reinvite`.
@@ -138,6 +143,7 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
             }
             Ok(if failed > 0 { 1 } else { 0 })
         }
+        VpnCommand::RotateInviteKey => super::vpn_invite_key::run(global).await,
         VpnCommand::Status => {
             let out = client.call::<VpnStatusGet>(&Empty {}).await?;
             if global.json {

@@ -161,7 +161,7 @@ impl Client {
             .method(method)
             .uri(&enc.path_and_query)
             .header(HOST, "tetherd")
-            .header(crate::VIA_HEADER, "cli")
+            .header(crate::VIA_HEADER, self.via)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(ChannelBody(body))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -280,7 +280,7 @@ impl Client {
             .method(Method::POST)
             .uri(&enc.path_and_query)
             .header(HOST, "tetherd")
-            .header(crate::VIA_HEADER, "cli")
+            .header(crate::VIA_HEADER, self.via)
             .header(CONNECTION, "upgrade")
             .header(UPGRADE, protocol)
             .header(CONTENT_TYPE, "application/json")

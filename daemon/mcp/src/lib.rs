@@ -12,10 +12,13 @@
 //! for requests the server cannot route at all.
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod error;
+mod fs;
 mod tools;
 
 pub use error::McpError;
+pub use fs::INLINE_LIMIT;
 pub use tools::TetherMcp;
 
 use rmcp::ServiceExt as _;

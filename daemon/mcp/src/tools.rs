@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, RequestMetaObject,
-    ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProgressToken,
+    RequestMetaObject, ServerCapabilities, ServerConfig,
 };
 use rmcp::{Json, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
@@ -24,11 +24,13 @@ use tokio_util::sync::CancellationToken;
 pub const EXEC_OUTPUT_LIMIT: u64 = 64 * 1024;
 /// Most audit records one `audit_tail` call returns.
 pub const AUDIT_TAIL_MAX: usize = 1000;
+/// Longest an `exec` waits for an approval decision (`wait_secs`), seconds.
+pub const WAIT_MAX_SECS: u64 = 3600;
 
 /// The MCP server: the tools over one control-socket client.
 #[derive(Clone)]
 pub struct TetherMcp {
-    client: tether_api::Client,
+    pub(crate) client: tether_api::Client,
     tool_router: ToolRouter<Self>,
 }
 
@@ -117,6 +119,15 @@ pub struct ExecInput {
     /// Per-host limit for the whole command, seconds (default 30, at most 3600).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// A granted approval (`apr-…`, from an earlier `approval_pending` result) for exactly this
+    /// command and these hosts. It is used up when the command runs.
+    #[serde(default)]
+    pub approval: Option<String>,
+    /// When the policy needs an approval: wait up to this many seconds (1 to 3600) for another
+    /// person's decision, with progress notifications, and run the command once it is granted.
+    /// Without it the result is an `approval_pending` handle to poll with `approvals_status`.
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
 }
 
 /// What happened on one host.
@@ -146,6 +157,13 @@ pub struct HostRun {
 /// Output of `exec`.
 #[derive(Debug, Default, Serialize, JsonSchema)]
 pub struct ExecOutput {
+    /// `completed` (the command was sent; see `hosts`) or `approval_pending` (nothing ran yet:
+    /// another person must approve `approval` first).
+    pub status: String,
+    /// With `approval_pending`: the approval request (`apr-…`). Poll it with
+    /// `approvals_status`; once granted, call `exec` again with the same selector and command
+    /// and `approval` set to it.
+    pub approval: Option<String>,
     /// Per host, in the order they were selected.
     pub hosts: Vec<HostRun>,
     /// Hosts that exited 0.
@@ -212,7 +230,7 @@ pub struct AuditTailOutput {
 }
 
 /// A client error as the text of an `isError` tool result.
-fn failed(e: ClientError) -> String {
+pub(crate) fn failed(e: ClientError) -> String {
     e.to_string()
 }
 
@@ -222,7 +240,7 @@ impl TetherMcp {
     pub fn new(client: tether_api::Client) -> Self {
         TetherMcp {
             client,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::fs_router() + Self::approvals_router(),
         }
     }
 
@@ -261,7 +279,10 @@ impl TetherMcp {
     /// Runs a shell command on the selected hosts, under the same policy, approvals and audit
     /// as `tether exec`. Sends progress per finished host; cancelling the call cancels the
     /// remote commands. A denied command, a host that could not run it or a non-zero exit is a
-    /// result with isError set.
+    /// result with isError set. When the policy needs another person's approval, the result is
+    /// `status: approval_pending` with the approval id (nothing ran), unless `wait_secs` is
+    /// given: then it waits for the decision with progress notifications and runs the command
+    /// once granted; a denied or expired approval is a result with isError set.
     #[tool(
         annotations(destructive_hint = true, open_world_hint = true),
         output_schema = rmcp::handler::server::common::schema_for_output::<ExecOutput>()
@@ -286,67 +307,55 @@ impl TetherMcp {
                 "timeout_secs is {timeout_secs}; give 1 to 3600 seconds"
             ));
         }
-        let req = ExecRequest {
+        if let Some(w) = input.wait_secs
+            && (w == 0 || w > WAIT_MAX_SECS)
+        {
+            return Err(format!(
+                "wait_secs is {w}; give 1 to {WAIT_MAX_SECS} seconds, or leave it out to get a pending handle"
+            ));
+        }
+        let mut req = ExecRequest {
             selector: input.selector,
             command: input.command,
             timeout_ms: Some(timeout_secs * 1000),
             output_limit: Some(EXEC_OUTPUT_LIMIT),
+            approval: input.approval,
             ..ExecRequest::default()
         };
         let progress = meta.get_progress_token();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ExecEvent>();
-        let client = self.client.clone();
-        // The call runs while events are folded in here; dropping it (cancellation) closes the
-        // connection, which makes the daemon signal and close the remote commands.
-        let call = async move { client.stream::<Exec>(&req, |ev| tx.send(ev).is_ok()).await };
-        tokio::pin!(call);
-        let mut out = ExecOutput::default();
-        let mut total = 0usize;
-        let mut done = 0usize;
-        let mut finished = false;
-        let mut result = None;
-        loop {
-            tokio::select! {
-                () = ct.cancelled() => {
-                    return Err("cancelled by the client; the remote commands were stopped".into());
-                }
-                r = &mut call, if result.is_none() => {
-                    result = Some(r);
-                }
-                ev = rx.recv() => {
-                    let Some(ev) = ev else {
-                        break;
-                    };
-                    let host_done = fold(&mut out, ev, &mut total, &mut finished);
-                    if let (true, Some(token)) = (host_done, &progress) {
-                        done += 1;
-                        let _ = peer
-                            .notify_progress(
-                                ProgressNotificationParam::new(token.clone(), done as f64)
-                                    .with_total(total as f64)
-                                    .with_message(format!("{done} of {total} hosts finished")),
-                            )
-                            .await;
-                    }
-                }
+        let (id, why) = match self.run(&req, 0.0, progress.as_ref(), &peer, &ct).await {
+            Ok(out) => return finished(out),
+            Err(Run::Failed(ClientError::Api { error, .. }))
+                if error.code == "approval_required" && error.approval.is_some() =>
+            {
+                (
+                    error.approval.clone().unwrap_or_default(),
+                    error.to_string(),
+                )
             }
+            Err(Run::Failed(e)) => return Err(failed(e)),
+            Err(Run::Stopped(why)) => return Err(why),
+        };
+        let Some(wait) = input.wait_secs else {
+            return pending(id, &why);
+        };
+        let polls =
+            match crate::approvals::wait(&self.client, &id, wait, progress.as_ref(), &peer, &ct)
+                .await?
+            {
+                crate::approvals::Waited::Granted { polls } => polls,
+                crate::approvals::Waited::Pending => return pending(id, &why),
+                crate::approvals::Waited::Refused(message) => return Err(message),
+            };
+        req.approval = Some(id);
+        match self
+            .run(&req, polls as f64, progress.as_ref(), &peer, &ct)
+            .await
+        {
+            Ok(out) => finished(out),
+            Err(Run::Failed(e)) => Err(failed(e)),
+            Err(Run::Stopped(why)) => Err(why),
         }
-        match result {
-            Some(Err(e)) => return Err(failed(e)),
-            None | Some(Ok(())) => {}
-        }
-        if !finished {
-            return Err("the daemon ended the exec stream without a summary; check `tether audit tail` and the daemon log".into());
-        }
-        let text = summary_text(&out);
-        let is_error = out.failed > 0 || out.skipped > 0;
-        let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
-        let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
-        r.structured_content = Some(value);
-        if is_error {
-            r.is_error = Some(true);
-        }
-        Ok(r)
     }
 
     /// This node's tunnel and its peers: address, health, handshake age, round-trip time.
@@ -420,6 +429,103 @@ impl TetherMcp {
         }
         Ok(Json(AuditTailOutput { records }))
     }
+}
+
+/// Why [`TetherMcp::run`] produced no result.
+enum Run {
+    /// The daemon refused or the call failed (an `approval_required` refusal among them).
+    Failed(ClientError),
+    /// Cancelled, or the stream ended early: the message for the `isError` result.
+    Stopped(String),
+}
+
+impl TetherMcp {
+    /// Sends `req` once and folds its events; progress per finished host is reported as
+    /// `base + done` of `base + total` (so it keeps increasing after an approval wait).
+    async fn run(
+        &self,
+        req: &ExecRequest,
+        base: f64,
+        progress: Option<&ProgressToken>,
+        peer: &Peer<RoleServer>,
+        ct: &CancellationToken,
+    ) -> Result<ExecOutput, Run> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ExecEvent>();
+        let client = self.client.clone();
+        let req = req.clone();
+        // The call runs while events are folded in here; dropping it (cancellation) closes the
+        // connection, which makes the daemon signal and close the remote commands.
+        let call = async move { client.stream::<Exec>(&req, |ev| tx.send(ev).is_ok()).await };
+        tokio::pin!(call);
+        let mut out = ExecOutput::default();
+        let mut total = 0usize;
+        let mut done = 0usize;
+        let mut finished = false;
+        let mut result = None;
+        loop {
+            tokio::select! {
+                () = ct.cancelled() => {
+                    return Err(Run::Stopped("cancelled by the client; the remote commands were stopped".into()));
+                }
+                r = &mut call, if result.is_none() => {
+                    result = Some(r);
+                }
+                ev = rx.recv() => {
+                    let Some(ev) = ev else {
+                        break;
+                    };
+                    let host_done = fold(&mut out, ev, &mut total, &mut finished);
+                    if let (true, Some(token)) = (host_done, progress) {
+                        done += 1;
+                        let _ = peer
+                            .notify_progress(
+                                ProgressNotificationParam::new(token.clone(), base + done as f64)
+                                    .with_total(base + total as f64)
+                                    .with_message(format!("{done} of {total} hosts finished")),
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+        if let Some(Err(e)) = result {
+            return Err(Run::Failed(e));
+        }
+        if !finished {
+            return Err(Run::Stopped("the daemon ended the exec stream without a summary; check `tether audit tail` and the daemon log".into()));
+        }
+        out.status = "completed".into();
+        Ok(out)
+    }
+}
+
+/// The tool result of an exec that ran: isError when a host failed or was skipped.
+fn finished(out: ExecOutput) -> Result<CallToolResult, String> {
+    let text = summary_text(&out);
+    let is_error = out.failed > 0 || out.skipped > 0;
+    let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
+    let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+    r.structured_content = Some(value);
+    if is_error {
+        r.is_error = Some(true);
+    }
+    Ok(r)
+}
+
+/// The tool result of an exec held for approval `id`: not an error, a handle to poll.
+fn pending(id: String, why: &str) -> Result<CallToolResult, String> {
+    let text = format!(
+        "approval_pending: {why}\nNothing ran. Another person decides with `tether approvals approve {id}` (or deny) from their own shell; poll approvals_status with id {id}, then call exec again with the same selector and command and approval \"{id}\" (or call exec with wait_secs to wait here)."
+    );
+    let out = ExecOutput {
+        status: "approval_pending".into(),
+        approval: Some(id),
+        ..ExecOutput::default()
+    };
+    let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
+    let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+    r.structured_content = Some(value);
+    Ok(r)
 }
 
 /// Folds one exec event into `out`; true when a host reached its end (for progress).
@@ -540,8 +646,11 @@ impl ServerHandler for TetherMcp {
             .with_instructions(
                 "Tether runs commands on a fleet of Linux hosts under the operator's policy, \
                  approvals and audit. Use hosts_list to find hosts (selectors: host:a,b group:g \
-                 tag:k=v all), exec to run a command, audit_tail to see what happened. A denied \
-                 command is final for this request: do not rephrase it to get around the policy.",
+                 tag:k=v all), exec to run a command, fs_read / fs_write / fs_list / fs_stat for files, \
+                 audit_tail to see what happened. A denied command is final for this request: do \
+                 not rephrase it to get around the policy. When exec says approval_pending, a \
+                 person must approve it outside MCP; poll approvals_status and then call exec \
+                 again with the approval id, or pass wait_secs to wait.",
             )
     }
 }

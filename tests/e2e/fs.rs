@@ -14,7 +14,7 @@ use crate::exec::audit_records;
 use crate::membership::{enroll, invite};
 
 /// The whole audit log of a daemon as text.
-fn audit_text(d: &Daemon) -> String {
+pub(crate) fn audit_text(d: &Daemon) -> String {
     let dir = d.dir.path().join("state/audit");
     let mut s = String::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -27,7 +27,7 @@ fn audit_text(d: &Daemon) -> String {
 }
 
 /// A target named `name` confined to `roots`, enrolled with `hub` and online.
-fn target(hub: &Daemon, name: &str, roots: &[&Path], max: u64) -> Daemon {
+pub(crate) fn target(hub: &Daemon, name: &str, roots: &[&Path], max: u64) -> Daemon {
     let dir = tempfile::Builder::new()
         .prefix("tether-e2e-")
         .tempdir()

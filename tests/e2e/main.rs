@@ -22,6 +22,7 @@ mod rbac;
 mod rollout;
 mod schemathesis;
 mod sessions;
+mod sftp;
 mod siem;
 mod state;
 mod vault;

@@ -13,7 +13,7 @@ use tether_e2e::{Daemon, bin, code, is_root, stderr, stdout};
 
 use crate::exec::{audit_records, enrolled, wait_online};
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("-V")
         .stdout(Stdio::null())
@@ -56,7 +56,7 @@ fn mentioning(d: &Daemon, kind: &str, needle: &str) -> Vec<Value> {
 }
 
 /// `tether ssh-config` output, written to a file in the hub's dir.
-fn client_config(hub: &Daemon) -> PathBuf {
+pub(crate) fn client_config(hub: &Daemon) -> PathBuf {
     let out = hub.tether(&["ssh-config"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let path = hub.dir.path().join("ssh_config");

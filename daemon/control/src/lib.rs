@@ -26,7 +26,9 @@ mod stream;
 pub use error::ControlError;
 pub use metrics::ControlMetrics;
 pub use peer::{Caller, RoleMap};
-pub use routes::{ProxySession, REFUSED_STATUS, Refusal, RouteInfo, UNREACHABLE_STATUS, routes};
+pub use routes::{
+    ProxySession, REFUSED_STATUS, Refusal, RouteInfo, SftpRelay, UNREACHABLE_STATUS, routes,
+};
 pub use state::AppState;
 
 pub use tether_api::MAX_BODY_BYTES;

@@ -247,6 +247,14 @@ pub trait RemoteFiles: Send + Sync {
         sha256: Option<String>,
         abort: tokio_util::sync::CancellationToken,
     ) -> BoxFuture<'_, Result<FileDone, FileError>>;
+    /// A raw byte stream to `host`'s `sftp` subsystem on a channel of its pooled connection,
+    /// for relaying a stock SFTP client (`sftp`/`scp` through `tether proxy`); the target
+    /// confines, checks and audits every path in it. `cancel` firing stops the opening.
+    fn sftp_stream(
+        &self,
+        host: ExecHost,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'_, Result<Box<dyn UpgradedIo>, FileError>>;
 }
 
 /// What the target says about a path.

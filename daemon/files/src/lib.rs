@@ -167,6 +167,8 @@ impl Meta {
 #[derive(Debug)]
 pub struct Confined {
     roots: Vec<Root>,
+    /// The first configured root, as configured: where relative paths start.
+    home: Option<String>,
     deny: Vec<regex::Regex>,
     deny_set: regex::RegexSet,
     max_file_size: u64,
@@ -226,6 +228,7 @@ impl Confined {
                 fd,
             });
         }
+        let home = roots.first().map(|r: &Root| r.path.clone());
         // Longest root first, so the most specific one is chosen.
         roots.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         let deny = settings
@@ -246,6 +249,7 @@ impl Confined {
         }
         Ok(Confined {
             roots,
+            home,
             deny,
             deny_set,
             max_file_size: settings.max_file_size,
@@ -255,6 +259,12 @@ impl Confined {
     /// Whether file transfer is on (some root is configured).
     pub fn enabled(&self) -> bool {
         !self.roots.is_empty()
+    }
+
+    /// The first configured root: the starting directory that stock SFTP clients are given for
+    /// `.`, and what relative paths are taken against. `None` when file transfer is off.
+    pub fn home(&self) -> Option<&str> {
+        self.home.as_deref()
     }
 
     /// The upload size limit.

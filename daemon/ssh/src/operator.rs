@@ -10,8 +10,12 @@
 //! Each channel request is handed to the [`OperatorBackend`] (the control API's exec path: policy
 //! before anything leaves, audit, the pool): `exec` without a pty runs like `POST /v1/exec` for
 //! that host; `pty-req` + `shell` or `pty-req` + `exec` opens an interactive session through the
-//! pool. A refusal reaches the client on stderr with a non-zero exit status. Subsystems (SFTP),
-//! agent and X11 forwarding and port forwards are refused.
+//! pool. A refusal reaches the client on stderr with a non-zero exit status. The `sftp`
+//! subsystem (the stock `sftp` and `scp`) is admitted by [`OperatorBackend::sftp`] before the
+//! client is answered — a refusal closes the channel with the reason on stderr and exit status
+//! 2 (OpenSSH drops the stderr of a failed subsystem request) — and then its bytes are
+//! relayed to the target's own confined `sftp` subsystem. Other subsystems, agent and X11
+//! forwarding and port forwards are refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +41,16 @@ pub struct Refusal {
     pub exit_status: u32,
 }
 
+/// An admitted subsystem, to run once the client has been told yes: it gets the client's bytes
+/// (then end of file) and sends the target's bytes back as [`Output::Stdout`].
+pub type SubsystemRun = Box<
+    dyn FnOnce(
+            mpsc::Receiver<SessionInput>,
+            mpsc::Sender<Output>,
+        ) -> BoxFuture<'static, Result<Exit, Refusal>>
+        + Send,
+>;
+
 /// What the endpoint asks for each channel request. Implemented by `tetherd` over the control
 /// API's exec path, so every request is policy-checked and audited exactly like `tether exec`.
 pub trait OperatorBackend: Send + Sync + 'static {
@@ -56,6 +70,9 @@ pub trait OperatorBackend: Send + Sync + 'static {
         out: mpsc::Sender<Output>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Result<Exit, Refusal>>;
+    /// Admits the `sftp` subsystem on the endpoint's host (caller, policy, audit, the target's
+    /// subsystem opened); the relay it returns stops when `cancel` fires.
+    fn sftp(&self, cancel: CancellationToken) -> BoxFuture<'static, Result<SubsystemRun, Refusal>>;
 }
 
 /// The hub's operator SSH endpoint.
@@ -329,6 +346,55 @@ impl russh::server::Handler for OpConn {
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         self.start(channel, Some(command), session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(chan) = self.channels.get_mut(&channel).filter(|c| !c.started) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if name != "sftp" {
+            let shown: String = name.chars().take(64).collect();
+            session.extended_data(
+                channel,
+                1,
+                format!("tether: only the sftp subsystem is served, not {shown:?}\r\n"),
+            )?;
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        chan.started = true;
+        let cancel = chan.cancel.clone();
+        // Decided before the client is answered: nothing reaches the target unless admitted.
+        match self.backend.sftp(cancel).await {
+            Ok(run) => {
+                let (input, keys) = mpsc::channel(256);
+                match self.channels.get_mut(&channel) {
+                    Some(c) => c.input = Some(input),
+                    // The client closed the channel meanwhile: the relay's cancel has fired.
+                    None => return Ok(()),
+                }
+                session.channel_success(channel)?;
+                let (tx, rx) = mpsc::channel(32);
+                tokio::spawn(finish(session.handle(), channel, run(keys, tx), rx));
+            }
+            Err(refusal) => {
+                // OpenSSH exits at once on a failed subsystem request, before printing what
+                // the server wrote to stderr; so the channel is accepted and then closed with
+                // the reason on stderr and a non-zero exit status, which the client shows.
+                session.channel_success(channel)?;
+                let (_tx, rx) = mpsc::channel(1);
+                let run: BoxFuture<'static, Result<Exit, Refusal>> =
+                    Box::pin(std::future::ready(Err(refusal)));
+                tokio::spawn(finish(session.handle(), channel, run, rx));
+            }
+        }
+        Ok(())
     }
 
     async fn window_change_request(

@@ -4,7 +4,9 @@
 //! * **Target** ([`SftpService`]): every SFTP request goes to the [`Confined`] core, after the
 //!   [`FileGate`] (the target's own policy and audit) admitted it. Served: `open` (read, or
 //!   write as an atomic upload: a temp file renamed over the destination on `close`),
-//!   `read`, `write`, `close`, `stat`/`lstat`/`fstat`, `opendir`/`readdir`, `realpath`, and the
+//!   `read`, `write`, `close`, `stat`/`lstat`/`fstat`, `opendir`/`readdir`, `realpath` (a
+//!   relative path, such as the `.` stock clients ask for, is taken against the first allowed
+//!   root), and the
 //!   extension [`SHA256_EXT`]. Everything else (remove, rename, mkdir, symlink, setstat) is
 //!   refused with `SSH_FX_OP_UNSUPPORTED`. A connection that ends mid-upload drops the upload:
 //!   its temp file is removed and the old file stays.
@@ -535,11 +537,23 @@ impl russh_sftp::server::Handler for Session {
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        // Only absolute paths mean anything here; the confinement resolves them on use.
-        if !path.starts_with('/') {
-            return Err(StatusReply::new(StatusCode::NoSuchFile)
-                .with_message("invalid_path: give absolute paths"));
-        }
+        // Absolute paths are answered as given; the confinement resolves them on use. Stock
+        // clients ask for `.` to learn where they start: relative paths are taken against the
+        // first allowed root.
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            let Some(home) = self.service.confined.home() else {
+                return Err(StatusReply::new(StatusCode::NoSuchFile)
+                    .with_message("disabled: this target has no [files] allowed_roots"));
+            };
+            let rest = path.trim_start_matches("./");
+            if rest.is_empty() || rest == "." {
+                home.to_owned()
+            } else {
+                format!("{}/{rest}", home.trim_end_matches('/'))
+            }
+        };
         Ok(Name {
             id,
             files: vec![russh_sftp::protocol::File::dummy(path)],

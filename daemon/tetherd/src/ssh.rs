@@ -25,7 +25,7 @@ use tether_control::state::{
 };
 use tether_model::{Alert, AlertSink, Severity};
 use tether_policy::Verdict;
-use tether_ssh::operator::{OperatorBackend, OperatorEndpoint, Refusal};
+use tether_ssh::operator::{OperatorBackend, OperatorEndpoint, Refusal, SubsystemRun};
 use tether_ssh::pool::{self, Dialer, Pool, PoolConfig, PoolEvents, Stream};
 use tether_ssh::server::{ExecGate, ExecReport, RunAs, ServerSettings, SshServer};
 use tether_ssh::{SSH_PORT, SshError};
@@ -287,6 +287,24 @@ impl OperatorBackend for Backend {
             let (tx, rx) = mpsc::channel(32);
             let (r, ()) = tokio::join!(session.session(spec, input, tx, cancel), to_pool(rx, out));
             r.map(exit_of).map_err(refusal)
+        })
+    }
+
+    fn sftp(
+        &self,
+        cancel: CancellationToken,
+    ) -> pool::BoxFuture<'static, Result<SubsystemRun, Refusal>> {
+        let session = self.0.clone();
+        Box::pin(async move {
+            let relay = session.sftp_open(cancel).await.map_err(refusal)?;
+            let run: SubsystemRun = Box::new(move |input, out| {
+                Box::pin(async move {
+                    let (tx, rx) = mpsc::channel(32);
+                    let (r, ()) = tokio::join!(relay.run(input, tx), to_pool(rx, out));
+                    r.map(exit_of).map_err(refusal)
+                })
+            });
+            Ok(run)
         })
     }
 }
@@ -686,6 +704,27 @@ impl RemoteFiles for HubSsh {
                     sha256: t.sha256,
                 })
                 .map_err(file_error)
+        })
+    }
+
+    fn sftp_stream(
+        &self,
+        host: ExecHost,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<Box<dyn tether_control::state::UpgradedIo>, FileError>> {
+        Box::pin(async move {
+            let target = pool::Target {
+                name: host.name,
+                ip: host.ip,
+                host_key: host.host_key,
+                user: host.user,
+            };
+            let stream = self
+                .pool
+                .subsystem(&target, "sftp", FILES_CONNECT_TIMEOUT, cancel)
+                .await
+                .map_err(file_error)?;
+            Ok(Box::new(stream) as Box<dyn tether_control::state::UpgradedIo>)
         })
     }
 }

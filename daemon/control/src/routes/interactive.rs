@@ -11,8 +11,18 @@
 //!   [`RequestKind::Session`] (a scope with an allow list denies shells; a denial writes
 //!   `session.denied`), then `session.open` before anything leaves and `session.close` (exit,
 //!   duration, bytes and SHA-256 of the output) when it ends.
+//! * the `sftp` subsystem (the stock `sftp` and `scp`): checked as [`RequestKind::Session`]
+//!   without a command — the hub can't see the paths inside the SFTP stream, so it decides
+//!   whether this caller may hold an open session on the host at all (a scope with an allow
+//!   list denies it, as it denies shells; a denial writes `session.denied`). `sftp.open` is
+//!   written before anything leaves, then the bytes are relayed unchanged to the target's
+//!   `sftp` subsystem over the pool, where every path is confined below `allowed_roots`,
+//!   checked against the target's policy and audited (`fs.*`) exactly as for `tether fs`.
+//!   `sftp.close` records the bytes each way and the duration.
 
 use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
 use tether_api::MAX_COMMAND_BYTES;
@@ -25,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::exec::{DEFAULT_CONNECT_TIMEOUT_MS, Outcome, Tally, check_policy, record_result};
 use crate::http::Fail;
-use crate::state::{ExecHost, RemoteExit, RemoteOutput};
+use crate::state::{ExecHost, RemoteExit, RemoteOutput, UpgradedIo};
 
 /// Exit status an SSH client sees for a refused request (policy, bad input): the CLI's
 /// "usage or denied" code.
@@ -402,6 +412,175 @@ fn record_resizes(
         }
     });
     rx
+}
+
+impl ProxySession {
+    /// Admits a stock SFTP client (the `sftp` subsystem): the host must be enrolled and
+    /// active, the policy must allow a session there ([`RequestKind::Session`], no command),
+    /// `sftp.open` is written (durable), then the target's `sftp` subsystem is opened over the
+    /// pool. The returned relay carries the client's bytes to it; see [`SftpRelay::run`].
+    pub async fn sftp_open(&self, cancel: CancellationToken) -> Result<SftpRelay, Refusal> {
+        let record = self.record()?;
+        let ctx = &self.ctx;
+        let files = ctx.state.files.clone().ok_or_else(|| Refusal {
+            message: "this hub runs without its SSH pool, so no SFTP session can be relayed"
+                .to_owned(),
+            exit_status: UNREACHABLE_STATUS,
+        })?;
+        check_policy(
+            ctx,
+            std::slice::from_ref(&record),
+            RequestKind::Session,
+            None,
+            None,
+        )
+        .await
+        .map_err(|f| Refusal::from_fail(&f))?;
+        ctx.state
+            .audit_or_refuse(
+                "sftp.open",
+                ctx.actor(),
+                Some(&self.host),
+                json!({"via": self.via}),
+            )
+            .await
+            .map_err(|f| Refusal::from_fail(&f))?;
+        let started = Instant::now();
+        match files
+            .sftp_stream(Self::target(&record), cancel.clone())
+            .await
+        {
+            Ok(stream) => Ok(SftpRelay {
+                session: self.clone(),
+                stream,
+                started,
+                cancel,
+            }),
+            Err(e) => {
+                let data = json!({
+                    "via": self.via,
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                    "client_to_target_bytes": 0,
+                    "target_to_client_bytes": 0,
+                    "error": e.code,
+                    "message": e.message,
+                });
+                self.sftp_closed(data).await;
+                Err(Refusal {
+                    message: format!(
+                        "could not open the sftp subsystem on {}: {}",
+                        self.host, e.message
+                    ),
+                    exit_status: UNREACHABLE_STATUS,
+                })
+            }
+        }
+    }
+
+    async fn sftp_closed(&self, data: serde_json::Value) {
+        let ctx = &self.ctx;
+        if let Err(e) = ctx
+            .state
+            .audit("sftp.close", ctx.actor(), Some(&self.host), data)
+            .await
+        {
+            tracing::error!(host = %self.host, "could not audit an SFTP session's end: {e}");
+        }
+    }
+}
+
+/// An admitted SFTP session: the target's `sftp` subsystem is open and `sftp.open` is written.
+/// Dropping it without [`SftpRelay::run`] closes the subsystem without a `sftp.close`.
+pub struct SftpRelay {
+    session: ProxySession,
+    stream: Box<dyn UpgradedIo>,
+    started: Instant,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for SftpRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpRelay")
+            .field("host", &self.session.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How much of the target's SFTP stream is read at once.
+const SFTP_CHUNK: usize = 64 * 1024;
+
+impl SftpRelay {
+    /// Relays the client's bytes (`input`: data, then end of file) to the target and the
+    /// target's bytes to `out`, unchanged, until the target ends the subsystem, the stream
+    /// breaks or `cancel` (the client's channel closing) fires; then writes `sftp.close` with
+    /// the bytes each way and the duration. Exit status 0 when the target ended it.
+    pub async fn run(
+        self,
+        mut input: mpsc::Receiver<SessionInput>,
+        out: mpsc::Sender<RemoteOutput>,
+    ) -> Result<RemoteExit, Refusal> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let SftpRelay {
+            session,
+            stream,
+            started,
+            cancel,
+        } = self;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let up = AtomicU64::new(0);
+        let down = AtomicU64::new(0);
+        // Client -> target; only returns when writing to the target failed.
+        let upload = async {
+            while let Some(i) = input.recv().await {
+                match i {
+                    SessionInput::Data(d) => {
+                        wr.write_all(&d).await?;
+                        up.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    SessionInput::Eof => break,
+                    SessionInput::Resize { .. } => {}
+                }
+            }
+            // The client is done sending: the target's server sees end of file and finishes.
+            wr.shutdown().await?;
+            std::future::pending::<std::io::Result<()>>().await
+        };
+        // Target -> client; returns when the target ends the subsystem or the client went.
+        let download = async {
+            let mut buf = vec![0u8; SFTP_CHUNK];
+            loop {
+                let n = rd.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                down.fetch_add(n as u64, Ordering::Relaxed);
+                let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                if out.send(RemoteOutput::Stdout(chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let result: Result<(), String> = tokio::select! {
+            r = download => r.map_err(|e| e.to_string()),
+            r = upload => r.map_err(|e| e.to_string()),
+            () = cancel.cancelled() => Ok(()),
+        };
+        let mut data = json!({
+            "via": session.via,
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "client_to_target_bytes": up.load(Ordering::Relaxed),
+            "target_to_client_bytes": down.load(Ordering::Relaxed),
+        });
+        if let (Err(e), Some(d)) = (&result, data.as_object_mut()) {
+            d.insert("error".to_owned(), json!("stream"));
+            d.insert("message".to_owned(), json!(e));
+        }
+        session.sftp_closed(data).await;
+        result.map(|()| RemoteExit::Code(0)).map_err(|e| Refusal {
+            message: format!("the SFTP stream to {} broke: {e}", session.host),
+            exit_status: UNREACHABLE_STATUS,
+        })
+    }
 }
 
 /// The enrolled, active host `name`, or the `404` (`409` on a target).

@@ -42,7 +42,7 @@ mod ssh_config;
 mod status;
 mod vpn;
 
-pub use interactive::{ProxySession, REFUSED_STATUS, Refusal, UNREACHABLE_STATUS};
+pub use interactive::{ProxySession, REFUSED_STATUS, Refusal, SftpRelay, UNREACHABLE_STATUS};
 
 /// What a handler gets besides its typed request.
 #[derive(Clone)]

@@ -1,0 +1,278 @@
+//! The stock `sftp` and `scp` (OpenSSH 9 speaks SFTP for `scp`) through `tether proxy`, end to
+//! end: a real hub and a real target on loopback, the operator's client configured only by what
+//! `tether ssh-config` prints, the hub relaying the `sftp` subsystem to the target's confined
+//! SFTP server over the pool. Every path is confined, checked and audited on the target.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tether_e2e::{Daemon, bin, code, is_root, stderr, stdout};
+
+use crate::exec::audit_records;
+use crate::fs::{audit_text, target};
+use crate::openssh::{client_config, have};
+
+/// Runs `tool` (`sftp` or `scp`) with only `config` (`-F`), non-interactively.
+fn run(tool: &str, config: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(tool)
+        .arg("-F")
+        .arg(config)
+        .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the OpenSSH client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{tool} {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `sftp -b BATCH HOST` with `lines` as the batch file.
+fn sftp_batch(config: &Path, dir: &Path, host: &str, lines: &[String]) -> Output {
+    let batch = dir.join("batch");
+    std::fs::write(&batch, lines.join("\n") + "\n").unwrap();
+    run("sftp", config, &["-b", &batch.display().to_string(), host])
+}
+
+fn skip() -> bool {
+    for tool in ["ssh", "sftp", "scp"] {
+        if !have(tool) {
+            eprintln!(
+                "SKIP: the OpenSSH client ({tool}) is not installed (apt-get install openssh-client)"
+            );
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn stock_sftp_and_scp_through_tether_proxy_are_confined_and_audited() {
+    if skip() {
+        return;
+    }
+    let hub = Daemon::start("hub", "");
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("root");
+    let outside = area.path().join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), b"not for you").unwrap();
+    std::fs::write(root.join("there.txt"), b"from the target\n").unwrap();
+    let t1 = target(&hub, "t1", &[&root], 4 * 1024 * 1024);
+    let config = client_config(&hub);
+    let local = hub.dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(local.join("up.bin"), &payload).unwrap();
+    let (r, l) = (root.display(), local.display());
+
+    // put, ls, get inside the root; a relative path starts at the first allowed root.
+    let out = sftp_batch(
+        &config,
+        &local,
+        "t1",
+        &[
+            format!("put {l}/up.bin {r}/up.bin"),
+            format!("ls {r}"),
+            format!("get {r}/there.txt {l}/there.txt"),
+            format!("get up.bin {l}/relative.bin"),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(std::fs::read(root.join("up.bin")).unwrap(), payload);
+    assert!(stdout(&out).contains("up.bin"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("there.txt"), "{}", stdout(&out));
+    assert_eq!(
+        std::fs::read(local.join("there.txt")).unwrap(),
+        b"from the target\n"
+    );
+    assert_eq!(std::fs::read(local.join("relative.bin")).unwrap(), payload);
+
+    // A path escaping the root fails, copies nothing, and the target audited the refusal.
+    let out = sftp_batch(
+        &config,
+        &local,
+        "t1",
+        &[format!("get {r}/../outside/passwd {l}/stolen")],
+    );
+    assert_ne!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(!local.join("stolen").exists());
+    let out = sftp_batch(
+        &config,
+        &local,
+        "t1",
+        &[format!("put {l}/up.bin {}/planted", outside.display())],
+    );
+    assert_ne!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(!outside.join("planted").exists());
+    let log = audit_text(&t1);
+    assert!(
+        log.contains("\"error\":\"escape"),
+        "target did not audit the escape"
+    );
+    assert!(
+        log.contains("outside/passwd"),
+        "target did not audit the escape's path"
+    );
+
+    // scp (the SFTP protocol by default since OpenSSH 9) both ways.
+    let out = run(
+        "scp",
+        &config,
+        &[&format!("{l}/up.bin"), &format!("t1:{r}/scp-up.bin")],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::read(root.join("scp-up.bin")).unwrap(), payload);
+    let out = run(
+        "scp",
+        &config,
+        &[&format!("t1:{r}/there.txt"), &format!("{l}/scp-down.txt")],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(local.join("scp-down.txt")).unwrap(),
+        b"from the target\n"
+    );
+    // scp out of the root is refused too.
+    let out = run(
+        "scp",
+        &config,
+        &[
+            &format!("t1:{}/passwd", outside.display()),
+            &format!("{l}/stolen2"),
+        ],
+    );
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert!(!local.join("stolen2").exists());
+
+    // The hub recorded each SFTP session, opened before and closed after with bytes both ways.
+    let opened = audit_records(&hub, "sftp.open");
+    assert_eq!(opened.len(), 6, "{opened:?}");
+    assert!(
+        opened
+            .iter()
+            .all(|o| o["host"] == "t1" && o["data"]["via"] == "ssh")
+    );
+    let closed = audit_records(&hub, "sftp.close");
+    assert_eq!(closed.len(), 6, "{closed:?}");
+    let up = closed[0]["data"]["client_to_target_bytes"]
+        .as_u64()
+        .unwrap();
+    let down = closed[0]["data"]["target_to_client_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(up > payload.len() as u64, "{}", closed[0]);
+    assert!(down > payload.len() as u64, "{}", closed[0]);
+    assert!(closed.iter().all(|c| c["data"]["duration_ms"].is_u64()));
+    // ...and the target its file operations, as for `tether fs`.
+    let puts = audit_records(&t1, "fs.put");
+    assert!(puts.iter().any(|p| p["data"]["ok"] == true
+        && p["data"]["path"].as_str().unwrap().ends_with("/up.bin")
+        && p["data"]["size"] == payload.len() as u64));
+    assert!(
+        puts.iter().any(|p| p["data"]["ok"] == true
+            && p["data"]["path"].as_str().unwrap().ends_with("/scp-up.bin"))
+    );
+    assert!(!audit_records(&t1, "fs.get").is_empty());
+}
+
+#[test]
+fn sftp_is_refused_by_policy_and_for_a_caller_without_a_role() {
+    if skip() {
+        return;
+    }
+    // A scope with an allow list can't check what an SFTP session does: refused, like shells.
+    let policy = "\n[policy]\nmode = \"enforce\"\n\n[[policy.scope]]\nid = \"admins-listed\"\nroles = [\"admin\"]\n\n  [[policy.scope.allow_commands]]\n  id = \"uptime-only\"\n  pattern = 'uptime'\n";
+    let hub = Daemon::start("hub", policy);
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("there.txt"), b"x").unwrap();
+    let t1 = target(&hub, "t1", &[&root], 1024 * 1024);
+    let config = client_config(&hub);
+    let local = hub.dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let out = sftp_batch(
+        &config,
+        &local,
+        "t1",
+        &[format!(
+            "get {}/there.txt {}/got",
+            root.display(),
+            local.display()
+        )],
+    );
+    assert_ne!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("interactive session"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!local.join("got").exists());
+    assert_eq!(audit_records(&hub, "session.denied").len(), 1);
+    assert!(audit_records(&hub, "sftp.open").is_empty());
+    assert!(audit_records(&t1, "fs.received").is_empty());
+
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP (other uid): needs root and setpriv to connect as another uid");
+        return;
+    }
+    // The same client config, but `tether proxy` run as uid 4242 (the socket's group, no role).
+    let _ = hub.tether_as(4242, 0, &["status"]);
+    let copy = hub.dir.path().join("tether-copy");
+    let tether = bin("tether").display().to_string();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("ProxyCommand"), "{text}");
+    let as_other: String = text
+        .lines()
+        .map(|line| {
+            if line.contains("ProxyCommand") {
+                line.replace(
+                    &tether,
+                    &format!(
+                        "setpriv --reuid=4242 --regid=0 --clear-groups -- {}",
+                        copy.display()
+                    ),
+                )
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert!(as_other.contains("setpriv"), "{as_other}");
+    let other = hub.dir.path().join("ssh_config_other");
+    std::fs::write(&other, as_other).unwrap();
+    let out = sftp_batch(
+        &other,
+        &local,
+        "t1",
+        &[format!(
+            "get {}/there.txt {}/got",
+            root.display(),
+            local.display()
+        )],
+    );
+    assert_ne!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("has no role"), "{}", stderr(&out));
+    assert!(!local.join("got").exists());
+    assert!(
+        audit_records(&hub, "auth.denied")
+            .iter()
+            .any(|r| r["data"]["path"] == "/v1/proxy/t1")
+    );
+    assert!(audit_records(&hub, "sftp.open").is_empty());
+}

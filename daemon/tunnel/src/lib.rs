@@ -34,6 +34,6 @@ pub use keys::{PublicKey, SecretKey};
 pub use metrics::TunnelMetrics;
 pub use node::{
     DEFAULT_HUB_IP, DEFAULT_MTU, DEFAULT_PREFIX_LEN, DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX,
-    DEFAULT_TCP_MEMORY_BUDGET, DropReason, Event, MAX_STREAMS_PER_PEER, Node, NodeConfig, NodeRole,
-    PeerConfig, PeerId, PeerStatus, StreamId, Transmit,
+    DEFAULT_TCP_MEMORY_BUDGET, DropReason, Event, FIXED_TCP_BUFFER, MAX_STREAMS_PER_PEER, Node,
+    NodeConfig, NodeRole, PeerConfig, PeerId, PeerStatus, StreamId, Transmit,
 };

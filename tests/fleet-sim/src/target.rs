@@ -124,6 +124,7 @@ pub async fn start(
 ) -> Result<Target, SimError> {
     let mut node = NodeConfig::new(id.wg.clone(), welcome.overlay_ip, NodeRole::Target);
     node.tcp_buffer = SIM_TCP_BUFFER;
+    node.tcp_buffer_max = SIM_TCP_BUFFER;
     let bind: SocketAddr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     let tunnel = Tunnel::start(TunnelConfig::new(node, bind))
         .await

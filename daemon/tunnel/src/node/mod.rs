@@ -28,8 +28,8 @@ use self::peer::{Control, Peer, msg_type};
 pub use self::peer::{PeerConfig, PeerStatus};
 use self::stack::{BufferLimits, Stack};
 pub use self::stack::{
-    DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET, MAX_STREAMS_PER_PEER,
-    Readiness,
+    DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET, FIXED_TCP_BUFFER,
+    MAX_STREAMS_PER_PEER, Readiness,
 };
 pub use self::types::{DropReason, Event, PeerId, StreamId, Totals, Transmit};
 use crate::health::{HealthConfig, Verdict};
@@ -80,16 +80,16 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A config with the defaults: subnet /16, stream buffers from 64 KiB growing up to 8 MiB
-    /// within a 128 MiB node budget, MTU 1420.
+    /// A config with the defaults: subnet /16, fixed 256 KiB stream buffers
+    /// ([`FIXED_TCP_BUFFER`]; autotuning is opt-in), MTU 1420.
     pub fn new(private_key: SecretKey, overlay_ip: Ipv4Addr, role: NodeRole) -> Self {
         NodeConfig {
             private_key,
             overlay_ip,
             prefix_len: DEFAULT_PREFIX_LEN,
             role,
-            tcp_buffer: DEFAULT_TCP_BUFFER,
-            tcp_buffer_max: DEFAULT_TCP_BUFFER_MAX,
+            tcp_buffer: FIXED_TCP_BUFFER,
+            tcp_buffer_max: FIXED_TCP_BUFFER,
             tcp_memory_budget: DEFAULT_TCP_MEMORY_BUDGET,
             mtu: DEFAULT_MTU,
             health: HealthConfig::default(),

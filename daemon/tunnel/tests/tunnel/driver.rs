@@ -37,8 +37,10 @@ pub async fn pair(tcp_buffer: usize) -> Pair {
     let registry = prometheus::Registry::new();
     let mut hn = NodeConfig::new(hk.clone(), DEFAULT_HUB_IP, NodeRole::Hub);
     hn.tcp_buffer = tcp_buffer;
+    hn.tcp_buffer_max = tcp_buffer;
     let mut tn = NodeConfig::new(tk.clone(), TARGET_IP, NodeRole::Target);
     tn.tcp_buffer = tcp_buffer;
+    tn.tcp_buffer_max = tcp_buffer;
     let mut hc = TunnelConfig::new(hn, lo());
     hc.registry = Some(registry.clone());
     let hub = Tunnel::start(hc).await.unwrap();

@@ -165,6 +165,30 @@ pub(crate) fn resolve(ctx: &Ctx, selector: &str) -> Result<Vec<HostRecord>, Fail
 }
 
 /// Checks the policy for every host before anything leaves; records and refuses denials.
+/// Checks `requests` against the policy in force with the plugins voting, on a blocking thread
+/// (a panic is a `500`); empty when the daemon has no policy engine.
+pub(crate) async fn check_all(
+    ctx: &Ctx,
+    requests: Vec<tether_policy::Request>,
+) -> Result<Vec<tether_policy::Checked>, Fail> {
+    let state = Arc::clone(&ctx.state);
+    Ok(super::blocking("the policy check", move || {
+        let hooks = state
+            .plugins
+            .as_deref()
+            .map(|h| h as &dyn tether_policy::PolicyHooks);
+        let engine = state.policy.as_ref()?;
+        Some(
+            requests
+                .iter()
+                .map(|r| engine.check(r, hooks))
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await?
+    .unwrap_or_default())
+}
+
 /// [`check_policy_or_approval`] for paths that cannot wait for an approval (the operator SSH
 /// endpoint, `tether ssh`): a `require-approval` verdict refuses, is recorded like a denial, and
 /// says how to ask for the approval. Returns the hosts that only warned.
@@ -239,22 +263,7 @@ pub(crate) async fn check_policy_or_approval(
             ticket: ticket.map(str::to_owned),
         })
         .collect();
-    let state = Arc::clone(&ctx.state);
-    let checked = super::blocking("the policy check", move || {
-        let hooks = state
-            .plugins
-            .as_deref()
-            .map(|h| h as &dyn tether_policy::PolicyHooks);
-        let engine = state.policy.as_ref()?;
-        Some(
-            requests
-                .iter()
-                .map(|r| engine.check(r, hooks))
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await?
-    .unwrap_or_default();
+    let checked = check_all(ctx, requests).await?;
     let mut refused = Vec::new();
     let mut approval: Option<String> = None;
     let mut warned = Vec::new();

@@ -120,22 +120,7 @@ async fn check_policy(
             ticket: None,
         })
         .collect();
-    let state = Arc::clone(&ctx.state);
-    let checked = super::blocking("the policy check", move || {
-        let hooks = state
-            .plugins
-            .as_deref()
-            .map(|h| h as &dyn tether_policy::PolicyHooks);
-        let engine = state.policy.as_ref()?;
-        Some(
-            requests
-                .iter()
-                .map(|r| engine.check(r, hooks))
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await?
-    .unwrap_or_default();
+    let checked = super::exec::check_all(ctx, requests).await?;
     let mut refused = Vec::new();
     for (host, c) in hosts.iter().zip(&checked) {
         if matches!(c.decision.verdict, Verdict::Deny | Verdict::RequireApproval) {

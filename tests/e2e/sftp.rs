@@ -276,3 +276,163 @@ fn sftp_is_refused_by_policy_and_for_a_caller_without_a_role() {
     );
     assert!(audit_records(&hub, "sftp.open").is_empty());
 }
+
+/// The error of the target's latest audited file operation that failed.
+fn last_fs_error(t: &Daemon) -> String {
+    audit_text(t)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"].as_str().is_some_and(|k| k.starts_with("fs.")))
+        .filter_map(|v| v["data"]["error"].as_str().map(str::to_owned))
+        .next_back()
+        .unwrap_or_default()
+}
+
+/// The changing operations of the stock `sftp` (mkdir, rename, chmod, `put -p`, rm, rmdir) work
+/// below the root, each confined and audited on the target as `fs.<op>`; escapes through
+/// `rename`, `mkdir ../x`, `rm` via a symlinked directory, a chown and removing the root itself
+/// are refused and change nothing.
+#[test]
+fn stock_sftp_changes_files_below_the_root_and_refuses_escapes() {
+    if skip() {
+        return;
+    }
+    let hub = Daemon::start("hub", "");
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("root");
+    let outside = area.path().join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), b"not for you").unwrap();
+    std::fs::write(root.join("keep.txt"), b"keep").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out-dir")).unwrap();
+    std::os::unix::fs::symlink(outside.join("passwd"), root.join("out-link")).unwrap();
+    let t1 = target(&hub, "t1", &[&root], 1024 * 1024);
+    let config = client_config(&hub);
+    let local = hub.dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("a.txt"), b"alpha\n").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(local.join("a.txt"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (r, l, o) = (root.display(), local.display(), outside.display());
+
+    let out = sftp_batch(
+        &config,
+        &local,
+        "t1",
+        &[
+            format!("mkdir {r}/d"),
+            format!("put {l}/a.txt {r}/d/a.txt"),
+            format!("rename {r}/d/a.txt {r}/d/b.txt"),
+            format!("chmod 600 {r}/d/b.txt"),
+            format!("put -p {l}/a.txt {r}/p.txt"),
+            // The symlink itself goes, never the file it points to.
+            format!("rm {r}/out-link"),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(root.join("d").is_dir());
+    assert!(!root.join("d/a.txt").exists());
+    assert_eq!(std::fs::read(root.join("d/b.txt")).unwrap(), b"alpha\n");
+    let m = std::fs::metadata(root.join("d/b.txt")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+    let p = std::fs::metadata(root.join("p.txt")).unwrap();
+    assert_eq!(p.mtime(), 1_000_000_000, "put -p keeps the mtime");
+    assert!(std::fs::symlink_metadata(root.join("out-link")).is_err());
+    assert_eq!(
+        std::fs::read(outside.join("passwd")).unwrap(),
+        b"not for you"
+    );
+
+    // Each refusal is its own batch (sftp stops a batch at the first failure).
+    let refused: Vec<(String, &str)> = vec![
+        (format!("rename {r}/keep.txt {o}/keep.txt"), "outside_roots"),
+        (
+            format!("rename {r}/keep.txt {r}/../outside/keep.txt"),
+            "escape",
+        ),
+        (format!("rename {r}/out-dir/passwd {r}/stolen"), "escape"),
+        ("mkdir ../x".to_owned(), "escape"),
+        (format!("mkdir {r}/out-dir/x"), "escape"),
+        (format!("rm {r}/out-dir/passwd"), "escape"),
+        (format!("rm {r}/../outside/passwd"), "escape"),
+        (format!("rmdir {r}"), "not_an_entry"),
+        (format!("rename {r}/d/b.txt {r}/keep.txt"), "exists"),
+        (format!("chown 0 {r}/keep.txt"), "unsupported"),
+        (format!("chmod 777 {r}/out-dir/passwd"), "escape"),
+        (format!("rmdir {r}/d"), "not_empty"),
+    ];
+    for (line, code_expected) in &refused {
+        let out = sftp_batch(&config, &local, "t1", std::slice::from_ref(line));
+        assert_ne!(code(&out), 0, "{line}: {}{}", stdout(&out), stderr(&out));
+        assert!(!stderr(&out).is_empty(), "{line}: no error shown");
+        // The stock client shows only the status ("Permission denied", "Failure"); the
+        // target's audit record has the precise reason.
+        let last = last_fs_error(&t1);
+        assert!(
+            last.starts_with(&format!("{code_expected}: ")),
+            "{line}: expected {code_expected:?}, the target audited {last:?}"
+        );
+    }
+    assert_eq!(std::fs::read(root.join("keep.txt")).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(outside.join("passwd")).unwrap(),
+        b"not for you"
+    );
+    let m = std::fs::metadata(outside.join("passwd")).unwrap();
+    assert_ne!(m.permissions().mode() & 0o777, 0o777);
+    assert!(!outside.join("keep.txt").exists());
+    assert!(!outside.join("x").exists());
+    assert!(!area.path().join("x").exists());
+    assert!(!root.join("stolen").exists());
+    assert!(root.join("d/b.txt").exists());
+
+    let out = sftp_batch(
+        &config,
+        &local,
+        "t1",
+        &[format!("rm {r}/d/b.txt"), format!("rmdir {r}/d")],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(!root.join("d").exists());
+
+    // Audited on the target like the other file operations, refusals with their reason.
+    let ok = |kind: &str| {
+        audit_records(&t1, kind)
+            .into_iter()
+            .filter(|r| r["data"]["ok"] == true)
+            .count()
+    };
+    assert_eq!(ok("fs.mkdir"), 1);
+    assert_eq!(ok("fs.rename"), 1);
+    assert_eq!(ok("fs.setstat"), 1);
+    assert_eq!(ok("fs.rm"), 2);
+    assert_eq!(ok("fs.rmdir"), 1);
+    let renames = audit_records(&t1, "fs.rename");
+    assert!(renames.iter().any(
+        |r| r["data"]["ok"] == true && r["data"]["to"].as_str().unwrap().ends_with("/d/b.txt")
+    ));
+    assert!(renames.iter().any(|r| {
+        r["data"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("escape")
+    }));
+    assert!(audit_records(&t1, "fs.rm").iter().any(|r| {
+        r["data"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("escape")
+    }));
+    assert!(
+        audit_records(&t1, "fs.received")
+            .iter()
+            .any(|r| r["data"]["op"] == "rename" && r["data"]["verdict"] == "allow")
+    );
+}

@@ -107,6 +107,27 @@ pub enum FilesError {
         /// The offset expected.
         expected: u64,
     },
+    /// The path names an allowed root itself or ends in `.`/`..`, where an entry is needed
+    /// (remove, rename, mkdir, rmdir).
+    #[error(
+        "{path} names an allowed root itself or ends in `.` or `..`; give the path of an entry inside a root"
+    )]
+    NotAnEntry {
+        /// The path as asked.
+        path: String,
+    },
+    /// Something already exists where a rename or mkdir would create an entry.
+    #[error("{path} already exists; nothing was changed (remove it first to replace it)")]
+    Exists {
+        /// The path.
+        path: String,
+    },
+    /// `rmdir` of a directory that still has entries.
+    #[error("{path} is not empty; remove its entries first")]
+    NotEmpty {
+        /// The directory.
+        path: String,
+    },
     /// A system call failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -135,6 +156,9 @@ impl FilesError {
             FilesError::TooLarge { .. } => "too_large",
             FilesError::HashMismatch { .. } => "hash_mismatch",
             FilesError::OutOfOrder { .. } => "out_of_order",
+            FilesError::NotAnEntry { .. } => "not_an_entry",
+            FilesError::Exists { .. } => "exists",
+            FilesError::NotEmpty { .. } => "not_empty",
             FilesError::Io { source, .. } if source.raw_os_error() == Some(libc_enospc()) => {
                 "no_space"
             }

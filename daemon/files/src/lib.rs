@@ -555,7 +555,176 @@ impl Confined {
             written: 0,
             max: self.max_file_size,
             mode: mode.or(old_mode).unwrap_or(0o644) & 0o7777,
+            times: None,
         })
+    }
+}
+
+impl Confined {
+    /// The directory that will hold `path`'s last component (opened beneath its root, checked
+    /// like any other path) and that component. Refuses the root itself and names ending in
+    /// `.`/`..`, which would act on a directory above the entry named.
+    fn parent(&self, path: &str) -> Result<(OwnedFd, String, String), FilesError> {
+        let (root, rel, shown) = self.locate(path)?;
+        let (dir_rel, name) = match rel.rsplit_once('/') {
+            Some((d, n)) => (d.to_owned(), n.to_owned()),
+            None => (".".to_owned(), rel.clone()),
+        };
+        if name == "." || name == ".." || name.is_empty() {
+            return Err(FilesError::NotAnEntry { path: shown });
+        }
+        let dir =
+            self.open_beneath(root, &dir_rel, &shown, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let dir_real = self.check_real(root, &dir, &shown)?;
+        self.check_deny(&format!("{}/{}", dir_real.trim_end_matches('/'), name))?;
+        Ok((dir, name, shown))
+    }
+
+    fn lstat_in(dir: &OwnedFd, name: &str, shown: &str) -> Result<FileStat, FilesError> {
+        fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| match e {
+            Errno::ENOENT => FilesError::NotFound {
+                path: shown.to_owned(),
+            },
+            e => io("cannot stat", shown, e),
+        })
+    }
+
+    /// Removes the file (or symbolic link: the link itself, never what it points to) at
+    /// `path`. Directories are refused (use [`Confined::rmdir`]).
+    pub fn remove(&self, path: &str) -> Result<(), FilesError> {
+        let (dir, name, shown) = self.parent(path)?;
+        let st = Self::lstat_in(&dir, &name, &shown)?;
+        if Kind::of(&st) == Kind::Dir {
+            return Err(FilesError::WrongType {
+                path: shown,
+                found: "a directory",
+                wanted: "a file (remove directories with rmdir)",
+            });
+        }
+        nix::unistd::unlinkat(
+            dir.as_fd(),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .map_err(|e| io("cannot remove", &shown, e))?;
+        nix::unistd::fsync(dir.as_fd()).map_err(|e| io("cannot fsync the directory of", &shown, e))
+    }
+
+    /// Removes the empty directory at `path` (never an allowed root itself).
+    pub fn rmdir(&self, path: &str) -> Result<(), FilesError> {
+        let (dir, name, shown) = self.parent(path)?;
+        let st = Self::lstat_in(&dir, &name, &shown)?;
+        let kind = Kind::of(&st);
+        if kind != Kind::Dir {
+            return Err(FilesError::WrongType {
+                path: shown,
+                found: kind.article(),
+                wanted: "a directory",
+            });
+        }
+        nix::unistd::unlinkat(
+            dir.as_fd(),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )
+        .map_err(|e| match e {
+            Errno::ENOTEMPTY | Errno::EEXIST => FilesError::NotEmpty {
+                path: shown.clone(),
+            },
+            e => io("cannot remove the directory", &shown, e),
+        })?;
+        nix::unistd::fsync(dir.as_fd()).map_err(|e| io("cannot fsync the directory of", &shown, e))
+    }
+
+    /// Creates the directory `path` with permission bits `mode` (`None`: 0755, less the
+    /// process umask); its parent must exist below a root.
+    pub fn mkdir(&self, path: &str, mode: Option<u32>) -> Result<(), FilesError> {
+        let (dir, name, shown) = self.parent(path)?;
+        nix::sys::stat::mkdirat(
+            dir.as_fd(),
+            name.as_str(),
+            Mode::from_bits_truncate(mode.unwrap_or(0o755) & 0o7777),
+        )
+        .map_err(|e| match e {
+            Errno::EEXIST => FilesError::Exists {
+                path: shown.clone(),
+            },
+            e => io("cannot create the directory", &shown, e),
+        })?;
+        nix::unistd::fsync(dir.as_fd()).map_err(|e| io("cannot fsync the directory of", &shown, e))
+    }
+
+    /// Renames `from` to `to`, both below the roots; an existing `to` is not replaced (SFTP v3
+    /// semantics, and no file is ever lost to a typo). A symbolic link is renamed as a link.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), FilesError> {
+        let (from_dir, from_name, from_shown) = self.parent(from)?;
+        let (to_dir, to_name, to_shown) = self.parent(to)?;
+        Self::lstat_in(&from_dir, &from_name, &from_shown)?;
+        nix::fcntl::renameat2(
+            from_dir.as_fd(),
+            from_name.as_str(),
+            to_dir.as_fd(),
+            to_name.as_str(),
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| match e {
+            Errno::EEXIST => FilesError::Exists {
+                path: to_shown.clone(),
+            },
+            e => io(
+                "cannot rename to",
+                &format!("{from_shown} -> {to_shown}"),
+                e,
+            ),
+        })?;
+        nix::unistd::fsync(to_dir.as_fd())
+            .map_err(|e| io("cannot fsync the directory of", &to_shown, e))?;
+        nix::unistd::fsync(from_dir.as_fd())
+            .map_err(|e| io("cannot fsync the directory of", &from_shown, e))
+    }
+
+    /// Sets the permission bits and/or the access and modification times (seconds since the
+    /// epoch) of `path` (following in-root symlinks). A regular file with several hard links
+    /// is refused, as for reading: the other name may live outside the roots.
+    pub fn set_attrs(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        times: Option<(i64, i64)>,
+    ) -> Result<(), FilesError> {
+        let (root, rel, shown) = self.locate(path)?;
+        let fd = self.open_beneath(root, &rel, &shown, OFlag::O_PATH)?;
+        let st = Self::fstat(&fd, &shown)?;
+        if Kind::of(&st) == Kind::File && st.st_nlink > 1 {
+            return Err(FilesError::HardLinked {
+                path: shown,
+                links: st.st_nlink,
+            });
+        }
+        // The descriptor's /proc entry names exactly the inode opened beneath the root, so
+        // nothing is resolved by name again.
+        use std::os::fd::AsRawFd;
+        let by_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Some(mode) = mode {
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                by_fd.as_str(),
+                Mode::from_bits_truncate(mode & 0o7777),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io("cannot change the mode of", &shown, e))?;
+        }
+        if let Some((atime, mtime)) = times {
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                by_fd.as_str(),
+                &nix::sys::time::TimeSpec::new(atime, 0),
+                &nix::sys::time::TimeSpec::new(mtime, 0),
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )
+            .map_err(|e| io("cannot set the times of", &shown, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -572,6 +741,7 @@ pub struct Upload {
     written: u64,
     max: u64,
     mode: u32,
+    times: Option<(i64, i64)>,
 }
 
 /// A finished upload.
@@ -594,6 +764,17 @@ impl Upload {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Sets the permission bits the file gets when committed (SFTP `fsetstat`, `put -p`).
+    pub fn set_mode(&mut self, mode: u32) {
+        self.mode = mode & 0o7777;
+    }
+
+    /// Sets the access and modification times (seconds since the epoch) the file gets when
+    /// committed.
+    pub fn set_times(&mut self, atime: i64, mtime: i64) {
+        self.times = Some((atime, mtime));
     }
 
     /// Appends `data`, which must start at `offset` (= bytes written so far). Refuses data that
@@ -650,6 +831,14 @@ impl Upload {
         }
         fchmod(self.file.as_fd(), Mode::from_bits_truncate(self.mode))
             .map_err(|e| io("cannot set the mode of the upload of", &shown, e))?;
+        if let Some((atime, mtime)) = self.times {
+            nix::sys::stat::futimens(
+                self.file.as_fd(),
+                &nix::sys::time::TimeSpec::new(atime, 0),
+                &nix::sys::time::TimeSpec::new(mtime, 0),
+            )
+            .map_err(|e| io("cannot set the times of the upload of", &shown, e))?;
+        }
         let Some(tmp) = self.tmp_name.as_deref() else {
             return Err(io(
                 "the upload was already finished:",

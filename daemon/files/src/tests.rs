@@ -353,3 +353,87 @@ fn bad_configuration_is_refused_with_the_entry() {
     let off = Confined::new(&Settings::default()).expect("empty");
     assert!(matches!(off.stat("/tmp"), Err(FilesError::Disabled)));
 }
+
+#[test]
+fn changing_operations_stay_beneath_the_root_and_deny_paths() {
+    let t = tree();
+    let c = confined(&t);
+    let r = &t.root;
+    symlink(&t.outside, format!("{r}/out")).expect("symlink");
+    std::fs::hard_link(format!("{}/passwd", t.outside), format!("{r}/hl")).expect("link");
+
+    c.mkdir(&format!("{r}/new"), Some(0o700)).expect("mkdir");
+    assert!(matches!(
+        c.mkdir(&format!("{r}/new"), None),
+        Err(FilesError::Exists { .. })
+    ));
+    c.rename(&format!("{r}/a.txt"), &format!("{r}/new/a.txt"))
+        .expect("rename");
+    assert!(matches!(
+        c.rename(&format!("{r}/new/a.txt"), &format!("{r}/sub/b.txt")),
+        Err(FilesError::Exists { .. })
+    ));
+    c.set_attrs(&format!("{r}/new/a.txt"), Some(0o640), Some((5, 7)))
+        .expect("setstat");
+    let m = std::fs::metadata(format!("{r}/new/a.txt")).expect("meta");
+    assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(m.mtime(), 7);
+
+    // Escapes and denied paths change nothing.
+    for (res, what) in [
+        (c.mkdir(&format!("{r}/../x"), None), "mkdir ../x"),
+        (c.mkdir(&format!("{r}/out/x"), None), "mkdir via symlink"),
+        (c.remove(&format!("{r}/out/passwd")), "rm via symlink"),
+        (
+            c.rename(&format!("{r}/sub/b.txt"), &format!("{r}/out/b.txt")),
+            "rename into symlinked dir",
+        ),
+        (
+            c.rename(&format!("{r}/out/passwd"), &format!("{r}/p")),
+            "rename out of symlinked dir",
+        ),
+        (
+            c.set_attrs(&format!("{r}/out/passwd"), Some(0o777), None),
+            "chmod via symlink",
+        ),
+    ] {
+        assert!(
+            matches!(res, Err(FilesError::Escape { .. })),
+            "{what}: {res:?}"
+        );
+    }
+    assert!(matches!(
+        c.rename(&format!("{r}/sub/b.txt"), &format!("{}/b.txt", t.outside)),
+        Err(FilesError::OutsideRoots { .. })
+    ));
+    assert!(matches!(
+        c.remove(&format!("{r}/secret/key")),
+        Err(FilesError::Denied { .. })
+    ));
+    assert!(matches!(
+        c.set_attrs(&format!("{r}/hl"), Some(0o777), None),
+        Err(FilesError::HardLinked { .. })
+    ));
+    assert!(matches!(c.rmdir(r), Err(FilesError::NotAnEntry { .. })));
+    assert!(matches!(
+        c.rmdir(&format!("{r}/new")),
+        Err(FilesError::NotEmpty { .. })
+    ));
+    assert!(matches!(
+        c.remove(&format!("{r}/new")),
+        Err(FilesError::WrongType { .. })
+    ));
+    assert_eq!(
+        std::fs::read(format!("{}/passwd", t.outside)).expect("read"),
+        b"root:x:0:0"
+    );
+    assert!(std::path::Path::new(&format!("{r}/secret/key")).exists());
+
+    // rm of a symlink removes the link, not its target.
+    c.remove(&format!("{r}/out")).expect("rm link");
+    assert!(std::path::Path::new(&format!("{}/passwd", t.outside)).exists());
+    c.remove(&format!("{r}/new/a.txt")).expect("rm");
+    c.rmdir(&format!("{r}/new")).expect("rmdir");
+    assert!(!std::path::Path::new(&format!("{r}/new")).exists());
+}

@@ -6,9 +6,12 @@
 //!   write as an atomic upload: a temp file renamed over the destination on `close`),
 //!   `read`, `write`, `close`, `stat`/`lstat`/`fstat`, `opendir`/`readdir`, `realpath` (a
 //!   relative path, such as the `.` stock clients ask for, is taken against the first allowed
-//!   root), and the
-//!   extension [`SHA256_EXT`]. Everything else (remove, rename, mkdir, symlink, setstat) is
-//!   refused with `SSH_FX_OP_UNSUPPORTED`. A connection that ends mid-upload drops the upload:
+//!   root), `remove`, `rename` (never over an existing entry), `mkdir`, `rmdir`, `setstat`
+//!   (mode and times; a change of owner or size is refused), `fsetstat` on an upload (mode and
+//!   times applied when it is committed, as `put -p` asks), and the extension [`SHA256_EXT`].
+//!   Everything else (symlink, readlink, other extensions) is refused with
+//!   `SSH_FX_OP_UNSUPPORTED`. Every path of every operation goes through the same
+//!   confinement and the gate (a rename asks it for both paths). A connection that ends mid-upload drops the upload:
 //!   its temp file is removed and the old file stays.
 //! * **[`SHA256_EXT`]** (`sha256@tether.dev`): on a read handle, the target answers the SHA-256
 //!   of the whole open file (the hub compares it with the bytes it received); on a write handle,
@@ -60,17 +63,38 @@ pub enum FileOp {
     List,
     /// Stat a path.
     Stat,
+    /// Remove a file or symbolic link.
+    Remove,
+    /// Rename (asked for the old and the new path).
+    Rename,
+    /// Create a directory.
+    Mkdir,
+    /// Remove an empty directory.
+    Rmdir,
+    /// Change the mode or times of a path.
+    SetStat,
 }
 
 impl FileOp {
-    /// `get`, `put`, `ls`, `stat` (the audit record names `fs.<op>`).
+    /// `get`, `put`, `ls`, `stat`, `rm`, `rename`, `mkdir`, `rmdir`, `setstat` (the audit
+    /// record names `fs.<op>`).
     pub fn as_str(self) -> &'static str {
         match self {
             FileOp::Get => "get",
             FileOp::Put => "put",
             FileOp::List => "ls",
             FileOp::Stat => "stat",
+            FileOp::Remove => "rm",
+            FileOp::Rename => "rename",
+            FileOp::Mkdir => "mkdir",
+            FileOp::Rmdir => "rmdir",
+            FileOp::SetStat => "setstat",
         }
+    }
+
+    /// Whether the operation changes the target's files (the policy sees a write).
+    pub fn writes(self) -> bool {
+        !matches!(self, FileOp::Get | FileOp::List | FileOp::Stat)
     }
 }
 
@@ -81,6 +105,8 @@ pub struct FileReport {
     pub op: FileOp,
     /// The path as asked.
     pub path: String,
+    /// A rename's new path.
+    pub to: Option<String>,
     /// Bytes read or written.
     pub size: u64,
     /// SHA-256 of the bytes (uploads: always; downloads: when read from start to end), hex.
@@ -228,6 +254,7 @@ impl Session {
             .finished(FileReport {
                 op,
                 path: path.to_owned(),
+                to: None,
                 size: 0,
                 sha256: None,
                 error: Some(format!("{}: {e}", e.code())),
@@ -249,6 +276,7 @@ impl Session {
                     .finished(FileReport {
                         op: FileOp::Stat,
                         path,
+                        to: None,
                         size: m.size,
                         sha256: None,
                         error: None,
@@ -267,12 +295,96 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Runs a changing operation `f` on the confinement core after the gate admitted every
+    /// path in `paths`, and reports it (success or refusal) to the gate.
+    async fn change<F>(
+        &self,
+        id: u32,
+        op: FileOp,
+        path: String,
+        to: Option<String>,
+        f: F,
+    ) -> Result<Status, StatusReply>
+    where
+        F: FnOnce(&Confined) -> Result<(), FilesError> + Send + 'static,
+    {
+        self.admit(op, &path).await?;
+        if let Some(to) = &to {
+            self.admit(op, to).await?;
+        }
+        let confined = Arc::clone(&self.service.confined);
+        let r = tokio::task::spawn_blocking(move || f(&confined))
+            .await
+            .map_err(|_| StatusReply::new(StatusCode::Failure))?;
+        let error = r.as_ref().err().map(|e| format!("{}: {e}", e.code()));
+        self.service
+            .gate
+            .finished(FileReport {
+                op,
+                path,
+                to,
+                size: 0,
+                sha256: None,
+                error,
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(ok(id)),
+            Err(e) => Err(refused(&e)),
+        }
+    }
+}
+
+impl Session {
+    /// Audits a refused attribute change (owner, size) and hands the refusal back.
+    async fn report_unsettable(&self, path: &str, e: StatusReply) -> StatusReply {
+        self.service
+            .gate
+            .finished(FileReport {
+                op: FileOp::SetStat,
+                path: path.to_owned(),
+                to: None,
+                size: 0,
+                sha256: None,
+                error: e.error_message.clone(),
+            })
+            .await;
+        e
+    }
+}
+
+/// What a setstat may change: permission bits and (access, modification) times.
+type Settable = (Option<u32>, Option<(i64, i64)>);
+
+/// Mode and times from SFTP attributes; a change of owner or size is refused.
+fn settable(a: &FileAttributes) -> Result<Settable, StatusReply> {
+    if a.uid.is_some() || a.gid.is_some() || a.user.is_some() || a.group.is_some() {
+        return Err(StatusReply::new(StatusCode::PermissionDenied).with_message(
+            "unsupported: changing the owner (chown/chgrp) is refused; files belong to the target's ssh.run_as user",
+        ));
+    }
+    if a.size.is_some() {
+        return Err(StatusReply::new(StatusCode::OpUnsupported).with_message(
+            "unsupported: truncating through setstat is refused; upload the whole file instead",
+        ));
+    }
+    let times = match (a.atime, a.mtime) {
+        (None, None) => None,
+        (at, mt) => {
+            let mt = mt.or(at).unwrap_or(0);
+            Some((i64::from(at.unwrap_or(mt)), i64::from(mt)))
+        }
+    };
+    Ok((a.permissions.map(|p| p & 0o7777), times))
+}
+
 impl russh_sftp::server::Handler for Session {
     type Error = StatusReply;
 
     fn unimplemented(&self) -> Self::Error {
         StatusReply::new(StatusCode::OpUnsupported)
-            .with_message("unsupported: tether's SFTP serves get, put, ls and stat only")
+            .with_message("unsupported: tether's SFTP does not serve this request (symlinks, readlink and other extensions are refused)")
     }
 
     async fn init(
@@ -420,6 +532,7 @@ impl russh_sftp::server::Handler for Session {
                     .finished(FileReport {
                         op: FileOp::Get,
                         path,
+                        to: None,
                         size: served,
                         sha256: in_order.then(|| hex::encode(hasher.finalize())),
                         error: None,
@@ -439,6 +552,7 @@ impl russh_sftp::server::Handler for Session {
                             .finished(FileReport {
                                 op: FileOp::Put,
                                 path,
+                                to: None,
                                 size: done.size,
                                 sha256: Some(done.sha256),
                                 error: None,
@@ -487,6 +601,96 @@ impl russh_sftp::server::Handler for Session {
         self.stat_path(id, path).await
     }
 
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        let p = filename.clone();
+        self.change(id, FileOp::Remove, filename, None, move |c| c.remove(&p))
+            .await
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let p = path.clone();
+        self.change(id, FileOp::Rmdir, path, None, move |c| c.rmdir(&p))
+            .await
+    }
+
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = path.clone();
+        let mode = attrs.permissions.map(|m| m & 0o7777);
+        self.change(id, FileOp::Mkdir, path, None, move |c| c.mkdir(&p, mode))
+            .await
+    }
+
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        let (from, to) = (oldpath.clone(), newpath.clone());
+        self.change(id, FileOp::Rename, oldpath, Some(newpath), move |c| {
+            c.rename(&from, &to)
+        })
+        .await
+    }
+
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let (mode, times) = match settable(&attrs) {
+            Ok(s) => s,
+            Err(e) => return Err(self.report_unsettable(&path, e).await),
+        };
+        let p = path.clone();
+        self.change(id, FileOp::SetStat, path, None, move |c| {
+            c.set_attrs(&p, mode, times)
+        })
+        .await
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let (mode, times) = match settable(&attrs) {
+            Ok(s) => s,
+            Err(e) => {
+                let path = match self.handles.get(&handle) {
+                    Some(Open::Write { upload, .. }) => upload.path().to_owned(),
+                    Some(Open::Read { path, .. }) => path.clone(),
+                    _ => handle.clone(),
+                };
+                return Err(self.report_unsettable(&path, e).await);
+            }
+        };
+        match self.handles.get_mut(&handle) {
+            // An upload takes them when it is committed (the temp file is not the file yet).
+            Some(Open::Write { upload, .. }) => {
+                if let Some(m) = mode {
+                    upload.set_mode(m);
+                }
+                if let Some((a, m)) = times {
+                    upload.set_times(a, m);
+                }
+                Ok(ok(id))
+            }
+            Some(Open::Read { path, .. }) => {
+                let path = path.clone();
+                self.setstat(id, path, attrs).await
+            }
+            _ => Err(bad_handle()),
+        }
+    }
+
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         self.admit(FileOp::List, &path).await?;
         let confined = Arc::clone(&self.service.confined);
@@ -501,6 +705,7 @@ impl russh_sftp::server::Handler for Session {
                     .finished(FileReport {
                         op: FileOp::List,
                         path,
+                        to: None,
                         size: entries.len() as u64,
                         sha256: None,
                         error: None,

@@ -799,9 +799,10 @@ impl tether_ssh::sftp::FileGate for TargetFiles {
         op: tether_ssh::sftp::FileOp,
         path: &'a str,
     ) -> tether_ssh::sftp::BoxFuture<'a, Result<(), String>> {
-        let kind = match op {
-            tether_ssh::sftp::FileOp::Put => tether_policy::RequestKind::FileWrite,
-            _ => tether_policy::RequestKind::FileRead,
+        let kind = if op.writes() {
+            tether_policy::RequestKind::FileWrite
+        } else {
+            tether_policy::RequestKind::FileRead
         };
         Box::pin(target_check(
             &self.state,
@@ -820,6 +821,7 @@ impl tether_ssh::sftp::FileGate for TargetFiles {
             let data = json!({
                 "op": report.op.as_str(),
                 "path": report.path,
+                "to": report.to,
                 "ok": report.error.is_none(),
                 "size": report.size,
                 "sha256": report.sha256,

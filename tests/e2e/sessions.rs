@@ -132,3 +132,85 @@ fn recordings_are_listed_verified_played_exported_and_tamper_is_reported() {
     let reads = audit_records(&hub, "session.read");
     assert!(reads.len() >= 4, "{reads:?}");
 }
+
+/// `ssh.record = "all"`: a `tether exec` on two hosts records two exec sessions, listed with
+/// kind `exec`; the export of one holds the command's stdout (`o`), stderr (`e`) and exit
+/// status (`tether:exit:N` marker), verifies, and its SHA-256 and size match the
+/// `exec.result` audit record.
+#[test]
+fn record_all_records_each_exec_with_output_and_exit_status() {
+    use crate::exec::{enrolled, wait_online};
+    let hub = Daemon::start("hub", "\n[ssh]\nrecord = \"all\"\n");
+    let _targets: Vec<Daemon> = ["t1", "t2"].iter().map(|n| enrolled(&hub, n)).collect();
+    wait_online(&hub, &["t1", "t2"]);
+    let out = hub.tether(&[
+        "exec",
+        "-H",
+        "group:web",
+        "--",
+        "echo to-stdout; echo to-stderr >&2; exit 3",
+    ]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+
+    let out = hub.tether(&["--json", "sessions", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{list}");
+    let mut hosts: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["host"].as_str().unwrap())
+        .collect();
+    hosts.sort_unstable();
+    assert_eq!(hosts, ["t1", "t2"]);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["kind"] == "exec" && s["via"] == "exec")
+    );
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["command"].as_str().unwrap().starts_with("echo to-stdout"))
+    );
+    let text = stdout(&hub.tether(&["sessions", "list"]));
+    assert!(text.contains("KIND") && text.contains("exec"), "{text}");
+
+    let s1 = sessions.iter().find(|s| s["host"] == "t1").unwrap();
+    let id = s1["id"].as_str().unwrap();
+    let export = hub.dir.path().join("exec.cast");
+    let out = hub.tether(&["sessions", "export", id, "-o", export.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let bytes = std::fs::read(&export).unwrap();
+    let lines: Vec<Value> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let has = |code: &str, data: &str| {
+        lines
+            .iter()
+            .any(|l| l[1] == code && l[2].as_str().is_some_and(|d| d.contains(data)))
+    };
+    assert!(has("o", "to-stdout"), "{lines:?}");
+    assert!(has("e", "to-stderr"), "{lines:?}");
+    assert!(has("m", "tether:exit:3"), "{lines:?}");
+    assert!(!has("o", "to-stderr"), "stderr is marked apart from stdout");
+
+    let out = hub.tether(&["--json", "sessions", "show", id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let shown: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["state"], "complete", "{shown}");
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    assert_eq!(shown["sha256"], sha.as_str());
+
+    // The exec.result of t1 vouches for the recording.
+    let results = audit_records(&hub, "exec.result");
+    assert_eq!(results.len(), 2);
+    let r1 = results.iter().find(|r| r["host"] == "t1").unwrap();
+    assert_eq!(r1["data"]["exit_code"], 3);
+    assert_eq!(r1["data"]["recording"]["id"], id, "{r1}");
+    assert_eq!(r1["data"]["recording"]["sha256"], sha.as_str(), "{r1}");
+    assert_eq!(r1["data"]["recording"]["size"], bytes.len() as u64, "{r1}");
+}

@@ -38,7 +38,7 @@ pub use schema::{
     Config, ControlConfig, EnrollSection, LogConfig, PolicyFileError, PolicySource, RolesConfig,
     TunnelSection, parse_duration_secs, parse_subnet,
 };
-pub use ssh::{DEFAULT_ENV_ALLOW, SshMode, SshSection, SshTimes};
+pub use ssh::{DEFAULT_ENV_ALLOW, RecordMode, SshMode, SshSection, SshTimes};
 pub use vault::{BackendChoice, VaultConfig};
 
 /// Where `tetherd` looks for its config when `--config` is not given.

@@ -15,6 +15,7 @@
 //! max_channels_per_conn = 32     # hub: commands at once per pooled connection; more wait
 //! breaker_threshold = 5          # hub: consecutive connection failures that open the breaker
 //! breaker_cool_down = "30s"      # hub: how long an open breaker refuses before one probe
+//! record = "interactive"         # hub: record pty sessions only, or "all" (exec sessions too)
 //! ```
 //! Every key is optional; the defaults are the behaviour without the table.
 
@@ -43,6 +44,28 @@ impl SshMode {
         match self {
             SshMode::Server => "server",
             SshMode::Forward => "forward",
+        }
+    }
+}
+
+/// Which sessions the hub records (`ssh.record`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordMode {
+    /// Interactive (pty) sessions only: `tether ssh`, shells through `tether proxy` (default).
+    #[default]
+    Interactive,
+    /// Interactive sessions and every non-interactive exec through the hub (`tether exec`,
+    /// `ssh HOST CMD` through `tether proxy`): stdin, stdout, stderr and the exit status.
+    All,
+}
+
+impl RecordMode {
+    /// `interactive` or `all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordMode::Interactive => "interactive",
+            RecordMode::All => "all",
         }
     }
 }
@@ -81,6 +104,8 @@ pub struct SshSection {
     /// Hub: the largest recording of one interactive session, bytes (default 256 MiB; 4 KiB to
     /// 64 GiB). Past it the recording ends with a note and the session goes on unrecorded.
     pub recording_max_bytes: u64,
+    /// Hub: `interactive` (default) records pty sessions; `all` records exec sessions too.
+    pub record: RecordMode,
 }
 
 /// Environment variables a client may set by default.
@@ -101,6 +126,7 @@ impl Default for SshSection {
             breaker_threshold: 5,
             breaker_cool_down: "30s".to_owned(),
             recording_max_bytes: 256 << 20,
+            record: RecordMode::Interactive,
         }
     }
 }

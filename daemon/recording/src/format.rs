@@ -83,8 +83,11 @@ impl Header {
 /// What an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
-    /// Output to the terminal (`o`).
+    /// Output to the terminal (`o`); an exec session's stdout.
     Output,
+    /// An exec session's stderr: `e`, a code of Tether's own (asciicast v2 players ignore
+    /// codes they don't know; `tether sessions play` shows it like output).
+    Stderr,
     /// Input from the keyboard (`i`).
     Input,
     /// A terminal resize (`r`, data `COLSxROWS`).
@@ -98,6 +101,7 @@ impl EventKind {
     pub fn code(self) -> &'static str {
         match self {
             EventKind::Output => "o",
+            EventKind::Stderr => "e",
             EventKind::Input => "i",
             EventKind::Resize => "r",
             EventKind::Marker => "m",
@@ -107,6 +111,7 @@ impl EventKind {
     fn from_code(code: &str) -> Option<EventKind> {
         Some(match code {
             "o" => EventKind::Output,
+            "e" => EventKind::Stderr,
             "i" => EventKind::Input,
             "r" => EventKind::Resize,
             "m" => EventKind::Marker,

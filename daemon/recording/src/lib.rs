@@ -9,6 +9,11 @@
 //! one breaks a link. The SHA-256 and size of the whole file go into the `session.close` audit
 //! record, so the audit chain vouches for the recording as a whole.
 //!
+//! An exec session (`ssh.record = "all"`) records its stdin as `i`, its stdout as `o`, its
+//! stderr as `e` (Tether's own code: asciicast v2 players skip codes they don't know) and its
+//! end as a marker `[t, "m", "tether:exit:CODE"]` (or `tether:exit:signal:NAME`,
+//! `tether:exit:error:KIND`); its header's `tether.via` is `exec`.
+//!
 //! Everything here is sans-IO and streaming: [`Recorder`] turns events into bytes to append
 //! (the daemon writes and fsyncs each chunk before the session may run further ahead than one
 //! chunk), [`Verifier`] checks a recording line by line, and [`Player`] yields its events with

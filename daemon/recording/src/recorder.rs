@@ -49,8 +49,8 @@ pub struct Recorder {
     links: u64,
     last_time: f64,
     truncated: bool,
-    /// Incomplete UTF-8 sequences at the end of the last output and input data.
-    carry: [Vec<u8>; 2],
+    /// Incomplete UTF-8 sequences at the end of the last output, input and stderr data.
+    carry: [Vec<u8>; 3],
 }
 
 impl Recorder {
@@ -76,13 +76,14 @@ impl Recorder {
             links: 0,
             last_time: 0.0,
             truncated: false,
-            carry: [Vec::new(), Vec::new()],
+            carry: [Vec::new(), Vec::new(), Vec::new()],
         };
         (r, Chunk { bytes: line })
     }
 
-    /// Records output (`Output`), input (`Input`) or a resize (`Resize`, data `COLSxROWS`) at
-    /// `time` seconds since the start. Data that is not UTF-8 is stored with replacement
+    /// Records output (`Output`), stderr (`Stderr`), input (`Input`), a resize (`Resize`, data
+    /// `COLSxROWS`) or a marker (`Marker`, not counted as an event) at `time` seconds since the
+    /// start. Data that is not UTF-8 is stored with replacement
     /// characters (a sequence split across two calls is joined first). Returns false when the
     /// size limit was reached: from then on nothing more is recorded.
     pub fn record(&mut self, time: f64, kind: EventKind, data: &[u8]) -> bool {
@@ -92,6 +93,7 @@ impl Recorder {
         let text = match kind {
             EventKind::Output => self.text(0, data),
             EventKind::Input => self.text(1, data),
+            EventKind::Stderr => self.text(2, data),
             _ => String::from_utf8_lossy(data).into_owned(),
         };
         if text.is_empty() {
@@ -121,7 +123,10 @@ impl Recorder {
             return false;
         }
         self.push(time, &line);
-        self.events += 1;
+        // Markers (such as an exec's exit status) are not events, as the verifier counts.
+        if kind != EventKind::Marker {
+            self.events += 1;
+        }
         true
     }
 

@@ -288,6 +288,31 @@ mod tests {
         (file, s)
     }
 
+    #[test]
+    fn an_exec_recording_with_stderr_and_an_exit_marker_verifies() {
+        let h = Header::new(80, 24, 1, TetherMeta::default());
+        let (mut r, first) = Recorder::new(&h, 1 << 20);
+        let mut file = first.bytes;
+        r.record(0.1, EventKind::Output, b"out\n");
+        r.record(0.2, EventKind::Stderr, b"err\n");
+        r.record(0.3, EventKind::Marker, b"tether:exit:3");
+        let (last, s) = r.finish(0.4);
+        file.extend(last.bytes);
+        assert_eq!(s.events, 2, "the exit marker is not an event");
+        match verdict(&file) {
+            Verdict::Complete { events, .. } => assert_eq!(events, 2),
+            other => panic!("{other:?}"),
+        }
+        let text = String::from_utf8(file.clone()).unwrap();
+        assert!(text.contains(r#""e","err\n""#), "{text}");
+        let mut p = Player::new();
+        let evs: Vec<Event> = file
+            .split_inclusive(|b| *b == b'\n')
+            .filter_map(|l| p.push_line(l).unwrap())
+            .collect();
+        assert_eq!(evs[1].kind, EventKind::Stderr);
+    }
+
     fn verdict(bytes: &[u8]) -> Verdict {
         let mut v = Verifier::new();
         for line in bytes.split_inclusive(|b| *b == b'\n') {

@@ -37,6 +37,9 @@ pub struct SessionInfo {
     pub user: String,
     /// How it arrived: `cli`, `proxy`, `mcp`, `exec`.
     pub via: String,
+    /// `pty` (an interactive session) or `exec` (a command without a pty, recorded with
+    /// `ssh.record = "all"`: stdout `o`, stderr `e`, exit status `tether:exit:…` marker).
+    pub kind: String,
     /// The command, for a session that ran one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,

@@ -584,10 +584,16 @@ async fn run_host(
         line: plan.command.clone(),
         connect_timeout: plan.connect_timeout,
     };
+    let (recording, recording_failed) =
+        super::interactive::exec_recording(&ctx, &name, &plan.command).await;
     let run = remote.run(target, command, out_tx, cancel.clone());
     let forward = async {
         let (mut stdout, mut stderr) = (Tally::default(), Tally::default());
         while let Some(chunk) = out_rx.recv().await {
+            // All of it, before the client sees it (bounded lag, like pty sessions).
+            if let Some(r) = &recording {
+                super::interactive::record_output(r, &chunk).await;
+            }
             let (tally, stream, bytes) = match &chunk {
                 RemoteOutput::Stdout(b) => (&mut stdout, ExecStream::Stdout, b),
                 RemoteOutput::Stderr(b) => (&mut stderr, ExecStream::Stderr, b),
@@ -605,15 +611,17 @@ async fn run_host(
         }
         (stdout, stderr)
     };
-    let work = async { tokio::join!(run, forward) };
-    tokio::pin!(work);
     let mut timed_out = false;
-    let (result, (mut stdout, mut stderr)) = tokio::select! {
-        r = &mut work => r,
-        () = tokio::time::sleep(plan.timeout) => {
-            timed_out = true;
-            cancel.cancel();
-            work.await
+    let (result, (mut stdout, mut stderr)) = {
+        let work = async { tokio::join!(run, forward) };
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            () = tokio::time::sleep(plan.timeout) => {
+                timed_out = true;
+                cancel.cancel();
+                work.await
+            }
         }
     };
     for (tally, stream) in [
@@ -634,6 +642,18 @@ async fn run_host(
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     let dropped = (stdout.bytes - stdout.kept) + (stderr.bytes - stderr.kept);
+    let recorded = match recording {
+        Some(r) => {
+            let exit = match &result {
+                _ if timed_out => "error:timeout".to_owned(),
+                Ok(RemoteExit::Code(c)) => format!("{}", *c as i32),
+                Ok(RemoteExit::Signal(s)) => format!("signal:{s}"),
+                Err(e) => format!("error:{}", e.kind),
+            };
+            Some(super::interactive::finish_exec_recording(r, exit).await)
+        }
+        None => recording_failed,
+    };
     let (event, success, audit_outcome) = match result {
         Ok(exit) if !timed_out => {
             let (code, signal) = match exit {
@@ -686,6 +706,7 @@ async fn run_host(
         dropped,
         result: audit_outcome,
         failure: (!success).then(|| describe(&event)),
+        recording: recorded,
     };
     record_result(&ctx, &name, &plan.command, outcome).await;
     (name.clone(), success)
@@ -702,6 +723,8 @@ pub(crate) struct Outcome<'a> {
     pub result: serde_json::Value,
     /// Why it failed (raises `exec_failure`), `None` when it exited 0.
     pub failure: Option<String>,
+    /// With `ssh.record = "all"`: the recording's id, SHA-256 and size (or why it failed).
+    pub recording: Option<serde_json::Value>,
 }
 
 /// Writes one host's `exec.result` (and raises `exec_failure` when it failed): the same record
@@ -718,6 +741,9 @@ pub(crate) async fn record_result(ctx: &Ctx, name: &str, command: &str, o: Outco
     });
     if let (Some(d), Some(r)) = (data.as_object_mut(), o.result.as_object()) {
         d.extend(r.clone());
+    }
+    if let (Some(d), Some(r)) = (data.as_object_mut(), o.recording) {
+        d.insert("recording".to_owned(), r);
     }
     if let Err(e) = ctx
         .state

@@ -164,13 +164,17 @@ impl ProxySession {
             .await
             .map_err(|f| Refusal::from_fail(&f))?;
         let started = Instant::now();
+        let (recording, recording_failed) = exec_recording(ctx, &self.host, &command).await;
         let (tx, rx) = mpsc::channel(32);
         let line = crate::state::RemoteCommand {
             line: command.clone(),
             connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
         };
         let run = remote.run(Self::target(&record), line, tx, cancel);
-        let ((stdout, stderr), result) = tokio::join!(tally(rx, out, None), run);
+        let ((stdout, stderr), result) = tokio::join!(
+            tally(rx, out, recording.as_ref().map(std::sync::Arc::clone)),
+            run
+        );
         let (result_json, failure) = match &result {
             Ok(RemoteExit::Code(c)) => (
                 json!({"exit_code": *c as i32, "signal": null}),
@@ -185,6 +189,17 @@ impl ProxySession {
                 Some(e.message.clone()),
             ),
         };
+        let recorded = match recording {
+            Some(r) => {
+                let exit = match &result {
+                    Ok(RemoteExit::Code(c)) => format!("{}", *c as i32),
+                    Ok(RemoteExit::Signal(s)) => format!("signal:{s}"),
+                    Err(e) => format!("error:{}", e.kind),
+                };
+                Some(finish_exec_recording(r, exit).await)
+            }
+            None => recording_failed,
+        };
         let outcome = Outcome {
             duration_ms: started.elapsed().as_millis() as u64,
             stdout: &stdout,
@@ -192,6 +207,7 @@ impl ProxySession {
             dropped: 0,
             result: result_json,
             failure,
+            recording: recorded,
         };
         record_result(ctx, &self.host, &command, outcome).await;
         result.map_err(|e| Refusal {
@@ -324,47 +340,108 @@ impl ProxySession {
 }
 
 /// A session's recording, shared by its output and input paths.
-type Recording = std::sync::Arc<tether_recording::RecordingFile>;
+pub(crate) type Recording = std::sync::Arc<tether_recording::RecordingFile>;
 
 impl ProxySession {
     /// Starts the session's recording in `state_dir/recordings` (hub only; `None` where the
     /// daemon keeps no recordings). `Err` says why it could not be started.
     async fn start_recording(&self, spec: &SessionSpec) -> Result<Option<Recording>, String> {
-        let Some(dir) = self.ctx.state.recordings.clone() else {
-            return Ok(None);
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut rand = [0u8; 4];
-        getrandom::fill(&mut rand).map_err(|e| e.to_string())?;
-        let id = format!("{now}-{}-{}", self.host, hex::encode(rand));
         let (cols, rows) = spec.pty.as_ref().map_or((80, 24), |p| {
             (
                 p.cols.min(u32::from(u16::MAX)) as u16,
                 p.rows.min(u32::from(u16::MAX)) as u16,
             )
         });
-        let actor = self.ctx.actor();
-        let header = tether_recording::Header::new(
-            cols,
-            rows,
-            now,
-            tether_recording::TetherMeta {
-                id,
-                host: self.host.clone(),
-                user: actor.user.clone(),
-                via: self.via.to_owned(),
-                command: spec.command.clone(),
-            },
-        );
-        let limit = self.ctx.state.config().ssh.recording_max_bytes;
-        tether_recording::RecordingFile::create(&dir, header, limit)
-            .await
-            .map(|r| Some(std::sync::Arc::new(r)))
-            .map_err(|e| format!("{}: {e}", dir.display()))
+        create_recording(
+            &self.ctx,
+            &self.host,
+            self.via,
+            spec.command.clone(),
+            (cols, rows),
+        )
+        .await
     }
+}
+
+/// Creates a recording `NOW-HOST-RANDOM.cast` in `state_dir/recordings` (hub only; `None`
+/// where the daemon keeps no recordings). `Err` says why it could not be started.
+async fn create_recording(
+    ctx: &Ctx,
+    host: &str,
+    via: &str,
+    command: Option<String>,
+    (cols, rows): (u16, u16),
+) -> Result<Option<Recording>, String> {
+    let Some(dir) = ctx.state.recordings.clone() else {
+        return Ok(None);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rand = [0u8; 4];
+    getrandom::fill(&mut rand).map_err(|e| e.to_string())?;
+    let id = format!("{now}-{host}-{}", hex::encode(rand));
+    let actor = ctx.actor();
+    let header = tether_recording::Header::new(
+        cols,
+        rows,
+        now,
+        tether_recording::TetherMeta {
+            id,
+            host: host.to_owned(),
+            user: actor.user.clone(),
+            via: via.to_owned(),
+            command,
+        },
+    );
+    let limit = ctx.state.config().ssh.recording_max_bytes;
+    tether_recording::RecordingFile::create(&dir, header, limit)
+        .await
+        .map(|r| Some(std::sync::Arc::new(r)))
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// With `ssh.record = "all"`, starts the recording of a non-interactive exec of `command` on
+/// `host` (header `via: "exec"`). The second value is the `recording` field of `exec.result`
+/// when it could not be started (the command still runs, unrecorded).
+pub(crate) async fn exec_recording(
+    ctx: &Ctx,
+    host: &str,
+    command: &str,
+) -> (Option<Recording>, Option<serde_json::Value>) {
+    if ctx.state.config().ssh.record != tether_config::RecordMode::All {
+        return (None, None);
+    }
+    match create_recording(ctx, host, "exec", Some(command.to_owned()), (80, 24)).await {
+        Ok(r) => (r, None),
+        Err(e) => {
+            tracing::error!(host = %host, "could not start an exec recording: {e}");
+            (
+                None,
+                Some(json!({"error": format!("the recording could not be started: {e}")})),
+            )
+        }
+    }
+}
+
+/// Records one chunk of an exec's output: stdout as `o`, stderr as `e`.
+pub(crate) async fn record_output(r: &Recording, chunk: &RemoteOutput) {
+    match chunk {
+        RemoteOutput::Stdout(b) => r.record(tether_recording::EventKind::Output, b).await,
+        RemoteOutput::Stderr(b) => r.record(tether_recording::EventKind::Stderr, b).await,
+    };
+}
+
+/// Ends an exec's recording with its exit marker (`tether:exit:CODE`, `tether:exit:signal:SIG`
+/// or `tether:exit:error:KIND`); the `recording` field of `exec.result`.
+pub(crate) async fn finish_exec_recording(r: Recording, exit: String) -> serde_json::Value {
+    r.record(
+        tether_recording::EventKind::Marker,
+        format!("tether:exit:{exit}").as_bytes(),
+    )
+    .await;
+    finish_recording(r).await
 }
 
 /// The `recording` field of `session.close`: id, file SHA-256 and size, or why it failed.
@@ -622,8 +699,7 @@ async fn tally(
         };
         // Written before the client sees it (bounded lag: see tether_recording::RecordingFile).
         if let Some(r) = &recording {
-            let (RemoteOutput::Stdout(b) | RemoteOutput::Stderr(b)) = &chunk;
-            r.record(tether_recording::EventKind::Output, b).await;
+            record_output(r, &chunk).await;
         }
         // A client that went away stops getting output; the run ends through its cancel.
         if open && out.send(chunk).await.is_err() {

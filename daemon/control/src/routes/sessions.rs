@@ -74,7 +74,9 @@ async fn info(path: &Path) -> Option<SessionInfo> {
         .ok()?;
     let h = Header::parse(&line).ok()?;
     let t = h.tether.unwrap_or_default();
+    let kind = if t.via == "exec" { "exec" } else { "pty" };
     Some(SessionInfo {
+        kind: kind.to_owned(),
         id: t.id,
         host: t.host,
         user: t.user,

@@ -35,11 +35,14 @@ pub async fn run(global: &Global, a: ListArgs) -> Result<u8, CliError> {
         println!("no recorded sessions yet (they appear once someone runs `tether ssh HOST`)");
         return Ok(0);
     }
-    let mut t =
-        Table::new(&["ID", "HOST", "USER", "VIA", "STARTED", "SIZE", "COMMAND"]).right(&[5]);
+    let mut t = Table::new(&[
+        "ID", "KIND", "HOST", "USER", "VIA", "STARTED", "SIZE", "COMMAND",
+    ])
+    .right(&[6]);
     for s in &out.sessions {
         t.row([
             s.id.clone(),
+            s.kind.clone(),
             s.host.clone(),
             s.user.clone(),
             s.via.clone(),

@@ -62,7 +62,7 @@ pub async fn run(global: &Global, a: PlayArgs) -> Result<u8, CliError> {
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
-            if ev.kind == EventKind::Output
+            if matches!(ev.kind, EventKind::Output | EventKind::Stderr)
                 && let Err(e) = out.write_all(ev.data.as_bytes()).and_then(|()| out.flush())
             {
                 failed = Some(CliError::Internal(format!("writing standard output: {e}")));

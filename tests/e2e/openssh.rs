@@ -410,3 +410,137 @@ fn a_policy_scope_with_an_allow_list_denies_shells_but_not_its_commands() {
     assert!(audit_records(&hub, "session.open").is_empty());
     assert!(audit_records(&t1, "session.open").is_empty());
 }
+
+/// The hub's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A pty client that stops reading while the remote prints without end (`yes`): the hub's
+/// memory stays bounded (backpressure reaches the remote program), an exec on the same target
+/// still completes promptly meanwhile, and once the client reads again the output flows on;
+/// closing the client then ends the session cleanly.
+#[test]
+fn a_pty_client_that_stops_reading_neither_grows_the_hub_nor_stalls_other_work() {
+    use std::io::Read;
+    if !have("ssh") {
+        eprintln!("SKIP: the OpenSSH client is not installed (apt-get install openssh-client)");
+        return;
+    }
+    let hub = Daemon::start("hub", "\n[ssh]\nrecording_max_bytes = 8388608\n");
+    let _t1 = enrolled(&hub, "t1");
+    wait_online(&hub, &["t1"]);
+    let config = client_config(&hub);
+    // Warm the pooled connection, so the exec below measures a stall, not a handshake.
+    let out = hub.tether(&["exec", "-H", "t1", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let before = rss_kib(hub.pid());
+
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-tt",
+            "t1",
+            "yes",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ssh");
+    let _stdin = child.stdin.take();
+    let mut remote_out = child.stdout.take().expect("stdout");
+
+    // Nobody reads for 6 s; the hub keeps serving and its memory stays bounded.
+    let mut peak = before;
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let t = Instant::now();
+        // Bounded, so a stall fails the test instead of hanging it.
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(bin("tether"))
+            .arg("--socket")
+            .arg(&hub.socket)
+            .args(["exec", "-H", "t1", "--", "echo still-here"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tether");
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).contains("still-here"), "{}", stdout(&out));
+        peak = peak.max(rss_kib(hub.pid()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the session ended early"
+    );
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "hub RSS before {before} KiB, peak {peak} KiB (+{growth} KiB); slowest exec meanwhile {slowest:?}"
+    );
+    assert!(growth < 32 * 1024, "the hub grew by {growth} KiB");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an exec on the same target took {slowest:?} while the session was stalled"
+    );
+
+    // The client reads again: the output flows on.
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        let mut sample = Vec::new();
+        while got < 8 << 20 {
+            match remote_out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sample.len() < 64 {
+                        sample.extend_from_slice(&buf[..n.min(64)]);
+                    }
+                    got += n;
+                }
+            }
+        }
+        (got, sample)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the output did not flow again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (got, sample) = reader.join().unwrap();
+    assert!(got >= 8 << 20, "only {got} bytes after reading again");
+    assert!(
+        String::from_utf8_lossy(&sample).contains("y\r\n"),
+        "{sample:?}"
+    );
+    let after = rss_kib(hub.pid());
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "the hub grew to {after} KiB from {before} KiB"
+    );
+
+    // Closing the client ends the session on the hub (session.close written).
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while audit_records(&hub, "session.close").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no session.close after the client went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

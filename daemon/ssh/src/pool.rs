@@ -152,6 +152,9 @@ struct Inner {
 struct Slot {
     conn: Option<Arc<Conn>>,
     breaker: Breaker,
+    /// The connections of its interactive sessions (one each, see [`Pool::session`]), so a
+    /// revoke or shutdown closes them too.
+    sessions: Vec<std::sync::Weak<Conn>>,
 }
 
 /// One open connection.
@@ -272,6 +275,7 @@ impl Pool {
             Arc::new(tokio::sync::Mutex::new(Slot {
                 conn: None,
                 breaker: Breaker::new(self.inner.config.breaker),
+                sessions: Vec::new(),
             }))
         }))
     }
@@ -421,6 +425,48 @@ impl Pool {
         })
     }
 
+    /// A connection of its own to `target` for one interactive session, registered with the
+    /// target's slot so that [`Pool::close_host`] and [`Pool::shutdown`] close it too.
+    ///
+    /// **Why not the pooled connection:** russh hands a channel's data to its reader through a
+    /// bounded queue and waits when that queue is full — inside the connection's one reader
+    /// loop. A client that stops reading its session would therefore stall every other channel
+    /// of a shared connection (the same target's `exec`s). On a connection of its own, that wait
+    /// is the backpressure we want: the hub stops reading the tunnel stream, the target's SSH
+    /// server stops taking data while its window is used up, and the program on the pty
+    /// blocks on write. Nothing in between grows without bound.
+    async fn dedicated(&self, target: &Target, timeout: Duration) -> Result<Arc<Conn>, SshError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(SshError::ShutDown);
+        }
+        let permit = tokio::select! {
+            p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
+            () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
+        };
+        let opened = tokio::select! {
+            r = tokio::time::timeout(timeout, self.open(target)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
+            },
+            () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
+        };
+        drop(permit);
+        let conn = match opened {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if matches!(e, SshError::HostKeyMismatch { .. }) {
+                    self.inner.events.host_key_mismatch(&target.name, &e);
+                }
+                return Err(e);
+            }
+        };
+        let slot = self.slot(&target.name);
+        let mut slot = slot.lock().await;
+        slot.sessions.retain(|w| w.strong_count() > 0);
+        slot.sessions.push(Arc::downgrade(&conn));
+        Ok(conn)
+    }
+
     /// Runs `command` on `target`, sending its output to `out` as it arrives. Cancelling
     /// `cancel` (or dropping `out`'s receiver) signals the remote command (`TERM`) and closes its
     /// channel; the target then kills its process group.
@@ -547,6 +593,9 @@ impl Pool {
     /// then the login shell, or [`SessionSpec::command`] (`exec`). `input` is typed into it
     /// (data, resizes, end of input); its output goes to `out`. Cancelling `cancel` or dropping
     /// `out`'s receiver closes the channel, and the target kills the session's processes.
+    /// Each session runs on an SSH connection of its own (see [`Pool::dedicated`]): when `out`
+    /// is full the session waits, and that wait reaches the remote program without stalling
+    /// the pooled connection's `exec`s.
     pub async fn session(
         &self,
         target: &Target,
@@ -557,17 +606,9 @@ impl Pool {
         cancel: CancellationToken,
     ) -> Result<Exit, SshError> {
         let conn = tokio::select! {
-            c = self.connection(target, connect_timeout) => c?,
+            c = self.dedicated(target, connect_timeout) => c?,
             () = cancel.cancelled() => return Err(SshError::Cancelled),
         };
-        let permit: OwnedSemaphorePermit = tokio::select! {
-            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
-            () = cancel.cancelled() => return Err(SshError::Cancelled),
-        };
-        *conn
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         let host = || target.name.clone();
         let proto = |e: russh::Error| SshError::Protocol {
             host: target.name.clone(),
@@ -598,10 +639,20 @@ impl Pool {
                 tokio::select! {
                     m = channel.wait() => match m {
                         Some(ChannelMsg::Data { data }) => {
-                            let _ = out.send(Output::Stdout(Bytes::copy_from_slice(&data))).await;
+                            let o = Output::Stdout(Bytes::copy_from_slice(&data));
+                            if !forward(&out, o, &cancel, &conn.closed).await {
+                                let _ = channel.signal(Sig::HUP).await;
+                                let _ = channel.close().await;
+                                return Err(SshError::Cancelled);
+                            }
                         }
                         Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                            let _ = out.send(Output::Stderr(Bytes::copy_from_slice(&data))).await;
+                            let o = Output::Stderr(Bytes::copy_from_slice(&data));
+                            if !forward(&out, o, &cancel, &conn.closed).await {
+                                let _ = channel.signal(Sig::HUP).await;
+                                let _ = channel.close().await;
+                                return Err(SshError::Cancelled);
+                            }
                         }
                         Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(Exit::Code(exit_status)),
                         Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
@@ -648,12 +699,8 @@ impl Pool {
             })
         }
         .await;
-        *conn
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
-        conn.touch(Instant::now());
-        drop(permit);
+        // The session's own connection ends with it (in the background: the goodbye may wait).
+        tokio::spawn(async move { conn.close("the session ended").await });
         result
     }
 
@@ -716,11 +763,20 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(host);
         if let Some(slot) = slot {
-            let conn = slot.lock().await.conn.take();
+            let (conn, sessions) = {
+                let mut slot = slot.lock().await;
+                (slot.conn.take(), std::mem::take(&mut slot.sessions))
+            };
+            let mut closed = false;
+            for s in sessions.iter().filter_map(std::sync::Weak::upgrade) {
+                s.close(why).await;
+                closed = true;
+            }
             if let Some(conn) = conn {
                 conn.close(why).await;
-                return true;
+                closed = true;
             }
+            return closed;
         }
         false
     }
@@ -780,7 +836,13 @@ impl Pool {
             .map(|(_, v)| v)
             .collect();
         for slot in slots {
-            let conn = slot.lock().await.conn.take();
+            let (conn, sessions) = {
+                let mut slot = slot.lock().await;
+                (slot.conn.take(), std::mem::take(&mut slot.sessions))
+            };
+            for s in sessions.iter().filter_map(std::sync::Weak::upgrade) {
+                s.close("the hub is shutting down").await;
+            }
             if let Some(conn) = conn {
                 conn.close("the hub is shutting down").await;
             }
@@ -837,5 +899,20 @@ impl AsyncWrite for SubsystemStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Hands `o` to `out`, waiting while it is full (backpressure) but not past a cancel or the
+/// connection's close. False when the session must stop.
+async fn forward(
+    out: &mpsc::Sender<Output>,
+    o: Output,
+    cancel: &CancellationToken,
+    closed: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        r = out.send(o) => r.is_ok(),
+        () = cancel.cancelled() => false,
+        () = closed.cancelled() => false,
     }
 }

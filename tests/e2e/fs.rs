@@ -332,3 +332,110 @@ fn an_upload_that_fills_the_disk_leaves_the_old_file() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(temp_files(&small).is_empty(), "{:?}", temp_files(&small));
 }
+
+/// `ssh.run_as` applies to file operations: with the target's daemon running as root and
+/// `run_as = "nobody"`, an upload is owned by nobody, a file only root may read is refused with
+/// a permission error naming the uid, and a directory only root may write is refused for
+/// uploads — while the confinement still holds.
+#[test]
+fn file_operations_run_as_the_run_as_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !is_root() {
+        eprintln!("SKIP: needs root (the target's daemon must drop to ssh.run_as = nobody)");
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("SKIP: no user `nobody` on this machine");
+        return;
+    };
+    let hub = Daemon::start("hub", "");
+    let area = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(area.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = area.path().join("root");
+    std::fs::create_dir_all(root.join("root-only-dir")).unwrap();
+    nix::unistd::chown(&root, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        root.join("root-only-dir"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("secret.txt"), b"root only").unwrap();
+    std::fs::set_permissions(
+        root.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(root.join("public.txt"), b"anyone").unwrap();
+    std::fs::set_permissions(
+        root.join("public.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+
+    // A target like `target()`, with run_as.
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("tetherd.toml");
+    let files = format!(
+        "\n[files]\nallowed_roots = [{:?}]\nmax_file_size = 1048576\n\n[ssh]\nrun_as = \"nobody\"\n",
+        root.display().to_string()
+    );
+    std::fs::write(&config, config_text("target", dir.path(), &files)).unwrap();
+    let token = invite(&hub, "t1", &["--group", "web"]);
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut t1 = Daemon::spawn_in(dir, config, &[]);
+    t1.wait_ready();
+    crate::exec::wait_online(&hub, &["t1"]);
+    let r = |p: &str| format!("t1:{}/{p}", root.display());
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("up.txt");
+    std::fs::write(&src, b"uploaded").unwrap();
+
+    // An upload is owned by the run_as user.
+    let out = hub.tether(&["fs", "put", src.to_str().unwrap(), &r("up.txt")]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let m = std::fs::metadata(root.join("up.txt")).unwrap();
+    assert_eq!(m.uid(), nobody.uid.as_raw(), "owned by nobody");
+    assert_eq!(std::fs::read(root.join("up.txt")).unwrap(), b"uploaded");
+
+    // What nobody may read comes back; what only root may read is refused, precisely.
+    let dest = local.path().join("public");
+    let out = hub.tether(&["fs", "get", &r("public.txt"), dest.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"anyone");
+    let dest = local.path().join("stolen");
+    let out = hub.tether(&["fs", "get", &r("secret.txt"), dest.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("permission denied to uid 65534")
+            || err.contains(&format!("permission denied to uid {}", nobody.uid)),
+        "{err}"
+    );
+    assert!(err.contains("ssh.run_as"), "{err}");
+    assert!(!dest.exists());
+
+    // A directory only root may write: the upload is refused, nothing is left there.
+    let out = hub.tether(&["fs", "put", src.to_str().unwrap(), &r("root-only-dir/x")]);
+    assert_ne!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("permission denied to uid"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(root.join("root-only-dir"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Audited on the target with the precise code.
+    assert!(audit_records(&t1, "fs.get").iter().any(|g| {
+        g["data"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("permission_denied"))
+    }));
+    drop(t1);
+}

@@ -128,6 +128,16 @@ pub enum FilesError {
         /// The directory.
         path: String,
     },
+    /// The user file operations run as (`ssh.run_as`) may not do this.
+    #[error(
+        "{path}: permission denied to uid {uid}, the user file operations run as on this target (ssh.run_as); nothing was read or written (give that user access, or change ssh.run_as)"
+    )]
+    PermissionDenied {
+        /// The path.
+        path: String,
+        /// The effective uid that was refused.
+        uid: u32,
+    },
     /// A system call failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -159,6 +169,7 @@ impl FilesError {
             FilesError::NotAnEntry { .. } => "not_an_entry",
             FilesError::Exists { .. } => "exists",
             FilesError::NotEmpty { .. } => "not_empty",
+            FilesError::PermissionDenied { .. } => "permission_denied",
             FilesError::Io { source, .. } if source.raw_os_error() == Some(libc_enospc()) => {
                 "no_space"
             }

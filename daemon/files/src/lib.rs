@@ -188,6 +188,12 @@ fn clean(path: &str) -> Option<String> {
 }
 
 fn io(what: &'static str, path: &str, e: Errno) -> FilesError {
+    if matches!(e, Errno::EACCES | Errno::EPERM) {
+        return FilesError::PermissionDenied {
+            path: path.to_owned(),
+            uid: nix::unistd::geteuid().as_raw(),
+        };
+    }
     FilesError::Io {
         what,
         path: path.to_owned(),

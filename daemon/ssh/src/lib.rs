@@ -36,6 +36,7 @@ pub mod pty;
 pub mod run_as;
 pub mod server;
 pub mod sftp;
+pub mod sftp_helper;
 
 pub use error::SshError;
 

@@ -92,6 +92,22 @@ impl FileOp {
         }
     }
 
+    /// The operation named by [`FileOp::as_str`].
+    pub fn parse(s: &str) -> Option<FileOp> {
+        Some(match s {
+            "get" => FileOp::Get,
+            "put" => FileOp::Put,
+            "ls" => FileOp::List,
+            "stat" => FileOp::Stat,
+            "rm" => FileOp::Remove,
+            "rename" => FileOp::Rename,
+            "mkdir" => FileOp::Mkdir,
+            "rmdir" => FileOp::Rmdir,
+            "setstat" => FileOp::SetStat,
+            _ => return None,
+        })
+    }
+
     /// Whether the operation changes the target's files (the policy sees a write).
     pub fn writes(self) -> bool {
         !matches!(self, FileOp::Get | FileOp::List | FileOp::Stat)
@@ -128,6 +144,8 @@ pub trait FileGate: Send + Sync + 'static {
 pub struct SftpService {
     confined: Arc<Confined>,
     gate: Arc<dyn FileGate>,
+    /// Set when file operations run as `ssh.run_as` in a helper process.
+    helper: Option<Arc<crate::sftp_helper::Helper>>,
 }
 
 impl std::fmt::Debug for SftpService {
@@ -141,7 +159,25 @@ impl std::fmt::Debug for SftpService {
 impl SftpService {
     /// A service over `confined`, asking `gate`.
     pub fn new(confined: Arc<Confined>, gate: Arc<dyn FileGate>) -> Self {
-        SftpService { confined, gate }
+        SftpService {
+            confined,
+            gate,
+            helper: None,
+        }
+    }
+
+    /// A service whose sessions each run in a helper process as another user (see
+    /// [`crate::sftp_helper`]); `confined` is the daemon's own copy (checked at startup).
+    pub fn with_helper(
+        confined: Arc<Confined>,
+        gate: Arc<dyn FileGate>,
+        helper: crate::sftp_helper::Helper,
+    ) -> Self {
+        SftpService {
+            confined,
+            gate,
+            helper: Some(Arc::new(helper)),
+        }
     }
 
     /// Serves one `sftp` subsystem channel until it closes.
@@ -149,6 +185,11 @@ impl SftpService {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if let Some(helper) = &self.helper {
+            let (helper, gate) = (Arc::clone(helper), Arc::clone(&self.gate));
+            tokio::spawn(async move { helper.serve(stream, gate).await });
+            return;
+        }
         let session = Session {
             service: self.clone(),
             handles: HashMap::new(),
@@ -191,7 +232,8 @@ struct Session {
 fn refused(e: &FilesError) -> StatusReply {
     let code = match e {
         FilesError::NotFound { .. } => StatusCode::NoSuchFile,
-        FilesError::Disabled
+        FilesError::PermissionDenied { .. }
+        | FilesError::Disabled
         | FilesError::OutsideRoots { .. }
         | FilesError::Escape { .. }
         | FilesError::Denied { .. }

@@ -17,6 +17,17 @@ pub enum Command {
     Run(RunArgs),
     /// Join a hub with an invite token from `tether vpn invite` (on a target).
     Enroll(EnrollArgs),
+    /// Internal: serves one SFTP session as `ssh.run_as` (started by the daemon itself).
+    #[command(name = "sftp-helper", hide = true)]
+    SftpHelper(SftpHelperArgs),
+}
+
+/// Arguments of the internal `sftp-helper` subcommand.
+#[derive(Debug, Args)]
+pub struct SftpHelperArgs {
+    /// The `[files]` confinement, as JSON.
+    #[arg(long)]
+    pub settings: String,
 }
 
 #[derive(Debug, Args)]

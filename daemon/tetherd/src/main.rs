@@ -35,12 +35,34 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Enroll(args) => enroll_cmd::main(args),
+        cli::Command::SftpHelper(args) => return sftp_helper(&args.settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tetherd: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `tetherd sftp-helper`: one SFTP session as `ssh.run_as` (see `tether_ssh::sftp_helper`).
+fn sftp_helper(settings: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tetherd sftp-helper: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(tether_ssh::sftp_helper::helper_main(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tetherd sftp-helper: {e}");
+            ExitCode::FAILURE
         }
     }
 }

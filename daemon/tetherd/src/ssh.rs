@@ -840,23 +840,48 @@ impl tether_ssh::sftp::FileGate for TargetFiles {
 }
 
 /// The target's SFTP service over its `[files]` confinement.
+/// When `run_as` means dropping privileges, each SFTP session runs in a helper process as that
+/// user (see `tether_ssh::sftp_helper`), so the kernel checks file access as it would for a
+/// command run there.
 fn sftp_service(
     state: &Arc<AppState>,
     facts: &tether_model::selector::HostFacts,
+    run_as: &RunAs,
 ) -> Result<tether_ssh::sftp::SftpService, DaemonError> {
     let files = state.config().files.clone();
-    let confined = tether_files::Confined::new(&tether_files::Settings {
+    let settings = tether_files::Settings {
         allowed_roots: files.allowed_roots,
         deny_paths: files.deny_paths,
         max_file_size: files.max_file_size,
-    })
-    .map_err(|e| DaemonError::Membership(e.to_string()))?;
-    Ok(tether_ssh::sftp::SftpService::new(
+    };
+    let confined = tether_files::Confined::new(&settings)
+        .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    let gate = Arc::new(TargetFiles {
+        state: Arc::clone(state),
+        facts: facts.clone(),
+    });
+    if !run_as.drop {
+        return Ok(tether_ssh::sftp::SftpService::new(Arc::new(confined), gate));
+    }
+    // The child's own /proc/self/exe is this very binary (the fork's): exec'd through that
+    // link it is found even where run_as may not search the directories on the binary's path
+    // and even after an upgrade replaced the file on disk.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
+    if !exe.exists() {
+        return Err(DaemonError::Membership(
+            "/proc/self/exe is missing (is /proc mounted?): file operations can't run as ssh.run_as"
+                .to_owned(),
+        ));
+    }
+    tracing::info!(user = %run_as.name, "SFTP: file operations run as ssh.run_as");
+    Ok(tether_ssh::sftp::SftpService::with_helper(
         Arc::new(confined),
-        Arc::new(TargetFiles {
-            state: Arc::clone(state),
-            facts: facts.clone(),
-        }),
+        gate,
+        tether_ssh::sftp_helper::Helper {
+            exe,
+            settings,
+            run_as: run_as.clone(),
+        },
     ))
 }
 
@@ -882,7 +907,7 @@ fn server(
         groups: enrollment.groups.clone(),
         tags: enrollment.tags.clone(),
     };
-    let sftp = sftp_service(&state, &facts)?;
+    let sftp = sftp_service(&state, &facts, &run_as)?;
     Ok(SshServer::new(ServerSettings {
         host_key: ssh_key(vault)?,
         hub_key,

@@ -203,9 +203,8 @@ async fn result(
 fn failed(host: &str, e: &FileError) -> Fail {
     let status = match e.code.as_str() {
         "not_found" => StatusCode::NOT_FOUND,
-        "escape" | "denied" | "outside_roots" | "hard_link" | "policy" | "disabled" => {
-            StatusCode::FORBIDDEN
-        }
+        "escape" | "denied" | "outside_roots" | "hard_link" | "policy" | "disabled"
+        | "permission_denied" => StatusCode::FORBIDDEN,
         "invalid_path" | "wrong_type" => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     };
@@ -213,7 +212,11 @@ fn failed(host: &str, e: &FileError) -> Fail {
         status,
         &e.code,
         format!("{host}: {}", e.message),
-        "the target confines files below its [files] allowed_roots and applies its deny_paths",
+        if e.code == "permission_denied" {
+            "the target runs file operations as its ssh.run_as user; give that user access to the path"
+        } else {
+            "the target confines files below its [files] allowed_roots and applies its deny_paths"
+        },
     )
 }
 

@@ -205,6 +205,25 @@ fn record_all_records_each_exec_with_output_and_exit_status() {
     let sha = hex::encode(sha2::Sha256::digest(&bytes));
     assert_eq!(shown["sha256"], sha.as_str());
 
+    // The real asciinema reads it (skipping the `e` events it doesn't know), and
+    // `tether sessions play` shows stdout and stderr.
+    match python_venv("tether-asciinema-venv", "asciinema>=2.4,<3") {
+        Ok(venv) => {
+            let out = Command::new(venv.join("bin/asciinema"))
+                .arg("cat")
+                .arg(&export)
+                .output()
+                .unwrap();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            assert!(stdout(&out).contains("to-stdout"), "{}", stdout(&out));
+        }
+        Err(why) => eprintln!("SKIP (asciinema part): {why}"),
+    }
+    let played = hub.tether(&["sessions", "play", id, "--speed", "1000"]);
+    assert_eq!(code(&played), 0, "{}", stderr(&played));
+    assert!(stdout(&played).contains("to-stdout"), "{}", stdout(&played));
+    assert!(stdout(&played).contains("to-stderr"), "{}", stdout(&played));
+
     // The exec.result of t1 vouches for the recording.
     let results = audit_records(&hub, "exec.result");
     assert_eq!(results.len(), 2);
@@ -213,4 +232,43 @@ fn record_all_records_each_exec_with_output_and_exit_status() {
     assert_eq!(r1["data"]["recording"]["id"], id, "{r1}");
     assert_eq!(r1["data"]["recording"]["sha256"], sha.as_str(), "{r1}");
     assert_eq!(r1["data"]["recording"]["size"], bytes.len() as u64, "{r1}");
+
+    // `ssh t1 CMD` (no pty) through `tether proxy` is an exec too: recorded the same way.
+    if !crate::openssh::have("ssh") {
+        eprintln!("SKIP (proxy part): the OpenSSH client is not installed");
+        return;
+    }
+    let config = crate::openssh::client_config(&hub);
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "t1",
+            "echo via-proxy",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let list: Value =
+        serde_json::from_str(&stdout(&hub.tether(&["--json", "sessions", "list"]))).unwrap();
+    let proxied = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["command"] == "echo via-proxy")
+        .unwrap_or_else(|| panic!("the proxied exec was not recorded: {list}"))
+        .clone();
+    assert_eq!(proxied["kind"], "exec");
+    let results = audit_records(&hub, "exec.result");
+    assert!(
+        results
+            .iter()
+            .any(|r| r["data"]["recording"]["id"] == proxied["id"]),
+        "{results:?}"
+    );
 }

@@ -75,6 +75,12 @@ pub struct TunnelSection {
     /// Target: rotate this machine's WireGuard key when it is older than this many days
     /// (authenticated over the tunnel, audited on both ends); 0 disables.
     pub key_rotation_days: u32,
+    /// Relays (`[[tunnel.relays]]`) for peers whose UDP is blocked: a peer tries direct UDP
+    /// first and falls back to the first relay that is up. On a hub these are put in every
+    /// invite; on a target they are used besides the ones its invite named. Print an entry with
+    /// `tetherd relay show` on the relay.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<tether_model::relay::RelaySpec>,
 }
 
 impl Default for TunnelSection {
@@ -85,6 +91,7 @@ impl Default for TunnelSection {
             subnet: "10.99.0.0/16".to_owned(),
             persistent_keepalive_secs: 25,
             key_rotation_days: 90,
+            relays: Vec::new(),
         }
     }
 }
@@ -406,6 +413,9 @@ impl Config {
                     bad(key, format!("{e:?} is not host:port"));
                 }
             }
+        }
+        if let Some(p) = tether_model::relay::check_relays(&self.tunnel.relays) {
+            bad("tunnel.relays", p);
         }
         if parse_duration_secs(&self.enroll.default_ttl).is_none() {
             bad(

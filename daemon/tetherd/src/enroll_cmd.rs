@@ -81,6 +81,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
                 .then(|| std::time::Duration::from_secs(args.retry_for)),
             ..ClientOptions::default()
         };
+        let relays = token_relays(&token);
         let welcome = enroll_client(&token, &keys, &opts).await.map_err(DaemonError::Enroll)?;
         let (network, prefix) = tether_config::parse_subnet(&config.tunnel.subnet)
             .ok_or_else(|| DaemonError::Membership(format!("tunnel.subnet {:?} is invalid", config.tunnel.subnet)))?;
@@ -103,6 +104,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             groups: welcome.groups.clone(),
             enrolled_at: tether_enroll::unix_now(),
             ssh_user: keys.ssh_user.clone(),
+            relays: relays.clone(),
         };
         if staged {
             identity::promote_staged(&vault, identity::WIREGUARD)?;
@@ -126,6 +128,14 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         }
         Ok(())
     })
+}
+
+/// The relays the invite names (readable without the hub's key; the hub's MAC over them is
+/// checked by the hub during the exchange).
+fn token_relays(token: &Token) -> Vec<tether_model::relay::RelaySpec> {
+    token
+        .expose(|text| tether_enroll::parse_token(text).map(|p| p.payload().relays.clone()))
+        .unwrap_or_default()
 }
 
 /// Forward mode: sshd's Ed25519 host public key from `ssh.host_key_file` (what the hub pins).

@@ -59,6 +59,10 @@ pub struct Enrollment {
     /// sent instead of this daemon's); `None`: enrolled with Tether's own SSH server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
+    /// Relays the invite named: the tunnel falls back to them when UDP to the hub is blocked
+    /// (besides any in this target's own `[[tunnel.relays]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<tether_model::relay::RelaySpec>,
 }
 
 /// `STATE_DIR/enrollment.json`.
@@ -125,14 +129,25 @@ impl Membership {
     }
 }
 
-/// `host:port` for an address a daemon bound: the IP itself, or this host's name when it
-/// listens on every address (set `*.endpoint` in the config when that name does not resolve).
-fn endpoint_of(addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        format!("{}:{}", identity::hostname(), addr.port())
-    } else {
-        addr.to_string()
+/// The `host:port` to advertise for an address a daemon bound, `None` when targets could not
+/// reach it: the configured endpoint (unless it names an unspecified address such as `0.0.0.0`),
+/// else the bound IP itself, else — bound to every address — this host's name, when that name
+/// resolves to an address other than loopback.
+fn advertised(configured: Option<&str>, bound: SocketAddr) -> Option<String> {
+    if let Some(e) = configured {
+        let unspecified = e
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified());
+        return (!unspecified).then(|| e.to_owned());
     }
+    if !bound.ip().is_unspecified() {
+        return Some(bound.to_string());
+    }
+    let name = format!("{}:{}", identity::hostname(), bound.port());
+    let routable = name
+        .to_socket_addrs()
+        .is_ok_and(|mut addrs| addrs.any(|a| !a.ip().is_loopback() && !a.ip().is_unspecified()));
+    routable.then_some(name)
 }
 
 fn agent_port_err(source: TunnelError) -> DaemonError {
@@ -238,11 +253,7 @@ pub async fn start_hub(
     )
     .await?;
     let handle = tunnel.handle();
-    let wg_endpoint = config
-        .tunnel
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| endpoint_of(handle.local_addr()));
+    let wg_endpoint = advertised(config.tunnel.endpoint.as_deref(), handle.local_addr());
 
     let enroll_addr: SocketAddr = config
         .enroll
@@ -259,20 +270,30 @@ pub async fn start_hub(
     let local = listener
         .local_addr()
         .map_err(|e| DaemonError::Membership(e.to_string()))?;
-    let enroll_endpoint = config
-        .enroll
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| endpoint_of(local));
-    if config.enroll.endpoint.is_none() && local.ip().is_unspecified() {
-        tracing::warn!(endpoint = %enroll_endpoint, "enroll.endpoint is not set; invites name this host's hostname — set enroll.endpoint (and tunnel.endpoint) to an address targets can reach");
+    let enroll_endpoint = advertised(config.enroll.endpoint.as_deref(), local);
+    let relays = config.tunnel.relays.clone();
+    match (&enroll_endpoint, &wg_endpoint) {
+        (Some(_), Some(_)) => {}
+        _ if !relays.is_empty() => tracing::info!(
+            relays = relays.len(),
+            "this hub has no endpoint targets can reach directly (set enroll.endpoint and tunnel.endpoint if it has one); targets enroll and connect through the relays"
+        ),
+        _ => tracing::warn!(
+            "this hub has no endpoint targets can reach (bound to every address, and this host's name does not resolve beyond loopback): invites are refused until enroll.endpoint and tunnel.endpoint are set, or a relay is configured in [[tunnel.relays]]"
+        ),
     }
-
+    // Both must be reachable for a direct path; an invite without them relies on the relays
+    // (and is refused when there are none).
+    let (enroll_endpoint, wg_endpoint) = match (enroll_endpoint, wg_endpoint) {
+        (Some(e), Some(w)) => (e, w),
+        (e, w) => (e.unwrap_or_default(), w.unwrap_or_default()),
+    };
     let identity = HubIdentity {
         enroll_endpoint,
         wg_public: handle.public_key().0,
         wg_endpoint,
         ssh_client_public: identity::ssh_public_key(vault)?,
+        relays,
     };
     // Every invite key epoch (rotations add `tetherd.invite-key.eN` and never remove one):
     // invites signed by a retired key keep working until they expire.
@@ -545,17 +566,24 @@ pub async fn start_target(
         &alerts,
     )
     .await?;
-    let endpoint = enrollment
-        .hub_wg_endpoint
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            DaemonError::Membership(format!(
-                "cannot resolve the hub's endpoint {}",
-                enrollment.hub_wg_endpoint
-            ))
-        })?;
+    // An empty endpoint: the hub has no address this target can reach; relays only.
+    let endpoint = if enrollment.hub_wg_endpoint.is_empty() {
+        None
+    } else {
+        Some(
+            enrollment
+                .hub_wg_endpoint
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    DaemonError::Membership(format!(
+                        "cannot resolve the hub's endpoint {}",
+                        enrollment.hub_wg_endpoint
+                    ))
+                })?,
+        )
+    };
     let keepalive = config.tunnel.persistent_keepalive_secs;
     tunnel
         .handle()
@@ -564,11 +592,11 @@ pub async fn start_target(
             public_key: PublicKey::from_base64(&enrollment.hub_wg_public_key)
                 .map_err(|e| DaemonError::Membership(format!("saved hub key: {e}")))?,
             overlay_ip: enrollment.hub_overlay_ip,
-            endpoint: Some(endpoint),
+            endpoint,
             persistent_keepalive: (keepalive > 0).then_some(keepalive),
         })
         .map_err(|e| DaemonError::Membership(format!("hub peer: {e}")))?;
-    tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %endpoint, "target tunnel up");
+    tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %enrollment.hub_wg_endpoint, relays = enrollment.relays.len(), "target tunnel up");
     let days = config.tunnel.key_rotation_days;
     let (agent, tasks) = crate::agent::TargetAgent::spawn(
         crate::agent::TargetAgentConfig {

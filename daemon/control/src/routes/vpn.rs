@@ -32,7 +32,7 @@ pub(crate) fn enroll_error(e: &EnrollError) -> Fail {
         "no_such_host" => StatusCode::NOT_FOUND,
         "name_taken" => StatusCode::CONFLICT,
         "invalid_name" | "malformed" => StatusCode::BAD_REQUEST,
-        "address_pool_exhausted" | "address_unavailable" => StatusCode::CONFLICT,
+        "address_pool_exhausted" | "address_unavailable" | "unreachable" => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Fail::new(status, e.code(), e.to_string(), "")

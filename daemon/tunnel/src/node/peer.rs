@@ -243,8 +243,8 @@ impl Peer {
     }
 
     /// Moves this peer's datagrams to `to` (no-op when already there): raises
-    /// [`Event::PathChanged`], resends an outstanding handshake over the new path, and tells the
-    /// peer which relay we now use with a keepalive over it.
+    /// [`Event::PathChanged`], resends an outstanding handshake over the new path, or else sends
+    /// a fresh keepalive over it so the peer learns the path too.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn set_path(
         &mut self,
@@ -271,7 +271,9 @@ impl Peer {
         let mut buf = [0u8; 256];
         if self.wg.attempt.is_some() {
             self.send_control(Control::Handshake, now, &mut buf, out, totals);
-        } else if self.up && matches!(to, Path::Relay(_)) {
+        } else if self.up && (matches!(to, Path::Relay(_)) || self.endpoint.is_some()) {
+            // Lets the peer see the new path work at once (over UDP: it moves back to direct
+            // without waiting for its next probe).
             self.send_control(Control::Keepalive, now, &mut buf, out, totals);
         }
     }

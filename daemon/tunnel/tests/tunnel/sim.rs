@@ -125,10 +125,10 @@ pub struct Sim {
     pub keys: Vec<PublicKey>,
     /// Simulated relays.
     pub relays: Vec<SimRelay>,
-    /// Drop every UDP datagram (a firewall that blocks UDP).
-    pub udp_blocked: bool,
-    /// UDP datagrams sent per node while the network forwarded them (not blocked).
-    pub udp_sent: Vec<u64>,
+    /// Per node: drop every UDP datagram from or to it (a firewall that blocks UDP).
+    pub udp_blocked: Vec<bool>,
+    /// Every UDP datagram sent (blocked or not): time, sender node, destination, payload.
+    pub udp_log: Vec<(Instant, usize, SocketAddr, Vec<u8>)>,
     /// UDP datagrams dropped because UDP was blocked.
     pub udp_blocked_drops: u64,
     /// Relayed datagrams dropped (an end not connected to that relay).
@@ -164,8 +164,8 @@ impl Sim {
             queue_drops: 0,
             keys: Vec::new(),
             relays: Vec::new(),
-            udp_blocked: false,
-            udp_sent: Vec::new(),
+            udp_blocked: Vec::new(),
+            udp_log: Vec::new(),
             udp_blocked_drops: 0,
             relay_drops: 0,
         }
@@ -215,7 +215,7 @@ impl Sim {
             r.ids.push(None);
             r.up.push(false);
         }
-        self.udp_sent.push(0);
+        self.udp_blocked.push(false);
         self.timeouts.push(0);
         self.sent.push(0);
         self.link_free.push(self.now);
@@ -246,11 +246,13 @@ impl Sim {
                 self.sent[i] += 1;
                 let to = match t.dst {
                     Dest::Udp(a) => {
-                        if self.udp_blocked {
+                        self.udp_log.push((self.now, i, a, t.payload.clone()));
+                        let to_blocked = (0..self.udp_blocked.len())
+                            .any(|j| self.udp_blocked[j] && addr(j) == a);
+                        if self.udp_blocked[i] || to_blocked {
                             self.udp_blocked_drops += 1;
                             continue;
                         }
-                        self.udp_sent[i] += 1;
                         To::Udp(a)
                     }
                     Dest::Relay { relay, key } => {

@@ -185,6 +185,7 @@ async fn start_tunnel(
         alerts: Arc::clone(alerts),
         registry: Some(registry.clone()),
         connect_timeout: Duration::from_secs(10),
+        relays: Vec::new(),
     })
     .await
     .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))

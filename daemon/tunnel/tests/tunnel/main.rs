@@ -3,5 +3,6 @@
 
 mod driver;
 mod interop;
+mod path;
 mod sim;
 mod wan;

@@ -17,6 +17,7 @@ mod logging;
 mod membership;
 mod notify;
 mod plugins;
+mod relays;
 mod run;
 mod ssh;
 mod state_dir;

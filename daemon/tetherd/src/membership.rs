@@ -169,6 +169,7 @@ async fn start_tunnel(
     default_listen: &str,
     registry: &Registry,
     alerts: &Arc<dyn AlertSink>,
+    relays: Vec<tether_tunnel::RelayEndpoint>,
 ) -> Result<Tunnel, DaemonError> {
     let mut node = NodeConfig::new(identity::wireguard_key(vault)?, overlay_ip, role);
     node.prefix_len = prefix;
@@ -185,7 +186,7 @@ async fn start_tunnel(
         alerts: Arc::clone(alerts),
         registry: Some(registry.clone()),
         connect_timeout: Duration::from_secs(10),
-        relays: Vec::new(),
+        relays,
     })
     .await
     .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))
@@ -251,6 +252,7 @@ pub async fn start_hub(
         "0.0.0.0:51820",
         registry,
         &alerts,
+        crate::relays::endpoints(&config.tunnel.relays),
     )
     .await?;
     let handle = tunnel.handle();
@@ -362,6 +364,14 @@ pub async fn start_hub(
         registry,
     )
     .map_err(|e| DaemonError::Membership(format!("enrollment listener: {e}")))?;
+    // Targets that cannot reach this hub enroll through its relays.
+    let mut relay_tasks = crate::relays::spawn_enroll_listeners(
+        &config.tunnel.relays,
+        identity::wireguard_static(vault)?,
+        Arc::clone(&hub),
+        server.metrics(),
+        shutdown.clone(),
+    );
     let serve = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -402,7 +412,10 @@ pub async fn start_hub(
         enrollment: None,
         rotator: Some(agent),
         ssh: Some(ssh),
-        tasks: vec![serve, events, agent_task],
+        tasks: {
+            relay_tasks.extend([serve, events, agent_task]);
+            relay_tasks
+        },
     })
 }
 
@@ -565,6 +578,8 @@ pub async fn start_target(
         "0.0.0.0:0",
         registry,
         &alerts,
+        // This target's own relays first, then the ones its invite named.
+        crate::relays::endpoints(config.tunnel.relays.iter().chain(&enrollment.relays)),
     )
     .await?;
     // An empty endpoint: the hub has no address this target can reach; relays only.

@@ -17,6 +17,7 @@ mod logging;
 mod membership;
 mod notify;
 mod plugins;
+mod relay;
 mod run;
 mod ssh;
 mod state_dir;
@@ -35,6 +36,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Enroll(args) => enroll_cmd::main(args),
+        cli::Command::Relay(cli::RelayCommand::Show(args)) => relay::show::main(args),
+        cli::Command::Relay(cli::RelayCommand::MetricsToken(args)) => {
+            relay::metrics_token::main(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod relay;
 mod rollout;
 mod schemathesis;
 mod sessions;

@@ -10,7 +10,7 @@ use crate::principal::Principal;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `hub` or `target`. Required (in the file, as `TETHER_ROLE`, or as `tetherd run --role`).
+    /// `hub`, `target` or `relay`. Required (in the file, as `TETHER_ROLE`, or as `tetherd run --role`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<DaemonRole>,
     /// Where the daemon keeps its state (inventory, audit log, vault file). Absolute path.
@@ -53,6 +53,9 @@ pub struct Config {
     /// File transfer confinement on a target (`[files]`).
     #[serde(default)]
     pub files: crate::FilesSection,
+    /// The relay role's listener, certificate, allowlist and limits (`[relay]`).
+    #[serde(default)]
+    pub relay: crate::RelaySection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -242,6 +245,7 @@ impl Default for Config {
             ssh: crate::SshSection::default(),
             approvals: crate::ApprovalsSection::default(),
             files: crate::FilesSection::default(),
+            relay: crate::RelaySection::default(),
         }
     }
 }
@@ -317,7 +321,7 @@ impl Config {
         if self.role.is_none() {
             bad(
                 "role",
-                "missing; set role = \"hub\" or role = \"target\" (or pass --role)".to_owned(),
+                "missing; set role = \"hub\", \"target\" or \"relay\" (or pass --role)".to_owned(),
             );
         }
         if !self.state_dir.is_absolute() {
@@ -460,6 +464,9 @@ impl Config {
         }
         for (key, message) in self.files.validate() {
             bad(key, message);
+        }
+        for (key, message) in self.relay.validate() {
+            bad(&key, message);
         }
         problems
     }

@@ -189,7 +189,7 @@ async fn enroll(
     let mut last = String::new();
     loop {
         for spec in relays {
-            let target = crate::relays::target(spec);
+            let target = crate::via_relay::target(spec);
             let left = RELAY_ENROLL_FOR.saturating_sub(started.elapsed());
             match tether_relay::enroll::connect(
                 &target,

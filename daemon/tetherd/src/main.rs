@@ -17,7 +17,8 @@ mod logging;
 mod membership;
 mod notify;
 mod plugins;
-mod relays;
+mod relay;
+mod via_relay;
 mod run;
 mod ssh;
 mod state_dir;
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Enroll(args) => enroll_cmd::main(args),
+        cli::Command::Relay(cli::RelayCommand::Show(args)) => relay::show::main(args),
+        cli::Command::Relay(cli::RelayCommand::MetricsToken(args)) => {
+            relay::metrics_token::main(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

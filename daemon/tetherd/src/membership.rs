@@ -252,7 +252,7 @@ pub async fn start_hub(
         "0.0.0.0:51820",
         registry,
         &alerts,
-        crate::relays::endpoints(&config.tunnel.relays),
+        crate::via_relay::endpoints(&config.tunnel.relays),
     )
     .await?;
     let handle = tunnel.handle();
@@ -365,7 +365,7 @@ pub async fn start_hub(
     )
     .map_err(|e| DaemonError::Membership(format!("enrollment listener: {e}")))?;
     // Targets that cannot reach this hub enroll through its relays.
-    let mut relay_tasks = crate::relays::spawn_enroll_listeners(
+    let mut relay_tasks = crate::via_relay::spawn_enroll_listeners(
         &config.tunnel.relays,
         identity::wireguard_static(vault)?,
         Arc::clone(&hub),
@@ -579,7 +579,7 @@ pub async fn start_target(
         registry,
         &alerts,
         // This target's own relays first, then the ones its invite named.
-        crate::relays::endpoints(config.tunnel.relays.iter().chain(&enrollment.relays)),
+        crate::via_relay::endpoints(config.tunnel.relays.iter().chain(&enrollment.relays)),
     )
     .await?;
     // An empty endpoint: the hub has no address this target can reach; relays only.

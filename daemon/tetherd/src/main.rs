@@ -18,11 +18,11 @@ mod membership;
 mod notify;
 mod plugins;
 mod relay;
-mod via_relay;
 mod run;
 mod ssh;
 mod state_dir;
 mod vault_key;
+mod via_relay;
 
 /// `tetherd --version`: the release and the git commit it was built from (see build.rs).
 const VERSION_LINE: &str = concat!(

@@ -20,6 +20,7 @@ mod plugins;
 mod policy;
 mod rbac;
 mod relay;
+mod relay_paths;
 mod rollout;
 mod schemathesis;
 mod sessions;

@@ -35,6 +35,8 @@ const RELAY_QUEUE: usize = 1024;
 const RELAY_BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest reconnect delay (plus up to a quarter of it in jitter).
 const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a hub waits after a peer change before pushing its allowlist to a relay.
+const ALLOWLIST_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Time limit for connecting, TLS, upgrade and key proof with one relay.
 const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,6 +111,10 @@ struct Shared {
     /// The key relay connections authenticate with; bumped generation on rotation.
     relay_key: Mutex<boringtun::x25519::StaticSecret>,
     relay_key_gen: watch::Sender<u64>,
+    /// Bumped when a peer is added or removed: a hub pushes its peers' keys to its relays.
+    peers_gen: watch::Sender<u64>,
+    /// Hubs are the relays' admins: they push which keys may connect.
+    pushes_allowlist: bool,
 }
 
 impl Shared {
@@ -153,6 +159,7 @@ impl Tunnel {
             None => None,
         };
         let relay_key = cfg.node.private_key.inner().clone();
+        let pushes_allowlist = cfg.node.role == crate::NodeRole::Hub;
         let mut node = Node::new(cfg.node, Instant::now())?;
         let relay_ids: Vec<RelayId> = cfg
             .relays
@@ -177,6 +184,8 @@ impl Tunnel {
             connect_timeout: cfg.connect_timeout,
             relay_key: Mutex::new(relay_key),
             relay_key_gen: watch::Sender::new(0),
+            peers_gen: watch::Sender::new(0),
+            pushes_allowlist,
         });
         let mut relay_tx = Vec::new();
         let mut relay_tasks = Vec::new();
@@ -364,8 +373,8 @@ async fn run(
 }
 
 /// The one place that decides which keys a relay must let in for this node: its peers' keys.
-/// The hub pushes them to each relay it connects to (`RelayClient::set_allowed`, wired at merge
-/// time together with the relay's admin channel).
+/// A hub pushes them to each relay when it connects and after peers change
+/// ([`RelayClient::set_allowed`]; the relay's admin keys name the hub).
 pub(crate) fn allowed_keys(node: &Node) -> Vec<[u8; 32]> {
     node.peer_keys().into_iter().map(|k| k.0).collect()
 }
@@ -391,6 +400,8 @@ async fn relay_task(
 ) {
     let mut backoff = RELAY_BACKOFF_MIN;
     let mut key_gen = shared.relay_key_gen.subscribe();
+    let mut peers_gen = shared.peers_gen.subscribe();
+    let mut push = shared.pushes_allowlist;
     let mut failing = false;
     loop {
         let secret = shared
@@ -406,12 +417,18 @@ async fn relay_task(
                 tracing::info!(relay = %ep.name, addr = %ep.target.addr, "relay connected");
                 // Stale datagrams queued while disconnected would only confuse WireGuard timers.
                 while out.try_recv().is_ok() {}
-                {
-                    let mut g = shared.lock();
-                    let keys = allowed_keys(&g.node);
-                    tracing::debug!(relay = %ep.name, keys = keys.len(), "relay allowlist for this node");
-                    g.node.relay_up(id, Instant::now());
+                if push {
+                    peers_gen.mark_unchanged();
+                    let keys = allowed_keys(&shared.lock().node);
+                    if let Err(e) = client.set_allowed(keys).await {
+                        // Not an admin there (the relay closes the connection): stop pushing
+                        // to this relay; its allowlist file must list the targets then.
+                        tracing::warn!(relay = %ep.name, error = %e, "the relay refused this hub's allowlist: add this hub's WireGuard public key to its [relay] admin_keys, or list the targets' keys in its allowlist file");
+                        push = false;
+                        continue;
+                    }
                 }
+                shared.lock().node.relay_up(id, Instant::now());
                 shared.wake_driver.notify_one();
                 let why = loop {
                     tokio::select! {
@@ -432,6 +449,15 @@ async fn relay_task(
                             None => break "the connection closed".to_owned(),
                         },
                         _ = key_gen.changed() => break "the node's key was rotated".to_owned(),
+                        _ = peers_gen.changed(), if push => {
+                            // Coalesce a burst of enrollments or revocations into one push.
+                            tokio::time::sleep(ALLOWLIST_DEBOUNCE).await;
+                            peers_gen.mark_unchanged();
+                            let keys = allowed_keys(&shared.lock().node);
+                            if let Err(e) = client.set_allowed(keys).await {
+                                break format!("pushing the allowlist failed: {e}");
+                            }
+                        }
                     }
                 };
                 tracing::warn!(relay = %ep.name, why = %why, "relay disconnected");
@@ -542,6 +568,7 @@ impl TunnelHandle {
     pub fn add_peer(&self, cfg: PeerConfig) -> Result<PeerId, TunnelError> {
         let id = self.live()?.node.add_peer(cfg, Instant::now())?;
         self.shared.wake_driver.notify_one();
+        self.shared.peers_gen.send_modify(|g| *g += 1);
         Ok(id)
     }
 
@@ -549,6 +576,7 @@ impl TunnelHandle {
     pub fn remove_peer(&self, id: PeerId) -> Result<(), TunnelError> {
         self.live()?.node.remove_peer(id)?;
         self.shared.wake_driver.notify_one();
+        self.shared.peers_gen.send_modify(|g| *g += 1);
         Ok(())
     }
 

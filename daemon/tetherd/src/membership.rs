@@ -636,3 +636,30 @@ pub async fn start_target(
         tasks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    #[test]
+    fn only_an_address_targets_could_reach_is_advertised() {
+        let any: std::net::SocketAddr = "0.0.0.0:51821".parse().unwrap();
+        let one: std::net::SocketAddr = "192.0.2.7:51821".parse().unwrap();
+        // Configured: used as given, unless it names every address.
+        assert_eq!(
+            advertised(Some("hub.example.net:51821"), any).as_deref(),
+            Some("hub.example.net:51821")
+        );
+        assert_eq!(advertised(Some("0.0.0.0:51821"), one), None);
+        assert_eq!(advertised(Some("[::]:51821"), one), None);
+        // Not configured: the specific bound address.
+        assert_eq!(advertised(None, one).as_deref(), Some("192.0.2.7:51821"));
+        // Bound to every address: the host name only when it resolves beyond loopback.
+        if let Some(name) = advertised(None, any) {
+            let resolved: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&name)
+                .unwrap()
+                .collect();
+            assert!(resolved.iter().any(|a| !a.ip().is_loopback()), "{name}");
+        }
+    }
+}

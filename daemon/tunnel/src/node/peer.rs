@@ -244,7 +244,7 @@ impl Peer {
 
     /// Moves this peer's datagrams to `to` (no-op when already there): raises
     /// [`Event::PathChanged`], resends an outstanding handshake over the new path, or else sends
-    /// a fresh keepalive over it so the peer learns the path too.
+    /// a fresh keepalive over it so the peer learns the path too. Returns whether it switched.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn set_path(
         &mut self,
@@ -255,9 +255,9 @@ impl Peer {
         events: &mut VecDeque<Event>,
         out: &mut VecDeque<Transmit>,
         totals: &mut Totals,
-    ) {
+    ) -> bool {
         if self.path.current == to {
-            return;
+            return false;
         }
         let from = label(relays, self.path.current);
         self.path.switch(to, now, cfg);
@@ -276,6 +276,7 @@ impl Peer {
             // without waiting for its next probe).
             self.send_control(Control::Keepalive, now, &mut buf, out, totals);
         }
+        true
     }
 
     fn emit_result(

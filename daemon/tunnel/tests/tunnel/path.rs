@@ -250,6 +250,22 @@ fn udp_that_works_again_takes_over_and_a_new_block_falls_back_without_losing_the
         "not back on the relay 40 s after UDP was blocked again"
     );
     eprintln!("fell back to the relay {:?} after the block", sim.now - t0);
+    // The stream retransmits at once on the new path instead of waiting out the backoff it
+    // earned during the silence.
+    let at = flow.received;
+    let t1 = sim.now;
+    let mut moved = false;
+    sim.run_until(Duration::from_secs(30), |s| {
+        flow.pump(s);
+        moved = flow.received > at;
+        moved
+    });
+    assert!(moved);
+    assert!(
+        sim.now - t1 < Duration::from_secs(1),
+        "the stream stalled {:?} after the switch",
+        sim.now - t1
+    );
     flow.until(&mut sim, total, Duration::from_secs(120));
     assert_eq!(flow.received, total);
     let want = vec![

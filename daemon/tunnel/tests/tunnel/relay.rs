@@ -368,6 +368,17 @@ async fn a_stream_keeps_every_byte_through_relay_direct_and_relay_again() {
     })
     .await;
     eprintln!("on the relay again {took:?} after UDP was blocked again");
+    let at = f.received.load(Ordering::SeqCst);
+    let stall = wait_for("bytes flowing again", Duration::from_secs(30), || {
+        f.received.load(Ordering::SeqCst) > at
+    })
+    .await;
+    eprintln!("stream moving again {stall:?} after the switch");
+    // Its retransmission backoff from 15 s of silence is not waited out on the working path.
+    assert!(
+        stall < Duration::from_secs(3),
+        "stalled {stall:?} after the switch"
+    );
     f.advance(1 << 20, Duration::from_secs(30)).await;
     let got = f.finish().await;
     eprintln!("{got} bytes, all intact");

@@ -475,3 +475,39 @@ fn relayed_datagrams_from_unknown_or_wrong_keys_change_nothing() {
     );
     assert!(switches(&sim, 0).is_empty());
 }
+
+#[test]
+fn a_target_that_knows_no_hub_endpoint_uses_a_relay_as_soon_as_one_is_up() {
+    let hk = SecretKey::generate().unwrap();
+    let tk = SecretKey::generate().unwrap();
+    let mut sim = Sim::new(0x9a80, faults());
+    let h = sim.add_node(&hk, NodeRole::Hub);
+    let t = sim.add_node(&tk, NodeRole::Target);
+    let now = sim.now;
+    let mut tp = sim.peer(&tk, t, None);
+    tp.endpoint = None;
+    let mut hp = sim.peer(&hk, h, None);
+    hp.endpoint = None;
+    let t_on_hub = sim.node(h).add_peer(tp, now).unwrap();
+    let h_on_t = sim.node(t).add_peer(hp, now).unwrap();
+    let r = sim.add_relay("r1");
+    sim.join_relay(r, h);
+    sim.join_relay(r, t);
+    sim.relay_conn(r, h, true);
+    assert_eq!(path(&sim, t, h_on_t), "direct");
+    sim.relay_conn(r, t, true);
+    assert_eq!(path(&sim, t, h_on_t), "relay:r1");
+    let t0 = sim.now;
+    let mut flow = Flow::open(&mut sim, t, h, 7000, 256 * 1024);
+    assert!(sim.now - t0 < Duration::from_secs(1), "{:?}", sim.now - t0);
+    flow.until(&mut sim, 256 * 1024, Duration::from_secs(30));
+    assert_eq!(path(&sim, h, t_on_hub), "relay:r1");
+    assert!(
+        sim.udp_log.is_empty(),
+        "sent UDP with no endpoint to send to"
+    );
+    // The hub never probes a peer whose UDP endpoint it does not know.
+    let until = sim.now + Duration::from_secs(30);
+    sim.run_until(Duration::from_secs(30), |s| s.now >= until);
+    assert!(sim.udp_log.is_empty());
+}

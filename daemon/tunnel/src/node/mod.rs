@@ -650,7 +650,7 @@ impl Node {
                     &mut self.events,
                 );
                 // Path rules: O(1) per peer; probes only for peers on a relay.
-                let switched = match peer.path.tick(now, &self.relays, &self.path_cfg) {
+                let switched = match peer.path.tick(now, &self.relays, &self.path_cfg, !target) {
                     Decision::Switch(to) => peer.set_path(
                         to,
                         now,

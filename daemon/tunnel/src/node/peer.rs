@@ -204,9 +204,7 @@ impl Peer {
         };
         match dst {
             Some(dst) => {
-                if let Dest::Udp(_) = dst {
-                    self.path.sent_udp(msg_type(&pkt), pkt.len(), now);
-                }
+                self.path.sent(msg_type(&pkt), pkt.len(), now);
                 self.tx_bytes += pkt.len() as u64;
                 totals.tx_bytes += pkt.len() as u64;
                 out.push_back(Transmit { dst, payload: pkt });

@@ -511,3 +511,71 @@ fn a_target_that_knows_no_hub_endpoint_uses_a_relay_as_soon_as_one_is_up() {
     sim.run_until(Duration::from_secs(30), |s| s.now >= until);
     assert!(sim.udp_log.is_empty());
 }
+
+#[test]
+fn a_target_tries_the_next_relay_when_the_hub_is_not_on_the_first() {
+    let Net {
+        mut sim,
+        t_on_hub,
+        h_on_t,
+    } = net();
+    // The target has relays a and b, in that order; the hub is only on b.
+    let a = sim.add_relay("a");
+    sim.join_relay(a, 1);
+    sim.relay_conn(a, 1, true);
+    relay(&mut sim, "b", &[0, 1]);
+    sim.udp_blocked[1] = true;
+    let t0 = sim.now;
+    let mut flow = Flow::open(&mut sim, 1, 0, 7000, 256 * 1024);
+    let took = sim.now - t0;
+    assert!(took < Duration::from_secs(12), "connected after {took:?}");
+    flow.until(&mut sim, 256 * 1024, Duration::from_secs(30));
+    assert_eq!(path(&sim, 1, h_on_t), "relay:b");
+    assert_eq!(path(&sim, 0, t_on_hub), "relay:b");
+    assert_eq!(
+        switches(&sim, 1),
+        vec![sw("direct", "relay:a"), sw("relay:a", "relay:b")]
+    );
+}
+
+#[test]
+fn with_the_hub_unreachable_a_target_tries_each_path_once_a_minute_not_more() {
+    let Net { mut sim, .. } = net();
+    let a = sim.add_relay("a");
+    let b = sim.add_relay("b");
+    for r in [a, b] {
+        sim.join_relay(r, 1);
+        sim.relay_conn(r, 1, true);
+    }
+    sim.nodes[0].1 = None; // the hub is gone
+    // Persistent keepalives keep the target trying to reach it.
+    let hk = sim.keys[0];
+    let now = sim.now;
+    let target = sim.node(1);
+    let id = target.peer_by_ip(overlay(0)).unwrap();
+    target.remove_peer(id).unwrap();
+    target
+        .add_peer(
+            PeerConfig {
+                name: "hub".into(),
+                public_key: hk,
+                overlay_ip: overlay(0),
+                endpoint: Some(addr(0)),
+                persistent_keepalive: Some(25),
+            },
+            now,
+        )
+        .unwrap();
+    let until = sim.now + Duration::from_secs(130);
+    sim.run_until(Duration::from_secs(130), |s| s.now >= until);
+    let got = switches(&sim, 1);
+    let round = [
+        sw("direct", "relay:a"),
+        sw("relay:a", "relay:b"),
+        sw("relay:b", "direct"),
+    ];
+    assert!(
+        (5..=7).contains(&got.len()) && got.iter().zip(round.iter().cycle()).all(|(g, w)| g == w),
+        "{got:?}"
+    );
+}

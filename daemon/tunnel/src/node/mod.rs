@@ -129,6 +129,8 @@ pub struct Node {
     totals: Totals,
     path_cfg: PathConfig,
     relays: Vec<RelayInfo>,
+    /// Overlay IPs of peers whose path just changed: their streams retransmit at once.
+    rerouted: Vec<Ipv4Addr>,
 }
 
 impl std::fmt::Debug for Node {
@@ -212,6 +214,7 @@ impl Node {
             totals: Totals::default(),
             path_cfg: cfg.path,
             relays: Vec::new(),
+            rerouted: Vec::new(),
         })
     }
 
@@ -451,6 +454,7 @@ impl Node {
             events: &mut self.events,
             transmits: &mut self.transmits,
             totals: &mut self.totals,
+            rerouted: &mut self.rerouted,
         };
         let mut buf = std::mem::take(&mut self.scratch);
         let r = peer.tunn.decapsulate(src.ip(), bytes, &mut buf);
@@ -526,6 +530,9 @@ impl Node {
             }
         }
         self.scratch = buf;
+        if !self.rerouted.is_empty() {
+            self.kick_rerouted(now);
+        }
     }
 
     /// Registers a relay (initially down) and returns its id. Relays are tried in the order
@@ -547,7 +554,7 @@ impl Node {
             // A target whose hub has no UDP endpoint (reachable only through relays) uses the
             // relay at once; a hub waits to hear from its targets.
             for peer in self.peers.values_mut() {
-                relay_only(
+                if relay_only(
                     peer,
                     now,
                     &self.relays,
@@ -555,9 +562,12 @@ impl Node {
                     &mut self.events,
                     &mut self.transmits,
                     &mut self.totals,
-                );
+                ) {
+                    self.rerouted.push(peer.cfg.overlay_ip);
+                }
             }
         }
+        self.kick_rerouted(now);
     }
 
     /// The connection to `relay` is lost (or it said it is going away): its peers move to the
@@ -576,7 +586,7 @@ impl Node {
                 Some(r) => Path::Relay(r),
                 None => Path::Direct,
             };
-            peer.set_path(
+            if peer.set_path(
                 to,
                 now,
                 &self.relays,
@@ -584,7 +594,18 @@ impl Node {
                 &mut self.events,
                 &mut self.transmits,
                 &mut self.totals,
-            );
+            ) {
+                self.rerouted.push(peer.cfg.overlay_ip);
+            }
+        }
+        self.kick_rerouted(now);
+    }
+
+    /// Streams to peers whose path changed retransmit now (a backoff earned on the old path
+    /// would stall them).
+    fn kick_rerouted(&mut self, now: Instant) {
+        for ip in std::mem::take(&mut self.rerouted) {
+            self.stack.retransmit_now(ip, now);
         }
     }
 
@@ -629,8 +650,8 @@ impl Node {
                     &mut self.events,
                 );
                 // Path rules: O(1) per peer; probes only for peers on a relay.
-                if let Decision::Switch(to) = peer.path.tick(now, &self.relays, &self.path_cfg) {
-                    peer.set_path(
+                let switched = match peer.path.tick(now, &self.relays, &self.path_cfg, !target) {
+                    Decision::Switch(to) => peer.set_path(
                         to,
                         now,
                         &self.relays,
@@ -638,9 +659,8 @@ impl Node {
                         &mut self.events,
                         &mut self.transmits,
                         &mut self.totals,
-                    );
-                } else if target {
-                    relay_only(
+                    ),
+                    Decision::Stay if target => relay_only(
                         peer,
                         now,
                         &self.relays,
@@ -648,13 +668,18 @@ impl Node {
                         &mut self.events,
                         &mut self.transmits,
                         &mut self.totals,
-                    );
+                    ),
+                    Decision::Stay => false,
+                };
+                if switched {
+                    self.rerouted.push(peer.cfg.overlay_ip);
                 }
                 if peer.path.probe_due(now, &self.path_cfg) {
                     peer.send_probe(&mut buf, &mut self.transmits, &mut self.totals);
                 }
             }
             self.scratch = buf;
+            self.kick_rerouted(now);
             self.stack.reap_lingering(now);
         }
         if now >= self.next_health {
@@ -941,6 +966,7 @@ struct PathCtx<'a> {
     events: &'a mut VecDeque<Event>,
     transmits: &'a mut VecDeque<Transmit>,
     totals: &'a mut Totals,
+    rerouted: &'a mut Vec<Ipv4Addr>,
 }
 
 /// An authenticated packet from `peer` arrived from `src`: roam the UDP endpoint (UDP only) and
@@ -960,8 +986,8 @@ fn heard(peer: &mut Peer, src: Src, now: Instant, ctx: &mut PathCtx<'_>) {
             ctx.cfg,
         ),
     };
-    if let Decision::Switch(to) = d {
-        peer.set_path(
+    if let Decision::Switch(to) = d
+        && peer.set_path(
             to,
             now,
             ctx.relays,
@@ -969,7 +995,9 @@ fn heard(peer: &mut Peer, src: Src, now: Instant, ctx: &mut PathCtx<'_>) {
             ctx.events,
             ctx.transmits,
             ctx.totals,
-        );
+        )
+    {
+        ctx.rerouted.push(peer.cfg.overlay_ip);
     }
 }
 
@@ -983,12 +1011,13 @@ fn relay_only(
     events: &mut VecDeque<Event>,
     transmits: &mut VecDeque<Transmit>,
     totals: &mut Totals,
-) {
+) -> bool {
     if peer.endpoint.is_some() || peer.path.current != Path::Direct {
-        return;
+        return false;
     }
-    if let Some(r) = peer.path.choose_relay(relays, None) {
-        peer.set_path(Path::Relay(r), now, relays, cfg, events, transmits, totals);
+    match peer.path.choose_relay(relays, None) {
+        Some(r) => peer.set_path(Path::Relay(r), now, relays, cfg, events, transmits, totals),
+        None => false,
     }
 }
 

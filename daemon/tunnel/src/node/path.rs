@@ -16,6 +16,10 @@
 //!   not working (no endpoint, or nothing authenticated over UDP for `direct_timeout`); a hub
 //!   already on another relay follows the relay its peer uses.
 //! * A relay going down moves its peers to the next relay that is up, or back to direct.
+//! * A target whose relay does not work either (expected traffic unanswered for the same time:
+//!   the hub may not be connected to that relay) tries the next relay that is up, each at most
+//!   once until something authenticated arrives; when all were tried and a minute has passed since
+//!   it left direct, it tries direct again (and so on). A hub only follows its targets.
 //!
 //! A switch only changes where datagrams go: WireGuard sessions and TCP streams are untouched.
 
@@ -59,6 +63,11 @@ pub(super) struct RelayInfo {
 
 /// The relays known to the node, in failover order.
 pub(super) type Relays = [RelayInfo];
+
+/// A relay's bit in [`PathState::tried`] (ids past 63 are never marked tried).
+fn bit(r: RelayId) -> u64 {
+    1u64.checked_shl(u32::from(r.0)).unwrap_or(0)
+}
 
 fn is_up(relays: &Relays, r: RelayId) -> bool {
     relays.get(usize::from(r.0)).is_some_and(|x| x.up)
@@ -104,10 +113,15 @@ pub(super) struct PathState {
     udp_auth_at: Option<Instant>,
     /// The relay an authenticated packet from the peer last arrived on, and when.
     last_relay: Option<(RelayId, Instant)>,
-    /// First handshake initiation sent over UDP since the last authenticated UDP packet.
+    /// First handshake initiation sent on the current path since the last authenticated packet
+    /// on it.
     hs_unanswered_since: Option<Instant>,
-    /// First data packet sent over UDP since the last authenticated UDP packet.
+    /// First data packet sent on the current path since the last authenticated packet on it.
     data_unanswered_since: Option<Instant>,
+    /// Relays tried (bit per id) since the last authenticated packet on the current path.
+    tried: u64,
+    /// When this round of relays began (the peer left direct).
+    round_started: Option<Instant>,
     /// When the next probe is due (only while on a relay).
     next_probe: Option<Instant>,
 }
@@ -125,6 +139,9 @@ pub(super) enum Decision {
 /// as broken: the peer's passive keepalive is due after 10 s (WireGuard's KEEPALIVE_TIMEOUT).
 const PASSIVE_KEEPALIVE: Duration = Duration::from_secs(10);
 
+/// When no relay worked either, direct is tried again this long after the peer left it.
+const RETRY_ROUND: Duration = Duration::from_secs(60);
+
 impl PathState {
     /// A new peer: direct.
     pub(super) fn new() -> Self {
@@ -134,12 +151,22 @@ impl PathState {
             last_relay: None,
             hs_unanswered_since: None,
             data_unanswered_since: None,
+            tried: 0,
+            round_started: None,
             next_probe: None,
         }
     }
 
     /// Moves to `to` at `now` (the caller emits the event); resets the per-path timers.
     pub(super) fn switch(&mut self, to: Path, now: Instant, cfg: &PathConfig) {
+        self.tried = match (self.current, to) {
+            (_, Path::Direct) => 0,
+            (Path::Direct, Path::Relay(r)) => {
+                self.round_started = Some(now);
+                bit(r)
+            }
+            (Path::Relay(_), Path::Relay(r)) => self.tried | bit(r),
+        };
         self.current = to;
         self.hs_unanswered_since = None;
         self.data_unanswered_since = None;
@@ -149,11 +176,8 @@ impl PathState {
         };
     }
 
-    /// A datagram of WireGuard type `msg_type` and `len` bytes went out over UDP.
-    pub(super) fn sent_udp(&mut self, msg_type: u8, len: usize, now: Instant) {
-        if self.current != Path::Direct {
-            return;
-        }
+    /// A datagram of WireGuard type `msg_type` and `len` bytes went out on the current path.
+    pub(super) fn sent(&mut self, msg_type: u8, len: usize, now: Instant) {
         match msg_type {
             1 => {
                 self.hs_unanswered_since.get_or_insert(now);
@@ -168,8 +192,7 @@ impl PathState {
     /// An authenticated packet arrived over UDP: direct works.
     pub(super) fn udp_auth(&mut self, now: Instant) -> Decision {
         self.udp_auth_at = Some(now);
-        self.hs_unanswered_since = None;
-        self.data_unanswered_since = None;
+        self.answered();
         match self.current {
             Path::Direct => Decision::Stay,
             Path::Relay(_) => Decision::Switch(Path::Direct),
@@ -193,6 +216,9 @@ impl PathState {
             _ => false,
         };
         self.last_relay = Some((relay, now));
+        if self.current == Path::Relay(relay) {
+            self.answered();
+        }
         if !is_up(relays, relay) {
             return Decision::Stay;
         }
@@ -223,11 +249,22 @@ impl PathState {
         pick(relays, self.last_relay.map(|(r, _)| r), except)
     }
 
-    /// The periodic check (once per node tick): whether to leave direct.
-    pub(super) fn tick(&self, now: Instant, relays: &Relays, cfg: &PathConfig) -> Decision {
-        if self.current != Path::Direct {
-            return Decision::Stay;
-        }
+    /// The current path works: forget what was expected on it.
+    fn answered(&mut self) {
+        self.hs_unanswered_since = None;
+        self.data_unanswered_since = None;
+        self.tried = 0;
+    }
+
+    /// The periodic check (once per node tick): whether to leave direct, or (unless `follow`,
+    /// as a hub does) a relay that does not work either.
+    pub(super) fn tick(
+        &self,
+        now: Instant,
+        relays: &Relays,
+        cfg: &PathConfig,
+        follow: bool,
+    ) -> Decision {
         let hs = self
             .hs_unanswered_since
             .is_some_and(|t| now.saturating_duration_since(t) >= cfg.direct_timeout);
@@ -237,7 +274,26 @@ impl PathState {
         if !(hs || data) {
             return Decision::Stay;
         }
-        match self.choose_relay(relays, None) {
+        let next = match self.current {
+            Path::Direct => self.choose_relay(relays, None),
+            Path::Relay(_) if follow => None,
+            Path::Relay(c) => {
+                // The next relay after `c` in order (wrapping) that is up and not yet tried.
+                let n = relays.len();
+                let untried = (1..n)
+                    .map(|k| (usize::from(c.0) + k) % n)
+                    .map(|i| RelayId(i as u16))
+                    .find(|r| is_up(relays, *r) && self.tried & bit(*r) == 0);
+                let round_over = self
+                    .round_started
+                    .is_none_or(|t| now.saturating_duration_since(t) >= RETRY_ROUND);
+                if untried.is_none() && round_over {
+                    return Decision::Switch(Path::Direct);
+                }
+                untried
+            }
+        };
+        match next {
             Some(r) => Decision::Switch(Path::Relay(r)),
             None => Decision::Stay,
         }
@@ -290,24 +346,24 @@ mod tests {
         let cfg = PathConfig::default();
         let t0 = Instant::now();
         let mut p = PathState::new();
-        p.sent_udp(1, 148, t0);
+        p.sent(1, 148, t0);
         let up = relays(&[true]);
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(4), &up, &cfg),
+            p.tick(t0 + Duration::from_secs(4), &up, &cfg, false),
             Decision::Stay
         );
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(5), &relays(&[false]), &cfg),
+            p.tick(t0 + Duration::from_secs(5), &relays(&[false]), &cfg, false),
             Decision::Stay
         );
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(5), &up, &cfg),
+            p.tick(t0 + Duration::from_secs(5), &up, &cfg, false),
             Decision::Switch(Path::Relay(RelayId(0)))
         );
         // An answer over UDP clears the expectation.
         p.udp_auth(t0 + Duration::from_secs(5));
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(60), &up, &cfg),
+            p.tick(t0 + Duration::from_secs(60), &up, &cfg, false),
             Decision::Stay
         );
     }
@@ -318,18 +374,18 @@ mod tests {
         let t0 = Instant::now();
         let up = relays(&[true]);
         let mut p = PathState::new();
-        p.sent_udp(4, 32, t0);
+        p.sent(4, 32, t0);
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(60), &up, &cfg),
+            p.tick(t0 + Duration::from_secs(60), &up, &cfg, false),
             Decision::Stay
         );
-        p.sent_udp(4, 200, t0);
+        p.sent(4, 200, t0);
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(14), &up, &cfg),
+            p.tick(t0 + Duration::from_secs(14), &up, &cfg, false),
             Decision::Stay
         );
         assert_eq!(
-            p.tick(t0 + Duration::from_secs(15), &up, &cfg),
+            p.tick(t0 + Duration::from_secs(15), &up, &cfg, false),
             Decision::Switch(Path::Relay(RelayId(0)))
         );
     }

@@ -204,9 +204,7 @@ impl Peer {
         };
         match dst {
             Some(dst) => {
-                if let Dest::Udp(_) = dst {
-                    self.path.sent_udp(msg_type(&pkt), pkt.len(), now);
-                }
+                self.path.sent(msg_type(&pkt), pkt.len(), now);
                 self.tx_bytes += pkt.len() as u64;
                 totals.tx_bytes += pkt.len() as u64;
                 out.push_back(Transmit { dst, payload: pkt });
@@ -244,7 +242,7 @@ impl Peer {
 
     /// Moves this peer's datagrams to `to` (no-op when already there): raises
     /// [`Event::PathChanged`], resends an outstanding handshake over the new path, or else sends
-    /// a fresh keepalive over it so the peer learns the path too.
+    /// a fresh keepalive over it so the peer learns the path too. Returns whether it switched.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn set_path(
         &mut self,
@@ -255,9 +253,9 @@ impl Peer {
         events: &mut VecDeque<Event>,
         out: &mut VecDeque<Transmit>,
         totals: &mut Totals,
-    ) {
+    ) -> bool {
         if self.path.current == to {
-            return;
+            return false;
         }
         let from = label(relays, self.path.current);
         self.path.switch(to, now, cfg);
@@ -276,6 +274,7 @@ impl Peer {
             // without waiting for its next probe).
             self.send_control(Control::Keepalive, now, &mut buf, out, totals);
         }
+        true
     }
 
     fn emit_result(

@@ -4,5 +4,6 @@
 mod driver;
 mod interop;
 mod path;
+mod relay;
 mod sim;
 mod wan;

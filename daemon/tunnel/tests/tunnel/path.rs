@@ -250,6 +250,22 @@ fn udp_that_works_again_takes_over_and_a_new_block_falls_back_without_losing_the
         "not back on the relay 40 s after UDP was blocked again"
     );
     eprintln!("fell back to the relay {:?} after the block", sim.now - t0);
+    // The stream retransmits at once on the new path instead of waiting out the backoff it
+    // earned during the silence.
+    let at = flow.received;
+    let t1 = sim.now;
+    let mut moved = false;
+    sim.run_until(Duration::from_secs(30), |s| {
+        flow.pump(s);
+        moved = flow.received > at;
+        moved
+    });
+    assert!(moved);
+    assert!(
+        sim.now - t1 < Duration::from_secs(1),
+        "the stream stalled {:?} after the switch",
+        sim.now - t1
+    );
     flow.until(&mut sim, total, Duration::from_secs(120));
     assert_eq!(flow.received, total);
     let want = vec![
@@ -458,4 +474,108 @@ fn relayed_datagrams_from_unknown_or_wrong_keys_change_nothing() {
         "answered a forged datagram"
     );
     assert!(switches(&sim, 0).is_empty());
+}
+
+#[test]
+fn a_target_that_knows_no_hub_endpoint_uses_a_relay_as_soon_as_one_is_up() {
+    let hk = SecretKey::generate().unwrap();
+    let tk = SecretKey::generate().unwrap();
+    let mut sim = Sim::new(0x9a80, faults());
+    let h = sim.add_node(&hk, NodeRole::Hub);
+    let t = sim.add_node(&tk, NodeRole::Target);
+    let now = sim.now;
+    let mut tp = sim.peer(&tk, t, None);
+    tp.endpoint = None;
+    let mut hp = sim.peer(&hk, h, None);
+    hp.endpoint = None;
+    let t_on_hub = sim.node(h).add_peer(tp, now).unwrap();
+    let h_on_t = sim.node(t).add_peer(hp, now).unwrap();
+    let r = sim.add_relay("r1");
+    sim.join_relay(r, h);
+    sim.join_relay(r, t);
+    sim.relay_conn(r, h, true);
+    assert_eq!(path(&sim, t, h_on_t), "direct");
+    sim.relay_conn(r, t, true);
+    assert_eq!(path(&sim, t, h_on_t), "relay:r1");
+    let t0 = sim.now;
+    let mut flow = Flow::open(&mut sim, t, h, 7000, 256 * 1024);
+    assert!(sim.now - t0 < Duration::from_secs(1), "{:?}", sim.now - t0);
+    flow.until(&mut sim, 256 * 1024, Duration::from_secs(30));
+    assert_eq!(path(&sim, h, t_on_hub), "relay:r1");
+    assert!(
+        sim.udp_log.is_empty(),
+        "sent UDP with no endpoint to send to"
+    );
+    // The hub never probes a peer whose UDP endpoint it does not know.
+    let until = sim.now + Duration::from_secs(30);
+    sim.run_until(Duration::from_secs(30), |s| s.now >= until);
+    assert!(sim.udp_log.is_empty());
+}
+
+#[test]
+fn a_target_tries_the_next_relay_when_the_hub_is_not_on_the_first() {
+    let Net {
+        mut sim,
+        t_on_hub,
+        h_on_t,
+    } = net();
+    // The target has relays a and b, in that order; the hub is only on b.
+    let a = sim.add_relay("a");
+    sim.join_relay(a, 1);
+    sim.relay_conn(a, 1, true);
+    relay(&mut sim, "b", &[0, 1]);
+    sim.udp_blocked[1] = true;
+    let t0 = sim.now;
+    let mut flow = Flow::open(&mut sim, 1, 0, 7000, 256 * 1024);
+    let took = sim.now - t0;
+    assert!(took < Duration::from_secs(12), "connected after {took:?}");
+    flow.until(&mut sim, 256 * 1024, Duration::from_secs(30));
+    assert_eq!(path(&sim, 1, h_on_t), "relay:b");
+    assert_eq!(path(&sim, 0, t_on_hub), "relay:b");
+    assert_eq!(
+        switches(&sim, 1),
+        vec![sw("direct", "relay:a"), sw("relay:a", "relay:b")]
+    );
+}
+
+#[test]
+fn with_the_hub_unreachable_a_target_tries_each_path_once_a_minute_not_more() {
+    let Net { mut sim, .. } = net();
+    let a = sim.add_relay("a");
+    let b = sim.add_relay("b");
+    for r in [a, b] {
+        sim.join_relay(r, 1);
+        sim.relay_conn(r, 1, true);
+    }
+    sim.nodes[0].1 = None; // the hub is gone
+    // Persistent keepalives keep the target trying to reach it.
+    let hk = sim.keys[0];
+    let now = sim.now;
+    let target = sim.node(1);
+    let id = target.peer_by_ip(overlay(0)).unwrap();
+    target.remove_peer(id).unwrap();
+    target
+        .add_peer(
+            PeerConfig {
+                name: "hub".into(),
+                public_key: hk,
+                overlay_ip: overlay(0),
+                endpoint: Some(addr(0)),
+                persistent_keepalive: Some(25),
+            },
+            now,
+        )
+        .unwrap();
+    let until = sim.now + Duration::from_secs(130);
+    sim.run_until(Duration::from_secs(130), |s| s.now >= until);
+    let got = switches(&sim, 1);
+    let round = [
+        sw("direct", "relay:a"),
+        sw("relay:a", "relay:b"),
+        sw("relay:b", "direct"),
+    ];
+    assert!(
+        (5..=7).contains(&got.len()) && got.iter().zip(round.iter().cycle()).all(|(g, w)| g == w),
+        "{got:?}"
+    );
 }

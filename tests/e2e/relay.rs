@@ -1,8 +1,10 @@
 //! The relay role as a real process: `tetherd run --role relay` on 127.0.0.1, configured from
 //! `tetherd relay show --json`, used by real `tether_relay::RelayClient`s (allowed keys talk,
 //! an unlisted key is refused), `/healthz` open and `/metrics` behind the vault's bearer token,
-//! TLS 1.2 refused, SIGTERM → GoingAway and exit 0 within 5 s; the operator's own certificate;
-//! a bad `[relay]` section refused with exit 2 before anything is created.
+//! TLS 1.2 refused, SIGTERM → GoingAway and exit 0 within 5 s; the operator's own certificate,
+//! the default allowlist created empty and re-read on change, SIGHUP (a changed `[relay]` needs a
+//! restart, a broken config is refused); a bad `[relay]` section refused with exit 2 before
+//! anything is created.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,18 @@ impl RelayProc {
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+}
+
+fn wait_log(r: &RelayProc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !r.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in the log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -426,6 +440,20 @@ fn the_operators_certificate_is_served_and_pinned_and_a_bad_relay_section_exits_
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
+    // SIGHUP: a changed [relay] is reported as needing a restart, a broken config is refused;
+    // the relay keeps serving either way.
+    let hup = |r: &RelayProc| kill(Pid::from_raw(r.child.id() as i32), Signal::SIGHUP).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}rate = 1000000\n")).unwrap();
+    hup(&relay);
+    wait_log(&relay, "restart the relay to apply it");
+    std::fs::write(&config, format!("{text}rate = \"fast\"\n")).unwrap();
+    hup(&relay);
+    wait_log(&relay, "config reload failed; keeping the running config");
+    rt.block_on(async {
+        connect(&target, &me).await.unwrap();
+    });
+    std::fs::write(&config, text).unwrap();
     drop(relay);
 
     // A bad [relay] section: every problem named, exit 2, nothing created.

@@ -40,6 +40,7 @@ fn hub(dir: &std::path::Path, wg_public: [u8; 32]) -> Arc<Hub> {
         wg_public,
         wg_endpoint: "hub-without-endpoint.invalid:51820".into(),
         ssh_client_public: HUB_SSH.into(),
+        relays: Vec::new(),
     };
     Arc::new(
         Hub::open(

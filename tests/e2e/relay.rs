@@ -330,6 +330,17 @@ fn relay_role_forwards_for_allowed_keys_refuses_the_rest_and_drains_on_sigterm()
     );
     assert!(status.success(), "{status}:\n{}", relay.log());
     assert!(relay.log().contains("tetherd relay stopped"));
+
+    // Started again, it is the same relay: the key and the generated certificate are reused, so
+    // what hubs pinned stays valid.
+    let again = start(dir.path(), &config, &["--role", "relay"], &[]);
+    assert!(
+        again.log().contains("using the generated"),
+        "{}",
+        again.log()
+    );
+    let (_, shown_again) = show(&config);
+    assert_eq!(shown_again, shown);
 }
 
 #[test]
@@ -387,6 +398,11 @@ fn the_operators_certificate_is_served_and_pinned_and_a_bad_relay_section_exits_
         ),
     )
     .unwrap();
+    // `relay show` before the first start makes the key a first start would (the state
+    // directory's lock is free); the relay then uses it.
+    let before_start = tetherd(&["relay", "show", "--json"], &config);
+    assert_eq!(code(&before_start), 0, "{}", stderr(&before_start));
+    let before_start: serde_json::Value = serde_json::from_str(&stdout(&before_start)).unwrap();
     // TETHER_ROLE gives the role this time.
     let relay = start(dir.path(), &config, &[], &[("TETHER_ROLE", "relay")]);
     let out = Command::new(bin("tetherd"))
@@ -402,6 +418,7 @@ fn the_operators_certificate_is_served_and_pinned_and_a_bad_relay_section_exits_
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["cert_sha256"], want.as_str(), "{v}");
     assert_eq!(v["addr"], format!("localhost:{port}"));
+    assert_eq!(v["relay_key"], before_start["relay_key"]);
     assert!(
         !state.join("relay-tls").exists(),
         "generated a certificate anyway"

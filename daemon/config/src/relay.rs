@@ -30,8 +30,8 @@ pub struct RelaySection {
     /// when it changes. Default `STATE_DIR/relay-allowlist`, created empty when missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowlist: Option<PathBuf>,
-    /// Base64 WireGuard public keys of hubs allowed to push allowlists to this relay (checked
-    /// here; handed to the relay once its admin channel exists).
+    /// Base64 WireGuard public keys of hubs allowed to push allowlists to this relay and to take
+    /// enrollments through it.
     pub admin_keys: Vec<String>,
     /// Bytes per second each connected key may send through the relay (default 12,500,000:
     /// 100 Mbit/s). Announced to clients; datagrams over it are dropped.

@@ -105,17 +105,7 @@ fn relay_config(config: &Config, vault: &tether_vault::Vault) -> Result<RelayCon
         }
     };
     // Checked by the config already: the hubs that may push allowlists and take enrollments.
-    let admin_keys = section
-        .admin_keys
-        .iter()
-        .filter_map(|k| {
-            use base64::Engine as _;
-            let b = base64::engine::general_purpose::STANDARD
-                .decode(k.trim())
-                .ok()?;
-            <[u8; 32]>::try_from(b.as_slice()).ok()
-        })
-        .collect();
+    let admin_keys = section.admin_key_bytes();
     Ok(RelayConfig {
         admin_keys,
         enroll: tether_relay::server::EnrollLimits::default(),

@@ -78,6 +78,8 @@ async fn relay(dir: &std::path::Path, name: &str, keys: &[&SecretKey]) -> (Relay
         burst: 100_000_000,
         conn_rate: (5, 10),
         metrics_token: None,
+        admin_keys: Vec::new(),
+        enroll: tether_relay::server::EnrollLimits::default(),
     })
     .await
     .unwrap();

@@ -19,6 +19,8 @@ mod plugin_cli;
 mod plugins;
 mod policy;
 mod rbac;
+mod relay;
+mod relay_paths;
 mod rollout;
 mod schemathesis;
 mod sessions;

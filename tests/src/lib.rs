@@ -101,6 +101,22 @@ impl Daemon {
 
     /// Spawns `tetherd run --config CONFIG` inside `dir` without waiting.
     pub fn spawn_in(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_wrapped(dir, config, env, &[])
+    }
+
+    /// Like [`Daemon::spawn_in`] in network namespace `netns` (`ip netns exec NETNS tetherd
+    /// ...`, which execs: the child is tetherd itself). Needs root. The control socket is a
+    /// file, so the CLI reaches it from any namespace.
+    pub fn spawn_in_netns(dir: tempfile::TempDir, config: PathBuf, netns: &str) -> Daemon {
+        Self::spawn_wrapped(dir, config, &[], &["ip", "netns", "exec", netns])
+    }
+
+    fn spawn_wrapped(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
         let socket = dir.path().join("tetherd.sock");
         let log = dir.path().join("tetherd.log");
         let out = std::fs::OpenOptions::new()
@@ -109,7 +125,14 @@ impl Daemon {
             .open(&log)
             .expect("log");
         let err = out.try_clone().expect("log");
-        let mut cmd = Command::new(bin("tetherd"));
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("tetherd"));
+                c
+            }
+            None => Command::new(bin("tetherd")),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

@@ -17,6 +17,7 @@ mod metrics;
 mod paths;
 mod principal;
 mod redact;
+mod relay;
 mod schema;
 mod ssh;
 mod vault;
@@ -34,6 +35,7 @@ pub use paths::{
 };
 pub use principal::{ParsePrincipalError, Principal};
 pub use redact::redacted_json;
+pub use relay::{RELAY_MAX_DATAGRAM, RelaySection};
 pub use schema::{
     Config, ControlConfig, EnrollSection, LogConfig, PolicyFileError, PolicySource, RolesConfig,
     TunnelSection, parse_duration_secs, parse_subnet,

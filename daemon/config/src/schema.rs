@@ -10,7 +10,7 @@ use crate::principal::Principal;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `hub` or `target`. Required (in the file, as `TETHER_ROLE`, or as `tetherd run --role`).
+    /// `hub`, `target` or `relay`. Required (in the file, as `TETHER_ROLE`, or as `tetherd run --role`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<DaemonRole>,
     /// Where the daemon keeps its state (inventory, audit log, vault file). Absolute path.
@@ -53,6 +53,9 @@ pub struct Config {
     /// File transfer confinement on a target (`[files]`).
     #[serde(default)]
     pub files: crate::FilesSection,
+    /// The relay role's listener, certificate, allowlist and limits (`[relay]`).
+    #[serde(default)]
+    pub relay: crate::RelaySection,
 }
 
 /// `[tunnel]`: userspace WireGuard over one UDP socket.
@@ -75,6 +78,12 @@ pub struct TunnelSection {
     /// Target: rotate this machine's WireGuard key when it is older than this many days
     /// (authenticated over the tunnel, audited on both ends); 0 disables.
     pub key_rotation_days: u32,
+    /// Relays (`[[tunnel.relays]]`) for peers whose UDP is blocked: a peer tries direct UDP
+    /// first and falls back to the first relay that is up. On a hub these are put in every
+    /// invite; on a target they are used besides the ones its invite named. Print an entry with
+    /// `tetherd relay show` on the relay.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<tether_model::relay::RelaySpec>,
 }
 
 impl Default for TunnelSection {
@@ -85,6 +94,7 @@ impl Default for TunnelSection {
             subnet: "10.99.0.0/16".to_owned(),
             persistent_keepalive_secs: 25,
             key_rotation_days: 90,
+            relays: Vec::new(),
         }
     }
 }
@@ -235,6 +245,7 @@ impl Default for Config {
             ssh: crate::SshSection::default(),
             approvals: crate::ApprovalsSection::default(),
             files: crate::FilesSection::default(),
+            relay: crate::RelaySection::default(),
         }
     }
 }
@@ -310,7 +321,7 @@ impl Config {
         if self.role.is_none() {
             bad(
                 "role",
-                "missing; set role = \"hub\" or role = \"target\" (or pass --role)".to_owned(),
+                "missing; set role = \"hub\", \"target\" or \"relay\" (or pass --role)".to_owned(),
             );
         }
         if !self.state_dir.is_absolute() {
@@ -407,6 +418,9 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = tether_model::relay::check_relays(&self.tunnel.relays) {
+            bad("tunnel.relays", p);
+        }
         if parse_duration_secs(&self.enroll.default_ttl).is_none() {
             bad(
                 "enroll.default_ttl",
@@ -450,6 +464,9 @@ impl Config {
         }
         for (key, message) in self.files.validate() {
             bad(key, message);
+        }
+        for (key, message) in self.relay.validate() {
+            bad(&key, message);
         }
         problems
     }

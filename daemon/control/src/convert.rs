@@ -20,6 +20,7 @@ pub(crate) fn peer(p: &tether_tunnel::PeerStatus) -> api::PeerInfo {
         health: p.health.as_str().to_owned(),
         rebuilds: p.rebuilds,
         drops: p.drops.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        path: p.path.clone(),
     }
 }
 

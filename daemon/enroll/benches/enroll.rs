@@ -28,6 +28,7 @@ fn identity(endpoint: &str) -> HubIdentity {
         wg_public: [7u8; 32],
         wg_endpoint: "127.0.0.1:51820".into(),
         ssh_client_public: HUB_SSH.into(),
+        relays: Vec::new(),
     }
 }
 

@@ -271,6 +271,13 @@ pub enum EnrollError {
         /// What failed, without details.
         what: String,
     },
+    /// An invite was asked of a hub that names no address targets can reach and no relay.
+    #[error(
+        "this hub has no endpoint targets can reach and no relay, so a target could not use \
+         the invite: set `[enroll] endpoint` and `[tunnel] endpoint` to an address targets can \
+         reach, or add a relay in `[[tunnel.relays]]` (see README, Relay)"
+    )]
+    Unreachable,
     /// The hub answered with an error code this version does not know.
     #[error("the hub refused the enrollment ({code}): {message}")]
     Remote {
@@ -316,6 +323,7 @@ impl EnrollError {
                 "internal"
             }
             EnrollError::Remote { .. } => "remote",
+            EnrollError::Unreachable => "unreachable",
         }
     }
 

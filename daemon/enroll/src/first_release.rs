@@ -173,6 +173,7 @@ mod tests {
             wg_public: [7u8; 32],
             wg_endpoint: "127.0.0.1:51820".into(),
             ssh_client_public: HUB_SSH.into(),
+            relays: Vec::new(),
         };
         let key = tether_vault::SecretBox::from_slice(&[9u8; 32]).expect("key");
         Arc::new(Hub::open(dir, identity, key, OverlayNet::default()).expect("hub"))

@@ -39,7 +39,8 @@ pub use inventory::{
 pub use invite_keys::{InviteKeyRing, RotatedInviteKey};
 pub use proto::{TargetKeys, TargetSession, Welcome, WgKeyAgreement, WgProver};
 pub use server::{
-    ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client, retry_delay,
+    ClientOptions, EnrollMetrics, EnrollServer, ServerConfig, enroll_client, enroll_over,
+    retry_delay, serve_stream,
 };
 pub use sshkey::{SshPublicKey, ssh_fingerprint};
 pub use store::{FileInviteStore, InviteStore};

@@ -768,6 +768,7 @@ mod tests {
             wg_public: [7u8; 32],
             wg_endpoint: "127.0.0.1:51820".into(),
             ssh_client_public: HUB_SSH.into(),
+            relays: Vec::new(),
         };
         let key = tether_vault::SecretBox::from_slice(&[9u8; 32]).unwrap();
         let hub =
@@ -843,6 +844,7 @@ mod tests {
                 wg_public: hub_key.public_key().0,
                 wg_endpoint: "127.0.0.1:51820".into(),
                 ssh_client_public: HUB_SSH.into(),
+                relays: Vec::new(),
             };
             let key = tether_vault::SecretBox::from_slice(&[9u8; 32]).unwrap();
             let hub = crate::Hub::open(dir.path(), identity, key, crate::OverlayNet::default())

@@ -1,11 +1,13 @@
-//! Thin tokio drivers: the hub's enrollment listener and the target's client.
+//! Thin tokio drivers: the hub's enrollment listener and the target's client, and the same
+//! exchange over any byte stream ([`serve_stream`] / [`enroll_over`], e.g. spliced through a
+//! relay when the hub has no reachable endpoint).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -286,7 +288,13 @@ impl EnrollServer {
             let metrics = metrics.clone();
             let budgets = budgets.clone();
             tracker.spawn(async move {
-                handle_connection(stream, peer, hub, &config, &metrics, &budgets).await;
+                let label = peer.to_string();
+                let source = Source {
+                    label: &label,
+                    addr: Some(peer),
+                    budgets: Some(&budgets),
+                };
+                handle_connection(stream, source, hub, &config, &metrics).await;
                 drop(permit);
             });
         }
@@ -297,7 +305,37 @@ impl EnrollServer {
     }
 }
 
-async fn read_hello(stream: &mut TcpStream, max_frame: usize) -> Result<Hello> {
+/// The hub's side of one exchange over an already connected `stream` (e.g. an enrollment
+/// spliced through a relay, `tether_relay::enroll::accept`): reads the Hello within
+/// `config.deadline`, answers the Welcome or an error frame, counts the outcome in `metrics`.
+/// `peer_label` names the source in logs. The per-address rate limits of [`EnrollServer`] do
+/// not apply (the source address is not known here; the relay rate-limits connections per
+/// address and pairings per invite), nor does its connection cap: the caller bounds how many
+/// it serves at once. The hub core's checks (token MAC, single use, expiry, hooks) all apply.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer_label: &str,
+    hub: Arc<Hub>,
+    config: &ServerConfig,
+    metrics: &EnrollMetrics,
+) {
+    let source = Source {
+        label: peer_label,
+        addr: None,
+        budgets: None,
+    };
+    handle_connection(stream, source, hub, config, metrics).await;
+}
+
+/// Where a connection comes from: its label for logs, its address if known, and the
+/// listener's budgets when they apply.
+struct Source<'a> {
+    label: &'a str,
+    addr: Option<SocketAddr>,
+    budgets: Option<&'a Mutex<Budgets>>,
+}
+
+async fn read_hello<S: AsyncRead + Unpin>(stream: &mut S, max_frame: usize) -> Result<Hello> {
     let mut decoder = FrameDecoder::new(max_frame);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -325,14 +363,15 @@ async fn read_hello(stream: &mut TcpStream, max_frame: usize) -> Result<Hello> {
     }
 }
 
-async fn handle_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    source: Source<'_>,
     hub: Arc<Hub>,
     config: &ServerConfig,
     metrics: &EnrollMetrics,
-    budgets: &Mutex<Budgets>,
 ) {
+    let peer = source.label;
+    let ip = source.addr.map(|a| a.ip());
     let started = tokio::time::Instant::now();
     let hello = match tokio::time::timeout(
         config.deadline,
@@ -348,11 +387,11 @@ async fn handle_connection(
     };
     // A token holder's attempt: back from the unauthenticated budget to the token holders'
     // one, before the hub reads or writes any state.
-    let hello = match hello {
-        Ok(hello) if hub.authenticates(&hello) => {
+    let hello = match (hello, source.addr.zip(source.budgets)) {
+        (Ok(hello), Some((addr, budgets))) if hub.authenticates(&hello) => {
             let mut b = budgets.lock().unwrap_or_else(|e| e.into_inner());
-            b.any.refund(peer.ip());
-            match b.authenticated.check(peer.ip(), std::time::Instant::now()) {
+            b.any.refund(addr.ip());
+            match b.authenticated.check(addr.ip(), std::time::Instant::now()) {
                 Ok(()) => Ok(hello),
                 Err(wait) => {
                     metrics.rate_limited.inc();
@@ -362,13 +401,12 @@ async fn handle_connection(
                 }
             }
         }
-        other => other,
+        (other, _) => other,
     };
     let result = match hello {
         Ok(hello) => {
             let hub2 = hub.clone();
-            let ip = peer.ip();
-            tokio::task::spawn_blocking(move || hub2.handle_hello(&hello, Some(ip), unix_now()))
+            tokio::task::spawn_blocking(move || hub2.handle_hello(&hello, ip, unix_now()))
                 .await
                 .unwrap_or_else(|e| {
                     Err(EnrollError::Internal {
@@ -377,7 +415,7 @@ async fn handle_connection(
                 })
         }
         Err(e) => {
-            hub.notify_rejected(Some(peer.ip()), &e);
+            hub.notify_rejected(ip, &e);
             Err(e)
         }
     };
@@ -410,7 +448,7 @@ async fn handle_connection(
 
 /// Reads (and discards) what the client still sends for up to 200 ms / 64 KiB, so closing with
 /// unread bytes does not reset the connection before the client has read the error frame.
-async fn linger_drain(stream: &mut TcpStream) {
+async fn linger_drain<S: AsyncRead + Unpin>(stream: &mut S) {
     let _ = tokio::time::timeout(Duration::from_millis(200), async {
         let mut sink = [0u8; 4096];
         let mut left = 64 * 1024usize;
@@ -506,18 +544,54 @@ pub fn retry_delay(attempt: u32, retry_after_ms: Option<u64>) -> Duration {
     Duration::from_millis(retry_after_ms.unwrap_or(0).min(60_000) + jitter_ms)
 }
 
-/// One enrollment within `opts.deadline`, with the v1 fallback.
-async fn enroll_once(token: &Token, keys: &TargetKeys, opts: &ClientOptions) -> Result<Welcome> {
-    let (mut session, hello) = TargetSession::start_proving(
+/// The target's side over an already connected `stream` (e.g. to the hub through a relay,
+/// `tether_relay::enroll::connect`): like [`enroll_client`] (same Hello, same checks of the
+/// hub's Welcome, within `opts.deadline`), but one exchange on this one stream: no fallback to
+/// a first-release hub (it would need a new connection; a hub reached this way is of this
+/// release) and no retry of rate-limit refusals (`opts.endpoint` only names the hub in
+/// errors). Write the config only after this returns `Ok`.
+pub async fn enroll_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    token: &Token,
+    keys: &TargetKeys,
+    opts: &ClientOptions,
+) -> Result<Welcome> {
+    let (mut session, hello) = start_session(token, keys, opts)?;
+    within_deadline(opts, exchange_on(&mut stream, &hello, &mut session)).await
+}
+
+fn start_session(
+    token: &Token,
+    keys: &TargetKeys,
+    opts: &ClientOptions,
+) -> Result<(TargetSession, Vec<u8>)> {
+    TargetSession::start_proving(
         token,
         keys,
         opts.wg_key.as_ref().map(|p| &*p.0),
         unix_now(),
         opts.max_frame,
         opts.endpoint.as_deref(),
-    )?;
-    let endpoint = session.endpoint().to_string();
+    )
+}
+
+async fn within_deadline(
+    opts: &ClientOptions,
+    exchange: impl std::future::Future<Output = Result<Welcome>>,
+) -> Result<Welcome> {
     let after_ms = u64::try_from(opts.deadline.as_millis()).unwrap_or(u64::MAX);
+    tokio::time::timeout(opts.deadline, exchange)
+        .await
+        .unwrap_or(Err(EnrollError::Timeout {
+            what: "exchange with the hub",
+            after_ms,
+        }))
+}
+
+/// One enrollment within `opts.deadline`, with the v1 fallback.
+async fn enroll_once(token: &Token, keys: &TargetKeys, opts: &ClientOptions) -> Result<Welcome> {
+    let (mut session, hello) = start_session(token, keys, opts)?;
+    let endpoint = session.endpoint().to_string();
     let exchange = async {
         let mut hello = hello;
         loop {
@@ -536,12 +610,7 @@ async fn enroll_once(token: &Token, keys: &TargetKeys, opts: &ClientOptions) -> 
             }
         }
     };
-    tokio::time::timeout(opts.deadline, exchange)
-        .await
-        .unwrap_or(Err(EnrollError::Timeout {
-            what: "exchange with the hub",
-            after_ms,
-        }))
+    within_deadline(opts, exchange).await
 }
 
 /// One connection: sends `hello`, feeds the answer to `session`.
@@ -556,12 +625,22 @@ async fn exchange_once(
             endpoint: endpoint.to_string(),
             source,
         })?;
-    stream
-        .write_all(hello)
-        .await
-        .map_err(|e| EnrollError::Protocol {
-            what: format!("sending the Hello failed: {e}"),
-        })?;
+    exchange_on(&mut stream, hello, session).await
+}
+
+/// On a connected stream: sends `hello`, feeds the answer to `session`.
+async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    hello: &[u8],
+    session: &mut TargetSession,
+) -> Result<Welcome> {
+    let sent = async {
+        stream.write_all(hello).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(|e| EnrollError::Protocol {
+        what: format!("sending the Hello failed: {e}"),
+    })?;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let want = session.wanted().min(buf.len());

@@ -42,6 +42,9 @@ pub struct HubIdentity {
     pub wg_endpoint: String,
     /// The hub's SSH client public key, OpenSSH format (targets authorize it).
     pub ssh_client_public: String,
+    /// Relays put in every invite (`[[tunnel.relays]]`): the target's tunnel falls back to them
+    /// when UDP to the hub is blocked, and enrolls through them when `enroll_endpoint` is empty.
+    pub relays: Vec<tether_model::relay::RelaySpec>,
 }
 
 impl HubIdentity {
@@ -106,6 +109,11 @@ pub struct InvitePayload {
     /// such tokens are byte-for-byte what older hubs issued): those mean epoch 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub key_epoch: u32,
+    /// Relays the target may use (for its tunnel when UDP is blocked, and to enroll when
+    /// `endpoint` is empty: a hub with no reachable address). Omitted when there are none, so
+    /// tokens of hubs without relays are what older hubs issued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<tether_model::relay::RelaySpec>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -181,8 +189,14 @@ pub fn decode_payload(json: &[u8]) -> Result<CheckedPayload> {
     for g in &payload.groups {
         validate_group(g)?;
     }
-    if payload.endpoint.is_empty() || payload.endpoint.len() > 300 {
-        return Err(malformed("endpoint is empty or too long"));
+    if payload.endpoint.len() > 300 {
+        return Err(malformed("endpoint is too long"));
+    }
+    if payload.endpoint.is_empty() && payload.relays.is_empty() {
+        return Err(malformed("it names neither an endpoint nor a relay"));
+    }
+    if let Some(p) = tether_model::relay::check_relays(&payload.relays) {
+        return Err(malformed(p));
     }
     if !payload.hub_ssh_fingerprint.starts_with("SHA256:") {
         return Err(malformed("hub SSH fingerprint is not a SHA256 fingerprint"));
@@ -397,6 +411,9 @@ pub fn issue_with_epoch(
     now: u64,
 ) -> Result<(Token, InviteRecord)> {
     validate_host_name(&spec.name)?;
+    if (hub.enroll_endpoint.is_empty() || hub.wg_endpoint.is_empty()) && hub.relays.is_empty() {
+        return Err(EnrollError::Unreachable);
+    }
     if spec.tags.len() > MAX_LABELS || spec.groups.len() > MAX_LABELS {
         return Err(malformed("too many tags or groups (at most 64 each)"));
     }
@@ -425,6 +442,7 @@ pub fn issue_with_epoch(
         issued_at: now,
         expires_at,
         key_epoch,
+        relays: hub.relays.clone(),
     };
     let json = serde_json::to_vec(&payload).map_err(|e| EnrollError::Internal {
         what: format!("encode invite payload: {e}"),

@@ -53,6 +53,7 @@ fn identity(endpoint: &str, wg_public: [u8; 32]) -> HubIdentity {
         wg_public,
         wg_endpoint: "127.0.0.1:51820".into(),
         ssh_client_public: HUB_SSH.into(),
+        relays: Vec::new(),
     }
 }
 
@@ -246,6 +247,68 @@ mod flow {
             SshPublicKey::parse(TARGET_SSH_B).unwrap().canonical()
         );
         th.stop().await;
+    }
+
+    fn relay(name: &str) -> tether_model::relay::RelaySpec {
+        use base64::Engine as _;
+        tether_model::relay::RelaySpec {
+            name: name.into(),
+            addr: "127.0.0.1:4433".into(),
+            server_name: String::new(),
+            cert_sha256: "ab".repeat(32),
+            relay_key: base64::engine::general_purpose::STANDARD.encode(random32()),
+        }
+    }
+
+    #[test]
+    fn a_hub_with_no_reachable_endpoint_and_no_relay_refuses_to_make_an_invite() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = open_hub(dir.path(), identity("", random32()), &random32());
+        let err = hub.invite(&req("lost1"), unix_now()).unwrap_err();
+        assert_eq!(err.code(), "unreachable");
+        assert!(err.to_string().contains("[[tunnel.relays]]"), "{err}");
+        // Nothing was recorded: the same name can be invited once the hub is fixed.
+        assert!(hub.pending_invites(unix_now()).is_empty());
+    }
+
+    #[test]
+    fn an_invite_carries_the_hubs_relays_and_may_omit_the_endpoint_then() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut id = identity("", random32());
+        id.relays = vec![relay("r1"), relay("r2")];
+        let hub = open_hub(dir.path(), id, &random32());
+        let (token, _) = hub.invite(&req("behind-nat1"), unix_now()).unwrap();
+        let parsed = token.parse(unix_now()).unwrap();
+        let names: Vec<_> = parsed
+            .payload()
+            .relays
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(names, ["r1", "r2"]);
+        assert_eq!(parsed.payload().endpoint, "");
+        // Without relays a token's JSON has no `relays` key at all (what older hubs issued).
+        let dir2 = tempfile::tempdir().unwrap();
+        let hub2 = open_hub(
+            dir2.path(),
+            identity("127.0.0.1:1", random32()),
+            &random32(),
+        );
+        let (plain, _) = hub2.invite(&req("web9"), unix_now()).unwrap();
+        let json = plain.expose(|t| {
+            let body = t
+                .strip_prefix("tether1.")
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+                .to_owned();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(body)
+                .unwrap()
+        });
+        assert!(!String::from_utf8(json).unwrap().contains("relays"));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 mod alert;
 pub mod audit;
 pub mod policy;
+pub mod relay;
 mod role;
 mod secret_name;
 pub mod selector;

@@ -71,7 +71,7 @@ impl FromStr for Role {
     }
 }
 
-/// Which side of the star a `tetherd` runs on.
+/// Which side of the star a `tetherd` runs on (or `relay`: beside it, forwarding ciphertext).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DaemonRole {
@@ -79,6 +79,9 @@ pub enum DaemonRole {
     Hub,
     /// A managed machine: connects to its hub and runs what the hub sends within local policy.
     Target,
+    /// Forwards WireGuard ciphertext between allowed keys over TLS 1.3 for peers that can't
+    /// reach each other over UDP. Runs no tunnel, enrollment, SSH or plugins.
+    Relay,
 }
 
 impl fmt::Display for DaemonRole {
@@ -86,6 +89,7 @@ impl fmt::Display for DaemonRole {
         f.write_str(match self {
             DaemonRole::Hub => "hub",
             DaemonRole::Target => "target",
+            DaemonRole::Relay => "relay",
         })
     }
 }

@@ -12,6 +12,15 @@
 //! `HMAC-SHA256(K, "client" || server nonce || client nonce || client key)`, the relay's
 //! `HMAC-SHA256(K, "relay" || client nonce || server nonce || client key)`. WireGuard keys are
 //! X25519 keys, so no other key has to be distributed.
+//!
+//! **Admin frames.** A client whose key is one of the relay's admin keys (the hubs) may send
+//! [`Frame::AllowSet`]: the complete set of keys it allows, in chunks of at most [`SET_CHUNK`]
+//! keys (frames stay under [`MAX_PAYLOAD`]); the first chunk has `first`, the last `last` (one
+//! chunk can be both; an empty set is one chunk with no keys). The relay applies the set when
+//! the last chunk arrives and answers [`Frame::Ack`] with the number of keys; a set of more than
+//! [`MAX_SET_KEYS`] keys closes the connection. A non-admin sending it is refused and
+//! disconnected. [`Frame::Expect`] (on an enrollment listener, see [`crate::enroll`]) is sent
+//! the same way with invite hashes instead of keys.
 
 use hmac::{KeyInit as _, Mac as _};
 use sha2::{Digest as _, Sha256};
@@ -22,6 +31,11 @@ use crate::RelayError;
 pub const MAX_DATAGRAM: usize = 2048;
 /// Largest frame payload accepted (a `Send` of [`MAX_DATAGRAM`] plus its key).
 pub const MAX_PAYLOAD: usize = MAX_DATAGRAM + 64;
+/// Most keys (or hashes) in one [`Frame::AllowSet`] / [`Frame::Expect`] chunk (a flag byte and
+/// 64 × 32 bytes stay under [`MAX_PAYLOAD`]).
+pub const SET_CHUNK: usize = 64;
+/// Most keys in one admin's allowed set, and most hashes in one listener's expected set.
+pub const MAX_SET_KEYS: usize = 100_000;
 
 /// A 32-byte X25519 (WireGuard) public key.
 pub type Key = [u8; 32];
@@ -79,6 +93,66 @@ pub enum Frame {
     Ping,
     /// The answer to [`Frame::Ping`].
     Pong,
+    /// Admin → relay: one chunk of the complete set of keys this admin allows.
+    AllowSet {
+        /// The first chunk of a set (starts a new one).
+        first: bool,
+        /// The last chunk (the set is applied).
+        last: bool,
+        /// At most [`SET_CHUNK`] keys.
+        keys: Vec<Key>,
+    },
+    /// Relay → client: a set ([`Frame::AllowSet`] / [`Frame::Expect`]) was applied.
+    Ack {
+        /// How many distinct entries the applied set holds.
+        count: u32,
+    },
+    /// Enrollment listener → relay: one chunk of the complete set of invite hashes
+    /// ([`crate::enroll_hash`]) the hub expects targets for.
+    Expect {
+        /// The first chunk of a set (starts a new one).
+        first: bool,
+        /// The last chunk (the set is applied).
+        last: bool,
+        /// At most [`SET_CHUNK`] hashes.
+        hashes: Vec<[u8; 32]>,
+    },
+    /// Relay → enrollment listener: a target arrived for an expected hash; accept `session`
+    /// on a new connection (`GET /enroll-accept`).
+    EnrollOpen {
+        /// The pairing to name in [`Frame::Accept`].
+        session: u64,
+    },
+    /// Hub → relay on `/enroll-accept`, after the key proof: splice me with this session.
+    Accept {
+        /// From [`Frame::EnrollOpen`].
+        session: u64,
+    },
+    /// Relay → hub on `/enroll-accept`: paired; from here on the connection carries the
+    /// target's raw bytes.
+    Paired,
+}
+
+/// Splits a set into [`SET_CHUNK`]-sized frames built by `make(first, last, chunk)`; an empty
+/// set is one frame with `first` and `last`.
+pub fn chunked(set: &[[u8; 32]], make: fn(bool, bool, Vec<[u8; 32]>) -> Frame) -> Vec<Frame> {
+    if set.is_empty() {
+        return vec![make(true, true, Vec::new())];
+    }
+    let n = set.len().div_ceil(SET_CHUNK);
+    set.chunks(SET_CHUNK)
+        .enumerate()
+        .map(|(i, c)| make(i == 0, i + 1 == n, c.to_vec()))
+        .collect()
+}
+
+fn set_payload(first: bool, last: bool, keys: &[[u8; 32]]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + 32 * keys.len());
+    p.push(u8::from(first) | (u8::from(last) << 1));
+    for k in keys {
+        p.extend_from_slice(k);
+    }
+    p
 }
 
 impl Frame {
@@ -108,6 +182,16 @@ impl Frame {
             Frame::GoingAway => (7, Vec::new()),
             Frame::Ping => (8, Vec::new()),
             Frame::Pong => (9, Vec::new()),
+            Frame::AllowSet { first, last, keys } => (10, set_payload(*first, *last, keys)),
+            Frame::Ack { count } => (11, count.to_be_bytes().to_vec()),
+            Frame::Expect {
+                first,
+                last,
+                hashes,
+            } => (12, set_payload(*first, *last, hashes)),
+            Frame::EnrollOpen { session } => (13, session.to_be_bytes().to_vec()),
+            Frame::Accept { session } => (14, session.to_be_bytes().to_vec()),
+            Frame::Paired => (15, Vec::new()),
         };
         let mut out = Vec::with_capacity(3 + payload.len());
         out.push(t);
@@ -138,6 +222,12 @@ impl Decoder {
     /// Adds received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// Takes the bytes buffered past the last decoded frame (when the connection stops
+    /// carrying frames, e.g. after [`Frame::Paired`]).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 
     /// The next complete frame, if one is buffered.
@@ -217,9 +307,59 @@ impl Decoder {
                     data: p[32..].to_vec(),
                 }
             }
-            7 => Frame::GoingAway,
-            8 => Frame::Ping,
-            9 => Frame::Pong,
+            7 => {
+                need(0)?;
+                Frame::GoingAway
+            }
+            8 => {
+                need(0)?;
+                Frame::Ping
+            }
+            9 => {
+                need(0)?;
+                Frame::Pong
+            }
+            10 | 12 => {
+                let n = p.len().saturating_sub(1);
+                if p.is_empty() || !n.is_multiple_of(32) || n / 32 > SET_CHUNK || p[0] > 3 {
+                    return Err(RelayError::Protocol(format!(
+                        "a set chunk (frame type {t}) of {} bytes; expected a flag byte and up to {SET_CHUNK} keys",
+                        p.len()
+                    )));
+                }
+                let (first, last) = (p[0] & 1 == 1, p[0] & 2 == 2);
+                let keys: Vec<Key> = p[1..].chunks(32).map(key).collect();
+                if t == 10 {
+                    Frame::AllowSet { first, last, keys }
+                } else {
+                    Frame::Expect {
+                        first,
+                        last,
+                        hashes: keys,
+                    }
+                }
+            }
+            11 => {
+                need(4)?;
+                Frame::Ack {
+                    count: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                }
+            }
+            13 | 14 => {
+                need(8)?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&p);
+                let session = u64::from_be_bytes(b);
+                if t == 13 {
+                    Frame::EnrollOpen { session }
+                } else {
+                    Frame::Accept { session }
+                }
+            }
+            15 => {
+                need(0)?;
+                Frame::Paired
+            }
             other => {
                 return Err(RelayError::Protocol(format!("unknown frame type {other}")));
             }
@@ -350,6 +490,25 @@ mod tests {
             Frame::GoingAway,
             Frame::Ping,
             Frame::Pong,
+            Frame::AllowSet {
+                first: true,
+                last: false,
+                keys: vec![[1; 32]; SET_CHUNK],
+            },
+            Frame::AllowSet {
+                first: false,
+                last: true,
+                keys: vec![],
+            },
+            Frame::Ack { count: 100_000 },
+            Frame::Expect {
+                first: true,
+                last: true,
+                hashes: vec![[3; 32], [4; 32]],
+            },
+            Frame::EnrollOpen { session: u64::MAX },
+            Frame::Accept { session: 7 },
+            Frame::Paired,
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
         for split in [1, 2, 3, 7, 100, bytes.len()] {
@@ -372,11 +531,58 @@ mod tests {
             vec![1, 0, 3, 0, 0, 0],
             vec![42, 0, 0],
             [vec![5u8, 0, 10], vec![0; 10]].concat(),
+            // A set chunk with a partial key, one with too many keys, unknown flags.
+            [vec![10u8, 0, 34], vec![0; 34]].concat(),
+            [vec![10u8, 0x08, 0x21], vec![0; 1 + 32 * 65]].concat(),
+            [vec![12u8, 0, 1], vec![4]].concat(),
+            [vec![14u8, 0, 4], vec![0; 4]].concat(),
         ] {
             let mut d = Decoder::new();
             d.push(&bad);
             assert!(d.next_frame().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sets_are_chunked_under_the_frame_cap() {
+        let keys: Vec<Key> = (0..10_000u32)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&i.to_be_bytes());
+                k
+            })
+            .collect();
+        let frames = chunked(&keys, |first, last, keys| Frame::AllowSet {
+            first,
+            last,
+            keys,
+        });
+        assert_eq!(frames.len(), 10_000usize.div_ceil(SET_CHUNK));
+        let mut back = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let bytes = f.encode();
+            assert!(bytes.len() - 3 <= MAX_PAYLOAD);
+            let mut d = Decoder::new();
+            d.push(&bytes);
+            let Some(Frame::AllowSet { first, last, keys }) = d.next_frame().unwrap() else {
+                panic!("not a set chunk")
+            };
+            assert_eq!((first, last), (i == 0, i + 1 == frames.len()));
+            back.extend(keys);
+        }
+        assert_eq!(back, keys);
+        assert_eq!(
+            chunked(&[], |first, last, keys| Frame::AllowSet {
+                first,
+                last,
+                keys
+            }),
+            vec![Frame::AllowSet {
+                first: true,
+                last: true,
+                keys: vec![]
+            }]
+        );
     }
 
     #[test]

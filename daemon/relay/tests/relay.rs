@@ -80,6 +80,8 @@ async fn setup(allowed: &[&StaticSecret], rate: u32, burst: u32) -> Setup {
         burst,
         conn_rate: (5, 10),
         metrics_token: Some("s3cret-token".into()),
+        admin_keys: Vec::new(),
+        enroll: Default::default(),
     })
     .await
     .unwrap();

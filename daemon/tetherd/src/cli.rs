@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tether_model::DaemonRole;
 
-/// The Tether daemon. Runs on the hub and on every target.
+/// The Tether daemon. Runs on the hub, on every target, and on relays.
 #[derive(Debug, Parser)]
 #[command(name = "tetherd", version = crate::VERSION_LINE, about)]
 pub struct Cli {
@@ -20,8 +20,52 @@ pub enum Command {
     /// Internal: serves one SFTP session as `ssh.run_as` (started by the daemon itself).
     #[command(name = "sftp-helper", hide = true)]
     SftpHelper(SftpHelperArgs),
+    /// The relay role: what hubs and targets need to use this relay.
+    #[command(subcommand)]
+    Relay(RelayCommand),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Print what a hub's `[[tunnel.relays]]` entry needs: address, TLS server name,
+    /// certificate SHA-256 and relay key (generated on first use, like a first start would).
+    Show(RelayShowArgs),
+    /// Print the `/metrics` bearer token (vault secret `relay.metrics_token_secret`).
+    MetricsToken(RelayTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RelayShowArgs {
+    /// Config file (TOML). Default: /etc/tether/tetherd.toml when it exists.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory; overrides `state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The name hubs know this relay by (default: this host's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The `host:port` hubs and targets connect to (default: `relay.listen`, or this host's
+    /// name and the listen port when it listens on every address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// The TLS server name clients send (default: the host of the address).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Print JSON instead of text and a TOML snippet.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayTokenArgs {
+    /// Config file (TOML). Default: /etc/tether/tetherd.toml when it exists.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory; overrides `state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
 /// Arguments of the internal `sftp-helper` subcommand.
 #[derive(Debug, Args)]
 pub struct SftpHelperArgs {
@@ -64,7 +108,7 @@ pub struct RunArgs {
     /// Config file (TOML). Default: /etc/tether/tetherd.toml when it exists.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Hub or target; overrides `role` in the config.
+    /// Hub, target or relay; overrides `role` in the config.
     #[arg(long, value_enum)]
     pub role: Option<RoleArg>,
     /// Control socket path; overrides `control.socket`.
@@ -79,6 +123,7 @@ pub struct RunArgs {
 pub enum RoleArg {
     Hub,
     Target,
+    Relay,
 }
 
 impl From<RoleArg> for DaemonRole {
@@ -86,6 +131,7 @@ impl From<RoleArg> for DaemonRole {
         match r {
             RoleArg::Hub => DaemonRole::Hub,
             RoleArg::Target => DaemonRole::Target,
+            RoleArg::Relay => DaemonRole::Relay,
         }
     }
 }

@@ -6,9 +6,12 @@ use std::io::Read;
 use std::path::Path;
 
 use serde_json::json;
+use std::time::Duration;
 use tether_config::{Overrides, SshMode};
-use tether_enroll::{ClientOptions, TargetKeys, Token, enroll_client};
+
+use tether_enroll::{ClientOptions, EnrollError, TargetKeys, Token, Welcome, enroll_client};
 use tether_model::DaemonRole;
+use tether_model::relay::RelaySpec;
 
 use crate::cli::EnrollArgs;
 use crate::error::DaemonError;
@@ -81,7 +84,8 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
                 .then(|| std::time::Duration::from_secs(args.retry_for)),
             ..ClientOptions::default()
         };
-        let welcome = enroll_client(&token, &keys, &opts).await.map_err(DaemonError::Enroll)?;
+        let (relays, relay_hash) = token_relays(&token);
+        let welcome = enroll(&token, &keys, opts, &relays, relay_hash).await?;
         let (network, prefix) = tether_config::parse_subnet(&config.tunnel.subnet)
             .ok_or_else(|| DaemonError::Membership(format!("tunnel.subnet {:?} is invalid", config.tunnel.subnet)))?;
         let mask = u32::MAX << (32 - u32::from(prefix));
@@ -103,6 +107,7 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
             groups: welcome.groups.clone(),
             enrolled_at: tether_enroll::unix_now(),
             ssh_user: keys.ssh_user.clone(),
+            relays: relays.clone(),
         };
         if staged {
             identity::promote_staged(&vault, identity::WIREGUARD)?;
@@ -126,6 +131,96 @@ pub fn main(args: EnrollArgs) -> Result<(), DaemonError> {
         }
         Ok(())
     })
+}
+
+/// The relays the invite names and the hash the relay pairs this invite by (readable without
+/// the hub's key; the hub's MAC over the payload is checked by the hub during the exchange).
+fn token_relays(token: &Token) -> (Vec<RelaySpec>, [u8; 32]) {
+    token
+        .expose(|text| {
+            tether_enroll::parse_token(text).map(|p| {
+                (
+                    p.payload().relays.clone(),
+                    tether_relay::enroll::enroll_hash(&p.checked.nonce),
+                )
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// How long a relayed enrollment may keep trying (the hub announces a new invite to its relays
+/// within a second; a relay that does not know the invite yet answers at once).
+const RELAY_ENROLL_FOR: Duration = Duration::from_secs(30);
+/// The direct attempt's deadline when relays are there to fall back to.
+const DIRECT_WITH_RELAYS: Duration = Duration::from_secs(5);
+
+/// The exchange: directly with the hub's endpoint when the invite names one, then through each
+/// relay it names when the hub cannot be reached (never after the hub answered: a refusal such
+/// as a used or expired token is final).
+async fn enroll(
+    token: &Token,
+    keys: &TargetKeys,
+    mut opts: ClientOptions,
+    relays: &[RelaySpec],
+    relay_hash: [u8; 32],
+) -> Result<Welcome, DaemonError> {
+    let has_endpoint = opts.endpoint.is_some()
+        || token
+            .expose(|t| tether_enroll::parse_token(t).map(|p| !p.payload().endpoint.is_empty()))
+            .unwrap_or(true);
+    let mut direct_error = None;
+    if has_endpoint {
+        if !relays.is_empty() {
+            opts.deadline = opts.deadline.min(DIRECT_WITH_RELAYS);
+        }
+        match enroll_client(token, keys, &opts).await {
+            Ok(w) => return Ok(w),
+            Err(e @ (EnrollError::Connect { .. } | EnrollError::Timeout { .. }))
+                if !relays.is_empty() =>
+            {
+                eprintln!("the hub's endpoint is not reachable ({e}); enrolling through a relay");
+                direct_error = Some(e);
+            }
+            Err(e) => return Err(DaemonError::Enroll(e)),
+        }
+    }
+    opts.deadline = ClientOptions::default().deadline;
+    let started = tokio::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        for spec in relays {
+            let target = crate::via_relay::target(spec);
+            let left = RELAY_ENROLL_FOR.saturating_sub(started.elapsed());
+            match tether_relay::enroll::connect(
+                &target,
+                relay_hash,
+                left.max(Duration::from_secs(1)),
+            )
+            .await
+            {
+                Ok(stream) => {
+                    return tether_enroll::enroll_over(stream, token, keys, &opts)
+                        .await
+                        .map_err(DaemonError::Enroll);
+                }
+                Err(e) => last = format!("relay {}: {e}", spec.name),
+            }
+        }
+        if started.elapsed() + Duration::from_secs(1) >= RELAY_ENROLL_FOR {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(DaemonError::Membership(match direct_error {
+        Some(d) => format!(
+            "could not enroll: the hub is not reachable ({d}), and no relay paired this invite with the hub within {}s (last: {last}); check that the hub runs with these relays in [[tunnel.relays]] and that this invite has not expired",
+            RELAY_ENROLL_FOR.as_secs()
+        ),
+        None => format!(
+            "could not enroll through the invite's relays within {}s (last: {last}); check that the hub runs with these relays in [[tunnel.relays]] and that this invite has not expired",
+            RELAY_ENROLL_FOR.as_secs()
+        ),
+    }))
 }
 
 /// Forward mode: sshd's Ed25519 host public key from `ssh.host_key_file` (what the hub pins).

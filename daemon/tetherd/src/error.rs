@@ -98,6 +98,12 @@ pub enum DaemonError {
         "{0}\nhint: fix [ssh] in the config (`tether config check FILE`), or run tetherd as root"
     )]
     Ssh(#[from] tether_ssh::SshError),
+    /// The relay role's certificate or key files (or another `[relay]` setting) can't be used.
+    #[error("{0}\nhint: fix [relay] in the config (`tether config check FILE`)")]
+    RelayConfig(String),
+    /// The relay could not start or run (listener, key material, files in state_dir).
+    #[error("relay: {0}")]
+    Relay(String),
     /// Metrics registration failed (a bug: duplicate metric names).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -115,7 +121,7 @@ impl DaemonError {
                 | tether_control::ControlError::MetricsAddress { .. },
             ) => 2,
             DaemonError::StateDirInUse { .. } | DaemonError::StateDirIncomplete { .. } => 2,
-            DaemonError::Ssh(_) => 2,
+            DaemonError::Ssh(_) | DaemonError::RelayConfig(_) => 2,
             _ => 3,
         }
     }

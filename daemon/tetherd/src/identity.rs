@@ -24,6 +24,19 @@ pub fn wireguard_key(vault: &Vault) -> Result<SecretKey, VaultError> {
     wireguard_key_named(vault, WIREGUARD)
 }
 
+/// The WireGuard key as the X25519 secret the relay protocol proves possession of (the hub's
+/// enrollment listener on a relay authenticates with it).
+pub fn wireguard_static(vault: &Vault) -> Result<x25519_dalek::StaticSecret, VaultError> {
+    let secret = vault.get_or_generate(WIREGUARD, key_len::WIREGUARD_PRIVATE)?;
+    Ok(secret.expose(|b| {
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(&b[..32.min(b.len())]);
+        let key = x25519_dalek::StaticSecret::from(bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        key
+    }))
+}
+
 /// The WireGuard key stored under `name` (generated if missing).
 pub fn wireguard_key_named(vault: &Vault, name: &str) -> Result<SecretKey, VaultError> {
     let secret = vault.get_or_generate(name, key_len::WIREGUARD_PRIVATE)?;

@@ -17,10 +17,12 @@ mod logging;
 mod membership;
 mod notify;
 mod plugins;
+mod relay;
 mod run;
 mod ssh;
 mod state_dir;
 mod vault_key;
+mod via_relay;
 
 /// `tetherd --version`: the release and the git commit it was built from (see build.rs).
 const VERSION_LINE: &str = concat!(
@@ -36,6 +38,10 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Enroll(args) => enroll_cmd::main(args),
         cli::Command::SftpHelper(args) => return sftp_helper(&args.settings),
+        cli::Command::Relay(cli::RelayCommand::Show(args)) => relay::show::main(args),
+        cli::Command::Relay(cli::RelayCommand::MetricsToken(args)) => {
+            relay::metrics_token::main(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

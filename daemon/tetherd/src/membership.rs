@@ -59,6 +59,10 @@ pub struct Enrollment {
     /// sent instead of this daemon's); `None`: enrolled with Tether's own SSH server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
+    /// Relays the invite named: the tunnel falls back to them when UDP to the hub is blocked
+    /// (besides any in this target's own `[[tunnel.relays]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<tether_model::relay::RelaySpec>,
 }
 
 /// `STATE_DIR/enrollment.json`.
@@ -125,14 +129,25 @@ impl Membership {
     }
 }
 
-/// `host:port` for an address a daemon bound: the IP itself, or this host's name when it
-/// listens on every address (set `*.endpoint` in the config when that name does not resolve).
-fn endpoint_of(addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        format!("{}:{}", identity::hostname(), addr.port())
-    } else {
-        addr.to_string()
+/// The `host:port` to advertise for an address a daemon bound, `None` when targets could not
+/// reach it: the configured endpoint (unless it names an unspecified address such as `0.0.0.0`),
+/// else the bound IP itself, else — bound to every address — this host's name, when that name
+/// resolves to an address other than loopback.
+fn advertised(configured: Option<&str>, bound: SocketAddr) -> Option<String> {
+    if let Some(e) = configured {
+        let unspecified = e
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified());
+        return (!unspecified).then(|| e.to_owned());
     }
+    if !bound.ip().is_unspecified() {
+        return Some(bound.to_string());
+    }
+    let name = format!("{}:{}", identity::hostname(), bound.port());
+    let routable = name
+        .to_socket_addrs()
+        .is_ok_and(|mut addrs| addrs.any(|a| !a.ip().is_loopback() && !a.ip().is_unspecified()));
+    routable.then_some(name)
 }
 
 fn agent_port_err(source: TunnelError) -> DaemonError {
@@ -154,6 +169,7 @@ async fn start_tunnel(
     default_listen: &str,
     registry: &Registry,
     alerts: &Arc<dyn AlertSink>,
+    relays: Vec<tether_tunnel::RelayEndpoint>,
 ) -> Result<Tunnel, DaemonError> {
     let mut node = NodeConfig::new(identity::wireguard_key(vault)?, overlay_ip, role);
     node.prefix_len = prefix;
@@ -170,6 +186,7 @@ async fn start_tunnel(
         alerts: Arc::clone(alerts),
         registry: Some(registry.clone()),
         connect_timeout: Duration::from_secs(10),
+        relays,
     })
     .await
     .map_err(|e| DaemonError::Membership(format!("cannot start the tunnel on UDP {bind}: {e}")))
@@ -235,14 +252,11 @@ pub async fn start_hub(
         "0.0.0.0:51820",
         registry,
         &alerts,
+        crate::via_relay::endpoints(&config.tunnel.relays),
     )
     .await?;
     let handle = tunnel.handle();
-    let wg_endpoint = config
-        .tunnel
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| endpoint_of(handle.local_addr()));
+    let wg_endpoint = advertised(config.tunnel.endpoint.as_deref(), handle.local_addr());
 
     let enroll_addr: SocketAddr = config
         .enroll
@@ -259,20 +273,30 @@ pub async fn start_hub(
     let local = listener
         .local_addr()
         .map_err(|e| DaemonError::Membership(e.to_string()))?;
-    let enroll_endpoint = config
-        .enroll
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| endpoint_of(local));
-    if config.enroll.endpoint.is_none() && local.ip().is_unspecified() {
-        tracing::warn!(endpoint = %enroll_endpoint, "enroll.endpoint is not set; invites name this host's hostname — set enroll.endpoint (and tunnel.endpoint) to an address targets can reach");
+    let enroll_endpoint = advertised(config.enroll.endpoint.as_deref(), local);
+    let relays = config.tunnel.relays.clone();
+    match (&enroll_endpoint, &wg_endpoint) {
+        (Some(_), Some(_)) => {}
+        _ if !relays.is_empty() => tracing::info!(
+            relays = relays.len(),
+            "this hub has no endpoint targets can reach directly (set enroll.endpoint and tunnel.endpoint if it has one); targets enroll and connect through the relays"
+        ),
+        _ => tracing::warn!(
+            "this hub has no endpoint targets can reach (bound to every address, and this host's name does not resolve beyond loopback): invites are refused until enroll.endpoint and tunnel.endpoint are set, or a relay is configured in [[tunnel.relays]]"
+        ),
     }
-
+    // Both must be reachable for a direct path; an invite without them relies on the relays
+    // (and is refused when there are none).
+    let (enroll_endpoint, wg_endpoint) = match (enroll_endpoint, wg_endpoint) {
+        (Some(e), Some(w)) => (e, w),
+        (e, w) => (e.unwrap_or_default(), w.unwrap_or_default()),
+    };
     let identity = HubIdentity {
         enroll_endpoint,
         wg_public: handle.public_key().0,
         wg_endpoint,
         ssh_client_public: identity::ssh_public_key(vault)?,
+        relays,
     };
     // Every invite key epoch (rotations add `tetherd.invite-key.eN` and never remove one):
     // invites signed by a retired key keep working until they expire.
@@ -340,6 +364,14 @@ pub async fn start_hub(
         registry,
     )
     .map_err(|e| DaemonError::Membership(format!("enrollment listener: {e}")))?;
+    // Targets that cannot reach this hub enroll through its relays.
+    let mut relay_tasks = crate::via_relay::spawn_enroll_listeners(
+        &config.tunnel.relays,
+        identity::wireguard_static(vault)?,
+        Arc::clone(&hub),
+        server.metrics(),
+        shutdown.clone(),
+    );
     let serve = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -380,7 +412,10 @@ pub async fn start_hub(
         enrollment: None,
         rotator: Some(agent),
         ssh: Some(ssh),
-        tasks: vec![serve, events, agent_task],
+        tasks: {
+            relay_tasks.extend([serve, events, agent_task]);
+            relay_tasks
+        },
     })
 }
 
@@ -543,19 +578,28 @@ pub async fn start_target(
         "0.0.0.0:0",
         registry,
         &alerts,
+        // This target's own relays first, then the ones its invite named.
+        crate::via_relay::endpoints(config.tunnel.relays.iter().chain(&enrollment.relays)),
     )
     .await?;
-    let endpoint = enrollment
-        .hub_wg_endpoint
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            DaemonError::Membership(format!(
-                "cannot resolve the hub's endpoint {}",
-                enrollment.hub_wg_endpoint
-            ))
-        })?;
+    // An empty endpoint: the hub has no address this target can reach; relays only.
+    let endpoint = if enrollment.hub_wg_endpoint.is_empty() {
+        None
+    } else {
+        Some(
+            enrollment
+                .hub_wg_endpoint
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    DaemonError::Membership(format!(
+                        "cannot resolve the hub's endpoint {}",
+                        enrollment.hub_wg_endpoint
+                    ))
+                })?,
+        )
+    };
     let keepalive = config.tunnel.persistent_keepalive_secs;
     tunnel
         .handle()
@@ -564,11 +608,11 @@ pub async fn start_target(
             public_key: PublicKey::from_base64(&enrollment.hub_wg_public_key)
                 .map_err(|e| DaemonError::Membership(format!("saved hub key: {e}")))?,
             overlay_ip: enrollment.hub_overlay_ip,
-            endpoint: Some(endpoint),
+            endpoint,
             persistent_keepalive: (keepalive > 0).then_some(keepalive),
         })
         .map_err(|e| DaemonError::Membership(format!("hub peer: {e}")))?;
-    tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %endpoint, "target tunnel up");
+    tracing::info!(name = %enrollment.name, overlay = %enrollment.overlay_ip, hub = %enrollment.hub_wg_endpoint, relays = enrollment.relays.len(), "target tunnel up");
     let days = config.tunnel.key_rotation_days;
     let (agent, tasks) = crate::agent::TargetAgent::spawn(
         crate::agent::TargetAgentConfig {
@@ -591,4 +635,31 @@ pub async fn start_target(
         ssh: None,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    #[test]
+    fn only_an_address_targets_could_reach_is_advertised() {
+        let any: std::net::SocketAddr = "0.0.0.0:51821".parse().unwrap();
+        let one: std::net::SocketAddr = "192.0.2.7:51821".parse().unwrap();
+        // Configured: used as given, unless it names every address.
+        assert_eq!(
+            advertised(Some("hub.example.net:51821"), any).as_deref(),
+            Some("hub.example.net:51821")
+        );
+        assert_eq!(advertised(Some("0.0.0.0:51821"), one), None);
+        assert_eq!(advertised(Some("[::]:51821"), one), None);
+        // Not configured: the specific bound address.
+        assert_eq!(advertised(None, one).as_deref(), Some("192.0.2.7:51821"));
+        // Bound to every address: the host name only when it resolves beyond loopback.
+        if let Some(name) = advertised(None, any) {
+            let resolved: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&name)
+                .unwrap()
+                .collect();
+            assert!(resolved.iter().any(|a| !a.ip().is_loopback()), "{name}");
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub fn main(args: RunArgs) -> Result<(), DaemonError> {
         file: args.config,
         overrides,
     };
+    if config.daemon_role() == tether_model::DaemonRole::Relay {
+        return runtime.block_on(crate::relay::run::daemon(config, source));
+    }
     runtime.block_on(daemon(config, source))
 }
 
@@ -237,7 +240,7 @@ where
 
 /// Opens the secret vault on the configured backend.
 /// The file backend's key defaults to a place outside `state_dir` (see [`crate::vault_key`]).
-async fn start_vault(
+pub(crate) async fn start_vault(
     config: &Config,
     config_file: Option<&Path>,
 ) -> Result<tether_vault::Vault, DaemonError> {
@@ -412,6 +415,9 @@ async fn start_membership(
             )
             .await
         }
+        tether_model::DaemonRole::Relay => Err(DaemonError::Membership(
+            "a relay has no tunnel or enrollment; it runs through relay::run".to_owned(),
+        )),
         tether_model::DaemonRole::Target => {
             crate::membership::start_target(
                 config,

@@ -1,4 +1,6 @@
 //! The thin tokio driver: one UDP socket, one timer, one task; streams as `AsyncRead + AsyncWrite`.
+//! Plus one task per configured relay that keeps a [`RelayClient`] connected (with backoff) and
+//! feeds what it receives to the node; the driver loop hands it datagrams without ever waiting.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -10,17 +12,42 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tether_model::{Alert, AlertSink, Severity};
+use tether_relay::client::Incoming;
+use tether_relay::{RelayClient, RelayTarget};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::TunnelMetrics;
-use crate::node::{Event, Node, NodeConfig, PeerConfig, PeerId, PeerStatus, StreamId, Transmit};
+use crate::node::{
+    Dest, Event, Node, NodeConfig, PeerConfig, PeerId, PeerStatus, RelayId, RelayStatus, StreamId,
+    Transmit,
+};
 use crate::{PublicKey, TunnelError};
 
 /// Datagrams read per wake-up before the stack runs (batching amortises the TCP/IP work).
 const RX_BATCH: usize = 64;
+
+/// Datagrams queued to one relay connection before more are dropped (and counted), as UDP would.
+const RELAY_QUEUE: usize = 1024;
+/// First reconnect delay after a relay connection fails or ends; doubles up to [`RELAY_BACKOFF_MAX`].
+const RELAY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest reconnect delay (plus up to a quarter of it in jitter).
+const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a hub waits after a peer change before pushing its allowlist to a relay.
+const ALLOWLIST_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Time limit for connecting, TLS, upgrade and key proof with one relay.
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A relay this node may use when direct UDP to a peer does not work.
+#[derive(Debug, Clone)]
+pub struct RelayEndpoint {
+    /// Its name, shown in paths as `relay:NAME`.
+    pub name: String,
+    /// How to reach and recognise it.
+    pub target: RelayTarget,
+}
 
 /// How to start a [`Tunnel`].
 pub struct TunnelConfig {
@@ -34,6 +61,8 @@ pub struct TunnelConfig {
     pub registry: Option<prometheus::Registry>,
     /// How long [`TunnelHandle::connect`] waits for the TCP handshake.
     pub connect_timeout: Duration,
+    /// Relays, in failover order (empty: direct UDP only).
+    pub relays: Vec<RelayEndpoint>,
 }
 
 impl std::fmt::Debug for TunnelConfig {
@@ -41,6 +70,7 @@ impl std::fmt::Debug for TunnelConfig {
         f.debug_struct("TunnelConfig")
             .field("node", &self.node)
             .field("bind", &self.bind)
+            .field("relays", &self.relays)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +84,7 @@ impl TunnelConfig {
             alerts: Arc::new(tether_model::NoAlerts),
             registry: None,
             connect_timeout: Duration::from_secs(10),
+            relays: Vec::new(),
         }
     }
 }
@@ -65,6 +96,8 @@ struct Inner {
     accept_wakers: HashMap<u16, Waker>,
     metrics: Option<TunnelMetrics>,
     stopped: bool,
+    /// Datagrams for a relay dropped because its queue was full or it was not connected.
+    relay_dropped: u64,
 }
 
 struct Shared {
@@ -75,6 +108,13 @@ struct Shared {
     overlay_ip: Ipv4Addr,
     alerts: Arc<dyn AlertSink>,
     connect_timeout: Duration,
+    /// The key relay connections authenticate with; bumped generation on rotation.
+    relay_key: Mutex<boringtun::x25519::StaticSecret>,
+    relay_key_gen: watch::Sender<u64>,
+    /// Bumped when a peer is added or removed: a hub pushes its peers' keys to its relays.
+    peers_gen: watch::Sender<u64>,
+    /// Hubs are the relays' admins: they push which keys may connect.
+    pushes_allowlist: bool,
 }
 
 impl Shared {
@@ -85,10 +125,11 @@ impl Shared {
     }
 }
 
-/// A running tunnel: owns the driver task. Dropping it stops the task.
+/// A running tunnel: owns the driver task and the relay tasks. Dropping it stops them.
 pub struct Tunnel {
     handle: TunnelHandle,
     task: Option<JoinHandle<()>>,
+    relay_tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -117,7 +158,14 @@ impl Tunnel {
             Some(r) => Some(TunnelMetrics::register(r)?),
             None => None,
         };
-        let node = Node::new(cfg.node, Instant::now())?;
+        let relay_key = cfg.node.private_key.inner().clone();
+        let pushes_allowlist = cfg.node.role == crate::NodeRole::Hub;
+        let mut node = Node::new(cfg.node, Instant::now())?;
+        let relay_ids: Vec<RelayId> = cfg
+            .relays
+            .iter()
+            .map(|r| node.add_relay(r.name.clone()))
+            .collect();
         let shared = Arc::new(Shared {
             overlay_ip: node.overlay_ip(),
             inner: Mutex::new(Inner {
@@ -127,17 +175,30 @@ impl Tunnel {
                 accept_wakers: HashMap::new(),
                 metrics,
                 stopped: false,
+                relay_dropped: 0,
             }),
             wake_driver: Notify::new(),
             shutdown: Notify::new(),
             local_addr,
             alerts: cfg.alerts,
             connect_timeout: cfg.connect_timeout,
+            relay_key: Mutex::new(relay_key),
+            relay_key_gen: watch::Sender::new(0),
+            peers_gen: watch::Sender::new(0),
+            pushes_allowlist,
         });
-        let task = tokio::spawn(run(shared.clone(), sock));
+        let mut relay_tx = Vec::new();
+        let mut relay_tasks = Vec::new();
+        for (ep, id) in cfg.relays.into_iter().zip(relay_ids) {
+            let (tx, rx) = mpsc::channel(RELAY_QUEUE);
+            relay_tx.push(tx);
+            relay_tasks.push(tokio::spawn(relay_task(shared.clone(), id, ep, rx)));
+        }
+        let task = tokio::spawn(run(shared.clone(), sock, relay_tx));
         Ok(Tunnel {
             handle: TunnelHandle { shared },
             task: Some(task),
+            relay_tasks,
         })
     }
 
@@ -148,6 +209,9 @@ impl Tunnel {
 
     /// Stops the driver and waits for it; open streams fail with `ConnectionAborted`.
     pub async fn shutdown(mut self) {
+        for t in self.relay_tasks.drain(..) {
+            t.abort();
+        }
         self.handle.shared.shutdown.notify_one();
         if let Some(t) = self.task.take() {
             let _ = t.await;
@@ -157,6 +221,9 @@ impl Tunnel {
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
+        for t in self.relay_tasks.drain(..) {
+            t.abort();
+        }
         if let Some(t) = self.task.take() {
             t.abort();
             stop(&self.handle.shared);
@@ -193,7 +260,11 @@ fn stop(shared: &Shared) {
     }
 }
 
-async fn run(shared: Arc<Shared>, sock: UdpSocket) {
+async fn run(
+    shared: Arc<Shared>,
+    sock: UdpSocket,
+    relays: Vec<mpsc::Sender<(PublicKey, Vec<u8>)>>,
+) {
     let mut buf = vec![0u8; 65536];
     let mut out: Vec<Transmit> = Vec::new();
     loop {
@@ -242,6 +313,11 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
                 {
                     w.wake();
                 }
+                if let Event::PathChanged { .. } = ev
+                    && let Some(m) = &g.metrics
+                {
+                    m.path_switched();
+                }
                 on_event(&shared, &g.node, ev);
             }
             g.read_wakers.retain(|id, w| {
@@ -266,16 +342,147 @@ async fn run(shared: Arc<Shared>, sock: UdpSocket) {
                     g.node.totals(),
                     g.node.peer_count(),
                     g.node.stream_buffer_bytes(),
+                    g.relay_dropped,
                 );
             }
         }
+        let mut dropped = 0u64;
         for t in out.drain(..) {
-            if let Err(e) = sock.send_to(&t.payload, t.dst).await {
-                tracing::debug!(error = %e, dst = %t.dst, "tunnel UDP send failed");
+            match t.dst {
+                Dest::Udp(dst) => {
+                    if let Err(e) = sock.send_to(&t.payload, dst).await {
+                        tracing::debug!(error = %e, dst = %dst, "tunnel UDP send failed");
+                    }
+                }
+                Dest::Relay { relay, key } => {
+                    // Never wait for a relay: a full queue drops the datagram, as UDP would.
+                    let sent = relays
+                        .get(usize::from(relay.0))
+                        .is_some_and(|tx| tx.try_send((key, t.payload)).is_ok());
+                    if !sent {
+                        dropped += 1;
+                    }
+                }
             }
+        }
+        if dropped > 0 {
+            shared.lock().relay_dropped += dropped;
         }
     }
     stop(&shared);
+}
+
+/// The one place that decides which keys a relay must let in for this node: its peers' keys.
+/// A hub pushes them to each relay when it connects and after peers change
+/// ([`RelayClient::set_allowed`]; the relay's admin keys name the hub).
+pub(crate) fn allowed_keys(node: &Node) -> Vec<[u8; 32]> {
+    node.peer_keys().into_iter().map(|k| k.0).collect()
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return Duration::ZERO;
+    }
+    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(u64::from_le_bytes(b) % ms)
+}
+
+/// Keeps one relay connected: connect with the node's key, report up/down to the node, forward
+/// queued datagrams to it and received ones to the node; reconnect with backoff (0.5 s doubling
+/// to 10 s, plus jitter) after a failure, a disconnect or GoingAway, and at once after a key
+/// rotation.
+async fn relay_task(
+    shared: Arc<Shared>,
+    id: RelayId,
+    ep: RelayEndpoint,
+    mut out: mpsc::Receiver<(PublicKey, Vec<u8>)>,
+) {
+    let mut backoff = RELAY_BACKOFF_MIN;
+    let mut key_gen = shared.relay_key_gen.subscribe();
+    let mut peers_gen = shared.peers_gen.subscribe();
+    let mut push = shared.pushes_allowlist;
+    let mut failing = false;
+    loop {
+        let secret = shared
+            .relay_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        key_gen.mark_unchanged();
+        match RelayClient::connect(&ep.target, &secret, RELAY_CONNECT_TIMEOUT).await {
+            Ok(mut client) => {
+                backoff = RELAY_BACKOFF_MIN;
+                failing = false;
+                tracing::info!(relay = %ep.name, addr = %ep.target.addr, "relay connected");
+                // Stale datagrams queued while disconnected would only confuse WireGuard timers.
+                while out.try_recv().is_ok() {}
+                if push {
+                    peers_gen.mark_unchanged();
+                    let keys = allowed_keys(&shared.lock().node);
+                    if let Err(e) = client.set_allowed(keys).await {
+                        // Not an admin there (the relay closes the connection): stop pushing
+                        // to this relay; its allowlist file must list the targets then.
+                        tracing::warn!(relay = %ep.name, error = %e, "the relay refused this hub's allowlist: add this hub's WireGuard public key to its [relay] admin_keys, or list the targets' keys in its allowlist file");
+                        push = false;
+                        continue;
+                    }
+                }
+                shared.lock().node.relay_up(id, Instant::now());
+                shared.wake_driver.notify_one();
+                let why = loop {
+                    tokio::select! {
+                        m = out.recv() => match m {
+                            Some((key, data)) => {
+                                if let Err(e) = client.send(key.0, &data).await {
+                                    break e.to_string();
+                                }
+                            }
+                            None => return,
+                        },
+                        inc = client.recv() => match inc {
+                            Some(Incoming::Datagram { src, data }) => {
+                                shared.lock().node.handle_relayed(id, PublicKey(src), &data, Instant::now());
+                                shared.wake_driver.notify_one();
+                            }
+                            Some(Incoming::GoingAway) => break "the relay is going away".to_owned(),
+                            None => break "the connection closed".to_owned(),
+                        },
+                        _ = key_gen.changed() => break "the node's key was rotated".to_owned(),
+                        _ = peers_gen.changed(), if push => {
+                            // Coalesce a burst of enrollments or revocations into one push.
+                            tokio::time::sleep(ALLOWLIST_DEBOUNCE).await;
+                            peers_gen.mark_unchanged();
+                            let keys = allowed_keys(&shared.lock().node);
+                            if let Err(e) = client.set_allowed(keys).await {
+                                break format!("pushing the allowlist failed: {e}");
+                            }
+                        }
+                    }
+                };
+                tracing::warn!(relay = %ep.name, why = %why, "relay disconnected");
+                shared.lock().node.relay_down(id, Instant::now());
+                shared.wake_driver.notify_one();
+                if why.contains("rotated") {
+                    continue;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(relay = %ep.name, addr = %ep.target.addr, error = %e, "cannot connect to the relay; retrying with backoff");
+                    failing = true;
+                } else {
+                    tracing::debug!(relay = %ep.name, error = %e, "relay connect failed");
+                }
+            }
+        }
+        let wait = backoff + jitter(backoff / 4);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = key_gen.changed() => {}
+        }
+        backoff = (backoff * 2).min(RELAY_BACKOFF_MAX);
+    }
 }
 
 fn on_event(shared: &Shared, node: &Node, ev: Event) {
@@ -292,6 +499,19 @@ fn on_event(shared: &Shared, node: &Node, ev: Event) {
                     "tunnel peer {host} has not completed a WireGuard handshake for over 3 minutes"
                 ),
             );
+            a.host = Some(host);
+            shared.alerts.raise(a);
+        }
+        Event::PathChanged { peer, from, to } => {
+            let host = name(peer);
+            tracing::warn!(peer = %host, from = %from, to = %to, "tunnel path switch");
+            let mut a = Alert::new(
+                "vpn_path_switch",
+                Severity::Warning,
+                format!("tunnel peer {host} switched path from {from} to {to}"),
+            )
+            .field("from", from)
+            .field("to", to);
             a.host = Some(host);
             shared.alerts.raise(a);
         }
@@ -348,6 +568,7 @@ impl TunnelHandle {
     pub fn add_peer(&self, cfg: PeerConfig) -> Result<PeerId, TunnelError> {
         let id = self.live()?.node.add_peer(cfg, Instant::now())?;
         self.shared.wake_driver.notify_one();
+        self.shared.peers_gen.send_modify(|g| *g += 1);
         Ok(id)
     }
 
@@ -355,13 +576,27 @@ impl TunnelHandle {
     pub fn remove_peer(&self, id: PeerId) -> Result<(), TunnelError> {
         self.live()?.node.remove_peer(id)?;
         self.shared.wake_driver.notify_one();
+        self.shared.peers_gen.send_modify(|g| *g += 1);
         Ok(())
     }
 
     /// Replaces this node's private key (`tether vpn rotate-keys`); see [`Node::set_private_key`].
     pub fn set_private_key(&self, key: &crate::SecretKey) -> Result<(), TunnelError> {
         self.live()?.node.set_private_key(key);
+        *self
+            .shared
+            .relay_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = key.inner().clone();
+        // Relay connections authenticate with the key: reconnect them under the new one.
+        self.shared.relay_key_gen.send_modify(|g| *g += 1);
         Ok(())
+    }
+
+    /// The configured relays in failover order and whether each is connected now (for
+    /// `tether vpn status`).
+    pub fn relays(&self) -> Vec<RelayStatus> {
+        self.shared.lock().node.relays()
     }
 
     /// The peer owning an overlay IP.

@@ -6,6 +6,14 @@
 //! The hub is the centre of a star: it accepts tunnels from enrolled targets and never forwards
 //! packets between targets.
 //!
+//! # Paths
+//! Each peer's datagrams go straight over UDP (`direct`) or through a relay (`relay:NAME`,
+//! [`tether_relay`] over TLS 1.3) when UDP does not work; the node decides per peer on its clock
+//! ([`PathConfig`]: fall back after 5 s of unanswered handshakes or data, probe direct every 3 s
+//! while relayed, fail over between relays in order) and reports [`Event::PathChanged`]. The
+//! WireGuard session and the streams are the same whatever the path. The driver keeps one
+//! connection per configured relay ([`RelayEndpoint`]).
+//!
 //! # Time
 //! The [`Node`] is driven by the `now` its caller passes in. boringtun 0.7.1 however reads its own
 //! clock (`CLOCK_BOOTTIME`) inside `Tunn` and offers no way to inject one except a compile-time
@@ -27,13 +35,15 @@ mod keys;
 mod metrics;
 mod node;
 
-pub use driver::{Tunnel, TunnelConfig, TunnelHandle, TunnelListener, TunnelStream};
+pub use driver::{RelayEndpoint, Tunnel, TunnelConfig, TunnelHandle, TunnelListener, TunnelStream};
 pub use error::TunnelError;
 pub use health::{HealthConfig, HealthState};
 pub use keys::{PublicKey, SecretKey};
 pub use metrics::TunnelMetrics;
 pub use node::{
     DEFAULT_HUB_IP, DEFAULT_MTU, DEFAULT_PREFIX_LEN, DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX,
-    DEFAULT_TCP_MEMORY_BUDGET, DropReason, Event, FIXED_TCP_BUFFER, MAX_STREAMS_PER_PEER, Node,
-    NodeConfig, NodeRole, PeerConfig, PeerId, PeerStatus, StreamId, Transmit,
+    DEFAULT_TCP_MEMORY_BUDGET, Dest, DropReason, Event, FIXED_TCP_BUFFER, MAX_STREAMS_PER_PEER,
+    Node, NodeConfig, NodeRole, PathConfig, PeerConfig, PeerId, PeerStatus, RelayId, RelayStatus,
+    StreamId, Transmit,
 };
+pub use tether_relay::RelayTarget;

@@ -7,9 +7,13 @@ use crate::node::{DropReason, Totals};
 
 /// The tunnel's metrics: `tether_vpn_peers`, `tether_vpn_handshakes_total`,
 /// `tether_vpn_bytes_total{dir}`, `tether_vpn_dropped_total{reason}`,
-/// `tether_vpn_stream_buffer_bytes`.
+/// `tether_vpn_stream_buffer_bytes`, `tether_vpn_path_switches_total`,
+/// `tether_vpn_relay_dropped_total`.
 #[derive(Debug, Clone)]
 pub struct TunnelMetrics {
+    path_switches: IntCounter,
+    relay_dropped: IntCounter,
+    last_relay_dropped: u64,
     peers: IntGauge,
     stream_buffers: IntGauge,
     handshakes: IntCounter,
@@ -57,6 +61,22 @@ impl TunnelMetrics {
             &["reason"],
         )
         .map_err(reg_err)?;
+        let path_switches = IntCounter::new(
+            "tether_vpn_path_switches_total",
+            "Peers that switched path (direct UDP <-> a relay, or relay to relay)",
+        )
+        .map_err(reg_err)?;
+        let relay_dropped = IntCounter::new(
+            "tether_vpn_relay_dropped_total",
+            "Datagrams for a relay dropped because its connection was down or its queue full",
+        )
+        .map_err(reg_err)?;
+        registry
+            .register(Box::new(path_switches.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(relay_dropped.clone()))
+            .map_err(reg_err)?;
         registry
             .register(Box::new(peers.clone()))
             .map_err(reg_err)?;
@@ -79,6 +99,9 @@ impl TunnelMetrics {
             dropped.with_label_values(&[r.as_str()]);
         }
         Ok(TunnelMetrics {
+            path_switches,
+            relay_dropped,
+            last_relay_dropped: 0,
             peers,
             stream_buffers,
             handshakes,
@@ -88,8 +111,24 @@ impl TunnelMetrics {
         })
     }
 
+    /// Counts one path switch.
+    pub(crate) fn path_switched(&self) {
+        self.path_switches.inc();
+    }
+
     /// Brings the metrics up to date with the node's monotonic counters and gauges.
-    pub(crate) fn update(&mut self, totals: &Totals, peers: usize, stream_buffers: usize) {
+    pub(crate) fn update(
+        &mut self,
+        totals: &Totals,
+        peers: usize,
+        stream_buffers: usize,
+        relay_dropped: u64,
+    ) {
+        let d = relay_dropped.saturating_sub(self.last_relay_dropped);
+        if d > 0 {
+            self.relay_dropped.inc_by(d);
+        }
+        self.last_relay_dropped = relay_dropped;
         self.peers.set(peers as i64);
         self.stream_buffers
             .set(i64::try_from(stream_buffers).unwrap_or(i64::MAX));

@@ -154,6 +154,23 @@ pub struct PeerInfo {
     pub rebuilds: u64,
     /// Drops attributed to this peer, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// How datagrams to this peer travel now: `direct` (UDP) or `relay:NAME`.
+    #[serde(default = "direct")]
+    pub path: String,
+}
+
+fn direct() -> String {
+    "direct".to_owned()
+}
+
+/// One configured relay, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RelayInfo {
+    /// Its name (peers on it show `relay:NAME`; its address is in `[[tunnel.relays]]` or the
+    /// invite).
+    pub name: String,
+    /// Whether this node holds an authenticated connection to it now.
+    pub connected: bool,
 }
 
 /// Answer of `GET /v1/vpn/status`.
@@ -177,6 +194,9 @@ pub struct VpnStatus {
     pub listen: Option<String>,
     /// The peers.
     pub peers: Vec<PeerInfo>,
+    /// The relays this node uses (none configured: empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayInfo>,
     /// Hub: where targets enroll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enroll_endpoint: Option<String>,

@@ -32,7 +32,7 @@ pub(crate) fn enroll_error(e: &EnrollError) -> Fail {
         "no_such_host" => StatusCode::NOT_FOUND,
         "name_taken" => StatusCode::CONFLICT,
         "invalid_name" | "malformed" => StatusCode::BAD_REQUEST,
-        "address_pool_exhausted" | "address_unavailable" => StatusCode::CONFLICT,
+        "address_pool_exhausted" | "address_unavailable" | "unreachable" => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Fail::new(status, e.code(), e.to_string(), "")
@@ -227,6 +227,7 @@ pub(crate) async fn status(ctx: Ctx, _req: Empty) -> Result<VpnStatus, Fail> {
             public_key: None,
             listen: None,
             peers: Vec::new(),
+            relays: Vec::new(),
             enroll_endpoint: None,
             wg_endpoint: None,
             enrollment: None,
@@ -241,6 +242,14 @@ pub(crate) async fn status(ctx: Ctx, _req: Empty) -> Result<VpnStatus, Fail> {
         public_key: Some(tunnel.public_key().to_base64()),
         listen: Some(tunnel.local_addr().to_string()),
         peers: tunnel.status().iter().map(crate::convert::peer).collect(),
+        relays: tunnel
+            .relays()
+            .into_iter()
+            .map(|r| tether_api::RelayInfo {
+                name: r.name,
+                connected: r.connected,
+            })
+            .collect(),
         enroll_endpoint: identity.map(|i| i.enroll_endpoint.clone()),
         wg_endpoint: identity.map(|i| i.wg_endpoint.clone()),
         enrollment: ctx.state.enrollment.clone(),

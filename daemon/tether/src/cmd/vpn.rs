@@ -169,18 +169,20 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
                 "PEER",
                 "OVERLAY",
                 "ENDPOINT",
+                "PATH",
                 "HANDSHAKE",
                 "RX",
                 "TX",
                 "RTT",
                 "HEALTH",
             ])
-            .right(&[3, 4, 5, 6]);
+            .right(&[4, 5, 6, 7]);
             for p in &out.peers {
                 t.row([
                     p.name.clone(),
                     p.overlay_ip.clone(),
                     p.endpoint.clone().unwrap_or_else(|| "-".to_owned()),
+                    p.path.clone(),
                     p.last_handshake_secs
                         .map_or("never".to_owned(), |s| format!("{s}s ago")),
                     bytes(p.rx_bytes),
@@ -190,6 +192,17 @@ pub async fn run(global: &Global, cmd: VpnCommand) -> Result<u8, CliError> {
                 ]);
             }
             t.print();
+            for r in &out.relays {
+                println!(
+                    "relay {}: {}",
+                    r.name,
+                    if r.connected {
+                        "connected"
+                    } else {
+                        "not connected (retrying)"
+                    }
+                );
+            }
             Ok(0)
         }
     }

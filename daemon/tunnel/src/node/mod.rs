@@ -10,13 +10,14 @@
 //! all three share.
 
 mod autotune;
+mod path;
 mod peer;
 mod stack;
 mod types;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -24,6 +25,8 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
+pub use self::path::PathConfig;
+use self::path::{Decision, Path, RelayInfo};
 use self::peer::{Control, Peer, msg_type};
 pub use self::peer::{PeerConfig, PeerStatus};
 use self::stack::{BufferLimits, Stack};
@@ -31,7 +34,9 @@ pub use self::stack::{
     DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET, FIXED_TCP_BUFFER,
     MAX_STREAMS_PER_PEER, Readiness,
 };
-pub use self::types::{DropReason, Event, PeerId, StreamId, Totals, Transmit};
+pub use self::types::{
+    Dest, DropReason, Event, PeerId, RelayId, RelayStatus, StreamId, Totals, Transmit,
+};
 use crate::health::{HealthConfig, Verdict};
 use crate::{PublicKey, SecretKey, TunnelError};
 
@@ -77,6 +82,8 @@ pub struct NodeConfig {
     pub mtu: usize,
     /// Health / watchdog settings.
     pub health: HealthConfig,
+    /// Path selection timers (direct UDP vs relays).
+    pub path: PathConfig,
 }
 
 impl NodeConfig {
@@ -93,6 +100,7 @@ impl NodeConfig {
             tcp_memory_budget: DEFAULT_TCP_MEMORY_BUDGET,
             mtu: DEFAULT_MTU,
             health: HealthConfig::default(),
+            path: PathConfig::default(),
         }
     }
 }
@@ -119,6 +127,10 @@ pub struct Node {
     rate_limiter: RateLimiter,
     scratch: Vec<u8>,
     totals: Totals,
+    path_cfg: PathConfig,
+    relays: Vec<RelayInfo>,
+    /// Overlay IPs of peers whose path just changed: their streams retransmit at once.
+    rerouted: Vec<Ipv4Addr>,
 }
 
 impl std::fmt::Debug for Node {
@@ -200,6 +212,9 @@ impl Node {
             next_tick: None,
             scratch: vec![0u8; 65536 + 64],
             totals: Totals::default(),
+            path_cfg: cfg.path,
+            relays: Vec::new(),
+            rerouted: Vec::new(),
         })
     }
 
@@ -336,7 +351,11 @@ impl Node {
 
     /// Status of every peer, sorted by overlay IP.
     pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
-        let mut v: Vec<PeerStatus> = self.peers.values().map(|p| p.status(now)).collect();
+        let mut v: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| p.status(now, &self.relays))
+            .collect();
         v.sort_by_key(|s| s.overlay_ip);
         v
     }
@@ -379,7 +398,10 @@ impl Node {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(c)) => {
                         let payload = c.to_vec();
-                        self.transmits.push_back(Transmit { dst: from, payload });
+                        self.transmits.push_back(Transmit {
+                            dst: Dest::Udp(from),
+                            payload,
+                        });
                         return;
                     }
                     Err(_) => return self.node_drop(DropReason::Rejected),
@@ -396,86 +418,218 @@ impl Node {
         let Some(pid) = pid else {
             return self.node_drop(DropReason::UnknownPeer);
         };
+        self.receive(pid, Src::Udp(from), bytes, now);
+    }
+
+    /// Feeds one datagram that `relay` delivered from the WireGuard key `src`. It is attributed
+    /// to the peer with that key (WireGuard then checks it belongs to that peer's sessions) and
+    /// never changes the peer's UDP endpoint; a key that is not a peer is dropped and counted
+    /// ([`DropReason::RelayUnknownKey`]).
+    pub fn handle_relayed(&mut self, relay: RelayId, src: PublicKey, bytes: &[u8], now: Instant) {
+        self.now = now;
+        let Some(pid) = self.by_key.get(&src.0).copied() else {
+            return self.node_drop(DropReason::RelayUnknownKey);
+        };
+        if Tunn::parse_incoming_packet(bytes).is_err() {
+            if let Some(p) = self.peers.get_mut(&pid) {
+                p.drop(&mut self.totals, DropReason::Malformed);
+            }
+            return;
+        }
+        // No unknown-sender rate limiting here: the relay authenticated the key and limits
+        // each key's rate itself.
+        self.receive(pid, Src::Relay(relay, src), bytes, now);
+    }
+
+    /// Decrypts a datagram for peer `pid` that arrived from `src`.
+    fn receive(&mut self, pid: PeerId, src: Src, bytes: &[u8], now: Instant) {
         let in_type = msg_type(bytes);
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        let mut ctx = PathCtx {
+            relays: &self.relays,
+            cfg: &self.path_cfg,
+            follow: self.role == NodeRole::Hub,
+            events: &mut self.events,
+            transmits: &mut self.transmits,
+            totals: &mut self.totals,
+            rerouted: &mut self.rerouted,
+        };
         let mut buf = std::mem::take(&mut self.scratch);
-        let r = peer.tunn.decapsulate(Some(from.ip()), bytes, &mut buf);
+        let r = peer.tunn.decapsulate(src.ip(), bytes, &mut buf);
         let mut authenticated = false;
         let mut flush = false;
         match r {
             TunnResult::WriteToNetwork(p) => {
                 let out_type = msg_type(p);
                 authenticated = matches!((in_type, out_type), (1, 2) | (2, 4));
-                if authenticated {
-                    peer.endpoint = Some(from);
-                }
                 let pkt = p.to_vec();
                 if authenticated {
                     peer.wg.last_recv = Some(now);
-                    peer.handshake_done(now, in_type == 2, &mut self.totals, &mut self.events);
+                    peer.handshake_done(now, in_type == 2, ctx.totals, ctx.events);
+                    heard(peer, src, now, &mut ctx);
                 }
                 if out_type == 3 {
-                    self.transmits.push_back(Transmit {
-                        dst: from,
+                    ctx.transmits.push_back(Transmit {
+                        dst: src.dest(),
                         payload: pkt,
                     });
                 } else {
-                    peer.emit(pkt, now, &mut self.transmits, &mut self.totals);
+                    peer.emit(pkt, now, ctx.transmits, ctx.totals);
                     flush = true;
                 }
             }
-            TunnResult::WriteToTunnelV4(p, src) => {
+            TunnResult::WriteToTunnelV4(p, from_ip) => {
                 authenticated = true;
-                peer.endpoint = Some(from);
                 peer.wg.last_recv = Some(now);
                 peer.wg.last_data_recv = Some(now);
-                if src != peer.cfg.overlay_ip {
-                    peer.drop(&mut self.totals, DropReason::SpoofedSource);
+                if from_ip != peer.cfg.overlay_ip {
+                    peer.drop(ctx.totals, DropReason::SpoofedSource);
                 } else {
                     match ipv4_dst(p) {
                         Some(dst) if dst == self.overlay_ip => self.stack.receive(p.to_vec()),
                         Some(dst)
                             if self.role == NodeRole::Hub && self.by_ip.contains_key(&dst) =>
                         {
-                            peer.drop(&mut self.totals, DropReason::ForwardDenied)
+                            peer.drop(ctx.totals, DropReason::ForwardDenied)
                         }
-                        _ => peer.drop(&mut self.totals, DropReason::NotForUs),
+                        _ => peer.drop(ctx.totals, DropReason::NotForUs),
                     }
                 }
+                heard(peer, src, now, &mut ctx);
             }
             TunnResult::WriteToTunnelV6(..) => {
                 authenticated = true;
-                peer.endpoint = Some(from);
                 peer.wg.last_recv = Some(now);
-                peer.drop(&mut self.totals, DropReason::Malformed);
+                peer.drop(ctx.totals, DropReason::Malformed);
+                heard(peer, src, now, &mut ctx);
             }
             TunnResult::Done => {
                 if in_type == 4 {
                     // keepalive
                     authenticated = true;
-                    peer.endpoint = Some(from);
                     peer.wg.last_recv = Some(now);
+                    heard(peer, src, now, &mut ctx);
                 }
             }
             TunnResult::Err(e) => {
                 tracing::trace!(peer = %peer.cfg.name, error = ?e, "datagram rejected");
-                peer.drop(&mut self.totals, DropReason::Rejected);
+                peer.drop(ctx.totals, DropReason::Rejected);
             }
         }
         if authenticated {
             peer.rx_bytes += bytes.len() as u64;
-            self.totals.rx_bytes += bytes.len() as u64;
+            ctx.totals.rx_bytes += bytes.len() as u64;
         }
         if flush {
             // Packets boringtun queued while the handshake was in flight.
             while let TunnResult::WriteToNetwork(p) = peer.tunn.decapsulate(None, &[], &mut buf) {
                 let pkt = p.to_vec();
-                peer.emit(pkt, now, &mut self.transmits, &mut self.totals);
+                peer.emit(pkt, now, ctx.transmits, ctx.totals);
             }
         }
         self.scratch = buf;
+        if !self.rerouted.is_empty() {
+            self.kick_rerouted(now);
+        }
+    }
+
+    /// Registers a relay (initially down) and returns its id. Relays are tried in the order
+    /// they are added.
+    pub fn add_relay(&mut self, name: String) -> RelayId {
+        let id = RelayId(u16::try_from(self.relays.len()).unwrap_or(u16::MAX));
+        self.relays.push(RelayInfo { name, up: false });
+        id
+    }
+
+    /// The driver holds a working connection to `relay` now.
+    pub fn relay_up(&mut self, relay: RelayId, now: Instant) {
+        self.now = now;
+        let Some(r) = self.relays.get_mut(usize::from(relay.0)) else {
+            return;
+        };
+        r.up = true;
+        if self.role == NodeRole::Target {
+            // A target whose hub has no UDP endpoint (reachable only through relays) uses the
+            // relay at once; a hub waits to hear from its targets.
+            for peer in self.peers.values_mut() {
+                if relay_only(
+                    peer,
+                    now,
+                    &self.relays,
+                    &self.path_cfg,
+                    &mut self.events,
+                    &mut self.transmits,
+                    &mut self.totals,
+                ) {
+                    self.rerouted.push(peer.cfg.overlay_ip);
+                }
+            }
+        }
+        self.kick_rerouted(now);
+    }
+
+    /// The connection to `relay` is lost (or it said it is going away): its peers move to the
+    /// next relay that is up, or back to direct.
+    pub fn relay_down(&mut self, relay: RelayId, now: Instant) {
+        self.now = now;
+        let Some(r) = self.relays.get_mut(usize::from(relay.0)) else {
+            return;
+        };
+        r.up = false;
+        for peer in self.peers.values_mut() {
+            if peer.path.current != Path::Relay(relay) {
+                continue;
+            }
+            let to = match peer.path.choose_relay(&self.relays, Some(relay)) {
+                Some(r) => Path::Relay(r),
+                None => Path::Direct,
+            };
+            if peer.set_path(
+                to,
+                now,
+                &self.relays,
+                &self.path_cfg,
+                &mut self.events,
+                &mut self.transmits,
+                &mut self.totals,
+            ) {
+                self.rerouted.push(peer.cfg.overlay_ip);
+            }
+        }
+        self.kick_rerouted(now);
+    }
+
+    /// Streams to peers whose path changed retransmit now (a backoff earned on the old path
+    /// would stall them).
+    fn kick_rerouted(&mut self, now: Instant) {
+        for ip in std::mem::take(&mut self.rerouted) {
+            self.stack.retransmit_now(ip, now);
+        }
+    }
+
+    /// The relays in registration order, and whether each is connected.
+    pub fn relays(&self) -> Vec<RelayStatus> {
+        self.relays
+            .iter()
+            .map(|r| RelayStatus {
+                name: r.name.clone(),
+                connected: r.up,
+            })
+            .collect()
+    }
+
+    /// A peer's current path label (`direct` or `relay:NAME`).
+    pub fn peer_path(&self, id: PeerId) -> Option<String> {
+        self.peers
+            .get(&id)
+            .map(|p| path::label(&self.relays, p.path.current))
+    }
+
+    /// Every peer's WireGuard public key (what a relay must allow for this node).
+    pub fn peer_keys(&self) -> Vec<PublicKey> {
+        self.peers.values().map(|p| p.cfg.public_key).collect()
     }
 
     /// Runs whatever timers are due at `now`.
@@ -486,6 +640,7 @@ impl Node {
             self.next_tick = Some(now + TICK);
             self.rate_limiter.reset_count();
             let mut buf = std::mem::take(&mut self.scratch);
+            let target = self.role == NodeRole::Target;
             for peer in self.peers.values_mut() {
                 peer.tick(
                     now,
@@ -494,8 +649,37 @@ impl Node {
                     &mut self.totals,
                     &mut self.events,
                 );
+                // Path rules: O(1) per peer; probes only for peers on a relay.
+                let switched = match peer.path.tick(now, &self.relays, &self.path_cfg, !target) {
+                    Decision::Switch(to) => peer.set_path(
+                        to,
+                        now,
+                        &self.relays,
+                        &self.path_cfg,
+                        &mut self.events,
+                        &mut self.transmits,
+                        &mut self.totals,
+                    ),
+                    Decision::Stay if target => relay_only(
+                        peer,
+                        now,
+                        &self.relays,
+                        &self.path_cfg,
+                        &mut self.events,
+                        &mut self.transmits,
+                        &mut self.totals,
+                    ),
+                    Decision::Stay => false,
+                };
+                if switched {
+                    self.rerouted.push(peer.cfg.overlay_ip);
+                }
+                if peer.path.probe_due(now, &self.path_cfg) {
+                    peer.send_probe(&mut buf, &mut self.transmits, &mut self.totals);
+                }
             }
             self.scratch = buf;
+            self.kick_rerouted(now);
             self.stack.reap_lingering(now);
         }
         if now >= self.next_health {
@@ -545,7 +729,7 @@ impl Node {
             peer.tunn = tunn;
             peer.index = index;
             peer.reset_timers(now);
-            if peer.endpoint.is_some() {
+            if peer.endpoint.is_some() || matches!(peer.path.current, Path::Relay(_)) {
                 peer.send_control(
                     Control::Handshake,
                     now,
@@ -744,6 +928,96 @@ impl Node {
                 p.emit(out, now, &mut self.transmits, &mut self.totals);
             }
         }
+    }
+}
+
+/// Where a datagram came from.
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    /// Over UDP from this address.
+    Udp(SocketAddr),
+    /// Through this relay from this key.
+    Relay(RelayId, PublicKey),
+}
+
+impl Src {
+    fn ip(self) -> Option<IpAddr> {
+        match self {
+            Src::Udp(a) => Some(a.ip()),
+            Src::Relay(..) => None,
+        }
+    }
+
+    /// Where an answer to it goes.
+    fn dest(self) -> Dest {
+        match self {
+            Src::Udp(a) => Dest::Udp(a),
+            Src::Relay(relay, key) => Dest::Relay { relay, key },
+        }
+    }
+}
+
+/// The node state a path switch touches, borrowed next to one peer.
+struct PathCtx<'a> {
+    relays: &'a [RelayInfo],
+    cfg: &'a PathConfig,
+    /// Follow the relay the peer uses (the hub does).
+    follow: bool,
+    events: &'a mut VecDeque<Event>,
+    transmits: &'a mut VecDeque<Transmit>,
+    totals: &'a mut Totals,
+    rerouted: &'a mut Vec<Ipv4Addr>,
+}
+
+/// An authenticated packet from `peer` arrived from `src`: roam the UDP endpoint (UDP only) and
+/// apply the path rules.
+fn heard(peer: &mut Peer, src: Src, now: Instant, ctx: &mut PathCtx<'_>) {
+    let d = match src {
+        Src::Udp(from) => {
+            peer.endpoint = Some(from);
+            peer.path.udp_auth(now)
+        }
+        Src::Relay(relay, _) => peer.path.relay_auth(
+            relay,
+            now,
+            peer.endpoint.is_some(),
+            ctx.follow,
+            ctx.relays,
+            ctx.cfg,
+        ),
+    };
+    if let Decision::Switch(to) = d
+        && peer.set_path(
+            to,
+            now,
+            ctx.relays,
+            ctx.cfg,
+            ctx.events,
+            ctx.transmits,
+            ctx.totals,
+        )
+    {
+        ctx.rerouted.push(peer.cfg.overlay_ip);
+    }
+}
+
+/// A target's peer without a UDP endpoint can only be reached through a relay: use one as soon
+/// as one is up.
+fn relay_only(
+    peer: &mut Peer,
+    now: Instant,
+    relays: &[RelayInfo],
+    cfg: &PathConfig,
+    events: &mut VecDeque<Event>,
+    transmits: &mut VecDeque<Transmit>,
+    totals: &mut Totals,
+) -> bool {
+    if peer.endpoint.is_some() || peer.path.current != Path::Direct {
+        return false;
+    }
+    match peer.path.choose_relay(relays, None) {
+        Some(r) => peer.set_path(Path::Relay(r), now, relays, cfg, events, transmits, totals),
+        None => false,
     }
 }
 

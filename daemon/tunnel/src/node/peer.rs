@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 
-use super::types::{DropReason, Event, PeerId, Totals, Transmit};
+use super::path::{Path, PathConfig, PathState, Relays, label};
+use super::types::{Dest, DropReason, Event, PeerId, Totals, Transmit};
 use crate::PublicKey;
 use crate::health::{HealthState, HealthTrack};
 
@@ -65,6 +66,8 @@ pub struct PeerStatus {
     pub rebuilds: u64,
     /// Drops attributed to this peer, by reason label.
     pub drops: BTreeMap<&'static str, u64>,
+    /// Where its datagrams go: `direct` (UDP to the endpoint) or `relay:NAME`.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,8 +105,9 @@ pub(super) struct Peer {
     pub(super) rx_bytes: u64,
     tx_bytes: u64,
     handshakes: u64,
-    drops: [u64; 8],
+    drops: [u64; DropReason::COUNT],
     pub(super) health: HealthTrack,
+    pub(super) path: PathState,
 }
 
 /// A WireGuard message the node sends on its own (not carrying data).
@@ -148,8 +152,9 @@ impl Peer {
             rx_bytes: 0,
             tx_bytes: 0,
             handshakes: 0,
-            drops: [0; 8],
+            drops: [0; DropReason::COUNT],
             health: HealthTrack::new(),
+            path: PathState::new(),
         }
     }
 
@@ -190,14 +195,86 @@ impl Peer {
             _ => {}
         }
         self.wg.last_sent = Some(now);
-        match self.endpoint {
+        let dst = match self.path.current {
+            Path::Relay(relay) => Some(Dest::Relay {
+                relay,
+                key: self.cfg.public_key,
+            }),
+            Path::Direct => self.endpoint.map(Dest::Udp),
+        };
+        match dst {
             Some(dst) => {
+                self.path.sent(msg_type(&pkt), pkt.len(), now);
                 self.tx_bytes += pkt.len() as u64;
                 totals.tx_bytes += pkt.len() as u64;
                 out.push_back(Transmit { dst, payload: pkt });
             }
             None => self.drop(totals, DropReason::NoEndpoint),
         }
+    }
+
+    /// Probes direct UDP while on a relay: a fresh keepalive (never a copy of a sent packet, which
+    /// the replay window would reject) to the endpoint. Not a WireGuard timer event: it may well
+    /// be lost.
+    pub(super) fn send_probe(
+        &mut self,
+        buf: &mut [u8],
+        out: &mut VecDeque<Transmit>,
+        totals: &mut Totals,
+    ) {
+        let Some(ep) = self.endpoint else {
+            return;
+        };
+        if !self.up {
+            return;
+        }
+        if let TunnResult::WriteToNetwork(p) = self.tunn.encapsulate(&[], buf)
+            && msg_type(p) == 4
+        {
+            self.tx_bytes += p.len() as u64;
+            totals.tx_bytes += p.len() as u64;
+            out.push_back(Transmit {
+                dst: Dest::Udp(ep),
+                payload: p.to_vec(),
+            });
+        }
+    }
+
+    /// Moves this peer's datagrams to `to` (no-op when already there): raises
+    /// [`Event::PathChanged`], resends an outstanding handshake over the new path, or else sends
+    /// a fresh keepalive over it so the peer learns the path too. Returns whether it switched.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn set_path(
+        &mut self,
+        to: Path,
+        now: Instant,
+        relays: &Relays,
+        cfg: &PathConfig,
+        events: &mut VecDeque<Event>,
+        out: &mut VecDeque<Transmit>,
+        totals: &mut Totals,
+    ) -> bool {
+        if self.path.current == to {
+            return false;
+        }
+        let from = label(relays, self.path.current);
+        self.path.switch(to, now, cfg);
+        let to_label = label(relays, to);
+        tracing::debug!(peer = %self.cfg.name, from = %from, to = %to_label, "path switch");
+        events.push_back(Event::PathChanged {
+            peer: self.id,
+            from,
+            to: to_label,
+        });
+        let mut buf = [0u8; 256];
+        if self.wg.attempt.is_some() {
+            self.send_control(Control::Handshake, now, &mut buf, out, totals);
+        } else if self.up && (matches!(to, Path::Relay(_)) || self.endpoint.is_some()) {
+            // Lets the peer see the new path work at once (over UDP: it moves back to direct
+            // without waiting for its next probe).
+            self.send_control(Control::Keepalive, now, &mut buf, out, totals);
+        }
+        true
     }
 
     fn emit_result(
@@ -334,7 +411,7 @@ impl Peer {
     }
 
     /// The peer as `tether vpn status` shows it.
-    pub(super) fn status(&self, now: Instant) -> PeerStatus {
+    pub(super) fn status(&self, now: Instant, relays: &Relays) -> PeerStatus {
         PeerStatus {
             id: self.id,
             name: self.cfg.name.clone(),
@@ -356,6 +433,7 @@ impl Peer {
                 .filter(|r| self.drops[r.idx()] > 0)
                 .map(|r| (r.as_str(), self.drops[r.idx()]))
                 .collect(),
+            path: label(relays, self.path.current),
         }
     }
 }

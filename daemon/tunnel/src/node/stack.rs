@@ -292,6 +292,24 @@ impl Stack {
         }
     }
 
+    /// The route to `remote` changed: streams to it retransmit now rather than after a
+    /// retransmission backoff earned on the old route.
+    pub(super) fn retransmit_now(&mut self, remote: Ipv4Addr, now: Instant) {
+        let at = self.smol_now(now);
+        let mut any = false;
+        for m in self.streams.values() {
+            if m.remote == remote {
+                self.sockets
+                    .get_mut::<tcp::Socket>(m.handle)
+                    .retransmit_now(at);
+                any = true;
+            }
+        }
+        if any {
+            self.mark_dirty();
+        }
+    }
+
     fn new_socket(&self) -> tcp::Socket<'static> {
         let rx = tcp::SocketBuffer::new(vec![0u8; self.limits.floor]);
         let tx = tcp::SocketBuffer::new(vec![0u8; self.limits.floor]);

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 
+use crate::PublicKey;
+
 /// Identifies a peer within one [`Node`](super::Node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct PeerId(pub u32);
@@ -13,11 +15,30 @@ pub struct PeerId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u64);
 
-/// One UDP datagram the driver must send.
+/// Identifies a relay registered with [`Node::add_relay`](super::Node::add_relay) (its index in
+/// registration order; the order is also the failover order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub u16);
+
+/// Where a [`Transmit`] goes: straight to a UDP endpoint, or through a relay to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A UDP datagram to this address (the peer's endpoint, or whoever sent us a handshake).
+    Udp(SocketAddr),
+    /// A datagram through `relay`, addressed to the peer's WireGuard public key.
+    Relay {
+        /// The relay to send through.
+        relay: RelayId,
+        /// The peer's WireGuard public key (the relay routes by key).
+        key: PublicKey,
+    },
+}
+
+/// One WireGuard datagram the driver must send.
 #[derive(Debug, Clone)]
 pub struct Transmit {
-    /// Destination (the peer's current endpoint).
-    pub dst: SocketAddr,
+    /// Destination: the peer's current path.
+    pub dst: Dest,
     /// The WireGuard message.
     pub payload: Vec<u8>,
 }
@@ -48,6 +69,16 @@ pub enum Event {
     },
     /// The stream is closed (finished, reset, refused, or its peer was removed).
     StreamClosed(StreamId),
+    /// The peer's datagrams now take another path: raise `vpn_path_switch`. Labels are `direct`
+    /// or `relay:NAME`, as in [`PeerStatus::path`](super::PeerStatus::path).
+    PathChanged {
+        /// The peer.
+        peer: PeerId,
+        /// The path before.
+        from: String,
+        /// The path now.
+        to: String,
+    },
 }
 
 /// Why a packet was dropped (label of `tether_vpn_dropped_total{reason}`).
@@ -70,11 +101,13 @@ pub enum DropReason {
     Malformed,
     /// WireGuard rejected it: bad MAC/tag, replay, no session, expired, rate limited.
     Rejected,
+    /// A relay delivered a datagram from a key that is not one of our peers.
+    RelayUnknownKey,
 }
 
 impl DropReason {
     /// All reasons, in label order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::SpoofedSource,
         DropReason::ForwardDenied,
         DropReason::NotForUs,
@@ -83,7 +116,11 @@ impl DropReason {
         DropReason::UnknownPeer,
         DropReason::Malformed,
         DropReason::Rejected,
+        DropReason::RelayUnknownKey,
     ];
+
+    /// How many reasons there are.
+    pub const COUNT: usize = 9;
 
     /// The snake_case label.
     pub fn as_str(self) -> &'static str {
@@ -96,6 +133,7 @@ impl DropReason {
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::Malformed => "malformed",
             DropReason::Rejected => "rejected",
+            DropReason::RelayUnknownKey => "relay_unknown_key",
         }
     }
 
@@ -114,5 +152,14 @@ pub struct Totals {
     /// Datagram bytes sent to peers.
     pub tx_bytes: u64,
     /// Drops by reason ([`DropReason::ALL`] order).
-    pub drops: [u64; 8],
+    pub drops: [u64; DropReason::COUNT],
+}
+
+/// One relay as registered with the node, for status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatus {
+    /// Its name (the `NAME` of `relay:NAME`).
+    pub name: String,
+    /// Whether the driver holds a working connection to it.
+    pub connected: bool,
 }

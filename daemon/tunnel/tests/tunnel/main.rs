@@ -3,5 +3,7 @@
 
 mod driver;
 mod interop;
+mod path;
+mod relay;
 mod sim;
 mod wan;

@@ -4,7 +4,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tether_tunnel::{
-    DropReason, Event, Node, NodeConfig, NodeRole, PeerConfig, PeerId, SecretKey, StreamId,
+    Dest, DropReason, Event, Node, NodeConfig, NodeRole, PeerConfig, PeerId, PublicKey, RelayId,
+    SecretKey, StreamId,
 };
 
 /// Deterministic xorshift PRNG (seeded per test).
@@ -65,12 +66,36 @@ impl Faults {
     }
 }
 
+/// Where a datagram in flight goes.
+#[derive(Clone, Copy)]
+enum To {
+    /// Over UDP to this address.
+    Udp(SocketAddr),
+    /// Through a relay to node `node`, which knows that relay as `relay`; sent by `src`.
+    Relay {
+        node: usize,
+        relay: RelayId,
+        src: PublicKey,
+    },
+}
+
 struct InFlight {
     at: Instant,
     seq: u64,
-    to: SocketAddr,
+    to: To,
     from: SocketAddr,
     payload: Vec<u8>,
+}
+
+/// A simulated relay: which nodes registered it (and under which id) and which are connected.
+pub struct SimRelay {
+    pub name: String,
+    /// Per node: its id for this relay, if it registered it.
+    pub ids: Vec<Option<RelayId>>,
+    /// Per node: connected now.
+    pub up: Vec<bool>,
+    /// Datagrams forwarded.
+    pub forwarded: u64,
 }
 
 /// Nodes on a simulated network with a fake clock.
@@ -96,6 +121,18 @@ pub struct Sim {
     pub budget: usize,
     /// Datagrams dropped by the bottleneck queue.
     pub queue_drops: u64,
+    /// Public key per node.
+    pub keys: Vec<PublicKey>,
+    /// Simulated relays.
+    pub relays: Vec<SimRelay>,
+    /// Per node: drop every UDP datagram from or to it (a firewall that blocks UDP).
+    pub udp_blocked: Vec<bool>,
+    /// Every UDP datagram sent (blocked or not): time, sender node, destination, payload.
+    pub udp_log: Vec<(Instant, usize, SocketAddr, Vec<u8>)>,
+    /// UDP datagrams dropped because UDP was blocked.
+    pub udp_blocked_drops: u64,
+    /// Relayed datagrams dropped (an end not connected to that relay).
+    pub relay_drops: u64,
 }
 
 pub fn addr(i: usize) -> SocketAddr {
@@ -125,6 +162,43 @@ impl Sim {
             buffer_max: tether_tunnel::DEFAULT_TCP_BUFFER_MAX,
             budget: tether_tunnel::DEFAULT_TCP_MEMORY_BUDGET,
             queue_drops: 0,
+            keys: Vec::new(),
+            relays: Vec::new(),
+            udp_blocked: Vec::new(),
+            udp_log: Vec::new(),
+            udp_blocked_drops: 0,
+            relay_drops: 0,
+        }
+    }
+
+    /// A new relay nobody has registered yet.
+    pub fn add_relay(&mut self, name: &str) -> usize {
+        self.relays.push(SimRelay {
+            name: name.to_owned(),
+            ids: vec![None; self.nodes.len()],
+            up: vec![false; self.nodes.len()],
+            forwarded: 0,
+        });
+        self.relays.len() - 1
+    }
+
+    /// Node `i` registers relay `r` (down until [`Sim::relay_conn`]).
+    pub fn join_relay(&mut self, r: usize, i: usize) -> RelayId {
+        let name = self.relays[r].name.clone();
+        let id = self.node(i).add_relay(name);
+        self.relays[r].ids[i] = Some(id);
+        id
+    }
+
+    /// Node `i`'s connection to relay `r` comes up or goes down.
+    pub fn relay_conn(&mut self, r: usize, i: usize, up: bool) {
+        let id = self.relays[r].ids[i].expect("node registered the relay");
+        self.relays[r].up[i] = up;
+        let now = self.now;
+        if up {
+            self.node(i).relay_up(id, now);
+        } else {
+            self.node(i).relay_down(id, now);
         }
     }
 
@@ -135,7 +209,13 @@ impl Sim {
         cfg.tcp_buffer_max = self.buffer_max;
         cfg.tcp_memory_budget = self.budget;
         let node = Node::new(cfg, self.now).unwrap();
+        self.keys.push(node.public_key());
         self.nodes.push((addr(i), Some(node)));
+        for r in &mut self.relays {
+            r.ids.push(None);
+            r.up.push(false);
+        }
+        self.udp_blocked.push(false);
         self.timeouts.push(0);
         self.sent.push(0);
         self.link_free.push(self.now);
@@ -164,6 +244,36 @@ impl Sim {
             };
             while let Some(t) = node.poll_transmit() {
                 self.sent[i] += 1;
+                let to = match t.dst {
+                    Dest::Udp(a) => {
+                        self.udp_log.push((self.now, i, a, t.payload.clone()));
+                        let to_blocked = (0..self.udp_blocked.len())
+                            .any(|j| self.udp_blocked[j] && addr(j) == a);
+                        if self.udp_blocked[i] || to_blocked {
+                            self.udp_blocked_drops += 1;
+                            continue;
+                        }
+                        To::Udp(a)
+                    }
+                    Dest::Relay { relay, key } => {
+                        let dst = self.keys.iter().position(|k| *k == key);
+                        let via = self.relays.iter_mut().find(|r| r.ids[i] == Some(relay));
+                        match (via, dst) {
+                            (Some(r), Some(j)) if r.up[i] && r.up[j] && r.ids[j].is_some() => {
+                                r.forwarded += 1;
+                                To::Relay {
+                                    node: j,
+                                    relay: r.ids[j].unwrap(),
+                                    src: self.keys[i],
+                                }
+                            }
+                            _ => {
+                                self.relay_drops += 1;
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let depart =
                     match (t.payload.len() as u64 * 1_000_000_000).checked_div(self.faults.rate) {
                         None => self.now,
@@ -205,7 +315,7 @@ impl Sim {
                     self.flight.push(InFlight {
                         at,
                         seq: self.seq,
-                        to: t.dst,
+                        to,
                         from,
                         payload: t.payload.clone(),
                     });
@@ -246,8 +356,17 @@ impl Sim {
         }
         due.sort_by_key(|f| (f.at, f.seq));
         for f in due {
-            if let Some((_, Some(node))) = self.nodes.iter_mut().find(|(a, _)| *a == f.to) {
-                node.handle_datagram(f.from, &f.payload, now);
+            match f.to {
+                To::Udp(to) => {
+                    if let Some((_, Some(node))) = self.nodes.iter_mut().find(|(a, _)| *a == to) {
+                        node.handle_datagram(f.from, &f.payload, now);
+                    }
+                }
+                To::Relay { node, relay, src } => {
+                    if let Some((_, Some(n))) = self.nodes.get_mut(node) {
+                        n.handle_relayed(relay, src, &f.payload, now);
+                    }
+                }
             }
         }
         for (i, (_, n)) in self.nodes.iter_mut().enumerate() {

@@ -938,6 +938,18 @@ impl<'a> Socket<'a> {
             .then(|| Duration::from_millis(self.rtte.srtt as u64))
     }
 
+    /// (tether patch) Retransmit at `now` instead of when the (backed-off) retransmission timer
+    /// expires. For a connection whose route to the peer just changed (a tunnel moved from a dead
+    /// path to a working one): the exponential backoff earned on the dead path would otherwise
+    /// stall it for up to a minute. No-op unless a retransmission is pending.
+    pub fn retransmit_now(&mut self, now: Instant) {
+        if let Timer::Retransmit { expires_at } = self.timer {
+            if expires_at > now {
+                self.timer = Timer::Retransmit { expires_at: now };
+            }
+        }
+    }
+
     /// (tether patch) Replace the receive buffer with `new`, moving the received but unread data
     /// into it, and return the old one. The receive window follows the new capacity: growing
     /// it lets the remote send more per round trip.

@@ -550,6 +550,26 @@ impl Node {
             return;
         };
         r.up = true;
+        // Peers a relay going down left on a direct path that does not work (a relay restart)
+        // come back at once. O(peers), like relay_down: relays come and go rarely.
+        for peer in self.peers.values_mut() {
+            if !peer.path.stranded || peer.path.current != Path::Direct {
+                continue;
+            }
+            if let Some(r) = peer.path.choose_relay(&self.relays, None)
+                && peer.set_path(
+                    Path::Relay(r),
+                    now,
+                    &self.relays,
+                    &self.path_cfg,
+                    &mut self.events,
+                    &mut self.transmits,
+                    &mut self.totals,
+                )
+            {
+                self.rerouted.push(peer.cfg.overlay_ip);
+            }
+        }
         if self.role == NodeRole::Target {
             // A target whose hub has no UDP endpoint (reachable only through relays) uses the
             // relay at once; a hub waits to hear from its targets.
@@ -584,7 +604,10 @@ impl Node {
             }
             let to = match peer.path.choose_relay(&self.relays, Some(relay)) {
                 Some(r) => Path::Relay(r),
-                None => Path::Direct,
+                None => {
+                    peer.path.stranded = true;
+                    Path::Direct
+                }
             };
             if peer.set_path(
                 to,
@@ -997,6 +1020,8 @@ fn heard(peer: &mut Peer, src: Src, now: Instant, ctx: &mut PathCtx<'_>) {
             ctx.totals,
         )
     {
+        ctx.rerouted.push(peer.cfg.overlay_ip);
+    } else if peer.path.take_confirmed() {
         ctx.rerouted.push(peer.cfg.overlay_ip);
     }
 }

@@ -15,7 +15,9 @@
 //! * An authenticated packet arriving on a relay moves a direct peer to that relay when direct is
 //!   not working (no endpoint, or nothing authenticated over UDP for `direct_timeout`); a hub
 //!   already on another relay follows the relay its peer uses.
-//! * A relay going down moves its peers to the next relay that is up, or back to direct.
+//! * A relay going down moves its peers to the next relay that is up, or back to direct; peers
+//!   it left on a direct path that has not worked since go back to a relay as soon as one is up
+//!   again (a relay restart).
 //! * A target whose relay does not work either (expected traffic unanswered for the same time:
 //!   the hub may not be connected to that relay) tries the next relay that is up, each at most
 //!   once until something authenticated arrives; when all were tried and a minute has passed since
@@ -122,6 +124,12 @@ pub(super) struct PathState {
     tried: u64,
     /// When this round of relays began (the peer left direct).
     round_started: Option<Instant>,
+    /// Left on direct by a relay going down, and nothing authenticated over UDP since.
+    pub(super) stranded: bool,
+    /// Switched, and nothing authenticated has arrived on the new path yet.
+    unconfirmed: bool,
+    /// The first authenticated packet on the new path just arrived.
+    confirmed: bool,
     /// When the next probe is due (only while on a relay).
     next_probe: Option<Instant>,
 }
@@ -153,6 +161,9 @@ impl PathState {
             data_unanswered_since: None,
             tried: 0,
             round_started: None,
+            stranded: false,
+            unconfirmed: false,
+            confirmed: false,
             next_probe: None,
         }
     }
@@ -167,6 +178,10 @@ impl PathState {
             }
             (Path::Relay(_), Path::Relay(r)) => self.tried | bit(r),
         };
+        if let Path::Relay(_) = to {
+            self.stranded = false;
+        }
+        self.unconfirmed = true;
         self.current = to;
         self.hs_unanswered_since = None;
         self.data_unanswered_since = None;
@@ -192,6 +207,7 @@ impl PathState {
     /// An authenticated packet arrived over UDP: direct works.
     pub(super) fn udp_auth(&mut self, now: Instant) -> Decision {
         self.udp_auth_at = Some(now);
+        self.stranded = false;
         self.answered();
         match self.current {
             Path::Direct => Decision::Stay,
@@ -254,6 +270,16 @@ impl PathState {
         self.hs_unanswered_since = None;
         self.data_unanswered_since = None;
         self.tried = 0;
+        if self.unconfirmed {
+            self.unconfirmed = false;
+            self.confirmed = true;
+        }
+    }
+
+    /// Whether the path switched to last has just carried its first authenticated packet (once):
+    /// streams that retransmitted into it before the other end was there retransmit again.
+    pub(super) fn take_confirmed(&mut self) -> bool {
+        std::mem::take(&mut self.confirmed)
     }
 
     /// The periodic check (once per node tick): whether to leave direct, or (unless `follow`,

@@ -58,19 +58,44 @@ fn cert(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
 
 /// A relay on 127.0.0.1:0 that lets `keys` in.
 async fn relay(dir: &std::path::Path, name: &str, keys: &[&SecretKey]) -> (Relay, RelayEndpoint) {
+    start_relay(dir, name, keys, lo()).await
+}
+
+/// A relay on `listen`; started again with the same `dir` and `name` it has the same certificate
+/// and key (a restart).
+async fn start_relay(
+    dir: &std::path::Path,
+    name: &str,
+    keys: &[&SecretKey],
+    listen: SocketAddr,
+) -> (Relay, RelayEndpoint) {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
-    let (cert_pem, key_pem) = cert(&d);
+    let (cert_pem, key_pem) = if d.join("cert.pem").exists() {
+        (
+            std::fs::read(d.join("cert.pem")).unwrap(),
+            std::fs::read(d.join("key.pem")).unwrap(),
+        )
+    } else {
+        cert(&d)
+    };
     let allowlist = d.join("allowed-keys");
     let text: String = keys
         .iter()
         .map(|k| format!("{}\n", k.public_key().to_base64()))
         .collect();
     std::fs::write(&allowlist, text).unwrap();
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).unwrap();
+    let secret: [u8; 32] = match std::fs::read(d.join("relay.key")) {
+        Ok(b) => b.try_into().unwrap(),
+        Err(_) => {
+            let mut s = [0u8; 32];
+            getrandom::fill(&mut s).unwrap();
+            std::fs::write(d.join("relay.key"), s).unwrap();
+            s
+        }
+    };
     let relay = Relay::start(RelayConfig {
-        listen: lo(),
+        listen,
         tls: tether_relay::tls::server_config(&cert_pem, &key_pem).unwrap(),
         secret: boringtun::x25519::StaticSecret::from(secret),
         allowlist,
@@ -455,6 +480,57 @@ async fn the_second_relay_takes_over_when_the_first_shuts_down_mid_transfer() {
         vec![
             s3(host, "direct", "relay:r1"),
             s3(host, "relay:r1", "relay:r2"),
+        ]
+    };
+    assert_eq!(switch_alerts(&n.hub_alerts), want("t1"));
+    assert_eq!(switch_alerts(&n.target_alerts), want("hub"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_its_only_relay_restarting_mid_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let hk = SecretKey::generate().unwrap();
+    let tk = SecretKey::generate().unwrap();
+    let (r1, ep) = relay(dir.path(), "r1", &[&hk, &tk]).await;
+    let addr = r1.local_addr();
+    let n = net(&hk, &tk, vec![ep]).await;
+    let (h, t) = (n.hub.handle(), n.target.handle());
+    wait_for("fallback to the relay", Duration::from_secs(15), || {
+        path(&t) == "relay:r1" && path(&h) == "relay:r1"
+    })
+    .await;
+    let f = flow(&n).await;
+    f.advance(1 << 20, Duration::from_secs(20)).await;
+
+    // The relay restarts on the same address with the same certificate and key.
+    let t0 = Instant::now();
+    r1.shutdown().await;
+    let (_r1, _) = start_relay(dir.path(), "r1", &[&hk, &tk], addr).await;
+    let restarted = t0.elapsed();
+    let at = f.received.load(Ordering::SeqCst);
+    wait_for(
+        "back on the restarted relay",
+        Duration::from_secs(20),
+        || path(&t) == "relay:r1" && path(&h) == "relay:r1" && t.relays()[0].connected,
+    )
+    .await;
+    wait_for("bytes flowing again", Duration::from_secs(20), || {
+        f.received.load(Ordering::SeqCst) > at
+    })
+    .await;
+    eprintln!(
+        "relay restart: down and up again in {:.0} ms, stream moving again {:.0} ms after the shutdown began",
+        restarted.as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    f.advance(1 << 20, Duration::from_secs(20)).await;
+    let got = f.finish().await;
+    eprintln!("{got} bytes, all intact");
+    let want = |host: &str| {
+        vec![
+            s3(host, "direct", "relay:r1"),
+            s3(host, "relay:r1", "direct"),
+            s3(host, "direct", "relay:r1"),
         ]
     };
     assert_eq!(switch_alerts(&n.hub_alerts), want("t1"));

@@ -3,7 +3,9 @@
 //! Run (as root: it creates the `tetherbench` account with `/bin/sh`, runs sshd, and may
 //! `apt-get install pssh`): `scripts/bench-exec` (builds under the build lock, then runs this
 //! binary outside it). Environment: `BENCH_N` targets (default 100), `BENCH_ITER` latency
-//! samples (default 200), `BENCH_ANSIBLE=0` skips Ansible.
+//! samples (default 200), `BENCH_ANSIBLE=0` skips Ansible, `BENCH_LATENCY_ONLY=1` stops after the
+//! `exec true` latency (and the disk's fdatasync), `BENCH_TRACE=DIR` records `BENCH_TRACE_ITER`
+//! (100) more requests with `perf trace` for `scripts/exec-breakdown`.
 //!
 //! Both sides run the command as the same account with the same shell: tether's targets have
 //! `ssh.run_as = "tetherbench"` (so `/bin/sh -c` as that user), sshd logs `tetherbench` in
@@ -71,6 +73,116 @@ fn mem(pid: u32) -> String {
         anon_mib(pid),
         pss_mib(pid)
     )
+}
+
+/// This disk's `fdatasync` as the audit writer pays it: `samples` appends of a 500-byte record
+/// into a file whose blocks were written (as zeros) and synced beforehand (the audit log's zero
+/// tail), each followed by `fdatasync`. Returns the sorted durations in ms. `dir` should be on
+/// the file system the daemons' state directories are on.
+fn disk_fdatasync(dir: &Path, samples: usize) -> Vec<f64> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("tether-bench-fdatasync");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let record = [b'x'; 500];
+    f.write_all_at(&vec![0u8; 500 * (samples + 1)], 0).unwrap();
+    f.sync_all().unwrap();
+    let mut took = Vec::with_capacity(samples);
+    for i in 0..samples {
+        f.write_all_at(&record, (i * 500) as u64).unwrap();
+        let t = Instant::now();
+        f.sync_data().unwrap();
+        took.push(ms(t.elapsed()));
+        // About the pace of the latency loop: one durable record every few ms.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    took.sort_by(f64::total_cmp);
+    took
+}
+
+/// One warm `exec true` through the control API (connect, request, NDJSON stream to its end).
+fn exec_true(hub: &Daemon) {
+    let body = br#"{"selector":"host:h001","command":"true"}"#;
+    let (status, text) = hub.request(
+        "POST",
+        "/v1/exec",
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert!(
+        status == 200 && text.contains("\"ok\":1"),
+        "{status} {text}"
+    );
+}
+
+/// `BENCH_TRACE=DIR`: `iters` more `exec true` requests with `perf trace` attached to the hub,
+/// target h001 and this process (syscalls only: the control socket, the tunnel's UDP, audit
+/// `fdatasync`s, the command's fork/exec/wait), written to `DIR/trace.txt` for
+/// `scripts/exec-breakdown`. Each request is bracketed by a `getppid` (begin) and a `getsid`
+/// (end) of this process, syscalls nothing else here makes, so the parser can find it.
+fn trace_requests(hub: &Daemon, target: &Daemon, dir: &Path, iters: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("trace.txt");
+    let pids = format!("{},{},{}", hub.pid(), target.pid(), std::process::id());
+    let mut perf = Command::new("perf")
+        .args([
+            "trace",
+            "-T",
+            "-e",
+            "accept4,connect,fdatasync,fsync,sendto,sendmsg,sendmmsg,recvfrom,recvmsg,recvmmsg,clone,clone3,vfork,execve,wait4,waitid,exit_group,getppid,getsid",
+            "-p",
+            &pids,
+            "-o",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perf (linux-perf) for BENCH_TRACE");
+    // Which thread belongs to whom (perf trace names threads, not processes): now and after.
+    let tids = |out: &mut String| {
+        for (who, pid) in [
+            ("hub", hub.pid()),
+            ("target", target.pid()),
+            ("client", std::process::id()),
+        ] {
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+            {
+                let t = t.unwrap().file_name();
+                out.push_str(&format!("{who} {}\n", t.to_string_lossy()));
+            }
+        }
+    };
+    let mut map = String::new();
+    tids(&mut map);
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..iters {
+        let _ = nix::unistd::getppid();
+        exec_true(hub);
+        let _ = nix::unistd::getsid(None);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    tids(&mut map);
+    std::fs::write(dir.join("tids.txt"), map).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(perf.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let status = perf.wait().unwrap();
+    println!(
+        "trace: {} ({status}); parse with scripts/exec-breakdown {}",
+        out.display(),
+        out.display()
+    );
 }
 
 fn ensure_user() {
@@ -299,21 +411,11 @@ fn main() {
     );
 
     // Warm-pool `exec true` latency through the control API (one request per sample).
-    let body = br#"{"selector":"host:h001","command":"true"}"#;
     let mut lat = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        let (status, text) = hub.request(
-            "POST",
-            "/v1/exec",
-            &[("Content-Type", "application/json")],
-            body,
-        );
+        exec_true(&hub);
         lat.push(ms(t.elapsed()));
-        assert!(
-            status == 200 && text.contains("\"ok\":1"),
-            "{status} {text}"
-        );
     }
     lat.sort_by(f64::total_cmp);
     let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
@@ -321,6 +423,29 @@ fn main() {
         "tether exec true via control API p50 / p99",
         format!("{t50:.2} / {t99:.2} ms"),
     );
+    // The disk's own fdatasync right after, where the daemons keep their audit logs: each
+    // request above waits for three of them in series (hub `exec.requested`, target
+    // `exec.received`, hub `exec.result`).
+    let sync = disk_fdatasync(&std::env::temp_dir(), iters);
+    row(
+        "disk fdatasync (500 B into a pre-zeroed file) p50 / p99",
+        format!(
+            "{:.2} / {:.2} ms",
+            percentile(&sync, 0.5),
+            percentile(&sync, 0.99)
+        ),
+    );
+    if let Ok(dir) = std::env::var("BENCH_TRACE") {
+        trace_requests(
+            &hub,
+            &targets[0],
+            Path::new(&dir),
+            env_num("BENCH_TRACE_ITER", 100),
+        );
+    }
+    if std::env::var("BENCH_LATENCY_ONLY").as_deref() == Ok("1") {
+        return;
+    }
 
     // Cold again, at the baselines' parallelism: wait until the reaper has closed every pooled
     // connection (tunnels stay up).

@@ -269,6 +269,97 @@ fn a_denied_command_never_reaches_the_target_and_approval_verdicts_refuse() {
     assert!(stdout(&out).contains("t1 | fine"));
 }
 
+/// The hub opens the pooled SSH channel while `exec.requested` is being made durable, but sends
+/// the command only once it is: when that write fails (a full audit file system), the request
+/// is refused, nothing reaches the target (no `exec.received`, the command's file never
+/// appears), the unused channel is closed, and the pooled connection still works once there is
+/// room again.
+#[test]
+fn a_failed_exec_requested_write_refuses_and_nothing_runs_on_the_target() {
+    if !tether_e2e::is_root() {
+        eprintln!("SKIP: needs root to mount a small tmpfs as the hub's audit directory");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-")
+        .tempdir()
+        .unwrap();
+    let audit_dir = dir.path().join("state/audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tether-e2e-audit"])
+        .arg(&audit_dir)
+        .status()
+        .unwrap();
+    if !mounted.success() {
+        eprintln!("SKIP: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(audit_dir.clone());
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, config_text("hub", dir.path(), "")).unwrap();
+    let mut hub = Daemon::spawn_in(dir, config, &[]);
+    hub.wait_ready();
+    let t1 = enrolled(&hub, "t1");
+    wait_online(&hub, &["t1"]);
+    // A pooled connection: the channel can open while the record is being written.
+    let warm = hub.tether(&["exec", "-H", "t1", "--", "true"]);
+    assert_eq!(code(&warm), 0, "{}", stderr(&warm));
+
+    // Fill the file system, then append until the audit log really refuses.
+    let filler = audit_dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let mut full = false;
+    for _ in 0..64 {
+        if code(&hub.tether(&["config", "reload"])) != 0 {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the audit log never ran out of space");
+
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("ran");
+    let cmd = format!("touch {}", mark.display());
+    let received_before = audit_records(&t1, "exec.received").len();
+    let refused = hub.tether(&["exec", "-H", "t1", "--", &cmd]);
+    assert_ne!(code(&refused), 0, "{}", stdout(&refused));
+    assert!(
+        stderr(&refused).contains("audit record could not be written"),
+        "{}",
+        stderr(&refused)
+    );
+    // Give a stray exec request time to arrive, were one sent.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!mark.exists(), "the command ran although it was refused");
+    assert_eq!(
+        audit_records(&t1, "exec.received").len(),
+        received_before,
+        "the target received the refused command"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let ok = hub.tether(&["exec", "-H", "t1", "--", &cmd]);
+    assert_eq!(code(&ok), 0, "after freeing space: {}", stderr(&ok));
+    assert!(mark.exists(), "the command ran once it was recorded");
+    let requested = audit_records(&hub, "exec.requested");
+    assert!(
+        requested
+            .iter()
+            .any(|r| r["data"]["command"] == cmd.as_str()),
+        "{requested:?}"
+    );
+}
+
 fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))

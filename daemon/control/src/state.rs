@@ -124,6 +124,28 @@ pub trait RemoteExec: Send + Sync {
         out: tokio::sync::mpsc::Sender<RemoteOutput>,
         cancel: tokio_util::sync::CancellationToken,
     ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>>;
+    /// Like [`RemoteExec::run`], but the command is sent only once `go` resolves to `true`; the
+    /// connection and channel may be made ready meanwhile, nothing of the command reaches the
+    /// target before. When `go` says no, nothing runs and the result is a `cancelled` error.
+    /// The default waits for `go` first and prepares nothing.
+    fn run_when(
+        &self,
+        host: ExecHost,
+        command: RemoteCommand,
+        go: BoxFuture<'static, bool>,
+        out: tokio::sync::mpsc::Sender<RemoteOutput>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>> {
+        Box::pin(async move {
+            if !go.await {
+                return Err(RemoteError {
+                    kind: "cancelled",
+                    message: "the request was refused before the command was sent".to_owned(),
+                });
+            }
+            self.run(host, command, out, cancel).await
+        })
+    }
     /// Closes `host`'s pooled connection (revoke, `hosts rm`); its running commands end.
     fn close_host<'a>(&'a self, host: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
     /// The connect timeout of requests that name none (the hub's `[ssh] connect_timeout`).

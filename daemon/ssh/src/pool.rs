@@ -179,6 +179,17 @@ impl Conn {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
     }
 
+    /// A command on it is over (or never started): one fewer running, idle time restarts,
+    /// its channel slot is free again.
+    fn finished(&self, permit: OwnedSemaphorePermit) {
+        *self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        self.touch(Instant::now());
+        drop(permit);
+    }
+
     fn alive(&self) -> bool {
         !self.handle.is_closed() && !self.closed.is_cancelled()
     }
@@ -477,6 +488,48 @@ impl Pool {
         out: mpsc::Sender<Output>,
         cancel: CancellationToken,
     ) -> Result<Exit, SshError> {
+        self.exec_when(target, command, std::future::ready(true), out, cancel)
+            .await
+    }
+
+    /// Like [`Pool::exec`], but the command is sent only once `go` resolves to `true`. Meanwhile
+    /// the pooled connection is taken (or opened) and the session channel opened, so that work
+    /// overlaps whatever `go` waits for (the hub's durable `exec.requested` record). Nothing of
+    /// the command (no environment, no `exec` request) reaches the target before `go` says yes;
+    /// when it says no, the channel is closed unused and the result is [`SshError::Cancelled`].
+    pub async fn exec_when(
+        &self,
+        target: &Target,
+        command: &Command,
+        go: impl Future<Output = bool> + Send,
+        out: mpsc::Sender<Output>,
+        cancel: CancellationToken,
+    ) -> Result<Exit, SshError> {
+        let (go, opened) = tokio::join!(go, self.open_channel(target, command, &cancel));
+        let (conn, permit, channel) = match opened {
+            Ok(o) => o,
+            // Refused: the reason the command never ran is the refusal, not the connection.
+            Err(_) if !go => return Err(SshError::Cancelled),
+            Err(e) => return Err(e),
+        };
+        if !go {
+            let _ = channel.close().await;
+            conn.finished(permit);
+            return Err(SshError::Cancelled);
+        }
+        let result = self.run(&conn, channel, target, command, out, cancel).await;
+        conn.finished(permit);
+        result
+    }
+
+    /// The pooled connection to `target` (counted as busy until [`Conn::finished`]), a channel
+    /// slot on it and a freshly opened session channel.
+    async fn open_channel(
+        &self,
+        target: &Target,
+        command: &Command,
+        cancel: &CancellationToken,
+    ) -> Result<(Arc<Conn>, OwnedSemaphorePermit, russh::Channel<client::Msg>), SshError> {
         let conn = tokio::select! {
             c = self.connection(target, command.connect_timeout) => c?,
             () = cancel.cancelled() => return Err(SshError::Cancelled),
@@ -489,19 +542,27 @@ impl Pool {
             .active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
-        let result = self.run(&conn, target, command, out, cancel).await;
-        *conn
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
-        conn.touch(Instant::now());
-        drop(permit);
-        result
+        let opened = conn
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| SshError::Protocol {
+                host: target.name.clone(),
+                reason: e.to_string(),
+            });
+        match opened {
+            Ok(channel) => Ok((conn, permit, channel)),
+            Err(e) => {
+                conn.finished(permit);
+                Err(e)
+            }
+        }
     }
 
     async fn run(
         &self,
         conn: &Conn,
+        mut channel: russh::Channel<client::Msg>,
         target: &Target,
         command: &Command,
         out: mpsc::Sender<Output>,
@@ -512,7 +573,6 @@ impl Pool {
             host: target.name.clone(),
             reason: e.to_string(),
         };
-        let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
         for (k, v) in &command.env {
             channel
                 .set_env(false, k.clone(), v.clone())

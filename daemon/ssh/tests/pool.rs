@@ -235,6 +235,72 @@ async fn exec_streams_output_exit_codes_and_reuses_one_connection() {
     );
 }
 
+/// `exec_when`: the channel opens while `go` is pending and the command is sent only on a yes; a
+/// no closes the channel unused (the target's gate never sees the command) and the pooled
+/// connection stays usable.
+#[tokio::test]
+async fn exec_when_sends_the_command_only_after_go_says_yes() {
+    let s = setup(1, 1).await;
+    let (r, _, _) = run(&s, "true").await;
+    assert_eq!(r.unwrap(), Exit::Code(0));
+
+    let (tx, _rx) = mpsc::channel(64);
+    let no = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        false
+    };
+    let refused = s
+        .pool
+        .exec_when(
+            &s.target,
+            &cmd("echo refused"),
+            no,
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    assert!(matches!(refused, Err(SshError::Cancelled)), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !s.gate
+            .admitted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.contains("refused")),
+        "the target saw a command that was never allowed to go"
+    );
+
+    let (tx, mut rx) = mpsc::channel(64);
+    let yes = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        true
+    };
+    let ran = s
+        .pool
+        .exec_when(
+            &s.target,
+            &cmd("echo go"),
+            yes,
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(ran.unwrap(), Exit::Code(0));
+    let mut out = Vec::new();
+    while let Ok(o) = rx.try_recv() {
+        if let Output::Stdout(b) = o {
+            out.extend_from_slice(&b);
+        }
+    }
+    assert_eq!(out, b"go\n");
+    assert_eq!(
+        *s.accepted.lock().unwrap(),
+        1,
+        "one pooled connection throughout"
+    );
+}
+
 #[tokio::test]
 async fn the_targets_policy_refuses_before_anything_runs() {
     let s = setup(1, 1).await;

@@ -141,6 +141,23 @@ impl RemoteExec for HubSsh {
         out: mpsc::Sender<RemoteOutput>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>> {
+        self.run_when(
+            host,
+            command,
+            Box::pin(std::future::ready(true)),
+            out,
+            cancel,
+        )
+    }
+
+    fn run_when(
+        &self,
+        host: ExecHost,
+        command: RemoteCommand,
+        go: BoxFuture<'static, bool>,
+        out: mpsc::Sender<RemoteOutput>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<RemoteExit, RemoteError>> {
         Box::pin(async move {
             let target = pool::Target {
                 name: host.name,
@@ -165,7 +182,8 @@ impl RemoteExec for HubSsh {
                     }
                 }
             };
-            let (r, ()) = tokio::join!(self.pool.exec(&target, &cmd, tx, cancel), forward);
+            let run = self.pool.exec_when(&target, &cmd, go, tx, cancel);
+            let (r, ()) = tokio::join!(run, forward);
             match r {
                 Ok(pool::Exit::Code(c)) => Ok(RemoteExit::Code(c)),
                 Ok(pool::Exit::Signal(s)) => Ok(RemoteExit::Signal(s)),

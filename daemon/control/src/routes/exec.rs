@@ -6,9 +6,12 @@
 //! hub; an approval verdict on any host sends the whole request through the approval gate
 //! ([`super::approvals::exec_gate`]: use a granted approval or an allowance, or ask for one);
 //! `exec.requested` is written (durable) — a failed
-//! write refuses the request; only then does the stream start and the first byte go to a
-//! target. Each host ends with one `exec.result` record (exit code, duration, byte counts,
-//! SHA-256 of its full stdout and stderr). A client that goes away cancels every remote
+//! write refuses the request; only then does the stream start and the command go to a
+//! target. While the record is being written the first hosts' pooled connections and session
+//! channels are made ready (opening a channel carries nothing of the command); the `exec`
+//! request itself waits for the write, and a failed write closes those channels unused. Each
+//! host ends with one `exec.result` record (exit code, duration, byte counts, SHA-256 of its
+//! full stdout and stderr). A client that goes away cancels every remote
 //! command (signal, then channel close).
 
 use std::sync::Arc;
@@ -23,13 +26,13 @@ use tether_enroll::HostRecord;
 use tether_model::selector::Selector;
 use tether_model::{Alert, Severity};
 use tether_policy::{RequestKind, Verdict};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::vpn::hub;
 use crate::http::{Body, Fail};
-use crate::state::{ExecHost, RemoteCommand, RemoteExec, RemoteExit, RemoteOutput};
+use crate::state::{BoxFuture, ExecHost, RemoteCommand, RemoteExec, RemoteExit, RemoteOutput};
 use crate::stream;
 
 /// Defaults and bounds of the request's options.
@@ -348,30 +351,42 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
         approval.as_deref(),
     )
     .await?;
-    ctx.state
-        .audit_or_refuse(
-            "exec.requested",
-            ctx.actor(),
-            None,
-            json!({
-                "command": plan.command,
-                "selector": req.selector,
-                "hosts": names,
-                "warned": warned,
-                "concurrency": plan.concurrency,
-                "timeout_ms": plan.timeout.as_millis() as u64,
-                "connect_timeout_ms": plan.connect_timeout.as_millis() as u64,
-                "canary": plan.canary,
-                "max_failures": plan.max_failures,
-                "output_limit": plan.output_limit,
-                "ticket": req.ticket,
-                "approval": req.approval,
-            }),
-        )
-        .await?;
+    let requested = json!({
+        "command": plan.command,
+        "selector": req.selector,
+        "hosts": names,
+        "warned": warned,
+        "concurrency": plan.concurrency,
+        "timeout_ms": plan.timeout.as_millis() as u64,
+        "connect_timeout_ms": plan.connect_timeout.as_millis() as u64,
+        "canary": plan.canary,
+        "max_failures": plan.max_failures,
+        "output_limit": plan.output_limit,
+        "ticket": req.ticket,
+        "approval": req.approval,
+    });
+    // The first hosts' pooled connections and session channels get ready while
+    // `exec.requested` is being made durable; each command is sent only once it is (`go`), and
+    // a failed write sends none and records nothing more. The client sees nothing before.
+    let (go, gate) = watch::channel(None);
     let (tx, body) = stream::channel(64);
-    tokio::spawn(run_all(ctx, remote, hosts, plan, tx));
+    tokio::spawn(run_all(ctx.clone(), remote, hosts, plan, tx, gate));
+    let audited = ctx
+        .state
+        .audit_or_refuse("exec.requested", ctx.actor(), None, requested)
+        .await;
+    go.send_replace(Some(audited.is_ok()));
+    audited?;
     Ok(body)
+}
+
+/// Resolves to whether `exec.requested` was written (`false` as well if the request went away).
+fn gate_open(mut gate: watch::Receiver<Option<bool>>) -> BoxFuture<'static, bool> {
+    Box::pin(async move {
+        gate.wait_for(Option::is_some)
+            .await
+            .is_ok_and(|v| *v == Some(true))
+    })
 }
 
 /// Sends one event; `false` when the client has gone.
@@ -392,6 +407,7 @@ async fn run_all(
     hosts: Vec<HostRecord>,
     plan: Plan,
     tx: mpsc::Sender<Bytes>,
+    gate: watch::Receiver<Option<bool>>,
 ) {
     let started = Instant::now();
     let cancel = CancellationToken::new();
@@ -430,6 +446,7 @@ async fn run_all(
         };
         while aborted.is_none()
             && !cancel.is_cancelled()
+            && *gate.borrow() != Some(false)
             && running.len() < plan.concurrency
             && launched < limit
         {
@@ -443,6 +460,7 @@ async fn run_all(
                 Arc::clone(&plan),
                 tx.clone(),
                 cancel.child_token(),
+                gate.clone(),
             );
             running.spawn(async move { (task.await, is_canary) });
         }
@@ -569,6 +587,7 @@ async fn run_host(
     plan: Arc<Plan>,
     tx: mpsc::Sender<Bytes>,
     cancel: CancellationToken,
+    gate: watch::Receiver<Option<bool>>,
 ) -> (String, bool) {
     let name = host.name.clone();
     let started = Instant::now();
@@ -586,7 +605,13 @@ async fn run_host(
     };
     let (recording, recording_failed) =
         super::interactive::exec_recording(&ctx, &name, &plan.command).await;
-    let run = remote.run(target, command, out_tx, cancel.clone());
+    let run = remote.run_when(
+        target,
+        command,
+        gate_open(gate.clone()),
+        out_tx,
+        cancel.clone(),
+    );
     let forward = async {
         let (mut stdout, mut stderr) = (Tally::default(), Tally::default());
         while let Some(chunk) = out_rx.recv().await {
@@ -624,6 +649,14 @@ async fn run_host(
             }
         }
     };
+    if *gate.borrow() != Some(true) {
+        // `exec.requested` was not written: nothing was sent and nothing is reported; a
+        // recording already started is closed as such, so it verifies as complete.
+        if let Some(r) = recording {
+            super::interactive::finish_exec_recording(r, "error:not_sent".to_owned()).await;
+        }
+        return (name.clone(), false);
+    }
     for (tally, stream) in [
         (&mut stdout, ExecStream::Stdout),
         (&mut stderr, ExecStream::Stderr),

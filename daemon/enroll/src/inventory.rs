@@ -1,9 +1,10 @@
 //! The host inventory: the hub's list of hosts, kept in memory and made durable through an
 //! [`InventoryStore`] before any change is visible.
 //!
-//! The embedded default is [`FileInventoryStore`]: `STATE_DIR/hosts.json`, rewritten atomically
-//! (tmp + fsync + rename + dir fsync) on every change, so it survives `kill -9` and power loss
-//! holding either the previous or the new list. A shared store for several hubs (PostgreSQL,
+//! The embedded default is [`FileInventoryStore`]: a snapshot `STATE_DIR/hosts.json` plus an
+//! append-only journal `STATE_DIR/hosts.journal`, one fsynced self-checking line per change,
+//! compacted into a new snapshot (tmp + fsync + rename + dir fsync) when it outgrows the
+//! snapshot. It survives `kill -9` and power loss holding every acknowledged change. A shared store for several hubs (PostgreSQL,
 //! see `docs/scale.md`) is another implementation of the same trait: it gets each change as
 //! well as the whole list, and applies the change in one transaction.
 //!
@@ -21,10 +22,14 @@ use serde::{Deserialize, Serialize};
 use tether_model::selector::{HostFacts, Selector};
 
 use crate::error::{EnrollError, Result};
-use crate::util::{atomic_write, open_state, validate_host_name};
+use crate::journaled::{self, Journaled, Snapshot};
+use crate::util::validate_host_name;
 
-/// File name of the inventory inside the state directory.
+/// File name of the inventory snapshot inside the state directory.
 pub const HOSTS_FILE: &str = "hosts.json";
+
+/// File name of the inventory journal (changes since the snapshot) inside the state directory.
+pub const HOSTS_JOURNAL: &str = "hosts.journal";
 
 /// `touch` persists `last_seen` only when it moved by at least this many seconds (so frequent
 /// handshakes do not fsync the file each time).
@@ -189,8 +194,58 @@ impl FromStr for OverlayNet {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// 1: no journal; 2: `last_seq` names the last journal line included.
     version: u32,
+    #[serde(default)]
+    last_seq: u64,
     hosts: Vec<HostRecord>,
+}
+
+impl Snapshot for File {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// One journal line of `hosts.journal`.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum LineRef<'a> {
+    Put(&'a HostRecord),
+    Remove(&'a str),
+}
+
+/// [`LineRef`], read back.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    Put(HostRecord),
+    Remove(String),
+}
+
+/// The snapshot with the journal's lines applied, sorted by name.
+fn replay(
+    journal: &Path,
+    snap: Option<File>,
+    entries: &[tether_durable::journal::Entry],
+) -> Result<Vec<HostRecord>> {
+    let mut hosts: BTreeMap<String, HostRecord> = snap
+        .map(|f| f.hosts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    for e in entries {
+        match journaled::decode::<Line>(journal, e)? {
+            Line::Put(h) => {
+                hosts.insert(h.name.clone(), h);
+            }
+            Line::Remove(name) => {
+                hosts.remove(&name);
+            }
+        }
+    }
+    Ok(hosts.into_values().collect())
 }
 
 /// One change to the inventory, as handed to [`InventoryStore::commit`].
@@ -217,27 +272,47 @@ pub trait InventoryStore: Send + Sync + fmt::Debug {
     fn commit(&self, changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()>;
 }
 
-/// The embedded backend: `STATE_DIR/hosts.json`, rewritten atomically on every commit.
+/// The embedded backend: the snapshot `STATE_DIR/hosts.json` and the journal
+/// `STATE_DIR/hosts.journal` (see the module docs). A state directory with only `hosts.json`
+/// (from before journals) opens unchanged; the first commit starts the journal.
 #[derive(Debug)]
 pub struct FileInventoryStore {
+    dir: PathBuf,
     path: PathBuf,
     loaded: Mutex<Option<Vec<HostRecord>>>,
+    journal: Mutex<Journaled>,
 }
 
 impl FileInventoryStore {
-    /// Opens (or starts empty) `state_dir/hosts.json`; a file that does not parse is an error
-    /// naming it.
+    /// Opens (or starts empty) `state_dir/hosts.json` and replays `state_dir/hosts.journal`
+    /// over it. A file that does not parse, or a journal line that is corrupt with valid lines
+    /// after it, is an error naming the file (and line); a torn last line (a crash in the
+    /// middle of an append) is discarded with a warning.
     pub fn open(state_dir: &Path) -> Result<FileInventoryStore> {
-        let (path, file) = open_state::<File>(state_dir, HOSTS_FILE)?;
+        let (journal, snap, entries) =
+            Journaled::open::<File>(state_dir, HOSTS_FILE, HOSTS_JOURNAL)?;
+        let hosts = replay(journal.journal_path(), snap, &entries)?;
         Ok(FileInventoryStore {
-            path,
-            loaded: Mutex::new(Some(file.map(|f| f.hosts).unwrap_or_default())),
+            dir: state_dir.to_path_buf(),
+            path: journal.snapshot_path().to_path_buf(),
+            loaded: Mutex::new(Some(hosts)),
+            journal: Mutex::new(journal),
         })
     }
 
-    /// The file.
+    /// The snapshot file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journaled> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the next compaction where a crash would.
+    #[cfg(test)]
+    pub(crate) fn crash_at(&self, at: journaled::CrashPoint) {
+        self.journal().crash = Some(at);
     }
 }
 
@@ -247,22 +322,40 @@ impl InventoryStore for FileInventoryStore {
         match cached {
             Some(hosts) => Ok(hosts),
             None => {
-                let dir = self.path.parent().unwrap_or(Path::new("."));
-                let (_, file) = open_state::<File>(dir, HOSTS_FILE)?;
-                Ok(file.map(|f| f.hosts).unwrap_or_default())
+                let (snap, entries) =
+                    journaled::read::<File>(&self.dir, HOSTS_FILE, HOSTS_JOURNAL)?;
+                replay(&self.dir.join(HOSTS_JOURNAL), snap, &entries)
             }
         }
     }
 
-    fn commit(&self, _changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&File {
-            version: 1,
-            hosts: all.to_vec(),
-        })
-        .map_err(|e| EnrollError::Internal {
-            what: format!("encode inventory: {e}"),
-        })?;
-        atomic_write(&self.path, &bytes)
+    fn commit(&self, changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()> {
+        let lines: Vec<LineRef<'_>> = changes
+            .iter()
+            .map(|c| match *c {
+                HostChange::Put(h) => LineRef::Put(h),
+                HostChange::Remove(n) => LineRef::Remove(n),
+            })
+            .collect();
+        let mut j = self.journal();
+        j.append(&lines)?;
+        if j.wants_compaction() {
+            // The changes are durable in the journal; a failed compaction only means the
+            // journal keeps growing until the next try.
+            if let Err(e) = j.compact(|last_seq| {
+                serde_json::to_vec_pretty(&File {
+                    version: 2,
+                    last_seq,
+                    hosts: all.to_vec(),
+                })
+                .map_err(|e| EnrollError::Internal {
+                    what: format!("encode inventory: {e}"),
+                })
+            }) {
+                tracing::warn!(error = %e, "could not compact the inventory journal; will retry at the next change");
+            }
+        }
+        Ok(())
     }
 }
 

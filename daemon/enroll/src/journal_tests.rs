@@ -1,4 +1,4 @@
-//! The journaled inventory backend against real files in temp dirs: replay equals memory after
+//! The journaled file backends against real files in temp dirs: replay equals memory after
 //! random operation sequences (across compactions), torn tails, corruption, crash windows
 //! around compaction, the pre-journal layout, and a full disk.
 #![allow(clippy::unwrap_used)]
@@ -14,12 +14,19 @@ use crate::error::EnrollError;
 use crate::inventory::{
     FileInventoryStore, HOSTS_FILE, HOSTS_JOURNAL, HostRecord, HostState, Inventory, OverlayNet,
 };
+use crate::store::{FileInviteStore, INVITES_FILE, INVITES_JOURNAL};
+use crate::token::{InviteRecord, InviteState};
 
 fn host(i: u16, key_version: u32, pad: usize) -> HostRecord {
     let mut tags = BTreeMap::new();
     tags.insert(
         "env".to_owned(),
-        if i % 2 == 0 { "prod" } else { "staging" }.to_owned(),
+        if i.is_multiple_of(2) {
+            "prod"
+        } else {
+            "staging"
+        }
+        .to_owned(),
     );
     if pad > 0 {
         tags.insert("pad".to_owned(), "x".repeat(pad));
@@ -112,6 +119,44 @@ proptest! {
         prop_assert_eq!(reopened(d.path()), inv.list());
         prop_assert!(std::fs::read_dir(d.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp.")));
     }
+
+    /// The same for invites: add, consume, revoke, with time moving so that compactions drop
+    /// expired records.
+    #[test]
+    fn invite_replay_equals_memory(ops in proptest::collection::vec((0u8..3, 0u16..30, 0u64..50), 1..200)) {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = FileInviteStore::open(d.path()).unwrap();
+        let mut now = 1_000u64;
+        for (k, (op, i, dt)) in ops.iter().enumerate() {
+            now += dt;
+            let _ = match op {
+                0 => store.add(invite(k, *i, now, 30 + dt * 10), now).map(drop),
+                1 => {
+                    let hash = store.all().iter().filter(|r| r.state == InviteState::Pending).nth(usize::from(*i)).map(|r| r.nonce_hash.clone());
+                    match hash {
+                        Some(h) => store.consume(&h, now).map(drop),
+                        None => store.consume("unknown", now).map(drop),
+                    }
+                }
+                _ => store.revoke_name(&format!("h{i}"), now).map(drop),
+            };
+            if k % 37 == 0 {
+                prop_assert_eq!(FileInviteStore::open(d.path()).unwrap().all().to_vec(), store.all().to_vec());
+            }
+        }
+        prop_assert_eq!(FileInviteStore::open(d.path()).unwrap().all().to_vec(), store.all().to_vec());
+    }
+}
+
+fn invite(k: usize, i: u16, now: u64, ttl: u64) -> InviteRecord {
+    InviteRecord {
+        nonce_hash: format!("{k:064x}"),
+        name: format!("h{i}"),
+        overlay_ip: Ipv4Addr::new(10, 99, 0, 2 + (i as u8)),
+        issued_at: now,
+        expires_at: now + ttl,
+        state: InviteState::Pending,
+    }
 }
 
 #[test]
@@ -138,6 +183,16 @@ fn a_torn_journal_tail_is_discarded_and_appends_continue() {
     inv.insert(host(3, 0, 0)).unwrap();
     assert_eq!(reopened(d.path()), inv.list());
     assert_eq!(inv.list().len(), 3);
+
+    // The same for invites.
+    let mut store = FileInviteStore::open(d.path()).unwrap();
+    store.add(invite(1, 1, 100, 1000), 100).unwrap();
+    let ij = d.path().join(INVITES_JOURNAL);
+    let mut bytes = std::fs::read(&ij).unwrap();
+    bytes.extend_from_slice(b"0123");
+    std::fs::write(&ij, &bytes).unwrap();
+    let store = FileInviteStore::open(d.path()).unwrap();
+    assert_eq!(store.all().len(), 1);
 }
 
 #[test]
@@ -161,6 +216,22 @@ fn corruption_in_the_middle_is_refused_naming_file_and_line() {
     );
     // Refused, not repaired: the file is as it was.
     assert_eq!(std::fs::read_to_string(&journal).unwrap(), altered);
+
+    // A line whose checksum verifies but whose change does not apply is refused too.
+    let d = tempfile::tempdir().unwrap();
+    let mut store = FileInviteStore::open(d.path()).unwrap();
+    store.add(invite(1, 1, 100, 1000), 100).unwrap();
+    let ij = d.path().join(INVITES_JOURNAL);
+    drop(store);
+    // Hand-craft line 2: consume an invite that does not exist.
+    let (mut j, _) = tether_durable::journal::Journal::open(&ij, 0o600, 0).unwrap();
+    j.append(&[br#"{"consume":{"nonce_hash":"nope","at":5}}"#])
+        .unwrap();
+    let msg = FileInviteStore::open(d.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("invites.journal") && msg.contains("line 2: ") && msg.contains("nope"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -218,18 +289,30 @@ fn a_state_dir_from_before_journals_opens_unchanged() {
     let old =
         serde_json::to_vec_pretty(&serde_json::json!({"version": 1, "hosts": hosts})).unwrap();
     std::fs::write(d.path().join(HOSTS_FILE), &old).unwrap();
+    let invites = vec![invite(1, 3, 100, u64::MAX / 2)];
+    let old_inv =
+        serde_json::to_vec_pretty(&serde_json::json!({"version": 1, "invites": invites})).unwrap();
+    std::fs::write(d.path().join(INVITES_FILE), &old_inv).unwrap();
 
     let inv = open_inventory(d.path());
     assert_eq!(inv.list(), hosts);
+    let mut store = FileInviteStore::open(d.path()).unwrap();
+    assert_eq!(store.all(), &invites[..]);
     // Opening wrote nothing.
     assert!(!d.path().join(HOSTS_JOURNAL).exists());
+    assert!(!d.path().join(INVITES_JOURNAL).exists());
     assert_eq!(std::fs::read(d.path().join(HOSTS_FILE)).unwrap(), old);
 
     // The first change starts the journal over the old snapshot.
     inv.insert(host(3, 0, 0)).unwrap();
+    store.consume(&invites[0].nonce_hash, 200).unwrap();
     assert!(d.path().join(HOSTS_JOURNAL).exists());
     assert_eq!(std::fs::read(d.path().join(HOSTS_FILE)).unwrap(), old);
     assert_eq!(reopened(d.path()).len(), 3);
+    assert_eq!(
+        FileInviteStore::open(d.path()).unwrap().all()[0].state,
+        InviteState::Used { at: 200 }
+    );
 }
 
 /// A small tmpfs as the state dir (root only; skipped otherwise).
@@ -261,8 +344,8 @@ impl Tmpfs {
         let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
         let chunk = vec![0u8; 4096];
         while f.write_all(&chunk).is_ok() {}
-        let mut byte = [0u8; 1];
-        while f.write_all(&mut byte).is_ok() {}
+        let byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {}
     }
 }
 
@@ -282,7 +365,10 @@ fn a_full_disk_fails_the_change_precisely_and_changes_nothing() {
     };
     let inv = open_inventory(fs.path());
     inv.insert(host(1, 0, 0)).unwrap();
+    let mut store = FileInviteStore::open(fs.path()).unwrap();
+    store.add(invite(1, 1, 100, 1000), 100).unwrap();
     let before = inv.list();
+    let invites_before = store.all().to_vec();
     let journal = fs.path().join(HOSTS_JOURNAL);
     let len = std::fs::metadata(&journal).unwrap().len();
     fs.fill();
@@ -302,10 +388,18 @@ fn a_full_disk_fails_the_change_precisely_and_changes_nothing() {
         len,
         "file cut back"
     );
+    let big = InviteRecord {
+        name: "x".repeat(5000),
+        ..invite(2, 2, 100, 1000)
+    };
+    assert!(matches!(store.add(big, 100), Err(EnrollError::Io { .. })));
+    assert_eq!(store.all(), &invites_before[..]);
 
     // Space again: the next change works, and the state replays as acknowledged.
     std::fs::remove_file(fs.path().join("filler")).unwrap();
     inv.insert(host(3, 0, 0)).unwrap();
+    store.consume(&invites_before[0].nonce_hash, 200).unwrap();
     assert_eq!(reopened(fs.path()), inv.list());
     assert_eq!(inv.list().len(), 2);
+    assert_eq!(FileInviteStore::open(fs.path()).unwrap().all(), store.all());
 }

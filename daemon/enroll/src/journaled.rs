@@ -104,7 +104,6 @@ pub(crate) fn decode<T: DeserializeOwned>(journal: &Path, e: &Entry) -> Result<T
 }
 
 /// A replayed line that does not apply to the state (e.g. consuming an unknown invite).
-#[allow(dead_code)] // used by the invite journal (next commit)
 pub(crate) fn inapplicable(journal: &Path, e: &Entry, why: String) -> EnrollError {
     EnrollError::CorruptState {
         path: journal.to_path_buf(),
@@ -170,7 +169,6 @@ impl Journaled {
 
     /// Whether the snapshot on disk holds every change (e.g. after a compaction whose journal
     /// truncate failed).
-    #[allow(dead_code)] // used by the invite journal (next commit)
     pub(crate) fn snapshot_is_current(&self) -> bool {
         self.snapshot_seq == self.journal.last_seq()
     }

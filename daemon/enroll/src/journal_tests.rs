@@ -403,3 +403,37 @@ fn a_full_disk_fails_the_change_precisely_and_changes_nothing() {
     assert_eq!(inv.list().len(), 2);
     assert_eq!(FileInviteStore::open(fs.path()).unwrap().all(), store.all());
 }
+
+/// The SSH host key index follows every change: a key is taken while a host (active or revoked)
+/// holds it, free once that host is removed, and rebuilt at open.
+#[test]
+fn ssh_host_keys_stay_unique_through_changes_and_reopen() {
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINXREtEmFoLqswjEYtVLvVkJE5oD6KZMNLVQeaadzZGH a";
+    const KEY_A_OTHER_COMMENT: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINXREtEmFoLqswjEYtVLvVkJE5oD6KZMNLVQeaadzZGH b";
+    let d = tempfile::tempdir().unwrap();
+    let inv = open_inventory(d.path());
+    let with_key = |i, key: &str| HostRecord {
+        ssh_host_key: key.to_owned(),
+        ..host(i, 0, 0)
+    };
+    inv.insert(with_key(1, KEY_A)).unwrap();
+    let taken = |inv: &Inventory, i| {
+        matches!(
+            inv.insert(with_key(i, KEY_A_OTHER_COMMENT)),
+            Err(EnrollError::KeyTaken { which: "SSH host key", ref by }) if by == "h1"
+        )
+    };
+    assert!(taken(&inv, 2));
+    inv.mark_revoked("h1", 10).unwrap();
+    assert!(taken(&inv, 2), "a revoked host still holds its key");
+    assert!(taken(&open_inventory(d.path()), 2), "rebuilt at open");
+    inv.remove("h1").unwrap();
+    inv.insert(with_key(2, KEY_A_OTHER_COMMENT)).unwrap();
+    let reopened = open_inventory(d.path());
+    assert!(matches!(
+        reopened.insert(with_key(3, KEY_A)),
+        Err(EnrollError::KeyTaken { ref by, .. }) if by == "h2"
+    ));
+}

@@ -396,7 +396,8 @@ impl Inventory {
 
     /// An inventory kept in `store` (see [`InventoryStore`]).
     pub fn with_store(store: Box<dyn InventoryStore>, net: OverlayNet) -> Result<Inventory> {
-        let hosts = store.load()?;
+        let mut hosts = store.load()?;
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
         let persisted_seen = hosts
             .iter()
             .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
@@ -429,14 +430,13 @@ impl Inventory {
 
     /// Every host (active and revoked), sorted by name.
     pub fn list(&self) -> Vec<HostRecord> {
-        let mut v = self.lock().hosts.clone();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.lock().hosts.clone()
     }
 
     /// One host by name.
     pub fn get(&self, name: &str) -> Option<HostRecord> {
-        self.lock().hosts.iter().find(|h| h.name == name).cloned()
+        let g = self.lock();
+        find(&g.hosts, name).ok().map(|i| g.hosts[i].clone())
     }
 
     /// The active host with this WireGuard public key (standard base64), if any.
@@ -450,15 +450,12 @@ impl Inventory {
 
     /// Active hosts matching `selector` (revoked hosts are never selected), sorted by name.
     pub fn select(&self, selector: &Selector) -> Vec<HostRecord> {
-        let mut v: Vec<HostRecord> = self
-            .lock()
+        self.lock()
             .hosts
             .iter()
             .filter(|h| h.is_active() && selector.matches(&h.facts()))
             .cloned()
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+            .collect()
     }
 
     /// Checks that `record` could be inserted: valid name, not taken by an active host, address
@@ -471,23 +468,16 @@ impl Inventory {
     pub fn insert(&self, record: HostRecord) -> Result<()> {
         let mut g = self.lock();
         check_insertable(&g, &self.net, &record)?;
-        let mut next = g.hosts.clone();
-        next.retain(|h| h.name != record.name);
-        next.push(record.clone());
-        self.commit(&mut g, &[HostChange::Put(&record)], next)
+        self.commit(&mut g, &[HostChange::Put(&record)])
     }
 
     /// Removes a host (active or revoked) and persists; returns it.
     pub fn remove(&self, name: &str) -> Result<HostRecord> {
         let mut g = self.lock();
-        let old = g
-            .hosts
-            .iter()
-            .find(|h| h.name == name)
-            .cloned()
-            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
-        let next = g.hosts.iter().filter(|h| h.name != name).cloned().collect();
-        self.commit(&mut g, &[HostChange::Remove(name)], next)?;
+        let old = find(&g.hosts, name)
+            .map(|i| g.hosts[i].clone())
+            .map_err(|_| EnrollError::NoSuchHost { name: name.into() })?;
+        self.commit(&mut g, &[HostChange::Remove(name)])?;
         Ok(old)
     }
 
@@ -503,14 +493,13 @@ impl Inventory {
                 what: format!("the new WireGuard key of {name} is already used by another host"),
             });
         }
-        let mut next = g.hosts.clone();
-        let h = next
-            .iter_mut()
-            .find(|h| h.name == name && h.is_active())
+        let mut out = find(&g.hosts, name)
+            .ok()
+            .map(|i| g.hosts[i].clone())
+            .filter(HostRecord::is_active)
             .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
-        h.wg_public_key = wg_public_key.to_owned();
-        let out = h.clone();
-        self.commit(&mut g, &[HostChange::Put(&out)], next)?;
+        out.wg_public_key = wg_public_key.to_owned();
+        self.commit(&mut g, &[HostChange::Put(&out)])?;
         Ok(out)
     }
 
@@ -526,7 +515,7 @@ impl Inventory {
         admit: impl FnOnce(&HostRecord) -> R,
     ) -> Result<R> {
         let g = self.lock();
-        match g.hosts.iter().find(|h| h.name == name) {
+        match find(&g.hosts, name).ok().map(|i| &g.hosts[i]) {
             Some(h) if h.is_active() && h.wg_public_key == wg_public_key => Ok(admit(h)),
             Some(h) if h.is_active() => Err(EnrollError::Protocol {
                 what: format!("{name} no longer uses this WireGuard key; not admitted"),
@@ -541,17 +530,14 @@ impl Inventory {
     /// Marks a host revoked (idempotent) and persists; returns the updated record.
     pub fn mark_revoked(&self, name: &str, now: u64) -> Result<HostRecord> {
         let mut g = self.lock();
-        let mut next = g.hosts.clone();
-        let h = next
-            .iter_mut()
-            .find(|h| h.name == name)
-            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
-        if h.state != HostState::Revoked {
-            h.state = HostState::Revoked;
-            h.revoked_at = Some(now);
+        let mut out = find(&g.hosts, name)
+            .map(|i| g.hosts[i].clone())
+            .map_err(|_| EnrollError::NoSuchHost { name: name.into() })?;
+        if out.state != HostState::Revoked {
+            out.state = HostState::Revoked;
+            out.revoked_at = Some(now);
         }
-        let out = h.clone();
-        self.commit(&mut g, &[HostChange::Put(&out)], next)?;
+        self.commit(&mut g, &[HostChange::Put(&out)])?;
         Ok(out)
     }
 
@@ -559,11 +545,8 @@ impl Inventory {
     /// moved by [`TOUCH_PERSIST_SECS`] or more since the last persisted value.
     pub fn touch(&self, name: &str, when: u64) -> Result<()> {
         let mut g = self.lock();
-        let h = g
-            .hosts
-            .iter_mut()
-            .find(|h| h.name == name)
-            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
+        let i = find(&g.hosts, name).map_err(|_| EnrollError::NoSuchHost { name: name.into() })?;
+        let h = &mut g.hosts[i];
         if h.last_seen.is_some_and(|s| s >= when) {
             return Ok(());
         }
@@ -571,8 +554,7 @@ impl Inventory {
         let touched = h.clone();
         let persisted = g.persisted_seen.get(name).copied().unwrap_or(0);
         if when.saturating_sub(persisted) >= TOUCH_PERSIST_SECS {
-            let next = g.hosts.clone();
-            self.commit(&mut g, &[HostChange::Put(&touched)], next)?;
+            self.commit(&mut g, &[HostChange::Put(&touched)])?;
         }
         Ok(())
     }
@@ -590,51 +572,80 @@ impl Inventory {
             })
     }
 
-    /// Makes `changes` durable through the store (with `next`, the whole list after them),
-    /// then makes `next` the in-memory state (memory never runs ahead of the store).
-    fn commit(
-        &self,
-        g: &mut MutexGuard<'_, Inner>,
-        changes: &[HostChange<'_>],
-        mut next: Vec<HostRecord>,
-    ) -> Result<()> {
-        next.sort_by(|a, b| a.name.cmp(&b.name));
-        self.store.commit(changes, &next)?;
+    /// Applies `changes` to the in-memory list (kept sorted by name, changed in place rather
+    /// than copied: a copy per change made enrolling a fleet O(N²) in memory traffic), makes
+    /// them durable through the store with the whole list after them, and undoes them if the
+    /// store fails. The lock is held throughout, so nobody sees a change the store refused:
+    /// memory never runs ahead of the store.
+    fn commit(&self, g: &mut MutexGuard<'_, Inner>, changes: &[HostChange<'_>]) -> Result<()> {
+        let mut undo: Vec<(String, Option<HostRecord>)> = Vec::with_capacity(changes.len());
         for c in changes {
-            let (name, new_key) = match *c {
-                HostChange::Put(h) => (h.name.as_str(), Some(h.ssh_host_key.as_str())),
+            let (name, new) = match *c {
+                HostChange::Put(h) => (h.name.as_str(), Some(h.clone())),
                 HostChange::Remove(n) => (n, None),
             };
-            let old_key = g
-                .hosts
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.ssh_host_key.clone());
-            if old_key.as_deref() == new_key {
+            undo.push((name.to_owned(), put(&mut g.hosts, name, new)));
+        }
+        if let Err(e) = self.store.commit(changes, &g.hosts) {
+            for (name, old) in undo.into_iter().rev() {
+                put(&mut g.hosts, &name, old);
+            }
+            return Err(e);
+        }
+        for (c, (name, old)) in changes.iter().zip(&undo) {
+            let new = match *c {
+                HostChange::Put(h) => Some(h),
+                HostChange::Remove(_) => None,
+            };
+            match new.and_then(|h| h.last_seen) {
+                Some(s) => {
+                    g.persisted_seen.insert(name.clone(), s);
+                }
+                None => {
+                    g.persisted_seen.remove(name);
+                }
+            }
+            let old_key = old.as_ref().map(|h| h.ssh_host_key.as_str());
+            let new_key = new.map(|h| h.ssh_host_key.as_str());
+            if old_key == new_key {
                 continue;
             }
-            if let Some(blob) = old_key.as_deref().and_then(ssh_blob)
+            if let Some(blob) = old_key.and_then(ssh_blob)
                 && g.ssh_index.get(&blob).is_some_and(|n| n == name)
             {
                 g.ssh_index.remove(&blob);
             }
             if let Some(blob) = new_key.and_then(ssh_blob) {
-                g.ssh_index.entry(blob).or_insert_with(|| name.to_owned());
+                g.ssh_index.entry(blob).or_insert_with(|| name.clone());
             }
         }
-        g.persisted_seen = next
-            .iter()
-            .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
-            .collect();
-        g.hosts = next;
         Ok(())
+    }
+}
+
+/// Where `name` is in `hosts` (sorted by name), or where it would go.
+fn find(hosts: &[HostRecord], name: &str) -> std::result::Result<usize, usize> {
+    hosts.binary_search_by(|h| h.name.as_str().cmp(name))
+}
+
+/// Sets the record of `name` in `hosts` (sorted by name) to `new` (`None`: removes it);
+/// returns the record it replaced.
+fn put(hosts: &mut Vec<HostRecord>, name: &str, new: Option<HostRecord>) -> Option<HostRecord> {
+    match (find(hosts, name), new) {
+        (Ok(i), Some(h)) => Some(std::mem::replace(&mut hosts[i], h)),
+        (Ok(i), None) => Some(hosts.remove(i)),
+        (Err(i), Some(h)) => {
+            hosts.insert(i, h);
+            None
+        }
+        (Err(_), None) => None,
     }
 }
 
 fn check_insertable(inner: &Inner, net: &OverlayNet, r: &HostRecord) -> Result<()> {
     let hosts = &inner.hosts;
     validate_host_name(&r.name)?;
-    if hosts.iter().any(|h| h.name == r.name && h.is_active()) {
+    if find(hosts, &r.name).is_ok_and(|i| hosts[i].is_active()) {
         return Err(EnrollError::NameTaken {
             name: r.name.clone(),
             by: "an enrolled host",

@@ -610,12 +610,31 @@ fn a_restart_never_gives_one_key_to_two_hosts() {
     });
     hub.signal(Signal::SIGTERM);
     hub.wait_exit(Duration::from_secs(5)).unwrap();
-    let path = hub.dir.path().join("state/hosts.json");
-    let mut inv: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let hosts = inv["hosts"].as_array_mut().unwrap();
+    // Edit offline: fold the journal (`CHECKSUM SEQ {"put":RECORD}` lines) into a snapshot in
+    // the pre-journal layout, with the second host given the first one's key.
+    let state = hub.dir.path().join("state");
+    let mut hosts: Vec<Value> = std::fs::read(state.join("hosts.json"))
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap()["hosts"].clone())
+        .ok()
+        .and_then(|h| h.as_array().cloned())
+        .unwrap_or_default();
+    let journal = std::fs::read_to_string(state.join("hosts.journal")).unwrap_or_default();
+    for line in journal.lines() {
+        let change: Value = serde_json::from_str(line.splitn(3, ' ').nth(2).unwrap()).unwrap();
+        let put = change["put"].clone();
+        hosts.retain(|h| h["name"] != put["name"]);
+        hosts.push(put);
+    }
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
     let k1 = hosts[0]["wg_public_key"].clone();
     hosts[1]["wg_public_key"] = k1;
-    std::fs::write(&path, serde_json::to_vec_pretty(&inv).unwrap()).unwrap();
+    let inv = serde_json::json!({"version": 1, "hosts": hosts});
+    std::fs::write(
+        state.join("hosts.json"),
+        serde_json::to_vec_pretty(&inv).unwrap(),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(state.join("hosts.journal"));
     let dir = std::mem::replace(&mut hub.dir, tempfile::tempdir().unwrap());
     let mut hub2 = Daemon::spawn_in(dir, hub.config.clone(), &[]);
     hub2.wait_ready();

@@ -5,8 +5,12 @@
 //! renames it over the target and fsyncs the directory: a reader, or a restart after `kill -9`
 //! or power loss, sees the old or the new content, never a mix. [`create_exclusive`] does the
 //! same but links instead of renaming, so an existing file is never replaced. On any failure the
-//! target is unchanged and the temp file is removed.
+//! target is unchanged and the temp file is removed. [`journal`] is the append-only
+//! alternative for state that changes often: one fsynced, self-checking line per change,
+//! replayed over a snapshot written with [`write_atomic`] now and then.
 #![forbid(unsafe_code)]
+
+pub mod journal;
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write as _;
@@ -21,7 +25,9 @@ use std::path::{Path, PathBuf};
 #[error("cannot {step} {}: {source}", path.display())]
 pub struct Error {
     /// The step that failed: `create`, `chmod`, `write`, `fsync`, `rename into place`,
-    /// `link into place`, `fsync directory`, `create directory`.
+    /// `link into place`, `fsync directory`, `create directory`; for journals `open`,
+    /// `append to`, `truncate`, `cut the torn tail of`, `replay journal` (corruption: the
+    /// message names the file and line).
     pub step: &'static str,
     /// The file or directory it failed on.
     pub path: PathBuf,

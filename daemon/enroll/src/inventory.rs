@@ -1,16 +1,17 @@
 //! The host inventory: the hub's list of hosts, kept in memory and made durable through an
 //! [`InventoryStore`] before any change is visible.
 //!
-//! The embedded default is [`FileInventoryStore`]: `STATE_DIR/hosts.json`, rewritten atomically
-//! (tmp + fsync + rename + dir fsync) on every change, so it survives `kill -9` and power loss
-//! holding either the previous or the new list. A shared store for several hubs (PostgreSQL,
+//! The embedded default is [`FileInventoryStore`]: a snapshot `STATE_DIR/hosts.json` plus an
+//! append-only journal `STATE_DIR/hosts.journal`, one fsynced self-checking line per change,
+//! compacted into a new snapshot (tmp + fsync + rename + dir fsync) when it outgrows the
+//! snapshot. It survives `kill -9` and power loss holding every acknowledged change. A shared store for several hubs (PostgreSQL,
 //! see `docs/scale.md`) is another implementation of the same trait: it gets each change as
 //! well as the whole list, and applies the change in one transaction.
 //!
 //! One process owns a state directory; within it, [`Inventory`] is shared (`&self` methods, an
 //! internal mutex).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -21,10 +22,14 @@ use serde::{Deserialize, Serialize};
 use tether_model::selector::{HostFacts, Selector};
 
 use crate::error::{EnrollError, Result};
-use crate::util::{atomic_write, open_state, validate_host_name};
+use crate::journaled::{self, Journaled, Snapshot};
+use crate::util::validate_host_name;
 
-/// File name of the inventory inside the state directory.
+/// File name of the inventory snapshot inside the state directory.
 pub const HOSTS_FILE: &str = "hosts.json";
+
+/// File name of the inventory journal (changes since the snapshot) inside the state directory.
+pub const HOSTS_JOURNAL: &str = "hosts.journal";
 
 /// `touch` persists `last_seen` only when it moved by at least this many seconds (so frequent
 /// handshakes do not fsync the file each time).
@@ -189,8 +194,58 @@ impl FromStr for OverlayNet {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// 1: no journal; 2: `last_seq` names the last journal line included.
     version: u32,
+    #[serde(default)]
+    last_seq: u64,
     hosts: Vec<HostRecord>,
+}
+
+impl Snapshot for File {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// One journal line of `hosts.journal`.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum LineRef<'a> {
+    Put(&'a HostRecord),
+    Remove(&'a str),
+}
+
+/// [`LineRef`], read back.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    Put(HostRecord),
+    Remove(String),
+}
+
+/// The snapshot with the journal's lines applied, sorted by name.
+fn replay(
+    journal: &Path,
+    snap: Option<File>,
+    entries: &[tether_durable::journal::Entry],
+) -> Result<Vec<HostRecord>> {
+    let mut hosts: BTreeMap<String, HostRecord> = snap
+        .map(|f| f.hosts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    for e in entries {
+        match journaled::decode::<Line>(journal, e)? {
+            Line::Put(h) => {
+                hosts.insert(h.name.clone(), h);
+            }
+            Line::Remove(name) => {
+                hosts.remove(&name);
+            }
+        }
+    }
+    Ok(hosts.into_values().collect())
 }
 
 /// One change to the inventory, as handed to [`InventoryStore::commit`].
@@ -217,27 +272,47 @@ pub trait InventoryStore: Send + Sync + fmt::Debug {
     fn commit(&self, changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()>;
 }
 
-/// The embedded backend: `STATE_DIR/hosts.json`, rewritten atomically on every commit.
+/// The embedded backend: the snapshot `STATE_DIR/hosts.json` and the journal
+/// `STATE_DIR/hosts.journal` (see the module docs). A state directory with only `hosts.json`
+/// (from before journals) opens unchanged; the first commit starts the journal.
 #[derive(Debug)]
 pub struct FileInventoryStore {
+    dir: PathBuf,
     path: PathBuf,
     loaded: Mutex<Option<Vec<HostRecord>>>,
+    journal: Mutex<Journaled>,
 }
 
 impl FileInventoryStore {
-    /// Opens (or starts empty) `state_dir/hosts.json`; a file that does not parse is an error
-    /// naming it.
+    /// Opens (or starts empty) `state_dir/hosts.json` and replays `state_dir/hosts.journal`
+    /// over it. A file that does not parse, or a journal line that is corrupt with valid lines
+    /// after it, is an error naming the file (and line); a torn last line (a crash in the
+    /// middle of an append) is discarded with a warning.
     pub fn open(state_dir: &Path) -> Result<FileInventoryStore> {
-        let (path, file) = open_state::<File>(state_dir, HOSTS_FILE)?;
+        let (journal, snap, entries) =
+            Journaled::open::<File>(state_dir, HOSTS_FILE, HOSTS_JOURNAL)?;
+        let hosts = replay(journal.journal_path(), snap, &entries)?;
         Ok(FileInventoryStore {
-            path,
-            loaded: Mutex::new(Some(file.map(|f| f.hosts).unwrap_or_default())),
+            dir: state_dir.to_path_buf(),
+            path: journal.snapshot_path().to_path_buf(),
+            loaded: Mutex::new(Some(hosts)),
+            journal: Mutex::new(journal),
         })
     }
 
-    /// The file.
+    /// The snapshot file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journaled> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the next compaction where a crash would.
+    #[cfg(test)]
+    pub(crate) fn crash_at(&self, at: journaled::CrashPoint) {
+        self.journal().crash = Some(at);
     }
 }
 
@@ -247,22 +322,40 @@ impl InventoryStore for FileInventoryStore {
         match cached {
             Some(hosts) => Ok(hosts),
             None => {
-                let dir = self.path.parent().unwrap_or(Path::new("."));
-                let (_, file) = open_state::<File>(dir, HOSTS_FILE)?;
-                Ok(file.map(|f| f.hosts).unwrap_or_default())
+                let (snap, entries) =
+                    journaled::read::<File>(&self.dir, HOSTS_FILE, HOSTS_JOURNAL)?;
+                replay(&self.dir.join(HOSTS_JOURNAL), snap, &entries)
             }
         }
     }
 
-    fn commit(&self, _changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&File {
-            version: 1,
-            hosts: all.to_vec(),
-        })
-        .map_err(|e| EnrollError::Internal {
-            what: format!("encode inventory: {e}"),
-        })?;
-        atomic_write(&self.path, &bytes)
+    fn commit(&self, changes: &[HostChange<'_>], all: &[HostRecord]) -> Result<()> {
+        let lines: Vec<LineRef<'_>> = changes
+            .iter()
+            .map(|c| match *c {
+                HostChange::Put(h) => LineRef::Put(h),
+                HostChange::Remove(n) => LineRef::Remove(n),
+            })
+            .collect();
+        let mut j = self.journal();
+        j.append(&lines)?;
+        if j.wants_compaction() {
+            // The changes are durable in the journal; a failed compaction only means the
+            // journal keeps growing until the next try.
+            if let Err(e) = j.compact(|last_seq| {
+                serde_json::to_vec_pretty(&File {
+                    version: 2,
+                    last_seq,
+                    hosts: all.to_vec(),
+                })
+                .map_err(|e| EnrollError::Internal {
+                    what: format!("encode inventory: {e}"),
+                })
+            }) {
+                tracing::warn!(error = %e, "could not compact the inventory journal; will retry at the next change");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -271,6 +364,15 @@ struct Inner {
     hosts: Vec<HostRecord>,
     /// last_seen as persisted, per host, to coalesce `touch` writes.
     persisted_seen: BTreeMap<String, u64>,
+    /// SSH host key blob → the host holding it, so that checking a new host's key is a lookup
+    /// rather than parsing every host's key (which made each enrollment O(hosts) in key parses,
+    /// a quarter of the hub's CPU at 3,000 hosts).
+    ssh_index: HashMap<Vec<u8>, String>,
+}
+
+/// The blob of an OpenSSH public key line (`None` if it does not parse).
+fn ssh_blob(key: &str) -> Option<Vec<u8>> {
+    crate::sshkey::SshPublicKey::parse(key).map(|k| k.blob).ok()
 }
 
 /// The host inventory. See the module docs.
@@ -294,17 +396,25 @@ impl Inventory {
 
     /// An inventory kept in `store` (see [`InventoryStore`]).
     pub fn with_store(store: Box<dyn InventoryStore>, net: OverlayNet) -> Result<Inventory> {
-        let hosts = store.load()?;
+        let mut hosts = store.load()?;
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
         let persisted_seen = hosts
             .iter()
             .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
             .collect();
+        let mut ssh_index = HashMap::new();
+        for h in &hosts {
+            if let Some(blob) = ssh_blob(&h.ssh_host_key) {
+                ssh_index.entry(blob).or_insert_with(|| h.name.clone());
+            }
+        }
         Ok(Inventory {
             store,
             net,
             inner: Mutex::new(Inner {
                 hosts,
                 persisted_seen,
+                ssh_index,
             }),
         })
     }
@@ -320,14 +430,13 @@ impl Inventory {
 
     /// Every host (active and revoked), sorted by name.
     pub fn list(&self) -> Vec<HostRecord> {
-        let mut v = self.lock().hosts.clone();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.lock().hosts.clone()
     }
 
     /// One host by name.
     pub fn get(&self, name: &str) -> Option<HostRecord> {
-        self.lock().hosts.iter().find(|h| h.name == name).cloned()
+        let g = self.lock();
+        find(&g.hosts, name).ok().map(|i| g.hosts[i].clone())
     }
 
     /// The active host with this WireGuard public key (standard base64), if any.
@@ -341,44 +450,34 @@ impl Inventory {
 
     /// Active hosts matching `selector` (revoked hosts are never selected), sorted by name.
     pub fn select(&self, selector: &Selector) -> Vec<HostRecord> {
-        let mut v: Vec<HostRecord> = self
-            .lock()
+        self.lock()
             .hosts
             .iter()
             .filter(|h| h.is_active() && selector.matches(&h.facts()))
             .cloned()
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+            .collect()
     }
 
     /// Checks that `record` could be inserted: valid name, not taken by an active host, address
     /// a host address of the subnet and not used by another host.
     pub fn check_insertable(&self, record: &HostRecord) -> Result<()> {
-        check_insertable(&self.lock().hosts, &self.net, record)
+        check_insertable(&self.lock(), &self.net, record)
     }
 
     /// Adds a host (replacing a *revoked* host of the same name) and persists.
     pub fn insert(&self, record: HostRecord) -> Result<()> {
         let mut g = self.lock();
-        check_insertable(&g.hosts, &self.net, &record)?;
-        let mut next = g.hosts.clone();
-        next.retain(|h| h.name != record.name);
-        next.push(record.clone());
-        self.commit(&mut g, &[HostChange::Put(&record)], next)
+        check_insertable(&g, &self.net, &record)?;
+        self.commit(&mut g, &[HostChange::Put(&record)])
     }
 
     /// Removes a host (active or revoked) and persists; returns it.
     pub fn remove(&self, name: &str) -> Result<HostRecord> {
         let mut g = self.lock();
-        let old = g
-            .hosts
-            .iter()
-            .find(|h| h.name == name)
-            .cloned()
-            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
-        let next = g.hosts.iter().filter(|h| h.name != name).cloned().collect();
-        self.commit(&mut g, &[HostChange::Remove(name)], next)?;
+        let old = find(&g.hosts, name)
+            .map(|i| g.hosts[i].clone())
+            .map_err(|_| EnrollError::NoSuchHost { name: name.into() })?;
+        self.commit(&mut g, &[HostChange::Remove(name)])?;
         Ok(old)
     }
 
@@ -394,14 +493,13 @@ impl Inventory {
                 what: format!("the new WireGuard key of {name} is already used by another host"),
             });
         }
-        let mut next = g.hosts.clone();
-        let h = next
-            .iter_mut()
-            .find(|h| h.name == name && h.is_active())
+        let mut out = find(&g.hosts, name)
+            .ok()
+            .map(|i| g.hosts[i].clone())
+            .filter(HostRecord::is_active)
             .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
-        h.wg_public_key = wg_public_key.to_owned();
-        let out = h.clone();
-        self.commit(&mut g, &[HostChange::Put(&out)], next)?;
+        out.wg_public_key = wg_public_key.to_owned();
+        self.commit(&mut g, &[HostChange::Put(&out)])?;
         Ok(out)
     }
 
@@ -417,7 +515,7 @@ impl Inventory {
         admit: impl FnOnce(&HostRecord) -> R,
     ) -> Result<R> {
         let g = self.lock();
-        match g.hosts.iter().find(|h| h.name == name) {
+        match find(&g.hosts, name).ok().map(|i| &g.hosts[i]) {
             Some(h) if h.is_active() && h.wg_public_key == wg_public_key => Ok(admit(h)),
             Some(h) if h.is_active() => Err(EnrollError::Protocol {
                 what: format!("{name} no longer uses this WireGuard key; not admitted"),
@@ -432,17 +530,14 @@ impl Inventory {
     /// Marks a host revoked (idempotent) and persists; returns the updated record.
     pub fn mark_revoked(&self, name: &str, now: u64) -> Result<HostRecord> {
         let mut g = self.lock();
-        let mut next = g.hosts.clone();
-        let h = next
-            .iter_mut()
-            .find(|h| h.name == name)
-            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
-        if h.state != HostState::Revoked {
-            h.state = HostState::Revoked;
-            h.revoked_at = Some(now);
+        let mut out = find(&g.hosts, name)
+            .map(|i| g.hosts[i].clone())
+            .map_err(|_| EnrollError::NoSuchHost { name: name.into() })?;
+        if out.state != HostState::Revoked {
+            out.state = HostState::Revoked;
+            out.revoked_at = Some(now);
         }
-        let out = h.clone();
-        self.commit(&mut g, &[HostChange::Put(&out)], next)?;
+        self.commit(&mut g, &[HostChange::Put(&out)])?;
         Ok(out)
     }
 
@@ -450,11 +545,8 @@ impl Inventory {
     /// moved by [`TOUCH_PERSIST_SECS`] or more since the last persisted value.
     pub fn touch(&self, name: &str, when: u64) -> Result<()> {
         let mut g = self.lock();
-        let h = g
-            .hosts
-            .iter_mut()
-            .find(|h| h.name == name)
-            .ok_or_else(|| EnrollError::NoSuchHost { name: name.into() })?;
+        let i = find(&g.hosts, name).map_err(|_| EnrollError::NoSuchHost { name: name.into() })?;
+        let h = &mut g.hosts[i];
         if h.last_seen.is_some_and(|s| s >= when) {
             return Ok(());
         }
@@ -462,8 +554,7 @@ impl Inventory {
         let touched = h.clone();
         let persisted = g.persisted_seen.get(name).copied().unwrap_or(0);
         if when.saturating_sub(persisted) >= TOUCH_PERSIST_SECS {
-            let next = g.hosts.clone();
-            self.commit(&mut g, &[HostChange::Put(&touched)], next)?;
+            self.commit(&mut g, &[HostChange::Put(&touched)])?;
         }
         Ok(())
     }
@@ -481,28 +572,80 @@ impl Inventory {
             })
     }
 
-    /// Makes `changes` durable through the store (with `next`, the whole list after them),
-    /// then makes `next` the in-memory state (memory never runs ahead of the store).
-    fn commit(
-        &self,
-        g: &mut MutexGuard<'_, Inner>,
-        changes: &[HostChange<'_>],
-        mut next: Vec<HostRecord>,
-    ) -> Result<()> {
-        next.sort_by(|a, b| a.name.cmp(&b.name));
-        self.store.commit(changes, &next)?;
-        g.persisted_seen = next
-            .iter()
-            .filter_map(|h| h.last_seen.map(|s| (h.name.clone(), s)))
-            .collect();
-        g.hosts = next;
+    /// Applies `changes` to the in-memory list (kept sorted by name, changed in place rather
+    /// than copied: a copy per change made enrolling a fleet O(N²) in memory traffic), makes
+    /// them durable through the store with the whole list after them, and undoes them if the
+    /// store fails. The lock is held throughout, so nobody sees a change the store refused:
+    /// memory never runs ahead of the store.
+    fn commit(&self, g: &mut MutexGuard<'_, Inner>, changes: &[HostChange<'_>]) -> Result<()> {
+        let mut undo: Vec<(String, Option<HostRecord>)> = Vec::with_capacity(changes.len());
+        for c in changes {
+            let (name, new) = match *c {
+                HostChange::Put(h) => (h.name.as_str(), Some(h.clone())),
+                HostChange::Remove(n) => (n, None),
+            };
+            undo.push((name.to_owned(), put(&mut g.hosts, name, new)));
+        }
+        if let Err(e) = self.store.commit(changes, &g.hosts) {
+            for (name, old) in undo.into_iter().rev() {
+                put(&mut g.hosts, &name, old);
+            }
+            return Err(e);
+        }
+        for (c, (name, old)) in changes.iter().zip(&undo) {
+            let new = match *c {
+                HostChange::Put(h) => Some(h),
+                HostChange::Remove(_) => None,
+            };
+            match new.and_then(|h| h.last_seen) {
+                Some(s) => {
+                    g.persisted_seen.insert(name.clone(), s);
+                }
+                None => {
+                    g.persisted_seen.remove(name);
+                }
+            }
+            let old_key = old.as_ref().map(|h| h.ssh_host_key.as_str());
+            let new_key = new.map(|h| h.ssh_host_key.as_str());
+            if old_key == new_key {
+                continue;
+            }
+            if let Some(blob) = old_key.and_then(ssh_blob)
+                && g.ssh_index.get(&blob).is_some_and(|n| n == name)
+            {
+                g.ssh_index.remove(&blob);
+            }
+            if let Some(blob) = new_key.and_then(ssh_blob) {
+                g.ssh_index.entry(blob).or_insert_with(|| name.clone());
+            }
+        }
         Ok(())
     }
 }
 
-fn check_insertable(hosts: &[HostRecord], net: &OverlayNet, r: &HostRecord) -> Result<()> {
+/// Where `name` is in `hosts` (sorted by name), or where it would go.
+fn find(hosts: &[HostRecord], name: &str) -> std::result::Result<usize, usize> {
+    hosts.binary_search_by(|h| h.name.as_str().cmp(name))
+}
+
+/// Sets the record of `name` in `hosts` (sorted by name) to `new` (`None`: removes it);
+/// returns the record it replaced.
+fn put(hosts: &mut Vec<HostRecord>, name: &str, new: Option<HostRecord>) -> Option<HostRecord> {
+    match (find(hosts, name), new) {
+        (Ok(i), Some(h)) => Some(std::mem::replace(&mut hosts[i], h)),
+        (Ok(i), None) => Some(hosts.remove(i)),
+        (Err(i), Some(h)) => {
+            hosts.insert(i, h);
+            None
+        }
+        (Err(_), None) => None,
+    }
+}
+
+fn check_insertable(inner: &Inner, net: &OverlayNet, r: &HostRecord) -> Result<()> {
+    let hosts = &inner.hosts;
     validate_host_name(&r.name)?;
-    if hosts.iter().any(|h| h.name == r.name && h.is_active()) {
+    if find(hosts, &r.name).is_ok_and(|i| hosts[i].is_active()) {
         return Err(EnrollError::NameTaken {
             name: r.name.clone(),
             by: "an enrolled host",
@@ -525,15 +668,12 @@ fn check_insertable(hosts: &[HostRecord], net: &OverlayNet, r: &HostRecord) -> R
             by: other.name.clone(),
         });
     }
-    let ssh = |k: &str| crate::sshkey::SshPublicKey::parse(k).map(|k| k.blob).ok();
-    if let Some(mine) = ssh(&r.ssh_host_key)
-        && let Some(other) = hosts
-            .iter()
-            .find(|h| ssh(&h.ssh_host_key).as_ref() == Some(&mine))
+    if let Some(mine) = ssh_blob(&r.ssh_host_key)
+        && let Some(other) = inner.ssh_index.get(&mine)
     {
         return Err(EnrollError::KeyTaken {
             which: "SSH host key",
-            by: other.name.clone(),
+            by: other.clone(),
         });
     }
     if let Some(other) = hosts

@@ -18,6 +18,7 @@ mod first_release;
 pub mod hub;
 pub mod inventory;
 pub mod invite_keys;
+mod journaled;
 mod limits;
 pub mod proto;
 pub mod ratelimit;

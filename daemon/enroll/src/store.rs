@@ -1,6 +1,7 @@
 //! The hub's invite store: the [`InviteStore`] trait the hub's enrollment core uses, and its
-//! embedded backend [`FileInviteStore`], `STATE_DIR/invites.json`, holding only SHA-256 of each
-//! nonce.
+//! embedded backend [`FileInviteStore`], the snapshot `STATE_DIR/invites.json` plus the journal
+//! `STATE_DIR/invites.journal` (one fsynced line per add, consume or revoke), holding only
+//! SHA-256 of each nonce.
 //!
 //! The trait's operations are the ones whose atomicity matters: [`InviteStore::consume`] marks
 //! a pending invite used exactly once. In the file backend the hub's lock makes check + mark
@@ -10,26 +11,78 @@
 //! cannot both win.
 //!
 //! Used invites are kept until their expiry (so a replay is reported as *already used* rather
-//! than *unknown*); after expiry every record is pruned, since an expired token fails as expired
-//! before the store is consulted.
+//! than *unknown*); expired records are pruned when the journal is compacted into a new
+//! snapshot, since an expired token fails as expired before the store is consulted.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EnrollError, Result};
+use crate::journaled::{self, Journaled, Snapshot};
 use crate::token::{InviteRecord, InviteState};
-use crate::util::{atomic_write, open_state};
 
-/// File name of the invite store inside the state directory.
+/// File name of the invite store's snapshot inside the state directory.
 pub const INVITES_FILE: &str = "invites.json";
+
+/// File name of the invite store's journal (changes since the snapshot).
+pub const INVITES_JOURNAL: &str = "invites.journal";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// 1: no journal; 2: `last_seq` names the last journal line included.
     version: u32,
+    #[serde(default)]
+    last_seq: u64,
     invites: Vec<InviteRecord>,
+}
+
+impl Snapshot for File {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// One line of `invites.journal`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    /// A new invite.
+    Add(InviteRecord),
+    /// The pending invite with this nonce hash was used.
+    Consume { nonce_hash: String, at: u64 },
+    /// Every pending invite for this host name was revoked.
+    Revoke { name: String, at: u64 },
+}
+
+/// Applies one change to `invites`; `Err(why)` if it does not apply (corruption at replay).
+fn apply(invites: &mut Vec<InviteRecord>, line: Line) -> std::result::Result<usize, String> {
+    match line {
+        Line::Add(r) => {
+            invites.push(r);
+            Ok(1)
+        }
+        Line::Consume { nonce_hash, at } => {
+            let r = invites
+                .iter_mut()
+                .find(|r| r.nonce_hash == nonce_hash && r.state == InviteState::Pending)
+                .ok_or_else(|| format!("it consumes invite {nonce_hash}, which is not pending"))?;
+            r.state = InviteState::Used { at };
+            Ok(1)
+        }
+        Line::Revoke { name, at } => {
+            let mut n = 0;
+            for r in invites.iter_mut() {
+                if r.name == name && r.state == InviteState::Pending {
+                    r.state = InviteState::Revoked { at };
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+    }
 }
 
 /// Where the hub keeps its invites (only SHA-256 of each nonce, never a token). The hub's
@@ -60,11 +113,13 @@ pub trait InviteStore: Send + std::fmt::Debug {
     fn revoke_name(&mut self, name: &str, now: u64) -> Result<usize>;
 }
 
-/// The embedded backend: pending, used and revoked invites in `invites.json`, persisted
-/// atomically on every change.
+/// The embedded backend: pending, used and revoked invites in the snapshot `invites.json` and
+/// the journal `invites.journal`; every change is an fsynced journal line before it is visible.
+/// A state directory with only `invites.json` (from before journals) opens unchanged; the first
+/// change starts the journal.
 #[derive(Debug)]
 pub struct FileInviteStore {
-    path: PathBuf,
+    journal: Journaled,
     invites: Vec<InviteRecord>,
 }
 
@@ -96,14 +151,23 @@ impl InviteStore for FileInviteStore {
 }
 
 impl FileInviteStore {
-    /// Opens (or starts empty) `state_dir/invites.json`.
+    /// Opens (or starts empty) `state_dir/invites.json` and replays `state_dir/invites.journal`
+    /// over it. A file that does not parse, or a journal line that is corrupt with valid lines
+    /// after it, is an error naming the file (and line); a torn last line (a crash in the middle
+    /// of an append) is discarded with a warning.
     pub fn open(state_dir: &Path) -> Result<FileInviteStore> {
-        let (path, file) = open_state::<File>(state_dir, INVITES_FILE)?;
-        let invites = file.map(|f| f.invites).unwrap_or_default();
-        Ok(FileInviteStore { path, invites })
+        let (journal, snap, entries) =
+            Journaled::open::<File>(state_dir, INVITES_FILE, INVITES_JOURNAL)?;
+        let mut invites = snap.map(|f| f.invites).unwrap_or_default();
+        for e in &entries {
+            let line = journaled::decode::<Line>(journal.journal_path(), e)?;
+            apply(&mut invites, line)
+                .map_err(|why| journaled::inapplicable(journal.journal_path(), e, why))?;
+        }
+        Ok(FileInviteStore { journal, invites })
     }
 
-    /// Every record.
+    /// Every record (expired ones until the next compaction).
     pub fn all(&self) -> &[InviteRecord] {
         &self.invites
     }
@@ -121,8 +185,7 @@ impl FileInviteStore {
 
     /// Adds a record and persists.
     pub fn add(&mut self, record: InviteRecord, now: u64) -> Result<()> {
-        self.invites.push(record);
-        self.save(now)
+        self.commit(Line::Add(record), now).map(drop)
     }
 
     /// Fails with the matching error unless the invite is pending.
@@ -142,52 +205,70 @@ impl FileInviteStore {
     /// Marks a pending invite used and persists (the caller holds the store exclusively, so
     /// check + mark is atomic).
     pub fn consume(&mut self, nonce_hash: &str, now: u64) -> Result<InviteRecord> {
-        self.check_pending(nonce_hash)?;
-        let mut old = None;
-        for r in &mut self.invites {
-            if r.nonce_hash == nonce_hash {
-                old = Some(r.clone());
-                r.state = InviteState::Used { at: now };
-            }
-        }
-        let old = old.ok_or(EnrollError::UnknownInvite)?;
-        if let Err(e) = self.save(now) {
-            // Not durable: undo, so memory matches the file.
-            for r in &mut self.invites {
-                if r.nonce_hash == nonce_hash {
-                    r.state = InviteState::Pending;
-                }
-            }
-            return Err(e);
-        }
+        let old = self.check_pending(nonce_hash)?.clone();
+        self.commit(
+            Line::Consume {
+                nonce_hash: nonce_hash.to_owned(),
+                at: now,
+            },
+            now,
+        )?;
         Ok(old)
     }
 
     /// Revokes every pending invite for `name`; returns how many.
     pub fn revoke_name(&mut self, name: &str, now: u64) -> Result<usize> {
-        let mut n = 0;
-        for r in &mut self.invites {
-            if r.name == name && r.state == InviteState::Pending {
-                r.state = InviteState::Revoked { at: now };
-                n += 1;
-            }
+        if !self
+            .invites
+            .iter()
+            .any(|r| r.name == name && r.state == InviteState::Pending)
+        {
+            return Ok(0);
         }
-        if n > 0 {
-            self.save(now)?;
-        }
-        Ok(n)
+        self.commit(
+            Line::Revoke {
+                name: name.to_owned(),
+                at: now,
+            },
+            now,
+        )
     }
 
-    /// Drops expired records and writes the file atomically.
-    fn save(&mut self, now: u64) -> Result<()> {
-        self.invites.retain(|r| r.expires_at > now);
-        let bytes = serde_json::to_vec_pretty(&File {
-            version: 1,
-            invites: self.invites.clone(),
-        })
-        .map_err(|e| EnrollError::Internal {
-            what: format!("encode invites: {e}"),
-        })?;
-        atomic_write(&self.path, &bytes)
+    /// Makes `line` durable in the journal, then applies it in memory (memory never runs ahead
+    /// of the file; on error nothing changed), then compacts if the journal outgrew the
+    /// snapshot (dropping records expired at `now`).
+    fn commit(&mut self, line: Line, now: u64) -> Result<usize> {
+        self.journal.append(std::slice::from_ref(&line))?;
+        let n = apply(&mut self.invites, line).map_err(|what| EnrollError::Internal { what })?;
+        if self.journal.wants_compaction() {
+            let kept: Vec<InviteRecord> = self
+                .invites
+                .iter()
+                .filter(|r| r.expires_at > now)
+                .cloned()
+                .collect();
+            let compacted = self.journal.compact(|last_seq| {
+                serde_json::to_vec_pretty(&File {
+                    version: 2,
+                    last_seq,
+                    invites: kept.clone(),
+                })
+                .map_err(|e| EnrollError::Internal {
+                    what: format!("encode invites: {e}"),
+                })
+            });
+            match compacted {
+                Ok(()) => self.invites = kept,
+                // The snapshot may be in place (only the truncate failed): memory must match it.
+                Err(e) if self.journal.snapshot_is_current() => {
+                    self.invites = kept;
+                    tracing::warn!(error = %e, "could not truncate the invite journal after compaction; will retry at the next change");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not compact the invite journal; will retry at the next change");
+                }
+            }
+        }
+        Ok(n)
     }
 }

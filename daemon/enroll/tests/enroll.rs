@@ -181,9 +181,13 @@ mod flow {
         let (token, record) = th.hub.invite(&req("web1"), now).unwrap();
         assert_eq!(format!("{token:?}"), "Token([redacted])");
         assert_eq!(record.overlay_ip.to_string(), "10.99.0.2");
-        // The hub stores only the nonce hash: neither the token nor its nonce is on disk.
+        // The hub stores only the nonce hash: neither the token nor its nonce is on disk (in the
+        // snapshot `invites.json`, or the journal of changes since, `invites.journal`).
         let parsed = token.parse(now).unwrap();
-        let stored = std::fs::read_to_string(th._dir.path().join("invites.json")).unwrap();
+        let stored = ["invites.json", "invites.journal"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(th._dir.path().join(f)).ok())
+            .collect::<String>();
         assert!(stored.contains(&record.nonce_hash));
         assert!(!stored.contains(&parsed.payload().nonce));
         token.expose(|t| assert!(!stored.contains(t.rsplit('.').next().unwrap())));

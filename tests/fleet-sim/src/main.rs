@@ -50,6 +50,13 @@ struct Args {
     /// Hosts the fan-out runs on at once (the exec route allows up to 1000).
     #[arg(long, default_value_t = 1000)]
     exec_concurrency: u32,
+    /// Fan-outs of `true` to measure after the idle window: 2 (cold, then warm), 1 (cold only)
+    /// or 0 (none: enrollment, idle and selectors only, e.g. at 10,000 targets).
+    #[arg(long, default_value_t = 2)]
+    fanouts: u8,
+    /// `hosts list -H tag:env=prod` calls to take the median of.
+    #[arg(long, default_value_t = 5)]
+    selector_runs: usize,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -171,6 +178,9 @@ async fn run(args: Args) -> Result<Value, String> {
     let mut enroll_lat: Vec<Duration> = Vec::with_capacity(n);
     let mut targets = Vec::with_capacity(n);
     let mut welcomes = Vec::with_capacity(n);
+    // Enrollment rate per 1,000 targets, to show whether it falls as the fleet grows.
+    let mut per_thousand: Vec<f64> = Vec::new();
+    let mut chunk_started = Instant::now();
     let mut i = 0;
     while i < n {
         let batch: Vec<usize> = (i..n.min(i + args.enroll_concurrency.max(1))).collect();
@@ -203,6 +213,16 @@ async fn run(args: Args) -> Result<Value, String> {
             invite_lat.push(invite);
             enroll_lat.push(enroll);
             welcomes.push((id, w));
+            if welcomes.len() % 1000 == 0 {
+                let rate = 1000.0 / chunk_started.elapsed().as_secs_f64();
+                per_thousand.push((rate * 10.0).round() / 10.0);
+                chunk_started = Instant::now();
+                eprintln!(
+                    "fleet-sim: {} enrolled ({:.1} /s for the last 1,000)",
+                    welcomes.len(),
+                    rate
+                );
+            }
         }
     }
     let enroll_wall = started.elapsed();
@@ -245,10 +265,10 @@ async fn run(args: Args) -> Result<Value, String> {
     let idle_audit = audit_bytes(&hub.state_dir().join("audit")).saturating_sub(audit_before_idle);
     let rss_idle = rss_kib(pid);
 
-    // Selector latency (median of 5, the first one included in the max).
+    // Selector latency (median of `--selector-runs`, the first one included in the max).
     let mut sel = Vec::new();
     let mut matched = 0;
-    for _ in 0..5 {
+    for _ in 0..args.selector_runs.max(1) {
         let t = Instant::now();
         let list = hub
             .client
@@ -262,8 +282,16 @@ async fn run(args: Args) -> Result<Value, String> {
     }
     sel.sort_unstable();
 
-    let cold = fan_out(&hub, args.exec_concurrency).await?;
-    let warm = fan_out(&hub, args.exec_concurrency).await?;
+    let cold = if args.fanouts >= 1 {
+        fan_out(&hub, args.exec_concurrency).await?
+    } else {
+        Value::Null
+    };
+    let warm = if args.fanouts >= 2 {
+        fan_out(&hub, args.exec_concurrency).await?
+    } else {
+        Value::Null
+    };
     let report = json!({
         "targets": n,
         "enroll": {
@@ -274,6 +302,7 @@ async fn run(args: Args) -> Result<Value, String> {
             "enroll_exchange_ms_p99": ms(p99(&mut enroll_lat)),
             "audit_bytes": audit_after_enroll,
             "online_after_s": secs(online_after),
+            "per_s_by_thousand": per_thousand,
         },
         "idle": {
             "secs": secs(idle_wall),
@@ -319,6 +348,10 @@ fn print_report(r: &Value) {
         g("/enroll/enroll_exchange_ms_mean"),
         g("/enroll/enroll_exchange_ms_p99"),
         g("/enroll/online_after_s")
+    );
+    println!(
+        "  enrollment /s per 1,000 in order: {}",
+        g("/enroll/per_s_by_thousand")
     );
     println!(
         "  idle            hub CPU {} % of one core over {} s (simulator {} %), RSS {} KiB ({} KiB empty, {} KiB/peer), audit +{} B",

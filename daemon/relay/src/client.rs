@@ -14,6 +14,12 @@ use crate::proto::{
     relay_proof,
 };
 
+/// A connection that received nothing for this long sends a Ping (the relay answers each).
+pub const PING_EVERY: Duration = Duration::from_millis(1500);
+/// A connection that received nothing at all for this long is given up (a relay host that
+/// vanished without closing the connection): the tunnel moves its peers to another relay.
+pub const DEAD_AFTER: Duration = Duration::from_secs(4);
+
 /// Where a relay is and how it is recognised.
 #[derive(Debug, Clone)]
 pub struct RelayTarget {
@@ -342,7 +348,11 @@ async fn run(
     incoming: mpsc::Sender<Event>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A relay whose host vanished (no FIN, no RST) is noticed by silence, not by the kernel's
+    // TCP timeout minutes later: the relay answers every Ping.
+    let mut last_rx = tokio::time::Instant::now();
     // Sets sent and not yet applied, oldest first (the relay answers in order).
     let mut acks: VecDeque<oneshot::Sender<Result<u32, RelayError>>> = VecDeque::new();
     loop {
@@ -375,7 +385,9 @@ async fn run(
                     }
                 }
                 Ok(Some(Frame::Ping)) => {
-                    if tls.write_all(&Frame::Pong.encode()).await.is_err() {
+                    if tls.write_all(&Frame::Pong.encode()).await.is_err()
+                        || tls.flush().await.is_err()
+                    {
                         return;
                     }
                 }
@@ -405,11 +417,21 @@ async fn run(
             n = tls.read(&mut buf) => {
                 match n {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => decoder.push(&buf[..n]),
+                    Ok(n) => {
+                        last_rx = tokio::time::Instant::now();
+                        decoder.push(&buf[..n]);
+                    }
                 }
             }
             _ = ping.tick() => {
-                if tls.write_all(&Frame::Ping.encode()).await.is_err() || tls.flush().await.is_err() {
+                let quiet = last_rx.elapsed();
+                if quiet >= DEAD_AFTER {
+                    tracing::warn!(quiet_ms = quiet.as_millis() as u64, "the relay stopped answering; dropping the connection");
+                    return;
+                }
+                if quiet >= PING_EVERY
+                    && (tls.write_all(&Frame::Ping.encode()).await.is_err() || tls.flush().await.is_err())
+                {
                     return;
                 }
             }

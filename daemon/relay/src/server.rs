@@ -739,6 +739,7 @@ async fn forward(
                 }
                 Frame::Ping => {
                     tls.write_all(&Frame::Pong.encode()).await?;
+                    tls.flush().await?;
                 }
                 Frame::Pong => {}
                 other => {

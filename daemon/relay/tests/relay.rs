@@ -350,3 +350,81 @@ async fn raw_upgraded(t: &RelayTarget) -> tokio_rustls::client::TlsStream<tokio:
         .unwrap();
     tls
 }
+
+/// Copies `r` to `w` until the flag is set; then holds both open and forwards nothing more.
+async fn pump(
+    mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    mut w: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if hole.load(std::sync::atomic::Ordering::SeqCst) {
+            let _keep = (r, w);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A TCP middlebox on 127.0.0.1 in front of the relay that can start blackholing: it keeps
+/// both connections open but forwards nothing more, as when the relay's host vanishes (no FIN,
+/// no RST reaches the client).
+async fn blackholing_proxy(
+    relay: std::net::SocketAddr,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::AtomicBool;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hole = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = hole.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(relay).await.unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(Box::new(cr), Box::new(sw), flag.clone()));
+            tokio::spawn(pump(Box::new(sr), Box::new(cw), flag.clone()));
+        }
+    });
+    (addr, hole)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_goes_silent_is_given_up_and_a_healthy_idle_one_is_kept() {
+    use tether_relay::client::{DEAD_AFTER, PING_EVERY};
+    let (a, b) = (StaticSecret::from([1u8; 32]), StaticSecret::from([2u8; 32]));
+    let s = setup(&[&a, &b], 10_000_000, 10_000_000).await;
+    let (proxy, hole) = blackholing_proxy(s.relay.local_addr()).await;
+    let mut via_proxy = s.target.clone();
+    via_proxy.addr = proxy;
+    let mut ca = connect(&via_proxy, &a).await.unwrap();
+    let mut cb = connect(&s.target, &b).await.unwrap();
+    // Idle past DEAD_AFTER: the pings are answered, so the connection stays and still works.
+    tokio::time::sleep(DEAD_AFTER + PING_EVERY).await;
+    ca.send(key(&b), b"still here").await.unwrap();
+    assert!(matches!(
+        next(&mut cb).await,
+        Some(Incoming::Datagram { .. })
+    ));
+    // The relay's host "vanishes": the client notices by silence, not minutes later.
+    hole.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let gone = tokio::time::timeout(DEAD_AFTER + PING_EVERY * 2, ca.recv()).await;
+    assert!(matches!(gone, Ok(None)), "{gone:?}");
+    let took = started.elapsed();
+    eprintln!("a silent relay was given up after {took:?}");
+    // Not at once: only after the silence reached DEAD_AFTER (the last answer came at most
+    // two ping periods before the blackhole).
+    assert!(
+        took >= DEAD_AFTER.saturating_sub(PING_EVERY * 2),
+        "{took:?}"
+    );
+}

@@ -830,12 +830,16 @@ impl Node {
                 continue;
             };
             let mut out = vec![0u8; (pkt.len() + 32).max(148)];
+            let wants_reply = tcp_wants_reply(&pkt);
             let r = peer.tunn.encapsulate(&pkt, &mut out);
             match r {
                 TunnResult::WriteToNetwork(p) => {
                     let n = p.len();
                     out.truncate(n);
                     peer.emit(out, now, &mut self.transmits, &mut self.totals);
+                    if wants_reply {
+                        peer.path.expects_reply(now);
+                    }
                 }
                 TunnResult::Done
                     // Queued inside boringtun behind a handshake we no longer drive: restart one.
@@ -1051,5 +1055,54 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
+    }
+}
+
+/// Whether an inner IPv4 packet is a TCP segment the peer's stack must acknowledge: one with
+/// payload, SYN or FIN (a bare ACK is never answered). Anything else, or a malformed header,
+/// is `false`.
+fn tcp_wants_reply(pkt: &[u8]) -> bool {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 || pkt[9] != 6 {
+        return false;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]])).min(pkt.len());
+    let Some(tcp) = pkt.get(ihl..total) else {
+        return false;
+    };
+    if tcp.len() < 20 {
+        return false;
+    }
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    let flags = tcp[13];
+    tcp.len() > doff || flags & 0x03 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_wants_reply;
+
+    fn segment(flags: u8, payload: usize) -> Vec<u8> {
+        let total = 40 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[9] = 6;
+        p[20 + 12] = 5 << 4;
+        p[20 + 13] = flags;
+        p
+    }
+
+    #[test]
+    fn only_segments_the_peer_must_acknowledge_expect_a_reply() {
+        assert!(tcp_wants_reply(&segment(0x18, 100)), "data");
+        assert!(tcp_wants_reply(&segment(0x02, 0)), "SYN");
+        assert!(tcp_wants_reply(&segment(0x11, 0)), "FIN");
+        assert!(!tcp_wants_reply(&segment(0x10, 0)), "a bare ACK");
+        let mut udp = segment(0x18, 100);
+        udp[9] = 17;
+        assert!(!tcp_wants_reply(&udp), "not TCP");
+        assert!(!tcp_wants_reply(&segment(0x18, 100)[..30]), "truncated");
+        assert!(!tcp_wants_reply(&[0x60; 60]), "IPv6");
     }
 }

@@ -120,6 +120,10 @@ pub(super) struct PathState {
     hs_unanswered_since: Option<Instant>,
     /// First data packet sent on the current path since the last authenticated packet on it.
     data_unanswered_since: Option<Instant>,
+    /// The first inner TCP segment that asks for an answer (payload, SYN or FIN) sent since the
+    /// path last answered: the peer's stack acknowledges it within a round trip, so silence for
+    /// `direct_timeout` means the path is gone (no extra probes; idle peers send none).
+    reply_unanswered_since: Option<Instant>,
     /// Relays tried (bit per id) since the last authenticated packet on the current path.
     tried: u64,
     /// When this round of relays began (the peer left direct).
@@ -159,6 +163,7 @@ impl PathState {
             last_relay: None,
             hs_unanswered_since: None,
             data_unanswered_since: None,
+            reply_unanswered_since: None,
             tried: 0,
             round_started: None,
             stranded: false,
@@ -185,6 +190,7 @@ impl PathState {
         self.current = to;
         self.hs_unanswered_since = None;
         self.data_unanswered_since = None;
+        self.reply_unanswered_since = None;
         self.next_probe = match to {
             Path::Direct => None,
             Path::Relay(_) => Some(now + cfg.probe_interval),
@@ -202,6 +208,12 @@ impl PathState {
             }
             _ => {}
         }
+    }
+
+    /// An inner TCP segment that the peer's stack must acknowledge (payload, SYN or FIN) went
+    /// out on the current path.
+    pub(super) fn expects_reply(&mut self, now: Instant) {
+        self.reply_unanswered_since.get_or_insert(now);
     }
 
     /// An authenticated packet arrived over UDP: direct works.
@@ -269,6 +281,7 @@ impl PathState {
     fn answered(&mut self) {
         self.hs_unanswered_since = None;
         self.data_unanswered_since = None;
+        self.reply_unanswered_since = None;
         self.tried = 0;
         if self.unconfirmed {
             self.unconfirmed = false;
@@ -297,7 +310,10 @@ impl PathState {
         let data = self.data_unanswered_since.is_some_and(|t| {
             now.saturating_duration_since(t) >= PASSIVE_KEEPALIVE + cfg.direct_timeout
         });
-        if !(hs || data) {
+        let reply = self
+            .reply_unanswered_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= cfg.direct_timeout);
+        if !(hs || data || reply) {
             return Decision::Stay;
         }
         let next = match self.current {
@@ -390,6 +406,32 @@ mod tests {
         p.udp_auth(t0 + Duration::from_secs(5));
         assert_eq!(
             p.tick(t0 + Duration::from_secs(60), &up, &cfg, false),
+            Decision::Stay
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_tcp_segment_leaves_direct_after_the_direct_timeout() {
+        let cfg = PathConfig::default();
+        let t0 = Instant::now();
+        let up = relays(&[true]);
+        let mut p = PathState::new();
+        p.sent(4, 200, t0);
+        p.expects_reply(t0);
+        assert_eq!(
+            p.tick(t0 + Duration::from_millis(4900), &up, &cfg, false),
+            Decision::Stay
+        );
+        assert_eq!(
+            p.tick(t0 + cfg.direct_timeout, &up, &cfg, false),
+            Decision::Switch(Path::Relay(RelayId(0)))
+        );
+        // Acknowledged in time: nothing is expected any more.
+        let mut q = PathState::new();
+        q.expects_reply(t0);
+        q.udp_auth(t0 + Duration::from_millis(30));
+        assert_eq!(
+            q.tick(t0 + Duration::from_secs(6), &up, &cfg, false),
             Decision::Stay
         );
     }

@@ -412,7 +412,7 @@ fn a_policy_scope_with_an_allow_list_denies_shells_but_not_its_commands() {
 }
 
 /// The hub's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()

@@ -436,3 +436,204 @@ fn stock_sftp_changes_files_below_the_root_and_refuses_escapes() {
             .any(|r| r["data"]["op"] == "rename" && r["data"]["verdict"] == "allow")
     );
 }
+
+/// What process `pid` has written so far (`wchar` in `/proc/PID/io`), in bytes.
+fn written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill {signal} {pid}");
+}
+
+/// A stock `sftp` fetching a big file through `tether proxy` is suspended (SIGSTOP) mid-transfer
+/// with many reads in flight, so it stops reading: the hub's memory stays bounded and an `exec`
+/// on the same target still completes promptly meanwhile (the relayed SFTP session has an SSH
+/// connection of its own, so its stall doesn't hold up the pooled one). Resumed, the transfer
+/// finishes; revoking the host closes the relayed session's connection too.
+#[test]
+fn an_sftp_client_that_stops_reading_neither_grows_the_hub_nor_stalls_exec() {
+    if skip() {
+        return;
+    }
+    const SIZE: u64 = 64 << 20;
+    let hub = Daemon::start("hub", "");
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    // Sparse: no disk, and the bytes still cross every window and queue on the way.
+    std::fs::File::create(root.join("big.bin"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let _t1 = target(&hub, "t1", &[&root], 2 * SIZE);
+    let config = client_config(&hub);
+    // Warm the pooled connection, so the execs below measure a stall, not a handshake.
+    let out = hub.tether(&["exec", "-H", "t1", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let before = crate::openssh::rss_kib(hub.pid());
+
+    let local = hub.dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let batch = local.join("batch");
+    std::fs::write(
+        &batch,
+        format!("get {}/big.bin /dev/null\n", root.display()),
+    )
+    .unwrap();
+    // Big reads, many in flight: far more than any buffer between the target and the client.
+    let mut child = Command::new("sftp")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(["-B", "131072", "-R", "512", "-b"])
+        .arg(&batch)
+        .arg("t1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(local.join("sftp.err")).unwrap())
+        .spawn()
+        .expect("run sftp");
+    let pid = child.id();
+    // Let the transfer ramp up (sftp raises its reads in flight as replies come), then stop it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    while written(pid) < 8 << 20 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sftp ended before it was stopped: {}",
+            std::fs::read_to_string(local.join("sftp.err")).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the transfer did not get going ({} bytes)",
+            written(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(pid, "-STOP");
+    let stopped_at = written(pid);
+    eprintln!(
+        "sftp stopped after {stopped_at} bytes in {:?}",
+        started.elapsed()
+    );
+
+    // Nobody reads for 6 s; the hub keeps serving the target and its memory stays bounded.
+    let mut peak = before;
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let t = Instant::now();
+        // Bounded, so a stall fails the test instead of hanging it.
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(bin("tether"))
+            .arg("--socket")
+            .arg(&hub.socket)
+            .args(["exec", "-H", "t1", "--", "echo still-here"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tether");
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).contains("still-here"), "{}", stdout(&out));
+        peak = peak.max(crate::openssh::rss_kib(hub.pid()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "sftp stopped after {stopped_at} bytes; hub RSS before {before} KiB, peak {peak} KiB \
+         (+{growth} KiB); slowest exec meanwhile {slowest:?}"
+    );
+    assert_eq!(written(pid), stopped_at, "the stopped sftp wrote");
+    assert!(growth < 32 * 1024, "the hub grew by {growth} KiB");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an exec on the same target took {slowest:?} while the sftp client was stopped"
+    );
+
+    // Resumed, the transfer goes on; the client going away ends the session on the hub.
+    signal(pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while written(pid) < stopped_at + (4 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed transfer did not go on ({} bytes)",
+            written(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while audit_records(&hub, "sftp.close").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no sftp.close after the client went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A relayed session's connection closes with the host: after a revoke, the resumed client
+    // finds its session broken (not finishing the transfer), and the hub writes its end.
+    let mut child = Command::new("sftp")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(["-B", "131072", "-R", "512", "-b"])
+        .arg(&batch)
+        .arg("t1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run sftp");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(pid) < 4 << 20 {
+        assert!(Instant::now() < deadline, "the transfer did not get going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(pid, "-STOP");
+    let out = hub.tether(&["vpn", "revoke", "t1"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    signal(pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sftp went on after the host was revoked");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the transfer finished after the revoke");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let closed = loop {
+        let closed = audit_records(&hub, "sftp.close");
+        if closed.len() >= 2 {
+            break closed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sftp.close after the host was revoked"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let down = closed[1]["data"]["target_to_client_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(down < SIZE, "{}", closed[1]);
+}

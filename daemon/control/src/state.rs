@@ -269,9 +269,11 @@ pub trait RemoteFiles: Send + Sync {
         sha256: Option<String>,
         abort: tokio_util::sync::CancellationToken,
     ) -> BoxFuture<'_, Result<FileDone, FileError>>;
-    /// A raw byte stream to `host`'s `sftp` subsystem on a channel of its pooled connection,
-    /// for relaying a stock SFTP client (`sftp`/`scp` through `tether proxy`); the target
-    /// confines, checks and audits every path in it. `cancel` firing stops the opening.
+    /// A raw byte stream to `host`'s `sftp` subsystem on an SSH connection of its own (not
+    /// the pooled one, so a client that stops reading stalls only itself), for relaying a
+    /// stock SFTP client (`sftp`/`scp` through `tether proxy`); the target confines, checks
+    /// and audits every path in it. Revoking the host or stopping the hub closes it.
+    /// `cancel` firing stops the opening.
     fn sftp_stream(
         &self,
         host: ExecHost,

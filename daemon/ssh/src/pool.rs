@@ -152,8 +152,9 @@ struct Inner {
 struct Slot {
     conn: Option<Arc<Conn>>,
     breaker: Breaker,
-    /// The connections of its interactive sessions (one each, see [`Pool::session`]), so a
-    /// revoke or shutdown closes them too.
+    /// The connections of its interactive sessions and relayed subsystems (one each, see
+    /// [`Pool::session`], [`Pool::dedicated_subsystem`]), so a revoke or shutdown closes them
+    /// too.
     sessions: Vec<std::sync::Weak<Conn>>,
 }
 
@@ -436,7 +437,7 @@ impl Pool {
         })
     }
 
-    /// A connection of its own to `target` for one interactive session, registered with the
+    /// A connection of its own to `target` for one interactive session or relayed subsystem, registered with the
     /// target's slot so that [`Pool::close_host`] and [`Pool::shutdown`] close it too.
     ///
     /// **Why not the pooled connection:** russh hands a channel's data to its reader through a
@@ -768,6 +769,10 @@ impl Pool {
     /// (`sftp`). The channel counts against the connection's channel limit and keeps it from
     /// idling out until the returned stream is dropped. Closing the hub's connection
     /// ([`Pool::close_host`], shutdown) ends the stream.
+    ///
+    /// Whoever reads the stream must keep reading: while it doesn't, the connection's reader
+    /// waits (see [`Pool::dedicated`]) and every other channel on it waits too. A relay to a
+    /// client the hub doesn't control takes [`Pool::dedicated_subsystem`] instead.
     pub async fn subsystem(
         &self,
         target: &Target,
@@ -783,24 +788,7 @@ impl Pool {
             p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
             () = cancel.cancelled() => return Err(SshError::Cancelled),
         };
-        let proto = |e: russh::Error| SshError::Protocol {
-            host: target.name.clone(),
-            reason: e.to_string(),
-        };
-        let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
-        channel.request_subsystem(true, name).await.map_err(proto)?;
-        loop {
-            match channel.wait().await {
-                Some(ChannelMsg::Success) => break,
-                Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => {
-                    return Err(SshError::Refused {
-                        host: target.name.clone(),
-                        reason: format!("it does not serve the {name} subsystem"),
-                    });
-                }
-                Some(_) => {}
-            }
-        }
+        let channel = start_subsystem(&conn, target, name).await?;
         *conn
             .active
             .lock()
@@ -808,8 +796,43 @@ impl Pool {
         Ok(SubsystemStream {
             stream: channel.into_stream(),
             conn,
-            _permit: permit,
+            permit: Some(permit),
         })
+    }
+
+    /// Like [`Pool::subsystem`], but on an SSH connection of its own (see [`Pool::dedicated`]),
+    /// for relaying a client the hub doesn't control (the stock `sftp`/`scp` through
+    /// `tether proxy`): when that client stops reading, only this connection waits, and the
+    /// wait reaches the target's SFTP server instead of stalling the pooled connection's
+    /// `exec`s. The connection closes when the stream is dropped, and with the host
+    /// ([`Pool::close_host`]) or the hub ([`Pool::shutdown`]).
+    pub async fn dedicated_subsystem(
+        &self,
+        target: &Target,
+        name: &str,
+        connect_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<SubsystemStream, SshError> {
+        let conn = tokio::select! {
+            c = self.dedicated(target, connect_timeout) => c?,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let started = tokio::select! {
+            r = start_subsystem(&conn, target, name) => r,
+            () = cancel.cancelled() => Err(SshError::Cancelled),
+        };
+        match started {
+            Ok(channel) => Ok(SubsystemStream {
+                stream: channel.into_stream(),
+                conn,
+                permit: None,
+            }),
+            Err(e) => {
+                conn.close(&format!("the {name} subsystem did not start"))
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// Closes `host`'s connection (revoke, `hosts rm`): its running commands fail with
@@ -910,21 +933,53 @@ impl Pool {
     }
 }
 
-/// A subsystem channel's byte stream (see [`Pool::subsystem`]).
+/// Opens a session channel on `conn` and starts subsystem `name` on it.
+async fn start_subsystem(
+    conn: &Conn,
+    target: &Target,
+    name: &str,
+) -> Result<russh::Channel<client::Msg>, SshError> {
+    let proto = |e: russh::Error| SshError::Protocol {
+        host: target.name.clone(),
+        reason: e.to_string(),
+    };
+    let mut channel = conn.handle.channel_open_session().await.map_err(proto)?;
+    channel.request_subsystem(true, name).await.map_err(proto)?;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => return Ok(channel),
+            Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => {
+                return Err(SshError::Refused {
+                    host: target.name.clone(),
+                    reason: format!("it does not serve the {name} subsystem"),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// A subsystem channel's byte stream (see [`Pool::subsystem`] and
+/// [`Pool::dedicated_subsystem`]).
 pub struct SubsystemStream {
     stream: russh::ChannelStream<client::Msg>,
     conn: Arc<Conn>,
-    _permit: OwnedSemaphorePermit,
+    /// Its channel slot on the pooled connection; `None` on a connection of its own.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for SubsystemStream {
     fn drop(&mut self) {
-        *self
-            .conn
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
-        self.conn.touch(Instant::now());
+        if let Some(permit) = self.permit.take() {
+            self.conn.finished(permit);
+            return;
+        }
+        // Its own connection ends with it (in the background: the goodbye may wait). Without
+        // a runtime (the process is ending) the connection goes with it anyway.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let conn = Arc::clone(&self.conn);
+            rt.spawn(async move { conn.close("the subsystem session ended").await });
+        }
     }
 }
 

@@ -737,9 +737,11 @@ impl RemoteFiles for HubSsh {
                 host_key: host.host_key,
                 user: host.user,
             };
+            // A connection of its own: the stock client may stop reading (see
+            // `Pool::dedicated_subsystem`), which must not stall this target's `exec`s.
             let stream = self
                 .pool
-                .subsystem(&target, "sftp", FILES_CONNECT_TIMEOUT, cancel)
+                .dedicated_subsystem(&target, "sftp", FILES_CONNECT_TIMEOUT, cancel)
                 .await
                 .map_err(file_error)?;
             Ok(Box::new(stream) as Box<dyn tether_control::state::UpgradedIo>)

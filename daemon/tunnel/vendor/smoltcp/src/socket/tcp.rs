@@ -1824,6 +1824,9 @@ impl<'a> Socket<'a> {
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
+        // (tether patch) Set when a segment is outside our receive window: its ACK is still
+        // processed (see below), and it is answered as before.
+        let mut ack_only_reply = false;
         let (payload, payload_offset) = match self.state {
             // In LISTEN and SYN-SENT states, we have not yet synchronized with the remote end.
             State::Listen | State::SynSent => (&[][..], 0),
@@ -1910,6 +1913,23 @@ impl<'a> Socket<'a> {
                         self.timer.set_for_close(cx.now());
                     }
 
+                    // (tether patch) The ACK of an unacceptable segment is still processed (it
+                    // passed the ACK checks above: it acknowledges data we sent and have not seen
+                    // acknowledged); only its payload is refused. RFC 9293 3.10.7.4 asks for this
+                    // when our window is zero ("special allowance should be made to accept valid
+                    // ACKs"), and smoltcp needs it more widely: on a retransmission timeout it
+                    // rewinds its send sequence to the first unacknowledged byte, so its ACKs and
+                    // retransmissions then carry sequence numbers below what we already received,
+                    // and a remote past our window (a window probe, or data sent into a window
+                    // that rounding to the window scale later shrank) carries numbers beyond it.
+                    // Dropping those ACKs left each end deaf to the other's acknowledgements when
+                    // both directions were busy: send buffers full, applications blocked on
+                    // writing and no longer reading, both ends retransmitting old data forever
+                    // (issue #17: the stalled loopback echo).
+                    if matches!(repr.control, TcpControl::None | TcpControl::Psh) {
+                        ack_only_reply = true;
+                        (&[][..], 0)
+                    } else {
                     // Segments carrying data are exempt from challenge ACK rate
                     // limiting: an out-of-window data segment is a retransmission
                     // whose ACK was lost, or a window probe, and per RFC 9293
@@ -1940,6 +1960,7 @@ impl<'a> Socket<'a> {
                     }
 
                     return self.challenge_ack_reply(cx, ip_repr, repr);
+                    }
                 }
             }
         };
@@ -2313,6 +2334,14 @@ impl<'a> Socket<'a> {
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
             self.timer.set_for_idle(cx.now(), self.keep_alive);
+        }
+
+        // (tether patch) A segment outside the window gets the reply it always got.
+        if ack_only_reply {
+            if !repr.payload.is_empty() {
+                return Some(self.ack_reply(ip_repr, repr));
+            }
+            return self.challenge_ack_reply(cx, ip_repr, repr);
         }
 
         let payload_len = payload.len();

@@ -8019,6 +8019,105 @@ mod test {
         );
     }
 
+    // (tether patch) A remote that rewound its send sequence after a retransmission timeout
+    // sends segments below our window; their ACKs must still be processed, or with data both ways
+    // neither end hears the other's acknowledgements again (tether issue #17).
+    #[test]
+    fn test_ack_of_segment_below_window_is_processed() {
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The remote's data arrives (it acknowledges none of ours yet).
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.tx_buffer.len(), 6);
+        // Its ACK of our data comes with its rewound (old) sequence number.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.tx_buffer.len(), 0, "the ACK was dropped");
+        assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 6);
+        // It is answered as before (an ACK telling the remote where we are), and the data we
+        // already have is not taken twice.
+        assert_eq!(
+            reply.map(|r| r.ack_number),
+            Some(Some(REMOTE_SEQ + 1 + 3))
+        );
+        assert_eq!(s.rx_buffer.len(), 3);
+    }
+
+    // (tether patch) A window probe past our zero window still delivers its ACK.
+    #[test]
+    fn test_ack_of_window_probe_past_zero_window_is_processed() {
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
+        s.send_slice(b"abc").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abc"[..],
+                window_len: 6,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"123456"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        // A probe byte beyond the zero window, acknowledging our data.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                payload: &b"7"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.tx_buffer.len(), 0, "the ACK was dropped");
+        assert_eq!(reply.map(|r| r.window_len), Some(0));
+        assert_eq!(s.rx_buffer.len(), 6);
+    }
+
     #[test]
     fn test_zero_window_ack_not_rate_limited() {
         let mut s = socket_established();

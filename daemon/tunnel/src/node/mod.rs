@@ -87,16 +87,17 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A config with the defaults: subnet /16, fixed 256 KiB stream buffers
-    /// ([`FIXED_TCP_BUFFER`]; autotuning is opt-in), MTU 1420.
+    /// A config with the defaults: subnet /16, stream buffers from 64 KiB growing up to 8 MiB
+    /// within a 128 MiB node budget (autotuning; set `tcp_buffer_max` to `tcp_buffer`, e.g.
+    /// [`FIXED_TCP_BUFFER`], for fixed buffers), MTU 1420.
     pub fn new(private_key: SecretKey, overlay_ip: Ipv4Addr, role: NodeRole) -> Self {
         NodeConfig {
             private_key,
             overlay_ip,
             prefix_len: DEFAULT_PREFIX_LEN,
             role,
-            tcp_buffer: FIXED_TCP_BUFFER,
-            tcp_buffer_max: FIXED_TCP_BUFFER,
+            tcp_buffer: DEFAULT_TCP_BUFFER,
+            tcp_buffer_max: DEFAULT_TCP_BUFFER_MAX,
             tcp_memory_budget: DEFAULT_TCP_MEMORY_BUDGET,
             mtu: DEFAULT_MTU,
             health: HealthConfig::default(),

@@ -23,10 +23,10 @@ use crate::device::QueueDevice;
 /// (its floor). On loopback 64 KiB is as fast as bigger buffers (BENCHMARKS.md, "Tunnel"); over a
 /// WAN the buffers grow with the stream's bandwidth-delay product (see [`DEFAULT_TCP_BUFFER_MAX`]).
 pub const DEFAULT_TCP_BUFFER: usize = 64 * 1024;
-/// The fixed per-direction stream buffer [`crate::NodeConfig::new`] gives: autotuning (from
-/// [`DEFAULT_TCP_BUFFER`] up to [`DEFAULT_TCP_BUFFER_MAX`]) is opt-in (set `tcp_buffer_max` above
-/// `tcp_buffer`) until a stall is found and fixed: under full-suite load about 1 in 40 runs of a
-/// 4 MiB loopback echo with autotuning stalled, none in 48 runs without.
+/// A fixed per-direction stream buffer for callers that turn autotuning off (`tcp_buffer` and
+/// `tcp_buffer_max` both set to it): the size streams had before autotuning.
+/// [`crate::NodeConfig::new`] autotunes from [`DEFAULT_TCP_BUFFER`] up to
+/// [`DEFAULT_TCP_BUFFER_MAX`].
 pub const FIXED_TCP_BUFFER: usize = 256 * 1024;
 /// Most a stream's buffer may grow to, per direction: 8 MiB is twice the bandwidth-delay product
 /// of 1 Gbit/s at 33 ms (or 100 Mbit/s at 330 ms), the window one stream needs to fill such a path.

@@ -30,17 +30,18 @@ fn lo() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A hub and a target tunnel on loopback UDP, peered both ways.
-pub async fn pair(tcp_buffer: usize) -> Pair {
+/// A hub and a target tunnel on loopback UDP, peered both ways, with stream buffers from
+/// `tcp_buffer` autotuned up to `tcp_buffer_max` (fixed when the two are equal).
+pub async fn pair(tcp_buffer: usize, tcp_buffer_max: usize) -> Pair {
     let hk = SecretKey::generate().unwrap();
     let tk = SecretKey::generate().unwrap();
     let registry = prometheus::Registry::new();
     let mut hn = NodeConfig::new(hk.clone(), DEFAULT_HUB_IP, NodeRole::Hub);
     hn.tcp_buffer = tcp_buffer;
-    hn.tcp_buffer_max = tcp_buffer;
+    hn.tcp_buffer_max = tcp_buffer_max;
     let mut tn = NodeConfig::new(tk.clone(), TARGET_IP, NodeRole::Target);
     tn.tcp_buffer = tcp_buffer;
-    tn.tcp_buffer_max = tcp_buffer;
+    tn.tcp_buffer_max = tcp_buffer_max;
     let mut hc = TunnelConfig::new(hn, lo());
     hc.registry = Some(registry.clone());
     let hub = Tunnel::start(hc).await.unwrap();
@@ -99,7 +100,11 @@ pub fn echo_server(target: &Tunnel, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_echo_through_the_tunnel_with_status_and_metrics() {
-    let p = pair(tether_tunnel::DEFAULT_TCP_BUFFER).await;
+    let p = pair(
+        tether_tunnel::DEFAULT_TCP_BUFFER,
+        tether_tunnel::DEFAULT_TCP_BUFFER_MAX,
+    )
+    .await;
     echo_server(&p.target, 22);
     let hub = p.hub.handle();
     let s = tokio::time::timeout(Duration::from_secs(10), async {
@@ -167,7 +172,7 @@ async fn tcp_echo_through_the_tunnel_with_status_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_peer_fails_its_streams_promptly() {
-    let p = pair(64 * 1024).await;
+    let p = pair(64 * 1024, 64 * 1024).await;
     let listener = p.hub.handle().listen(2222).unwrap();
     let target = p.target.handle();
     let mut c = target
@@ -199,7 +204,7 @@ async fn removing_a_peer_fails_its_streams_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_a_closed_port_is_refused_quickly() {
-    let p = pair(64 * 1024).await;
+    let p = pair(64 * 1024, 64 * 1024).await;
     let t0 = std::time::Instant::now();
     let r = p.target.handle().connect(DEFAULT_HUB_IP, 9).await;
     assert!(r.is_err(), "connect to a port nobody listens on succeeded");
@@ -249,7 +254,7 @@ async fn an_unreachable_peer_raises_vpn_peer_unhealthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_applies_back_pressure_to_the_writer() {
     let buf = 64 * 1024;
-    let p = pair(buf).await;
+    let p = pair(buf, buf).await;
     let listener = p.target.handle().listen(22).unwrap();
     let mut c = p.hub.handle().connect(TARGET_IP, 22).await.unwrap();
     let mut s = listener.accept().await.unwrap(); // accepted, never read (yet)

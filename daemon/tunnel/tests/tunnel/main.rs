@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod driver;
+mod echo;
 mod interop;
 mod path;
 mod relay;

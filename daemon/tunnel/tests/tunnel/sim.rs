@@ -418,7 +418,7 @@ fn hub_and_target(seed: u64, faults: Faults) -> (Sim, SecretKey, SecretKey, Peer
     (sim, hk, tk, t_on_hub, h_on_t)
 }
 
-fn pattern(i: usize) -> u8 {
+pub fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(2654435761) >> 13) as u8
 }
 

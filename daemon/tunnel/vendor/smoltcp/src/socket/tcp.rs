@@ -1824,6 +1824,9 @@ impl<'a> Socket<'a> {
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
+        // (tether patch) Set when a segment is outside our receive window: its ACK is still
+        // processed (see below), and it is answered as before.
+        let mut ack_only_reply = false;
         let (payload, payload_offset) = match self.state {
             // In LISTEN and SYN-SENT states, we have not yet synchronized with the remote end.
             State::Listen | State::SynSent => (&[][..], 0),
@@ -1910,6 +1913,23 @@ impl<'a> Socket<'a> {
                         self.timer.set_for_close(cx.now());
                     }
 
+                    // (tether patch) The ACK of an unacceptable segment is still processed (it
+                    // passed the ACK checks above: it acknowledges data we sent and have not seen
+                    // acknowledged); only its payload is refused. RFC 9293 3.10.7.4 asks for this
+                    // when our window is zero ("special allowance should be made to accept valid
+                    // ACKs"), and smoltcp needs it more widely: on a retransmission timeout it
+                    // rewinds its send sequence to the first unacknowledged byte, so its ACKs and
+                    // retransmissions then carry sequence numbers below what we already received,
+                    // and a remote past our window (a window probe, or data sent into a window
+                    // that rounding to the window scale later shrank) carries numbers beyond it.
+                    // Dropping those ACKs left each end deaf to the other's acknowledgements when
+                    // both directions were busy: send buffers full, applications blocked on
+                    // writing and no longer reading, both ends retransmitting old data forever
+                    // (issue #17: the stalled loopback echo).
+                    if matches!(repr.control, TcpControl::None | TcpControl::Psh) {
+                        ack_only_reply = true;
+                        (&[][..], 0)
+                    } else {
                     // Segments carrying data are exempt from challenge ACK rate
                     // limiting: an out-of-window data segment is a retransmission
                     // whose ACK was lost, or a window probe, and per RFC 9293
@@ -1940,6 +1960,7 @@ impl<'a> Socket<'a> {
                     }
 
                     return self.challenge_ack_reply(cx, ip_repr, repr);
+                    }
                 }
             }
         };
@@ -2313,6 +2334,14 @@ impl<'a> Socket<'a> {
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
             self.timer.set_for_idle(cx.now(), self.keep_alive);
+        }
+
+        // (tether patch) A segment outside the window gets the reply it always got.
+        if ack_only_reply {
+            if !repr.payload.is_empty() {
+                return Some(self.ack_reply(ip_repr, repr));
+            }
+            return self.challenge_ack_reply(cx, ip_repr, repr);
         }
 
         let payload_len = payload.len();
@@ -7988,6 +8017,105 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+    }
+
+    // (tether patch) A remote that rewound its send sequence after a retransmission timeout
+    // sends segments below our window; their ACKs must still be processed, or with data both ways
+    // neither end hears the other's acknowledgements again (tether issue #17).
+    #[test]
+    fn test_ack_of_segment_below_window_is_processed() {
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The remote's data arrives (it acknowledges none of ours yet).
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.tx_buffer.len(), 6);
+        // Its ACK of our data comes with its rewound (old) sequence number.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.tx_buffer.len(), 0, "the ACK was dropped");
+        assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 6);
+        // It is answered as before (an ACK telling the remote where we are), and the data we
+        // already have is not taken twice.
+        assert_eq!(
+            reply.map(|r| r.ack_number),
+            Some(Some(REMOTE_SEQ + 1 + 3))
+        );
+        assert_eq!(s.rx_buffer.len(), 3);
+    }
+
+    // (tether patch) A window probe past our zero window still delivers its ACK.
+    #[test]
+    fn test_ack_of_window_probe_past_zero_window_is_processed() {
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 6]);
+        s.send_slice(b"abc").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abc"[..],
+                window_len: 6,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"123456"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        // A probe byte beyond the zero window, acknowledging our data.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                payload: &b"7"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.tx_buffer.len(), 0, "the ACK was dropped");
+        assert_eq!(reply.map(|r| r.window_len), Some(0));
+        assert_eq!(s.rx_buffer.len(), 6);
     }
 
     #[test]

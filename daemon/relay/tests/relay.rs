@@ -4,62 +4,22 @@
 //! going away on shutdown. Certificates come from the `openssl` CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
 use tether_relay::client::Incoming;
 use tether_relay::proto::{Decoder, Frame, client_proof};
 use tether_relay::{Relay, RelayClient, RelayConfig, RelayError, RelayTarget};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
+
+mod common;
+use common::{b64, cert, key};
 
 struct Setup {
     _dir: tempfile::TempDir,
     allowlist: std::path::PathBuf,
     relay: Relay,
     target: RelayTarget,
-}
-
-fn cert(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=relay.test",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        std::fs::read(dir.join("cert.pem")).unwrap(),
-        std::fs::read(dir.join("key.pem")).unwrap(),
-    )
-}
-
-fn b64(k: &[u8; 32]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(k)
-}
-
-fn key(s: &StaticSecret) -> [u8; 32] {
-    PublicKey::from(s).to_bytes()
 }
 
 async fn setup(allowed: &[&StaticSecret], rate: u32, burst: u32) -> Setup {

@@ -18,7 +18,7 @@ pub struct Setup {
     pub target: RelayTarget,
 }
 
-fn cert(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+pub fn cert(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     let out = Command::new("openssl")
         .args([
             "req",

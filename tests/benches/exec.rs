@@ -5,7 +5,10 @@
 //! binary outside it). Environment: `BENCH_N` targets (default 100), `BENCH_ITER` latency
 //! samples (default 200), `BENCH_ANSIBLE=0` skips Ansible, `BENCH_LATENCY_ONLY=1` stops after the
 //! `exec true` latency (and the disk's fdatasync), `BENCH_TRACE=DIR` records `BENCH_TRACE_ITER`
-//! (100) more requests with `perf trace` for `scripts/exec-breakdown`.
+//! (100) more requests with `perf trace` for `scripts/exec-breakdown`, `BENCH_TMPFS=1` samples a
+//! second hub + target whose state is on tmpfs (not durable: it only shows what the disk costs),
+//! `BENCH_PERF_STAT=N` counts the instructions hub and target execute for N more requests. The
+//! `exec true` samples of tether (disk, tmpfs) and of the OpenSSH ControlMaster alternate.
 //!
 //! Both sides run the command as the same account with the same shell: tether's targets have
 //! `ssh.run_as = "tetherbench"` (so `/bin/sh -c` as that user), sshd logs `tetherbench` in
@@ -317,6 +320,146 @@ fn timed(cmd: &str) -> Duration {
     took
 }
 
+/// The OpenSSH side: a client key, a local sshd for `USER`, and an ssh config with one host
+/// alias per target name (all to that sshd). Returns the key dir, the sshd and the `ssh -F ...`
+/// command prefix.
+fn openssh_setup(names: &[String]) -> (tempfile::TempDir, Sshd, String) {
+    let keys = tempfile::tempdir().unwrap();
+    let k = keys.path();
+    assert!(
+        sh(&format!(
+            "ssh-keygen -q -t ed25519 -N '' -f {}/id",
+            k.display()
+        ))
+        .status
+        .success()
+    );
+    let sshd = start_sshd(&k.join("id.pub"));
+    let host_pub = std::fs::read_to_string(sshd.dir.path().join("host.pub")).unwrap();
+    std::fs::write(
+        k.join("known_hosts"),
+        format!("[127.0.0.1]:{} {}", sshd.port, host_pub.trim()),
+    )
+    .unwrap();
+    let mut cfg = String::new();
+    for name in names {
+        cfg.push_str(&format!(
+            "Host {name}\n  HostKeyAlias [127.0.0.1]:{}\n",
+            sshd.port
+        ));
+    }
+    cfg.push_str(&format!(
+        "Host *\n  HostName 127.0.0.1\n  Port {}\n  User {USER}\n  IdentityFile {d}/id\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ControlPath {d}/cm-%C\n",
+        sshd.port,
+        d = k.display()
+    ));
+    std::fs::write(k.join("config"), &cfg).unwrap();
+    let ssh = format!("ssh -F {}/config", k.display());
+    (keys, sshd, ssh)
+}
+
+/// `BENCH_TMPFS=1`: a hub and one target `h001` whose directories (state, audit logs, sockets)
+/// are on tmpfs (`/dev/shm`). Not a durable configuration anyone should run: an fdatasync on
+/// tmpfs returns at once, so the latency through this pair is the request path without the
+/// disk.
+struct TmpfsPair {
+    hub: Daemon,
+    _target: Daemon,
+}
+
+fn tmpfs_pair() -> TmpfsPair {
+    let dir = || {
+        tempfile::Builder::new()
+            .prefix("tether-bench-tmpfs-")
+            .tempdir_in("/dev/shm")
+            .unwrap()
+    };
+    let hdir = dir();
+    let config = hdir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        config_text("hub", hdir.path(), "\n[ssh]\nidle_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let mut hub = Daemon::spawn_in(hdir, config, &[]);
+    hub.wait_ready();
+    let token = invite(&hub, "h001");
+    let tdir = dir();
+    let config = tdir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            "target",
+            tdir.path(),
+            &format!("\n[ssh]\nrun_as = \"{USER}\"\n"),
+        ),
+    )
+    .unwrap();
+    let out = enroll(&config, &token);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut target = Daemon::spawn_in(tdir, config, &[]);
+    target.wait_ready();
+    wait_online(&hub, 1);
+    TmpfsPair {
+        hub,
+        _target: target,
+    }
+}
+
+/// `BENCH_PERF_STAT=N`: instructions (user, kernel) the hub and target h001 execute for `n`
+/// warm `exec true` requests, counted by `perf stat` attached to each daemon (threads it
+/// creates and the command's child included), divided by `n`.
+fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str, String)) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |who: &str, pid: u32| {
+        let out = dir.path().join(format!("{who}.csv"));
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "instructions:u,instructions:k",
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf (linux-perf) for BENCH_PERF_STAT");
+        (child, out)
+    };
+    let mut perfs = [start("hub", hub.pid()), start("target", target.pid())];
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..n {
+        exec_true(hub);
+    }
+    for (p, _) in &mut perfs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = p.wait();
+    }
+    for (who, (_, out)) in ["hub", "target"].iter().zip(&perfs) {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let count = |ev: &str| {
+            text.lines()
+                .find(|l| l.contains(ev))
+                .and_then(|l| l.split(',').next())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let (u, kern) = (count("instructions:u"), count("instructions:k"));
+        row(
+            &format!("{who}: instructions per warm exec true (user / kernel), {n} requests"),
+            format!("{:.0} / {:.0}", u / n as f64, kern / n as f64),
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench --no-run` / test harness probing
@@ -410,18 +553,64 @@ fn main() {
         mem(hub.pid()),
     );
 
-    // Warm-pool `exec true` latency through the control API (one request per sample).
+    // OpenSSH to a local sshd, same account and shell: set up now so that the ControlMaster
+    // latency is sampled interleaved with tether's (same moments of the machine).
+    let (keys, sshd, ssh) = openssh_setup(&names);
+    let k = keys.path();
+    // BENCH_TMPFS=1: a second hub + one target whose state (audit logs) is on tmpfs, sampled
+    // interleaved too. NOT a durable configuration: it only separates what the disk costs.
+    let tmpfs = (std::env::var("BENCH_TMPFS").as_deref() == Ok("1")).then(tmpfs_pair);
+    timed(&format!(
+        "{ssh} -o ControlMaster=yes -o ControlPersist=120 -f -N h001"
+    ));
+    // Warm up every path, then one request per sample, rotating disk / tmpfs / ControlMaster.
+    for _ in 0..10 {
+        exec_true(&hub);
+        if let Some(t) = &tmpfs {
+            exec_true(&t.hub);
+        }
+    }
     let mut lat = Vec::with_capacity(iters);
+    let mut tlat = Vec::with_capacity(iters);
+    let mut cm = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
         exec_true(&hub);
         lat.push(ms(t.elapsed()));
+        if let Some(tp) = &tmpfs {
+            let t = Instant::now();
+            exec_true(&tp.hub);
+            tlat.push(ms(t.elapsed()));
+        }
+        cm.push(ms(timed(&format!("{ssh} -o ControlMaster=no h001 true"))));
     }
+    let _ = sh(&format!("{ssh} -O exit h001 2>/dev/null"));
     lat.sort_by(f64::total_cmp);
+    tlat.sort_by(f64::total_cmp);
+    cm.sort_by(f64::total_cmp);
     let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     row(
         "tether exec true via control API p50 / p99",
         format!("{t50:.2} / {t99:.2} ms"),
+    );
+    if tmpfs.is_some() {
+        row(
+            "tether exec true, daemons' state on tmpfs (NOT durable: bench only) p50 / p99",
+            format!(
+                "{:.2} / {:.2} ms",
+                percentile(&tlat, 0.5),
+                percentile(&tlat, 0.99)
+            ),
+        );
+    }
+    let (c50, c99) = (percentile(&cm, 0.5), percentile(&cm, 0.99));
+    row(
+        "OpenSSH ControlMaster ssh true p50 / p99",
+        format!("{c50:.2} / {c99:.2} ms"),
+    );
+    row(
+        "latency ratio (ControlMaster / tether) p50, p99",
+        format!("{:.1}x, {:.1}x", c50 / t50, c99 / t99),
     );
     // The disk's own fdatasync right after, where the daemons keep their audit logs: each
     // request above waits for three of them in series (hub `exec.requested`, target
@@ -435,6 +624,9 @@ fn main() {
             percentile(&sync, 0.99)
         ),
     );
+    if let Ok(n) = std::env::var("BENCH_PERF_STAT") {
+        perf_stat(&hub, &targets[0], n.parse().unwrap_or(500), &mut row);
+    }
     if let Ok(dir) = std::env::var("BENCH_TRACE") {
         trace_requests(
             &hub,
@@ -443,7 +635,12 @@ fn main() {
             env_num("BENCH_TRACE_ITER", 100),
         );
     }
+    drop(tmpfs);
     if std::env::var("BENCH_LATENCY_ONLY").as_deref() == Ok("1") {
+        println!("\n| measurement | value |\n|---|---|");
+        for (k, v) in &rows {
+            println!("| {k} | {v} |");
+        }
         return;
     }
 
@@ -454,58 +651,6 @@ fn main() {
     row(
         "tether cold fan-out, concurrency 20",
         format!("{:.2} s", cold20.as_secs_f64()),
-    );
-
-    // --- OpenSSH to a local sshd, same account and shell ---
-    let keys = tempfile::tempdir().unwrap();
-    let k = keys.path();
-    assert!(
-        sh(&format!(
-            "ssh-keygen -q -t ed25519 -N '' -f {}/id",
-            k.display()
-        ))
-        .status
-        .success()
-    );
-    let sshd = start_sshd(&k.join("id.pub"));
-    let host_pub = std::fs::read_to_string(sshd.dir.path().join("host.pub")).unwrap();
-    std::fs::write(
-        k.join("known_hosts"),
-        format!("[127.0.0.1]:{} {}", sshd.port, host_pub.trim()),
-    )
-    .unwrap();
-    let mut cfg = String::new();
-    for name in &names {
-        cfg.push_str(&format!(
-            "Host {name}\n  HostKeyAlias [127.0.0.1]:{}\n",
-            sshd.port
-        ));
-    }
-    cfg.push_str(&format!(
-        "Host *\n  HostName 127.0.0.1\n  Port {}\n  User {USER}\n  IdentityFile {d}/id\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ControlPath {d}/cm-%C\n",
-        sshd.port,
-        d = k.display()
-    ));
-    std::fs::write(k.join("config"), &cfg).unwrap();
-    let ssh = format!("ssh -F {}/config", k.display());
-    // ControlMaster: open the master once, then time `true` through it.
-    timed(&format!(
-        "{ssh} -o ControlMaster=yes -o ControlPersist=120 -f -N h001"
-    ));
-    let mut cm = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        cm.push(ms(timed(&format!("{ssh} -o ControlMaster=no h001 true"))));
-    }
-    cm.sort_by(f64::total_cmp);
-    let (c50, c99) = (percentile(&cm, 0.5), percentile(&cm, 0.99));
-    row(
-        "OpenSSH ControlMaster ssh true p50 / p99",
-        format!("{c50:.2} / {c99:.2} ms"),
-    );
-    let _ = sh(&format!("{ssh} -O exit h001 2>/dev/null"));
-    row(
-        "latency ratio (ControlMaster / tether) p50, p99",
-        format!("{:.1}x, {:.1}x", c50 / t50, c99 / t99),
     );
 
     let hosts_file = k.join("hosts");

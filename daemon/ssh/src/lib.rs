@@ -21,7 +21,8 @@
 //!
 //! The protocol bookkeeping that is not russh's — the circuit breaker and the pool's idle
 //! expiry — takes the time as an argument, so it is tested without sleeping.
-// `unsafe` only in `run_as` (the privilege drop in `pre_exec`), with a SAFETY comment.
+// `unsafe` only in `run_as` (the privilege drop in `pre_exec`, the fallback path) and `spawn`
+// (starting a command with `clone(CLONE_VM | CLONE_VFORK)`), with SAFETY comments.
 #![deny(unsafe_code)]
 
 pub mod algorithms;
@@ -37,6 +38,7 @@ pub mod run_as;
 pub mod server;
 pub mod sftp;
 pub mod sftp_helper;
+mod spawn;
 
 pub use error::SshError;
 

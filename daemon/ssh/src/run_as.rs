@@ -6,6 +6,11 @@
 //! `setuid`, in that order, so no root group survives); a daemon not running as root can only
 //! run commands as itself, so any other `run_as` is refused at startup with a clear error.
 //!
+//! [`RunAs::apply`] does it in a forked child (`pre_exec`): pty sessions, the SFTP helper, and
+//! `exec` on a kernel without `CLONE_PIDFD`. `exec` commands otherwise start through the
+//! crate's `spawn` module, which does the same three steps as raw system calls in a
+//! `clone(CLONE_VM | CLONE_VFORK)` child, without forking the daemon.
+//!
 //! This is the only module of the crate with `unsafe`: `pre_exec` is unsafe because its closure
 //! runs in the forked child, where only async-signal-safe calls are allowed. Everything that
 //! allocates or reads files (the group list) happens in the parent, before the fork.

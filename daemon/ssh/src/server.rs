@@ -7,9 +7,10 @@
 //! [`ExecGate`] (the target's own policy and audit); an admitted command runs as
 //! `/bin/sh -c COMMAND` in its own process group, with the environment reduced to a fixed base
 //! plus the variables the client sent that match the allow-list, stdin closed, stdout and stderr
-//! streamed back. A `signal` request, a channel close or the end of the connection (the hub
-//! revoked the host, or went away) signals the whole process group: `TERM`, then `KILL` after
-//! [`KILL_GRACE`].
+//! streamed back. The shell is started without forking the daemon (`clone(CLONE_VM |
+//! CLONE_VFORK)`, the privilege drop included; see `spawn.rs`). A `signal` request, a channel
+//! close or the end of the connection (the hub revoked the host, or went away) signals the whole
+//! process group: `TERM`, then `KILL` after [`KILL_GRACE`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +24,6 @@ use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Sig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::process::Command;
 
 use crate::SshError;
 pub use crate::run_as::RunAs;
@@ -353,20 +353,22 @@ impl russh::server::Handler for Conn {
             session.close(channel)?;
             return Ok(());
         }
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&command)
-            .env_clear()
-            .envs(self.shared.base_env.iter().cloned())
-            .envs(env)
-            .current_dir(&self.shared.cwd)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        self.shared.run_as.apply(&mut cmd);
-        let mut child = match cmd.spawn() {
+        // The base environment, then the client's allowed variables (a later one replaces an
+        // earlier one of the same name, as with `Command::envs`).
+        let mut vars = self.shared.base_env.clone();
+        for (k, v) in env {
+            match vars.iter_mut().find(|(name, _)| *name == k) {
+                Some(slot) => slot.1 = v,
+                None => vars.push((k, v)),
+            }
+        }
+        let spec = crate::spawn::ShellSpec {
+            command: &command,
+            env: &vars,
+            cwd: &self.shared.cwd,
+            run_as: &self.shared.run_as,
+        };
+        let mut child = match crate::spawn::Shell::start(&spec) {
             Ok(c) => c,
             Err(e) => {
                 session.channel_success(channel)?;
@@ -387,7 +389,7 @@ impl russh::server::Handler for Conn {
         };
         let pgid = Pid::from_raw(pid as i32);
         lock(&self.procs).insert(channel, pgid);
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let (stdout, stderr) = child.take_output();
         let procs = Arc::clone(&self.procs);
         let gate = Arc::clone(&self.shared.gate);
         let started = Instant::now();

@@ -760,15 +760,24 @@ async fn target_check(
     mut data: serde_json::Value,
 ) -> Result<(), String> {
     let st = Arc::clone(state);
-    let checked = tokio::task::spawn_blocking(move || {
+    let inline = st.plugins.is_none();
+    let check = move || {
         let hooks = st
             .plugins
             .as_deref()
             .map(|h| h as &dyn tether_policy::PolicyHooks);
         st.policy.as_ref().map(|e| e.check(&request, hooks))
-    })
-    .await
-    .map_err(|_| "the policy check failed".to_owned())?
+    };
+    // Without plugins the check is regex rules only (microseconds, no I/O): run it here rather
+    // than hand it to a blocking thread and back on every command; plugin votes (WASM) block.
+    let checked = if inline {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
+            .map_err(|_| "the policy check failed".to_owned())?
+    } else {
+        tokio::task::spawn_blocking(check)
+            .await
+            .map_err(|_| "the policy check failed".to_owned())?
+    }
     .ok_or_else(|| "this target runs without a policy engine".to_owned())?;
     let d = &checked.decision;
     let is_denied = matches!(d.verdict, Verdict::Deny | Verdict::RequireApproval);

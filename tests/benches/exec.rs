@@ -7,7 +7,8 @@
 //! `exec true` latency (and the disk's fdatasync), `BENCH_TRACE=DIR` records `BENCH_TRACE_ITER`
 //! (100) more requests with `perf trace` for `scripts/exec-breakdown`, `BENCH_TMPFS=1` samples a
 //! second hub + target whose state is on tmpfs (not durable: it only shows what the disk costs),
-//! `BENCH_PERF_STAT=N` counts the instructions hub and target execute for N more requests. The
+//! `BENCH_PERF_STAT=N` counts what hub and target spend (CPU time, context switches, page
+//! faults; instructions where the machine has hardware counters) on N more requests. The
 //! `exec true` samples of tether (disk, tmpfs) and of the OpenSSH ControlMaster alternate.
 //!
 //! Both sides run the command as the same account with the same shell: tether's targets have
@@ -406,22 +407,24 @@ fn tmpfs_pair() -> TmpfsPair {
     }
 }
 
-/// `BENCH_PERF_STAT=N`: instructions (user, kernel) the hub and target h001 execute for `n`
-/// warm `exec true` requests, counted by `perf stat` attached to each daemon (threads it
-/// creates and the command's child included), divided by `n`.
+/// `BENCH_PERF_STAT=N`: what the hub and target h001 spend on `n` warm `exec true` requests,
+/// counted by `perf stat` attached to each daemon (threads it creates and the command's child
+/// included), divided by `n`: CPU time (`task-clock`), context switches, page faults, and
+/// instructions (user, kernel) where the machine exposes hardware counters (a VM often does
+/// not: perf says `<not supported>`, printed as `n/a`).
 fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str, String)) {
+    const EVENTS: [&str; 5] = [
+        "task-clock",
+        "context-switches",
+        "page-faults",
+        "instructions:u",
+        "instructions:k",
+    ];
     let dir = tempfile::tempdir().unwrap();
     let start = |who: &str, pid: u32| {
         let out = dir.path().join(format!("{who}.csv"));
         let child = Command::new("perf")
-            .args([
-                "stat",
-                "-x",
-                ",",
-                "-e",
-                "instructions:u,instructions:k",
-                "-p",
-            ])
+            .args(["stat", "-x", ",", "-e", &EVENTS.join(","), "-p"])
             .arg(pid.to_string())
             .arg("-o")
             .arg(&out)
@@ -445,17 +448,25 @@ fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str,
     }
     for (who, (_, out)) in ["hub", "target"].iter().zip(&perfs) {
         let text = std::fs::read_to_string(out).unwrap_or_default();
-        let count = |ev: &str| {
+        let per = |ev: &str| {
             text.lines()
-                .find(|l| l.contains(ev))
+                .find(|l| l.split(',').nth(2) == Some(ev))
                 .and_then(|l| l.split(',').next())
                 .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{:.3}", v / n as f64))
         };
-        let (u, kern) = (count("instructions:u"), count("instructions:k"));
         row(
-            &format!("{who}: instructions per warm exec true (user / kernel), {n} requests"),
-            format!("{:.0} / {:.0}", u / n as f64, kern / n as f64),
+            &format!(
+                "{who} per warm exec true ({n} requests): CPU ms, context switches, page faults, instructions user / kernel"
+            ),
+            format!(
+                "{} ms, {}, {}, {} / {}",
+                per("task-clock"),
+                per("context-switches"),
+                per("page-faults"),
+                per("instructions:u"),
+                per("instructions:k")
+            ),
         );
     }
 }

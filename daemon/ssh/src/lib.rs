@@ -38,7 +38,7 @@ pub mod run_as;
 pub mod server;
 pub mod sftp;
 pub mod sftp_helper;
-mod spawn;
+pub mod spawn;
 
 pub use error::SshError;
 

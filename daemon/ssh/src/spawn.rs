@@ -44,7 +44,7 @@ const STACK: usize = 64 * 1024;
 
 /// Why [`spawn`] did not start the command.
 #[derive(Debug)]
-pub(crate) enum SpawnError {
+pub enum SpawnError {
     /// The kernel cannot do it this way (no `CLONE_PIDFD`); use std's `Command`.
     Unsupported,
     /// Preparing or starting it failed (the command did not run).
@@ -52,7 +52,7 @@ pub(crate) enum SpawnError {
 }
 
 /// What to run: `/bin/sh -c COMMAND` with exactly `env`, in `cwd`, as `run_as`.
-pub(crate) struct ShellSpec<'a> {
+pub struct ShellSpec<'a> {
     /// The command line given to `sh -c`.
     pub command: &'a str,
     /// The complete environment.
@@ -65,7 +65,7 @@ pub(crate) struct ShellSpec<'a> {
 
 /// A started command: its own process group (pgid = pid), stdin `/dev/null`, stdout and stderr
 /// piped. Dropped before it was waited for, it is killed (`SIGKILL`) and reaped off the runtime.
-pub(crate) struct Spawned {
+pub struct Spawned {
     pid: i32,
     pidfd: Option<AsyncFd<OwnedFd>>,
     /// The read end of its stdout.
@@ -255,7 +255,7 @@ unsafe fn fail(a: &mut ChildArgs) -> libc::c_int {
 }
 
 /// Starts `/bin/sh -c spec.command` (see the module doc).
-pub(crate) fn spawn(spec: &ShellSpec<'_>) -> Result<Spawned, SpawnError> {
+pub fn spawn(spec: &ShellSpec<'_>) -> Result<Spawned, SpawnError> {
     let io = SpawnError::Io;
     let path = cstring("/bin/sh", "shell path").map_err(io)?;
     let argv_c = [
@@ -392,12 +392,12 @@ fn wait_blocking(fd: RawFd) -> io::Result<ExitStatus> {
 
 impl Spawned {
     /// Its pid, which is also its process group.
-    pub(crate) fn id(&self) -> i32 {
+    pub fn id(&self) -> i32 {
         self.pid
     }
 
     /// Waits for it to end and reaps it.
-    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         let Some(fd) = self.pidfd.as_ref() else {
             return Err(io::Error::other("the command was already waited for"));
         };
@@ -438,10 +438,10 @@ fn kill_and_reap(fd: OwnedFd) {
 }
 
 /// One end of a command's output.
-pub(crate) type Output = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+pub type Output = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
 /// A command's `/bin/sh`, started by [`spawn`] or, where the kernel cannot, by std's `Command`.
-pub(crate) enum Shell {
+pub enum Shell {
     /// Started by [`spawn`].
     Cloned(Spawned),
     /// Started by tokio's `Command` (fork when a privilege drop is needed).
@@ -450,12 +450,18 @@ pub(crate) enum Shell {
 
 impl Shell {
     /// Starts `spec`: [`spawn`], or std's `Command` when the kernel lacks `CLONE_PIDFD`.
-    pub(crate) fn start(spec: &ShellSpec<'_>) -> io::Result<Shell> {
+    pub fn start(spec: &ShellSpec<'_>) -> io::Result<Shell> {
         match spawn(spec) {
             Ok(s) => return Ok(Shell::Cloned(s)),
             Err(SpawnError::Io(e)) => return Err(e),
             Err(SpawnError::Unsupported) => {}
         }
+        Shell::forked(spec)
+    }
+
+    /// Starts `spec` with tokio's `Command` (a fork of the daemon when [`RunAs::drop`]): the
+    /// fallback of [`Shell::start`], and the baseline of the `spawn` bench.
+    pub fn forked(spec: &ShellSpec<'_>) -> io::Result<Shell> {
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(spec.command)
@@ -472,7 +478,7 @@ impl Shell {
     }
 
     /// Its pid (= its process group), if it has not been reaped.
-    pub(crate) fn id(&self) -> Option<u32> {
+    pub fn id(&self) -> Option<u32> {
         match self {
             Shell::Cloned(s) => u32::try_from(s.id()).ok(),
             Shell::Forked(c) => c.id(),
@@ -480,7 +486,7 @@ impl Shell {
     }
 
     /// Takes its stdout and stderr.
-    pub(crate) fn take_output(&mut self) -> (Option<Output>, Option<Output>) {
+    pub fn take_output(&mut self) -> (Option<Output>, Option<Output>) {
         fn boxed<R: tokio::io::AsyncRead + Send + 'static>(r: Option<R>) -> Option<Output> {
             r.map(|r| Box::pin(r) as Output)
         }
@@ -491,7 +497,7 @@ impl Shell {
     }
 
     /// Waits for it to end and reaps it.
-    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         match self {
             Shell::Cloned(s) => s.wait().await,
             Shell::Forked(c) => c.wait().await,

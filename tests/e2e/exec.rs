@@ -360,6 +360,94 @@ fn a_failed_exec_requested_write_refuses_and_nothing_runs_on_the_target() {
     );
 }
 
+/// The target's own guarantee: a command never runs before its `exec.received` record is
+/// durable on the target. Its audit directory is a small tmpfs filled up; the first command
+/// whose record cannot be written is refused by the target and never runs.
+#[test]
+fn a_target_whose_audit_disk_is_full_runs_nothing() {
+    if !tether_e2e::is_root() {
+        eprintln!("SKIP: needs root to mount a small tmpfs as the target's audit directory");
+        return;
+    }
+    let hub = Daemon::start("hub", "");
+    let token = invite(&hub, "t1", &["--group", "web"]);
+    let (dir, config) = target_dir();
+    let audit_dir = dir.path().join("state/audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tether-e2e-taudit"])
+        .arg(&audit_dir)
+        .status()
+        .unwrap();
+    if !mounted.success() {
+        eprintln!("SKIP: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(audit_dir.clone());
+    let out = enroll(&config, &token, &[]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let mut t1 = Daemon::spawn_in(dir, config, &[]);
+    t1.wait_ready();
+    wait_online(&hub, &["t1"]);
+    let warm = hub.tether(&["exec", "-H", "t1", "--", "true"]);
+    assert_eq!(code(&warm), 0, "{}", stderr(&warm));
+
+    let filler = audit_dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    // Commands until the target refuses one (the log's preallocated tail may hold a few
+    // records more): every command that ran left its mark, the refused one none.
+    let marks = tempfile::tempdir().unwrap();
+    let mut refused = None;
+    for i in 0..64 {
+        let mark = marks.path().join(format!("m{i}"));
+        let out = hub.tether(&[
+            "exec",
+            "-H",
+            "t1",
+            "--",
+            &format!("touch {}", mark.display()),
+        ]);
+        if code(&out) == 0 {
+            assert!(mark.exists(), "exit 0 but the command did not run");
+            continue;
+        }
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            all.contains("audit record could not be written"),
+            "refused for another reason: {all}"
+        );
+        refused = Some(mark);
+        break;
+    }
+    let mark = refused.expect("the target's audit log never ran out of space");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !mark.exists(),
+        "the target ran a command it could not record"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let again = marks.path().join("after");
+    let ok = hub.tether(&[
+        "exec",
+        "-H",
+        "t1",
+        "--",
+        &format!("touch {}", again.display()),
+    ]);
+    assert_eq!(code(&ok), 0, "after freeing space: {}", stderr(&ok));
+    assert!(again.exists(), "the command ran once it was recorded");
+}
+
 fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
@@ -733,14 +821,73 @@ fn run_as_drops_to_the_user_and_an_unknown_user_refuses_to_start() {
         eprintln!("skipped the privilege drop: it needs root (CI runs the suite as root)");
         return;
     }
-    write("nobody");
+    // A user with a supplementary group: the command must have exactly the user's uid, gid
+    // and groups (none of root's), as `id` on this machine reports them for that user.
+    let user = "tether-e2e-run";
+    let sh = |c: &str| Command::new("sh").arg("-c").arg(c).output().unwrap();
+    let made = sh(&format!(
+        "getent group tether-e2e-extra >/dev/null || groupadd tether-e2e-extra; \
+         id {user} >/dev/null 2>&1 || useradd -M -N -g nogroup -G tether-e2e-extra -d /nonexistent -s /bin/sh {user}"
+    ));
+    assert!(made.status.success(), "useradd: {made:?}");
+    let expect = |flag: &str| {
+        let out = sh(&format!("id {flag} {user}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (uid, gid, groups) = (expect("-u"), expect("-g"), expect("-G"));
+    assert!(
+        groups.split(' ').count() >= 2,
+        "no supplementary group: {groups}"
+    );
+    write(user);
     let mut t = Daemon::spawn_in(dir, config.clone(), &[]);
     t.wait_ready();
     wait_online(&hub, &["r1"]);
-    let out = hub.tether(&["exec", "-H", "r1", "--", "id -u; id -un"]);
+    let out = hub.tether(&[
+        "exec",
+        "-H",
+        "r1",
+        "--",
+        "echo uid=$(id -u) name=$(id -un) gid=$(id -g); echo groups=$(id -G); \
+         echo pgid=$(cut -d' ' -f5 /proc/$$/stat) pid=$$; echo stdin=$(readlink /proc/$$/fd/0); \
+         grep -E '^Sig(Blk|Ign)' /proc/$$/status | tr -s '\t ' ' '; echo cwd=$(pwd) home=$HOME",
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("r1 | 65534"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("r1 | nobody"), "{}", stdout(&out));
+    let text = stdout(&out);
+    let line = |prefix: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("r1 | "))
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in {text}"))
+            .to_owned()
+    };
+    assert_eq!(line("uid="), format!("uid={uid} name={user} gid={gid}"));
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(line("groups=").trim_start_matches("groups=")),
+        sorted(&groups),
+        "{text}"
+    );
+    // Its own process group, stdin from /dev/null, no blocked or ignored signals (the
+    // daemon's handlers and masks do not leak into commands), cwd `/` (no home).
+    let pg = line("pgid=");
+    let (pgid, pid) = pg
+        .trim_start_matches("pgid=")
+        .split_once(" pid=")
+        .unwrap_or_else(|| panic!("{pg}"));
+    assert_eq!(pgid, pid, "{text}");
+    assert_eq!(line("stdin="), "stdin=/dev/null");
+    assert_eq!(line("SigBlk:"), "SigBlk: 0000000000000000", "{text}");
+    // Signals 1-31 (SIGPIPE included) not ignored. Bit 31 (signal 32) is glibc's internal
+    // SIGCANCEL, which glibc's posix_spawn leaves ignored in the daemon when the test harness
+    // started it; no `sigaction` can touch it, and it is inherited by every child alike.
+    let ign = u64::from_str_radix(line("SigIgn:").trim_start_matches("SigIgn: "), 16).unwrap();
+    assert_eq!(ign & 0x7fff_ffff, 0, "{text}");
+    assert_eq!(line("cwd="), "cwd=/ home=/nonexistent", "{text}");
 }
 
 /// A real OpenSSH `sshd` on a loopback port with its own config, host key and

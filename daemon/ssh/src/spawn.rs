@@ -344,17 +344,18 @@ pub fn spawn(spec: &ShellSpec<'_>) -> Result<Spawned, SpawnError> {
         return Err(SpawnError::Io(io::Error::from_raw_os_error(errno)));
     }
     drop((null, out_w, err_w));
-    // Registering needs its own descriptor: on failure the one handed over is gone, so the
-    // child is killed and reaped through this duplicate.
-    let spare = pidfd.try_clone().map_err(io)?;
-    let pidfd = match AsyncFd::new(pidfd) {
+    // SAFETY: an `OwnedFd` always returns the same open descriptor from `as_raw_fd` and keeps
+    // it open until the `AsyncFd` gives it back or drops it.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+    let pidfd = match registered {
         Ok(fd) => fd,
         Err(e) => {
-            kill_and_reap(spare);
+            let (fd, e) = e.into_parts();
+            kill_and_reap(fd);
             return Err(SpawnError::Io(e));
         }
     };
-    drop(spare);
     // From here a failure drops `spawned`, which kills and reaps the child.
     let mut spawned = Spawned {
         pid,

@@ -99,7 +99,7 @@ pub struct SshSection {
     pub max_channels_per_conn: usize,
     /// Hub: SSH connections open at once across all targets (1–1,000,000). When a request needs
     /// a new one and the pool is full, the least recently used idle connection is closed; with
-    /// none idle, the request waits. Unset: derived from the machine's memory (1/16 of it at
+    /// none idle, the request waits. Unset: derived from the machine's memory (1/8 of it at
     /// 192 KiB per connection, 256–65,536).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,

@@ -95,10 +95,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// ~118–180 KiB of hub RSS per open connection (BENCHMARKS.md, fleet section).
 pub const BYTES_PER_CONNECTION: u64 = 192 * 1024;
 
-/// The default connection cap for a machine with `total_memory` bytes: one sixteenth of it at
-/// [`BYTES_PER_CONNECTION`] each, between 256 and 65,536 (24 GiB: 8,192 connections, ~1.5 GiB).
+/// The default connection cap for a machine with `total_memory` bytes: one eighth of it at
+/// [`BYTES_PER_CONNECTION`] each, between 256 and 65,536 (24 GiB: 16,384 connections, ~3 GiB;
+/// 4 GiB: 2,730).
 pub fn max_connections_for_memory(total_memory: u64) -> usize {
-    let n = total_memory / 16 / BYTES_PER_CONNECTION;
+    let n = total_memory / 8 / BYTES_PER_CONNECTION;
     usize::try_from(n.clamp(256, 65_536)).unwrap_or(DEFAULT_MAX_CONNECTIONS)
 }
 

@@ -967,7 +967,10 @@ fn idle_expiry_shortens_as_the_pool_fills() {
         effective_idle(Duration::from_millis(200), 100, 100),
         Duration::from_millis(200)
     );
-    assert_eq!(tether_ssh::pool::max_connections_for_memory(24 << 30), 8192);
-    assert_eq!(tether_ssh::pool::max_connections_for_memory(1 << 30), 341);
+    assert_eq!(
+        tether_ssh::pool::max_connections_for_memory(24 << 30),
+        16_384
+    );
+    assert_eq!(tether_ssh::pool::max_connections_for_memory(1 << 30), 682);
     assert_eq!(tether_ssh::pool::max_connections_for_memory(0), 256);
 }

@@ -97,6 +97,12 @@ pub struct SshSection {
     pub keepalive: String,
     /// Hub: commands at once on one pooled connection (1–1024); more wait for a free channel.
     pub max_channels_per_conn: usize,
+    /// Hub: SSH connections open at once across all targets (1–1,000,000). When a request needs
+    /// a new one and the pool is full, the least recently used idle connection is closed; with
+    /// none idle, the request waits. Unset: derived from the machine's memory (1/8 of it at
+    /// 192 KiB per connection, 256–65,536).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Hub: consecutive connection failures that open a target's circuit breaker (1–1000).
     pub breaker_threshold: u32,
     /// Hub: how long an open breaker refuses at once before it lets one probe through.
@@ -123,6 +129,7 @@ impl Default for SshSection {
             idle_timeout: "5m".to_owned(),
             keepalive: "15s".to_owned(),
             max_channels_per_conn: 32,
+            max_connections: None,
             breaker_threshold: 5,
             breaker_cool_down: "30s".to_owned(),
             recording_max_bytes: 256 << 20,
@@ -259,6 +266,16 @@ impl SshSection {
                 format!("{} is not in 1..=1024", self.max_channels_per_conn),
             );
         }
+        if let Some(n) = self.max_connections
+            && !(1..=1_000_000).contains(&n)
+        {
+            bad(
+                "max_connections",
+                format!(
+                    "{n} is not in 1..=1000000: give the most SSH connections the hub keeps open at once, or remove it for the default derived from memory"
+                ),
+            );
+        }
         if !(1..=1000).contains(&self.breaker_threshold) {
             bad(
                 "breaker_threshold",
@@ -319,6 +336,7 @@ mod tests {
             connect_timeout: "soon".into(),
             idle_timeout: "30d".into(),
             max_channels_per_conn: 0,
+            max_connections: Some(0),
             breaker_threshold: 0,
             ..SshSection::default()
         };
@@ -332,6 +350,7 @@ mod tests {
             "ssh.connect_timeout",
             "ssh.idle_timeout",
             "ssh.max_channels_per_conn",
+            "ssh.max_connections",
             "ssh.breaker_threshold",
         ] {
             assert!(keys.iter().any(|x| x == k), "missing {k} in {keys:?}");

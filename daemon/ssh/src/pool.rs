@@ -6,19 +6,26 @@
 //!   trust-on-first-use path.
 //! * Each connection carries at most [`PoolConfig::max_channels`] commands at once; more wait.
 //! * Keepalives every [`PoolConfig::keepalive`]; a connection idle for [`PoolConfig::idle`] with
-//!   no command running is closed by [`Pool::reap`] (the daemon calls it periodically).
+//!   no command running is closed by [`Pool::reap`] (the daemon calls it periodically). The
+//!   more of [`PoolConfig::max_connections`] is in use, the shorter that idle time gets
+//!   ([`effective_idle`]).
+//! * At most [`PoolConfig::max_connections`] connections are open at once (pooled ones and
+//!   those of interactive sessions and relayed subsystems). A request that needs a new one
+//!   when the pool is full closes the least recently used idle pooled connection, or waits
+//!   until one is idle or closed; that wait does not count against its connect timeout.
 //! * Connection failures feed a per-target [`Breaker`]; while it is open, requests fail at once
 //!   with [`SshError::CircuitOpen`], and [`PoolEvents::breaker_opened`] is told once per opening.
 //! * [`Pool::close_host`] (revoke, `hosts rm`) disconnects the target and fails its running
 //!   commands; the target kills them when its connection ends. [`Pool::shutdown`] closes every
 //!   connection exactly once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +33,7 @@ use russh::client::{self, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, Sig};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use tether_model::session::{PtyRequest, SessionInput, SessionSpec};
@@ -71,15 +78,51 @@ pub struct PoolConfig {
     /// none finishes within its connect timeout, and all fail together; waiting for a slot does
     /// not count against a target's connect timeout (its command's total timeout still applies).
     pub max_handshakes: usize,
+    /// Connections open at once across all targets (default [`DEFAULT_MAX_CONNECTIONS`]; the
+    /// daemon derives its default from the machine's memory with [`max_connections_for_memory`]).
+    /// When a new connection is needed and the pool is full, the least recently used idle
+    /// connection is closed; if none is idle, the request waits for one.
+    pub max_connections: usize,
 }
 
 /// Default [`PoolConfig::max_handshakes`].
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 
+/// Default [`PoolConfig::max_connections`] when the machine's memory is not known.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Hub memory one open pooled connection is budgeted at: the fleet simulator measured
+/// ~118–180 KiB of hub RSS per open connection (BENCHMARKS.md, fleet section).
+pub const BYTES_PER_CONNECTION: u64 = 192 * 1024;
+
+/// The default connection cap for a machine with `total_memory` bytes: one eighth of it at
+/// [`BYTES_PER_CONNECTION`] each, between 256 and 65,536 (24 GiB: 16,384 connections, ~3 GiB;
+/// 4 GiB: 2,730).
+pub fn max_connections_for_memory(total_memory: u64) -> usize {
+    let n = total_memory / 8 / BYTES_PER_CONNECTION;
+    usize::try_from(n.clamp(256, 65_536)).unwrap_or(DEFAULT_MAX_CONNECTIONS)
+}
+
+/// The idle time after which [`Pool::reap`] closes a connection, given how full the pool is:
+/// the configured `idle` while at most half of `max` connections are open, then shorter in
+/// proportion to the room left, down to 1 s (or `idle`, if shorter) when the pool is full.
+pub fn effective_idle(idle: Duration, open: usize, max: usize) -> Duration {
+    let max = max.max(1);
+    let floor = idle.min(Duration::from_secs(1));
+    if open.saturating_mul(2) <= max {
+        return idle;
+    }
+    let left = max.saturating_sub(open);
+    // left / (max / 2) of `idle`: 1 at half full, 0 when full.
+    let scaled = idle.mul_f64((left as f64 * 2.0 / max as f64).clamp(0.0, 1.0));
+    scaled.max(floor)
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             idle: Duration::from_secs(300),
             max_channels: 32,
             keepalive: Duration::from_secs(15),
@@ -136,6 +179,38 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
+/// What the pool holds now and has done (for metrics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Connections open now (pooled, sessions and subsystems), never more than `max`.
+    pub open: usize,
+    /// [`PoolConfig::max_connections`].
+    pub max: usize,
+    /// Connections opened so far.
+    pub opened_total: u64,
+    /// Idle connections closed to make room for another target's.
+    pub evicted_total: u64,
+    /// Idle connections closed by [`Pool::reap`].
+    pub expired_total: u64,
+    /// The most connections open at once so far.
+    pub peak: usize,
+}
+
+/// The pool-wide count of open connections and the idle ones in least-recently-used order.
+struct Lru {
+    /// One permit per open connection ([`PoolConfig::max_connections`]).
+    open: Arc<Semaphore>,
+    /// Idle pooled connections by (idle since, id): the first is the least recently used.
+    idle: Mutex<BTreeMap<(Instant, u64), Weak<Conn>>>,
+    /// Told when a connection becomes idle (a waiting request may close it).
+    became_idle: Notify,
+    next_id: AtomicU64,
+    opened: AtomicU64,
+    evicted: AtomicU64,
+    expired: AtomicU64,
+    peak: AtomicUsize,
+}
+
 struct Inner {
     dialer: Arc<dyn Dialer>,
     events: Arc<dyn PoolEvents>,
@@ -146,6 +221,7 @@ struct Inner {
     shutdown: CancellationToken,
     /// Permits to open a connection ([`PoolConfig::max_handshakes`]).
     handshakes: tokio::sync::Semaphore,
+    lru: Arc<Lru>,
 }
 
 /// One target's connection and breaker.
@@ -160,6 +236,16 @@ struct Slot {
 
 /// One open connection.
 struct Conn {
+    /// Its target's name (to find its slot when it is evicted).
+    host: String,
+    id: u64,
+    /// Itself, for the idle list.
+    me: Weak<Conn>,
+    lru: Arc<Lru>,
+    /// Its place among the open connections; released when it is closed.
+    open_permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Its key in [`Lru::idle`] while it is listed there.
+    idle_key: Mutex<Option<(Instant, u64)>>,
     handle: Handle<Client>,
     /// The pinned key it was opened with (a reinvited host gets a new one).
     host_key: String,
@@ -172,23 +258,63 @@ struct Conn {
     why: Mutex<String>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Conn {
-    fn touch(&self, now: Instant) {
-        *self
-            .last_used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+    /// A command (or subsystem) starts on it: one more running, no longer idle.
+    fn begin(&self) {
+        let mut idle = lock(&self.lru.idle);
+        *lock(&self.active) += 1;
+        if let Some(k) = lock(&self.idle_key).take() {
+            idle.remove(&k);
+        }
     }
 
     /// A command on it is over (or never started): one fewer running, idle time restarts,
-    /// its channel slot is free again.
+    /// its channel slot is free again. With none running it joins the idle list.
     fn finished(&self, permit: OwnedSemaphorePermit) {
-        *self
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
-        self.touch(Instant::now());
         drop(permit);
+        self.end();
+    }
+
+    /// Like [`Conn::finished`] for a use that never took a channel slot.
+    fn end(&self) {
+        let now = Instant::now();
+        let became_idle = {
+            let mut idle = lock(&self.lru.idle);
+            let mut active = lock(&self.active);
+            *active = active.saturating_sub(1);
+            *lock(&self.last_used) = now;
+            let mut key = lock(&self.idle_key);
+            if let Some(k) = key.take() {
+                idle.remove(&k);
+            }
+            if *active == 0 && self.alive() {
+                let k = (now, self.id);
+                idle.insert(k, self.me.clone());
+                *key = Some(k);
+                true
+            } else {
+                false
+            }
+        };
+        if became_idle {
+            self.lru.became_idle.notify_waiters();
+        }
+    }
+
+    /// Off the idle list, and its place among the open connections given back (it is closed
+    /// or being dropped from its slot).
+    fn retire(&self) {
+        {
+            let mut idle = lock(&self.lru.idle);
+            if let Some(k) = lock(&self.idle_key).take() {
+                idle.remove(&k);
+            }
+        }
+        lock(&self.open_permit).take();
     }
 
     fn alive(&self) -> bool {
@@ -213,6 +339,7 @@ impl Conn {
             }
         })
         .await;
+        self.retire();
     }
 }
 
@@ -263,8 +390,19 @@ impl Pool {
             nodelay: true,
             ..Default::default()
         };
+        let lru = Arc::new(Lru {
+            open: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            idle: Mutex::new(BTreeMap::new()),
+            became_idle: Notify::new(),
+            next_id: AtomicU64::new(1),
+            opened: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            peak: AtomicUsize::new(0),
+        });
         Pool {
             inner: Arc::new(Inner {
+                lru,
                 handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
                 dialer,
                 events,
@@ -312,7 +450,129 @@ impl Pool {
             .count()
     }
 
-    /// The live connection to `target`, opening one if needed (under the breaker).
+    /// What the pool holds now and has done.
+    pub fn stats(&self) -> PoolStats {
+        let lru = &self.inner.lru;
+        let max = self.inner.config.max_connections.max(1);
+        PoolStats {
+            open: max.saturating_sub(lru.open.available_permits()),
+            max,
+            opened_total: lru.opened.load(Ordering::Relaxed),
+            evicted_total: lru.evicted.load(Ordering::Relaxed),
+            expired_total: lru.expired.load(Ordering::Relaxed),
+            peak: lru.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A place among the open connections for a new one to `host`: a free one, or the least
+    /// recently used idle connection's (closed here), or the first that frees up.
+    async fn open_permit(&self, host: &str) -> Result<OwnedSemaphorePermit, SshError> {
+        let permit = self.wait_open_permit(host).await?;
+        let lru = &self.inner.lru;
+        let max = self.inner.config.max_connections.max(1);
+        lru.peak.fetch_max(
+            max.saturating_sub(lru.open.available_permits()),
+            Ordering::Relaxed,
+        );
+        Ok(permit)
+    }
+
+    async fn wait_open_permit(&self, host: &str) -> Result<OwnedSemaphorePermit, SshError> {
+        let lru = Arc::clone(&self.inner.lru);
+        loop {
+            // Listen before looking, so that a connection turning idle meanwhile is not missed.
+            let idle = lru.became_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if let Ok(p) = Arc::clone(&lru.open).try_acquire_owned() {
+                return Ok(p);
+            }
+            if self.evict_one(host).await {
+                continue;
+            }
+            tokio::select! {
+                p = Arc::clone(&lru.open).acquire_owned() => {
+                    return p.map_err(|_| SshError::ShutDown);
+                }
+                () = &mut idle => {}
+                // A connection that died on its own is noticed here at the latest.
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
+            }
+        }
+    }
+
+    /// Closes the least recently used idle pooled connection (not `host`'s). False if there
+    /// was none to close.
+    async fn evict_one(&self, host: &str) -> bool {
+        let lru = &self.inner.lru;
+        // Idle connections whose target is being served right now: listed again afterwards.
+        let mut busy = Vec::new();
+        let mut victim = None;
+        loop {
+            let Some((key, weak)) = lock(&lru.idle).pop_first() else {
+                break;
+            };
+            let Some(conn) = weak.upgrade() else {
+                continue;
+            };
+            {
+                let mut k = lock(&conn.idle_key);
+                if *k == Some(key) {
+                    *k = None;
+                }
+            }
+            let slot = lock(&self.inner.slots).get(&conn.host).cloned();
+            let Some(slot) = slot else {
+                // Its host is gone (revoked, removed): nothing else will close it.
+                conn.retire();
+                continue;
+            };
+            let taken = conn.host != host
+                && match slot.try_lock() {
+                    Ok(mut slot) => {
+                        let ours = slot.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn));
+                        let idle = *lock(&conn.active) == 0;
+                        if ours && idle {
+                            slot.conn = None;
+                        }
+                        ours && idle
+                    }
+                    Err(_) => false,
+                };
+            if taken {
+                victim = Some(conn);
+                break;
+            }
+            busy.push((key, weak));
+        }
+        if !busy.is_empty() {
+            let mut idle = lock(&lru.idle);
+            for (key, weak) in busy {
+                if let Some(conn) = weak.upgrade() {
+                    let mut k = lock(&conn.idle_key);
+                    if k.is_none() && conn.alive() && *lock(&conn.active) == 0 {
+                        idle.insert(key, weak);
+                        *k = Some(key);
+                    }
+                }
+            }
+        }
+        let Some(conn) = victim else {
+            return false;
+        };
+        if conn.alive() {
+            lru.evicted.fetch_add(1, Ordering::Relaxed);
+            conn.close("closed to make room for another target's connection (ssh.max_connections)")
+                .await;
+        } else {
+            conn.retire();
+        }
+        true
+    }
+
+    /// The live connection to `target`, opening one if needed (under the breaker), counted as
+    /// busy ([`Conn::begin`]) until the caller's [`Conn::finished`] / [`Conn::end`].
     async fn connection(&self, target: &Target, timeout: Duration) -> Result<Arc<Conn>, SshError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(SshError::ShutDown);
@@ -321,11 +581,15 @@ impl Pool {
         let mut slot = slot.lock().await;
         if let Some(conn) = &slot.conn {
             if conn.alive() && conn.host_key == target.host_key {
+                // Busy from here on, under the slot's lock: an eviction (which takes the same
+                // lock) sees it running and leaves it alone.
+                conn.begin();
                 return Ok(Arc::clone(conn));
             }
             if conn.alive() {
                 conn.close("its pinned host key changed").await;
             }
+            conn.retire();
             slot.conn = None;
         }
         let now = Instant::now();
@@ -336,14 +600,15 @@ impl Pool {
                 failures: r.failures,
             });
         }
-        // Wait for a handshake slot first: the connect timeout bounds this target's own
-        // handshake, not the queue of others' in front of it.
+        // Wait for room among the open connections, then for a handshake slot: the connect
+        // timeout bounds this target's own handshake, not the queue of others' in front of it.
+        let open_permit = self.open_permit(&target.name).await?;
         let permit = tokio::select! {
             p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
             () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
         };
         let opened = tokio::select! {
-            r = tokio::time::timeout(timeout, self.open(target)) => match r {
+            r = tokio::time::timeout(timeout, self.open(target, open_permit)) => match r {
                 Ok(r) => r,
                 Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
             },
@@ -353,7 +618,7 @@ impl Pool {
         match opened {
             Ok(conn) => {
                 slot.breaker.success();
-                let conn = Arc::new(conn);
+                conn.begin();
                 slot.conn = Some(Arc::clone(&conn));
                 Ok(conn)
             }
@@ -371,7 +636,12 @@ impl Pool {
         }
     }
 
-    async fn open(&self, target: &Target) -> Result<Conn, SshError> {
+    /// Opens a connection to `target`; it holds `open_permit` until it is closed.
+    async fn open(
+        &self,
+        target: &Target,
+        open_permit: OwnedSemaphorePermit,
+    ) -> Result<Arc<Conn>, SshError> {
         let pinned = crate::keys::parse_public(
             &target.host_key,
             &format!("pinned SSH host key of {}", target.name),
@@ -426,7 +696,15 @@ impl Pool {
                 host: target.name.clone(),
             });
         }
-        Ok(Conn {
+        let lru = Arc::clone(&self.inner.lru);
+        lru.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new_cyclic(|me| Conn {
+            host: target.name.clone(),
+            id: lru.next_id.fetch_add(1, Ordering::Relaxed),
+            me: me.clone(),
+            lru: Arc::clone(&lru),
+            open_permit: Mutex::new(Some(open_permit)),
+            idle_key: Mutex::new(None),
             handle,
             host_key: target.host_key.clone(),
             channels: Arc::new(Semaphore::new(self.inner.config.max_channels)),
@@ -434,7 +712,7 @@ impl Pool {
             last_used: Mutex::new(Instant::now()),
             closed: CancellationToken::new(),
             why: Mutex::new(String::new()),
-        })
+        }))
     }
 
     /// A connection of its own to `target` for one interactive session or relayed subsystem, registered with the
@@ -451,12 +729,13 @@ impl Pool {
         if self.inner.shutdown.is_cancelled() {
             return Err(SshError::ShutDown);
         }
+        let open_permit = self.open_permit(&target.name).await?;
         let permit = tokio::select! {
             p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
             () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
         };
         let opened = tokio::select! {
-            r = tokio::time::timeout(timeout, self.open(target)) => match r {
+            r = tokio::time::timeout(timeout, self.open(target, open_permit)) => match r {
                 Ok(r) => r,
                 Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
             },
@@ -464,7 +743,7 @@ impl Pool {
         };
         drop(permit);
         let conn = match opened {
-            Ok(c) => Arc::new(c),
+            Ok(c) => c,
             Err(e) => {
                 if matches!(e, SshError::HostKeyMismatch { .. }) {
                     self.inner.events.host_key_mismatch(&target.name, &e);
@@ -536,13 +815,18 @@ impl Pool {
             () = cancel.cancelled() => return Err(SshError::Cancelled),
         };
         let permit: OwnedSemaphorePermit = tokio::select! {
-            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
-            () = cancel.cancelled() => return Err(SshError::Cancelled),
+            p = Arc::clone(&conn.channels).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => {
+                    conn.end();
+                    return Err(SshError::ShutDown);
+                }
+            },
+            () = cancel.cancelled() => {
+                conn.end();
+                return Err(SshError::Cancelled);
+            }
         };
-        *conn
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         let opened = conn
             .handle
             .channel_open_session()
@@ -785,14 +1069,25 @@ impl Pool {
             () = cancel.cancelled() => return Err(SshError::Cancelled),
         };
         let permit: OwnedSemaphorePermit = tokio::select! {
-            p = Arc::clone(&conn.channels).acquire_owned() => p.map_err(|_| SshError::ShutDown)?,
-            () = cancel.cancelled() => return Err(SshError::Cancelled),
+            p = Arc::clone(&conn.channels).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => {
+                    conn.end();
+                    return Err(SshError::ShutDown);
+                }
+            },
+            () = cancel.cancelled() => {
+                conn.end();
+                return Err(SshError::Cancelled);
+            }
         };
-        let channel = start_subsystem(&conn, target, name).await?;
-        *conn
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        let channel = match start_subsystem(&conn, target, name).await {
+            Ok(c) => c,
+            Err(e) => {
+                conn.finished(permit);
+                return Err(e);
+            }
+        };
         Ok(SubsystemStream {
             stream: channel.into_stream(),
             conn,
@@ -864,9 +1159,12 @@ impl Pool {
         false
     }
 
-    /// Closes connections idle since before `now - idle` with no command running. Returns the
-    /// hosts closed.
+    /// Closes connections idle since before `now - idle` with no command running, `idle`
+    /// shortened while the pool is more than half full ([`effective_idle`]). Returns the hosts
+    /// closed.
     pub async fn reap(&self, now: Instant) -> Vec<String> {
+        let stats = self.stats();
+        let idle = effective_idle(self.inner.config.idle, stats.open, stats.max);
         let slots: Vec<(String, Arc<tokio::sync::Mutex<Slot>>)> = self
             .inner
             .slots
@@ -892,12 +1190,12 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !conn.alive() {
+                conn.retire();
                 slot.conn = None;
-            } else if active == 0
-                && now.saturating_duration_since(idle_since) >= self.inner.config.idle
-            {
+            } else if active == 0 && now.saturating_duration_since(idle_since) >= idle {
+                slot.conn = None;
                 conn.close("idle").await;
-                slot.conn = None;
+                self.inner.lru.expired.fetch_add(1, Ordering::Relaxed);
                 closed.push(name);
             }
         }

@@ -774,3 +774,203 @@ mod sftp {
         assert!(leftovers(&e.root).is_empty(), "{:?}", leftovers(&e.root));
     }
 }
+
+/// A target SSH server on loopback that counts its connections: accepted so far, open now and
+/// the most open at once.
+#[derive(Default)]
+struct ConnCount {
+    accepted: usize,
+    open: usize,
+    peak: usize,
+}
+
+/// A pool capped at `max` connections, and `n` targets (distinct names, one real server).
+async fn capped(max: usize, n: usize) -> (Pool, Vec<Target>, Arc<Mutex<ConnCount>>) {
+    let host_key = keys::from_seed(&[9u8; 32]).unwrap();
+    let host_pub = host_key.public_key().to_openssh().unwrap();
+    let server = SshServer::new(ServerSettings {
+        host_key,
+        hub_key: keys::from_seed(&[1u8; 32]).unwrap().public_key().clone(),
+        env_allow: vec![],
+        run_as: RunAs::resolve(None).unwrap(),
+        gate: Arc::new(Gate::default()) as Arc<dyn ExecGate>,
+        sftp: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(Mutex::new(ConnCount::default()));
+    let c = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            {
+                let mut c = c.lock().unwrap();
+                c.accepted += 1;
+                c.open += 1;
+                c.peak = c.peak.max(c.open);
+            }
+            let (server, c) = (server.clone(), Arc::clone(&c));
+            tokio::spawn(async move {
+                let _ = server.serve_connection(s).await;
+                c.lock().unwrap().open -= 1;
+            });
+        }
+    });
+    let pool = Pool::new(
+        Arc::new(Tcp(addr)),
+        Arc::new(Events::default()) as Arc<dyn PoolEvents>,
+        keys::from_seed(&[1u8; 32]).unwrap(),
+        PoolConfig {
+            idle: Duration::from_secs(60),
+            max_connections: max,
+            ..PoolConfig::default()
+        },
+    );
+    let targets = (0..n)
+        .map(|i| Target {
+            name: format!("t{i}"),
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            host_key: host_pub.clone(),
+            user: None,
+        })
+        .collect();
+    (pool, targets, count)
+}
+
+async fn exec_on(pool: &Pool, target: &Target, line: &str, connect: Duration) -> (Exit, Vec<u8>) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let collect = tokio::spawn(async move {
+        let mut o = Vec::new();
+        while let Some(x) = rx.recv().await {
+            if let Output::Stdout(b) = x {
+                o.extend_from_slice(&b);
+            }
+        }
+        o
+    });
+    let command = Command {
+        line: line.to_owned(),
+        env: vec![],
+        connect_timeout: connect,
+    };
+    let r = pool
+        .exec(target, &command, tx, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", target.name));
+    (r, collect.await.unwrap())
+}
+
+#[tokio::test]
+async fn the_connection_cap_evicts_the_least_recently_used_idle_connection() {
+    let (pool, t, count) = capped(2, 3).await;
+    let secs5 = Duration::from_secs(5);
+    exec_on(&pool, &t[0], "true", secs5).await;
+    exec_on(&pool, &t[1], "true", secs5).await;
+    // t0 again: reused, so t1 is now the least recently used.
+    exec_on(&pool, &t[0], "true", secs5).await;
+    assert_eq!(count.lock().unwrap().accepted, 2);
+    assert_eq!(pool.stats().open, 2);
+    // t2 needs a third connection: t1's is closed for it, not t0's.
+    let (exit, out) = exec_on(&pool, &t[2], "echo two", secs5).await;
+    assert_eq!((exit, out), (Exit::Code(0), b"two\n".to_vec()));
+    let s = pool.stats();
+    assert_eq!(
+        (s.open, s.peak, s.evicted_total, s.opened_total),
+        (2, 2, 1, 3)
+    );
+    exec_on(&pool, &t[0], "true", secs5).await;
+    assert_eq!(
+        count.lock().unwrap().accepted,
+        3,
+        "t0's connection survived the eviction and was reused"
+    );
+    // t1 comes back: the least recently used now is t2's.
+    exec_on(&pool, &t[1], "true", secs5).await;
+    exec_on(&pool, &t[0], "true", secs5).await;
+    assert_eq!(count.lock().unwrap().accepted, 4);
+    assert_eq!(pool.stats().evicted_total, 2);
+    assert_eq!(pool.open_connections(), 2);
+}
+
+#[tokio::test]
+async fn a_fan_out_wider_than_the_cap_completes_without_exceeding_it() {
+    let (pool, t, count) = capped(3, 10).await;
+    let pool = Arc::new(pool);
+    // Twice: the second round finds three warm connections and still needs the other seven.
+    for round in 0..2 {
+        let mut tasks = Vec::new();
+        for (i, target) in t.iter().cloned().enumerate() {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move {
+                // A connect timeout far shorter than the wait for a free connection: waiting
+                // for room is not connecting.
+                exec_on(
+                    &pool,
+                    &target,
+                    &format!("sleep 0.2; echo {i}"),
+                    Duration::from_millis(2000),
+                )
+                .await
+            }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            let (exit, out) = task.await.unwrap();
+            assert_eq!(exit, Exit::Code(0), "round {round}, t{i}");
+            assert_eq!(out, format!("{i}\n").into_bytes(), "round {round}, t{i}");
+        }
+        let s = pool.stats();
+        assert!(s.peak <= 3, "round {round}: {s:?}");
+        assert!(s.open <= 3, "round {round}: {s:?}");
+    }
+    let s = pool.stats();
+    assert_eq!(s.peak, 3, "{s:?}");
+    let c = count.lock().unwrap();
+    assert!(c.accepted >= 10 && c.accepted <= 20, "{}", c.accepted);
+    assert_eq!(s.opened_total as usize, c.accepted);
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_busy_connection_to_free_up_not_a_connect_timeout() {
+    let (pool, t, _count) = capped(1, 2).await;
+    let pool = Arc::new(pool);
+    let busy = {
+        let (pool, t0) = (Arc::clone(&pool), t[0].clone());
+        tokio::spawn(
+            async move { exec_on(&pool, &t0, "sleep 1; echo a", Duration::from_secs(5)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    // 300 ms to connect, ~700 ms to wait for t0's command: it waits, then connects.
+    let (exit, out) = exec_on(&pool, &t[1], "echo b", Duration::from_millis(300)).await;
+    assert_eq!((exit, out), (Exit::Code(0), b"b\n".to_vec()));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy.await.unwrap(), (Exit::Code(0), b"a\n".to_vec()));
+    let s = pool.stats();
+    assert_eq!((s.peak, s.evicted_total), (1, 1), "{s:?}");
+}
+
+#[test]
+fn idle_expiry_shortens_as_the_pool_fills() {
+    use tether_ssh::pool::effective_idle;
+    let idle = Duration::from_secs(300);
+    assert_eq!(effective_idle(idle, 0, 100), idle);
+    assert_eq!(effective_idle(idle, 50, 100), idle);
+    let near = |d: Duration, secs: u64| d.as_secs_f64().round() as u64 == secs;
+    assert!(near(effective_idle(idle, 75, 100), 150));
+    assert!(near(effective_idle(idle, 90, 100), 60));
+    assert_eq!(effective_idle(idle, 100, 100), Duration::from_secs(1));
+    assert_eq!(
+        effective_idle(Duration::from_millis(200), 100, 100),
+        Duration::from_millis(200)
+    );
+    assert_eq!(
+        tether_ssh::pool::max_connections_for_memory(24 << 30),
+        16_384
+    );
+    assert_eq!(tether_ssh::pool::max_connections_for_memory(1 << 30), 682);
+    assert_eq!(tether_ssh::pool::max_connections_for_memory(0), 256);
+}

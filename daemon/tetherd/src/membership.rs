@@ -395,6 +395,7 @@ pub async fn start_hub(
         &config.ssh,
         Arc::clone(&alerts_for_ssh),
         audit.clone(),
+        registry,
         shutdown.clone(),
     )?;
     let events = tokio::spawn(enroll_events(

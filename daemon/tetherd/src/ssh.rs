@@ -385,9 +385,28 @@ impl HubSide {
     }
 }
 
+/// The machine's memory in bytes (`MemTotal` in `/proc/meminfo`), if it can be read.
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// The pool's settings from `[ssh]`.
 fn pool_config(config: &tether_config::SshSection) -> PoolConfig {
     let times = config.times();
+    let max_connections = config.max_connections.unwrap_or_else(|| {
+        total_memory().map_or(
+            tether_ssh::pool::DEFAULT_MAX_CONNECTIONS,
+            tether_ssh::pool::max_connections_for_memory,
+        )
+    });
     PoolConfig {
         idle: times.idle_timeout,
         max_channels: config.max_channels_per_conn,
@@ -397,6 +416,92 @@ fn pool_config(config: &tether_config::SshSection) -> PoolConfig {
             cool_down: times.breaker_cool_down,
         },
         max_handshakes: tether_ssh::pool::DEFAULT_MAX_HANDSHAKES,
+        max_connections,
+    }
+}
+
+/// The pool's figures as Prometheus metrics, read from [`Pool::stats`] at each scrape.
+struct PoolMetrics {
+    pool: std::sync::Weak<HubSsh>,
+    open: prometheus::IntGauge,
+    max: prometheus::IntGauge,
+    peak: prometheus::IntGauge,
+    opened: prometheus::IntCounter,
+    evicted: prometheus::IntCounter,
+    expired: prometheus::IntCounter,
+}
+
+impl PoolMetrics {
+    fn new(pool: &Arc<HubSsh>) -> prometheus::Result<Self> {
+        use prometheus::{IntCounter, IntGauge};
+        Ok(PoolMetrics {
+            pool: Arc::downgrade(pool),
+            open: IntGauge::new(
+                "tether_ssh_pool_connections_open",
+                "SSH connections the hub has open now (pooled, sessions, subsystems)",
+            )?,
+            max: IntGauge::new(
+                "tether_ssh_pool_connections_max",
+                "The most SSH connections the hub keeps open at once (ssh.max_connections)",
+            )?,
+            peak: IntGauge::new(
+                "tether_ssh_pool_connections_peak",
+                "The most SSH connections the hub had open at once since it started",
+            )?,
+            opened: IntCounter::new(
+                "tether_ssh_pool_connections_opened_total",
+                "SSH connections the hub opened to targets",
+            )?,
+            evicted: IntCounter::new(
+                "tether_ssh_pool_connections_evicted_total",
+                "Idle SSH connections closed to make room for another target's (ssh.max_connections reached)",
+            )?,
+            expired: IntCounter::new(
+                "tether_ssh_pool_connections_expired_total",
+                "Idle SSH connections closed after ssh.idle_timeout (shortened while the pool is more than half full)",
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for PoolMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        [
+            self.open.desc(),
+            self.max.desc(),
+            self.peak.desc(),
+            self.opened.desc(),
+            self.evicted.desc(),
+            self.expired.desc(),
+        ]
+        .concat()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Some(hub) = self.pool.upgrade() {
+            let s = hub.pool.stats();
+            let gauge =
+                |g: &prometheus::IntGauge, v: usize| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            gauge(&self.open, s.open);
+            gauge(&self.max, s.max);
+            gauge(&self.peak, s.peak);
+            for (c, v) in [
+                (&self.opened, s.opened_total),
+                (&self.evicted, s.evicted_total),
+                (&self.expired, s.expired_total),
+            ] {
+                c.inc_by(v.saturating_sub(c.get()));
+            }
+        }
+        [
+            self.open.collect(),
+            self.max.collect(),
+            self.peak.collect(),
+            self.opened.collect(),
+            self.evicted.collect(),
+            self.expired.collect(),
+        ]
+        .concat()
     }
 }
 
@@ -407,20 +512,29 @@ pub fn start_hub(
     config: &tether_config::SshSection,
     alerts: Arc<dyn AlertSink>,
     audit: tether_audit::AuditLog,
+    registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> Result<HubSide, DaemonError> {
     let key = ssh_key(vault)?;
+    let pool_config = pool_config(config);
+    tracing::info!(
+        max_connections = pool_config.max_connections,
+        "SSH pool: at most this many connections open at once"
+    );
     let pool = Pool::new(
         Arc::new(TunnelDialer(tunnel)),
         Arc::new(Events { alerts, audit }),
         key,
-        pool_config(config),
+        pool_config,
     );
     let times = config.times();
     let remote = Arc::new(HubSsh {
         pool,
         connect_timeout: times.connect_timeout,
     });
+    PoolMetrics::new(&remote)
+        .and_then(|m| registry.register(Box::new(m)))
+        .map_err(|e| DaemonError::Membership(format!("the SSH pool's metrics: {e}")))?;
     // Often enough that a short idle_timeout is honoured.
     let reap_every = REAP_EVERY
         .min(times.idle_timeout / 2)

@@ -26,7 +26,8 @@ impl Drop for Hub {
 impl Hub {
     /// Starts `tetherd` (the binary at `tetherd`) as a hub listening on 127.0.0.1 only, and
     /// waits until its control API answers.
-    pub async fn start(tetherd: &Path) -> Result<Hub, String> {
+    /// `extra` is appended to its config file (e.g. an `[ssh]` section).
+    pub async fn start(tetherd: &Path, extra: &str) -> Result<Hub, String> {
         let dir = tempfile::Builder::new()
             .prefix("tether-fleet-sim-")
             .tempdir()
@@ -35,7 +36,7 @@ impl Hub {
         let config = dir.path().join("tetherd.toml");
         let text = format!(
             "role = \"hub\"\nstate_dir = \"{}\"\n\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\n\
-             [enroll]\nlisten = \"127.0.0.1:0\"\n\n[control]\nsocket = \"{}\"\n",
+             [enroll]\nlisten = \"127.0.0.1:0\"\n\n[control]\nsocket = \"{}\"\n\n{extra}",
             dir.path().join("state").display(),
             socket.display()
         );
@@ -95,6 +96,16 @@ impl Hub {
 
 /// User + system CPU time of a process so far.
 pub fn cpu_time(pid: u32) -> Duration {
+    stat_ticks(pid, false)
+}
+
+/// User + system CPU time of a process so far plus that of its waited-for children (the
+/// simulator: every command its targets run is a child process).
+pub fn cpu_time_with_children(pid: u32) -> Duration {
+    stat_ticks(pid, true)
+}
+
+fn stat_ticks(pid: u32, children: bool) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -107,7 +118,9 @@ pub fn cpu_time(pid: u32) -> Duration {
         .and_then(|v| u64::try_from(v).ok())
         .filter(|v| *v > 0)
         .unwrap_or(100);
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+    // cutime and cstime follow (fields 16 and 17).
+    let extra = if children { ticks(13) + ticks(14) } else { 0 };
+    Duration::from_millis((ticks(11) + ticks(12) + extra) * 1000 / hz)
 }
 
 /// Resident set size of a process, in KiB.

@@ -25,7 +25,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, audit_bytes, cpu_time, hwm_kib, open_fds, rss_kib};
+use crate::hub::{Hub, audit_bytes, cpu_time, cpu_time_with_children, hwm_kib, open_fds, rss_kib};
 use crate::target::{Counters, Identity};
 
 /// Command line.
@@ -57,6 +57,9 @@ struct Args {
     /// `hosts list -H tag:env=prod` calls to take the median of.
     #[arg(long, default_value_t = 5)]
     selector_runs: usize,
+    /// The hub's `ssh.max_connections` (default: the hub's own default).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -91,8 +94,28 @@ fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 100.0).round() / 100.0
 }
 
+/// The hub's SSH pool metrics (`tether_ssh_pool_*` from `GET /v1/metrics`) by name without
+/// the prefix; empty for a hub that has none.
+async fn hub_pool(hub: &Hub) -> Value {
+    let text = hub
+        .client
+        .call::<tether_api::Metrics>(&tether_api::Empty {})
+        .await
+        .unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tether_ssh_pool_")
+            && let Some((name, value)) = rest.split_once(' ')
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            out.insert(name.to_owned(), json!(v as u64));
+        }
+    }
+    Value::Object(out)
+}
+
 /// One fan-out of `true` to every host: wall time, per-host latencies, outcomes.
-async fn fan_out(hub: &Hub, concurrency: u32) -> Result<Value, String> {
+async fn fan_out(hub: &Hub, concurrency: u32, counters: &Counters) -> Result<Value, String> {
     let req = tether_api::ExecRequest {
         selector: "all".to_owned(),
         command: "true".to_owned(),
@@ -102,6 +125,11 @@ async fn fan_out(hub: &Hub, concurrency: u32) -> Result<Value, String> {
     };
     let audit_before = audit_bytes(&hub.state_dir().join("audit"));
     let cpu_before = cpu_time(hub.pid());
+    let sim_cpu_before = cpu_time_with_children(std::process::id());
+    let accepted_before = counters.connections.load(Ordering::Relaxed);
+    counters
+        .peak_open
+        .store(counters.open.load(Ordering::Relaxed), Ordering::Relaxed);
     let started = Instant::now();
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -138,7 +166,9 @@ async fn fan_out(hub: &Hub, concurrency: u32) -> Result<Value, String> {
         .await
         .map_err(|e| format!("exec: {e}"))?;
     let wall = started.elapsed();
+    let pool = hub_pool(hub).await;
     let cpu = cpu_time(hub.pid()).saturating_sub(cpu_before);
+    let sim_cpu = cpu_time_with_children(std::process::id()).saturating_sub(sim_cpu_before);
     // exec.result records are durable before the summary; give the group commit a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let audit_bytes = audit_bytes(&hub.state_dir().join("audit")).saturating_sub(audit_before);
@@ -151,6 +181,11 @@ async fn fan_out(hub: &Hub, concurrency: u32) -> Result<Value, String> {
         "p99_ms": percentile(&lat, 0.99),
         "max_ms": lat.last().copied().unwrap_or(0),
         "hub_cpu_ms": ms(cpu),
+        "hub_cpu_ms_per_host": ms(cpu / u32::try_from(lat.len().max(1)).unwrap_or(u32::MAX)),
+        "sim_cpu_ms": ms(sim_cpu),
+        "ssh_connections_opened": counters.connections.load(Ordering::Relaxed).saturating_sub(accepted_before),
+        "ssh_connections_peak_open": counters.peak_open.load(Ordering::Relaxed),
+        "hub_pool": pool,
         "hub_peak_rss_kib": peak_rss.max(rss_kib(pid)),
         "hub_peak_fds": peak_fds.max(open_fds(pid)),
         "audit_bytes": audit_bytes,
@@ -165,7 +200,11 @@ async fn run(args: Args) -> Result<Value, String> {
             .map_err(|e| format!("current exe: {e}"))?
             .with_file_name("tetherd"),
     };
-    let hub = Hub::start(&tetherd).await?;
+    let extra = args
+        .max_connections
+        .map(|n| format!("[ssh]\nmax_connections = {n}\n"))
+        .unwrap_or_default();
+    let hub = Hub::start(&tetherd, &extra).await?;
     let pid = hub.pid();
     let rss_empty = rss_kib(pid);
     let stop = CancellationToken::new();
@@ -283,12 +322,12 @@ async fn run(args: Args) -> Result<Value, String> {
     sel.sort_unstable();
 
     let cold = if args.fanouts >= 1 {
-        fan_out(&hub, args.exec_concurrency).await?
+        fan_out(&hub, args.exec_concurrency, &counters).await?
     } else {
         Value::Null
     };
     let warm = if args.fanouts >= 2 {
-        fan_out(&hub, args.exec_concurrency).await?
+        fan_out(&hub, args.exec_concurrency, &counters).await?
     } else {
         Value::Null
     };
@@ -371,7 +410,7 @@ fn print_report(r: &Value) {
     );
     for k in ["fanout_cold", "fanout_warm"] {
         println!(
-            "  {k:<15} {} ok, errors {}, wall {} ms, per-host p50 {} ms p99 {} ms max {} ms, hub CPU {} ms, peak RSS {} KiB, peak fds {}, audit +{} B",
+            "  {k:<15} {} ok, errors {}, wall {} ms, per-host p50 {} ms p99 {} ms max {} ms, hub CPU {} ms ({} ms/host; simulator {} ms), peak RSS {} KiB, peak fds {}, SSH connections opened {} (peak open {}), audit +{} B",
             g(&format!("/{k}/ok")),
             g(&format!("/{k}/errors")),
             g(&format!("/{k}/wall_ms")),
@@ -379,8 +418,12 @@ fn print_report(r: &Value) {
             g(&format!("/{k}/p99_ms")),
             g(&format!("/{k}/max_ms")),
             g(&format!("/{k}/hub_cpu_ms")),
+            g(&format!("/{k}/hub_cpu_ms_per_host")),
+            g(&format!("/{k}/sim_cpu_ms")),
             g(&format!("/{k}/hub_peak_rss_kib")),
             g(&format!("/{k}/hub_peak_fds")),
+            g(&format!("/{k}/ssh_connections_opened")),
+            g(&format!("/{k}/ssh_connections_peak_open")),
             g(&format!("/{k}/audit_bytes"))
         );
     }

@@ -30,6 +30,26 @@ pub struct Counters {
     pub admitted: AtomicU64,
     /// Commands finished.
     pub finished: AtomicU64,
+    /// SSH connections from the hub accepted so far (all targets).
+    pub connections: AtomicU64,
+    /// SSH connections from the hub open now (all targets).
+    pub open: AtomicU64,
+    /// The most SSH connections open at once since it was last reset.
+    pub peak_open: AtomicU64,
+}
+
+impl Counters {
+    /// One more connection open.
+    fn opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_open.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// One connection fewer open.
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Lets every command run and counts it (a simulated target has no policy or audit of its own;
@@ -153,7 +173,7 @@ pub async fn start(
             .map(|s| (*s).to_owned())
             .collect(),
         run_as: tether_ssh::run_as::RunAs::resolve(None).map_err(|e| e.to_string())?,
-        gate: Arc::new(CountingGate(counters)),
+        gate: Arc::new(CountingGate(Arc::clone(&counters))),
         sftp: None,
     });
     let listener = handle
@@ -171,12 +191,14 @@ pub async fn start(
             if stream.peer_ip() != hub_overlay {
                 continue;
             }
-            let (server, stop) = (server.clone(), stop.clone());
+            let (server, stop, counters) = (server.clone(), stop.clone(), Arc::clone(&counters));
+            counters.opened();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = server.serve_connection(stream) => {}
                     () = stop.cancelled() => {}
                 }
+                counters.closed();
             });
         }
     });

@@ -122,6 +122,21 @@ impl Tuner {
         self.cap
     }
 
+    /// Idle past [`IDLE_AFTER`] at `now` with its buffer at the floor and nothing wanted: until
+    /// the total moves, [`Tuner::observe`] would only restart the measuring interval.
+    pub fn settled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_move.0) >= IDLE_AFTER
+            && self.cap <= self.floor
+            && self.target <= self.floor
+            && self.space == 0
+    }
+
+    /// Restarts the measuring interval at `at` (what an idle [`Tuner::observe`] at `at` did),
+    /// for a stream whose idle passes were skipped while it was [`Tuner::settled`].
+    pub fn restart_interval(&mut self, at: Instant) {
+        self.mark.0 = at;
+    }
+
     /// The stack applied `cap` (all or part of a [`Want`]).
     pub fn applied(&mut self, cap: usize) {
         self.cap = cap;

@@ -108,6 +108,11 @@ struct Tuning {
     last_active: Instant,
     /// The sender's smoothed RTT last seen.
     last_srtt: Option<Duration>,
+    /// Idle both ways past [`autotune::IDLE_AFTER`] with both buffers at their floor and
+    /// nothing queued: until a byte moves, a tuning pass would change nothing, so it is skipped
+    /// (a hub holds thousands of such pooled connections; visiting each fully on every stack
+    /// run was the largest cost of a fan-out to 10,000).
+    settled: bool,
 }
 
 impl Tuning {
@@ -123,6 +128,7 @@ impl Tuning {
             last_acked: 0,
             last_active: now,
             last_srtt: None,
+            settled: false,
         }
     }
 }
@@ -181,6 +187,8 @@ pub(super) struct Stack {
     epoch: Instant,
     /// The time of the last stack run (new streams start their tuning clock there).
     last_now: Instant,
+    /// When [`Stack::tune`] last ran.
+    last_tune: Option<Instant>,
     /// Inbound packets or socket calls are waiting for a [`Stack::poll`].
     dirty: bool,
     /// Incoming streams reset because their peer was at [`MAX_STREAMS_PER_PEER`].
@@ -221,6 +229,7 @@ impl Stack {
             next_stream: 1,
             epoch,
             last_now: epoch,
+            last_tune: None,
             dirty: false,
             refused_over_cap: 0,
             resetting: Vec::new(),
@@ -335,6 +344,7 @@ impl Stack {
         }
         let limits = self.limits;
         let mut changed = false;
+        let previous_pass = self.last_tune.replace(now);
         for m in self.streams.values_mut() {
             if m.aborted || m.reset {
                 continue;
@@ -353,6 +363,18 @@ impl Stack {
             let queued = s.recv_queue();
             let received = tu.read_total + queued as u64;
             let acked = tu.written_total.saturating_sub(s.send_queue() as u64);
+            if tu.settled {
+                if received == tu.last_received.0 && acked == tu.last_acked {
+                    continue;
+                }
+                // Bytes moved again: the skipped passes would each have restarted the
+                // tuners' measuring interval; the last of them was the previous pass.
+                tu.settled = false;
+                if let Some(at) = previous_pass {
+                    tu.rx.restart_interval(at);
+                    tu.tx.restart_interval(at);
+                }
+            }
             if received != tu.last_received.0 {
                 tu.last_received = (received, now);
                 tu.last_active = now;
@@ -435,6 +457,12 @@ impl Stack {
                 tu.tx.applied(new);
                 changed = true;
             }
+            tu.settled = queued == 0
+                && s.send_queue() == 0
+                && tu.rcv_mark.is_none()
+                && now.saturating_duration_since(tu.last_active) >= autotune::IDLE_AFTER
+                && tu.rx.settled(now)
+                && tu.tx.settled(now);
         }
         if changed {
             // A grown window is advertised (and grown room refilled) at the next stack run.

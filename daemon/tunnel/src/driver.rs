@@ -761,11 +761,14 @@ impl AsyncRead for TunnelStream {
         if g.stopped {
             return Poll::Ready(Err(stopped_err()));
         }
+        // Whoever left output queued already woke the driver: one wake-up per batch of stream
+        // calls, not one per call (each costs a cross-thread hand-off).
+        let queued = g.node.has_output();
         match g.node.recv(self.id, buf.initialize_unfilled()) {
             Ok(n) => {
                 buf.advance(n);
                 drop(g);
-                if n > 0 {
+                if n > 0 && !queued {
                     self.shared.wake_driver.notify_one();
                 }
                 Poll::Ready(Ok(()))
@@ -794,10 +797,14 @@ impl AsyncWrite for TunnelStream {
         if g.stopped {
             return Poll::Ready(Err(stopped_err()));
         }
+        // As in poll_read: output already queued means the driver was already woken for it.
+        let queued = g.node.has_output();
         match g.node.send(self.id, data) {
             Ok(n) => {
                 drop(g);
-                self.shared.wake_driver.notify_one();
+                if !queued {
+                    self.shared.wake_driver.notify_one();
+                }
                 Poll::Ready(Ok(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

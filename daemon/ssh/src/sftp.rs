@@ -1148,14 +1148,16 @@ impl SftpClient {
                     let req = self.raw.write(h.as_str(), offset, piece.to_vec());
                     Box::pin(async move { req.await.map(|_| ()).map_err(|e| self.err(e)) })
                 };
-                // Poll once so the request goes out now, in order.
-                if let std::task::Poll::Ready(Err(e)) =
-                    std::future::poll_fn(|cx| std::task::Poll::Ready(w.as_mut().poll(cx))).await
-                {
-                    let _ = self.raw.close_session();
-                    return Err(e);
+                // Poll once so the request goes out now, in order; keep it only while pending
+                // (a finished future must not be polled again).
+                match std::future::poll_fn(|cx| std::task::Poll::Ready(w.as_mut().poll(cx))).await {
+                    std::task::Poll::Pending => inflight.push_back(w),
+                    std::task::Poll::Ready(Ok(())) => {}
+                    std::task::Poll::Ready(Err(e)) => {
+                        let _ = self.raw.close_session();
+                        return Err(e);
+                    }
                 }
-                inflight.push_back(w);
                 if let Some(hs) = hasher.as_mut() {
                     hs.update(piece);
                 }

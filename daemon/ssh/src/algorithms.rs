@@ -26,7 +26,7 @@ pub const KEX_SERVER: &[kex::Name] = &[
 ];
 
 /// Ciphers: AEAD only. AES-256-GCM first: with AES-NI/PCLMUL (every x86-64 server CPU of the last
-/// decade) russh's `ring` AES-GCM took 0.15× the CPU of its chacha20-poly1305@openssh.com per byte
+/// decade) russh's `ring` AES-GCM took 0.14× the CPU of its chacha20-poly1305@openssh.com per byte
 /// (`cargo bench -p tether-ssh --bench ciphers`, BENCHMARKS.md); the client's order decides, and
 /// ChaCha20 stays allowed for peers that prefer it.
 pub const CIPHERS: &[cipher::Name] = &[cipher::AES_256_GCM, cipher::CHACHA20_POLY1305];

@@ -49,6 +49,9 @@ pub const SHA256_EXT: &str = "sha256@tether.dev";
 /// Bytes per SFTP read or write request.
 pub const CHUNK: usize = 32 * 1024;
 
+/// Write requests an upload keeps outstanding (8 × [`CHUNK`] = 256 KiB, one overlay TCP window).
+const WRITES_IN_FLIGHT: usize = 8;
+
 /// A boxed future, for the gate's methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -1114,8 +1117,15 @@ impl SftpClient {
             .await
             .map_err(|e| self.err(e))?
             .handle;
-        let mut hasher = Sha256::new();
+        // With a digest from the caller (the CLI hashed the file) the target checks the bytes
+        // against it; hashing them here again would only burn CPU on the hub.
+        let mut hasher = expected_sha256.is_none().then(Sha256::new);
         let mut offset = 0u64;
+        // Up to WRITES_IN_FLIGHT write requests outstanding: the target's server handles them in
+        // order on one channel, so pipelining keeps the tunnel busy instead of one round trip per
+        // CHUNK.
+        let mut inflight: std::collections::VecDeque<BoxFuture<'_, Result<(), SshError>>> =
+            std::collections::VecDeque::new();
         loop {
             let chunk = tokio::select! {
                 c = data.recv() => c,
@@ -1127,20 +1137,49 @@ impl SftpClient {
             };
             let Some(chunk) = chunk else { break };
             for piece in chunk.chunks(CHUNK) {
-                if let Err(e) = self.raw.write(h.as_str(), offset, piece.to_vec()).await {
+                if inflight.len() >= WRITES_IN_FLIGHT
+                    && let Some(oldest) = inflight.pop_front()
+                    && let Err(e) = oldest.await
+                {
                     let _ = self.raw.close_session();
-                    return Err(self.err(e));
+                    return Err(e);
                 }
-                hasher.update(piece);
+                let mut w: BoxFuture<'_, Result<(), SshError>> = {
+                    let req = self.raw.write(h.as_str(), offset, piece.to_vec());
+                    Box::pin(async move { req.await.map(|_| ()).map_err(|e| self.err(e)) })
+                };
+                // Poll once so the request goes out now, in order; keep it only while pending
+                // (a finished future must not be polled again).
+                match std::future::poll_fn(|cx| std::task::Poll::Ready(w.as_mut().poll(cx))).await {
+                    std::task::Poll::Pending => inflight.push_back(w),
+                    std::task::Poll::Ready(Ok(())) => {}
+                    std::task::Poll::Ready(Err(e)) => {
+                        let _ = self.raw.close_session();
+                        return Err(e);
+                    }
+                }
+                if let Some(hs) = hasher.as_mut() {
+                    hs.update(piece);
+                }
                 offset += piece.len() as u64;
             }
         }
+        while let Some(w) = inflight.pop_front() {
+            if let Err(e) = w.await {
+                let _ = self.raw.close_session();
+                return Err(e);
+            }
+        }
+        drop(inflight);
         if abort.is_cancelled() {
             let _ = self.raw.close_session();
             return Err(SshError::Cancelled);
         }
-        let ours = hex::encode(hasher.finalize());
-        let announce = expected_sha256.unwrap_or_else(|| ours.clone());
+        let announce = match expected_sha256 {
+            Some(e) => e,
+            None => hex::encode(hasher.unwrap_or_default().finalize()),
+        };
+        let ours = announce.clone();
         self.raw
             .extended(SHA256_EXT, format!("{h}\n{announce}").into_bytes())
             .await

@@ -24,9 +24,11 @@ use crate::node::{
     Dest, Event, Node, NodeConfig, PeerConfig, PeerId, PeerStatus, RelayId, RelayStatus, StreamId,
     Transmit,
 };
+use crate::udp::UdpIo;
 use crate::{PublicKey, TunnelError};
 
-/// Datagrams read per wake-up before the stack runs (batching amortises the TCP/IP work).
+/// Datagrams read per wake-up before the stack runs (batching amortises the TCP/IP work; with
+/// UDP GRO one receive call may deliver dozens, see [`UdpIo`]).
 const RX_BATCH: usize = 64;
 
 /// Datagrams queued to one relay connection before more are dropped (and counted), as UDP would.
@@ -265,8 +267,9 @@ async fn run(
     sock: UdpSocket,
     relays: Vec<mpsc::Sender<(PublicKey, Vec<u8>)>>,
 ) {
-    let mut buf = vec![0u8; 65536];
+    let mut io = UdpIo::new(&sock);
     let mut out: Vec<Transmit> = Vec::new();
+    let mut udp_out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     loop {
         let (deadline, pending) = {
             let mut g = shared.lock();
@@ -282,17 +285,17 @@ async fn run(
             biased;
             _ = shared.shutdown.notified() => break,
             _ = std::future::ready(()), if pending => {}
-            r = sock.recv_from(&mut buf) => {
-                let mut g = shared.lock();
-                let now = Instant::now();
-                match r {
-                    Ok((n, from)) => g.node.handle_datagram(from, &buf[..n], now),
-                    Err(e) => tracing::debug!(error = %e, "tunnel UDP receive failed"),
-                }
-                for _ in 1..RX_BATCH {
-                    match sock.try_recv_from(&mut buf) {
-                        Ok((n, from)) => g.node.handle_datagram(from, &buf[..n], now),
-                        Err(_) => break,
+            r = sock.readable() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "tunnel UDP socket not readable");
+                } else {
+                    let mut g = shared.lock();
+                    let now = Instant::now();
+                    let r = io.recv(&sock, RX_BATCH, |from, d| g.node.handle_datagram(from, d, now));
+                    match r {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => tracing::debug!(error = %e, "tunnel UDP receive failed"),
                     }
                 }
             }
@@ -349,11 +352,7 @@ async fn run(
         let mut dropped = 0u64;
         for t in out.drain(..) {
             match t.dst {
-                Dest::Udp(dst) => {
-                    if let Err(e) = sock.send_to(&t.payload, dst).await {
-                        tracing::debug!(error = %e, dst = %dst, "tunnel UDP send failed");
-                    }
-                }
+                Dest::Udp(dst) => udp_out.push((dst, t.payload)),
                 Dest::Relay { relay, key } => {
                     // Never wait for a relay: a full queue drops the datagram, as UDP would.
                     let sent = relays
@@ -364,6 +363,10 @@ async fn run(
                     }
                 }
             }
+        }
+        if !udp_out.is_empty() {
+            io.send(&sock, &udp_out).await;
+            udp_out.clear();
         }
         if dropped > 0 {
             shared.lock().relay_dropped += dropped;
@@ -758,11 +761,14 @@ impl AsyncRead for TunnelStream {
         if g.stopped {
             return Poll::Ready(Err(stopped_err()));
         }
+        // Whoever left output queued already woke the driver: one wake-up per batch of stream
+        // calls, not one per call (each costs a cross-thread hand-off).
+        let queued = g.node.has_output();
         match g.node.recv(self.id, buf.initialize_unfilled()) {
             Ok(n) => {
                 buf.advance(n);
                 drop(g);
-                if n > 0 {
+                if n > 0 && !queued {
                     self.shared.wake_driver.notify_one();
                 }
                 Poll::Ready(Ok(()))
@@ -791,10 +797,14 @@ impl AsyncWrite for TunnelStream {
         if g.stopped {
             return Poll::Ready(Err(stopped_err()));
         }
+        // As in poll_read: output already queued means the driver was already woken for it.
+        let queued = g.node.has_output();
         match g.node.send(self.id, data) {
             Ok(n) => {
                 drop(g);
-                self.shared.wake_driver.notify_one();
+                if !queued {
+                    self.shared.wake_driver.notify_one();
+                }
                 Poll::Ready(Ok(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -34,6 +34,7 @@ mod health;
 mod keys;
 mod metrics;
 mod node;
+mod udp;
 
 pub use driver::{RelayEndpoint, Tunnel, TunnelConfig, TunnelHandle, TunnelListener, TunnelStream};
 pub use error::TunnelError;

@@ -609,6 +609,15 @@ impl SftpRelay {
             cancel,
         } = self;
         let (mut rd, mut wr) = tokio::io::split(stream);
+        // Cancelled when the host is revoked or removed (see `vpn::close_connections`).
+        let ended = CancellationToken::new();
+        session
+            .ctx
+            .state
+            .sftp_relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((session.host.clone(), ended.clone()));
         let up = AtomicU64::new(0);
         let down = AtomicU64::new(0);
         // Set once the client has said it is done (end of file, or its channel went): only
@@ -672,7 +681,16 @@ impl SftpRelay {
             r = download => r.map_err(|e| e.to_string()),
             r = upload => r.map_err(|e| e.to_string()),
             () = cancel.cancelled() => Ok(()),
+            () = ended.cancelled() => Err(format!("{} was revoked or removed", session.host)),
         };
+        ended.cancel();
+        session
+            .ctx
+            .state
+            .sftp_relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(_, t)| !t.is_cancelled());
         let mut data = json!({
             "via": session.via,
             "duration_ms": started.elapsed().as_millis() as u64,

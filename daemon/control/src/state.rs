@@ -363,6 +363,15 @@ pub enum ReloadError {
 pub use tether_api::{ReloadReport, RotationOutcome};
 
 impl AppState {
+    /// The relayed SFTP sessions running now, by host (see the field).
+    pub(crate) fn sftp_relays(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(String, tokio_util::sync::CancellationToken)>> {
+        self.sftp_relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Builds the state for a daemon started with `config` from `source`.
     pub fn new(
         config: Config,

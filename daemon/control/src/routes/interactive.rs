@@ -614,9 +614,7 @@ impl SftpRelay {
         session
             .ctx
             .state
-            .sftp_relays
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sftp_relays()
             .push((session.host.clone(), ended.clone()));
         let up = AtomicU64::new(0);
         let down = AtomicU64::new(0);
@@ -687,9 +685,7 @@ impl SftpRelay {
         session
             .ctx
             .state
-            .sftp_relays
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sftp_relays()
             .retain(|(_, t)| !t.is_cancelled());
         let mut data = json!({
             "via": session.via,

@@ -55,17 +55,13 @@ pub(crate) async fn on_hub<T: Send + 'static>(
 pub(crate) async fn close_connections(ctx: &Ctx, hosts: &[HostRecord], why: &str) {
     // Relayed SFTP sessions end now (their `sftp.close` written), even with a client that
     // stopped reading.
-    ctx.state
-        .sftp_relays
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .retain(|(host, ended)| {
-            let going = hosts.iter().any(|h| &h.name == host);
-            if going {
-                ended.cancel();
-            }
-            !going && !ended.is_cancelled()
-        });
+    ctx.state.sftp_relays().retain(|(host, ended)| {
+        let going = hosts.iter().any(|h| &h.name == host);
+        if going {
+            ended.cancel();
+        }
+        !going && !ended.is_cancelled()
+    });
     if let Some(remote) = &ctx.state.remote {
         for h in hosts {
             remote.close_host(&h.name, why).await;

@@ -39,7 +39,7 @@ fn check_reports_every_problem_with_key_and_line_and_exits_2() {
     let f = dir.path().join("bad.toml");
     std::fs::write(
         &f,
-        "role = \"hubb\"\nstate_dir = \"relative\"\n[control]\nsocket = 7\nidle_timeout_secs = \"soon\"\ncolour = \"blue\"\n[control.roles]\noperator = [\"user:\"]\n",
+        "role = \"hubb\"\nstate_dir = 5\n[control]\nsocket = 7\nidle_timeout_secs = \"soon\"\ncolour = \"blue\"\n[control.roles]\noperator = [\"user:\"]\n",
     )
     .unwrap();
     let out = Command::new(bin("tether"))
@@ -149,4 +149,145 @@ fn config_show_from_a_file_redacts_and_uses_env() {
     let text = stdout(&out);
     assert!(text.contains("role = \"target\""), "{text}");
     assert!(text.contains("level = \"debug\""), "env applied: {text}");
+}
+
+/// A daemon started with a relative `--config` (as `cd /etc/tether && tetherd run --config
+/// hub.toml`), whose file uses relative paths, reads and writes everything beside the file:
+/// relative paths in a config file mean its directory, whatever the working directory, and
+/// what the daemon shows names the resolved absolute paths. Checked for a hub (state dir,
+/// socket, policy file, the vault key that sits beside the config file by default, a reload)
+/// and a relay (allowlist, its state dir's certificate, seen the same by `tetherd relay show`
+/// from another directory).
+#[test]
+fn relative_config_paths_resolve_against_the_config_files_directory() {
+    use tether_e2e::Daemon;
+    let dir = tempfile::Builder::new()
+        .prefix("tether-e2e-rel-")
+        .tempdir()
+        .unwrap();
+    let conf = dir.path().join("conf");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(
+        conf.join("policy.toml"),
+        "[policy]\nmode = \"enforce\"\n[[policy.deny_commands]]\nid = \"no-reboot\"\npattern = \"^reboot\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("hub.toml"),
+        "role = \"hub\"\nstate_dir = \"hub-state\"\npolicy_file = \"policy.toml\"\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n[enroll]\nlisten = \"127.0.0.1:0\"\n\
+         [control]\nsocket = \"run/hub.sock\"\n[vault]\nbackend = \"file\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(conf.join("run")).unwrap();
+    let socket = conf.join("run/hub.sock");
+    // Started in the config file's directory with a bare file name: the case that put the
+    // vault key somewhere else.
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut hub = Daemon::spawn_from(hub_dir, &conf, "hub.toml".into(), socket.clone(), &[]);
+    hub.wait_ready();
+    assert!(conf.join("hub-state").is_dir(), "state_dir beside the file");
+    assert!(
+        conf.join("vault.key").is_file(),
+        "the vault key beside the config file; log:\n{}",
+        hub.log()
+    );
+    assert!(!elsewhere.join("vault.key").exists());
+    // What the daemon shows is the resolved path.
+    let out = hub.tether(&["--json", "config", "show"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let shown = stdout(&out);
+    for p in [
+        conf.join("hub-state"),
+        conf.join("run/hub.sock"),
+        conf.join("policy.toml"),
+    ] {
+        assert!(
+            shown.contains(&p.display().to_string()),
+            "{} not in:\n{shown}",
+            p.display()
+        );
+    }
+    // The policy file was read from beside the config file.
+    let out = hub.tether(&["policy", "check", "--", "reboot", "now"]);
+    assert!(
+        stdout(&out).contains("no-reboot"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // A reload re-reads the same relative file from the same directory.
+    hub.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(hub.wait_log("SIGHUP: config reloaded"), "{}", hub.log());
+    assert!(!hub.log().contains("reload failed"), "{}", hub.log());
+    drop(hub);
+
+    // A relay started from another directory with `--config ../conf/relay.toml`.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(conf.join("allowed-keys"), "# none yet\n").unwrap();
+    std::fs::write(
+        conf.join("relay.toml"),
+        format!(
+            "role = \"relay\"\nstate_dir = \"relay-state\"\n[control]\nsocket = \"run/relay.sock\"\n\
+             [relay]\nlisten = \"127.0.0.1:{port}\"\nallowlist = \"allowed-keys\"\n"
+        ),
+    )
+    .unwrap();
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = Daemon::spawn_from(
+        relay_dir,
+        &elsewhere,
+        "../conf/relay.toml".into(),
+        conf.join("run/relay.sock"),
+        &[],
+    );
+    // A relay serves no control socket: its log says when it is ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !relay.log().contains("tetherd relay ready") {
+        assert!(std::time::Instant::now() < deadline, "{}", relay.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(conf.join("relay-state").is_dir(), "{}", relay.log());
+    assert!(
+        relay
+            .log()
+            .contains(&conf.join("relay-state").display().to_string()),
+        "the log names the resolved path: {}",
+        relay.log()
+    );
+    assert!(!elsewhere.join("relay-state").exists());
+    // `tetherd relay show` run from yet another directory with the absolute path sees the
+    // same state (the certificate the relay generated there).
+    let out = Command::new(bin("tetherd"))
+        .args(["relay", "show", "--json", "--config"])
+        .arg(conf.join("relay.toml"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let pin = v["cert_sha256"].as_str().unwrap();
+    assert!(relay.log().contains(pin), "{pin} not in:\n{}", relay.log());
+    // `tether config check` on a relative path reports problems with the resolved path.
+    std::fs::write(
+        elsewhere.join("bad.toml"),
+        "role = \"target\"\n[files]\nallowed_roots = [\"data/../other\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("tether"))
+        .args(["config", "check", "bad.toml"])
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    assert_ne!(code(&out), 0);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(
+        text.contains(&elsewhere.join("data").display().to_string()),
+        "{text}"
+    );
 }

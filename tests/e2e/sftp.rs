@@ -3,7 +3,7 @@
 //! `tether ssh-config` prints, the hub relaying the `sftp` subsystem to the target's confined
 //! SFTP server over the pool. Every path is confined, checked and audited on the target.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -607,6 +607,22 @@ fn an_sftp_client_that_stops_reading_neither_grows_the_hub_nor_stalls_exec() {
     signal(pid, "-STOP");
     let out = hub.tether(&["vpn", "revoke", "t1"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    // The hub writes the session's end when it ends on the hub's side, while the client is
+    // still stopped — not when the client next reads.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let closed = loop {
+        let closed = audit_records(&hub, "sftp.close");
+        if closed.len() >= 2 {
+            break closed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sftp.close after the host was revoked, with the client stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // An error either way: the revoke itself, or the target's side closing first.
+    assert_eq!(closed[1]["data"]["error"], "stream", "{}", closed[1]);
     signal(pid, "-CONT");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -620,20 +636,215 @@ fn an_sftp_client_that_stops_reading_neither_grows_the_hub_nor_stalls_exec() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success(), "the transfer finished after the revoke");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let closed = loop {
-        let closed = audit_records(&hub, "sftp.close");
-        if closed.len() >= 2 {
-            break closed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no sftp.close after the host was revoked"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
     let down = closed[1]["data"]["target_to_client_bytes"]
         .as_u64()
         .unwrap();
     assert!(down < SIZE, "{}", closed[1]);
+}
+
+/// Writes `size` bytes of a deterministic, incompressible pattern to `path` (so a byte out of
+/// place changes the digest, unlike a sparse file's zeros); returns their SHA-256, in hex.
+fn patterned_file(path: &Path, size: u64) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut hash = Sha256::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut block = vec![0u8; 64 * 1024];
+    let mut left = size;
+    while left > 0 {
+        for w in block.chunks_exact_mut(8) {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            w.copy_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap();
+        f.write_all(&block[..n]).unwrap();
+        hash.update(&block[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    hex::encode(hash.finalize())
+}
+
+/// The SHA-256 of the file at `path`, in hex, and its size.
+fn digest(path: &Path) -> (String, u64) {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        hash.update(&buf[..k]);
+        n += k as u64;
+    }
+    (hex::encode(hash.finalize()), n)
+}
+
+/// Runs `cmd` (a download into `dest`), suspending it (SIGSTOP) for `pause` each time `dest`
+/// passes one of `stops` bytes, then resuming it (SIGCONT); returns its exit status and stderr
+/// once it ends by itself.
+fn download_with_pauses(
+    mut cmd: Command,
+    dest: &Path,
+    stops: &[u64],
+    pause: Duration,
+) -> (std::process::ExitStatus, String) {
+    let err = dest.with_extension("err");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("run the OpenSSH client");
+    let pid = child.id();
+    let size = || std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut stops = stops.iter().copied().peekable();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if stops.peek().is_some_and(|&at| size() >= at) {
+            stops.next();
+            signal(pid, "-STOP");
+            std::thread::sleep(pause);
+            signal(pid, "-CONT");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the download did not finish ({} bytes)", size());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        stops.next().is_none(),
+        "the download ended at {} bytes before every pause was made",
+        size()
+    );
+    (status, std::fs::read_to_string(&err).unwrap_or_default())
+}
+
+/// A download through the hub's SFTP relay that is suspended and resumed — once for long, many
+/// times, on a small file, with `sftp`'s big reads and with `scp` (SFTP mode) — either
+/// finishes with the source's exact bytes or fails with an error: never a shorter file and
+/// exit status 0.
+#[test]
+fn a_suspended_and_resumed_download_finishes_byte_exact() {
+    if skip() {
+        return;
+    }
+    const BIG: u64 = 64 << 20;
+    const SMALL: u64 = 3 << 20;
+    let hub = Daemon::start("hub", "");
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let big = patterned_file(&root.join("big.bin"), BIG);
+    let small = patterned_file(&root.join("small.bin"), SMALL);
+    let t1 = target(&hub, "t1", &[&root], 2 * BIG);
+    let config = client_config(&hub);
+    let local = hub.dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+
+    let sftp = |name: &str, dest: &Path, big_reads: bool| {
+        let batch = dest.with_extension("batch");
+        std::fs::write(
+            &batch,
+            format!("get {}/{name} {}\n", root.display(), dest.display()),
+        )
+        .unwrap();
+        let mut c = Command::new("sftp");
+        c.arg("-F")
+            .arg(&config)
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]);
+        if big_reads {
+            c.args(["-B", "131072", "-R", "512"]);
+        }
+        c.arg("-b").arg(&batch).arg("t1");
+        c
+    };
+    let cases: Vec<(&str, Command, PathBuf, &[u64], Duration, &String, u64)> = vec![
+        {
+            let d = local.join("once.bin");
+            let c = sftp("big.bin", &d, true);
+            (
+                "one long pause",
+                c,
+                d,
+                &[8 << 20][..],
+                Duration::from_secs(6),
+                &big,
+                BIG,
+            )
+        },
+        {
+            let d = local.join("many.bin");
+            let c = sftp("big.bin", &d, true);
+            let stops: &[u64] = &[4 << 20, 12 << 20, 20 << 20, 28 << 20, 40 << 20, 52 << 20];
+            (
+                "six short pauses",
+                c,
+                d,
+                stops,
+                Duration::from_secs(2),
+                &big,
+                BIG,
+            )
+        },
+        {
+            let d = local.join("small.bin");
+            let c = sftp("small.bin", &d, false);
+            (
+                "a small file",
+                c,
+                d,
+                &[1 << 20][..],
+                Duration::from_secs(3),
+                &small,
+                SMALL,
+            )
+        },
+        {
+            let d = local.join("scp.bin");
+            let mut c = Command::new("scp");
+            c.arg("-F")
+                .arg(&config)
+                .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-s"])
+                .arg(format!("t1:{}/big.bin", root.display()))
+                .arg(&d);
+            (
+                "scp in SFTP mode",
+                c,
+                d,
+                &[8 << 20, 30 << 20][..],
+                Duration::from_secs(4),
+                &big,
+                BIG,
+            )
+        },
+    ];
+    for (what, cmd, dest, stops, pause, want, size) in cases {
+        let (status, err) = download_with_pauses(cmd, &dest, stops, pause);
+        let (got, len) = digest(&dest);
+        eprintln!("{what}: {status}, {len} of {size} bytes");
+        assert!(
+            status.success(),
+            "{what}: {status}: {err}\nhub log:\n{}\ntarget log:\n{}",
+            hub.log(),
+            t1.log()
+        );
+        assert_eq!(
+            len, size,
+            "{what}: exit 0 with {len} of {size} bytes: {err}"
+        );
+        assert_eq!(&got, want, "{what}: exit 0 with other bytes");
+    }
 }

@@ -101,14 +101,28 @@ impl Daemon {
 
     /// Spawns `tetherd run --config CONFIG` inside `dir` without waiting.
     pub fn spawn_in(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Daemon {
-        Self::spawn_wrapped(dir, config, env, &[])
+        Self::spawn_wrapped(dir, config, env, &[], None)
+    }
+
+    /// Spawns `tetherd run --config CONFIG [ARGS]` with `cwd` as its working directory, so
+    /// `config` may be relative to it (as an operator types it); the control socket is `socket`.
+    pub fn spawn_from(
+        dir: tempfile::TempDir,
+        cwd: &Path,
+        config: PathBuf,
+        socket: PathBuf,
+        args: &[&str],
+    ) -> Daemon {
+        let mut d = Self::spawn_wrapped(dir, config, &[], &[], Some((cwd, args)));
+        d.socket = socket;
+        d
     }
 
     /// Like [`Daemon::spawn_in`] in network namespace `netns` (`ip netns exec NETNS tetherd
     /// ...`, which execs: the child is tetherd itself). Needs root. The control socket is a
     /// file, so the CLI reaches it from any namespace.
     pub fn spawn_in_netns(dir: tempfile::TempDir, config: PathBuf, netns: &str) -> Daemon {
-        Self::spawn_wrapped(dir, config, &[], &["ip", "netns", "exec", netns])
+        Self::spawn_wrapped(dir, config, &[], &["ip", "netns", "exec", netns], None)
     }
 
     fn spawn_wrapped(
@@ -116,6 +130,7 @@ impl Daemon {
         config: PathBuf,
         env: &[(&str, &str)],
         wrapper: &[&str],
+        cwd_args: Option<(&Path, &[&str])>,
     ) -> Daemon {
         let socket = dir.path().join("tetherd.sock");
         let log = dir.path().join("tetherd.log");
@@ -141,6 +156,9 @@ impl Daemon {
             .stderr(err);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some((cwd, args)) = cwd_args {
+            cmd.current_dir(cwd).args(args);
         }
         let child = cmd.spawn().expect("spawn tetherd");
         Daemon {

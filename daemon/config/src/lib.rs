@@ -27,7 +27,7 @@ pub use approvals::{ApprovalsSection, QuorumCondition};
 pub use error::{ConfigError, Problem};
 pub use file::{MAX_CONFIG_FILE_BYTES, read_config_file};
 pub use files::FilesSection;
-pub use load::{Overrides, check_file, check_str, load, load_for_reload};
+pub use load::{Overrides, PATH_KEYS, check_file, check_str, load, load_for_reload};
 pub use metrics::MetricsConfig;
 pub use paths::{
     default_socket_path, default_state_dir, default_vault_key_file, system_socket_path,

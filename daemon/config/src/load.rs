@@ -7,6 +7,7 @@ use serde::Serialize;
 use tether_model::DaemonRole;
 
 use crate::locate::{find_line, line_of_offset};
+use crate::paths::config_file_path;
 use crate::{Config, ConfigError, DEFAULT_CONFIG_PATH, Problem};
 
 /// Values given on the command line; they win over the file and the environment.
@@ -31,6 +32,17 @@ pub struct ControlOverrides {
 }
 
 impl Overrides {
+    /// The overrides with relative paths made absolute against the working directory (where
+    /// the flag was typed).
+    fn anchored(&self) -> Overrides {
+        let mut o = self.clone();
+        o.state_dir = o.state_dir.map(|p| absolute(&p));
+        if let Some(c) = o.control.as_mut() {
+            c.socket = absolute(&c.socket);
+        }
+        o
+    }
+
     /// Sets `control.socket`.
     pub fn with_socket(mut self, socket: Option<PathBuf>) -> Self {
         self.control = socket.map(|socket| ControlOverrides { socket });
@@ -40,9 +52,17 @@ impl Overrides {
 
 /// Loads the effective config for `tetherd run`: defaults < `file` (or `/etc/tether/tetherd.toml`
 /// if it exists and no file was given) < `TETHER_*` env < `overrides`, then validates it.
+///
+/// Relative paths: one rule, applied here for every path the config carries (see
+/// [`PATH_KEYS`]). A relative path written in the config file means the file's directory, as
+/// for systemd units and most daemons, whatever the daemon's working directory; a relative
+/// `--state-dir`/`--socket` flag means the working directory it was typed in. The config
+/// holds the resolved absolute paths, so everything that shows it (`tether config show`,
+/// errors) names the path actually used. Relative paths from `TETHER_*` variables are refused
+/// (they have no directory of their own).
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
     let path = match file {
-        Some(p) => Some(p.to_path_buf()),
+        Some(p) => Some(config_file_path(p)),
         None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
     };
     let text = match &path {
@@ -53,43 +73,112 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         Some(p) => format!("{} (with TETHER_* environment and flags)", p.display()),
         None => "defaults, TETHER_* environment and flags".to_owned(),
     };
-    resolve(text.as_deref(), true, overrides, true)
+    let base = path.as_deref().and_then(Path::parent);
+    resolve(text.as_deref(), base, true, &overrides.anchored(), true)
         .map_err(|problems| ConfigError::Invalid { origin, problems })
 }
 
 /// Like [`load`] but leaves the policy uncompiled: a reload compiles it through the live
 /// policy engine, which keeps the old policy and raises `policy_rebuild_failed` on failure.
 pub fn load_for_reload(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let text = match file {
-        Some(p) => Some(read(p)?),
-        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH))
-            .filter(|p| p.exists())
-            .map(|p| read(&p))
-            .transpose()?,
+    let path = match file {
+        Some(p) => Some(config_file_path(p)),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
     };
-    resolve(text.as_deref(), true, overrides, false).map_err(|problems| ConfigError::Invalid {
-        origin: file.map_or_else(
-            || "defaults, TETHER_* environment and flags".to_owned(),
-            |p| p.display().to_string(),
-        ),
-        problems,
+    let text = path.as_deref().map(read).transpose()?;
+    let base = path.as_deref().and_then(Path::parent);
+    resolve(text.as_deref(), base, true, &overrides.anchored(), false).map_err(|problems| {
+        ConfigError::Invalid {
+            origin: file.map_or_else(
+                || "defaults, TETHER_* environment and flags".to_owned(),
+                |p| config_file_path(p).display().to_string(),
+            ),
+            problems,
+        }
     })
 }
 
 /// Validates one config file on its own (no environment, no flags), reporting every problem.
+/// Relative paths in it resolve against its directory, as in [`load`].
 pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = read(path)?;
-    check_str(&text, &path.display().to_string())
+    let path = config_file_path(path);
+    let text = read(&path)?;
+    resolve(
+        Some(&text),
+        path.parent(),
+        false,
+        &Overrides::default(),
+        true,
+    )
+    .map_err(|problems| ConfigError::Invalid {
+        origin: path.display().to_string(),
+        problems,
+    })
 }
 
-/// Like [`check_file`] for text already in memory; `origin` names it in the error.
+/// Like [`check_file`] for text already in memory; `origin` names it in the error. The text
+/// has no directory, so a relative path in it is a problem.
 pub fn check_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    resolve(Some(text), false, &Overrides::default(), true).map_err(|problems| {
+    resolve(Some(text), None, false, &Overrides::default(), true).map_err(|problems| {
         ConfigError::Invalid {
             origin: origin.to_owned(),
             problems,
         }
     })
+}
+
+/// Every config key that holds a filesystem path (a list of paths for `files.allowed_roots`).
+/// A relative one in a config file is resolved against the file's directory by
+/// [`anchor_paths`]; the checks in `validate` then require every path to be absolute.
+pub const PATH_KEYS: &[&str] = &[
+    "state_dir",
+    "policy_file",
+    "plugins_manifest",
+    "control.socket",
+    "ssh.host_key_file",
+    "vault.key_file",
+    "vault.credentials_dir",
+    "relay.tls_cert",
+    "relay.tls_key",
+    "relay.allowlist",
+    "files.allowed_roots",
+];
+
+/// `p` made absolute against the working directory (without touching the file system, so a
+/// symlink in it stays as written).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Rewrites each relative path of [`PATH_KEYS`] in the file's `table` to `base.join(path)`.
+/// Values of the wrong type are left for serde to report.
+fn anchor_paths(table: &mut toml::Table, base: &Path) {
+    let anchor = |v: &mut toml::Value| {
+        if let toml::Value::String(s) = v
+            && !s.is_empty()
+            && Path::new(s.as_str()).is_relative()
+        {
+            *s = absolute(&base.join(s.as_str())).display().to_string();
+        }
+    };
+    for key in PATH_KEYS {
+        let mut parts = key.split('.').peekable();
+        let mut at = &mut *table;
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                match at.get_mut(part) {
+                    Some(toml::Value::Array(items)) => items.iter_mut().for_each(anchor),
+                    Some(v) => anchor(v),
+                    None => {}
+                }
+                break;
+            }
+            match at.get_mut(part) {
+                Some(toml::Value::Table(inner)) => at = inner,
+                _ => break,
+            }
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -111,8 +200,11 @@ fn top_level_keys() -> BTreeSet<String> {
     }
 }
 
+/// Parses `text` (the config file's, when `base` is its directory), merges the sources and
+/// validates the result.
 fn resolve(
     text: Option<&str>,
+    base: Option<&Path>,
     use_env: bool,
     overrides: &Overrides,
     compile_policy: bool,
@@ -130,6 +222,9 @@ fn resolve(
             }
         },
     };
+    if let Some(base) = base {
+        anchor_paths(&mut table, base);
+    }
     let top = top_level_keys();
     let mut bad_env: BTreeSet<String> = BTreeSet::new();
     let mut problems = Vec::new();
@@ -369,6 +464,65 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "missing {k}: {:#?}", err.problems());
         }
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_mean_its_directory_and_flags_mean_the_cwd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).expect("mkdir");
+        std::fs::write(conf.join("policy.toml"), "[policy]\nmode = \"warn\"\n").expect("policy");
+        let f = conf.join("relay.toml");
+        std::fs::write(
+            &f,
+            "role = \"relay\"\nstate_dir = \"state\"\npolicy_file = \"./policy.toml\"\n\
+             plugins_manifest = \"plugins/plugins.toml\"\n\
+             [control]\nsocket = \"run/t.sock\"\n[ssh]\nhost_key_file = \"keys/host.pub\"\n\
+             [vault]\nkey_file = \"vault.key\"\ncredentials_dir = \"creds\"\n\
+             [relay]\ntls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\nallowlist = \"allowed\"\n\
+             [files]\nallowed_roots = [\"srv\", \"/abs\"]\n",
+        )
+        .expect("write");
+        let c = load(Some(&f), &Overrides::default()).expect("valid");
+        assert_eq!(c.state_dir, conf.join("state"));
+        assert_eq!(c.policy_file, Some(conf.join("policy.toml")));
+        assert_eq!(c.plugins_manifest, Some(conf.join("plugins/plugins.toml")));
+        assert_eq!(c.control.socket, conf.join("run/t.sock"));
+        assert_eq!(c.ssh.host_key_file, conf.join("keys/host.pub"));
+        assert_eq!(c.vault.key_file, Some(conf.join("vault.key")));
+        assert_eq!(c.vault.credentials_dir, Some(conf.join("creds")));
+        assert_eq!(c.relay.tls_cert, Some(conf.join("tls/cert.pem")));
+        assert_eq!(c.relay.tls_key, Some(conf.join("tls/key.pem")));
+        assert_eq!(c.relay.allowlist, Some(conf.join("allowed")));
+        let srv = conf.join("srv").display().to_string();
+        assert_eq!(c.files.allowed_roots, [srv.as_str(), "/abs"]);
+        // The same through check_file and a reload.
+        let checked = check_file(&f).expect("valid");
+        assert_eq!(checked.state_dir, c.state_dir);
+        let reloaded = load_for_reload(Some(&f), &Overrides::default()).expect("valid");
+        assert_eq!(reloaded.vault.key_file, c.vault.key_file);
+        // Flags are relative to the working directory they were typed in.
+        let o = Overrides {
+            state_dir: Some("flag-state".into()),
+            ..Overrides::default()
+        }
+        .with_socket(Some("flag.sock".into()));
+        let c = load(Some(&f), &o).expect("valid");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(c.state_dir, cwd.join("flag-state"));
+        assert_eq!(c.control.socket, cwd.join("flag.sock"));
+        // Text without a file has no directory: a relative path stays a problem.
+        let err = check_str("role = \"hub\"\nstate_dir = \"state\"\n", "x").expect_err("rel");
+        assert_eq!(err.problems()[0].key, "state_dir");
+        // A problem names the resolved path.
+        std::fs::write(
+            &f,
+            "role = \"hub\"\n[files]\nallowed_roots = [\"a/../b\"]\n",
+        )
+        .expect("write");
+        let err = check_file(&f).expect_err("dotdot");
+        let shown = err.to_string();
+        assert!(shown.contains(&conf.display().to_string()), "{shown}");
     }
 
     #[test]

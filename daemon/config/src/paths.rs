@@ -57,11 +57,14 @@ pub fn default_vault_key_file(config_file: Option<&Path>) -> PathBuf {
             return p;
         }
     }
+    // Absolute first: `--config hub.toml` (started in the file's directory) has an empty
+    // parent, and its key still belongs beside it, not in a fallback location.
     if let Some(dir) = config_file
+        .map(config_file_path)
+        .as_deref()
         .and_then(Path::parent)
-        .filter(|d| !d.as_os_str().is_empty())
     {
-        return absolute(dir).join("vault.key");
+        return dir.join("vault.key");
     }
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/etc/tether/vault.key");
@@ -79,6 +82,17 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// The config file `file` as an absolute path whose directory is the real one (`..` and
+/// symlinks in it resolved, the file name kept): what relative paths in the file are resolved
+/// against, and how it is named in messages.
+pub(crate) fn config_file_path(file: &Path) -> PathBuf {
+    let abs = absolute(file);
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or(abs.clone(), |d| d.join(name)),
+        _ => abs,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +101,15 @@ mod tests {
     fn the_default_vault_key_sits_beside_the_config_file_never_in_state_dir() {
         let key = default_vault_key_file(Some(Path::new("/srv/tether/hub/tetherd.toml")));
         assert_eq!(key, PathBuf::from("/srv/tether/hub/vault.key"));
+        let here = std::env::current_dir().expect("cwd");
+        let key = default_vault_key_file(Some(Path::new("hub.toml")));
+        assert_eq!(
+            key,
+            here.join("vault.key"),
+            "a bare file name is in the cwd"
+        );
+        let key = default_vault_key_file(Some(Path::new("conf/./hub.toml")));
+        assert_eq!(key, here.join("conf/vault.key"));
         let key = default_vault_key_file(None);
         assert!(!key.starts_with(default_state_dir()), "{}", key.display());
         assert!(key.ends_with("vault.key"));

@@ -73,6 +73,9 @@ pub struct AppState {
     pub connections: crate::connlimit::ConnLimits,
     /// Rate limits for `auth.denied` records, per uid.
     pub(crate) denials: crate::denials::DenialLimiter,
+    /// The relayed SFTP sessions running now, by host: cancelled when their host is revoked
+    /// or removed, so each writes `sftp.close` then, not when its client next reads.
+    pub(crate) sftp_relays: std::sync::Mutex<Vec<(String, tokio_util::sync::CancellationToken)>>,
     source: ConfigSource,
     config: RwLock<Arc<Config>>,
     roles: RwLock<Arc<RoleMap>>,
@@ -360,6 +363,15 @@ pub enum ReloadError {
 pub use tether_api::{ReloadReport, RotationOutcome};
 
 impl AppState {
+    /// The relayed SFTP sessions running now, by host (see the field).
+    pub(crate) fn sftp_relays(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(String, tokio_util::sync::CancellationToken)>> {
+        self.sftp_relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Builds the state for a daemon started with `config` from `source`.
     pub fn new(
         config: Config,
@@ -396,6 +408,7 @@ impl AppState {
             approvals: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),
+            sftp_relays: std::sync::Mutex::new(Vec::new()),
             source,
             config: RwLock::new(Arc::new(config)),
             roles: RwLock::new(Arc::new(roles)),

@@ -188,6 +188,7 @@ impl SftpService {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let stream = decoupled(stream);
         if let Some(helper) = &self.helper {
             let (helper, gate) = (Arc::clone(helper), Arc::clone(&self.gate));
             tokio::spawn(async move { helper.serve(stream, gate).await });
@@ -204,6 +205,54 @@ impl SftpService {
         };
         tokio::spawn(russh_sftp::server::run_with_config(stream, session, config));
     }
+}
+
+/// Client requests buffered on the target while the server waits to send its replies: far
+/// more than any SFTP client keeps in flight (a read request is about 40 bytes; `sftp -R 512`
+/// is 20 KB of them), so a client's requests never wait for its own replies.
+const REQUEST_BUFFER: usize = 1 << 20;
+
+/// Joins the subsystem channel `stream` to the SFTP server through an in-memory pipe that keeps
+/// taking the client's requests while a reply waits for the client's SSH window, and returns
+/// the server's end.
+///
+/// **Why:** russh hands a channel's incoming data to its reader through a bounded queue and
+/// waits, inside the connection's one reader loop, while that queue is full. The SFTP server
+/// answers one request at a time; when a reply waits for window (a client that paused reading,
+/// then resumed with hundreds of reads in flight), the requests behind it filled the queue, the
+/// reader loop stopped — and with it the window adjustments the reply was waiting for. The
+/// connection then sat deadlocked until the hub's keepalives gave up and closed it mid-transfer.
+/// Reading the channel independently of writing it breaks that cycle; both directions stay
+/// bounded ([`REQUEST_BUFFER`] each way).
+fn decoupled<S>(stream: S) -> tokio::io::DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (server, pump) = tokio::io::duplex(REQUEST_BUFFER);
+    tokio::spawn(async move {
+        let (mut from_client, mut to_client) = tokio::io::split(stream);
+        let (mut from_server, mut to_server) = tokio::io::split(pump);
+        let requests = async {
+            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            // The client's end of file (or a broken channel) ends the server's loop.
+            let _ = to_server.shutdown().await;
+        };
+        let replies = async {
+            if tokio::io::copy(&mut from_server, &mut to_client)
+                .await
+                .is_ok()
+            {
+                let _ = to_client.shutdown().await;
+            } else {
+                // The channel broke: drop what the server still says until it sees the end
+                // of the requests, so it never waits on a full pipe.
+                let _ = tokio::io::copy(&mut from_server, &mut tokio::io::sink()).await;
+            }
+        };
+        tokio::join!(requests, replies);
+    });
+    server
 }
 
 /// An open handle.

@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde_json::json;
 use tether_api::MAX_COMMAND_BYTES;
@@ -586,6 +586,11 @@ impl std::fmt::Debug for SftpRelay {
 /// How much of the target's SFTP stream is read at once.
 const SFTP_CHUNK: usize = 64 * 1024;
 
+/// The client's SFTP requests buffered on the hub while the target is slow to take them: far
+/// more than any client keeps in flight (`sftp -R 512` is about 20 KB of read requests), so
+/// a client's requests never wait behind its own unread replies.
+const SFTP_REQUEST_BUFFER: usize = 1 << 20;
+
 impl SftpRelay {
     /// Relays the client's bytes (`input`: data, then end of file) to the target and the
     /// target's bytes to `out`, unchanged, until the target ends the subsystem, the stream
@@ -604,22 +609,49 @@ impl SftpRelay {
             cancel,
         } = self;
         let (mut rd, mut wr) = tokio::io::split(stream);
+        // Cancelled when the host is revoked or removed (see `vpn::close_connections`).
+        let ended = CancellationToken::new();
+        session
+            .ctx
+            .state
+            .sftp_relays()
+            .push((session.host.clone(), ended.clone()));
         let up = AtomicU64::new(0);
         let down = AtomicU64::new(0);
-        // Client -> target; only returns when writing to the target failed.
+        // Set once the client has said it is done (end of file, or its channel went): only
+        // then may the target end the session. A target side that ends before is a broken
+        // transfer, reported as one — never an exit status 0 on a short file.
+        let client_done = AtomicBool::new(false);
+        // Client -> target, through a pipe that keeps taking the client's requests while the
+        // target waits for its replies to be read: the hub's SSH reader loops hand data over
+        // through bounded queues and wait inside the loop when one is full, so a relay that
+        // stopped reading the client while it waits on the target could stop the very window
+        // adjustments it waits for. Only returns when writing to the target failed.
         let upload = async {
-            while let Some(i) = input.recv().await {
-                match i {
-                    SessionInput::Data(d) => {
-                        wr.write_all(&d).await?;
-                        up.fetch_add(d.len() as u64, Ordering::Relaxed);
+            let (mut pipe_in, mut pipe_out) = tokio::io::duplex(SFTP_REQUEST_BUFFER);
+            let feed = async {
+                while let Some(i) = input.recv().await {
+                    match i {
+                        SessionInput::Data(d) => {
+                            if pipe_in.write_all(&d).await.is_err() {
+                                break;
+                            }
+                            up.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
+                        SessionInput::Eof => break,
+                        SessionInput::Resize { .. } => {}
                     }
-                    SessionInput::Eof => break,
-                    SessionInput::Resize { .. } => {}
                 }
-            }
-            // The client is done sending: the target's server sees end of file and finishes.
-            wr.shutdown().await?;
+                client_done.store(true, Ordering::Relaxed);
+                let _ = pipe_in.shutdown().await;
+            };
+            let drain = async {
+                tokio::io::copy(&mut pipe_out, &mut wr).await?;
+                // The client is done sending: the target's server sees end of file and finishes.
+                wr.shutdown().await
+            };
+            let ((), drained) = tokio::join!(feed, drain);
+            drained?;
             std::future::pending::<std::io::Result<()>>().await
         };
         // Target -> client; returns when the target ends the subsystem or the client went.
@@ -628,7 +660,13 @@ impl SftpRelay {
             loop {
                 let n = rd.read(&mut buf).await?;
                 if n == 0 {
-                    return Ok::<(), std::io::Error>(());
+                    if client_done.load(Ordering::Relaxed) {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    return Err(std::io::Error::other(
+                        "the target's side of the session ended while the client was still \
+                         using it",
+                    ));
                 }
                 down.fetch_add(n as u64, Ordering::Relaxed);
                 let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
@@ -641,7 +679,14 @@ impl SftpRelay {
             r = download => r.map_err(|e| e.to_string()),
             r = upload => r.map_err(|e| e.to_string()),
             () = cancel.cancelled() => Ok(()),
+            () = ended.cancelled() => Err(format!("{} was revoked or removed", session.host)),
         };
+        ended.cancel();
+        session
+            .ctx
+            .state
+            .sftp_relays()
+            .retain(|(_, t)| !t.is_cancelled());
         let mut data = json!({
             "via": session.via,
             "duration_ms": started.elapsed().as_millis() as u64,

@@ -53,6 +53,15 @@ pub(crate) async fn on_hub<T: Send + 'static>(
 /// Closes the pooled SSH connections of hosts that were just revoked or removed, before their
 /// tunnel peers go: the target sees the disconnect and kills their running commands.
 pub(crate) async fn close_connections(ctx: &Ctx, hosts: &[HostRecord], why: &str) {
+    // Relayed SFTP sessions end now (their `sftp.close` written), even with a client that
+    // stopped reading.
+    ctx.state.sftp_relays().retain(|(host, ended)| {
+        let going = hosts.iter().any(|h| &h.name == host);
+        if going {
+            ended.cancel();
+        }
+        !going && !ended.is_cancelled()
+    });
     if let Some(remote) = &ctx.state.remote {
         for h in hosts {
             remote.close_host(&h.name, why).await;

@@ -869,7 +869,7 @@ impl Node {
 
     /// Starts accepting overlay TCP connections on `port`.
     pub fn listen(&mut self, port: u16) -> Result<(), TunnelError> {
-        self.stack.listen(port, &mut self.events)
+        self.stack.listen(port)
     }
 
     /// Stops listening on `port`; connections not yet accepted are aborted.

@@ -13,6 +13,10 @@ mod autotune;
 mod path;
 mod peer;
 mod stack;
+#[cfg(test)]
+mod stack_flat;
+#[cfg(test)]
+mod stack_tests;
 mod types;
 
 use std::collections::{HashMap, VecDeque};

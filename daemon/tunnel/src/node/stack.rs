@@ -1160,4 +1160,23 @@ impl Stack {
     pub(super) fn stream_peer(&self, id: StreamId) -> Option<Ipv4Addr> {
         self.streams.get(&id).map(|m| m.remote)
     }
+
+    /// Whether `ip` has a shard (tests).
+    #[cfg(test)]
+    pub(super) fn has_shard(&self, ip: Ipv4Addr) -> bool {
+        self.shards.contains_key(&ip)
+    }
+
+    /// The earliest time any shard's sockets want a run, by asking smoltcp about every shard
+    /// (what [`Stack::poll_at`] must equal; tests).
+    #[cfg(test)]
+    pub(super) fn poll_at_scan(&mut self, now: Instant) -> Option<Instant> {
+        let ts = self.smol_now(now);
+        let epoch = self.epoch;
+        self.shards
+            .values()
+            .filter_map(|sh| self.iface.poll_at(ts, &sh.sockets))
+            .map(|t| epoch + Duration::from_micros(t.total_micros().max(0) as u64))
+            .min()
+    }
 }

@@ -207,8 +207,6 @@ struct Shard {
     dirty: bool,
     /// This shard's entry in `Stack::deadlines`.
     deadline: Option<Instant>,
-    /// Holds a stream that [`Stack::tune`] has not seen settle.
-    tuning: bool,
 }
 
 impl Shard {
@@ -221,7 +219,6 @@ impl Shard {
             resetting: Vec::new(),
             dirty: false,
             deadline: None,
-            tuning: false,
         }
     }
 
@@ -290,6 +287,9 @@ pub(super) struct Stack {
     ports_in_use: HashMap<u16, usize>,
     /// Shard runs so far (tests check that a packet runs only its shard).
     pub(super) shard_runs: u64,
+    /// Shards holding a stream that [`Stack::tune`] has not seen settle (kept as a set so the
+    /// once-a-second sweep does not scan every shard).
+    tuning: HashSet<Ipv4Addr>,
     /// When `tune` last swept the shards still tuning.
     last_sweep: Option<Instant>,
     streams: HashMap<StreamId, StreamMeta>,
@@ -340,6 +340,7 @@ impl Stack {
             polled: Vec::new(),
             ports_in_use: HashMap::new(),
             shard_runs: 0,
+            tuning: HashSet::new(),
             last_sweep: None,
             streams: HashMap::new(),
             listeners: HashMap::new(),
@@ -560,12 +561,7 @@ impl Stack {
             .is_none_or(|t| now.saturating_duration_since(t) >= TUNE_SWEEP)
         {
             self.last_sweep = Some(now);
-            visit.extend(
-                self.shards
-                    .iter()
-                    .filter(|(_, sh)| sh.tuning)
-                    .map(|(ip, _)| *ip),
-            );
+            visit.extend(self.tuning.iter().copied());
         }
         visit.sort_unstable();
         visit.dedup();
@@ -704,7 +700,11 @@ impl Stack {
                 && tu.tx.settled(now);
             tuning |= !tu.settled;
         }
-        shard.tuning = tuning;
+        if tuning {
+            self.tuning.insert(ip);
+        } else {
+            self.tuning.remove(&ip);
+        }
         if changed {
             // A grown window is advertised (and grown room refilled) at the next stack run.
             self.touch(ip);
@@ -850,6 +850,7 @@ impl Stack {
         // Shards left without sockets (their peer's streams all ended, or the peer is gone).
         for ip in std::mem::take(&mut self.polled) {
             if self.shards.get(&ip).is_some_and(Shard::is_empty) {
+                self.tuning.remove(&ip);
                 if let Some(shard) = self.shards.remove(&ip)
                     && let Some(at) = shard.deadline
                 {

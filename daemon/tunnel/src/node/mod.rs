@@ -13,6 +13,10 @@ mod autotune;
 mod path;
 mod peer;
 mod stack;
+#[cfg(test)]
+mod stack_flat;
+#[cfg(test)]
+mod stack_tests;
 mod types;
 
 use std::collections::{HashMap, VecDeque};
@@ -869,7 +873,7 @@ impl Node {
 
     /// Starts accepting overlay TCP connections on `port`.
     pub fn listen(&mut self, port: u16) -> Result<(), TunnelError> {
-        self.stack.listen(port, &mut self.events)
+        self.stack.listen(port)
     }
 
     /// Stops listening on `port`; connections not yet accepted are aborted.

@@ -4,8 +4,17 @@
 //!
 //! The node feeds it decrypted inbound IP packets ([`Stack::receive`]) and encrypts what it
 //! wants to send ([`Stack::pop_outbound`]); the stack never sees WireGuard.
+//!
+//! The sockets are sharded by remote overlay IP: one `SocketSet` (and inbound queue) per peer,
+//! all polled through the one `Interface` (`Medium::Ip`, so there is no neighbour state to share).
+//! smoltcp finds an inbound packet's socket by scanning its set and visits every socket of a set
+//! on egress, so with a single set every packet cost O(streams of the node); a hub holding one
+//! pooled stream to each of 10,000 targets spent most of its CPU there (issue #21). Now a packet
+//! is queued on its source's shard, and [`Stack::poll`] runs only shards that got packets or
+//! socket calls and shards whose own timer is due (kept in a deadline index), so a packet costs
+//! O(streams to that peer) plus O(log peers).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -39,8 +48,9 @@ pub const DEFAULT_TCP_MEMORY_BUDGET: usize = 128 * 1024 * 1024;
 
 /// A released stream that the remote never finishes closing is aborted after this long.
 const LINGER: Duration = Duration::from_secs(60);
-/// Listening sockets kept in LISTEN state per port (each accepts one SYN).
-const LISTEN_BACKLOG: usize = 2;
+/// How often [`Stack::tune`] also visits shards that were not polled but hold streams still
+/// tuning (an idle stream shrinks back to its floor this late at most).
+const TUNE_SWEEP: Duration = Duration::from_secs(1);
 /// Max half-open (SYN received, not yet accepted) sockets per port.
 const MAX_PENDING: usize = 8;
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -135,7 +145,10 @@ impl Tuning {
 
 struct StreamMeta {
     handle: SocketHandle,
+    /// Also the stream's shard.
     remote: Ipv4Addr,
+    /// The local port (counted in `Stack::ports_in_use`).
+    local_port: u16,
     phase: Phase,
     reset: bool,
     aborted: bool,
@@ -148,6 +161,7 @@ impl StreamMeta {
     fn new(
         handle: SocketHandle,
         remote: Ipv4Addr,
+        local_port: u16,
         phase: Phase,
         last_state: tcp::State,
         tuning: Tuning,
@@ -155,6 +169,7 @@ impl StreamMeta {
         StreamMeta {
             handle,
             remote,
+            local_port,
             phase,
             reset: false,
             aborted: false,
@@ -165,17 +180,118 @@ impl StreamMeta {
     }
 }
 
+/// A listening port. LISTEN sockets are created in a peer's shard only when a SYN for the port
+/// is about to be processed there (a hub with 10,000 peers would otherwise hold two idle
+/// listening sockets, with their buffers, per peer and port); the ones that took no SYN are
+/// freed after the run.
 #[derive(Default)]
 struct Listener {
-    sockets: Vec<SocketHandle>,
+    /// LISTEN and half-open sockets: (shard, handle).
+    sockets: Vec<(Ipv4Addr, SocketHandle)>,
     ready: VecDeque<StreamId>,
+}
+
+/// The sockets of one remote overlay IP.
+struct Shard {
+    sockets: SocketSet<'static>,
+    /// Inbound packets from this remote, waiting for a run.
+    rx: VecDeque<Vec<u8>>,
+    /// Streams whose remote this is (released-but-lingering ones included).
+    streams: HashSet<StreamId>,
+    /// Listener sockets (LISTEN or half-open) in `sockets`.
+    listening: usize,
+    /// Sockets reset over the per-peer cap: their RST goes out in the next run, then they are
+    /// freed.
+    resetting: Vec<SocketHandle>,
+    /// Queued in `Stack::dirty_shards`.
+    dirty: bool,
+    /// This shard's entry in `Stack::deadlines`.
+    deadline: Option<Instant>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            sockets: SocketSet::new(Vec::new()),
+            rx: VecDeque::new(),
+            streams: HashSet::new(),
+            listening: 0,
+            resetting: Vec::new(),
+            dirty: false,
+            deadline: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+            && self.listening == 0
+            && self.resetting.is_empty()
+            && self.rx.is_empty()
+            && !self.dirty
+    }
+}
+
+/// The source address of an IPv4 packet (`UNSPECIFIED` for anything else: smoltcp drops it).
+fn ipv4_src(p: &[u8]) -> Ipv4Addr {
+    if p.len() >= 20 && p[0] >> 4 == 4 {
+        Ipv4Addr::new(p[12], p[13], p[14], p[15])
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    }
+}
+
+/// The destination port of an IPv4 TCP packet that opens a connection (SYN without ACK).
+fn tcp_syn_port(p: &[u8]) -> Option<u16> {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
+        return None;
+    }
+    // A later fragment carries no TCP header.
+    if u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let tcp = p.get(ihl..ihl + 14)?;
+    let flags = tcp[13];
+    (flags & 0x02 != 0 && flags & 0x10 == 0).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
+/// A stream socket with buffers at the floor.
+fn new_socket(limits: &BufferLimits) -> tcp::Socket<'static> {
+    let rx = tcp::SocketBuffer::new(vec![0u8; limits.floor]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; limits.floor]);
+    let mut s = tcp::Socket::new(rx, tx);
+    s.set_nagle_enabled(false);
+    s.set_congestion_control(tcp::CongestionControl::Cubic);
+    if limits.autotune() {
+        // Offered in the SYN, fixed for the connection: large enough for the cap.
+        s.set_local_window_scale(autotune::window_shift(limits.max));
+    }
+    s
 }
 
 /// The node's TCP/IP stack and its streams. Times are the node's injected clock.
 pub(super) struct Stack {
     iface: Interface,
+    /// Its `rx` holds one shard's packets during that shard's run; `tx` collects every shard's
+    /// outbound packets.
     device: QueueDevice,
-    sockets: SocketSet<'static>,
+    /// Sockets by remote overlay IP.
+    shards: HashMap<Ipv4Addr, Shard>,
+    /// Shards with inbound packets or socket calls since their last run.
+    dirty_shards: Vec<Ipv4Addr>,
+    /// When each shard's smoltcp timers next want a run (one entry per shard with a timer).
+    deadlines: BTreeSet<(Instant, Ipv4Addr)>,
+    /// The shards the last [`Stack::poll`] ran (for `update_streams` and `tune`).
+    polled: Vec<Ipv4Addr>,
+    /// Local ports of the streams, with how many streams use each.
+    ports_in_use: HashMap<u16, usize>,
+    /// Shard runs so far (tests check that a packet runs only its shard).
+    pub(super) shard_runs: u64,
+    /// Shards holding a stream that [`Stack::tune`] has not seen settle (kept as a set so the
+    /// once-a-second sweep does not scan every shard).
+    tuning: HashSet<Ipv4Addr>,
+    /// When `tune` last swept the shards still tuning.
+    last_sweep: Option<Instant>,
     streams: HashMap<StreamId, StreamMeta>,
     listeners: HashMap<u16, Listener>,
     limits: BufferLimits,
@@ -189,12 +305,10 @@ pub(super) struct Stack {
     last_now: Instant,
     /// When [`Stack::tune`] last ran.
     last_tune: Option<Instant>,
-    /// Inbound packets or socket calls are waiting for a [`Stack::poll`].
+    /// Time passed or the node asked for a [`Stack::poll`] (due timers are checked there).
     dirty: bool,
     /// Incoming streams reset because their peer was at [`MAX_STREAMS_PER_PEER`].
     pub(super) refused_over_cap: u64,
-    /// Their sockets, freed at the next update (after the RST is sent).
-    resetting: Vec<SocketHandle>,
 }
 
 impl Stack {
@@ -220,7 +334,14 @@ impl Stack {
         Stack {
             iface,
             device,
-            sockets: SocketSet::new(Vec::new()),
+            shards: HashMap::new(),
+            dirty_shards: Vec::new(),
+            deadlines: BTreeSet::new(),
+            polled: Vec::new(),
+            ports_in_use: HashMap::new(),
+            shard_runs: 0,
+            tuning: HashSet::new(),
+            last_sweep: None,
             streams: HashMap::new(),
             listeners: HashMap::new(),
             limits,
@@ -232,29 +353,49 @@ impl Stack {
             last_tune: None,
             dirty: false,
             refused_over_cap: 0,
-            resetting: Vec::new(),
         }
     }
 
-    /// Asks for a [`Stack::poll`] (time passed, or something changed).
+    /// Asks for a [`Stack::poll`] (time passed, or something changed): it runs the shards with
+    /// work and those whose timers are due.
     pub(super) fn mark_dirty(&mut self) {
         self.dirty = true;
     }
 
     /// Whether a [`Stack::poll`] is due.
     pub(super) fn is_dirty(&self) -> bool {
-        self.dirty
+        self.dirty || !self.dirty_shards.is_empty()
     }
 
-    /// Clears the dirty flag; whether it was set.
+    /// Clears the dirty flag; whether a [`Stack::poll`] was due.
     pub(super) fn take_dirty(&mut self) -> bool {
-        std::mem::replace(&mut self.dirty, false)
+        std::mem::replace(&mut self.dirty, false) || !self.dirty_shards.is_empty()
     }
 
-    /// Queues a decrypted inbound IPv4 packet addressed to this node.
+    /// Queues `ip`'s shard for the next run, creating the shard.
+    fn touch(&mut self, ip: Ipv4Addr) -> &mut Shard {
+        let shard = self.shards.entry(ip).or_insert_with(Shard::new);
+        if !shard.dirty {
+            shard.dirty = true;
+            self.dirty_shards.push(ip);
+        }
+        shard
+    }
+
+    /// The socket of a stream.
+    fn socket(&self, m: &StreamMeta) -> Option<&tcp::Socket<'static>> {
+        Some(
+            self.shards
+                .get(&m.remote)?
+                .sockets
+                .get::<tcp::Socket>(m.handle),
+        )
+    }
+
+    /// Queues a decrypted inbound IPv4 packet addressed to this node (on its source's shard).
     pub(super) fn receive(&mut self, packet: Vec<u8>) {
-        self.device.rx.push_back(packet);
-        self.dirty = true;
+        let src = ipv4_src(&packet);
+        self.touch(src).rx.push_back(packet);
     }
 
     /// The next IP packet the stack wants sent, in order.
@@ -268,36 +409,118 @@ impl Stack {
         )
     }
 
-    /// Runs smoltcp over queued inbound packets and socket writes at `now`.
+    /// Runs smoltcp at `now` over the shards with queued inbound packets or socket calls and the
+    /// shards whose timers are due; the others are not visited.
     pub(super) fn poll(&mut self, now: Instant) {
         self.last_now = now;
+        self.dirty = false;
         let ts = self.smol_now(now);
-        self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        let mut run = std::mem::take(&mut self.dirty_shards);
+        while let Some(&(at, ip)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(shard) = self.shards.get_mut(&ip) {
+                shard.deadline = None;
+                if !shard.dirty {
+                    shard.dirty = true;
+                    run.push(ip);
+                }
+            }
+        }
+        for &ip in &run {
+            let Some(shard) = self.shards.get_mut(&ip) else {
+                continue;
+            };
+            shard.dirty = false;
+            self.shard_runs += 1;
+            // LISTEN sockets for the SYNs about to be processed (see `Listener`).
+            if !self.listeners.is_empty() {
+                for p in shard.rx.iter() {
+                    let Some(port) = tcp_syn_port(p) else {
+                        continue;
+                    };
+                    let Some(l) = self.listeners.get_mut(&port) else {
+                        continue;
+                    };
+                    if l.sockets.len() >= MAX_PENDING {
+                        continue;
+                    }
+                    let mut s = new_socket(&self.limits);
+                    if s.listen(port).is_ok() {
+                        l.sockets.push((ip, shard.sockets.add(s)));
+                        shard.listening += 1;
+                    }
+                }
+            }
+            std::mem::swap(&mut self.device.rx, &mut shard.rx);
+            self.iface.poll(ts, &mut self.device, &mut shard.sockets);
+            // smoltcp processes every queued packet; anything left stays with its shard.
+            shard.rx.extend(self.device.rx.drain(..));
+        }
+        self.polled = run;
     }
 
-    /// When smoltcp next wants to be polled, seen from `now`.
+    /// When smoltcp next wants to be polled, seen from `now`: the earliest shard deadline (the
+    /// deadlines of the shards just run are refreshed first).
     pub(super) fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        let ts = self.smol_now(now);
-        self.iface
-            .poll_at(ts, &self.sockets)
-            .map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64))
+        if !self.dirty_shards.is_empty() {
+            return Some(now);
+        }
+        self.deadlines.first().map(|&(at, _)| at)
     }
 
-    /// Aborts every stream whose remote matches `remote` (its peer is gone), closing it.
+    /// Refreshes the deadline of each shard just run (after its streams were updated).
+    fn refresh_deadlines(&mut self) {
+        let ts = self.smol_now(self.last_now);
+        for ip in &self.polled {
+            let Some(shard) = self.shards.get_mut(ip) else {
+                continue;
+            };
+            if let Some(old) = shard.deadline.take() {
+                self.deadlines.remove(&(old, *ip));
+            }
+            let at = self
+                .iface
+                .poll_at(ts, &shard.sockets)
+                .map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64));
+            if let Some(at) = at {
+                shard.deadline = Some(at);
+                self.deadlines.insert((at, *ip));
+            }
+        }
+    }
+
+    /// Aborts every stream whose remote matches `remote` (its peer is gone), closing it. The
+    /// shard is dropped once its streams are released.
     pub(super) fn abort_streams(
         &mut self,
         remote: impl Fn(Ipv4Addr) -> bool,
         events: &mut VecDeque<Event>,
     ) {
-        for (sid, m) in self.streams.iter_mut() {
-            if remote(m.remote) {
-                self.sockets.get_mut::<tcp::Socket>(m.handle).abort();
+        let ips: Vec<Ipv4Addr> = self
+            .shards
+            .keys()
+            .copied()
+            .filter(|ip| remote(*ip))
+            .collect();
+        for ip in ips {
+            let Some(shard) = self.shards.get_mut(&ip) else {
+                continue;
+            };
+            for sid in shard.streams.iter() {
+                let Some(m) = self.streams.get_mut(sid) else {
+                    continue;
+                };
+                shard.sockets.get_mut::<tcp::Socket>(m.handle).abort();
                 m.aborted = true;
                 if m.phase != Phase::Closed {
                     m.phase = Phase::Closed;
                     events.push_back(Event::StreamClosed(*sid));
                 }
             }
+            self.touch(ip);
         }
     }
 
@@ -305,51 +528,63 @@ impl Stack {
     /// retransmission backoff earned on the old route.
     pub(super) fn retransmit_now(&mut self, remote: Ipv4Addr, now: Instant) {
         let at = self.smol_now(now);
+        let Some(shard) = self.shards.get_mut(&remote) else {
+            return;
+        };
         let mut any = false;
-        for m in self.streams.values() {
-            if m.remote == remote {
-                self.sockets
+        for sid in shard.streams.iter() {
+            if let Some(m) = self.streams.get(sid) {
+                shard
+                    .sockets
                     .get_mut::<tcp::Socket>(m.handle)
                     .retransmit_now(at);
                 any = true;
             }
         }
         if any {
-            self.mark_dirty();
+            self.touch(remote);
         }
-    }
-
-    fn new_socket(&self) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.limits.floor]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.limits.floor]);
-        let mut s = tcp::Socket::new(rx, tx);
-        s.set_nagle_enabled(false);
-        s.set_congestion_control(tcp::CongestionControl::Cubic);
-        if self.limits.autotune() {
-            // Offered in the SYN, fixed for the connection: large enough for the cap.
-            s.set_local_window_scale(autotune::window_shift(self.limits.max));
-        }
-        s
-    }
-
-    fn new_tuning(&self, now: Instant) -> Tuning {
-        Tuning::new(self.limits.floor, self.limits.max, now)
     }
 
     /// Grows or shrinks each open stream's buffers per its tuners, within the per-stream cap and
-    /// the node budget (see `autotune`). Called after every stack run and at least once a second.
+    /// the node budget (see `autotune`). Called after every stack run and at least once a second:
+    /// visits the shards just run, and once per [`TUNE_SWEEP`] the shards holding streams that
+    /// have not settled.
     pub(super) fn tune(&mut self, now: Instant) {
         if !self.limits.autotune() {
             return;
         }
+        let previous_pass = self.last_tune.replace(now);
+        let mut visit = self.polled.clone();
+        if self
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= TUNE_SWEEP)
+        {
+            self.last_sweep = Some(now);
+            visit.extend(self.tuning.iter().copied());
+        }
+        visit.sort_unstable();
+        visit.dedup();
+        for ip in visit {
+            self.tune_shard(ip, now, previous_pass);
+        }
+    }
+
+    fn tune_shard(&mut self, ip: Ipv4Addr, now: Instant, previous_pass: Option<Instant>) {
         let limits = self.limits;
         let mut changed = false;
-        let previous_pass = self.last_tune.replace(now);
-        for m in self.streams.values_mut() {
+        let Some(shard) = self.shards.get_mut(&ip) else {
+            return;
+        };
+        let mut tuning = false;
+        for sid in shard.streams.iter() {
+            let Some(m) = self.streams.get_mut(sid) else {
+                continue;
+            };
             if m.aborted || m.reset {
                 continue;
             }
-            let s = self.sockets.get_mut::<tcp::Socket>(m.handle);
+            let s = shard.sockets.get_mut::<tcp::Socket>(m.handle);
             if !matches!(
                 s.state(),
                 tcp::State::Established
@@ -463,10 +698,16 @@ impl Stack {
                 && now.saturating_duration_since(tu.last_active) >= autotune::IDLE_AFTER
                 && tu.rx.settled(now)
                 && tu.tx.settled(now);
+            tuning |= !tu.settled;
+        }
+        if tuning {
+            self.tuning.insert(ip);
+        } else {
+            self.tuning.remove(&ip);
         }
         if changed {
             // A grown window is advertised (and grown room refilled) at the next stack run.
-            self.dirty = true;
+            self.touch(ip);
         }
     }
 
@@ -475,10 +716,8 @@ impl Stack {
     pub(super) fn buffer_bytes(&self) -> usize {
         self.streams
             .values()
-            .map(|m| {
-                let s = self.sockets.get::<tcp::Socket>(m.handle);
-                s.recv_capacity() + s.send_capacity()
-            })
+            .filter_map(|m| self.socket(m))
+            .map(|s| s.recv_capacity() + s.send_capacity())
             .sum()
     }
 
@@ -487,149 +726,179 @@ impl Stack {
         self.grown
     }
 
-    /// Hands established connections to their listeners (keeping LISTEN sockets available),
-    /// follows each stream's TCP state into events, and frees released streams TCP is done with.
+    /// Hands established connections to their listeners, follows the TCP state of each stream
+    /// of the shards just run into events, frees released streams TCP is done with, and drops
+    /// shards left without sockets.
     pub(super) fn update_streams(&mut self, events: &mut VecDeque<Event>) {
-        // Sockets reset over the per-peer cap: their RST went out in the poll before this.
-        for h in std::mem::take(&mut self.resetting) {
-            self.sockets.remove(h);
+        // Sockets reset over the per-peer cap: their RST went out in the run before this.
+        for ip in &self.polled {
+            if let Some(shard) = self.shards.get_mut(ip) {
+                for h in std::mem::take(&mut shard.resetting) {
+                    shard.sockets.remove(h);
+                }
+            }
         }
-        // Listeners: hand established connections over, keep LISTEN sockets available.
+        // Listeners: hand established connections over; free LISTEN sockets no SYN took.
         let ports: Vec<u16> = self.listeners.keys().copied().collect();
         for port in ports {
             let mut accepted = Vec::new();
-            let mut relisten = 0usize;
             if let Some(l) = self.listeners.get_mut(&port) {
-                l.sockets.retain(|h| {
-                    let s = self.sockets.get::<tcp::Socket>(*h);
-                    match s.state() {
-                        tcp::State::Listen | tcp::State::SynReceived => true,
-                        tcp::State::Closed => {
-                            relisten += 1;
+                let shards = &mut self.shards;
+                l.sockets.retain(|&(ip, h)| {
+                    let Some(shard) = shards.get_mut(&ip) else {
+                        return false;
+                    };
+                    match shard.sockets.get::<tcp::Socket>(h).state() {
+                        tcp::State::SynReceived => true,
+                        tcp::State::Listen | tcp::State::Closed => {
+                            shard.sockets.remove(h);
+                            shard.listening -= 1;
                             false
                         }
                         _ => {
-                            accepted.push(*h);
+                            shard.listening -= 1;
+                            accepted.push((ip, h));
                             false
                         }
                     }
                 });
             }
-            for h in accepted {
-                let s = self.sockets.get::<tcp::Socket>(h);
-                let remote = match s.remote_endpoint().map(|e| e.addr) {
-                    Some(IpAddress::Ipv4(ip)) => ip,
-                    _ => Ipv4Addr::UNSPECIFIED,
+            for (ip, h) in accepted {
+                let Some(shard) = self.shards.get_mut(&ip) else {
+                    continue;
                 };
-                let held = self.streams.values().filter(|m| m.remote == remote).count();
-                if held >= MAX_STREAMS_PER_PEER {
-                    // Over the cap: reset now (the RST goes out on the next poll, after which
+                let s = shard.sockets.get_mut::<tcp::Socket>(h);
+                if shard.streams.len() >= MAX_STREAMS_PER_PEER {
+                    // Over the cap: reset now (the RST goes out on the next run, after which
                     // the socket and its buffers are freed); never handed to the application.
-                    self.sockets.get_mut::<tcp::Socket>(h).abort();
-                    self.resetting.push(h);
+                    s.abort();
+                    shard.resetting.push(h);
                     self.refused_over_cap += 1;
-                    self.dirty = true;
+                    self.touch(ip);
                     continue;
                 }
+                let state = s.state();
                 let id = StreamId(self.next_stream);
                 self.next_stream += 1;
-                let state = s.state();
-                let tuning = self.new_tuning(self.last_now);
+                shard.streams.insert(id);
+                *self.ports_in_use.entry(port).or_insert(0) += 1;
+                let tuning = Tuning::new(self.limits.floor, self.limits.max, self.last_now);
                 self.streams
-                    .insert(id, StreamMeta::new(h, remote, Phase::Open, state, tuning));
+                    .insert(id, StreamMeta::new(h, ip, port, Phase::Open, state, tuning));
                 if let Some(l) = self.listeners.get_mut(&port) {
                     l.ready.push_back(id);
                 }
                 events.push_back(Event::StreamIncoming { port, stream: id });
             }
-            let _ = relisten;
-            let (listening, total) = match self.listeners.get(&port) {
-                Some(l) => (
-                    l.sockets
-                        .iter()
-                        .filter(|h| {
-                            self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen
-                        })
-                        .count(),
-                    l.sockets.len(),
-                ),
-                None => continue,
-            };
-            let want = LISTEN_BACKLOG
-                .saturating_sub(listening)
-                .min(MAX_PENDING.saturating_sub(total));
-            for _ in 0..want {
-                let mut s = self.new_socket();
-                if s.listen(port).is_ok() {
-                    let h = self.sockets.add(s);
-                    if let Some(l) = self.listeners.get_mut(&port) {
-                        l.sockets.push(h);
-                    }
-                }
-            }
         }
         // Streams: state transitions and reaping.
         let mut remove = Vec::new();
-        for (id, m) in self.streams.iter_mut() {
-            let s = self.sockets.get::<tcp::Socket>(m.handle);
-            let st = s.state();
-            if st != m.last_state {
-                if st == tcp::State::Closed
-                    && matches!(
-                        m.last_state,
-                        tcp::State::Established
-                            | tcp::State::FinWait1
-                            | tcp::State::FinWait2
-                            | tcp::State::SynSent
-                            | tcp::State::SynReceived
-                            | tcp::State::CloseWait
-                    )
-                    && m.released_at.is_none()
+        for ip in &self.polled {
+            let Some(shard) = self.shards.get(ip) else {
+                continue;
+            };
+            for id in shard.streams.iter() {
+                let Some(m) = self.streams.get_mut(id) else {
+                    continue;
+                };
+                let s = shard.sockets.get::<tcp::Socket>(m.handle);
+                let st = s.state();
+                if st != m.last_state {
+                    if st == tcp::State::Closed
+                        && matches!(
+                            m.last_state,
+                            tcp::State::Established
+                                | tcp::State::FinWait1
+                                | tcp::State::FinWait2
+                                | tcp::State::SynSent
+                                | tcp::State::SynReceived
+                                | tcp::State::CloseWait
+                        )
+                        && m.released_at.is_none()
+                    {
+                        m.reset = true;
+                    }
+                    m.last_state = st;
+                }
+                match (m.phase, st) {
+                    (Phase::Connecting, tcp::State::SynSent | tcp::State::SynReceived) => {}
+                    (Phase::Connecting, tcp::State::Closed) => {
+                        m.phase = Phase::Closed;
+                        events.push_back(Event::StreamClosed(*id));
+                    }
+                    (Phase::Connecting, _) => {
+                        m.phase = Phase::Open;
+                        events.push_back(Event::StreamConnected(*id));
+                    }
+                    (Phase::Open, tcp::State::Closed | tcp::State::TimeWait) => {
+                        m.phase = Phase::Closed;
+                        events.push_back(Event::StreamClosed(*id));
+                    }
+                    _ => {}
+                }
+                if m.released_at.is_some()
+                    && matches!(st, tcp::State::Closed | tcp::State::TimeWait)
                 {
-                    m.reset = true;
+                    remove.push(*id);
                 }
-                m.last_state = st;
-            }
-            match (m.phase, st) {
-                (Phase::Connecting, tcp::State::SynSent | tcp::State::SynReceived) => {}
-                (Phase::Connecting, tcp::State::Closed) => {
-                    m.phase = Phase::Closed;
-                    events.push_back(Event::StreamClosed(*id));
-                }
-                (Phase::Connecting, _) => {
-                    m.phase = Phase::Open;
-                    events.push_back(Event::StreamConnected(*id));
-                }
-                (Phase::Open, tcp::State::Closed | tcp::State::TimeWait) => {
-                    m.phase = Phase::Closed;
-                    events.push_back(Event::StreamClosed(*id));
-                }
-                _ => {}
-            }
-            if m.released_at.is_some() && matches!(st, tcp::State::Closed | tcp::State::TimeWait) {
-                remove.push(*id);
             }
         }
         for id in remove {
-            if let Some(m) = self.streams.remove(&id) {
-                let s = self.sockets.remove(m.handle);
-                if let smoltcp::socket::Socket::Tcp(s) = s {
-                    let extra = s.recv_capacity().saturating_sub(self.limits.floor)
-                        + s.send_capacity().saturating_sub(self.limits.floor);
-                    self.grown = self.grown.saturating_sub(extra);
+            self.remove_stream(id);
+        }
+        self.refresh_deadlines();
+        // Shards left without sockets (their peer's streams all ended, or the peer is gone).
+        for ip in std::mem::take(&mut self.polled) {
+            if self.shards.get(&ip).is_some_and(Shard::is_empty) {
+                self.tuning.remove(&ip);
+                if let Some(shard) = self.shards.remove(&ip)
+                    && let Some(at) = shard.deadline
+                {
+                    self.deadlines.remove(&(at, ip));
                 }
+            } else {
+                self.polled.push(ip);
             }
+        }
+    }
+
+    /// Frees a stream's socket and its bookkeeping.
+    fn remove_stream(&mut self, id: StreamId) {
+        let Some(m) = self.streams.remove(&id) else {
+            return;
+        };
+        let Some(shard) = self.shards.get_mut(&m.remote) else {
+            return;
+        };
+        shard.streams.remove(&id);
+        let s = shard.sockets.remove(m.handle);
+        if let Some(n) = self.ports_in_use.get_mut(&m.local_port) {
+            *n -= 1;
+            if *n == 0 {
+                self.ports_in_use.remove(&m.local_port);
+            }
+        }
+        if let smoltcp::socket::Socket::Tcp(s) = s {
+            let extra = s.recv_capacity().saturating_sub(self.limits.floor)
+                + s.send_capacity().saturating_sub(self.limits.floor);
+            self.grown = self.grown.saturating_sub(extra);
         }
     }
 
     /// Aborts released streams whose remote has not finished closing within [`LINGER`].
     pub(super) fn reap_lingering(&mut self, now: Instant) {
-        for m in self.streams.values_mut() {
+        let mut touched = Vec::new();
+        for m in self.streams.values() {
             if m.released_at
                 .is_some_and(|t| now.saturating_duration_since(t) >= LINGER)
+                && let Some(shard) = self.shards.get_mut(&m.remote)
             {
-                self.sockets.get_mut::<tcp::Socket>(m.handle).abort();
+                shard.sockets.get_mut::<tcp::Socket>(m.handle).abort();
+                touched.push(m.remote);
             }
+        }
+        for ip in touched {
+            self.touch(ip);
         }
     }
 
@@ -642,13 +911,7 @@ impl Stack {
                 self.next_port + 1
             };
             let p = self.next_port;
-            let used = self.streams.values().any(|m| {
-                self.sockets
-                    .get::<tcp::Socket>(m.handle)
-                    .local_endpoint()
-                    .is_some_and(|e| e.port == p)
-            }) || self.listeners.contains_key(&p);
-            if !used {
+            if !self.ports_in_use.contains_key(&p) && !self.listeners.contains_key(&p) {
                 return Ok(p);
             }
         }
@@ -656,14 +919,14 @@ impl Stack {
     }
 
     /// Opens a TCP connection to `peer_ip:port` from a free ephemeral port (routing is the
-    /// node's business).
+    /// node's business); its socket lives in `peer_ip`'s shard.
     pub(super) fn connect(
         &mut self,
         peer_ip: Ipv4Addr,
         port: u16,
     ) -> Result<StreamId, TunnelError> {
         let local = self.alloc_port()?;
-        let mut s = self.new_socket();
+        let mut s = new_socket(&self.limits);
         s.connect(
             self.iface.context(),
             (IpAddress::Ipv4(peer_ip), port),
@@ -674,38 +937,46 @@ impl Stack {
             port,
             why: e.to_string(),
         })?;
-        let h = self.sockets.add(s);
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
-        let tuning = self.new_tuning(self.last_now);
+        let shard = self.touch(peer_ip);
+        let h = shard.sockets.add(s);
+        shard.streams.insert(id);
+        *self.ports_in_use.entry(local).or_insert(0) += 1;
+        let tuning = Tuning::new(self.limits.floor, self.limits.max, self.last_now);
         self.streams.insert(
             id,
-            StreamMeta::new(h, peer_ip, Phase::Connecting, tcp::State::SynSent, tuning),
+            StreamMeta::new(
+                h,
+                peer_ip,
+                local,
+                Phase::Connecting,
+                tcp::State::SynSent,
+                tuning,
+            ),
         );
-        self.dirty = true;
         Ok(id)
     }
 
-    /// Starts accepting overlay TCP connections on `port`.
-    pub(super) fn listen(
-        &mut self,
-        port: u16,
-        events: &mut VecDeque<Event>,
-    ) -> Result<(), TunnelError> {
+    /// Starts accepting overlay TCP connections on `port` (from every peer, including peers
+    /// that appear later).
+    pub(super) fn listen(&mut self, port: u16) -> Result<(), TunnelError> {
         if self.listeners.contains_key(&port) {
             return Err(TunnelError::AlreadyListening(port));
         }
         self.listeners.insert(port, Listener::default());
-        self.dirty = true;
-        self.update_streams(events);
         Ok(())
     }
 
     /// Stops listening on `port`; connections not yet accepted are aborted.
     pub(super) fn unlisten(&mut self, port: u16, now: Instant) {
         if let Some(l) = self.listeners.remove(&port) {
-            for h in l.sockets {
-                self.sockets.remove(h);
+            for (ip, h) in l.sockets {
+                if let Some(shard) = self.shards.get_mut(&ip) {
+                    shard.sockets.remove(h);
+                    shard.listening -= 1;
+                }
+                self.touch(ip);
             }
             for id in l.ready {
                 self.release(id, now);
@@ -721,6 +992,21 @@ impl Stack {
     fn meta(&self, id: StreamId) -> io::Result<&StreamMeta> {
         self.streams
             .get(&id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no such tunnel stream"))
+    }
+
+    /// A stream's socket, for a call that changes it (its shard is queued for the next run).
+    fn socket_mut(&mut self, id: StreamId) -> io::Result<&mut tcp::Socket<'static>> {
+        let (remote, h) = {
+            let m = self.meta(id)?;
+            (m.remote, m.handle)
+        };
+        Ok(self.touch(remote).sockets.get_mut::<tcp::Socket>(h))
+    }
+
+    fn socket_of(&self, id: StreamId) -> io::Result<&tcp::Socket<'static>> {
+        let m = self.meta(id)?;
+        self.socket(m)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no such tunnel stream"))
     }
 
@@ -742,20 +1028,18 @@ impl Stack {
 
     /// Reads received bytes. `Ok(0)` is end of stream; `WouldBlock` means nothing yet.
     pub(super) fn recv(&mut self, id: StreamId, buf: &mut [u8]) -> io::Result<usize> {
-        let m = self.meta(id)?;
-        let h = m.handle;
-        let s = self.sockets.get_mut::<tcp::Socket>(h);
-        if s.can_recv() {
-            let n = s
+        if self.socket_of(id)?.can_recv() {
+            // The shard runs next: window update.
+            let n = self
+                .socket_mut(id)?
                 .recv_slice(buf)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            self.dirty = true; // window update
             if let Some(m) = self.streams.get_mut(&id) {
                 m.tuning.read_total += n as u64;
             }
             return Ok(n);
         }
-        let st = s.state();
+        let st = self.socket_of(id)?.state();
         Self::check_alive(self.meta(id)?)?;
         match st {
             tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen => {
@@ -771,8 +1055,7 @@ impl Stack {
                 ))
             }
             _ => {
-                let s = self.sockets.get::<tcp::Socket>(h);
-                if s.may_recv() {
+                if self.socket_of(id)?.may_recv() {
                     Err(io::ErrorKind::WouldBlock.into())
                 } else {
                     Ok(0)
@@ -786,9 +1069,8 @@ impl Stack {
     pub(super) fn send(&mut self, id: StreamId, data: &[u8]) -> io::Result<usize> {
         let m = self.meta(id)?;
         Self::check_alive(m)?;
-        let h = m.handle;
         let phase = m.phase;
-        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        let s = self.socket_of(id)?;
         match s.state() {
             tcp::State::SynSent | tcp::State::SynReceived => {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -807,13 +1089,13 @@ impl Stack {
                 "tunnel stream is closed for sending",
             ));
         }
-        let n = s
+        let n = self
+            .socket_mut(id)?
             .send_slice(data)
             .map_err(|e| io::Error::other(e.to_string()))?;
         if n == 0 && !data.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.dirty = true;
         if let Some(m) = self.streams.get_mut(&id) {
             m.tuning.written_total += n as u64;
         }
@@ -822,9 +1104,8 @@ impl Stack {
 
     /// Sends FIN after the queued data (half-close); reading continues.
     pub(super) fn close(&mut self, id: StreamId) {
-        if let Some(m) = self.streams.get(&id) {
-            self.sockets.get_mut::<tcp::Socket>(m.handle).close();
-            self.dirty = true;
+        if let Ok(s) = self.socket_mut(id) {
+            s.close();
         }
     }
 
@@ -832,14 +1113,14 @@ impl Stack {
     pub(super) fn release(&mut self, id: StreamId, now: Instant) {
         if let Some(m) = self.streams.get_mut(&id) {
             m.released_at = Some(now);
-            let s = self.sockets.get_mut::<tcp::Socket>(m.handle);
+        }
+        if let Ok(s) = self.socket_mut(id) {
             if s.may_recv() && s.can_recv() {
                 // Unread data: a graceful close would lie to the peer; reset instead.
                 s.abort();
             } else {
                 s.close();
             }
-            self.dirty = true;
         }
     }
 
@@ -853,7 +1134,14 @@ impl Stack {
                 closed: true,
             };
         };
-        let s = self.sockets.get::<tcp::Socket>(m.handle);
+        let Some(s) = self.socket(m) else {
+            return Readiness {
+                readable: true,
+                writable: true,
+                connected: false,
+                closed: true,
+            };
+        };
         let dead = m.aborted || m.reset || m.phase == Phase::Closed;
         let opening = matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived);
         Readiness {
@@ -872,5 +1160,24 @@ impl Stack {
     /// The overlay IP at the other end of a stream.
     pub(super) fn stream_peer(&self, id: StreamId) -> Option<Ipv4Addr> {
         self.streams.get(&id).map(|m| m.remote)
+    }
+
+    /// Whether `ip` has a shard (tests).
+    #[cfg(test)]
+    pub(super) fn has_shard(&self, ip: Ipv4Addr) -> bool {
+        self.shards.contains_key(&ip)
+    }
+
+    /// The earliest time any shard's sockets want a run, by asking smoltcp about every shard
+    /// (what [`Stack::poll_at`] must equal; tests).
+    #[cfg(test)]
+    pub(super) fn poll_at_scan(&mut self, now: Instant) -> Option<Instant> {
+        let ts = self.smol_now(now);
+        let epoch = self.epoch;
+        self.shards
+            .values()
+            .filter_map(|sh| self.iface.poll_at(ts, &sh.sockets))
+            .map(|t| epoch + Duration::from_micros(t.total_micros().max(0) as u64))
+            .min()
     }
 }

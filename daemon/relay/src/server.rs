@@ -420,13 +420,14 @@ async fn connection(
     };
     let mut decoder = Decoder::new();
     decoder.push(&rest);
-    let key = tokio::time::timeout_at(
+    let (key, welcome_frame) = tokio::time::timeout_at(
         started + HANDSHAKE,
         authenticate(&mut tls, &mut decoder, &shared, kind != Kind::Relay),
     )
     .await
     .map_err(|_| RelayError::Timeout("the handshake"))??;
     if kind == Kind::Accept {
+        welcome(&mut tls, &welcome_frame).await?;
         return rendezvous::accept(tls, decoder, key, &shared, started + HANDSHAKE).await;
     }
 
@@ -450,7 +451,12 @@ async fn connection(
     } else {
         shared.rdv.listen(key, conn_id, tx);
     }
-    let result = forward(&mut tls, &mut decoder, &mut rx, key, kind, &shared, stop).await;
+    // Welcome only now that the key is routed (a datagram sent at once is delivered); a
+    // failed write ends the connection through the same cleanup as the end of `forward`.
+    let result = match welcome(&mut tls, &welcome_frame).await {
+        Ok(()) => forward(&mut tls, &mut decoder, &mut rx, key, kind, &shared, stop).await,
+        Err(e) => Err(e),
+    };
     if kind == Kind::Relay {
         let mut clients = shared.clients.lock().unwrap_or_else(|e| e.into_inner());
         if clients.get(&key).is_some_and(|(id, _)| *id == conn_id) {
@@ -588,12 +594,15 @@ pub(crate) async fn read_frame(tls: &mut Tls, decoder: &mut Decoder) -> Result<F
     }
 }
 
+/// Checks the client's key and proof; returns the key and the `Welcome` frame (encoded) that
+/// the caller sends once the key is routed, so that nothing the client sends right after
+/// `Welcome` can find its own key without a route.
 async fn authenticate(
     tls: &mut Tls,
     decoder: &mut Decoder,
     shared: &Shared,
     admin_only: bool,
-) -> Result<Key, RelayError> {
+) -> Result<(Key, Vec<u8>), RelayError> {
     let mut server_nonce = [0u8; 32];
     getrandom::fill(&mut server_nonce).map_err(|e| RelayError::Protocol(e.to_string()))?;
     tls.write_all(
@@ -627,17 +636,20 @@ async fn authenticate(
             .await?;
         return Err(RelayError::Refused("failed key proof".into()));
     }
-    tls.write_all(
-        &Frame::Welcome {
-            proof: relay_proof(&shared.secret, &key, &server_nonce, &nonce, &key),
-            rate: shared.rate,
-            burst: shared.burst,
-        }
-        .encode(),
-    )
-    .await?;
+    let welcome = Frame::Welcome {
+        proof: relay_proof(&shared.secret, &key, &server_nonce, &nonce, &key),
+        rate: shared.rate,
+        burst: shared.burst,
+    }
+    .encode();
+    Ok((key, welcome))
+}
+
+/// Sends the `Welcome` that [`authenticate`] prepared.
+async fn welcome(tls: &mut Tls, frame: &[u8]) -> Result<(), RelayError> {
+    tls.write_all(frame).await?;
     tls.flush().await?;
-    Ok(key)
+    Ok(())
 }
 
 /// Refuses a frame this connection may not send: tells the client why, then closes.

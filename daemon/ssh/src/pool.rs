@@ -600,21 +600,7 @@ impl Pool {
                 failures: r.failures,
             });
         }
-        // Wait for room among the open connections, then for a handshake slot: the connect
-        // timeout bounds this target's own handshake, not the queue of others' in front of it.
-        let open_permit = self.open_permit(&target.name).await?;
-        let permit = tokio::select! {
-            p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
-            () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
-        };
-        let opened = tokio::select! {
-            r = tokio::time::timeout(timeout, self.open(target, open_permit)) => match r {
-                Ok(r) => r,
-                Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
-            },
-            () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
-        };
-        drop(permit);
+        let opened = self.open_bounded(target, timeout).await?;
         match opened {
             Ok(conn) => {
                 slot.breaker.success();
@@ -715,6 +701,31 @@ impl Pool {
         }))
     }
 
+    /// Opens a connection to `target` within the pool's bounds: first room among the open
+    /// connections, then a handshake slot; `timeout` bounds this target's own handshake, not
+    /// the queue of others' in front of it. `Err` only when the pool shut down while waiting;
+    /// the handshake's own outcome is the inner result.
+    async fn open_bounded(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Result<Arc<Conn>, SshError>, SshError> {
+        let open_permit = self.open_permit(&target.name).await?;
+        let permit = tokio::select! {
+            p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
+            () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
+        };
+        let opened = tokio::select! {
+            r = tokio::time::timeout(timeout, self.open(target, open_permit)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
+            },
+            () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
+        };
+        drop(permit);
+        Ok(opened)
+    }
+
     /// A connection of its own to `target` for one interactive session or relayed subsystem, registered with the
     /// target's slot so that [`Pool::close_host`] and [`Pool::shutdown`] close it too.
     ///
@@ -729,19 +740,7 @@ impl Pool {
         if self.inner.shutdown.is_cancelled() {
             return Err(SshError::ShutDown);
         }
-        let open_permit = self.open_permit(&target.name).await?;
-        let permit = tokio::select! {
-            p = self.inner.handshakes.acquire() => p.map_err(|_| SshError::ShutDown)?,
-            () = self.inner.shutdown.cancelled() => return Err(SshError::ShutDown),
-        };
-        let opened = tokio::select! {
-            r = tokio::time::timeout(timeout, self.open(target, open_permit)) => match r {
-                Ok(r) => r,
-                Err(_) => Err(SshError::ConnectTimeout { host: target.name.clone(), secs: timeout.as_secs_f64() }),
-            },
-            () = self.inner.shutdown.cancelled() => Err(SshError::ShutDown),
-        };
-        drop(permit);
+        let opened = self.open_bounded(target, timeout).await?;
         let conn = match opened {
             Ok(c) => c,
             Err(e) => {

@@ -98,3 +98,48 @@ fn slow_and_idle_connections_are_closed() {
     // Others are unaffected.
     assert_eq!(d.request("GET", "/v1/status", &[], b"").0, 200);
 }
+
+/// A refusal the router gives before reading the body (unknown route, wrong method, an
+/// upgrade route asked without `Upgrade`) still reads a small body that arrives late, so the
+/// answer is not lost to a closed connection and the connection stays usable. Before, hyper
+/// closed it with the body unread: the client's write failed (EPIPE), or through a TCP bridge
+/// the client got a reset instead of the answer (schemathesis saw "connection aborted").
+#[test]
+fn early_refusals_read_a_late_body_and_keep_the_connection() {
+    let d = Daemon::start("hub", "");
+    for (method, path, want) in [
+        ("POST", "/v1/nosuch", 404),
+        ("DELETE", "/v1/status", 405),
+        ("POST", "/v1/session/l", 426),
+    ] {
+        let body = br#"{"host":""}"#;
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        // The answer is written before the body comes.
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(body)
+            .unwrap_or_else(|e| panic!("{method} {path}: the body could not follow: {e}"));
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{method} {path}: a second request could not follow: {e}"));
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        let statuses: Vec<&str> = got
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &got[i + 9..i + 12])
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![want.to_string().as_str(), "200"],
+            "{method} {path}: {got}"
+        );
+    }
+}

@@ -94,6 +94,24 @@ pub(crate) fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// At most this much of a body is read and dropped before an early refusal ([`discard_body`]).
+pub(crate) const DISCARD_BYTES: usize = 64 * 1024;
+
+/// Reads and drops what is left of a request body the route refuses before reading it (no
+/// role, unknown route, wrong method, `426`), at most [`DISCARD_BYTES`] and within `timeout`.
+/// Answering with the body unread makes hyper close the connection with the body's bytes
+/// still unread; a client (or a TCP bridge such as socat) still sending them then gets a
+/// broken pipe or a reset, and can lose the answer. A bigger or slower body is left unread,
+/// and the connection closes after the answer as before.
+pub(crate) async fn discard_body(body: Incoming, timeout: Duration) {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return;
+    }
+    let limited = Limited::new(body, DISCARD_BYTES);
+    let _ = tokio::time::timeout(timeout, limited.collect()).await;
+}
+
 /// Reads the whole body, at most [`MAX_BODY_BYTES`], within `timeout`.
 pub(crate) async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, Fail> {
     if declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {

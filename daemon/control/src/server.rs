@@ -246,6 +246,33 @@ async fn route(
     state: &Arc<AppState>,
     path: &str,
 ) -> (&'static str, Response<Body>) {
+    match route_or_refuse(req, caller, state, path).await {
+        Routed::Answered(label, resp) => (label, resp),
+        // Refused before the body was read: read (a bounded part of) it first, so the
+        // answer is not lost to a connection closed with the request still arriving.
+        Routed::Refused(label, resp, body) => {
+            crate::http::discard_body(body, DISCARD_WAIT).await;
+            (label, resp)
+        }
+    }
+}
+
+/// How long an early refusal waits for the rest of a small body ([`crate::http::discard_body`]).
+const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+enum Routed {
+    /// The route ran (and read what it needed).
+    Answered(&'static str, Response<Body>),
+    /// Refused before any handler ran; the body is still unread.
+    Refused(&'static str, Response<Body>, Incoming),
+}
+
+async fn route_or_refuse(
+    req: Request<Incoming>,
+    caller: Arc<Caller>,
+    state: &Arc<AppState>,
+    path: &str,
+) -> Routed {
     let via = crate::audit::via_of(&req, &caller);
     let Some(role) = state.role_of(&caller) else {
         record_denial(
@@ -262,39 +289,35 @@ async fn route(
             Some(name) => format!("uid:{} or user:{name}", caller.uid),
             None => format!("uid:{}", caller.uid),
         };
-        return (
-            "denied",
-            http::error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!("{} has no role on this tetherd", caller.describe()),
-                &format!(
-                    "an admin can add {who} to a role in [control.roles] of tetherd.toml, then reload (SIGHUP)"
-                ),
+        let resp = http::error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!("{} has no role on this tetherd", caller.describe()),
+            &format!(
+                "an admin can add {who} to a role in [control.roles] of tetherd.toml, then reload (SIGHUP)"
             ),
         );
+        return Routed::Refused("denied", resp, req.into_body());
     };
     match routes::lookup(req.method(), path) {
-        Lookup::NotFound => (
-            "unknown",
-            http::error(
+        Lookup::NotFound => {
+            let resp = http::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("no route {} {path}", req.method()),
                 "see daemon/control/openapi.yaml for the routes this tetherd serves",
-            ),
-        ),
+            );
+            Routed::Refused("unknown", resp, req.into_body())
+        }
         Lookup::MethodNotAllowed(allowed) => {
             let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            (
-                "unknown",
-                http::error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    &format!("{path} does not accept {}", req.method()),
-                    &format!("use {}", allowed.join(" or ")),
-                ),
-            )
+            let resp = http::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{path} does not accept {}", req.method()),
+                &format!("use {}", allowed.join(" or ")),
+            );
+            Routed::Refused("unknown", resp, req.into_body())
         }
         Lookup::Found(r, _) if !r.roles.contains(&role) => {
             record_denial(
@@ -308,26 +331,25 @@ async fn route(
             )
             .await;
             let allowed: Vec<&str> = r.roles.iter().map(|r| r.as_str()).collect();
-            (
-                r.path,
-                http::error(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    &format!(
-                        "{} has role {role}, which may not call {} {}",
-                        caller.describe(),
-                        r.method,
-                        r.path
-                    ),
-                    &format!("this needs one of: {}", allowed.join(", ")),
+            let resp = http::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "{} has role {role}, which may not call {} {}",
+                    caller.describe(),
+                    r.method,
+                    r.path
                 ),
-            )
+                &format!("this needs one of: {}", allowed.join(", ")),
+            );
+            Routed::Refused(r.path, resp, req.into_body())
         }
         Lookup::Found(r, params) => {
             if !r.streamed_body
                 && http::declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64)
             {
-                return (r.path, http::too_large().into_response());
+                // Not read at all: the connection closes after the answer.
+                return Routed::Answered(r.path, http::too_large().into_response());
             }
             let ctx = Ctx {
                 state: Arc::clone(state),
@@ -335,7 +357,7 @@ async fn route(
                 role,
                 via,
             };
-            (r.path, (r.handler)(req, ctx, params).await)
+            Routed::Answered(r.path, (r.handler)(req, ctx, params).await)
         }
     }
 }

@@ -352,6 +352,16 @@ where
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
             if !asked {
+                // Read (a bounded part of) the body first, as for the router's refusals
+                // ([`crate::http::discard_body`]), so the answer is not lost.
+                let (_, body) = req.into_parts();
+                crate::http::discard_body(
+                    body,
+                    ctx.state
+                        .idle_timeout()
+                        .min(std::time::Duration::from_secs(1)),
+                )
+                .await;
                 return Fail::new(
                     StatusCode::UPGRADE_REQUIRED,
                     "upgrade_required",

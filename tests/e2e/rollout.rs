@@ -110,30 +110,44 @@ fn thirty_targets_behind_one_address_all_enroll_and_garbage_is_still_limited() {
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     drop(dir);
     // With retries switched off, the refusal is reported at once and names the wait.
-    // (garbage keeps coming meanwhile, so the bucket cannot refill under the attempt)
-    let token = invite(&hub, "no-retry", &[]);
+    // Garbage keeps coming from several threads meanwhile, so the bucket stays empty; an
+    // attempt can still catch the one token a refill (every 200 ms) brings before the next
+    // garbage does and enroll, which is correct, so a few tries are allowed.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flooder = {
-        let (stop, endpoint) = (stop.clone(), endpoint.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                flood(&endpoint, 20);
-            }
+    let flooders: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, endpoint) = (stop.clone(), endpoint.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = garbage(&endpoint);
+                }
+            })
         })
-    };
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let (dir, config) = target_dir();
-    let out = enroll(&config, &token, &["--retry-for", "0"]);
+    let mut refused = None;
+    for attempt in 0..6 {
+        let token = invite(&hub, &format!("no-retry{attempt}"), &[]);
+        let (dir, config) = target_dir();
+        let out = enroll(&config, &token, &["--retry-for", "0"]);
+        drop(dir);
+        if code(&out) != 0 {
+            refused = Some(out);
+            break;
+        }
+        eprintln!("attempt {attempt} caught a refilled token and enrolled");
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    flooder.join().unwrap();
-    assert_ne!(code(&out), 0, "{}", stdout(&out));
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let out = refused.expect("with garbage flooding, an enrollment without retries is refused");
     assert!(
         stderr(&out).contains("too many enrollment attempts from this address")
             && stderr(&out).contains("takes the next attempt in"),
         "{}",
         stderr(&out)
     );
-    drop(dir);
     // Every enrolled host is in the audit chain, which verifies.
     assert_eq!(code(&hub.tether(&["audit", "verify"])), 0);
 }

@@ -482,14 +482,14 @@ impl Seg {
         if let Some(op) = self.redirect_pending.take() {
             if let Some((w, bytes, spans)) = self.cut_current() {
                 let text = String::from_utf8(bytes).map_err(|_| "invalid UTF-8")?;
-                if cx.opt.collect_paths || cx.opt.structured {
-                    if let Some(p) = path_ref(&text, 0, &spans, w.dynamic, &cx.cwd, true, true) {
-                        cx.out.paths.push(PathRef {
-                            redirect: true,
-                            arg: false,
-                            ..p
-                        });
-                    }
+                if (cx.opt.collect_paths || cx.opt.structured)
+                    && let Some(p) = path_ref(&text, 0, &spans, w.dynamic, &cx.cwd, true, true)
+                {
+                    cx.out.paths.push(PathRef {
+                        redirect: true,
+                        arg: false,
+                        ..p
+                    });
                 }
                 if cx.opt.structured {
                     self.redirects.push((op, text));

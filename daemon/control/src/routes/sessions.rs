@@ -121,7 +121,7 @@ pub(crate) async fn list(ctx: Ctx, q: SessionsQuery) -> Result<SessionList, Fail
             ));
         }
     }
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut sessions = Vec::new();
     for (_, p) in files {
         if sessions.len() >= limit {

@@ -14,7 +14,10 @@
 //!   packet that arrives over UDP moves the peer back to direct.
 //! * An authenticated packet arriving on a relay moves a direct peer to that relay when direct is
 //!   not working (no endpoint, or nothing authenticated over UDP for `direct_timeout`); a hub
-//!   already on another relay follows the relay its peer uses.
+//!   already on another relay follows the relay its peer uses; a target on a relay moves to
+//!   another one its peer uses only when its own has carried nothing for `direct_timeout`
+//!   (counted from the switch to it, at the earliest), so stragglers on the old relay after
+//!   the hub moved cannot make it flap.
 //! * A relay going down moves its peers to the next relay that is up, or back to direct; peers
 //!   it left on a direct path that has not worked since go back to a relay as soon as one is up
 //!   again (a relay restart).
@@ -115,6 +118,12 @@ pub(super) struct PathState {
     udp_auth_at: Option<Instant>,
     /// The relay an authenticated packet from the peer last arrived on, and when.
     last_relay: Option<(RelayId, Instant)>,
+    /// While on a relay: the last authenticated packet that arrived on it, or the switch to it
+    /// (a new relay path gets `direct_timeout` to carry something). A target leaves a relay
+    /// for another one its peer uses only when this is older than `direct_timeout`: arrivals
+    /// interleaved on two relays (the hub moved, stragglers still come on the old one) must
+    /// not make it flap.
+    current_relay_heard: Option<Instant>,
     /// First handshake initiation sent on the current path since the last authenticated packet
     /// on it.
     hs_unanswered_since: Option<Instant>,
@@ -161,6 +170,7 @@ impl PathState {
             current: Path::Direct,
             udp_auth_at: None,
             last_relay: None,
+            current_relay_heard: None,
             hs_unanswered_since: None,
             data_unanswered_since: None,
             reply_unanswered_since: None,
@@ -188,6 +198,10 @@ impl PathState {
         }
         self.unconfirmed = true;
         self.current = to;
+        self.current_relay_heard = match to {
+            Path::Relay(_) => Some(now),
+            Path::Direct => None,
+        };
         self.hs_unanswered_since = None;
         self.data_unanswered_since = None;
         self.reply_unanswered_since = None;
@@ -237,14 +251,13 @@ impl PathState {
         relays: &Relays,
         cfg: &PathConfig,
     ) -> Decision {
-        let on_current_recently = match (self.current, self.last_relay) {
-            (Path::Relay(c), Some((r, t))) => {
-                c == r && now.saturating_duration_since(t) < cfg.direct_timeout
-            }
-            _ => false,
-        };
+        let on_current_recently = matches!(self.current, Path::Relay(_))
+            && self
+                .current_relay_heard
+                .is_some_and(|t| now.saturating_duration_since(t) < cfg.direct_timeout);
         self.last_relay = Some((relay, now));
         if self.current == Path::Relay(relay) {
+            self.current_relay_heard = Some(now);
             self.answered();
         }
         if !is_up(relays, relay) {
@@ -485,6 +498,53 @@ mod tests {
         assert_eq!(
             q.relay_auth(RelayId(0), t0, false, true, &up, &cfg),
             Decision::Switch(Path::Relay(RelayId(0)))
+        );
+    }
+
+    #[test]
+    fn a_target_on_a_relay_that_still_delivers_does_not_flap_between_relays() {
+        // The hub moved from r0 to r1 (r0 said it is going away to the hub first) while the
+        // target still hears the hub's last datagrams on r0: interleaved arrivals on both. The
+        // target stays on r0 while r0 still delivers, and moves once, when r0 has been quiet
+        // for `direct_timeout` (or goes down); a straggler on r0 then does not pull it back.
+        let cfg = PathConfig::default();
+        let t0 = Instant::now();
+        let up = relays(&[true, true]);
+        let (r0, r1) = (RelayId(0), RelayId(1));
+        let mut p = PathState::new();
+        p.switch(Path::Relay(r0), t0, &cfg);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut switches = Vec::new();
+        for (i, relay) in [r0, r1, r1, r0, r0, r1, r1, r0].into_iter().enumerate() {
+            let now = ms(1_000 + i as u64);
+            if let Decision::Switch(to) = p.relay_auth(relay, now, false, false, &up, &cfg) {
+                p.switch(to, now, &cfg);
+                switches.push(to);
+            }
+        }
+        assert_eq!(switches, vec![], "r0 still delivers: stay");
+        // r0 quiet for direct_timeout: the next datagram on r1 moves the target, once.
+        let later = ms(1_007) + cfg.direct_timeout;
+        assert_eq!(p.current, Path::Relay(r0));
+        assert_eq!(
+            p.relay_auth(r1, later, false, false, &up, &cfg),
+            Decision::Switch(Path::Relay(r1))
+        );
+        p.switch(Path::Relay(r1), later, &cfg);
+        for (i, relay) in [r0, r1, r0, r0, r1].into_iter().enumerate() {
+            let now = later + Duration::from_millis(1 + i as u64);
+            assert_eq!(
+                p.relay_auth(relay, now, false, false, &up, &cfg),
+                Decision::Stay,
+                "a straggler on r0 (#{i}) while r1 delivers"
+            );
+        }
+        // A hub still follows at once.
+        let mut h = PathState::new();
+        h.switch(Path::Relay(r0), t0, &cfg);
+        assert_eq!(
+            h.relay_auth(r1, ms(1), false, true, &up, &cfg),
+            Decision::Switch(Path::Relay(r1))
         );
     }
 

@@ -17,7 +17,8 @@
 //!   already on another relay follows the relay its peer uses; a target on a relay moves to
 //!   another one its peer uses only when its own has carried nothing for `direct_timeout`
 //!   (counted from the switch to it, at the earliest), so stragglers on the old relay after
-//!   the hub moved cannot make it flap.
+//!   the hub moved cannot make it flap; for the same reason a hub that just followed its peer
+//!   away from a relay does not follow it back there for 2 s (unless its new relay is down).
 //! * A relay going down moves its peers to the next relay that is up, or back to direct; peers
 //!   it left on a direct path that has not worked since go back to a relay as soon as one is up
 //!   again (a relay restart).
@@ -124,6 +125,9 @@ pub(super) struct PathState {
     /// interleaved on two relays (the hub moved, stragglers still come on the old one) must
     /// not make it flap.
     current_relay_heard: Option<Instant>,
+    /// The relay this peer last left for another relay, and when: a hub does not follow its
+    /// peer back to it within [`FOLLOW_BACK_GRACE`] (stragglers still queued in the old relay).
+    left_relay: Option<(RelayId, Instant)>,
     /// First handshake initiation sent on the current path since the last authenticated packet
     /// on it.
     hs_unanswered_since: Option<Instant>,
@@ -160,6 +164,10 @@ pub(super) enum Decision {
 /// as broken: the peer's passive keepalive is due after 10 s (WireGuard's KEEPALIVE_TIMEOUT).
 const PASSIVE_KEEPALIVE: Duration = Duration::from_secs(10);
 
+/// How long after following its peer from relay A to relay B a hub ignores datagrams still
+/// arriving on A (they were queued there before the peer moved) instead of following back.
+const FOLLOW_BACK_GRACE: Duration = Duration::from_secs(2);
+
 /// When no relay worked either, direct is tried again this long after the peer left it.
 const RETRY_ROUND: Duration = Duration::from_secs(60);
 
@@ -171,6 +179,7 @@ impl PathState {
             udp_auth_at: None,
             last_relay: None,
             current_relay_heard: None,
+            left_relay: None,
             hs_unanswered_since: None,
             data_unanswered_since: None,
             reply_unanswered_since: None,
@@ -197,6 +206,10 @@ impl PathState {
             self.stranded = false;
         }
         self.unconfirmed = true;
+        self.left_relay = match (self.current, to) {
+            (Path::Relay(c), Path::Relay(r)) if c != r => Some((c, now)),
+            _ => None,
+        };
         self.current = to;
         self.current_relay_heard = match to {
             Path::Relay(_) => Some(now),
@@ -276,7 +289,11 @@ impl PathState {
             }
             Path::Relay(c) if c == relay => Decision::Stay,
             Path::Relay(c) => {
-                if follow || !is_up(relays, c) || !on_current_recently {
+                let straggler = self.left_relay.is_some_and(|(l, t)| {
+                    l == relay && now.saturating_duration_since(t) < FOLLOW_BACK_GRACE
+                });
+                if !is_up(relays, c) || (follow && !straggler) || (!follow && !on_current_recently)
+                {
                     Decision::Switch(Path::Relay(relay))
                 } else {
                     Decision::Stay
@@ -539,12 +556,36 @@ mod tests {
                 "a straggler on r0 (#{i}) while r1 delivers"
             );
         }
-        // A hub still follows at once.
+        // A hub follows at once, but not back to the relay it just left: datagrams still
+        // queued there arrive after the first ones on the new relay.
         let mut h = PathState::new();
         h.switch(Path::Relay(r0), t0, &cfg);
         assert_eq!(
             h.relay_auth(r1, ms(1), false, true, &up, &cfg),
             Decision::Switch(Path::Relay(r1))
+        );
+        h.switch(Path::Relay(r1), ms(1), &cfg);
+        for (i, relay) in [r0, r0, r1, r0].into_iter().enumerate() {
+            assert_eq!(
+                h.relay_auth(relay, ms(2 + i as u64), false, true, &up, &cfg),
+                Decision::Stay,
+                "hub, straggler #{i}"
+            );
+        }
+        // The peer really went back: the hub follows once the grace is over.
+        let back = ms(1) + FOLLOW_BACK_GRACE;
+        assert_eq!(
+            h.relay_auth(r0, back, false, true, &up, &cfg),
+            Decision::Switch(Path::Relay(r0))
+        );
+        // And at once when the relay it is on is down.
+        let mut d = PathState::new();
+        d.switch(Path::Relay(r0), t0, &cfg);
+        d.switch(Path::Relay(r1), ms(1), &cfg);
+        let r1_down = relays(&[true, false]);
+        assert_eq!(
+            d.relay_auth(r0, ms(2), false, true, &r1_down, &cfg),
+            Decision::Switch(Path::Relay(r0))
         );
     }
 

@@ -2,13 +2,15 @@
 //! certificate, and key helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
 use tether_relay::{EnrollLimits, Relay, RelayClient, RelayConfig, RelayError, RelayTarget};
 use x25519_dalek::{PublicKey, StaticSecret};
+
+mod cert;
+pub use cert::cert;
 
 /// A running relay and how to reach it.
 pub struct Setup {
@@ -16,38 +18,6 @@ pub struct Setup {
     pub allowlist: PathBuf,
     pub relay: Relay,
     pub target: RelayTarget,
-}
-
-pub fn cert(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=relay.test",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        std::fs::read(dir.join("cert.pem")).unwrap(),
-        std::fs::read(dir.join("key.pem")).unwrap(),
-    )
 }
 
 pub fn b64(k: &[u8; 32]) -> String {

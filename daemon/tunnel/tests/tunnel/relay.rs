@@ -4,7 +4,6 @@
 //! down and the second takes over; `vpn_path_switch` fires on each change.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,38 +22,10 @@ fn lo() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A self-signed P-256 certificate from the `openssl` CLI.
-fn cert(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=relay.test",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        std::fs::read(dir.join("cert.pem")).unwrap(),
-        std::fs::read(dir.join("key.pem")).unwrap(),
-    )
-}
+/// The relay tests' certificate helper (`openssl req -x509`, P-256).
+#[path = "../../../relay/tests/common/cert.rs"]
+mod cert;
+use cert::cert;
 
 /// A relay on 127.0.0.1:0 that lets `keys` in.
 async fn relay(dir: &std::path::Path, name: &str, keys: &[&SecretKey]) -> (Relay, RelayEndpoint) {

@@ -1,4 +1,7 @@
+use std::collections::HashMap;
 use std::ffi::CString;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 use tether_config::{Principal, RolesConfig};
@@ -23,6 +26,46 @@ impl Caller {
     /// Resolves name and groups for a peer's credentials. Lookups use the system's user
     /// database; a uid without an entry keeps only its primary gid.
     pub fn resolve(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+        let Identity { user, groups } = Identity::lookup(uid, gid);
+        Caller {
+            uid,
+            gid,
+            pid,
+            user,
+            groups,
+        }
+    }
+
+    /// A caller from its peer credentials and an identity looked up for that uid/gid.
+    fn with(uid: u32, gid: u32, pid: Option<i32>, id: &Identity) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid,
+            user: id.user.clone(),
+            groups: id.groups.clone(),
+        }
+    }
+
+    /// `uid 1000 (alice)` or `uid 4242`, for messages.
+    pub fn describe(&self) -> String {
+        match &self.user {
+            Some(name) => format!("uid {} ({name})", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+}
+
+/// What the user database says about a uid/gid pair: login name and group ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    user: Option<String>,
+    groups: Vec<u32>,
+}
+
+impl Identity {
+    /// Looks `uid` up in the system's user database (may block: NSS).
+    fn lookup(uid: u32, gid: u32) -> Identity {
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
         let mut groups = vec![gid];
         if let Some(u) = &user
@@ -33,21 +76,105 @@ impl Caller {
         }
         groups.sort_unstable();
         groups.dedup();
-        Caller {
-            uid,
-            gid,
-            pid,
+        Identity {
             user: user.map(|u| u.name),
             groups,
         }
     }
+}
 
-    /// `uid 1000 (alice)` or `uid 4242`, for messages.
-    pub fn describe(&self) -> String {
-        match &self.user {
-            Some(name) => format!("uid {} ({name})", self.uid),
-            None => format!("uid {}", self.uid),
+/// How long a user-database answer for a uid/gid is reused by [`CallerCache`]: a user renamed,
+/// removed, or added to or removed from a group is seen by new control connections at most
+/// this long after the change. Roles themselves are never cached: every request matches the
+/// caller against the role map in force (a reload applies to the next request).
+pub const CALLER_TTL: Duration = Duration::from_secs(5);
+
+/// Most uid/gid pairs [`CallerCache`] remembers; beyond it expired entries go, then the oldest.
+pub const CALLER_CACHE_CAP: usize = 256;
+
+/// Resolves control-connection callers, reusing a user-database lookup (name and groups) for
+/// the same uid/gid for at most a TTL ([`CALLER_TTL`] by default) and for at most a bounded
+/// number of pairs. The uid, gid and pid always come from the connection's peer credentials
+/// (`SO_PEERCRED`), never from the cache or the peer; only what the system's user database says
+/// about them is reused. A hit costs a mutex and two small clones on the connection's task; a
+/// miss looks up on the blocking pool (NSS may block).
+#[derive(Debug)]
+pub struct CallerCache {
+    ttl: Duration,
+    cap: usize,
+    entries: Mutex<HashMap<(u32, u32), (Instant, Arc<Identity>)>>,
+}
+
+impl Default for CallerCache {
+    fn default() -> Self {
+        CallerCache::new(CALLER_TTL, CALLER_CACHE_CAP)
+    }
+}
+
+impl CallerCache {
+    /// A cache keeping answers for `ttl` (zero: no caching) and at most `cap` pairs.
+    pub fn new(ttl: Duration, cap: usize) -> CallerCache {
+        CallerCache {
+            ttl,
+            cap: cap.max(1),
+            entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The caller with peer credentials `uid`/`gid`/`pid`: name and groups from a fresh enough
+    /// cached lookup, or looked up now on the blocking pool. `None` only if that lookup task
+    /// could not run (runtime shutting down).
+    pub async fn resolve(&self, uid: u32, gid: u32, pid: Option<i32>) -> Option<Caller> {
+        let now = Instant::now();
+        if let Some(id) = self.fresh(uid, gid, now) {
+            return Some(Caller::with(uid, gid, pid, &id));
+        }
+        let id = tokio::task::spawn_blocking(move || Identity::lookup(uid, gid))
+            .await
+            .ok()?;
+        let caller = Caller::with(uid, gid, pid, &id);
+        self.insert(uid, gid, Instant::now(), Arc::new(id));
+        Some(caller)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), (Instant, Arc<Identity>)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fresh(&self, uid: u32, gid: u32, now: Instant) -> Option<Arc<Identity>> {
+        let map = self.lock();
+        let (at, id) = map.get(&(uid, gid))?;
+        (now.saturating_duration_since(*at) < self.ttl).then(|| Arc::clone(id))
+    }
+
+    fn insert(&self, uid: u32, gid: u32, at: Instant, id: Arc<Identity>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= self.cap && !map.contains_key(&(uid, gid)) {
+            let ttl = self.ttl;
+            map.retain(|_, (t, _)| at.saturating_duration_since(*t) < ttl);
+            while map.len() >= self.cap {
+                let Some(oldest) = map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) else {
+                    break;
+                };
+                map.remove(&oldest);
+            }
+        }
+        map.insert((uid, gid), (at, id));
+    }
+
+    /// Pairs held now (expired ones included until they are replaced or evicted).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

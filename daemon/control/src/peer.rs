@@ -102,8 +102,11 @@ pub const CALLER_CACHE_CAP: usize = 256;
 pub struct CallerCache {
     ttl: Duration,
     cap: usize,
-    entries: Mutex<HashMap<(u32, u32), (Instant, Arc<Identity>)>>,
+    entries: Mutex<Entries>,
 }
+
+/// Cached identities by (uid, gid), with when each was looked up.
+type Entries = HashMap<(u32, u32), (Instant, Arc<Identity>)>;
 
 impl Default for CallerCache {
     fn default() -> Self {
@@ -137,7 +140,7 @@ impl CallerCache {
         Some(caller)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), (Instant, Arc<Identity>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -249,6 +252,67 @@ mod tests {
             user: user.map(str::to_owned),
             groups: groups.to_vec(),
         }
+    }
+
+    fn id(name: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            user: Some(name.to_owned()),
+            groups: vec![1, 2],
+        })
+    }
+
+    #[test]
+    fn the_caller_cache_expires_entries_after_its_ttl() {
+        let cache = CallerCache::new(Duration::from_secs(5), 8);
+        let t0 = Instant::now();
+        cache.insert(1000, 1000, t0, id("alice"));
+        assert!(
+            cache
+                .fresh(1000, 1000, t0 + Duration::from_secs(4))
+                .is_some()
+        );
+        assert!(
+            cache
+                .fresh(1000, 1000, t0 + Duration::from_secs(5))
+                .is_none()
+        );
+        // Keyed by uid and gid: another primary gid is another lookup.
+        assert!(cache.fresh(1000, 1001, t0).is_none());
+        // A zero TTL caches nothing.
+        let off = CallerCache::new(Duration::ZERO, 8);
+        off.insert(1000, 1000, t0, id("alice"));
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn the_caller_cache_is_bounded_dropping_expired_then_oldest() {
+        let cache = CallerCache::new(Duration::from_secs(5), 2);
+        let t0 = Instant::now();
+        cache.insert(1, 1, t0, id("a"));
+        cache.insert(2, 2, t0 + Duration::from_secs(1), id("b"));
+        cache.insert(3, 3, t0 + Duration::from_secs(2), id("c"));
+        assert_eq!(cache.len(), 2);
+        let now = t0 + Duration::from_secs(2);
+        assert!(cache.fresh(1, 1, now).is_none(), "the oldest went");
+        assert!(cache.fresh(2, 2, now).is_some() && cache.fresh(3, 3, now).is_some());
+        // Both expired by now: they go before anything fresh would.
+        cache.insert(4, 4, t0 + Duration::from_secs(7), id("d"));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn cached_callers_keep_their_own_peer_credentials() {
+        let cache = CallerCache::default();
+        let me = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let a = cache.resolve(me, gid, Some(10)).await.unwrap();
+        let b = cache.resolve(me, gid, Some(20)).await.unwrap();
+        assert_eq!(cache.len(), 1, "the second lookup was a hit");
+        assert_eq!((a.pid, b.pid), (Some(10), Some(20)));
+        assert_eq!((b.uid, b.gid), (me, gid));
+        assert_eq!(a.user, b.user);
+        assert_eq!(b, Caller::resolve(me, gid, Some(20)));
     }
 
     #[test]

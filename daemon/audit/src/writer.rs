@@ -6,7 +6,7 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
+use std::sync::{Arc, Mutex, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
@@ -335,9 +335,10 @@ impl AuditLog {
         };
         let mut w = match shared.try_lock() {
             Ok(w) => w,
-            // Busy (the writer thread or another caller is writing), or poisoned by a panic
-            // mid-write: the writer thread's queue handles it.
-            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return Err(p),
+            // Busy (the writer thread or another caller is writing): the writer thread's queue.
+            Err(TryLockError::WouldBlock) => return Err(p),
+            // A panic mid-write: the writer has stopped (see `Writer::run`).
+            Err(TryLockError::Poisoned(_)) => return Ok(Err(AuditError::WriterStopped)),
         };
         if w.closed {
             return Ok(Err(AuditError::WriterStopped));
@@ -530,24 +531,23 @@ struct Writer {
 
 type Waiter = oneshot::Sender<Result<Receipt>>;
 
-fn lock_writer(m: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Writer {
     /// The writer thread: waits for commands without holding the writer's lock (so an idle
-    /// writer's lock is free for inline appends), then takes it for the batch.
+    /// writer's lock is free for inline appends), then takes it for the batch. A lock poisoned
+    /// by a panic mid-write stops the writer for good (fail closed, as a panic on this thread
+    /// always did): every later append gets [`AuditError::WriterStopped`].
     fn run(shared: &Mutex<Writer>, rx: &mpsc::Receiver<Cmd>) {
         loop {
             let Ok(first) = rx.recv() else { break };
-            let mut w = lock_writer(shared);
+            let Ok(mut w) = shared.lock() else { return };
             // Closed (by an earlier `Close`): dropping `first` answers it with WriterStopped.
             if w.closed || w.step(first, rx) {
                 return;
             }
         }
-        let mut w = lock_writer(shared);
-        if !w.closed {
+        if let Ok(mut w) = shared.lock()
+            && !w.closed
+        {
             w.finish();
         }
     }

@@ -8,7 +8,8 @@
 //! (100) more requests with `perf trace` for `scripts/exec-breakdown`, `BENCH_TMPFS=1` samples a
 //! second hub + target whose state is on tmpfs (not durable: it only shows what the disk costs),
 //! `BENCH_PERF_STAT=N` counts what hub and target spend (CPU time, context switches, page
-//! faults; instructions where the machine has hardware counters) on N more requests. The
+//! faults; instructions where the machine has hardware counters) on N more requests
+//! (`BENCH_PERF_THREADS=1`: and per thread on N more). The
 //! `exec true` samples of tether (disk, tmpfs) and of the OpenSSH ControlMaster alternate.
 //!
 //! Both sides run the command as the same account with the same shell: tether's targets have
@@ -471,6 +472,80 @@ fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str,
     }
 }
 
+/// `BENCH_PERF_THREADS=1` (with `BENCH_PERF_STAT=N`): the same count per thread
+/// (`perf stat --per-thread`) over `n` more requests — which of the daemon's threads switch and
+/// burn CPU per exec. Threads under 0.05 switches per exec are left out. A thread that exited
+/// during the run (a blocking-pool thread, a command's child) is not counted by perf.
+fn perf_threads(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str, String)) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |who: &str, pid: u32| {
+        let out = dir.path().join(format!("{who}.csv"));
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "--per-thread",
+                "-x",
+                ",",
+                "-e",
+                "task-clock,context-switches",
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf (linux-perf) for BENCH_PERF_THREADS");
+        (child, out)
+    };
+    let mut perfs = [start("hub", hub.pid()), start("target", target.pid())];
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..n {
+        exec_true(hub);
+    }
+    for (p, _) in &mut perfs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = p.wait();
+    }
+    for (who, (_, out)) in ["hub", "target"].iter().zip(&perfs) {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        // Lines: `comm-tid,value,unit,event,...`.
+        let mut threads: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split(',').collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let Ok(v) = f[1].trim().parse::<f64>() else {
+                continue;
+            };
+            let e = threads.entry(f[0].trim().to_owned()).or_default();
+            match f[3] {
+                "task-clock" => e.0 = v / n as f64,
+                "context-switches" => e.1 = v / n as f64,
+                _ => {}
+            }
+        }
+        let mut list: Vec<_> = threads
+            .into_iter()
+            .filter(|(_, (_, cs))| *cs >= 0.05)
+            .collect();
+        list.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        let text: Vec<String> = list
+            .iter()
+            .map(|(t, (cpu, cs))| format!("{t}: {cs:.1} cs, {cpu:.3} ms"))
+            .collect();
+        row(
+            &format!("{who} per thread per warm exec true ({n} requests): context switches, CPU"),
+            text.join("; "),
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench --no-run` / test harness probing
@@ -637,6 +712,9 @@ fn main() {
     );
     if let Ok(n) = std::env::var("BENCH_PERF_STAT") {
         perf_stat(&hub, &targets[0], n.parse().unwrap_or(500), &mut row);
+        if std::env::var("BENCH_PERF_THREADS").as_deref() == Ok("1") {
+            perf_threads(&hub, &targets[0], n.parse().unwrap_or(500), &mut row);
+        }
     }
     if let Ok(dir) = std::env::var("BENCH_TRACE") {
         trace_requests(

@@ -357,3 +357,114 @@ sys.stdin.read()
     drop(child.stdin.take());
     let _ = child.wait();
 }
+
+/// Runs `tether status --json` as the named user (its real uid, gid 0 so the socket lets it in,
+/// no supplementary groups on the process: the daemon takes the user's groups from the user
+/// database, as it does for every caller).
+fn status_as_user(d: &Daemon, user: &str) -> Output {
+    let exe = d.dir.path().join("tether-copy");
+    if !exe.exists() {
+        std::fs::copy(bin("tether"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            "--regid=0",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(&exe)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["status", "--json"])
+        .output()
+        .unwrap()
+}
+
+/// The daemon reuses a user-database lookup (name, groups) for a uid/gid for at most
+/// `tether_control::CALLER_TTL` (5 s): a user removed from the group that gives it its role loses
+/// the role within that time; roles themselves are matched on every request, so a reload that
+/// removes the group's role applies to the very next request.
+#[test]
+fn group_changes_apply_within_the_caller_ttl_and_role_reloads_at_once() {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP: needs root, useradd and setpriv to connect as another user");
+        return;
+    }
+    let (user, group) = ("tether-e2e-cache", "tether-e2e-cachegrp");
+    let sh = |c: &str| Command::new("sh").arg("-c").arg(c).output().unwrap();
+    let made = sh(&format!(
+        "getent group {group} >/dev/null || groupadd {group}; \
+         id {user} >/dev/null 2>&1 || useradd -M -N -g nogroup -d /nonexistent -s /bin/sh {user}; \
+         gpasswd -a {user} {group} >/dev/null"
+    ));
+    assert!(made.status.success(), "useradd: {made:?}");
+    let d = Daemon::start("hub", "");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let set_roles = |roles: &str| {
+        std::fs::write(&d.config, format!("{base}\n[control.roles]\n{roles}\n")).unwrap();
+        d.signal(Signal::SIGHUP);
+    };
+    let role = |out: &Output| -> Option<String> {
+        (code(out) == 0).then(|| {
+            let v: serde_json::Value = serde_json::from_str(&stdout(out)).unwrap();
+            v["caller_role"].as_str().unwrap_or_default().to_owned()
+        })
+    };
+    set_roles(&format!("read_only = [\"group:{group}\"]"));
+    assert!(d.wait_log("config reloaded"), "{}", d.log());
+    let ok = status_as_user(&d, user);
+    assert_eq!(role(&ok).as_deref(), Some("read_only"), "{}", stderr(&ok));
+
+    // Removed from the group: denied within the TTL (polled), never later.
+    let removed = sh(&format!("gpasswd -d {user} {group}"));
+    assert!(removed.status.success(), "{removed:?}");
+    let t = std::time::Instant::now();
+    // `tether_control::CALLER_TTL` (5 s), plus a second for the polling.
+    let limit = Duration::from_secs(6);
+    loop {
+        let out = status_as_user(&d, user);
+        if role(&out).is_none() {
+            assert!(
+                stderr(&out).contains("has no role"),
+                "refused for the wrong reason: {}",
+                stderr(&out)
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "still {:?} {:?} after leaving the group",
+            role(&out),
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Back in the group: the role returns (within the TTL), and stays on a warm cache...
+    assert!(sh(&format!("gpasswd -a {user} {group}")).status.success());
+    let t = std::time::Instant::now();
+    while role(&status_as_user(&d, user)).is_none() {
+        assert!(t.elapsed() < limit, "the group's role did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ...until a reload takes the group's role away: the next request is refused at once.
+    let reloads = d.log().matches("config reloaded").count();
+    set_roles("read_only = [\"uid:4242\"]");
+    let t = std::time::Instant::now();
+    while d.log().matches("config reloaded").count() == reloads {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = status_as_user(&d, user);
+    assert_eq!(
+        role(&out),
+        None,
+        "the reload applied late: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("has no role"), "{}", stderr(&out));
+    let _ = sh(&format!("gpasswd -d {user} {group} >/dev/null"));
+}

@@ -1,6 +1,7 @@
 //! Audit chain benchmark (bench binary, one run, same disk):
 //! durable appends/s with 64 concurrent writers via group commit vs one fsync per record,
-//! p50/p99 append latency, head-rewrite policy cost, zero tail vs plain appends, and verify
+//! p50/p99 append latency, head-rewrite policy cost, zero tail vs plain appends, idle appends
+//! written inline vs always handed to the writer thread, and verify
 //! throughput.
 //!
 //! The shared disk's fdatasync time changes by 2-5x from one second to the next, so the cases
@@ -173,6 +174,13 @@ async fn main() {
                 ..d.clone()
             },
         ),
+        (
+            "every append handed to the writer thread (inline_when_idle off)",
+            Options {
+                inline_when_idle: false,
+                ..d.clone()
+            },
+        ),
     ];
     let mut runs: Vec<Run> = cases.iter().map(|_| Run::default()).collect();
     for round in 0..rounds {
@@ -198,6 +206,10 @@ async fn main() {
         rates[0] / rates[4]
     );
     println!("zero tail vs plain appends: {:.2}x", rates[0] / rates[3]);
+    println!(
+        "idle appends inline vs always handed to the writer thread: {:.2}x",
+        rates[0] / rates[5]
+    );
     println!(
         "1 ms gather wait vs none (default): {:.2}x",
         rates[2] / rates[0]

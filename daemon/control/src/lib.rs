@@ -25,7 +25,7 @@ mod stream;
 
 pub use error::ControlError;
 pub use metrics::ControlMetrics;
-pub use peer::{Caller, RoleMap};
+pub use peer::{CALLER_CACHE_CAP, CALLER_TTL, Caller, CallerCache, RoleMap};
 pub use routes::{
     ProxySession, REFUSED_STATUS, Refusal, RouteInfo, SftpRelay, UNREACHABLE_STATUS, routes,
 };

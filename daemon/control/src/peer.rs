@@ -1,4 +1,7 @@
+use std::collections::HashMap;
 use std::ffi::CString;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 use tether_config::{Principal, RolesConfig};
@@ -23,6 +26,46 @@ impl Caller {
     /// Resolves name and groups for a peer's credentials. Lookups use the system's user
     /// database; a uid without an entry keeps only its primary gid.
     pub fn resolve(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+        let Identity { user, groups } = Identity::lookup(uid, gid);
+        Caller {
+            uid,
+            gid,
+            pid,
+            user,
+            groups,
+        }
+    }
+
+    /// A caller from its peer credentials and an identity looked up for that uid/gid.
+    fn with(uid: u32, gid: u32, pid: Option<i32>, id: &Identity) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid,
+            user: id.user.clone(),
+            groups: id.groups.clone(),
+        }
+    }
+
+    /// `uid 1000 (alice)` or `uid 4242`, for messages.
+    pub fn describe(&self) -> String {
+        match &self.user {
+            Some(name) => format!("uid {} ({name})", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+}
+
+/// What the user database says about a uid/gid pair: login name and group ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    user: Option<String>,
+    groups: Vec<u32>,
+}
+
+impl Identity {
+    /// Looks `uid` up in the system's user database (may block: NSS).
+    fn lookup(uid: u32, gid: u32) -> Identity {
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
         let mut groups = vec![gid];
         if let Some(u) = &user
@@ -33,21 +76,108 @@ impl Caller {
         }
         groups.sort_unstable();
         groups.dedup();
-        Caller {
-            uid,
-            gid,
-            pid,
+        Identity {
             user: user.map(|u| u.name),
             groups,
         }
     }
+}
 
-    /// `uid 1000 (alice)` or `uid 4242`, for messages.
-    pub fn describe(&self) -> String {
-        match &self.user {
-            Some(name) => format!("uid {} ({name})", self.uid),
-            None => format!("uid {}", self.uid),
+/// How long a user-database answer for a uid/gid is reused by [`CallerCache`]: a user renamed,
+/// removed, or added to or removed from a group is seen by new control connections at most
+/// this long after the change. Roles themselves are never cached: every request matches the
+/// caller against the role map in force (a reload applies to the next request).
+pub const CALLER_TTL: Duration = Duration::from_secs(5);
+
+/// Most uid/gid pairs [`CallerCache`] remembers; beyond it expired entries go, then the oldest.
+pub const CALLER_CACHE_CAP: usize = 256;
+
+/// Resolves control-connection callers, reusing a user-database lookup (name and groups) for
+/// the same uid/gid for at most a TTL ([`CALLER_TTL`] by default) and for at most a bounded
+/// number of pairs. The uid, gid and pid always come from the connection's peer credentials
+/// (`SO_PEERCRED`), never from the cache or the peer; only what the system's user database says
+/// about them is reused. A hit costs a mutex and two small clones on the connection's task; a
+/// miss looks up on the blocking pool (NSS may block).
+#[derive(Debug)]
+pub struct CallerCache {
+    ttl: Duration,
+    cap: usize,
+    entries: Mutex<Entries>,
+}
+
+/// Cached identities by (uid, gid), with when each was looked up.
+type Entries = HashMap<(u32, u32), (Instant, Arc<Identity>)>;
+
+impl Default for CallerCache {
+    fn default() -> Self {
+        CallerCache::new(CALLER_TTL, CALLER_CACHE_CAP)
+    }
+}
+
+impl CallerCache {
+    /// A cache keeping answers for `ttl` (zero: no caching) and at most `cap` pairs.
+    pub fn new(ttl: Duration, cap: usize) -> CallerCache {
+        CallerCache {
+            ttl,
+            cap: cap.max(1),
+            entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The caller with peer credentials `uid`/`gid`/`pid`: name and groups from a fresh enough
+    /// cached lookup, or looked up now on the blocking pool. `None` only if that lookup task
+    /// could not run (runtime shutting down).
+    pub async fn resolve(&self, uid: u32, gid: u32, pid: Option<i32>) -> Option<Caller> {
+        let now = Instant::now();
+        if let Some(id) = self.fresh(uid, gid, now) {
+            return Some(Caller::with(uid, gid, pid, &id));
+        }
+        let id = tokio::task::spawn_blocking(move || Identity::lookup(uid, gid))
+            .await
+            .ok()?;
+        let caller = Caller::with(uid, gid, pid, &id);
+        self.insert(uid, gid, Instant::now(), Arc::new(id));
+        Some(caller)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fresh(&self, uid: u32, gid: u32, now: Instant) -> Option<Arc<Identity>> {
+        let map = self.lock();
+        let (at, id) = map.get(&(uid, gid))?;
+        (now.saturating_duration_since(*at) < self.ttl).then(|| Arc::clone(id))
+    }
+
+    fn insert(&self, uid: u32, gid: u32, at: Instant, id: Arc<Identity>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= self.cap && !map.contains_key(&(uid, gid)) {
+            let ttl = self.ttl;
+            map.retain(|_, (t, _)| at.saturating_duration_since(*t) < ttl);
+            while map.len() >= self.cap {
+                let Some(oldest) = map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) else {
+                    break;
+                };
+                map.remove(&oldest);
+            }
+        }
+        map.insert((uid, gid), (at, id));
+    }
+
+    /// Pairs held now (expired ones included until they are replaced or evicted).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -122,6 +252,67 @@ mod tests {
             user: user.map(str::to_owned),
             groups: groups.to_vec(),
         }
+    }
+
+    fn id(name: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            user: Some(name.to_owned()),
+            groups: vec![1, 2],
+        })
+    }
+
+    #[test]
+    fn the_caller_cache_expires_entries_after_its_ttl() {
+        let cache = CallerCache::new(Duration::from_secs(5), 8);
+        let t0 = Instant::now();
+        cache.insert(1000, 1000, t0, id("alice"));
+        assert!(
+            cache
+                .fresh(1000, 1000, t0 + Duration::from_secs(4))
+                .is_some()
+        );
+        assert!(
+            cache
+                .fresh(1000, 1000, t0 + Duration::from_secs(5))
+                .is_none()
+        );
+        // Keyed by uid and gid: another primary gid is another lookup.
+        assert!(cache.fresh(1000, 1001, t0).is_none());
+        // A zero TTL caches nothing.
+        let off = CallerCache::new(Duration::ZERO, 8);
+        off.insert(1000, 1000, t0, id("alice"));
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn the_caller_cache_is_bounded_dropping_expired_then_oldest() {
+        let cache = CallerCache::new(Duration::from_secs(5), 2);
+        let t0 = Instant::now();
+        cache.insert(1, 1, t0, id("a"));
+        cache.insert(2, 2, t0 + Duration::from_secs(1), id("b"));
+        cache.insert(3, 3, t0 + Duration::from_secs(2), id("c"));
+        assert_eq!(cache.len(), 2);
+        let now = t0 + Duration::from_secs(2);
+        assert!(cache.fresh(1, 1, now).is_none(), "the oldest went");
+        assert!(cache.fresh(2, 2, now).is_some() && cache.fresh(3, 3, now).is_some());
+        // Both expired by now: they go before anything fresh would.
+        cache.insert(4, 4, t0 + Duration::from_secs(7), id("d"));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn cached_callers_keep_their_own_peer_credentials() {
+        let cache = CallerCache::default();
+        let me = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let a = cache.resolve(me, gid, Some(10)).await.unwrap();
+        let b = cache.resolve(me, gid, Some(20)).await.unwrap();
+        assert_eq!(cache.len(), 1, "the second lookup was a hit");
+        assert_eq!((a.pid, b.pid), (Some(10), Some(20)));
+        assert_eq!((b.uid, b.gid), (me, gid));
+        assert_eq!(a.user, b.user);
+        assert_eq!(b, Caller::resolve(me, gid, Some(20)));
     }
 
     #[test]

@@ -158,11 +158,12 @@ async fn serve_connection(
         }
     };
     let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
-    // User-database lookups may block (NSS), so they run off the async workers.
-    let caller = match tokio::task::spawn_blocking(move || Caller::resolve(uid, gid, pid)).await {
-        Ok(c) => Arc::new(c),
-        Err(_) => return,
+    // Peer credentials are the source; only the user database's answer (name, groups) is
+    // reused for a few seconds (see `CallerCache`), so most connections skip the blocking pool.
+    let Some(caller) = state.callers.resolve(uid, gid, pid).await else {
+        return;
     };
+    let caller = Arc::new(caller);
     let svc_state = Arc::clone(&state);
     let service = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(Arc::clone(&slot));

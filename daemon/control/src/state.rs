@@ -73,6 +73,8 @@ pub struct AppState {
     pub connections: crate::connlimit::ConnLimits,
     /// Rate limits for `auth.denied` records, per uid.
     pub(crate) denials: crate::denials::DenialLimiter,
+    /// User-database answers (name, groups) for control callers, reused for a few seconds.
+    pub callers: crate::peer::CallerCache,
     /// The relayed SFTP sessions running now, by host: cancelled when their host is revoked
     /// or removed, so each writes `sftp.close` then, not when its client next reads.
     pub(crate) sftp_relays: std::sync::Mutex<Vec<(String, tokio_util::sync::CancellationToken)>>,
@@ -408,6 +410,7 @@ impl AppState {
             approvals: None,
             connections: crate::connlimit::ConnLimits::new(nix::unistd::geteuid().as_raw()),
             denials: crate::denials::DenialLimiter::default(),
+            callers: crate::peer::CallerCache::default(),
             sftp_relays: std::sync::Mutex::new(Vec::new()),
             source,
             config: RwLock::new(Arc::new(config)),

@@ -462,3 +462,120 @@ async fn readers_filter_follow_and_export() {
     assert_eq!(out, all, "export is byte-identical to the log");
     assert_eq!(st.records, 4);
 }
+
+/// Appends from plain threads (`append_blocking`) and tokio tasks at once: on an idle writer
+/// the caller writes its own record, otherwise it joins the writer thread's batch. Every append
+/// that returned is in the file with its seq, the seqs form one gapless chain, and a caller
+/// appending alone gets a batch of one per record (written inline, one fdatasync each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_and_queued_appends_share_one_chain_and_each_is_on_disk_when_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let reg = prometheus::Registry::new();
+    let (log, _) = AuditLog::open(&dir, &k, &reg, Arc::new(tether_model::NoAlerts)).unwrap();
+    let count = |name: &str| -> u64 {
+        reg.gather()
+            .iter()
+            .find(|f| f.name() == name)
+            .map(|f| f.get_metric()[0].get_histogram().get_sample_count())
+            .unwrap_or(0)
+    };
+    // Alone: one record per batch, and each is readable as soon as its append returns.
+    for i in 0..20u64 {
+        let r = log.append(&event(i)).await.unwrap();
+        assert_eq!(r.seq, i + 1);
+        let text: String = day_files(&dir)
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
+            .collect();
+        assert!(
+            text.contains(&format!("\"seq\":{},", r.seq)),
+            "record {} not in the file when its append returned",
+            r.seq
+        );
+    }
+    assert_eq!(
+        count("tether_audit_batch_size"),
+        20,
+        "one batch per lone append"
+    );
+    assert_eq!(count("tether_audit_fsync_seconds"), 20);
+
+    // Together: 4 threads and 64 tasks, 25 appends each.
+    let mut threads = Vec::new();
+    for t in 0..4u64 {
+        let log = log.clone();
+        threads.push(std::thread::spawn(move || {
+            (0..25u64)
+                .map(|i| log.append_blocking(&event(1000 + t * 100 + i)).unwrap().seq)
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25u64 {
+                seqs.push(log.append(&event(10_000 + t * 100 + i)).await.unwrap().seq);
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    for t in threads {
+        seqs.extend(t.join().unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (21..=21 + 68 * 25 - 1).collect::<Vec<_>>());
+    let batches = count("tether_audit_batch_size") - 20;
+    assert!(
+        batches < 68 * 25,
+        "no group commit under load: {batches} batches for {} records",
+        68 * 25
+    );
+    let cp = log.checkpoint().await.unwrap();
+    log.close().await;
+    let rep = verify(&dir, &k, None, Some(&cp)).unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.broken);
+    assert_eq!(rep.records, 20 + 68 * 25);
+}
+
+/// After `close`, an append through another handle is refused with `WriterStopped` and
+/// writes nothing, whether it would have gone inline or to the writer thread.
+#[tokio::test]
+async fn appends_after_close_are_refused_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let k = keys();
+    let (log, _) = open(&dir, &k, None);
+    let other = log.clone();
+    log.append(&event(1)).await.unwrap();
+    log.close().await;
+    let before: Vec<Vec<u8>> = day_files(&dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(matches!(
+        other.append(&event(2)).await,
+        Err(AuditError::WriterStopped)
+    ));
+    assert!(matches!(
+        {
+            let other = other.clone();
+            std::thread::spawn(move || other.append_blocking(&event(3)))
+                .join()
+                .unwrap()
+        },
+        Err(AuditError::WriterStopped)
+    ));
+    let after: Vec<Vec<u8>> = day_files(&dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(before, after);
+}

@@ -385,6 +385,11 @@ pub(crate) async fn exec(ctx: Ctx, req: ExecRequest) -> Result<Body, Fail> {
     let (go, gate) = watch::channel(None);
     let (tx, body) = stream::channel(64);
     tokio::spawn(run_all(ctx.clone(), remote, hosts, plan, tx, gate));
+    // On a quiet log the append below writes and syncs on this thread (no hand-off to the
+    // audit writer and back); let `run_all` — just spawned into this worker's LIFO slot, which
+    // the other worker cannot steal — send its channel requests first, so they still overlap
+    // the fdatasync.
+    tokio::task::yield_now().await;
     let audited = ctx
         .state
         .audit_or_refuse("exec.requested", ctx.actor(), None, requested)

@@ -157,6 +157,8 @@ pub struct AuditLog {
     last_seq: Arc<AtomicU64>,
     /// The key epoch new records are MACed with.
     epoch: Arc<AtomicU32>,
+    /// `tether_audit_append_seconds`: what [`AuditLog::append`] waits.
+    append_seconds: prometheus::Histogram,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -199,6 +201,7 @@ impl AuditLog {
             })?;
         let ring = KeyRing::load(keys)?;
         let metrics = Metrics::register(registry)?;
+        let append_seconds = metrics.append_seconds.clone();
         let (tail, recovery) = recover(&dir, &ring, opts.anchor.as_deref())?;
         let keys = ring
             .get(tail.epoch)
@@ -275,6 +278,7 @@ impl AuditLog {
                 dir: Arc::new(dir),
                 last_seq,
                 epoch,
+                append_seconds,
             },
             recovery,
         ))
@@ -283,8 +287,11 @@ impl AuditLog {
     /// Appends one event and returns once it is durable (written and fdatasync'd with its
     /// batch). On error the record is not in the log and the action must be refused.
     pub async fn append(&self, event: &Event) -> Result<Receipt> {
+        let started = std::time::Instant::now();
         let rx = self.submit(event)?;
-        rx.await.map_err(|_| AuditError::WriterStopped)?
+        let r = rx.await.map_err(|_| AuditError::WriterStopped)?;
+        self.append_seconds.observe(started.elapsed().as_secs_f64());
+        r
     }
 
     /// Blocking variant of [`AuditLog::append`] for synchronous callers (not inside a runtime).

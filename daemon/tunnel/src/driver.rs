@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::TunnelMetrics;
 use crate::node::{
-    Dest, Event, Node, NodeConfig, PeerConfig, PeerId, PeerStatus, RelayId, RelayStatus, StreamId,
-    Transmit,
+    Changed, Dest, Event, Node, NodeConfig, PeerConfig, PeerId, PeerStatus, RelayId, RelayStatus,
+    StreamId, Transmit,
 };
 use crate::udp::UdpIo;
 use crate::{PublicKey, TunnelError};
@@ -323,23 +323,47 @@ async fn run(
                 }
                 on_event(&shared, &g.node, ev);
             }
-            g.read_wakers.retain(|id, w| {
-                if g.node.readiness(*id).readable {
-                    w.wake_by_ref();
-                    false
-                } else {
-                    true
+            // Wake the parked tasks whose stream became ready: only the streams that changed
+            // since the last pass (a hub parks one reader per pooled connection; asking all of
+            // them after every run was O(streams) per datagram), all of them once per tick.
+            match g.node.take_changed() {
+                Changed::All => {
+                    g.read_wakers.retain(|id, w| {
+                        if g.node.readiness(*id).readable {
+                            w.wake_by_ref();
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    g.write_wakers.retain(|id, w| {
+                        let r = g.node.readiness(*id);
+                        if r.writable || r.closed {
+                            w.wake_by_ref();
+                            false
+                        } else {
+                            true
+                        }
+                    });
                 }
-            });
-            g.write_wakers.retain(|id, w| {
-                let r = g.node.readiness(*id);
-                if r.writable || r.closed {
-                    w.wake_by_ref();
-                    false
-                } else {
-                    true
+                Changed::Streams(ids) => {
+                    for id in ids {
+                        if g.read_wakers.contains_key(&id) && g.node.readiness(id).readable {
+                            if let Some(w) = g.read_wakers.remove(&id) {
+                                w.wake();
+                            }
+                        }
+                        if g.write_wakers.contains_key(&id) {
+                            let r = g.node.readiness(id);
+                            if (r.writable || r.closed)
+                                && let Some(w) = g.write_wakers.remove(&id)
+                            {
+                                w.wake();
+                            }
+                        }
+                    }
                 }
-            });
+            }
             if let Some(m) = &mut g.metrics {
                 m.update(
                     g.node.totals(),

@@ -353,10 +353,11 @@ async fn run(
                 }
                 Changed::Streams(ids) => {
                     for id in ids {
-                        if g.read_wakers.contains_key(&id) && g.node.readiness(id).readable {
-                            if let Some(w) = g.read_wakers.remove(&id) {
-                                w.wake();
-                            }
+                        if g.read_wakers.contains_key(&id)
+                            && g.node.readiness(id).readable
+                            && let Some(w) = g.read_wakers.remove(&id)
+                        {
+                            w.wake();
                         }
                         if g.write_wakers.contains_key(&id) {
                             let r = g.node.readiness(id);

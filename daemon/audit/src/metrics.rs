@@ -12,6 +12,7 @@ pub(crate) struct Metrics {
     pub checkpoint_failures: IntCounter,
     pub batch_size: Histogram,
     pub fsync_seconds: Histogram,
+    pub append_seconds: Histogram,
 }
 
 impl Metrics {
@@ -46,17 +47,30 @@ impl Metrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         )?;
+        let append_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_audit_append_seconds",
+                "Time from an append to its record being durable, as the caller waits for it \
+                 (queue, group-commit batch, write and fdatasync).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+                0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
         reg.register(Box::new(records.clone()))?;
         reg.register(Box::new(write_failures.clone()))?;
         reg.register(Box::new(checkpoint_failures.clone()))?;
         reg.register(Box::new(batch_size.clone()))?;
         reg.register(Box::new(fsync_seconds.clone()))?;
+        reg.register(Box::new(append_seconds.clone()))?;
         Ok(Metrics {
             records,
             write_failures,
             checkpoint_failures,
             batch_size,
             fsync_seconds,
+            append_seconds,
         })
     }
 }

@@ -171,6 +171,8 @@ pub struct AuditLog {
     last_seq: Arc<AtomicU64>,
     /// The key epoch new records are MACed with.
     epoch: Arc<AtomicU32>,
+    /// `tether_audit_append_seconds`: what [`AuditLog::append`] waits.
+    append_seconds: prometheus::Histogram,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -213,6 +215,7 @@ impl AuditLog {
             })?;
         let ring = KeyRing::load(keys)?;
         let metrics = Metrics::register(registry)?;
+        let append_seconds = metrics.append_seconds.clone();
         let (tail, recovery) = recover(&dir, &ring, opts.anchor.as_deref())?;
         let keys = ring
             .get(tail.epoch)
@@ -296,6 +299,7 @@ impl AuditLog {
                 dir: Arc::new(dir),
                 last_seq,
                 epoch,
+                append_seconds,
             },
             recovery,
         ))
@@ -307,13 +311,17 @@ impl AuditLog {
     /// When the writer is idle the record is written and synced on this call's thread (see
     /// [`Options::inline_when_idle`]); otherwise it joins the writer thread's next batch.
     pub async fn append(&self, event: &Event) -> Result<Receipt> {
+        let started = std::time::Instant::now();
         let p = Prepared::new(event)?;
-        let p = match self.try_inline(p) {
-            Ok(done) => return done,
-            Err(p) => p,
+        let r = match self.try_inline(p) {
+            Ok(done) => done,
+            Err(p) => {
+                let rx = self.submit(p)?;
+                rx.await.map_err(|_| AuditError::WriterStopped)?
+            }
         };
-        let rx = self.submit(p)?;
-        rx.await.map_err(|_| AuditError::WriterStopped)?
+        self.append_seconds.observe(started.elapsed().as_secs_f64());
+        r
     }
 
     /// Blocking variant of [`AuditLog::append`] for synchronous callers (not inside a runtime).

@@ -42,9 +42,9 @@ pub use health::{HealthConfig, HealthState};
 pub use keys::{PublicKey, SecretKey};
 pub use metrics::TunnelMetrics;
 pub use node::{
-    DEFAULT_HUB_IP, DEFAULT_MTU, DEFAULT_PREFIX_LEN, DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX,
-    DEFAULT_TCP_MEMORY_BUDGET, Dest, DropReason, Event, FIXED_TCP_BUFFER, MAX_STREAMS_PER_PEER,
-    Node, NodeConfig, NodeRole, PathConfig, PeerConfig, PeerId, PeerStatus, RelayId, RelayStatus,
-    StreamId, Transmit,
+    Changed, DEFAULT_HUB_IP, DEFAULT_MTU, DEFAULT_PREFIX_LEN, DEFAULT_TCP_BUFFER,
+    DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET, Dest, DropReason, Event, FIXED_TCP_BUFFER,
+    MAX_STREAMS_PER_PEER, Node, NodeConfig, NodeRole, PathConfig, PeerConfig, PeerId, PeerStatus,
+    RelayId, RelayStatus, StreamId, Transmit,
 };
 pub use tether_relay::RelayTarget;

@@ -124,6 +124,8 @@ async fn fan_out(hub: &Hub, concurrency: u32, counters: &Counters) -> Result<Val
         ..Default::default()
     };
     let audit_before = audit_bytes(&hub.state_dir().join("audit"));
+    let pool_before = hub_pool(hub).await;
+    let ended_before = counters.ended();
     let cpu_before = cpu_time(hub.pid());
     let sim_cpu_before = cpu_time_with_children(std::process::id());
     let accepted_before = counters.connections.load(Ordering::Relaxed);
@@ -133,6 +135,8 @@ async fn fan_out(hub: &Hub, concurrency: u32, counters: &Counters) -> Result<Val
     let started = Instant::now();
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    // The first few messages of each error kind, digits dropped so alike ones group.
+    let mut messages: BTreeMap<String, u64> = BTreeMap::new();
     let mut summary = Value::Null;
     let mut peak_fds = 0usize;
     let mut peak_rss = 0u64;
@@ -149,7 +153,11 @@ async fn fan_out(hub: &Hub, concurrency: u32, counters: &Counters) -> Result<Val
                         *errors.entry(format!("exit {code:?}")).or_default() += 1;
                     }
                 }
-                tether_api::ExecEvent::Error { kind, .. } => {
+                tether_api::ExecEvent::Error { kind, message, .. } => {
+                    let m: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    if messages.len() < 20 || messages.contains_key(&m) {
+                        *messages.entry(m).or_default() += 1;
+                    }
                     *errors.entry(kind).or_default() += 1;
                 }
                 tether_api::ExecEvent::Summary(s) => {
@@ -172,10 +180,19 @@ async fn fan_out(hub: &Hub, concurrency: u32, counters: &Counters) -> Result<Val
     // exec.result records are durable before the summary; give the group commit a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let audit_bytes = audit_bytes(&hub.state_dir().join("audit")).saturating_sub(audit_before);
+    let mut ended = counters.ended();
+    for (how, n) in ended_before {
+        if let Some(v) = ended.get_mut(&how) {
+            *v = v.saturating_sub(n);
+        }
+    }
+    ended.retain(|_, n| *n > 0);
     lat.sort_unstable();
     Ok(json!({
         "ok": lat.len(),
         "errors": errors,
+        "error_messages": messages,
+        "target_connections_ended": ended,
         "wall_ms": ms(wall),
         "p50_ms": percentile(&lat, 0.50),
         "p99_ms": percentile(&lat, 0.99),
@@ -185,6 +202,7 @@ async fn fan_out(hub: &Hub, concurrency: u32, counters: &Counters) -> Result<Val
         "sim_cpu_ms": ms(sim_cpu),
         "ssh_connections_opened": counters.connections.load(Ordering::Relaxed).saturating_sub(accepted_before),
         "ssh_connections_peak_open": counters.peak_open.load(Ordering::Relaxed),
+        "hub_pool_before": pool_before,
         "hub_pool": pool,
         "hub_peak_rss_kib": peak_rss.max(rss_kib(pid)),
         "hub_peak_fds": peak_fds.max(open_fds(pid)),
@@ -322,11 +340,13 @@ async fn run(args: Args) -> Result<Value, String> {
     sel.sort_unstable();
 
     let cold = if args.fanouts >= 1 {
+        eprintln!("fleet-sim: cold fan-out starts");
         fan_out(&hub, args.exec_concurrency, &counters).await?
     } else {
         Value::Null
     };
     let warm = if args.fanouts >= 2 {
+        eprintln!("fleet-sim: warm fan-out starts");
         fan_out(&hub, args.exec_concurrency, &counters).await?
     } else {
         Value::Null
@@ -425,6 +445,14 @@ fn print_report(r: &Value) {
             g(&format!("/{k}/ssh_connections_opened")),
             g(&format!("/{k}/ssh_connections_peak_open")),
             g(&format!("/{k}/audit_bytes"))
+        );
+        println!(
+            "  {:<15} hub pool before {} after {}; target connections ended {}; error messages {}",
+            "",
+            g(&format!("/{k}/hub_pool_before")),
+            g(&format!("/{k}/hub_pool")),
+            g(&format!("/{k}/target_connections_ended")),
+            g(&format!("/{k}/error_messages"))
         );
     }
     println!("  hub peak RSS    {} KiB", g("/hub_peak_rss_kib"));

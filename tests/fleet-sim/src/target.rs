@@ -36,6 +36,9 @@ pub struct Counters {
     pub open: AtomicU64,
     /// The most SSH connections open at once since it was last reset.
     pub peak_open: AtomicU64,
+    /// SSH connections from the hub that ended, by how they ended (`ok`, the error text with
+    /// digits dropped, or `stopped`), so a fan-out's report shows who closed what.
+    pub ended: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Counters {
@@ -46,9 +49,24 @@ impl Counters {
         self.peak_open.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// One connection fewer open.
-    fn closed(&self) {
+    /// One connection fewer open, ended as `how`.
+    fn closed(&self, how: &str) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        let how: String = how.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *self
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(how)
+            .or_default() += 1;
+    }
+
+    /// The connection ends counted so far, by how they ended.
+    pub fn ended(&self) -> std::collections::BTreeMap<String, u64> {
+        self.ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -194,11 +212,14 @@ pub async fn start(
             let (server, stop, counters) = (server.clone(), stop.clone(), Arc::clone(&counters));
             counters.opened();
             tokio::spawn(async move {
-                tokio::select! {
-                    _ = server.serve_connection(stream) => {}
-                    () = stop.cancelled() => {}
-                }
-                counters.closed();
+                let how = tokio::select! {
+                    r = server.serve_connection(stream) => match r {
+                        Ok(()) => "ok".to_owned(),
+                        Err(e) => e.to_string(),
+                    },
+                    () = stop.cancelled() => "stopped".to_owned(),
+                };
+                counters.closed(&how);
             });
         }
     });

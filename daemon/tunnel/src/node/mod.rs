@@ -35,8 +35,8 @@ use self::peer::{Control, Peer, msg_type};
 pub use self::peer::{PeerConfig, PeerStatus};
 use self::stack::{BufferLimits, Stack};
 pub use self::stack::{
-    DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET, FIXED_TCP_BUFFER,
-    MAX_STREAMS_PER_PEER, Readiness,
+    Changed, DEFAULT_TCP_BUFFER, DEFAULT_TCP_BUFFER_MAX, DEFAULT_TCP_MEMORY_BUDGET,
+    FIXED_TCP_BUFFER, MAX_STREAMS_PER_PEER, Readiness,
 };
 pub use self::types::{
     Dest, DropReason, Event, PeerId, RelayId, RelayStatus, StreamId, Totals, Transmit,
@@ -709,6 +709,9 @@ impl Node {
             self.scratch = buf;
             self.kick_rerouted(now);
             self.stack.reap_lingering(now);
+            // Once a tick the driver asks every parked stream (a safety net; between ticks it
+            // asks only the streams that changed).
+            self.stack.mark_all_changed();
         }
         if now >= self.next_health {
             self.next_health = now + self.health_cfg.check_interval;
@@ -917,7 +920,17 @@ impl Node {
     /// Whether the node has work for its driver (datagrams or events queued, or the stack needs a
     /// run). Drivers that share the node with stream tasks check this after stream calls.
     pub fn has_output(&self) -> bool {
-        self.stack.is_dirty() || !self.transmits.is_empty() || !self.events.is_empty()
+        self.stack.is_dirty()
+            || !self.transmits.is_empty()
+            || !self.events.is_empty()
+            || self.stack.has_changed()
+    }
+
+    /// The streams whose [`Node::readiness`] may have changed since the last call (and forgets
+    /// them): a driver that parks tasks on streams asks only these, not every parked stream
+    /// after every run. [`Changed::All`] after an overflow and once per timer tick.
+    pub fn take_changed(&mut self) -> Changed {
+        self.stack.take_changed()
     }
 
     /// Open streams (for tests and metrics).

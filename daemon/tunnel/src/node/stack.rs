@@ -309,6 +309,27 @@ pub(super) struct Stack {
     dirty: bool,
     /// Incoming streams reset because their peer was at [`MAX_STREAMS_PER_PEER`].
     pub(super) refused_over_cap: u64,
+    /// Streams whose [`Stack::readiness`] may have changed since the driver last took them
+    /// ([`Stack::take_changed`]): those of the shards run since, and those aborted or removed.
+    /// A driver parks a task per waiting stream (a hub: one per pooled SSH connection); asking
+    /// every parked stream after every run made each run cost O(streams) — 77 % of the hub's
+    /// CPU in a warm fan-out to 10,000 targets (BENCHMARKS.md, fleet section).
+    changed: HashSet<StreamId>,
+    /// Set when `changed` is not to be trusted as complete (it overflowed, or a periodic
+    /// sweep was asked for): the driver then asks every parked stream once.
+    changed_all: bool,
+}
+
+/// Most entries [`Stack::changed`] holds before the next take asks every stream instead.
+const MAX_CHANGED: usize = 65_536;
+
+/// What changed since the driver last asked ([`Stack::take_changed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Only these streams' readiness may have changed (in no particular order).
+    Streams(Vec<StreamId>),
+    /// Any stream's may have: ask each waiting one.
+    All,
 }
 
 impl Stack {
@@ -353,6 +374,8 @@ impl Stack {
             last_tune: None,
             dirty: false,
             refused_over_cap: 0,
+            changed: HashSet::new(),
+            changed_all: false,
         }
     }
 
@@ -370,6 +393,40 @@ impl Stack {
     /// Clears the dirty flag; whether a [`Stack::poll`] was due.
     pub(super) fn take_dirty(&mut self) -> bool {
         std::mem::replace(&mut self.dirty, false) || !self.dirty_shards.is_empty()
+    }
+
+    /// Notes that `id`'s readiness may have changed.
+    fn mark_changed(&mut self, id: StreamId) {
+        if self.changed_all {
+            return;
+        }
+        if self.changed.len() >= MAX_CHANGED {
+            self.changed.clear();
+            self.changed_all = true;
+        } else {
+            self.changed.insert(id);
+        }
+    }
+
+    /// Whether some stream's readiness may have changed since the last [`Stack::take_changed`].
+    pub(super) fn has_changed(&self) -> bool {
+        self.changed_all || !self.changed.is_empty()
+    }
+
+    /// The streams whose readiness may have changed since the last call (and forgets them).
+    pub(super) fn take_changed(&mut self) -> Changed {
+        if std::mem::replace(&mut self.changed_all, false) {
+            self.changed.clear();
+            return Changed::All;
+        }
+        Changed::Streams(self.changed.drain().collect())
+    }
+
+    /// Makes the next [`Stack::take_changed`] answer [`Changed::All`] (a periodic safety
+    /// sweep; cheap once a second, not after every run).
+    pub(super) fn mark_all_changed(&mut self) {
+        self.changed.clear();
+        self.changed_all = true;
     }
 
     /// Queues `ip`'s shard for the next run, creating the shard.
@@ -519,6 +576,10 @@ impl Stack {
                     m.phase = Phase::Closed;
                     events.push_back(Event::StreamClosed(*sid));
                 }
+            }
+            let ids: Vec<StreamId> = shard.streams.iter().copied().collect();
+            for id in ids {
+                self.mark_changed(id);
             }
             self.touch(ip);
         }
@@ -798,6 +859,15 @@ impl Stack {
                 continue;
             };
             for id in shard.streams.iter() {
+                // Its shard ran: data, ACKs or a state change may have made it ready.
+                if !self.changed_all {
+                    if self.changed.len() >= MAX_CHANGED {
+                        self.changed.clear();
+                        self.changed_all = true;
+                    } else {
+                        self.changed.insert(*id);
+                    }
+                }
                 let Some(m) = self.streams.get_mut(id) else {
                     continue;
                 };
@@ -867,6 +937,8 @@ impl Stack {
         let Some(m) = self.streams.remove(&id) else {
             return;
         };
+        // Gone: reads as closed from now on.
+        self.mark_changed(id);
         let Some(shard) = self.shards.get_mut(&m.remote) else {
             return;
         };

@@ -222,6 +222,61 @@ fn a_packet_from_one_peer_runs_only_that_peers_shard() {
     assert!(net.hub.shard_runs - runs <= 1);
 }
 
+/// The driver parks a reader on every idle stream (a hub: one per pooled SSH connection) and,
+/// after each stack run, asks only the streams the run may have changed. Before this set existed
+/// it asked every parked stream after every run: O(streams) per datagram, 77 % of the hub's CPU
+/// in a warm fan-out to 10,000 targets.
+#[test]
+fn a_packet_from_one_peer_changes_only_that_peers_stream() {
+    let mut net: Net<stack::Stack> = Net::new(Instant::now());
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        net.add_peer(peer_ip(i), true);
+        ids.push(net.hub.conn(peer_ip(i), PORT));
+    }
+    net.settle(Duration::from_secs(5));
+    // Connecting changed them all.
+    match net.hub.take_changed() {
+        stack::Changed::Streams(mut got) => {
+            got.sort();
+            let mut want = ids.clone();
+            want.sort();
+            assert_eq!(got, want);
+        }
+        stack::Changed::All => panic!("50 streams do not overflow the set"),
+    }
+    assert!(!net.hub.has_changed());
+    for &id in &ids {
+        assert!(!net.hub.readiness(id).readable, "idle: nothing to read");
+    }
+    let ip = peer_ip(7);
+    let (peer, _) = net.peers.get_mut(&ip).unwrap();
+    let sid = peer.acc(PORT).unwrap();
+    peer.snd(sid, b"x").unwrap();
+    peer.pump(net.now, &mut VecDeque::new());
+    let pkt = peer.tx().unwrap();
+    net.hub.rx(pkt);
+    net.hub.pump(net.now, &mut net.hub_ev);
+    assert_eq!(
+        net.hub.take_changed(),
+        stack::Changed::Streams(vec![ids[7]]),
+        "one packet, one stream to ask"
+    );
+    assert!(net.hub.readiness(ids[7]).readable);
+    // A removed peer's stream is reported at once, and reads as closed.
+    net.hub
+        .abort_streams(|ip| ip == peer_ip(3), &mut VecDeque::new());
+    assert_eq!(
+        net.hub.take_changed(),
+        stack::Changed::Streams(vec![ids[3]])
+    );
+    assert!(net.hub.readiness(ids[3]).closed);
+    // The periodic safety sweep asks every stream.
+    net.hub.mark_all_changed();
+    assert_eq!(net.hub.take_changed(), stack::Changed::All);
+    assert_eq!(net.hub.take_changed(), stack::Changed::Streams(vec![]));
+}
+
 #[test]
 fn a_listener_accepts_from_a_peer_that_appears_after_listen() {
     let mut net: Net<stack::Stack> = Net::new(Instant::now());

@@ -13,6 +13,8 @@ pub(crate) struct Metrics {
     pub batch_size: Histogram,
     pub fsync_seconds: Histogram,
     pub append_seconds: Histogram,
+    pub durable_seconds: Histogram,
+    pub write_seconds: Histogram,
 }
 
 impl Metrics {
@@ -58,12 +60,36 @@ impl Metrics {
                 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         )?;
+        let durable_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_audit_durable_seconds",
+                "Time from an append to its record being durable, as the writer sees it (queue, \
+                 group-commit batch, write and fdatasync; without the wait until the caller runs \
+                 again, which tether_audit_append_seconds includes).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+                0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        let write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_audit_write_seconds",
+                "Duration of each batch's write to the day file (before its fdatasync).",
+            )
+            .buckets(vec![
+                0.00001, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 1.0,
+            ]),
+        )?;
         reg.register(Box::new(records.clone()))?;
         reg.register(Box::new(write_failures.clone()))?;
         reg.register(Box::new(checkpoint_failures.clone()))?;
         reg.register(Box::new(batch_size.clone()))?;
         reg.register(Box::new(fsync_seconds.clone()))?;
         reg.register(Box::new(append_seconds.clone()))?;
+        reg.register(Box::new(durable_seconds.clone()))?;
+        reg.register(Box::new(write_seconds.clone()))?;
         Ok(Metrics {
             records,
             write_failures,
@@ -71,6 +97,8 @@ impl Metrics {
             batch_size,
             fsync_seconds,
             append_seconds,
+            durable_seconds,
+            write_seconds,
         })
     }
 }

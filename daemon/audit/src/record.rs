@@ -178,6 +178,8 @@ pub(crate) struct Prepared {
     pub pre: Vec<u8>,
     /// `,"type":"..."}`
     pub post: Vec<u8>,
+    /// When the append began (for `tether_audit_durable_seconds`).
+    pub queued: std::time::Instant,
 }
 
 impl Prepared {
@@ -243,7 +245,11 @@ impl Prepared {
             }
             return Prepared::new(&ev.clone().data(digest_of(&ev.data)?));
         }
-        Ok(Prepared { pre, post })
+        Ok(Prepared {
+            pre,
+            post,
+            queued: std::time::Instant::now(),
+        })
     }
 
     /// Appends the canonical body (without hash/hmac) to `out`.

@@ -669,6 +669,7 @@ impl Writer {
             return;
         };
         let end = cur.len + self.buf.len() as u64;
+        let written = Instant::now();
         let res = cur.file.write_all_at(&self.buf, cur.len).and_then(|()| {
             if end > cur.alloc && !self.zeros.is_empty() && room_for(&cur.file, self.zeros.len()) {
                 // Keep a zero tail ahead of the records (see `Options::prealloc`). Not having
@@ -681,6 +682,9 @@ impl Writer {
                 }
             }
             let t = Instant::now();
+            self.metrics
+                .write_seconds
+                .observe(t.duration_since(written).as_secs_f64());
             let r = cur.file.sync_data();
             self.last_fsync = t.elapsed();
             self.metrics
@@ -699,7 +703,10 @@ impl Writer {
                 self.metrics.records.inc_by(n as u64);
                 self.metrics.batch_size.observe(n as f64);
                 self.head.mark(seq - 1, prev);
-                for ((_, w), r) in batch.into_iter().zip(receipts) {
+                for ((p, w), r) in batch.into_iter().zip(receipts) {
+                    self.metrics
+                        .durable_seconds
+                        .observe(p.queued.elapsed().as_secs_f64());
                     let _ = w.send(Ok(r));
                 }
             }

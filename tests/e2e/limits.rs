@@ -99,8 +99,9 @@ fn slow_and_idle_connections_are_closed() {
     assert_eq!(d.request("GET", "/v1/status", &[], b"").0, 200);
 }
 
-/// A refusal the router gives before reading the body (unknown route, wrong method, an
-/// upgrade route asked without `Upgrade`) still reads a small body that arrives late, so the
+/// A refusal given before reading the body (unknown route, wrong method, an upgrade route
+/// asked without `Upgrade`, a streamed upload refused up front) still reads a small body that
+/// arrives late, so the
 /// answer is not lost to a closed connection and the connection stays usable. Before, hyper
 /// closed it with the body unread: the client's write failed (EPIPE), or through a TCP bridge
 /// the client got a reset instead of the answer (schemathesis saw "connection aborted").
@@ -111,6 +112,8 @@ fn early_refusals_read_a_late_body_and_keep_the_connection() {
         ("POST", "/v1/nosuch", 404),
         ("DELETE", "/v1/status", 405),
         ("POST", "/v1/session/l", 426),
+        // A streamed upload its handler refuses before reading (a relative path).
+        ("POST", "/v1/fs/put?selector=t1&path=relative", 400),
     ] {
         let body = br#"{"host":""}"#;
         let mut s = UnixStream::connect(&d.socket).unwrap();

@@ -404,7 +404,26 @@ fn parse_mode(mode: Option<&str>) -> Result<Option<u32>, Fail> {
 }
 
 /// `POST /v1/fs/put`.
-pub(crate) async fn put(ctx: Ctx, req: FsPutQuery, body: Incoming) -> Result<FsPutResponse, Fail> {
+pub(crate) async fn put(
+    ctx: Ctx,
+    req: FsPutQuery,
+    mut body: Incoming,
+) -> Result<FsPutResponse, Fail> {
+    let wait = ctx
+        .state
+        .idle_timeout()
+        .min(std::time::Duration::from_secs(1));
+    let result = put_from(ctx, req, &mut body).await;
+    if result.is_err() {
+        // Refused before the whole body was read (bad path, policy, limits): read a small
+        // rest first, so the client, still sending it, gets the answer rather than a broken
+        // pipe (see `http::discard_body`). A bigger rest is left; the connection then closes.
+        crate::http::discard_body(body, wait).await;
+    }
+    result
+}
+
+async fn put_from(ctx: Ctx, req: FsPutQuery, body: &mut Incoming) -> Result<FsPutResponse, Fail> {
     check_path(&req.path)?;
     if req.path.ends_with('/') {
         return Err(Fail::bad_request(
@@ -436,7 +455,7 @@ pub(crate) async fn put(ctx: Ctx, req: FsPutQuery, body: Incoming) -> Result<FsP
     }
     let files = remote(&ctx)?;
     let max = ctx.state.config().files.max_file_size;
-    let declared = body_length(&body);
+    let declared = body_length(body);
     check_policy(&ctx, "put", &hosts, RequestKind::FileWrite, &req.path).await?;
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(max));
@@ -469,7 +488,6 @@ pub(crate) async fn put(ctx: Ctx, req: FsPutQuery, body: Incoming) -> Result<FsP
     // Stream the body to every host as it arrives, bounded by max_file_size.
     let mut hasher = Sha256::new();
     let mut total = 0u64;
-    let mut body = body;
     let idle = ctx.state.idle_timeout();
     let mut failure: Option<Fail> = None;
     loop {

@@ -408,24 +408,16 @@ fn tmpfs_pair() -> TmpfsPair {
     }
 }
 
-/// `BENCH_PERF_STAT=N`: what the hub and target h001 spend on `n` warm `exec true` requests,
-/// counted by `perf stat` attached to each daemon (threads it creates and the command's child
-/// included), divided by `n`: CPU time (`task-clock`), context switches, page faults, and
-/// instructions (user, kernel) where the machine exposes hardware counters (a VM often does
-/// not: perf says `<not supported>`, printed as `n/a`).
-fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str, String)) {
-    const EVENTS: [&str; 5] = [
-        "task-clock",
-        "context-switches",
-        "page-faults",
-        "instructions:u",
-        "instructions:k",
-    ];
+/// `perf stat -x , ARGS` attached to the hub and to the target while `n` warm `exec true`
+/// requests run; its CSV output for each (empty if perf wrote none).
+fn perf_during(hub: &Daemon, target: &Daemon, n: usize, args: &[&str]) -> [String; 2] {
     let dir = tempfile::tempdir().unwrap();
     let start = |who: &str, pid: u32| {
         let out = dir.path().join(format!("{who}.csv"));
         let child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", &EVENTS.join(","), "-p"])
+            .args(["stat", "-x", ","])
+            .args(args)
+            .arg("-p")
             .arg(pid.to_string())
             .arg("-o")
             .arg(&out)
@@ -447,8 +439,24 @@ fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str,
         );
         let _ = p.wait();
     }
-    for (who, (_, out)) in ["hub", "target"].iter().zip(&perfs) {
-        let text = std::fs::read_to_string(out).unwrap_or_default();
+    perfs.map(|(_, out)| std::fs::read_to_string(out).unwrap_or_default())
+}
+
+/// `BENCH_PERF_STAT=N`: what the hub and target h001 spend on `n` warm `exec true` requests,
+/// counted by `perf stat` attached to each daemon (threads it creates and the command's child
+/// included), divided by `n`: CPU time (`task-clock`), context switches, page faults, and
+/// instructions (user, kernel) where the machine exposes hardware counters (a VM often does
+/// not: perf says `<not supported>`, printed as `n/a`).
+fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str, String)) {
+    const EVENTS: [&str; 5] = [
+        "task-clock",
+        "context-switches",
+        "page-faults",
+        "instructions:u",
+        "instructions:k",
+    ];
+    let texts = perf_during(hub, target, n, &["-e", &EVENTS.join(",")]);
+    for (who, text) in ["hub", "target"].iter().zip(&texts) {
         let per = |ev: &str| {
             text.lines()
                 .find(|l| l.split(',').nth(2) == Some(ev))
@@ -477,42 +485,13 @@ fn perf_stat(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str,
 /// burn CPU per exec. Threads under 0.05 switches per exec are left out. A thread that exited
 /// during the run (a blocking-pool thread, a command's child) is not counted by perf.
 fn perf_threads(hub: &Daemon, target: &Daemon, n: usize, row: &mut impl FnMut(&str, String)) {
-    let dir = tempfile::tempdir().unwrap();
-    let start = |who: &str, pid: u32| {
-        let out = dir.path().join(format!("{who}.csv"));
-        let child = Command::new("perf")
-            .args([
-                "stat",
-                "--per-thread",
-                "-x",
-                ",",
-                "-e",
-                "task-clock,context-switches",
-                "-p",
-            ])
-            .arg(pid.to_string())
-            .arg("-o")
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("perf (linux-perf) for BENCH_PERF_THREADS");
-        (child, out)
-    };
-    let mut perfs = [start("hub", hub.pid()), start("target", target.pid())];
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..n {
-        exec_true(hub);
-    }
-    for (p, _) in &mut perfs {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = p.wait();
-    }
-    for (who, (_, out)) in ["hub", "target"].iter().zip(&perfs) {
-        let text = std::fs::read_to_string(out).unwrap_or_default();
+    let texts = perf_during(
+        hub,
+        target,
+        n,
+        &["--per-thread", "-e", "task-clock,context-switches"],
+    );
+    for (who, text) in ["hub", "target"].iter().zip(&texts) {
         // Lines: `comm-tid,value,unit,event,...`.
         let mut threads: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
         for l in text.lines() {

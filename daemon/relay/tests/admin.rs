@@ -39,7 +39,7 @@ async fn a_pushed_set_admits_keys_and_removing_one_closes_its_connection_at_once
         connect(&s.target, &c).await,
         Err(RelayError::Refused(_))
     ));
-    assert_eq!(refused(&s), before + 1);
+    assert_eq!(refused_after(&s, before + 1).await, before + 1);
     // Forwarding between pushed keys and the hub works.
     ca.send(key(&hub), b"to the hub").await.unwrap();
     assert_eq!(
@@ -77,7 +77,7 @@ async fn a_non_admin_push_is_refused_and_disconnected() {
         Err(RelayError::Refused(why)) => assert!(why.contains("admin"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(refused(&s), before + 1);
+    assert_eq!(refused_after(&s, before + 1).await, before + 1);
     // Disconnected, and nothing was applied.
     assert_eq!(next(&mut ca).await, None);
     assert!(matches!(

@@ -83,3 +83,13 @@ pub fn refused(s: &Setup) -> u64 {
         .refused
         .load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// The refusal counter once it has reached `want` (or after 2 s): the relay counts a refusal
+/// when the connection's task ends, which can be just after the client has read the refusal.
+pub async fn refused_after(s: &Setup, want: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while refused(s) < want && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    refused(s)
+}
